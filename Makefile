@@ -1,0 +1,31 @@
+# The two commands a new user runs: `make demo` and `make test`.
+# Each builds .venv from nothing the first time (and again when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint schemas clean
+
+# The CPU build of torch goes in first: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vpatient demo --out demo_output --seed 0
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check vpatient tests
+
+schemas: $(STAMP)
+	$(BIN)/vpatient schemas export data_schemas
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

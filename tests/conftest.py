@@ -1,0 +1,71 @@
+"""Shared fixtures: a small config with every variable kind, and a valid record for it."""
+
+from __future__ import annotations
+
+import pytest
+
+from vpatient.schemas import DatasetConfig
+
+
+@pytest.fixture()
+def config() -> DatasetConfig:
+    return DatasetConfig.model_validate(
+        {
+            "name": "tiny",
+            "variables": [
+                {"name": "age", "codes": ["MEDS_BIRTH"], "kind": "static", "plausible_range": [0, 120]},
+                {"name": "sex", "codes": ["SEX"], "kind": "static", "categories": {"female": 0, "male": 1}},
+                {
+                    "name": "bilirubin",
+                    "codes": ["LAB//BILI"],
+                    "kind": "continuous",
+                    "transform": "log",
+                    "unit": "mg/dl",
+                    "plausible_range": [0.05, 60],
+                    "test": "panel",
+                },
+                {
+                    "name": "albumin",
+                    "codes": ["LAB//ALB"],
+                    "kind": "continuous",
+                    "unit": "g/dl",
+                    "plausible_range": [0.5, 9],
+                    "out_of_range": "warn",
+                    "test": "panel",
+                },
+                {"name": "ascites", "codes": ["SIGN//ASCITES"], "kind": "binary", "test": "exam"},
+                {"name": "stage", "codes": ["STAGE"], "kind": "ordinal", "levels": [1, 2, 3, 4], "test": "exam"},
+                {"name": "ct", "codes": ["IMG//CT"], "kind": "imaging_embedding", "dimension": 4, "test": "imaging"},
+                {"name": "diabetes", "codes": ["ICD//E11"], "kind": "history"},
+                {"name": "drug", "codes": ["RX//DRUG"], "kind": "treatment", "plausible_range": [0, 2]},
+                {"name": "death", "codes": ["MEDS_DEATH"], "kind": "event"},
+                {"name": "transplant", "codes": ["EVENT//TX"], "kind": "event"},
+            ],
+            "tests": [
+                {"name": "panel", "variables": ["bilirubin", "albumin"], "cost": 1},
+                {"name": "exam", "variables": ["ascites", "stage"], "cost": 0.5},
+                {"name": "imaging", "variables": ["ct"], "cost": 10, "turnaround_days": 3},
+            ],
+        }
+    )
+
+
+@pytest.fixture()
+def record_data() -> dict:
+    """A valid record of the tiny config, as the JSON a user would upload."""
+    return {
+        "subject_id": "p1",
+        "static": {"age": 61.5, "sex": 1},
+        "observations": [
+            {"time": 0.0, "variable": "bilirubin", "value": 1.2},
+            {"time": 0.0, "variable": "albumin", "value": 3.5},
+            {"time": 0.0, "variable": "ascites", "value": 0},
+            {"time": 0.0, "variable": "stage", "value": 2},
+            {"time": 1.0, "variable": "bilirubin", "value": 2.0},
+        ],
+        "imaging": [{"time": 0.5, "modality": "ct", "embedding": [0.1, 0.2, 0.3, 0.4]}],
+        "history": [{"time": -2.0, "code": "diabetes"}],
+        "treatments": [{"treatment": "drug", "start": 0.0, "stop": 1.5, "dose": 1.0}],
+        "events": [{"time": 3.0, "kind": "death"}],
+        "end_of_followup": 3.0,
+    }

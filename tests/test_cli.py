@@ -1,0 +1,129 @@
+"""The vpatient command line, run as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vpatient import __version__
+
+
+def vp(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vpatient.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_version():
+    result = vp("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"vpatient {__version__}"
+
+
+def test_datasets_list_and_show():
+    listed = vp("datasets", "list")
+    assert "pbc2" in listed.stdout and "synthetic" in listed.stdout
+    shown = vp("datasets", "show", "pbc2")
+    assert shown.returncode == 0, shown.stderr
+    assert "| subjects | 312 |" in shown.stdout
+    assert "| death | 140 | 71 | 69 |" in shown.stdout
+    assert "Fleming" in shown.stdout
+
+
+def test_unknown_dataset_is_a_message_not_a_traceback():
+    result = vp("datasets", "show", "no-such-data")
+    assert result.returncode == 1
+    assert "no dataset 'no-such-data'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_json_records(tmp_path, config, record_data):
+    cfg = tmp_path / "config.yaml"
+    config.save(cfg)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([record_data]))
+    ok = vp("validate", str(good), "--config", str(cfg))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "valid (1 subjects, 0 errors, 0 warnings)" in ok.stdout
+
+    second = dict(record_data, subject_id="p2", end_of_followup=-1)
+    bad_first = json.loads(json.dumps(record_data))
+    bad_first["observations"][0]["value"] = 1e9
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([bad_first, second]))
+    result = vp("validate", str(bad), "--config", str(cfg))
+    assert result.returncode == 1
+    assert "subject p1: observations[0].value = 1000000000.0: outside the plausible range" in result.stdout
+    assert "subject p2: end_of_followup = -1.0" in result.stdout
+    assert "INVALID" in result.stdout and "Traceback" not in result.stderr
+
+    as_json = json.loads(vp("validate", str(bad), "--config", str(cfg), "--json").stdout)
+    assert {p["subject_id"] for p in as_json} == {"p1", "p2"}
+
+
+def test_validate_without_config_says_what_to_pass(tmp_path, record_data):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(record_data))
+    result = vp("validate", str(path))
+    assert result.returncode == 1
+    assert "--config" in result.stderr
+
+
+def test_schemas_export_and_check(tmp_path):
+    out = tmp_path / "schemas"
+    assert vp("schemas", "export", str(out)).returncode == 0
+    assert (out / "PatientRecord.schema.json").is_file()
+    assert vp("schemas", "export", str(out), "--check").returncode == 0
+    (out / "TreatmentPlan.schema.json").write_text("{}")
+    check = vp("schemas", "export", str(out), "--check")
+    assert check.returncode == 1 and "TreatmentPlan.schema.json" in check.stdout
+
+
+@pytest.mark.slow
+def test_demo_writes_summary_and_km_plot(tmp_path):
+    result = vp("demo", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    png = tmp_path / "demo" / "pbc2_km_by_arm.png"
+    assert png.stat().st_size > 20_000  # a real figure, not an empty canvas
+    assert "| subjects | 312 |" in (tmp_path / "demo" / "pbc2_summary.md").read_text()
+
+
+def test_export_validate_and_show_a_meds_directory(tmp_path):
+    out = tmp_path / "pbc_meds"
+    exported = vp("datasets", "export", "pbc2", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert (out / "metadata" / "vpatient_config.json").is_file()
+    checked = vp("validate", str(out))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "valid (312 subjects, 0 errors" in checked.stdout
+    shown = vp("datasets", "show", str(out))
+    assert "| death | 140 | 71 | 69 |" in shown.stdout
+    again = vp("datasets", "export", "pbc2", str(out))
+    assert again.returncode == 1 and "overwrite" in again.stderr.lower()
+
+
+def test_validate_lists_every_problem_of_a_bad_meds_file(tmp_path):
+    import pandas as pd
+
+    from vpatient.datasets import load_pbc2
+
+    cohort = load_pbc2()
+    config_path = tmp_path / "pbc2.json"
+    cohort.config.save(config_path)
+    out = tmp_path / "meds"
+    assert vp("datasets", "export", "pbc2", str(out)).returncode == 0
+    shards = sorted((out / "data").rglob("*.parquet"))
+    frame = pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
+    frame.loc[frame.index[frame["code"] == "LAB//BILIRUBIN"][:3], "numeric_value"] = float("nan")
+    frame.loc[frame.index[frame["code"] == "LAB//ALBUMIN"][0], "numeric_value"] = -4.0
+    frame = pd.concat([frame, frame.iloc[[5, 6, 7]].assign(code="LAB//MYSTERY")], ignore_index=True)
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    result = vp("validate", str(bad), "--config", str(config_path))
+    assert result.returncode == 1
+    assert result.stdout.count("LAB//BILIRUBIN") >= 3  # each missing value located
+    assert "albumin" in result.stdout and "-4.0" in result.stdout
+    assert result.stdout.count("LAB//MYSTERY") == 1 and "3 rows" in result.stdout
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,42 @@
+"""The committed JSON Schemas in data_schemas/ match the models, and the examples validate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from vpatient.schema_export import drifted_files, examples, export_schemas, rendered_files
+from vpatient.schemas import BOUNDARY_TYPES
+
+COMMITTED = Path(__file__).resolve().parents[1] / "data_schemas"
+
+
+def test_committed_schemas_match_the_models():
+    drifted = drifted_files(COMMITTED)
+    assert not drifted, f"data_schemas/ is out of date ({', '.join(drifted)}): run `vpatient schemas export data_schemas`"
+
+
+def test_drift_is_detected(tmp_path):
+    export_schemas(tmp_path)
+    assert drifted_files(tmp_path) == []
+    target = tmp_path / "PatientRecord.schema.json"
+    target.write_text(target.read_text().replace("subject_id", "patient_id"))
+    assert drifted_files(tmp_path) == ["PatientRecord.schema.json"]
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDARY_TYPES))
+def test_examples_validate_against_exported_schema_and_model(name):
+    files = rendered_files()
+    schema = json.loads(files[f"{name}.schema.json"])
+    example = json.loads(files[f"examples/{name}.example.json"])
+    jsonschema.validate(example, schema)
+    assert BOUNDARY_TYPES[name].model_validate(example) == examples()[name]
+
+
+def test_schema_rejects_what_the_model_rejects():
+    schema = json.loads(rendered_files()["PatientRecord.schema.json"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"subject_id": "x", "end_of_followup": 1.0, "surprise": 1}, schema)

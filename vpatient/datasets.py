@@ -1,0 +1,83 @@
+"""Datasets by name: the embedded ones, and the user's own MEDS data by path.
+
+``load_dataset("pbc2")``, ``load_dataset("synthetic", seed=1)`` or
+``load_dataset("path/to/meds", config="config.json")`` all return a
+:class:`~vpatient.data.cohort.Cohort`; every command that takes ``--data`` goes
+through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vpatient.data.cohort import Cohort
+from vpatient.data.pbc import load_pbc2, pbc2_config
+from vpatient.errors import ConfigError, DatasetNotFoundError
+from vpatient.schemas import DatasetConfig
+
+__all__ = ["EMBEDDED", "DatasetInfo", "list_datasets", "load_dataset", "load_pbc2", "pbc2_config", "synthetic_cohort"]
+
+
+def synthetic_cohort(n: int = 500, seed: int = 0, **kwargs):
+    """A synthetic cohort with known ground truth (see :mod:`vpatient.data.synthetic`)."""
+    from vpatient.data.synthetic import synthetic_cohort as generate
+
+    return generate(n=n, seed=seed, **kwargs)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    description: str
+    load: Callable[..., Cohort]
+
+
+EMBEDDED: dict[str, DatasetInfo] = {
+    "pbc2": DatasetInfo(
+        "pbc2",
+        "Mayo Clinic PBC trial: 312 patients, 1,945 visits, D-penicillamine vs placebo (embedded).",
+        lambda seed=0, n=None: load_pbc2(),
+    ),
+    "synthetic": DatasetInfo(
+        "synthetic",
+        "Mechanistic multimodal generator with known ground truth (labs, signs, stage, 32-d imaging, history, treatment, death and progression).",
+        lambda seed=0, n=None: synthetic_cohort(n=500 if n is None else n, seed=seed),
+    ),
+}
+
+
+def list_datasets() -> list[DatasetInfo]:
+    """The embedded datasets, which run on any machine without a download."""
+    return list(EMBEDDED.values())
+
+
+def load_dataset(
+    spec: str | Path, config: str | Path | DatasetConfig | None = None, *, seed: int = 0, n: int | None = None
+) -> Cohort:
+    """Load an embedded dataset by name, or MEDS data (file or directory) by path.
+
+    For a path, ``config`` is the dataset config (JSON or YAML); a MEDS directory
+    written by vpatient carries its own, used when ``config`` is None. ``seed`` and
+    ``n`` apply to generated datasets.
+    """
+    name = str(spec)
+    if name in EMBEDDED:
+        if config is not None:
+            raise ConfigError(f"dataset {name!r} is embedded and brings its own config; --config is for MEDS paths")
+        return EMBEDDED[name].load(seed=seed, n=n)
+    path = Path(name)
+    if not path.exists():
+        known = ", ".join(EMBEDDED)
+        raise DatasetNotFoundError(f"no dataset {name!r}: not an embedded dataset ({known}) and no such file or directory")
+    from vpatient.data.meds import load_config_for, read_meds
+
+    cfg = _resolve_config(config) if config is not None else load_config_for(path)
+    if cfg is None:
+        raise ConfigError(f"{path} carries no vpatient config: pass one with --config CONFIG.json")
+    return Cohort(name=path.stem, records=read_meds(path, cfg), config=cfg, citation=cfg.citation)
+
+
+def _resolve_config(config: str | Path | DatasetConfig) -> DatasetConfig:
+    return config if isinstance(config, DatasetConfig) else DatasetConfig.load(config)
