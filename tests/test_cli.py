@@ -82,12 +82,14 @@ def test_schemas_export_and_check(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_writes_summary_and_km_plot(tmp_path):
-    result = vp("demo", "--out", str(tmp_path / "demo"))
+def test_demo_writes_summary_plots_and_a_model(tmp_path):
+    result = vp("demo", "--out", str(tmp_path / "demo"), "--epochs", "2")  # the real demo trains to convergence
     assert result.returncode == 0, result.stderr
-    png = tmp_path / "demo" / "pbc2_km_by_arm.png"
-    assert png.stat().st_size > 20_000  # a real figure, not an empty canvas
-    assert "| subjects | 312 |" in (tmp_path / "demo" / "pbc2_summary.md").read_text()
+    demo = tmp_path / "demo"
+    assert (demo / "pbc2_km_by_arm.png").stat().st_size > 20_000  # a real figure, not an empty canvas
+    assert (demo / "pbc2_forecast_patient4.png").stat().st_size > 20_000
+    assert (demo / "pbc2_model" / "weights.pt").is_file()
+    assert "| subjects | 312 |" in (demo / "pbc2_summary.md").read_text()
 
 
 def test_export_validate_and_show_a_meds_directory(tmp_path):
@@ -127,3 +129,37 @@ def test_validate_lists_every_problem_of_a_bad_meds_file(tmp_path):
     assert "albumin" in result.stdout and "-4.0" in result.stdout
     assert result.stdout.count("LAB//MYSTERY") == 1 and "3 rows" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_train_then_forecast_from_the_command_line(tmp_path):
+    model_dir = tmp_path / "model"
+    trained = vp("train", "--data", "synthetic", "--epochs", "2", "--seed", "1", "--out", str(model_dir), "--no-progress")
+    assert trained.returncode == 0, trained.stderr
+    assert (model_dir / "weights.pt").is_file() and (model_dir / "training_curve.png").is_file()
+    out_json, out_png = tmp_path / "f.json", tmp_path / "f.png"
+    result = vp(
+        "forecast",
+        "--model",
+        str(model_dir),
+        "--patient",
+        "syn00003",
+        "--until",
+        "1.0",
+        "--horizon",
+        "2",
+        "--n-samples",
+        "20",
+        "--json",
+        str(out_json),
+        "--plot",
+        str(out_png),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| time | variable | mean | q05 | q50 | q95 |" in result.stdout
+    payload = json.loads(out_json.read_text())
+    assert payload["subject_id"] == "syn00003" and payload["variables"] and payload["survival"]
+    assert out_png.stat().st_size > 20_000
+    missing = vp("forecast", "--model", str(model_dir), "--patient", "nobody")
+    assert missing.returncode == 1 and "no subject 'nobody'" in missing.stderr
+    no_model = vp("forecast", "--model", str(tmp_path / "absent"), "--patient", "1")
+    assert no_model.returncode == 1 and "no model directory" in no_model.stderr

@@ -40,3 +40,11 @@ def test_schema_rejects_what_the_model_rejects():
     schema = json.loads(rendered_files()["PatientRecord.schema.json"])
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"subject_id": "x", "end_of_followup": 1.0, "surprise": 1}, schema)
+
+
+def test_committed_benchmark_results_follow_their_schema():
+    results = sorted((COMMITTED.parent / "benchmarks" / "results").glob("forecast-*.json"))
+    assert results, "no committed forecast benchmark results"
+    schema = json.loads(rendered_files()["ForecastBenchmarkResult.schema.json"])
+    for path in results:
+        jsonschema.validate(json.loads(path.read_text()), schema)

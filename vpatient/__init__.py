@@ -42,6 +42,7 @@ from vpatient.schemas import (
 )
 
 __all__ = [
+    "CheckpointError",
     "Cohort",
     "CohortSummary",
     "ConfigError",
@@ -50,8 +51,10 @@ __all__ = [
     "DatasetNotFoundError",
     "DiagnosticTest",
     "Event",
+    "Forecast",
     "HistoryEntry",
     "ImagingStudy",
+    "ModelSettings",
     "Observation",
     "OutputExistsError",
     "PatientRecord",
@@ -60,11 +63,13 @@ __all__ = [
     "SyntheticCohort",
     "SyntheticParams",
     "SyntheticTruth",
+    "TrainSettings",
     "TreatmentExposure",
     "TreatmentPlan",
     "VPatientError",
     "VariableKind",
     "VariableSpec",
+    "VirtualPatientModel",
     "__version__",
     "iter_meds",
     "list_datasets",
@@ -78,3 +83,21 @@ __all__ = [
     "synthetic_cohort",
     "write_meds",
 ]
+
+# Names backed by torch load on first use, so that `vpatient --version` and the data tools
+# start without importing it.
+_LAZY = {
+    "CheckpointError": "vpatient.virtual_patient",
+    "Forecast": "vpatient.virtual_patient",
+    "VirtualPatientModel": "vpatient.virtual_patient",
+    "ModelSettings": "vpatient.model.vpm",
+    "TrainSettings": "vpatient.train",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vpatient' has no attribute {name!r}")

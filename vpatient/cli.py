@@ -16,12 +16,14 @@ import typer
 
 from vpatient import __version__
 from vpatient.errors import Problem, RecordValidationError, VPatientError
+from vpatient.evaluate.cli import benchmark_app
 
 app = typer.Typer(help="vpatient: a virtual-patient disease-progression simulator.", no_args_is_help=True, add_completion=False)
 datasets_app = typer.Typer(help="Embedded datasets: list, summarise, export to MEDS.", no_args_is_help=True)
 schemas_app = typer.Typer(help="JSON Schemas of the input and output types.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(benchmark_app, name="benchmark")
 
 log = logging.getLogger("vpatient")
 
@@ -143,18 +145,116 @@ def schemas_export(
     typer.echo(f"wrote {len(written)} files to {out}")
 
 
+# --------------------------------------------------------------------------- model
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
+    data: Annotated[str, typer.Option(help="pbc2, synthetic, or a MEDS path.")] = "pbc2",
+    config: ConfigOption = None,
+    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping usually ends sooner.")] = 400,
+    latent_dim: Annotated[int, typer.Option(help="Dimension of the latent disease state.")] = 8,
+    seed: SeedOption = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the world model and write a checkpoint directory (weights, config, scalers, metrics)."""
+    from vpatient.datasets import load_dataset
+    from vpatient.model.vpm import ModelSettings
+    from vpatient.train import TrainSettings
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    cohort = load_dataset(data, config, seed=seed)
+    model = VirtualPatientModel.fit(
+        cohort.records,
+        cohort.config,
+        TrainSettings(epochs=epochs, seed=seed),
+        ModelSettings(latent_dim=latent_dim),
+        progress=progress,
+    )
+    model.data_source = data
+    model.save(out)
+    h = model.history
+    typer.echo(
+        f"trained on {h.n_train} patients ({h.n_validation} for validation) in {h.seconds:.0f} s; best epoch {h.best_epoch}; wrote {out}"
+    )
+
+
+@app.command()
+def forecast(
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint directory (vpatient train --out).")],
+    patient: Annotated[str, typer.Option("--patient", help="Subject id.")],
+    until: Annotated[float | None, typer.Option(help="Forecast from this time (years); default the last visit.")] = None,
+    horizon: Annotated[float, typer.Option(help="Years to forecast beyond --until.")] = 5.0,
+    data: Annotated[
+        str | None, typer.Option(help="Dataset holding the patient (default: the one the model was trained on).")
+    ] = None,
+    config: ConfigOption = None,
+    n_samples: Annotated[int, typer.Option(help="Posterior sample paths.")] = 200,
+    seed: SeedOption = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the forecast tables as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of the forecast.")] = None,
+) -> None:
+    """Forecast one patient: per variable mean and 5/50/95% quantiles, and survival per event kind."""
+    import numpy as np
+
+    from vpatient.datasets import load_dataset
+    from vpatient.tables import markdown_table
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    vpm = VirtualPatientModel.load(model)
+    cohort = load_dataset(data or vpm.data_source or vpm.config.name, config, seed=seed)
+    record = cohort.subject(patient)
+    result = vpm.forecast(record, until=until, horizon=horizon, n_samples=n_samples, seed=seed)
+    summary = result.summary()
+    survival = result.survival_summary()
+    yearly = summary[
+        np.isclose((summary["time"] - result.until) % 1.0, 0.0) | np.isclose((summary["time"] - result.until) % 1.0, 1.0)
+    ]
+    future = yearly[yearly["time"] >= result.until - 1e-9]
+    typer.echo(f"subject {patient}: forecast from t = {result.until:.2f} years, {n_samples} posterior samples")
+    typer.echo(markdown_table(future[["time", "variable", "mean", "q05", "q50", "q95"]], index=False))
+    surv = survival[survival["time"].isin(future["time"].unique())]
+    typer.echo(markdown_table(surv[["time", "event", "survival", "survival_q05", "survival_q95"]], index=False))
+    if json_out is not None:
+        json_out.write_text(
+            json.dumps(
+                {
+                    "subject_id": patient,
+                    "until": result.until,
+                    "n_samples": n_samples,
+                    "seed": seed,
+                    "variables": summary.to_dict(orient="records"),
+                    "survival": survival.to_dict(orient="records"),
+                },
+                indent=1,
+            )
+        )
+        typer.echo(f"wrote {json_out}")
+    if plot is not None:
+        from vpatient.plots import plot_forecast
+
+        plot_forecast(result, record).savefig(plot, dpi=110, bbox_inches="tight")
+        typer.echo(f"wrote {plot}")
+
+
 # --------------------------------------------------------------------------- demo
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Directory for the demo's outputs.")] = Path("demo_output"),
+    epochs: Annotated[int, typer.Option(help="Most training epochs (early stopping usually ends sooner).")] = 400,
+    patient: Annotated[str, typer.Option(help="Subject whose forecast is plotted.")] = "4",
     seed: SeedOption = 0,
 ) -> None:
-    """The main job on the embedded PBC data: summary and Kaplan-Meier plot by arm."""
+    """The main job on the embedded PBC data: summary, Kaplan-Meier by arm, a trained model, a forecast."""
     from vpatient.data.summary import summarize
     from vpatient.datasets import load_dataset
-    from vpatient.plots import plot_km_by_arm
+    from vpatient.model.vpm import ModelSettings
+    from vpatient.plots import plot_forecast, plot_km_by_arm
+    from vpatient.train import TrainSettings
+    from vpatient.virtual_patient import VirtualPatientModel
 
     out.mkdir(parents=True, exist_ok=True)
     cohort = load_dataset("pbc2", seed=seed)
@@ -163,7 +263,17 @@ def demo(
     (out / "pbc2_summary.md").write_text(summary.to_markdown(), encoding="utf-8")
     ax = plot_km_by_arm(cohort, event="death")
     ax.figure.savefig(out / "pbc2_km_by_arm.png", dpi=120, bbox_inches="tight")
-    typer.echo(f"wrote {out / 'pbc2_summary.md'} and {out / 'pbc2_km_by_arm.png'}")
+    typer.echo("training the world model on PBC (a few minutes on 2 cores) ...")
+    model = VirtualPatientModel.fit(cohort.records, cohort.config, TrainSettings(epochs=epochs, seed=seed), ModelSettings())
+    model.data_source = "pbc2"
+    model.save(out / "pbc2_model")
+    h = model.history
+    typer.echo(f"trained in {h.seconds:.0f} s (best epoch {h.best_epoch}); checkpoint in {out / 'pbc2_model'}")
+    record = cohort.subject(patient)
+    until = record.visit_times()[len(record.visit_times()) // 2]
+    result = model.forecast(record, until=until, horizon=5.0, n_samples=200, seed=seed)
+    plot_forecast(result, record).savefig(out / f"pbc2_forecast_patient{patient}.png", dpi=110, bbox_inches="tight")
+    typer.echo(f"wrote {out / 'pbc2_summary.md'}, {out / 'pbc2_km_by_arm.png'} and {out / f'pbc2_forecast_patient{patient}.png'}")
 
 
 # --------------------------------------------------------------------------- entry

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless by default: figures go to files, never to a window
@@ -11,8 +13,12 @@ import numpy as np
 from lifelines import KaplanMeierFitter
 
 from vpatient.data.cohort import Cohort, arm_of
+from vpatient.schemas import PatientRecord
 
-__all__ = ["plot_km_by_arm", "survival_table"]
+if TYPE_CHECKING:
+    from vpatient.virtual_patient import Forecast
+
+__all__ = ["plot_forecast", "plot_km_by_arm", "survival_table"]
 
 
 def survival_table(cohort: Cohort, event: str = "death") -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -54,3 +60,67 @@ def plot_km_by_arm(cohort: Cohort, event: str = "death", ax: plt.Axes | None = N
     ax.set_title(f"{cohort.name}: Kaplan-Meier estimate of {event} by arm")
     ax.grid(alpha=0.3)
     return ax
+
+
+def plot_forecast(
+    forecast: Forecast, record: PatientRecord | None = None, variables: list[str] | None = None, fig: plt.Figure | None = None
+) -> plt.Figure:
+    """Small multiples of one patient's forecast: observed values, median, 50% and 90% bands.
+
+    One panel per continuous variable (natural units, with reference ranges when the
+    config has them) and one of survival per event kind. Returns the figure.
+    """
+    summary = forecast.summary(scale="natural")
+    survival = forecast.survival_summary()
+    names = variables or list(forecast.layout.continuous)
+    n_panels = len(names) + (1 if len(survival) else 0)
+    cols = 3
+    rows = int(np.ceil(n_panels / cols))
+    if fig is None:
+        fig = plt.figure(figsize=(4.2 * cols, 2.9 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        spec = forecast.config.variable(name)
+        part = summary[summary["variable"] == name]
+        ax.fill_between(part["time"], part["q05"], part["q95"], color="C0", alpha=0.18, label="90%")
+        ax.fill_between(part["time"], part["q25"], part["q75"], color="C0", alpha=0.35, label="50%")
+        ax.plot(part["time"], part["q50"], color="C0", lw=1.5, label="median")
+        if record is not None:
+            seen = [(o.time, o.value) for o in record.observations if o.variable == name]
+            if seen:
+                t, v = zip(*seen, strict=True)
+                past = np.asarray(t) <= forecast.until
+                ax.scatter(np.asarray(t)[past], np.asarray(v)[past], s=14, color="black", zorder=3, label="observed")
+                if (~past).any():
+                    ax.scatter(
+                        np.asarray(t)[~past],
+                        np.asarray(v)[~past],
+                        s=16,
+                        facecolors="none",
+                        edgecolors="crimson",
+                        zorder=3,
+                        label="later (held out)",
+                    )
+        if spec.reference_range:
+            ax.axhspan(*spec.reference_range, color="green", alpha=0.07)
+        if spec.transform.value == "log":
+            ax.set_yscale("log")
+        ax.axvline(forecast.until, color="grey", ls="--", lw=1)
+        ax.set_title(f"{name} ({spec.unit})" if spec.unit else name, fontsize=10)
+        ax.grid(alpha=0.3)
+    if len(survival):
+        ax = axes[len(names)]
+        future = survival[survival["time"] >= forecast.until]
+        for k, (kind, part) in enumerate(future.groupby("event", sort=False)):
+            ax.plot(part["time"], part["survival"], color=f"C{k + 1}", label=f"free of {kind}")
+            ax.fill_between(part["time"], part["survival_q05"], part["survival_q95"], color=f"C{k + 1}", alpha=0.2)
+        ax.set_ylim(0, 1.02)
+        ax.set_title("survival from the forecast time", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"subject {forecast.subject_id}: forecast from t = {forecast.until:.2f} {forecast.config.time_unit.value}")
+    fig.tight_layout()
+    return fig

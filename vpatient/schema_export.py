@@ -95,5 +95,8 @@ def drifted_files(out_dir: str | Path) -> list[str]:
 
 
 def _all_types() -> dict[str, type[BaseModel]]:
-    # Later issues register result types (benchmarks) here as well.
-    return dict(BOUNDARY_TYPES)
+    """Input types, and the result types of every benchmark (so results are a documented format)."""
+    from vpatient.evaluate.forecast_benchmark import RESULT_TYPES as FORECAST
+    from vpatient.evaluate.training_benchmark import RESULT_TYPES as TRAINING
+
+    return {**BOUNDARY_TYPES, **FORECAST, **TRAINING}

@@ -1,0 +1,264 @@
+"""The world model: its ODE against exact solutions, its experts, learning, and checkpoints."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import expm
+
+from vpatient import transforms
+from vpatient.data.batching import FeatureLayout, Scalers, make_batch
+from vpatient.data.synthetic import synthetic_cohort
+from vpatient.evaluate.baselines import LOCF
+from vpatient.evaluate.protocol import Standardiser, landmark_split, target_frame
+from vpatient.model.dynamics import LatentDynamics, Solver
+from vpatient.model.fusion import product_of_experts
+from vpatient.model.vpm import ModelSettings, WorldModel
+from vpatient.train import TrainSettings, forecast_cutoffs
+from vpatient.virtual_patient import CheckpointError, VirtualPatientModel
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return synthetic_cohort(n=120, seed=3)
+
+
+# --------------------------------------------------------------------------- ODE
+
+
+@pytest.mark.parametrize(("solver", "tol"), [(Solver.RK4, 2e-5), (Solver.DOPRI5, 2e-5)])
+def test_linear_dynamics_with_a_dose_change_match_the_exact_solution(solver, tol):
+    """dz/dt = A z + B u(t) with u jumping at t=1.3, and a constant hazard: compare with expm."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        dyn = LatentDynamics(latent_dim=2, n_treatments=1, n_static=1, n_events=1, hidden=8)
+        a = np.array([[-0.5, 0.3], [-0.2, -0.1]])
+        b = np.array([[0.4], [-0.7]])
+        dyn.field = torch.nn.Linear(4, 2, bias=False)
+        with torch.no_grad():
+            dyn.field.weight.copy_(torch.tensor(np.hstack([a, b, np.zeros((2, 1))])))
+            dyn.log_hazard.weight.zero_()
+            dyn.log_hazard.bias.fill_(math.log(0.2))
+        z0 = torch.tensor([[1.0, -0.5]])
+        dose_times = torch.tensor([[0.0, 1.3, math.inf]])
+        doses = torch.tensor([[[1.0], [2.5], [0.0]]])
+        solution = dyn.solve(z0, torch.zeros(1, 1), dose_times, doses, t_max=3.0, solver=solver, step=0.25)
+        times = np.array([0.0, 0.4, 1.3, 1.77, 3.0])
+        got = solution.at(torch.tensor(times).unsqueeze(0))[0].detach().numpy()
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+    def exact(t: float) -> np.ndarray:
+        def flow(z, dt, u):  # affine flow through the augmented matrix
+            m = np.zeros((3, 3))
+            m[:2, :2], m[:2, 2] = a, (b * u).ravel()
+            return (expm(m * dt) @ np.append(z, 1.0))[:2]
+
+        z = np.array([1.0, -0.5])
+        return flow(z, t, 1.0) if t <= 1.3 else flow(flow(z, 1.3, 1.0), t - 1.3, 2.5)
+
+    for i, t in enumerate(times):
+        np.testing.assert_allclose(got[i, :2], exact(t), atol=tol)
+        np.testing.assert_allclose(got[i, 2], 0.2 * t, atol=tol)  # cumulative hazard
+        np.testing.assert_allclose(got[i, 3], 1 - math.exp(-0.2 * t), atol=tol)  # incidence of the only event
+
+
+# --------------------------------------------------------------------------- experts
+
+
+def test_product_of_experts_closed_form():
+    means = torch.tensor([[[1.0], [3.0]]])
+    precisions = torch.tensor([[[1.0], [2.0]]])
+    mean, var = product_of_experts(means, precisions, torch.tensor([[1.0, 1.0]]))
+    assert torch.allclose(var, torch.tensor([[1 / 4]]))  # prior 1 + 1 + 2
+    assert torch.allclose(mean, torch.tensor([[(1 + 6) / 4]]))
+    mean, var = product_of_experts(means, precisions, torch.tensor([[1.0, 0.0]]))
+    assert torch.allclose(var, torch.tensor([[0.5]])) and torch.allclose(mean, torch.tensor([[0.5]]))
+
+
+def test_dropping_a_modality_equals_dropping_its_expert(cohort):
+    config = cohort.config
+    records = [r for r in cohort.records if r.imaging][:10]
+    scalers = Scalers.fit(cohort.records, config)
+    layout = FeatureLayout.from_config(config)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = WorldModel(layout).eval()
+    full = make_batch(records, config, scalers)
+    cutoff = torch.full((len(records),), 100.0)
+    means, precisions, present = model.experts(full, cutoff)
+    n_visits = full.times.shape[1]
+    ct = [g.name for g in layout.groups].index("ct")
+    present_without_ct = present.clone()
+    present_without_ct[:, ct * n_visits : (ct + 1) * n_visits] = 0.0
+    expected = product_of_experts(means, precisions, present_without_ct)
+    without = make_batch([r.model_copy(update={"imaging": []}) for r in records], config, scalers)
+    got = model.posterior(without, cutoff)
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1])
+    assert not torch.allclose(got[1], model.posterior(full, cutoff)[1])  # the CT expert did inform
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def _continuous_mae(model: VirtualPatientModel, records) -> float:
+    """Reconstruction error at observed visits, everything observed (standardised units)."""
+    batch = make_batch(records, model.config, model.scalers)
+    with torch.no_grad():
+        mean, _ = model.world.posterior(batch, batch.followup_end)
+        z = model.world.rollout(mean, batch).z(batch.times)
+        pred = model.world.decoder.continuous_mean(z, model.world.offsets(mean), batch.times)
+    mask = batch.continuous_mask * batch.visit_mask.unsqueeze(-1)
+    return float(((pred - batch.continuous).abs() * mask).sum() / mask.sum())
+
+
+def test_overfits_a_handful_of_patients(cohort):
+    records = cohort.records[:6]
+    settings = TrainSettings(epochs=150, learning_rate=1e-2, validation_fraction=0.0, patience=1000, seed=0, batch_size=8)
+    untrained = VirtualPatientModel.fit(records, cohort.config, replace(settings, epochs=0), progress=False)
+    trained = VirtualPatientModel.fit(records, cohort.config, settings, progress=False)
+    before, after = _continuous_mae(untrained, records), _continuous_mae(trained, records)
+    floor = _noise_floor(cohort, records, trained)
+    assert after < floor < before, (before, floor, after)  # below the noise: it memorised the patients
+    assert trained.history.train_loss[-1] < 0.5 * trained.history.train_loss[0]
+
+
+def _noise_floor(cohort, records, model: VirtualPatientModel) -> float:
+    """MAE of the generator's noiseless truth against the same observed cells (standardised units)."""
+    layout, errors = model.layout, []
+    for r in records:
+        truth = cohort.truth.observables_many(
+            [r.subject_id], [cohort.truth.factual_exposures(r.subject_id)], np.asarray(r.visit_times())
+        )
+        truth = truth.set_index("time")
+        for o in r.observations:
+            if o.variable in layout.continuous:
+                transform = cohort.config.variable(o.variable).transform
+                gap = transforms.forward(o.value, transform) - transforms.forward(truth.loc[o.time, o.variable], transform)
+                errors.append(abs(gap) / model.scalers.continuous_std[layout.continuous.index(o.variable)])
+    return float(np.mean(errors))
+
+
+def test_short_training_beats_locf_on_held_out_patients(cohort):
+    config = cohort.config
+    eligible = [r for r in cohort.records if len(r.visit_times()) >= 4]
+    train, test = eligible[:80], eligible[80:]
+    model = VirtualPatientModel.fit(train, config, TrainSettings(epochs=60, patience=1000, seed=0), progress=False)
+    locf = LOCF().fit(train, config, seed=0)
+    variables = ["bilirubin", "alt", "albumin"]
+    histories, targets = zip(*(landmark_split(r) for r in test), strict=True)
+    queries = [target_frame(r.subject_id, t, config, variables) for r, t in zip(test, targets, strict=True)]
+    import pandas as pd
+
+    from vpatient.evaluate.world_model import WorldModelForecaster
+
+    cells = pd.concat(queries, ignore_index=True)
+    wmf = WorldModelForecaster(n_samples=64)
+    wmf.model = model
+    standardiser = Standardiser.fit(train, config, variables)
+    errors = {}
+    for name, method in (("vpatient", wmf), ("locf", locf)):
+        answer = method.forecast(list(histories), cells[["subject_id", "time", "variable"]])
+        merged = cells.merge(answer, on=["subject_id", "time", "variable"])
+        scale = merged["variable"].map(standardiser.std)
+        errors[name] = float((np.abs(merged["mean"] - merged["observed"]) / scale).mean())
+    assert errors["vpatient"] < errors["locf"], errors
+
+
+def test_same_seed_same_model(cohort):
+    settings = TrainSettings(epochs=3, seed=5)
+    a = VirtualPatientModel.fit(cohort.records[:20], cohort.config, settings, progress=False)
+    b = VirtualPatientModel.fit(cohort.records[:20], cohort.config, settings, progress=False)
+    for key, value in a.world.state_dict().items():
+        assert torch.equal(value, b.world.state_dict()[key]), key
+    before = torch.random.get_rng_state()
+    VirtualPatientModel.fit(cohort.records[:20], cohort.config, settings, progress=False)
+    assert torch.equal(before, torch.random.get_rng_state())  # the global RNG is left alone
+
+
+def test_scalers_are_fitted_on_training_patients_only(cohort):
+    records = cohort.records[:40]
+    model = VirtualPatientModel.fit(records, cohort.config, TrainSettings(epochs=1, validation_fraction=0.25), progress=False)
+    held_out = set(model.history.validation_ids)
+    assert len(held_out) == 10
+    expected = Scalers.fit([r for r in records if r.subject_id not in held_out], cohort.config)
+    np.testing.assert_allclose(model.scalers.continuous_mean, expected.continuous_mean)
+    assert not np.allclose(model.scalers.continuous_mean, Scalers.fit(records, cohort.config).continuous_mean)
+
+
+def test_forecast_cutoff_is_visit_ceil_half(cohort):
+    batch = make_batch(cohort.records[:5], cohort.config, Scalers.fit(cohort.records, cohort.config))
+    for b, record in enumerate(cohort.records[:5]):
+        visits = record.visit_times()
+        assert forecast_cutoffs(batch)[b].item() == pytest.approx(visits[math.ceil(len(visits) / 2) - 1])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def small_model(cohort):
+    return VirtualPatientModel.fit(cohort.records[:30], cohort.config, TrainSettings(epochs=2, seed=1), progress=False)
+
+
+def test_checkpoint_round_trip_gives_identical_forecasts(small_model, cohort, tmp_path):
+    small_model.save(tmp_path / "m")
+    loaded = VirtualPatientModel.load(tmp_path / "m")
+    record = cohort.records[0]
+    a = small_model.forecast(record, until=1.0, horizon=2.0, n_samples=16, seed=7)
+    b = loaded.forecast(record, until=1.0, horizon=2.0, n_samples=16, seed=7)
+    np.testing.assert_array_equal(a.paths.predictive, b.paths.predictive)
+    np.testing.assert_array_equal(a.paths.survival, b.paths.survival)
+    assert (tmp_path / "m" / "training_curve.png").stat().st_size > 5_000
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_or_corrupted_checkpoints_are_refused(small_model, tmp_path):
+    small_model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "weights.pt"
+    torch.save({"weights": _Payload()}, weights)
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        VirtualPatientModel.load(tmp_path / "m")
+    weights.write_bytes(pickle.dumps({"a": 1})[:10])
+    with pytest.raises(CheckpointError, match="not a plain tensor file"):
+        VirtualPatientModel.load(tmp_path / "m")
+    torch.save({"not.a.parameter": torch.zeros(2)}, weights)
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        VirtualPatientModel.load(tmp_path / "m")
+    weights.unlink()
+    with pytest.raises(CheckpointError, match=r"missing weights\.pt"):
+        VirtualPatientModel.load(tmp_path / "m")
+    with pytest.raises(CheckpointError, match="no model directory"):
+        VirtualPatientModel.load(tmp_path / "nowhere")
+
+
+def test_forecast_shapes_quantiles_and_survival(small_model, cohort):
+    record = cohort.records[1]
+    result = small_model.forecast(record, until=1.0, horizon=3.0, n_samples=32, seed=0)
+    summary = result.summary()
+    assert set(summary["variable"]) == set(small_model.layout.continuous)
+    assert (summary["q05"] <= summary["q50"]).all() and (summary["q50"] <= summary["q95"]).all()
+    surv = result.survival_summary()
+    at_until = surv[np.isclose(surv["time"], 1.0)]
+    np.testing.assert_allclose(at_until["survival"], 1.0)  # free of events at the forecast time, by definition
+    later = surv[surv["time"] > 1.0].groupby("event")["survival"]
+    assert (later.apply(lambda s: s.is_monotonic_decreasing)).all()
+    with pytest.raises(Exception, match="horizon"):
+        small_model.forecast(record, until=1.0, horizon=-1)
+
+
+def test_settings_are_saved(small_model, tmp_path):
+    small_model.save(tmp_path / "m")
+    loaded = VirtualPatientModel.load(tmp_path / "m")
+    assert loaded.world.settings == small_model.world.settings == ModelSettings()
+    assert loaded.train_settings == small_model.train_settings

@@ -1,0 +1,317 @@
+"""Records -> tensors: the documented batch layout the world model consumes.
+
+Layout of a :class:`PatientBatch` of B patients with at most T visits (padding is
+masked, never zero-filled silently):
+
+=====================  ===============  ==============================================
+field                  shape            meaning
+=====================  ===============  ==============================================
+times                  (B, T)           visit times (years since index), padded with 0
+visit_mask             (B, T)           1 where the visit exists
+continuous, _mask      (B, T, Dc)       transformed, standardised continuous labs
+binary, _mask          (B, T, Db)       0/1
+ordinal, _mask         (B, T, Do)       class index into the variable's levels (long)
+imaging, _mask         (B, T, Di)       standardised embedding dims, all modalities
+static, static_mask    (B, S)           standardised static covariates
+history_time           (B, H)           first time each history code is recorded, +inf if never
+dose_times             (B, K)           times where the dose control changes, +inf padding
+doses                  (B, K, U)        dose of each treatment from dose_times[k] on
+event_time             (B, E)           time of each event kind, or end of follow-up
+event_observed         (B, E)           1 if that event kind happened at event_time
+followup_end           (B,)             end of follow-up
+=====================  ===============  ==============================================
+
+Scalers are fitted on training records only (scikit-learn ``StandardScaler``, which
+ignores missing values) and saved with a model as plain JSON numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from sklearn.preprocessing import StandardScaler
+
+from vpatient import transforms
+from vpatient.plans import dose_at
+from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, VariableKind
+
+__all__ = ["ExpertGroup", "FeatureLayout", "PatientBatch", "Scalers", "dose_tensors", "make_batch"]
+
+
+@dataclass(frozen=True)
+class ExpertGroup:
+    """Variables observed together (one diagnostic test): one Gaussian expert per visit.
+
+    Indices point into the continuous / binary / ordinal / imaging feature axes.
+    """
+
+    name: str
+    continuous: tuple[int, ...]
+    binary: tuple[int, ...]
+    ordinal: tuple[int, ...]
+    imaging: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Which variable sits on which tensor axis, derived once from a DatasetConfig."""
+
+    continuous: tuple[str, ...]
+    binary: tuple[str, ...]
+    ordinal: tuple[str, ...]
+    ordinal_levels: tuple[tuple[float, ...], ...]
+    imaging: tuple[tuple[str, int], ...]  # (modality, dimension)
+    static: tuple[str, ...]
+    history: tuple[str, ...]
+    treatments: tuple[str, ...]
+    events: tuple[str, ...]
+    groups: tuple[ExpertGroup, ...]
+
+    @classmethod
+    def from_config(cls, config: DatasetConfig) -> FeatureLayout:
+        kinds = VariableKind
+        continuous = tuple(config.names(kinds.CONTINUOUS))
+        binary = tuple(config.names(kinds.BINARY))
+        ordinal_specs = config.of_kind(kinds.ORDINAL)
+        imaging = tuple((v.name, int(v.dimension or 0)) for v in config.of_kind(kinds.IMAGING_EMBEDDING))
+        imaging_offsets = np.cumsum([0] + [d for _, d in imaging])
+        group_of: dict[str, list[str]] = {}
+        for var in config.of_kind(kinds.CONTINUOUS, kinds.BINARY, kinds.ORDINAL, kinds.IMAGING_EMBEDDING):
+            group_of.setdefault(var.test or f"untested_{var.kind.value}", []).append(var.name)
+        groups = []
+        for name, members in group_of.items():
+            img = [
+                j for i, (m, _) in enumerate(imaging) if m in members for j in range(imaging_offsets[i], imaging_offsets[i + 1])
+            ]
+            groups.append(
+                ExpertGroup(
+                    name=name,
+                    continuous=tuple(i for i, v in enumerate(continuous) if v in members),
+                    binary=tuple(i for i, v in enumerate(binary) if v in members),
+                    ordinal=tuple(i for i, v in enumerate(ordinal_specs) if v.name in members),
+                    imaging=tuple(int(j) for j in img),
+                )
+            )
+        return cls(
+            continuous=continuous,
+            binary=binary,
+            ordinal=tuple(v.name for v in ordinal_specs),
+            ordinal_levels=tuple(tuple(v.levels or ()) for v in ordinal_specs),
+            imaging=imaging,
+            static=tuple(config.names(kinds.STATIC)),
+            history=tuple(config.names(kinds.HISTORY)),
+            treatments=tuple(config.treatments),
+            events=tuple(config.event_kinds),
+            groups=tuple(groups),
+        )
+
+    @property
+    def imaging_dim(self) -> int:
+        return sum(d for _, d in self.imaging)
+
+    def group(self, name: str) -> ExpertGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"no expert group {name!r}; groups: {', '.join(g.name for g in self.groups)}")
+
+
+@dataclass
+class Scalers:
+    """Means and standard deviations of continuous labs (transformed), imaging dims and statics."""
+
+    continuous_mean: np.ndarray
+    continuous_std: np.ndarray
+    imaging_mean: np.ndarray
+    imaging_std: np.ndarray
+    static_mean: np.ndarray
+    static_std: np.ndarray
+
+    @classmethod
+    def fit(cls, records: Sequence[PatientRecord], config: DatasetConfig) -> Scalers:
+        """Fit on training records only."""
+        layout = FeatureLayout.from_config(config)
+        raw = _dense_arrays(records, config, layout)
+        visits = raw["visit_mask"].astype(bool)
+        cont = raw["continuous"][visits]
+        img = raw["imaging"][visits]
+        static = raw["static"]
+        return cls(*_mean_std(cont), *_mean_std(img), *_mean_std(static))
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list[float]]) -> Scalers:
+        return cls(**{f.name: np.asarray(data[f.name], dtype=np.float64) for f in fields(cls)})
+
+
+def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if values.shape[-1] == 0:
+        return np.zeros(0), np.ones(0)
+    observed = ~np.isnan(values)
+    mean = np.zeros(values.shape[1])
+    std = np.ones(values.shape[1])
+    fit_cols = observed.sum(axis=0) > 1
+    if fit_cols.any():
+        scaler = StandardScaler().fit(values[:, fit_cols])  # NaNs are disregarded in fit
+        mean[fit_cols] = scaler.mean_
+        std[fit_cols] = np.where(scaler.scale_ > 1e-8, scaler.scale_, 1.0)
+    return mean, std
+
+
+@dataclass
+class PatientBatch:
+    """Tensors of a set of patients; see the module docstring for the layout."""
+
+    subject_ids: list[str]
+    times: torch.Tensor
+    visit_mask: torch.Tensor
+    continuous: torch.Tensor
+    continuous_mask: torch.Tensor
+    binary: torch.Tensor
+    binary_mask: torch.Tensor
+    ordinal: torch.Tensor
+    ordinal_mask: torch.Tensor
+    imaging: torch.Tensor
+    imaging_mask: torch.Tensor
+    static: torch.Tensor
+    static_mask: torch.Tensor
+    history_time: torch.Tensor
+    dose_times: torch.Tensor
+    doses: torch.Tensor
+    event_time: torch.Tensor
+    event_observed: torch.Tensor
+    followup_end: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.subject_ids)
+
+    def select(self, index: Sequence[int] | torch.Tensor) -> PatientBatch:
+        """The sub-batch of the given patients (rows)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values[f.name] = [value[i] for i in idx.tolist()] if f.name == "subject_ids" else value[idx]
+        return PatientBatch(**values)
+
+    def repeat(self, n: int) -> PatientBatch:
+        """Each patient repeated ``n`` times in a row (patient-major), for posterior samples."""
+        return self.select(torch.arange(len(self)).repeat_interleave(n))
+
+    def with_doses(self, dose_times: torch.Tensor, doses: torch.Tensor) -> PatientBatch:
+        """The same patients under other treatment exposures (a what-if)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(dose_times=dose_times, doses=doses)
+        return PatientBatch(**values)
+
+
+def make_batch(records: Sequence[PatientRecord], config: DatasetConfig, scalers: Scalers) -> PatientBatch:
+    """Tensors of ``records``, standardised with ``scalers`` (fitted on training data)."""
+    layout = FeatureLayout.from_config(config)
+    raw = _dense_arrays(records, config, layout)
+    cont = (raw["continuous"] - scalers.continuous_mean) / scalers.continuous_std
+    img = (raw["imaging"] - scalers.imaging_mean) / scalers.imaging_std
+    static = (raw["static"] - scalers.static_mean) / scalers.static_std
+    dose_times, doses = dose_tensors([r.treatments for r in records], layout.treatments)
+
+    def t(x: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.as_tensor(np.nan_to_num(x, nan=0.0, posinf=np.inf), dtype=dtype)
+
+    return PatientBatch(
+        subject_ids=[r.subject_id for r in records],
+        times=t(raw["times"]),
+        visit_mask=t(raw["visit_mask"]),
+        continuous=t(cont),
+        continuous_mask=t(~np.isnan(cont)),
+        binary=t(raw["binary"]),
+        binary_mask=t(~np.isnan(raw["binary"])),
+        ordinal=t(raw["ordinal"], torch.long),
+        ordinal_mask=t(~np.isnan(raw["ordinal"])),
+        imaging=t(img),
+        imaging_mask=t(~np.isnan(img)),
+        static=t(static),
+        static_mask=t(~np.isnan(static)),
+        history_time=torch.as_tensor(raw["history_time"], dtype=torch.float32),
+        dose_times=dose_times,
+        doses=doses,
+        event_time=t(raw["event_time"]),
+        event_observed=t(raw["event_observed"]),
+        followup_end=t(raw["followup_end"]),
+    )
+
+
+def dose_tensors(
+    exposures: Sequence[Sequence[TreatmentExposure]], treatments: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Piecewise-constant dose control of each patient as (dose_times (B, K), doses (B, K, U)).
+
+    The dose of treatment u at time t is ``doses[b, k, u]`` for the last k with
+    ``dose_times[b, k] <= t``; the first breakpoint is always t=0 (dose 0 before any start).
+    """
+    points = [sorted({0.0} | {e.start for e in exp} | {e.stop for e in exp if e.stop is not None}) for exp in exposures]
+    k_max = max((len(p) for p in points), default=1)
+    times = np.full((len(exposures), k_max), np.inf)
+    doses = np.zeros((len(exposures), k_max, len(treatments)))
+    for b, (exp, pts) in enumerate(zip(exposures, points, strict=True)):
+        times[b, : len(pts)] = pts
+        for u, name in enumerate(treatments):
+            doses[b, : len(pts), u] = dose_at(exp, name, np.asarray(pts))
+    return torch.as_tensor(times, dtype=torch.float32), torch.as_tensor(doses, dtype=torch.float32)
+
+
+def _dense_arrays(records: Sequence[PatientRecord], config: DatasetConfig, layout: FeatureLayout) -> dict[str, np.ndarray]:
+    """NaN-padded numpy arrays on the natural -> modelling scale (not standardised)."""
+    n = len(records)
+    visit_times = [r.visit_times() for r in records]
+    t_max = max((len(v) for v in visit_times), default=1) or 1
+    cont_idx = {name: i for i, name in enumerate(layout.continuous)}
+    bin_idx = {name: i for i, name in enumerate(layout.binary)}
+    ord_idx = {name: i for i, name in enumerate(layout.ordinal)}
+    img_offset = dict(zip([m for m, _ in layout.imaging], np.cumsum([0] + [d for _, d in layout.imaging])[:-1], strict=True))
+    transform_of = {v.name: v.transform for v in config.variables}
+    out = {
+        "times": np.zeros((n, t_max)),
+        "visit_mask": np.zeros((n, t_max)),
+        "continuous": np.full((n, t_max, len(layout.continuous)), np.nan),
+        "binary": np.full((n, t_max, len(layout.binary)), np.nan),
+        "ordinal": np.full((n, t_max, len(layout.ordinal)), np.nan),
+        "imaging": np.full((n, t_max, layout.imaging_dim), np.nan),
+        "static": np.full((n, len(layout.static)), np.nan),
+        "history_time": np.full((n, len(layout.history)), np.inf),
+        "event_time": np.zeros((n, len(layout.events))),
+        "event_observed": np.zeros((n, len(layout.events))),
+        "followup_end": np.zeros(n),
+    }
+    for b, (record, times) in enumerate(zip(records, visit_times, strict=True)):
+        slot = {t: i for i, t in enumerate(times)}
+        out["times"][b, : len(times)] = times
+        out["visit_mask"][b, : len(times)] = 1.0
+        for obs in record.observations:
+            i = slot[obs.time]
+            if obs.variable in cont_idx:
+                out["continuous"][b, i, cont_idx[obs.variable]] = transforms.forward(obs.value, transform_of[obs.variable])
+            elif obs.variable in bin_idx:
+                out["binary"][b, i, bin_idx[obs.variable]] = obs.value
+            elif obs.variable in ord_idx:
+                j = ord_idx[obs.variable]
+                out["ordinal"][b, i, j] = layout.ordinal_levels[j].index(obs.value)
+        for study in record.imaging:
+            start = img_offset[study.modality]
+            out["imaging"][b, slot[study.time], start : start + len(study.embedding)] = study.embedding
+        for s, name in enumerate(layout.static):
+            out["static"][b, s] = record.static.get(name, np.nan)
+        for h, name in enumerate(layout.history):
+            times_h = [e.time for e in record.history if e.code == name]
+            if times_h:
+                out["history_time"][b, h] = min(times_h)
+        out["followup_end"][b] = record.end_of_followup
+        for e, kind in enumerate(layout.events):
+            times_e = [ev.time for ev in record.events if ev.kind == kind]
+            out["event_time"][b, e] = min(times_e) if times_e else record.end_of_followup
+            out["event_observed"][b, e] = 1.0 if times_e else 0.0
+    return out

@@ -1,0 +1,333 @@
+"""The forecasting benchmark protocol: folds, landmark splits, standardisation, the Forecaster interface.
+
+Every method (the world model and its peers) is scored on exactly the same splits:
+
+- subjects with at least :data:`MIN_VISITS` visits (distinct observation times,
+  :meth:`PatientRecord.visit_times`);
+- ``KFold(n_folds, shuffle=True, random_state=seed)`` over the sorted unique subject ids
+  (numerically when every id is integer-like, else as strings);
+- the forecast variables: every continuous variable of the config after its transform,
+  except those missing in more than ``max_missing`` of the visits (PBC: cholesterol);
+- for a test subject with n visits the first ceil(n/2) are observed (the landmark s is the
+  time of the last of them), and every continuous variable at every later visit is a target;
+- errors in standard deviations of the training fold (:class:`Standardiser`);
+- survival at fixed landmarks s: test subjects still in follow-up at s, seen only up to s.
+
+A method implements :class:`Forecaster` and knows nothing of folds or metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import KFold
+
+from vpatient import transforms
+from vpatient.data.cohort import Cohort
+from vpatient.data.timeline import observations_frame, truncate_record
+from vpatient.errors import VPatientError
+from vpatient.schemas import DatasetConfig, Observation, PatientRecord, VariableKind
+
+__all__ = [
+    "DEFAULT_EVENT",
+    "DEFAULT_MAX_MISSING",
+    "MIN_VISITS",
+    "QUERY_COLUMNS",
+    "Fold",
+    "Forecaster",
+    "ProtocolError",
+    "Standardiser",
+    "SurvivalLandmark",
+    "eligible_records",
+    "forecast_folds",
+    "forecast_variables",
+    "landmark_split",
+    "last_observations",
+    "n_observed_visits",
+    "sort_subject_ids",
+    "survival_landmark",
+    "survival_setup",
+    "target_frame",
+    "treated_by",
+]
+
+#: Subjects need this many visits to have both a history and something to forecast.
+MIN_VISITS = 2
+#: Continuous variables missing in more than this fraction of visits are not forecast.
+DEFAULT_MAX_MISSING = 0.3
+#: Event kind whose risk is scored; other event kinds censor.
+DEFAULT_EVENT = "death"
+#: Columns of the queries a Forecaster answers.
+QUERY_COLUMNS = ["subject_id", "time", "variable"]
+
+#: Survival landmarks and windows (years) by dataset name; datasets not listed get the default.
+_SURVIVAL_GRID: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {"pbc2": ((1.0, 3.0, 5.0), (1.0, 3.0, 5.0))}
+_DEFAULT_SURVIVAL_GRID: tuple[tuple[float, ...], tuple[float, ...]] = ((1.0, 2.0, 3.0), (1.0, 2.0))
+
+
+class ProtocolError(VPatientError, ValueError):
+    """The data cannot be scored with this protocol (too few subjects, no forecast variable)."""
+
+
+# --------------------------------------------------------------------------- interface
+
+
+@runtime_checkable
+class Forecaster(Protocol):
+    """What every method of the benchmark implements (the world model included).
+
+    ``forecasts`` and ``predicts_risk`` say which halves of the benchmark a method takes
+    part in; ``risk_is_probability`` says whether its risk is a probability (then it gets
+    a Brier score) or only a ranking score (C-index only).
+    """
+
+    name: str
+    forecasts: ClassVar[bool]
+    predicts_risk: ClassVar[bool]
+    risk_is_probability: ClassVar[bool]
+
+    def fit(self, train: list[PatientRecord], config: DatasetConfig, seed: int) -> Forecaster:
+        """Learn from the training fold's full records; returns self."""
+        ...
+
+    def forecast(self, histories: list[PatientRecord], queries: pd.DataFrame) -> pd.DataFrame:
+        """Predict the queried cells from the histories.
+
+        ``queries`` has columns subject_id, time, variable; the answer has the same rows
+        plus ``mean``, ``q05`` and ``q95`` (the 90% prediction interval) on the MODELLING
+        scale (transformed, not standardised).
+        """
+        ...
+
+    def risk(self, histories: list[PatientRecord], landmark: float, windows: list[float], event: str) -> pd.DataFrame | None:
+        """Risk of ``event`` within ``landmark + window`` for histories truncated at ``landmark``.
+
+        Returns columns subject_id, window, risk; None when the method has no survival model.
+        """
+        ...
+
+
+# --------------------------------------------------------------------------- subjects and folds
+
+
+def sort_subject_ids(ids: Iterable[str]) -> list[str]:
+    """Unique ids, numerically sorted when all are integer-like ('2' before '10'), else as strings."""
+    unique = set(ids)
+    if unique and all(re.fullmatch(r"[+-]?\d+", s) for s in unique):
+        return sorted(unique, key=lambda s: (int(s), s))
+    return sorted(unique)
+
+
+def eligible_records(records: Iterable[PatientRecord], min_visits: int = MIN_VISITS) -> list[PatientRecord]:
+    """Records with at least ``min_visits`` visits, in sorted subject-id order."""
+    by_id = {r.subject_id: r for r in records if len(r.visit_times()) >= min_visits}
+    return [by_id[s] for s in sort_subject_ids(by_id)]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One cross-validation fold: the records to learn from and the records to score."""
+
+    index: int
+    train: list[PatientRecord] = field(repr=False)
+    test: list[PatientRecord] = field(repr=False)
+
+    @property
+    def train_ids(self) -> list[str]:
+        return [r.subject_id for r in self.train]
+
+    @property
+    def test_ids(self) -> list[str]:
+        return [r.subject_id for r in self.test]
+
+
+def forecast_folds(cohort: Cohort | Sequence[PatientRecord], n_folds: int = 5, seed: int = 0) -> list[Fold]:
+    """The protocol's folds: eligible subjects, ``KFold(shuffle=True, random_state=seed)`` on sorted ids."""
+    records = eligible_records(cohort.records if isinstance(cohort, Cohort) else cohort)
+    if len(records) < n_folds:
+        raise ProtocolError(f"{len(records)} subjects with >= {MIN_VISITS} visits: too few for {n_folds} folds")
+    folds = []
+    splitter = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for i, (train_idx, test_idx) in enumerate(splitter.split(np.arange(len(records)))):
+        folds.append(Fold(i, [records[j] for j in train_idx], [records[j] for j in test_idx]))
+    return folds
+
+
+def forecast_variables(
+    records: Sequence[PatientRecord], config: DatasetConfig, max_missing: float = DEFAULT_MAX_MISSING
+) -> tuple[list[str], dict[str, float]]:
+    """Continuous variables to forecast, and those dropped with their missing fraction.
+
+    A variable's missing fraction is the share of visits (over ``records``) without a
+    value of it. Variables above ``max_missing`` are dropped: forecasting a lab measured
+    at fewer than 70% of visits scores a different population of cells than the others.
+    """
+    n_visits = sum(len(r.visit_times()) for r in records)
+    if n_visits == 0:
+        raise ProtocolError("no visits to score")
+    observed: dict[str, set[tuple[str, float]]] = {name: set() for name in config.names(VariableKind.CONTINUOUS)}
+    for r in records:
+        for o in r.observations:
+            if o.variable in observed:
+                observed[o.variable].add((r.subject_id, o.time))
+    used, dropped = [], {}
+    for name, cells in observed.items():
+        missing = 1.0 - len(cells) / n_visits
+        if missing > max_missing:
+            dropped[name] = round(missing, 4)
+        else:
+            used.append(name)
+    if not used:
+        raise ProtocolError(f"config {config.name!r} has no continuous variable with <= {max_missing:.0%} missing visits")
+    return used, dropped
+
+
+# --------------------------------------------------------------------------- landmark split
+
+
+def n_observed_visits(n_visits: int) -> int:
+    """Visits observed for a subject with ``n_visits`` visits: ceil(n/2)."""
+    return math.ceil(n_visits / 2)
+
+
+def landmark_split(record: PatientRecord) -> tuple[PatientRecord, list[Observation]]:
+    """Split a record at its forecast landmark: the history, and the observations to predict.
+
+    The history is the record truncated (:func:`truncate_record`) at s, the time of its
+    ceil(n/2)-th visit, so nothing after s (values, events, follow-up) leaks in. The
+    targets are every observation after s, on the natural scale (all variables; see
+    :func:`target_frame` for the scored cells).
+    """
+    visits = record.visit_times()
+    if len(visits) < MIN_VISITS:
+        raise ProtocolError(f"subject {record.subject_id}: {len(visits)} visit(s), the protocol needs >= {MIN_VISITS}")
+    landmark = visits[n_observed_visits(len(visits)) - 1]
+    history = truncate_record(record, landmark)
+    targets = [o for o in record.observations if o.time > landmark]
+    return history, targets
+
+
+def target_frame(
+    subject_id: str, targets: Iterable[Observation], config: DatasetConfig, variables: Sequence[str]
+) -> pd.DataFrame:
+    """The scored cells of one subject: subject_id, time, variable, observed (modelling scale)."""
+    wanted = set(variables)
+    rows = [(subject_id, o.time, o.variable, o.value) for o in targets if o.variable in wanted]
+    frame = pd.DataFrame(rows, columns=[*QUERY_COLUMNS, "observed"])
+    frame["observed"] = frame["observed"].astype(np.float64)
+    for name in wanted:
+        mask = frame["variable"].to_numpy() == name
+        if mask.any():
+            frame.loc[mask, "observed"] = transforms.forward(
+                frame.loc[mask, "observed"].to_numpy(), config.variable(name).transform
+            )
+    return frame
+
+
+# --------------------------------------------------------------------------- standardisation
+
+
+@dataclass(frozen=True)
+class Standardiser:
+    """Per-variable mean and std of the training fold (modelling scale), to score in SD units.
+
+    Fitted on the training fold only, and applied to observed values, predicted means
+    and interval bounds alike (an affine map, so intervals stay intervals).
+    """
+
+    mean: dict[str, float]
+    std: dict[str, float]
+
+    @classmethod
+    def fit(cls, train: Sequence[PatientRecord], config: DatasetConfig, variables: Sequence[str]) -> Standardiser:
+        frame = observations_frame(train, config, transformed=True)
+        mean, std = {}, {}
+        for name in variables:
+            values = frame.loc[frame["variable"] == name, "value"].to_numpy()
+            if len(values) < 2:
+                raise ProtocolError(f"variable {name!r}: {len(values)} training value(s), cannot standardise")
+            mean[name] = float(values.mean())
+            std[name] = float(values.std(ddof=1)) or 1.0
+        return cls(mean, std)
+
+    def transform(self, frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+        """A copy of ``frame`` with ``columns`` standardised by each row's ``variable``."""
+        out = frame.copy()
+        mu = out["variable"].map(self.mean).to_numpy(dtype=float)
+        sd = out["variable"].map(self.std).to_numpy(dtype=float)
+        for col in columns:
+            out[col] = (out[col].to_numpy(dtype=float) - mu) / sd
+        return out
+
+
+# --------------------------------------------------------------------------- covariates shared by the peers
+
+
+def treated_by(record: PatientRecord, time: float) -> float:
+    """1.0 if the subject has a treatment exposure (dose > 0) starting at or before ``time``."""
+    return float(any(e.start <= time and e.dose > 0 for e in record.treatments))
+
+
+def last_observations(record: PatientRecord, config: DatasetConfig, variables: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """Time and value (modelling scale) of each variable's last observation in the record; absent ones left out."""
+    last: dict[str, tuple[float, float]] = {}
+    wanted = set(variables)
+    for o in record.observations:
+        if o.variable in wanted and (o.variable not in last or o.time >= last[o.variable][0]):
+            last[o.variable] = (o.time, o.value)
+    return {
+        name: (time, float(transforms.forward(value, config.variable(name).transform))) for name, (time, value) in last.items()
+    }
+
+
+# --------------------------------------------------------------------------- survival landmarks
+
+
+def survival_landmark(
+    config: DatasetConfig, landmarks: Sequence[float] | None = None, windows: Sequence[float] | None = None
+) -> tuple[list[float], list[float]]:
+    """Landmarks and windows: the ones given, else the dataset's (PBC: 1, 3, 5 and 1, 3, 5 years), else 1, 2, 3 and 1, 2."""
+    grid = _SURVIVAL_GRID.get(config.name, _DEFAULT_SURVIVAL_GRID)
+    return list(landmarks if landmarks is not None else grid[0]), list(windows if windows is not None else grid[1])
+
+
+@dataclass(frozen=True)
+class SurvivalLandmark:
+    """Subjects in follow-up at a landmark s, seen up to s, with their outcome measured from s.
+
+    ``time`` is the time from s to the first event of interest or the end of follow-up;
+    ``event`` is 1 when the event of interest ended follow-up (other events censor).
+    """
+
+    landmark: float
+    histories: list[PatientRecord] = field(repr=False)
+    subject_ids: list[str] = field(repr=False)
+    time: np.ndarray = field(repr=False)
+    event: np.ndarray = field(repr=False)
+
+
+def survival_setup(records: Iterable[PatientRecord], landmark: float, event: str = DEFAULT_EVENT) -> SurvivalLandmark:
+    """The subjects of ``records`` still in follow-up at ``landmark`` (end of follow-up > s).
+
+    A subject's histories are truncated at s, so a risk computed from them cannot know
+    that the subject lived to a later visit.
+    """
+    histories, ids, times, events = [], [], [], []
+    for r in records:
+        if r.end_of_followup <= landmark:
+            continue
+        hits = [e.time for e in r.events if e.kind == event]
+        if hits and min(hits) <= landmark:  # died before s but still followed: not at risk
+            continue
+        end = min(hits) if hits else r.end_of_followup
+        histories.append(truncate_record(r, landmark))
+        ids.append(r.subject_id)
+        times.append(end - landmark)
+        events.append(1 if hits else 0)
+    return SurvivalLandmark(landmark, histories, ids, np.asarray(times, dtype=float), np.asarray(events, dtype=int))

@@ -1,0 +1,36 @@
+"""Methods the forecasting benchmark can run, by name.
+
+Each entry builds a fresh, unfitted :class:`~vpatient.evaluate.protocol.Forecaster`
+(one per fold). A new method joins every benchmark with one line here, e.g.
+``METHODS["vpm"] = lambda: WorldModelForecaster(...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vpatient.evaluate.baselines import LOCF, LandmarkCox, LastValueRisk, LinearMixedModel, MeanOnly
+from vpatient.evaluate.protocol import Forecaster
+
+__all__ = ["METHODS", "PEERS"]
+
+#: Name -> factory of an unfitted method.
+METHODS: dict[str, Callable[[], Forecaster]] = {
+    "mean-only": MeanOnly,
+    "locf": LOCF,
+    "lmm": LinearMixedModel,
+    "landmark-cox": LandmarkCox,
+    "last-bilirubin": lambda: LastValueRisk("bilirubin"),
+    "vpatient": lambda: _world_model(),
+}
+
+
+def _world_model() -> Forecaster:
+    # Imported on use: it brings in torch, which the peers and the CLI's start-up do not need.
+    from vpatient.evaluate.world_model import WorldModelForecaster
+
+    return WorldModelForecaster()
+
+
+#: The peer methods a benchmark runs by default.
+PEERS: tuple[str, ...] = ("mean-only", "locf", "lmm", "landmark-cox", "last-bilirubin")

@@ -1,0 +1,94 @@
+"""The world model as a method of the forecasting benchmark (the same interface as its peers)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from vpatient.model.vpm import ModelSettings
+from vpatient.schemas import DatasetConfig, PatientRecord
+from vpatient.train import TrainSettings
+from vpatient.virtual_patient import VirtualPatientModel
+
+__all__ = ["WorldModelForecaster"]
+
+
+class WorldModelForecaster:
+    """Trains a VirtualPatientModel per fold; forecasts and risks from posterior sample paths."""
+
+    forecasts = True
+    predicts_risk = True
+    risk_is_probability = True
+
+    def __init__(
+        self,
+        settings: TrainSettings | None = None,
+        model_settings: ModelSettings | None = None,
+        n_samples: int = 200,
+        name: str = "vpatient",
+    ):
+        self.name = name
+        self.settings = settings or TrainSettings()
+        self.model_settings = model_settings
+        self.n_samples = n_samples
+        self.model: VirtualPatientModel | None = None
+        self._seed = 0
+
+    def fit(self, train: list[PatientRecord], config: DatasetConfig, seed: int) -> WorldModelForecaster:
+        self._seed = seed
+        self.model = VirtualPatientModel.fit(
+            train, config, replace(self.settings, seed=seed), self.model_settings, progress=False
+        )
+        return self
+
+    def forecast(self, histories: list[PatientRecord], queries: pd.DataFrame) -> pd.DataFrame:
+        model = self._fitted()
+        by_subject = {
+            sid: np.unique(group["time"].to_numpy(dtype=float)) for sid, group in queries.groupby("subject_id", sort=False)
+        }
+        kept = [h for h in histories if h.subject_id in by_subject]
+        paths = model.simulate(kept, [by_subject[h.subject_id] for h in kept], n_samples=self.n_samples, seed=self._seed)
+        column = {name: j for j, name in enumerate(model.layout.continuous)}
+        rows = []
+        for b, sid in enumerate(paths.subject_ids):
+            times = by_subject[sid]
+            samples = paths.predictive[b]  # (S, T, Dc)
+            mean = samples.mean(axis=0)
+            q05, q95 = np.quantile(samples, [0.05, 0.95], axis=0)
+            for i, t in enumerate(times):
+                for name, j in column.items():
+                    rows.append((sid, float(t), name, mean[i, j], q05[i, j], q95[i, j]))
+        answers = pd.DataFrame(rows, columns=["subject_id", "time", "variable", "mean", "q05", "q95"])
+        return queries.merge(answers, on=["subject_id", "time", "variable"], how="left")
+
+    def forecast_imaging(self, histories: list[PatientRecord], queries: pd.DataFrame) -> np.ndarray:
+        """Expected embedding at each queried study (subject_id, time, modality): (N, dim)."""
+        model = self._fitted()
+        by_subject = {sid: np.unique(g["time"].to_numpy(dtype=float)) for sid, g in queries.groupby("subject_id", sort=False)}
+        kept = [h for h in histories if h.subject_id in by_subject]
+        paths = model.simulate(kept, [by_subject[h.subject_id] for h in kept], n_samples=self.n_samples, seed=self._seed)
+        offsets = np.cumsum([0] + [d for _, d in model.layout.imaging])
+        where = {m: (offsets[i], offsets[i + 1]) for i, (m, _) in enumerate(model.layout.imaging)}
+        mean = {sid: paths.imaging[b].mean(axis=0) for b, sid in enumerate(paths.subject_ids)}  # (T, Di)
+        out = []
+        for q in queries.itertuples(index=False):
+            i = int(np.searchsorted(by_subject[q.subject_id], q.time))
+            lo, hi = where[q.modality]
+            out.append(mean[q.subject_id][i, lo:hi])
+        return np.asarray(out)
+
+    def risk(self, histories: list[PatientRecord], landmark: float, windows: list[float], event: str) -> pd.DataFrame | None:
+        model = self._fitted()
+        k = model.layout.events.index(event)
+        times = np.asarray([landmark + w for w in windows])
+        paths = model.simulate(histories, [times] * len(histories), n_samples=self.n_samples, seed=self._seed)
+        risk = 1.0 - paths.survival[..., k].mean(axis=1)  # (B, W)
+        rows = [(sid, float(w), float(risk[b, i])) for b, sid in enumerate(paths.subject_ids) for i, w in enumerate(windows)]
+        return pd.DataFrame(rows, columns=["subject_id", "window", "risk"])
+
+    def _fitted(self) -> VirtualPatientModel:
+        if self.model is None:
+            raise RuntimeError("WorldModelForecaster.fit must run before forecast or risk")
+        return self.model

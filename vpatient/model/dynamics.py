@@ -1,0 +1,165 @@
+"""Latent dynamics under treatment: dz/dt = f(z, u(t), static), solved with torchdiffeq.
+
+The state that is integrated is augmented with, per event kind k, the cumulative hazard
+Lambda_k(t) = int h_k(z) and the cumulative incidence of k as the first event,
+C_k(t) = int h_k(z) exp(-sum_j Lambda_j): survival curves and competing risks come from
+the same solve as the labs.
+
+Solvers: ``rk4`` (fixed step whose grid includes every dose change, so no step straddles
+a jump; fast and deterministic, the default) and ``dopri5`` (adaptive, told where the
+dose control jumps via ``jump_t`` so it restarts there). Every patient starts at t=0,
+so a batch shares one solver grid; states at each patient's own times come from cubic
+Hermite interpolation on that grid, whatever the number of distinct visit times.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+from torch import nn
+from torchdiffeq import odeint
+
+from vpatient.model.experts import dose_at_times
+
+__all__ = ["DenseSolution", "LatentDynamics", "Solver"]
+
+
+class Solver(StrEnum):
+    RK4 = "rk4"
+    DOPRI5 = "dopri5"
+
+
+class LatentDynamics(nn.Module):
+    """The vector field, the hazard heads, and the solve of the augmented state."""
+
+    def __init__(self, latent_dim: int, n_treatments: int, n_static: int, n_events: int, hidden: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.n_events = n_events
+        self.field = nn.Sequential(
+            nn.Linear(latent_dim + n_treatments + n_static, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, latent_dim),
+        )
+        # Start near "no change": small output weights keep early training stable.
+        nn.init.normal_(self.field[-1].weight, std=1e-3)
+        nn.init.zeros_(self.field[-1].bias)
+        self.log_hazard = nn.Linear(latent_dim, n_events) if n_events else None
+        if self.log_hazard is not None:
+            nn.init.normal_(self.log_hazard.weight, std=0.05)
+            nn.init.constant_(self.log_hazard.bias, -3.0)  # about 5% a year to start
+
+    def hazards(self, z: torch.Tensor) -> torch.Tensor:
+        """Hazard of each event kind given the latent state, (..., L) -> (..., E)."""
+        if self.log_hazard is None:
+            return z.new_zeros(*z.shape[:-1], 0)
+        return torch.exp(self.log_hazard(z).clamp(-12.0, 4.0))
+
+    def velocity(self, z: torch.Tensor, dose: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        return self.field(torch.cat([z, dose, static], dim=-1))
+
+    def rhs(self, static: torch.Tensor, dose_times: torch.Tensor, doses: torch.Tensor, side: str = "right"):
+        """The augmented vector field as a function of (t, y), for torchdiffeq.
+
+        ``side="right"`` uses the dose in force from t on; ``"left"`` the dose just before t
+        (the two differ only at treatment changes).
+        """
+        n_events, latent_dim = self.n_events, self.latent_dim
+
+        def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if y.dim() == 2:  # a solver step: one time t for all patients, y (B, D)
+                at = t.reshape(1, 1).expand(y.shape[0], 1)
+                dose = dose_at_times(dose_times, doses, at, side=side).squeeze(1)  # (B, U)
+                stat = static
+            else:  # every grid time at once: t (G,), y (G, B, D)
+                at = t.reshape(1, -1).expand(y.shape[1], -1)
+                dose = dose_at_times(dose_times, doses, at, side=side).transpose(0, 1)  # (G, B, U)
+                stat = static.unsqueeze(0).expand(y.shape[0], -1, -1)
+            z = y[..., :latent_dim]
+            cumhaz = y[..., latent_dim : latent_dim + n_events]
+            h = self.hazards(z)
+            incidence = h * torch.exp(-cumhaz.sum(dim=-1, keepdim=True))
+            return torch.cat([self.velocity(z, dose, stat), h, incidence], dim=-1)
+
+        return field
+
+    def solve(
+        self,
+        z0: torch.Tensor,
+        static: torch.Tensor,
+        dose_times: torch.Tensor,
+        doses: torch.Tensor,
+        t_max: float,
+        solver: Solver = Solver.RK4,
+        step: float = 1.0 / 12,
+        rtol: float = 1e-6,
+        atol: float = 1e-7,
+    ) -> DenseSolution:
+        """Integrate the augmented state from t=0 to ``t_max`` for every patient of the batch.
+
+        z0 (B, L), static (B, S), dose_times (B, K), doses (B, K, U). The result is dense:
+        :meth:`DenseSolution.at` gives the state at any per-patient times.
+        """
+        y0 = torch.cat([z0, z0.new_zeros(z0.shape[0], 2 * self.n_events)], dim=-1)
+        n_steps = max(1, math.ceil(t_max / step - 1e-9))
+        regular = torch.arange(n_steps + 1, dtype=z0.dtype) * step
+        jumps = dose_times[torch.isfinite(dose_times) & (dose_times > 0) & (dose_times < regular[-1])].unique()
+        field = self.rhs(static, dose_times, doses)
+        # The output grid holds every dose change, so no interpolation interval straddles a jump.
+        grid = torch.cat([regular, jumps.to(z0.dtype)]).unique(sorted=True)
+        if solver == Solver.RK4:
+            # Steps end exactly at the dose changes; perturb=True evaluates each step's ends just
+            # inside the step, so every step sees the dose that is constant on it.
+            options = {"grid_constructor": lambda f, y, t: t, "perturb": True}
+            states = odeint(field, y0, grid, method="rk4", options=options)
+        else:
+            options = {"jump_t": jumps} if len(jumps) else {}
+            states = odeint(field, y0, grid, method="dopri5", rtol=rtol, atol=atol, options=options)
+        slope_from = self.rhs(static, dose_times, doses, side="right")(grid, states)
+        slope_to = self.rhs(static, dose_times, doses, side="left")(grid, states)
+        return DenseSolution(grid, states, slope_from, slope_to, self.latent_dim, self.n_events)
+
+
+@dataclass
+class DenseSolution:
+    """States on the solver grid, with cubic Hermite interpolation at any per-patient time.
+
+    grid (G,), states (G, B, D) and the derivatives leaving (``slope_from``) and
+    arriving at (``slope_to``) each grid point, which differ only where the dose jumps.
+    Interpolation error is O(step^4), far below observation noise at monthly steps.
+    """
+
+    grid: torch.Tensor
+    states: torch.Tensor
+    slope_from: torch.Tensor
+    slope_to: torch.Tensor
+    latent_dim: int
+    n_events: int
+
+    def at(self, times: torch.Tensor) -> torch.Tensor:
+        """Augmented state at per-patient times (B, T) -> (B, T, D); times beyond the grid clamp."""
+        grid = self.grid
+        t = times.clamp(min=0.0, max=float(grid[-1]))
+        i = (torch.searchsorted(grid, t.contiguous(), right=True) - 1).clamp(0, len(grid) - 2)  # (B, T)
+        rows = torch.arange(times.shape[0]).unsqueeze(-1).expand_as(i)
+        t0, t1 = grid[i], grid[i + 1]
+        h = (t1 - t0).unsqueeze(-1)
+        s = ((t - t0) / (t1 - t0)).unsqueeze(-1)
+        y0, y1 = self.states[i, rows], self.states[i + 1, rows]
+        f0, f1 = self.slope_from[i, rows], self.slope_to[i + 1, rows]
+        s2, s3 = s * s, s * s * s
+        return (2 * s3 - 3 * s2 + 1) * y0 + (s3 - 2 * s2 + s) * h * f0 + (-2 * s3 + 3 * s2) * y1 + (s3 - s2) * h * f1
+
+    def z(self, times: torch.Tensor) -> torch.Tensor:
+        return self.at(times)[..., : self.latent_dim]
+
+    def cumulative_hazard(self, times: torch.Tensor) -> torch.Tensor:
+        return self.at(times)[..., self.latent_dim : self.latent_dim + self.n_events]
+
+    def incidence(self, times: torch.Tensor) -> torch.Tensor:
+        return self.at(times)[..., self.latent_dim + self.n_events :]

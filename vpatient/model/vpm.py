@@ -1,0 +1,182 @@
+"""The world model and its evidence lower bound (ELBO).
+
+Generative model, per patient: z0 ~ N(0, I); z(t) solves dz/dt = f(z, u(t), static)
+from t=0 under the treatments given; every observed cell x at time t is drawn from its
+decoder given z(t) (Gaussian, Bernoulli, cumulative logit); each event kind k has
+hazard h_k(z(t)) and is censored by the end of follow-up.
+
+Inference: q(z0 | data up to a cut-off s) is the product of the prior and one Gaussian
+expert per (visit <= s, test), plus static and history experts.
+
+ELBO = E_q[ log p(every observed cell, before and after s | z0) + log p(events | z0) ]
+       - KL(q(z0) || N(0, I)).
+Training draws a random cut-off s per patient each epoch, so reconstructing the cells
+after s is forecasting them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from vpatient.data.batching import FeatureLayout, PatientBatch
+from vpatient.model.decoders import ObservationDecoder
+from vpatient.model.dynamics import DenseSolution, LatentDynamics, Solver
+from vpatient.model.experts import VisitExperts
+from vpatient.model.fusion import product_of_experts
+
+__all__ = ["ModelSettings", "WorldModel"]
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Architecture and solver settings, saved with a checkpoint."""
+
+    latent_dim: int = 8  # dimensions of the disease state that evolve
+    hidden: int = 64
+    baseline_offsets: bool = True  # add a constant, patient-specific offset per continuous lab
+    individual_slopes: bool = False  # and a linear trend per lab (measured: no gain on PBC)
+    solver: str = Solver.RK4.value
+    step: float = 0.25  # years; RK4 error at quarterly steps is far below observation noise
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class WorldModel(nn.Module):
+    """Encoders, product of experts, latent ODE with hazards, and decoders."""
+
+    def __init__(self, layout: FeatureLayout, settings: ModelSettings | None = None):
+        super().__init__()
+        self.layout = layout
+        self.settings = settings or ModelSettings()
+        s = self.settings
+        # The posterior covers z0 and, when enabled, one constant offset per continuous lab:
+        # the patient's own baseline level, as a mixed model's random intercept.
+        n_cont = len(layout.continuous)
+        self.n_offsets = (n_cont if s.baseline_offsets else 0) + (n_cont if s.individual_slopes else 0)
+        self.posterior_dim = s.latent_dim + self.n_offsets
+        self.experts = VisitExperts(layout, self.posterior_dim, s.hidden)
+        self.dynamics = LatentDynamics(s.latent_dim, len(layout.treatments), len(layout.static), len(layout.events), s.hidden)
+        self.decoder = ObservationDecoder(layout, s.latent_dim, s.hidden, s.baseline_offsets, s.individual_slopes)
+
+    # -- inference -------------------------------------------------------------
+
+    def posterior(self, batch: PatientBatch, cutoff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance (B, P) of q(z0, offsets | data up to cutoff (B,)); P = posterior_dim."""
+        means, precisions, present = self.experts(batch, cutoff)
+        return product_of_experts(means, precisions, present)
+
+    # -- generation ------------------------------------------------------------
+
+    def offsets(self, draws: torch.Tensor) -> torch.Tensor:
+        """The per-lab intercepts and slopes of posterior draws (B, P) -> (B, n_offsets)."""
+        return draws[:, self.settings.latent_dim :]
+
+    def rollout(self, z0: torch.Tensor, batch: PatientBatch, until: float | None = None) -> DenseSolution:
+        """Solve from posterior draws (B, P) under the batch's treatments, to ``until`` or the batch's last time."""
+        if until is None:
+            until = float(torch.cat([batch.times.reshape(-1), batch.event_time.reshape(-1), batch.followup_end]).max())
+        static = batch.static * batch.static_mask
+        return self.dynamics.solve(
+            z0[:, : self.settings.latent_dim],
+            static,
+            batch.dose_times,
+            batch.doses,
+            max(until, 1e-3),
+            solver=Solver(self.settings.solver),
+            step=self.settings.step,
+        )
+
+    def event_log_likelihood(
+        self, solution: DenseSolution, event_time: torch.Tensor, event_observed: torch.Tensor
+    ) -> torch.Tensor:
+        """Cause-specific log-likelihood of events with censoring, per patient (B,)."""
+        n_events = len(self.layout.events)
+        if n_events == 0:
+            return event_time.new_zeros(event_time.shape[0])
+        state = solution.at(event_time)  # (B, E, D): kind k's row is evaluated at T_k
+        kinds = torch.arange(n_events)
+        latent = self.settings.latent_dim
+        cumhaz = state[:, kinds, latent + kinds]  # Lambda_k(T_k), (B, E)
+        log_h = torch.log(self.dynamics.hazards(state[..., :latent])[:, kinds, kinds])
+        return (event_observed * log_h - cumhaz).sum(dim=-1)
+
+    # -- objective -------------------------------------------------------------
+
+    def elbo(
+        self, batch: PatientBatch, cutoff: torch.Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-patient means of the ELBO's terms; ``loss`` is what training minimises."""
+        mean, var = self.posterior(batch, cutoff)
+        terms = self.elbo_terms(batch, mean, var, generator)
+        return {name: value.mean() for name, value in terms.items()}
+
+    def elbo_terms(
+        self,
+        batch: PatientBatch,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        generator: torch.Generator | None = None,
+        n_draws: int = 1,
+    ) -> dict[str, torch.Tensor]:
+        """The ELBO of every patient (B,) under q(z0) = N(mean, var), by reparameterised draws."""
+        b = len(batch)
+        eps = torch.randn((n_draws, *mean.shape), generator=generator)
+        z0 = (mean + var.sqrt() * eps).reshape(n_draws * b, -1)
+        rep = batch if n_draws == 1 else batch.select(torch.arange(b).repeat(n_draws))
+        solution = self.rollout(z0, rep)
+        z_visits = solution.z(rep.times)  # (n*B, T, L)
+        visit = rep.visit_mask.unsqueeze(-1)
+        values = {
+            "continuous": rep.continuous,
+            "continuous_mask": rep.continuous_mask * visit,
+            "binary": rep.binary,
+            "binary_mask": rep.binary_mask * visit,
+            "ordinal": rep.ordinal,
+            "ordinal_mask": rep.ordinal_mask * visit,
+            "imaging": rep.imaging,
+            "imaging_mask": rep.imaging_mask * visit,
+        }
+        obs_ll = self.decoder.log_likelihood(z_visits, values, self.offsets(z0), rep.times).reshape(n_draws, b).mean(dim=0)
+        event_ll = self.event_log_likelihood(solution, rep.event_time, rep.event_observed).reshape(n_draws, b).mean(dim=0)
+        kl = 0.5 * (var + mean**2 - 1.0 - torch.log(var)).sum(dim=-1)
+        elbo = obs_ll + event_ll - kl
+        return {"loss": -elbo, "observations": obs_ll, "events": event_ll, "kl": kl}
+
+    def refine_posterior(
+        self,
+        batch: PatientBatch,
+        mean: torch.Tensor,
+        var: torch.Tensor,
+        steps: int = 60,
+        learning_rate: float = 0.05,
+        n_draws: int = 4,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Semi-amortised inference: improve each patient's q(z0) by maximising its own ELBO.
+
+        Starts from the product-of-experts posterior and takes ``steps`` Adam steps on the
+        variational mean and log-variance of every patient at once, with the model's
+        weights fixed. ``batch`` must hold only what is known (a history cut at the
+        forecast time). Closes the amortisation gap of the encoders.
+        """
+        m = mean.detach().clone().requires_grad_(True)
+        log_v = torch.log(var.detach()).clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([m, log_v], lr=learning_rate)
+        frozen = [p.requires_grad for p in self.parameters()]
+        for p in self.parameters():
+            p.requires_grad_(False)
+        try:
+            with torch.enable_grad():
+                for _ in range(steps):
+                    loss = self.elbo_terms(batch, m, torch.exp(log_v), generator, n_draws)["loss"].sum()
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+        finally:
+            for p, flag in zip(self.parameters(), frozen, strict=True):
+                p.requires_grad_(flag)
+        return m.detach(), torch.exp(log_v.detach())
