@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -30,7 +31,7 @@ from vpatient.evaluate.protocol import (
     sort_subject_ids,
     survival_setup,
 )
-from vpatient.evaluate.registry import METHODS
+from vpatient.evaluate.registry import METHODS, PEERS
 from vpatient.schemas import PatientRecord
 
 
@@ -244,6 +245,8 @@ def test_cli_forecast_writes_json_markdown_and_predictions(pbc, tmp_path):
             "--out-dir",
             str(tmp_path / "results"),
             "--no-progress",
+            "--methods",
+            "mean-only,locf,lmm,landmark-cox,last-bilirubin",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -263,3 +266,10 @@ def test_cli_rejects_unknown_methods(tmp_path):
         benchmark_app, ["forecast", "--data", "pbc2", "--methods", "locf,oracle", "--out-dir", str(tmp_path)]
     )
     assert result.exit_code != 0 and "oracle" in result.output
+
+
+def test_the_world_model_runs_by_default_beside_its_peers():
+    from vpatient.evaluate.cli import benchmark_forecast
+
+    default = inspect.signature(benchmark_forecast).parameters["methods"].default
+    assert default.split(",")[0] == "vpatient" and set(PEERS) <= set(default.split(","))
