@@ -32,32 +32,9 @@ from vpatient.schemas import DatasetConfig, PatientRecord, parse_record
 
 
 @pytest.fixture()
-def cfg() -> DatasetConfig:
-    """Every variable kind, each with the options that change how MEDS rows map."""
-    return DatasetConfig.model_validate(
-        {
-            "name": "meds-test",
-            "variables": [
-                {"name": "age", "codes": [MEDS_BIRTH], "kind": "static", "plausible_range": [0, 120]},
-                {"name": "sex", "codes": ["SEX"], "kind": "static", "categories": {"female": 0, "male": 1}},
-                {
-                    "name": "bilirubin",
-                    "codes": ["LAB//BILI"],
-                    "kind": "continuous",
-                    "transform": "log",
-                    "unit": "mg/dl",
-                    "plausible_range": [0.05, 60],
-                },
-                {"name": "ascites", "codes": ["SIGN//ASCITES"], "kind": "binary"},
-                {"name": "stage", "codes": ["STAGE"], "kind": "ordinal", "levels": [1, 2, 3, 4]},
-                {"name": "ct", "codes": ["IMG//CT"], "kind": "imaging_embedding", "dimension": 4},
-                {"name": "diabetes", "codes": ["ICD//E11"], "kind": "history"},
-                {"name": "drug", "codes": ["RX//DRUG"], "kind": "treatment", "plausible_range": [0, 2]},
-                {"name": "death", "codes": [MEDS_DEATH], "kind": "event"},
-                {"name": "transplant", "codes": ["EVENT//TX"], "kind": "event"},
-            ],
-        }
-    )
+def cfg(config: DatasetConfig) -> DatasetConfig:
+    """The shared config with every variable kind (tests/conftest.py)."""
+    return config
 
 
 def _record(sid: int, rng: np.random.Generator, index_time: datetime | None = None, split: str | None = None) -> dict:
@@ -169,7 +146,7 @@ def test_written_directory_is_self_describing(cfg, tmp_path):
         "data/tuning/0.parquet",
     ]
     dataset = json.loads((out / "metadata" / "dataset.json").read_text())
-    assert dataset["etl_name"] == "vpatient" and dataset["dataset_name"] == "meds-test" and dataset["meds_version"]
+    assert dataset["etl_name"] == "vpatient" and dataset["dataset_name"] == cfg.name and dataset["meds_version"]
     codes = pd.read_parquet(out / "metadata" / "codes.parquet")
     assert {"code", "description", "parent_codes"} <= set(codes.columns)
     assert {"IMG//CT//3", "RX//DRUG" + START_SUFFIX, "RX//DRUG" + STOP_SUFFIX, MEDS_DEATH} <= set(codes["code"])

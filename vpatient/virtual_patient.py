@@ -240,6 +240,8 @@ class VirtualPatientModel:
         """
         if not histories:
             raise VPatientError("nothing to simulate: no patient records given")
+        if n_samples < 1:
+            raise VPatientError(f"n_samples = {n_samples!r}: at least 1 posterior sample path is needed")
         refine_steps = self.refine_steps if refine_steps is None else refine_steps
         parts = []
         for start in range(0, len(histories), chunk_size):

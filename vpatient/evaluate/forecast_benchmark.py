@@ -202,36 +202,14 @@ class ForecastBenchmarkResult(_Strict):
                 f"Harrell's C (outcome censored at s + w; mean ± std over folds; a fold's cell with < {s.min_deaths} events is not scored).",
                 "",
             ]
-            lines += [
-                markdown_table(
-                    pd.DataFrame(
-                        [
-                            {"method": m} | {header[c]: _pm(by[(m, *c)].c_index_mean, by[(m, *c)].c_index_std) for c in cells}
-                            for m in methods
-                        ]
-                    ),
-                    index=False,
-                ),
-                "",
-            ]
+            lines += [_cell_table(methods, cells, header, by, "c_index"), ""]
             prob = [m for m in methods if any(by[(m, *c)].brier_mean is not None for c in cells)]
             if prob:
                 lines += [
                     "IPCW Brier score at s + w (censoring by reverse Kaplan-Meier on the training fold; lower is better).",
                     "",
                 ]
-                lines += [
-                    markdown_table(
-                        pd.DataFrame(
-                            [
-                                {"method": m} | {header[c]: _pm(by[(m, *c)].brier_mean, by[(m, *c)].brier_std) for c in cells}
-                                for m in prob
-                            ]
-                        ),
-                        index=False,
-                    ),
-                    "",
-                ]
+                lines += [_cell_table(prob, cells, header, by, "brier"), ""]
             first = methods[0]
             lines += [f"Events and subjects at risk per cell, pooled over folds (folds scored of {s.n_folds}).", ""]
             lines += [
@@ -276,6 +254,16 @@ class ForecastBenchmarkResult(_Strict):
 
 #: Result types of this module, by the name their JSON Schema is exported under.
 RESULT_TYPES: dict[str, type[BaseModel]] = {"ForecastBenchmarkResult": ForecastBenchmarkResult}
+
+
+def _cell_table(methods: Sequence[str], cells: Sequence[tuple[float, float]], header: dict, by: dict, metric: str) -> str:
+    """One row per method, one column per (landmark, window): ``metric`` mean ± std over folds."""
+    rows = [
+        {"method": m}
+        | {header[c]: _pm(getattr(by[(m, *c)], f"{metric}_mean"), getattr(by[(m, *c)], f"{metric}_std")) for c in cells}
+        for m in methods
+    ]
+    return markdown_table(pd.DataFrame(rows), index=False)
 
 
 def _pm(mean: float | None, std: float | None) -> str:
