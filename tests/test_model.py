@@ -158,7 +158,7 @@ def test_short_training_beats_locf_on_held_out_patients(cohort):
 
     from vpatient.evaluate.world_model import WorldModelForecaster
 
-    cells = pd.concat(queries, ignore_index=True)
+    cells = pd.concat([q for q in queries if len(q)], ignore_index=True)
     wmf = WorldModelForecaster(n_samples=64)
     wmf.model = model
     standardiser = Standardiser.fit(train, config, variables)
@@ -229,7 +229,7 @@ def test_pickled_or_corrupted_checkpoints_are_refused(small_model, tmp_path):
     torch.save({"weights": _Payload()}, weights)
     with pytest.raises(CheckpointError, match="never unpickles"):
         VirtualPatientModel.load(tmp_path / "m")
-    weights.write_bytes(pickle.dumps({"a": 1})[:10])
+    weights.write_bytes(pickle.dumps({"a": 1}, protocol=2)[:10])
     with pytest.raises(CheckpointError, match="not a plain tensor file"):
         VirtualPatientModel.load(tmp_path / "m")
     torch.save({"not.a.parameter": torch.zeros(2)}, weights)

@@ -176,7 +176,7 @@ def train(
     model.save(out)
     h = model.history
     typer.echo(
-        f"trained on {h.n_train} patients ({h.n_validation} for validation) in {h.seconds:.0f} s; best epoch {h.best_epoch}; wrote {out}"
+        f"trained on {h.n_train} patients (and {h.n_validation} more for early stopping) in {h.seconds:.0f} s; best epoch {h.best_epoch}; wrote {out}"
     )
 
 
