@@ -262,3 +262,23 @@ def test_settings_are_saved(small_model, tmp_path):
     loaded = VirtualPatientModel.load(tmp_path / "m")
     assert loaded.world.settings == small_model.world.settings == ModelSettings()
     assert loaded.train_settings == small_model.train_settings
+
+
+def test_plans_replace_the_future_with_common_random_numbers(small_model, cohort):
+    from vpatient.data.timeline import truncate_record
+    from vpatient.schemas import TreatmentExposure, TreatmentPlan
+
+    treated = next(r for r in cohort.records if r.treatments and r.end_of_followup > 3)
+    history = truncate_record(treated, 1.0)
+    grid = [np.linspace(1.0, 3.0, 5)]
+    dose = treated.treatments[0].dose
+    same = TreatmentPlan(name="as given", exposures=[TreatmentExposure(treatment="drug", start=1.0, dose=dose)])
+    withdraw = TreatmentPlan(name="withdraw")
+    factual = small_model.simulate([history], grid, n_samples=16, seed=3)
+    as_given = small_model.simulate([history], grid, n_samples=16, seed=3, plans=[same])
+    again = small_model.simulate([history], grid, n_samples=16, seed=3, plans=[same])
+    stopped = small_model.simulate([history], grid, n_samples=16, seed=3, plans=[withdraw])
+    np.testing.assert_array_equal(as_given.expected, again.expected)  # identical plans: zero effect, exactly
+    np.testing.assert_allclose(as_given.expected, factual.expected, atol=1e-4)  # the factual plan reproduces the forecast
+    assert np.abs(stopped.expected - as_given.expected)[:, :, 1:].max() > 1e-6  # withdrawing the drug changes it
+    np.testing.assert_allclose(stopped.expected[:, :, 0], as_given.expected[:, :, 0], atol=1e-4)  # not the past
