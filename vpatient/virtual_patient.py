@@ -27,6 +27,7 @@ from vpatient import __version__, transforms
 from vpatient.data.batching import FeatureLayout, Scalers, dose_tensors, make_batch
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError
+from vpatient.model.dynamics import DenseSolution
 from vpatient.model.vpm import ModelSettings, WorldModel
 from vpatient.plans import exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
@@ -265,14 +266,15 @@ class VirtualPatientModel:
         rep = batch.repeat(s)
         t_max = max(float(np.max(t)) if len(t) else 0.0 for t in times)
         t_max = max(t_max, float(cutoff.max()))
-        factual = self.world.rollout(z0, rep, until=t_max)
+        factual = None
         if refine_steps > 0:  # the refined posterior already weighed the event history up to the cut-off
-            keep, ess = torch.arange(s).expand(n, s), torch.full((n,), float(s))
+            flat, ess = torch.arange(n * s), torch.full((n,), float(s))
         else:  # weight the amortised draws by the event history up to the cut-off, then resample
+            factual = self.world.rollout(z0, rep, until=t_max)
             log_w = self.world.event_log_likelihood(factual, rep.event_time, rep.event_observed).reshape(n, s)
             keep, ess = _resample(log_w, generator)  # (n, s) indices into the draws
-        flat = (torch.arange(n).unsqueeze(1) * s + keep).reshape(-1)
-        z0 = z0[flat]
+            flat = (torch.arange(n).unsqueeze(1) * s + keep).reshape(-1)
+            z0 = z0[flat]
         if plans is not None and any(p is not None for p in plans):
             exposures = [
                 exposures_under_plan(h.treatments, p, h.end_of_followup) if p is not None else h.treatments
@@ -281,7 +283,9 @@ class VirtualPatientModel:
             dose_times, doses = dose_tensors(exposures, self.layout.treatments)
             rep = rep.with_doses(dose_times.repeat_interleave(s, 0), doses.repeat_interleave(s, 0))
             solution = self.world.rollout(z0, rep, until=t_max)
-        else:
+        elif factual is None:
+            solution = self.world.rollout(z0, rep, until=t_max)
+        else:  # the factual solve already holds these paths: keep the resampled rows
             solution = _select_solution(factual, flat)
         return self._decode(histories, times, solution, self.world.offsets(z0), cutoff, n, s, generator, ess)
 
@@ -380,9 +384,7 @@ def _resample(log_w: torch.Tensor, generator: torch.Generator) -> tuple[torch.Te
     return torch.searchsorted(cdf, u).clamp(max=s - 1), ess
 
 
-def _select_solution(solution, rows: torch.Tensor):
-    from vpatient.model.dynamics import DenseSolution
-
+def _select_solution(solution: DenseSolution, rows: torch.Tensor) -> DenseSolution:
     return DenseSolution(
         solution.grid,
         solution.states[:, rows],

@@ -332,17 +332,12 @@ def run_forecast_benchmark(
         at_landmark = {s: (survival_setup(fold.test, s, event), survival_setup(fold.train, s, event)) for s in landmarks}
         img_queries, img_observed = imaging_targets(fold.test, histories)
         if len(img_queries):
-            img_mean, img_sd = training_moments(fold.train, img_queries["modality"].iloc[0])
-            for ref, predicted in reference_forecasts(histories, img_queries, img_mean).items():
-                imaging_rows.append(
-                    (
-                        ref,
-                        img_queries["modality"].iloc[0],
-                        fold.index,
-                        score_imaging(predicted, img_observed, img_mean, img_sd),
-                        len(img_queries),
-                    )
-                )
+            modality = img_queries["modality"].iloc[0]
+            img_mean, img_sd = training_moments(fold.train, modality)
+            img_context = (modality, fold.index, img_observed, img_mean, img_sd)
+            imaging_rows += [
+                _imaging_row(ref, p, *img_context) for ref, p in reference_forecasts(histories, img_queries, img_mean).items()
+            ]
         for name, factory in methods.items():
             started = time.perf_counter()
             method = factory().fit(list(fold.train), config, seed)
@@ -350,16 +345,7 @@ def run_forecast_benchmark(
                 answer = method.forecast(histories, queries.copy())
                 predictions.append(_score_frame(truth, answer, scaler, fold.index, name))
             if len(img_queries) and hasattr(method, "forecast_imaging"):
-                predicted = method.forecast_imaging(histories, img_queries.copy())
-                imaging_rows.append(
-                    (
-                        name,
-                        img_queries["modality"].iloc[0],
-                        fold.index,
-                        score_imaging(predicted, img_observed, img_mean, img_sd),
-                        len(img_queries),
-                    )
-                )
+                imaging_rows.append(_imaging_row(name, method.forecast_imaging(histories, img_queries.copy()), *img_context))
             if method.predicts_risk:
                 for s in landmarks:
                     test, train = at_landmark[s]
@@ -393,6 +379,13 @@ def run_forecast_benchmark(
         imaging=_imaging_scores(imaging_rows),
     )
     return result, table
+
+
+def _imaging_row(
+    method: str, predicted: np.ndarray, modality: str, fold: int, observed: np.ndarray, mean: np.ndarray, sd: np.ndarray
+) -> tuple[str, str, int, float, int]:
+    """One fold's imaging score of one method: (method, modality, fold, MAE, studies)."""
+    return (method, modality, fold, score_imaging(predicted, observed, mean, sd), len(observed))
 
 
 def _imaging_scores(rows: list[tuple[str, str, int, float, int]]) -> list[ImagingScore]:
