@@ -60,6 +60,7 @@ __all__ = [
     "PatientRecord",
     "Problem",
     "RecordValidationError",
+    "Simulator",
     "SyntheticCohort",
     "SyntheticParams",
     "SyntheticTruth",
@@ -92,6 +93,7 @@ _LAZY = {
     "VirtualPatientModel": "vpatient.virtual_patient",
     "ModelSettings": "vpatient.model.vpm",
     "TrainSettings": "vpatient.train",
+    "Simulator": "vpatient.simulation",
 }
 
 

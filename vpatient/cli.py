@@ -17,6 +17,7 @@ import typer
 from vpatient import __version__
 from vpatient.errors import Problem, RecordValidationError, VPatientError
 from vpatient.evaluate.cli import benchmark_app
+from vpatient.simulation.cli import simulate_app, whatif_command
 
 app = typer.Typer(help="vpatient: a virtual-patient disease-progression simulator.", no_args_is_help=True, add_completion=False)
 datasets_app = typer.Typer(help="Embedded datasets: list, summarise, export to MEDS.", no_args_is_help=True)
@@ -24,6 +25,8 @@ schemas_app = typer.Typer(help="JSON Schemas of the input and output types.", no
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(benchmark_app, name="benchmark")
+app.add_typer(simulate_app, name="simulate")
+app.command("whatif")(whatif_command)
 
 log = logging.getLogger("vpatient")
 
@@ -174,6 +177,9 @@ def train(
     )
     model.data_source = data
     model.save(out)
+    from vpatient.simulation import Simulator
+
+    Simulator(model, model_dir=out).fit_population(cohort.records, seed=seed)
     h = model.history
     typer.echo(
         f"trained on {h.n_train} patients (and {h.n_validation} more for early stopping) in {h.seconds:.0f} s; best epoch {h.best_epoch}; wrote {out}"

@@ -16,9 +16,11 @@ from vpatient.data.cohort import Cohort, arm_of
 from vpatient.schemas import PatientRecord
 
 if TYPE_CHECKING:
+    from vpatient.simulation.trial import TrialResult
+    from vpatient.simulation.whatif import WhatIfResult
     from vpatient.virtual_patient import Forecast
 
-__all__ = ["plot_forecast", "plot_km_by_arm", "survival_table"]
+__all__ = ["plot_forecast", "plot_km_by_arm", "plot_trial", "plot_whatif", "survival_table"]
 
 
 def survival_table(cohort: Cohort, event: str = "death") -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -123,4 +125,84 @@ def plot_forecast(
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"subject {forecast.subject_id}: forecast from t = {forecast.until:.2f} {forecast.config.time_unit.value}")
     fig.tight_layout()
+    return fig
+
+
+def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: plt.Figure | None = None) -> plt.Figure:
+    """One panel per lab with each plan's median and 90% band from the decision time, and survival per plan."""
+    trajectories = result.trajectories()
+    survival = result.survival()
+    layout = next(iter(result.forecasts.values())).layout
+    config = next(iter(result.forecasts.values())).config
+    names = variables or list(layout.continuous)
+    n_panels = len(names) + len(layout.events)
+    cols = 3
+    rows = int(np.ceil(n_panels / cols))
+    if fig is None:
+        fig = plt.figure(figsize=(4.2 * cols, 2.9 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    future = trajectories[trajectories["time"] >= result.at - 1e-9]
+    for ax, name in zip(axes, names, strict=False):
+        spec = config.variable(name)
+        for k, plan in enumerate(result.plans):
+            part = future[(future["variable"] == name) & (future["plan"] == plan.name)]
+            ax.fill_between(part["time"], part["q05"], part["q95"], color=f"C{k}", alpha=0.15)
+            ax.plot(part["time"], part["q50"], color=f"C{k}", lw=1.5, label=plan.name)
+        if spec.reference_range:
+            ax.axhspan(*spec.reference_range, color="green", alpha=0.07)
+        if spec.transform.value == "log":
+            ax.set_yscale("log")
+        ax.set_title(f"{name} ({spec.unit})" if spec.unit else name, fontsize=10)
+        ax.grid(alpha=0.3)
+    for i, kind in enumerate(layout.events):
+        ax = axes[len(names) + i]
+        for k, plan in enumerate(result.plans):
+            part = survival[(survival["event"] == kind) & (survival["plan"] == plan.name) & (survival["time"] >= result.at - 1e-9)]
+            ax.plot(part["time"], part["survival"], color=f"C{k}", label=plan.name)
+            ax.fill_between(part["time"], part["survival_q05"], part["survival_q95"], color=f"C{k}", alpha=0.15)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"free of {kind}", fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"subject {result.subject_id}: what-if from t = {result.at:.2f} (median and 90% band per plan)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_trial(result: TrialResult, path=None, fig: plt.Figure | None = None) -> plt.Figure:
+    """Kaplan-Meier curves per arm (with the model's mean curves dashed) and mean lab trajectories per arm."""
+    labs = list(result.trajectories["variable"].unique())
+    n_panels = 1 + len(labs)
+    cols = 3
+    rows = int(np.ceil(n_panels / cols))
+    if fig is None:
+        fig = plt.figure(figsize=(4.2 * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    ax = axes[0]
+    for k, arm in enumerate(result.arms):
+        km = result.kaplan_meier[result.kaplan_meier["arm"] == arm]
+        ax.step(km["time"], km["survival"], where="post", color=f"C{k}", label=f"{arm} (Kaplan-Meier)")
+        ax.fill_between(km["time"], km["lower"], km["upper"], step="post", color=f"C{k}", alpha=0.15)
+        model = result.model_survival[result.model_survival["arm"] == arm]
+        ax.plot(model["time"], model["survival"], color=f"C{k}", ls="--", lw=1, label=f"{arm} (model mean)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"free of {result.event}", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    for ax, name in zip(axes[1:], labs, strict=False):
+        for k, arm in enumerate(result.arms):
+            part = result.trajectories[(result.trajectories["variable"] == name) & (result.trajectories["arm"] == arm)]
+            ax.plot(part["time"], part["mean"], color=f"C{k}", label=arm)
+            ax.fill_between(part["time"], part["lower"], part["upper"], color=f"C{k}", alpha=0.2)
+        ax.set_title(f"mean {name}", fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    fig.suptitle(f"in-silico trial, {result.n_patients} patients per arm")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
     return fig

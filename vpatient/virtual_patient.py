@@ -239,21 +239,53 @@ class VirtualPatientModel:
         the same seed gives the same posterior draws whatever the plan (common random
         numbers), so differences between plans are the treatment's effect, not noise.
         """
+        per_history = list(plans) if plans is not None else None
+        return self._simulate([per_history], histories, times, n_samples, seed, chunk_size, refine_steps)[0]
+
+    @torch.no_grad()
+    def simulate_plans(
+        self,
+        histories: Sequence[PatientRecord],
+        times: Sequence[np.ndarray],
+        plans: Sequence[TreatmentPlan | None],
+        n_samples: int = 200,
+        seed: int = 0,
+        chunk_size: int = 32,
+        refine_steps: int | None = None,
+    ) -> list[SimulatedPaths]:
+        """Sample paths of every history under each plan (None: as recorded), one result per plan.
+
+        The posterior is inferred once; every plan rolls out the same draws with the same
+        observation noise (common random numbers), so two identical plans agree exactly.
+        """
+        if not plans:
+            raise VPatientError("no plans given: name at least one treatment plan to simulate")
+        alternatives = [[plan] * len(histories) for plan in plans]
+        return self._simulate(alternatives, histories, times, n_samples, seed, chunk_size, refine_steps)
+
+    def _simulate(self, alternatives, histories, times, n_samples, seed, chunk_size, refine_steps) -> list[SimulatedPaths]:
         if not histories:
             raise VPatientError("nothing to simulate: no patient records given")
         if n_samples < 1:
             raise VPatientError(f"n_samples = {n_samples!r}: at least 1 posterior sample path is needed")
+        if len(times) != len(histories):
+            raise VPatientError(f"{len(histories)} histories but {len(times)} time grids: give one grid per history")
+        for per_history in alternatives:
+            if per_history is not None and len(per_history) != len(histories):
+                raise VPatientError(f"{len(histories)} histories but {len(per_history)} plans: give one plan per history")
         refine_steps = self.refine_steps if refine_steps is None else refine_steps
-        parts = []
+        parts: list[list[SimulatedPaths]] = []
         for start in range(0, len(histories), chunk_size):
             stop = start + chunk_size
-            chunk_plans = plans[start:stop] if plans is not None else None
+            chunk_alternatives = [p[start:stop] if p is not None else None for p in alternatives]
             parts.append(
-                self._simulate_chunk(histories[start:stop], times[start:stop], n_samples, seed + start, chunk_plans, refine_steps)
+                self._simulate_chunk(
+                    histories[start:stop], times[start:stop], n_samples, seed + start, chunk_alternatives, refine_steps
+                )
             )
-        return _concat_paths(parts)
+        return [_concat_paths([part[a] for part in parts]) for a in range(len(alternatives))]
 
-    def _simulate_chunk(self, histories, times, n_samples, seed, plans, refine_steps) -> SimulatedPaths:
+    def _simulate_chunk(self, histories, times, n_samples, seed, alternatives, refine_steps) -> list[SimulatedPaths]:
         batch = make_batch(histories, self.config, self.scalers)
         cutoff = batch.followup_end
         generator = torch.Generator().manual_seed(seed)
@@ -275,19 +307,24 @@ class VirtualPatientModel:
             keep, ess = _resample(log_w, generator)  # (n, s) indices into the draws
             flat = (torch.arange(n).unsqueeze(1) * s + keep).reshape(-1)
             z0 = z0[flat]
-        if plans is not None and any(p is not None for p in plans):
-            exposures = [
-                exposures_under_plan(h.treatments, p, h.end_of_followup) if p is not None else h.treatments
-                for h, p in zip(histories, plans, strict=True)
-            ]
-            dose_times, doses = dose_tensors(exposures, self.layout.treatments)
-            rep = rep.with_doses(dose_times.repeat_interleave(s, 0), doses.repeat_interleave(s, 0))
-            solution = self.world.rollout(z0, rep, until=t_max)
-        elif factual is None:
-            solution = self.world.rollout(z0, rep, until=t_max)
-        else:  # the factual solve already holds these paths: keep the resampled rows
-            solution = _select_solution(factual, flat)
-        return self._decode(histories, times, solution, self.world.offsets(z0), cutoff, n, s, generator, ess)
+        noise_state = generator.get_state()  # every plan decodes with the same observation noise
+        out = []
+        for plans in alternatives:
+            if plans is not None and any(p is not None for p in plans):
+                exposures = [
+                    exposures_under_plan(h.treatments, p, h.end_of_followup) if p is not None else h.treatments
+                    for h, p in zip(histories, plans, strict=True)
+                ]
+                dose_times, doses = dose_tensors(exposures, self.layout.treatments)
+                planned = rep.with_doses(dose_times.repeat_interleave(s, 0), doses.repeat_interleave(s, 0))
+                solution = self.world.rollout(z0, planned, until=t_max)
+            elif factual is None:
+                solution = self.world.rollout(z0, rep, until=t_max)
+            else:  # the factual solve already holds these paths: keep the resampled rows
+                solution = _select_solution(factual, flat)
+            generator.set_state(noise_state)
+            out.append(self._decode(histories, times, solution, self.world.offsets(z0), cutoff, n, s, generator, ess))
+        return out
 
     def _decode(self, histories, times, solution, offsets, cutoff, n, s, generator, ess) -> SimulatedPaths:
         t_len = max(len(t) for t in times)

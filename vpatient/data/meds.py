@@ -123,6 +123,8 @@ __all__ = [
     "read_meds",
     "records_to_frame",
     "write_meds",
+    "write_meds_metadata",
+    "write_meds_shard",
 ]
 
 log = logging.getLogger(__name__)
@@ -394,19 +396,37 @@ def write_meds(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         _write_shards(frame, splits, tmp / DATA_DIR, subjects_per_shard)
-        metadata = tmp / METADATA_DIR
-        metadata.mkdir()
-        _write_codes(_codes_table(config), metadata / CODES_FILE)
+        write_meds_metadata(config, tmp, dataset_name)
         if splits:
-            _write_splits(frame, splits, metadata / SPLITS_FILE)
-        _write_dataset_json(metadata / DATASET_FILE, dataset_name or config.name)
-        config.save(metadata / CONFIG_FILE)
+            _write_splits(frame, splits, tmp / METADATA_DIR / SPLITS_FILE)
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("wrote %d subjects (%d rows) to %s", len(records), len(frame), out_dir)
     return out_dir
+
+
+def write_meds_metadata(config: DatasetConfig, out_dir: str | Path, dataset_name: str | None = None) -> Path:
+    """Write ``metadata/`` (codes, dataset.json, the vpatient config) of a MEDS directory.
+
+    For writers that stream ``data/`` shards themselves (virtual cohorts), so their
+    output is the same self-describing MEDS directory :func:`write_meds` produces.
+    """
+    metadata = Path(out_dir) / METADATA_DIR
+    metadata.mkdir(parents=True, exist_ok=True)
+    _write_codes(_codes_table(config), metadata / CODES_FILE)
+    _write_dataset_json(metadata / DATASET_FILE, dataset_name or config.name)
+    config.save(metadata / CONFIG_FILE)
+    return metadata
+
+
+def write_meds_shard(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write one ``data/`` shard: a MEDS table in MEDS order (subject, static rows first, time)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(frame[list(MEDS_COLUMNS)], schema=_meds_schema(frame), preserve_index=False), path)
+    return path
 
 
 # --------------------------------------------------------------------------- input files

@@ -101,3 +101,12 @@ def benchmark_training(
     typer.echo(result.to_markdown())
     for path in paths:
         typer.echo(f"wrote {path}", err=True)
+
+
+def _mount(command, name: str) -> None:
+    benchmark_app.command(name)(command)
+
+
+from vpatient.evaluate.simulate_speed_benchmark import benchmark_simulate_speed  # noqa: E402
+
+_mount(benchmark_simulate_speed, "simulate-speed")

@@ -38,6 +38,9 @@ class ModelSettings:
     hidden: int = 64
     baseline_offsets: bool = True  # add a constant, patient-specific offset per continuous lab
     individual_slopes: bool = False  # and a linear trend per lab (measured: no gain on PBC)
+    # False blinds the model to treatment (encoders and dynamics see zero doses): the
+    # "same architecture without the treatment input" peer of the counterfactual benchmark.
+    treatment_input: bool = True
     solver: str = Solver.RK4.value
     step: float = 0.25  # years; RK4 error at quarterly steps is far below observation noise
 
@@ -66,8 +69,14 @@ class WorldModel(nn.Module):
 
     def posterior(self, batch: PatientBatch, cutoff: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance (B, P) of q(z0, offsets | data up to cutoff (B,)); P = posterior_dim."""
-        means, precisions, present = self.experts(batch, cutoff)
+        means, precisions, present = self.experts(self._controlled(batch), cutoff)
         return product_of_experts(means, precisions, present)
+
+    def _controlled(self, batch: PatientBatch) -> PatientBatch:
+        """The batch as the model sees it: without doses when it is blind to treatment."""
+        if self.settings.treatment_input:
+            return batch
+        return batch.with_doses(batch.dose_times, torch.zeros_like(batch.doses))
 
     # -- generation ------------------------------------------------------------
 
@@ -79,12 +88,19 @@ class WorldModel(nn.Module):
         """Solve from posterior draws (B, P) under the batch's treatments, to ``until`` or the batch's last time."""
         if until is None:
             until = float(torch.cat([batch.times.reshape(-1), batch.event_time.reshape(-1), batch.followup_end]).max())
-        static = batch.static * batch.static_mask
+        return self.solve(z0, batch.static * batch.static_mask, batch.dose_times, batch.doses, until)
+
+    def solve(
+        self, z0: torch.Tensor, static: torch.Tensor, dose_times: torch.Tensor, doses: torch.Tensor, until: float
+    ) -> DenseSolution:
+        """Solve from draws (B, P) with standardised statics (B, S) (0 where missing) and a dose control."""
+        if not self.settings.treatment_input:
+            doses = torch.zeros_like(doses)
         return self.dynamics.solve(
             z0[:, : self.settings.latent_dim],
             static,
-            batch.dose_times,
-            batch.doses,
+            dose_times,
+            doses,
             max(until, 1e-3),
             solver=Solver(self.settings.solver),
             step=self.settings.step,

@@ -1,0 +1,187 @@
+"""``vpatient whatif`` and ``vpatient simulate cohort|trial``: thin calls into :class:`Simulator`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vpatient.errors import VPatientError
+
+__all__ = ["simulate_app", "whatif_command"]
+
+log = logging.getLogger(__name__)
+
+simulate_app = typer.Typer(help="Virtual cohorts and in-silico trials from a trained model.", no_args_is_help=True)
+
+ModelOption = Annotated[Path, typer.Option("--model", help="Checkpoint directory (vpatient train --out).")]
+SeedOption = Annotated[int, typer.Option(help="Random seed; the same seed gives the same numbers.")]
+EngineOption = Annotated[str, typer.Option(help="local (this process) or dask (a Dask cluster).")]
+SchedulerOption = Annotated[
+    str | None, typer.Option(help="Dask scheduler address tcp://HOST:PORT (default: start a LocalCluster).")
+]
+WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Workers of the LocalCluster the dask engine starts.")]
+ChunkOption = Annotated[int, typer.Option(min=1, help="Patients per chunk (memory use grows with it).")]
+
+
+def load_plan(path: Path, config) -> object:
+    """A treatment plan from a JSON file, validated against the model's config."""
+    from vpatient.schemas import parse_plan
+
+    if not path.is_file():
+        raise VPatientError(f"plan file {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise VPatientError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return parse_plan(data, config)
+
+
+def _simulator(model: Path):
+    """The simulator of a checkpoint; fits and saves its population model the first time."""
+    from vpatient.datasets import load_dataset
+    from vpatient.simulation import Simulator
+
+    sim = Simulator.load(model)
+    if sim.population is None:
+        source = sim.model.data_source or sim.model.config.name
+        typer.echo(f"fitting the population model on {source} (once; saved in {model}) ...", err=True)
+        sim.fit_population(load_dataset(source).records)
+    return sim
+
+
+def whatif_command(
+    model: ModelOption,
+    patient: Annotated[str, typer.Option("--patient", help="Subject id in the model's dataset (or --data).")],
+    plan: Annotated[
+        list[Path], typer.Option("--plan", help="Treatment plan JSON; repeat for each plan. The first is the reference.")
+    ],
+    at: Annotated[float | None, typer.Option(help="Decision time (years); default the last visit.")] = None,
+    horizon: Annotated[float, typer.Option(help="Years to simulate beyond --at.")] = 5.0,
+    data: Annotated[str | None, typer.Option(help="Dataset holding the patient (default: the model's).")] = None,
+    n_samples: Annotated[int, typer.Option(min=1, help="Posterior sample paths.")] = 200,
+    seed: SeedOption = 0,
+    json_flag: Annotated[bool, typer.Option("--json", help="Print the full result as JSON instead of tables.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of the plans' forecasts and survival.")] = None,
+) -> None:
+    """What if this patient were treated differently? Forecasts under each plan and the effects against the first."""
+    from vpatient.datasets import load_dataset
+    from vpatient.simulation import Simulator
+    from vpatient.tables import markdown_table
+
+    sim = Simulator.load(model)
+    plans = [load_plan(p, sim.model.config) for p in plan]
+    record = load_dataset(data or sim.model.data_source or sim.model.config.name).subject(patient)
+    result = sim.whatif(record, plans, horizon=horizon, n_samples=n_samples, seed=seed, at=at)
+    if json_flag:
+        typer.echo(json.dumps(result.to_dict(), indent=1))
+    else:
+        typer.echo(f"subject {patient}: what-if from t = {result.at:.2f} years, {n_samples} posterior draws, seed {seed}")
+        typer.echo(f"reference plan: {result.reference}; effects are (plan - reference), mean and 90% interval\n")
+        effects = result.effects()
+        typer.echo(markdown_table(effects.drop(columns=["subject_id", "reference", "kind"]), index=False))
+    if plot is not None:
+        from vpatient.plots import plot_whatif
+
+        plot_whatif(result).savefig(plot, dpi=110, bbox_inches="tight")
+        typer.echo(f"wrote {plot}", err=True)
+
+
+@simulate_app.command("cohort")
+def simulate_cohort(
+    model: ModelOption,
+    n: Annotated[int, typer.Option("--n", min=1, help="Virtual patients to draw.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (MEDS under meds/, events under events/).")],
+    years: Annotated[float, typer.Option(help="Follow-up to simulate (years).")] = 5.0,
+    schedule: Annotated[str, typer.Option(help="Visit schedule: as_observed, regular or random.")] = "as_observed",
+    visit_interval: Annotated[float | None, typer.Option(help="Years between visits (regular) or mean gap (random).")] = None,
+    plan: Annotated[
+        Path | None, typer.Option(help="Give every patient this plan (JSON) instead of their arm's treatment.")
+    ] = None,
+    seed: SeedOption = 0,
+    chunk_size: ChunkOption = 5_000,
+    engine: EngineOption = "local",
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = 2,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Draw new virtual patients from the learned population and write them as a MEDS directory plus an events table."""
+    sim = _simulator(model)
+    chosen = load_plan(plan, sim.model.config) if plan is not None else None
+    result = sim.cohort(
+        n,
+        seed=seed,
+        years=years,
+        schedule=_choice(schedule, ("as_observed", "regular", "random"), "--schedule"),
+        out=out,
+        visit_interval=visit_interval,
+        plan=chosen,
+        chunk_size=chunk_size,
+        engine=_choice(engine, ("local", "dask"), "--engine"),
+        scheduler=scheduler,
+        n_workers=workers,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    typer.echo(
+        f"wrote {result.n_patients:,} virtual patients ({result.n_rows:,} MEDS rows, {result.n_events:,} events) to {result.out_dir}"
+    )
+
+
+@simulate_app.command("trial")
+def simulate_trial(
+    model: ModelOption,
+    arm: Annotated[list[str], typer.Option("--arm", help="NAME=PLAN.json; repeat per arm. The first arm is the reference.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (tables, trial.json, trial.md, trial.png).")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Virtual patients (each is simulated under every arm).")] = 1000,
+    years: Annotated[float, typer.Option(help="Follow-up (years).")] = 5.0,
+    event: Annotated[str | None, typer.Option(help="Primary event (default: the config's first event kind).")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Use this dataset's real patients at enrolment instead of virtual ones.")
+    ] = None,
+    seed: SeedOption = 0,
+    chunk_size: ChunkOption = 5_000,
+    engine: EngineOption = "local",
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = 2,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """An in-silico trial: the same patients under each arm (common random numbers), analysed like a real trial."""
+    from vpatient.datasets import load_dataset
+
+    sim = _simulator(model)
+    arms = {}
+    for spec in arm:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise VPatientError(f"--arm {spec!r}: expected NAME=PLAN.json, e.g. --arm placebo=plans/none.json")
+        if name in arms:
+            raise VPatientError(f"--arm {name!r} is given twice; arm names must be unique")
+        arms[name.strip()] = load_plan(Path(path.strip()), sim.model.config)
+    population = load_dataset(data).records if data else None
+    result = sim.trial(
+        arms,
+        n=n,
+        seed=seed,
+        years=years,
+        event=event,
+        population=population,
+        chunk_size=chunk_size,
+        engine=_choice(engine, ("local", "dask"), "--engine"),
+        scheduler=scheduler,
+        n_workers=workers,
+        out=out,
+        progress=progress,
+    )
+    typer.echo(result.to_markdown())
+    typer.echo(f"wrote tables, trial.json, trial.md and trial.png to {out}", err=True)
+
+
+def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}", param_hint=option)
+    return value

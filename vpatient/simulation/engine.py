@@ -1,0 +1,136 @@
+"""Running simulation chunks in this process or on a Dask cluster, with the same numbers.
+
+Work is cut into chunks of patients. A chunk's random numbers come from its own seed,
+``SeedSequence([seed, chunk index])``, never from the worker that runs it, so any
+engine and any number of workers give the same cohort. Chunk functions take a *model
+reference*: the model itself in process, or its checkpoint directory on a cluster,
+where each worker process loads it once (a per-process cache) and reuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vpatient.errors import VPatientError
+from vpatient.virtual_patient import VirtualPatientModel
+
+__all__ = ["Chunk", "Engine", "chunk_rng", "chunks", "resolve_model", "run_chunks"]
+
+log = logging.getLogger(__name__)
+
+ModelRef = VirtualPatientModel | str
+
+
+class Engine(StrEnum):
+    LOCAL = "local"  # in this process, one chunk after another
+    DASK = "dask"  # chunks as tasks on a Dask distributed cluster
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A contiguous block of patients: ids ``first_id .. first_id + size - 1``."""
+
+    index: int
+    first_id: int
+    size: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:05d}.parquet"
+
+
+def chunks(n: int, chunk_size: int, seed: int) -> list[Chunk]:
+    if n < 1:
+        raise VPatientError(f"n = {n}: simulate at least one patient")
+    if chunk_size < 1:
+        raise VPatientError(f"chunk_size = {chunk_size}: must be at least 1")
+    count = math.ceil(n / chunk_size)
+    return [Chunk(i, i * chunk_size, min(chunk_size, n - i * chunk_size), seed) for i in range(count)]
+
+
+def chunk_rng(chunk: Chunk) -> np.random.Generator:
+    """The chunk's own random stream: depends on the seed and the chunk, not on who runs it."""
+    return np.random.default_rng(np.random.SeedSequence([chunk.seed, chunk.index]))
+
+
+@lru_cache(maxsize=4)
+def _load(directory: str) -> VirtualPatientModel:
+    return VirtualPatientModel.load(directory)
+
+
+def resolve_model(ref: ModelRef) -> VirtualPatientModel:
+    """The model itself, or the one in a checkpoint directory (loaded once per process)."""
+    return ref if isinstance(ref, VirtualPatientModel) else _load(str(ref))
+
+
+def run_chunks(
+    task: Callable[..., Any],
+    work: Sequence[Chunk],
+    engine: Engine | str = Engine.LOCAL,
+    scheduler: str | None = None,
+    n_workers: int = 2,
+    progress: bool = True,
+    description: str = "simulating",
+    **kwargs: Any,
+) -> list[Any]:
+    """``task(chunk, **kwargs)`` for every chunk; results in chunk order.
+
+    ``engine="dask"`` submits the chunks to the cluster at ``scheduler``
+    (tcp://host:port) or, without one, to a LocalCluster of ``n_workers`` single-threaded
+    worker processes started for this call and shut down after it.
+    """
+    engine = Engine(engine)
+    bar = tqdm(total=len(work), desc=description, unit="chunk", disable=not progress)
+    try:
+        if engine == Engine.LOCAL:
+            results = []
+            for chunk in work:
+                results.append(task(chunk, **kwargs))
+                bar.update()
+            return results
+        return _run_on_dask(task, work, scheduler, n_workers, bar, kwargs)
+    finally:
+        bar.close()
+
+
+def _run_on_dask(task, work, scheduler, n_workers, bar, kwargs) -> list[Any]:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:  # pragma: no cover - a dependency, but say what to do if it was removed
+        raise VPatientError("the dask engine needs `dask[distributed]`: pip install 'dask[distributed]'") from None
+    if isinstance(kwargs.get("model"), VirtualPatientModel):
+        raise VPatientError("the dask engine needs the model's checkpoint directory, not a model object: save it first")
+    cluster = None
+    try:
+        if scheduler:
+            client = Client(scheduler, timeout=30)
+        else:
+            cluster = LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+            )
+            client = Client(cluster)
+    except OSError as exc:
+        raise VPatientError(f"could not reach the Dask scheduler {scheduler or '(local cluster)'}: {exc}") from None
+    try:
+        log.info("dask: %d chunks on %s", len(work), client.dashboard_link if cluster is None else "a local cluster")
+        futures = client.map(task, list(work), pure=False, **kwargs)
+        position = {f.key: i for i, f in enumerate(futures)}
+        results: list[Any] = [None] * len(work)
+        for future in as_completed(futures):
+            results[position[future.key]] = future.result()
+            bar.update()
+        return results
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,277 @@
+"""The learned population that virtual patients are drawn from.
+
+A virtual patient is an initial disease state z0 (with its lab offsets), static
+covariates, a treatment arm, a visit schedule, a censoring time and measurement
+missingness. :class:`Population` learns each from the training cohort:
+
+- **state and covariates**: a Gaussian mixture per baseline treatment arm over the
+  *aggregate posterior*: ``draws_per_patient`` draws of each training patient's
+  q(z0, offsets | everything recorded) next to its standardised static covariates.
+  Fitting per arm keeps the link between treatment and severity that the training data
+  had (none in a randomised trial; strong under confounding). The number of components
+  (1..``max_components``) is chosen by BIC. Arms with fewer patients than
+  ``min_arm_size`` share a mixture fitted on everyone.
+- **covariates on their own scale**: draws are clipped to the range seen in training
+  and categorical statics (sex) snap to their nearest category.
+- **treatments**: a virtual patient of an arm receives the exposures of a randomly
+  chosen training patient of that arm (as-treated templates).
+- **visits**: the training visit times (``as_observed`` schedules resample one
+  patient's), the median gap between visits (``regular``) and the visit rate
+  (``random``: exponential gaps).
+- **missingness**: per variable, the share of baseline visits and of later visits at
+  which it was measured.
+- **censoring**: the reverse Kaplan-Meier estimate of time to loss of follow-up
+  (patients without an event are censored; an event censors the censoring).
+
+Everything is plain numbers, saved as ``population.json`` beside a checkpoint (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.mixture import GaussianMixture
+
+from vpatient.data.batching import make_batch
+from vpatient.data.cohort import arm_of
+from vpatient.errors import VPatientError
+from vpatient.schemas import PatientRecord, TreatmentExposure
+from vpatient.virtual_patient import VirtualPatientModel
+
+__all__ = ["POPULATION_FILE", "ArmMixture", "Population"]
+
+log = logging.getLogger(__name__)
+
+POPULATION_FILE = "population.json"
+_MAX_TEMPLATES = 500
+
+
+@dataclass
+class ArmMixture:
+    """A Gaussian mixture over [posterior draw (P), standardised statics (S)] of one arm."""
+
+    weights: list[float]
+    means: list[list[float]]
+    covariances: list[list[list[float]]]
+
+    @classmethod
+    def fit(cls, x: np.ndarray, max_components: int, seed: int) -> ArmMixture:
+        best, best_bic = None, np.inf
+        for k in range(1, max_components + 1):
+            if len(x) < 5 * k:
+                break
+            gm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed, n_init=2).fit(x)
+            bic = gm.bic(x)
+            if bic < best_bic:
+                best, best_bic = gm, bic
+        if best is None:
+            raise VPatientError(f"too few training draws ({len(x)}) to fit a population model")
+        return cls(best.weights_.tolist(), best.means_.tolist(), best.covariances_.tolist())
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        weights = np.asarray(self.weights)
+        component = rng.choice(len(weights), size=n, p=weights / weights.sum())
+        means = np.asarray(self.means)
+        chol = np.linalg.cholesky(np.asarray(self.covariances))
+        eps = rng.standard_normal((n, means.shape[1]))
+        return means[component] + np.einsum("nij,nj->ni", chol[component], eps)
+
+
+@dataclass
+class Population:
+    """Everything needed to draw new virtual patients like the training cohort (module docstring)."""
+
+    posterior_dim: int
+    static: list[str]
+    static_low: list[float]
+    static_high: list[float]
+    static_categories: dict[str, list[float]]
+    arms: dict[str, float]  # baseline arm -> share of training patients
+    mixtures: dict[str, ArmMixture]  # by arm; "*" for the pooled fallback
+    exposure_templates: dict[str, list[list[dict]]]
+    visit_templates: list[list[float]]
+    median_visit_gap: float
+    visits_per_year: float
+    observed_share: dict[str, tuple[float, float]]  # variable -> (baseline, later visits)
+    censoring_times: list[float]  # reverse Kaplan-Meier: step times ...
+    censoring_survival: list[float]  # ... and P(still followed after each)
+    max_followup: float
+    n_training_patients: int
+    seed: int
+
+    # -- fitting -------------------------------------------------------------
+
+    @classmethod
+    @torch.no_grad()
+    def fit(
+        cls,
+        model: VirtualPatientModel,
+        records: Sequence[PatientRecord],
+        seed: int = 0,
+        draws_per_patient: int = 10,
+        max_components: int = 4,
+        min_arm_size: int = 30,
+    ) -> Population:
+        """Learn the population from training ``records`` encoded by ``model``."""
+        records = list(records)
+        if len(records) < 10:
+            raise VPatientError(f"a population model needs at least 10 training patients, got {len(records)}")
+        batch = make_batch(records, model.config, model.scalers)
+        mean, var = model.world.posterior(batch, batch.followup_end)
+        generator = torch.Generator().manual_seed(seed)
+        eps = torch.randn((len(records), draws_per_patient, mean.shape[-1]), generator=generator)
+        draws = (mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps).numpy().astype(np.float64)  # (N, K, P)
+        static = (batch.static * batch.static_mask).numpy().astype(np.float64)  # standardised, 0 = the mean
+        features = np.concatenate([draws, np.repeat(static[:, None, :], draws_per_patient, axis=1)], axis=-1)
+        arms = np.array([arm_of(r) for r in records])
+        names, counts = np.unique(arms, return_counts=True)
+        mixtures = {"*": ArmMixture.fit(features.reshape(-1, features.shape[-1]), max_components, seed)}
+        for arm, count in zip(names, counts, strict=True):
+            if count >= min_arm_size:
+                mixtures[str(arm)] = ArmMixture.fit(features[arms == arm].reshape(-1, features.shape[-1]), max_components, seed)
+        rng = np.random.default_rng(seed)
+        templates = {}
+        for arm in names:
+            members = [r for r, a in zip(records, arms, strict=True) if a == arm]
+            chosen = rng.choice(len(members), size=min(len(members), _MAX_TEMPLATES), replace=False)
+            templates[str(arm)] = [[e.model_dump(mode="json") for e in members[i].treatments] for i in sorted(chosen)]
+        raw_static = np.array([[r.static.get(name, np.nan) for name in model.layout.static] for r in records])
+        low = np.nanmin(raw_static, axis=0) if raw_static.size else np.zeros(0)
+        high = np.nanmax(raw_static, axis=0) if raw_static.size else np.zeros(0)
+        categories = {
+            name: sorted((model.config.variable(name).categories or {}).values())
+            for name in model.layout.static
+            if model.config.variable(name).categories
+        }
+        visits = [r.visit_times() for r in records]
+        gaps = np.concatenate([np.diff(v) for v in visits if len(v) > 1] or [np.array([1.0])])
+        followup = np.array([r.end_of_followup for r in records])
+        c_times, c_surv = _reverse_kaplan_meier(followup, np.array([not r.events for r in records]))
+        return cls(
+            posterior_dim=int(mean.shape[-1]),
+            static=list(model.layout.static),
+            static_low=np.nan_to_num(low).tolist(),
+            static_high=np.nan_to_num(high).tolist(),
+            static_categories=categories,
+            arms={str(a): float(c / len(records)) for a, c in zip(names, counts, strict=True)},
+            mixtures=mixtures,
+            exposure_templates=templates,
+            visit_templates=[[float(t) for t in v] for v in visits],
+            median_visit_gap=float(np.median(gaps)),
+            visits_per_year=float(sum(len(v) for v in visits) / max(followup.sum(), 1e-9)),
+            observed_share=_observed_share(records, model),
+            censoring_times=c_times.tolist(),
+            censoring_survival=c_surv.tolist(),
+            max_followup=float(followup.max()),
+            n_training_patients=len(records),
+            seed=seed,
+        )
+
+    # -- drawing ---------------------------------------------------------------
+
+    def mixture(self, arm: str) -> ArmMixture:
+        return self.mixtures.get(arm, self.mixtures["*"])
+
+    def draw_arms(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        names = list(self.arms)
+        p = np.asarray([self.arms[a] for a in names])
+        return np.asarray(names, dtype=object)[rng.choice(len(names), size=n, p=p / p.sum())]
+
+    def draw_states(self, arms: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior-space draws (n, P) and standardised statics (n, S) for patients of the given arms."""
+        out = np.zeros((len(arms), self.posterior_dim + len(self.static)))
+        for arm in np.unique(arms):
+            rows = np.flatnonzero(arms == arm)
+            out[rows] = self.mixture(str(arm)).sample(len(rows), rng)
+        return out[:, : self.posterior_dim], out[:, self.posterior_dim :]
+
+    def draw_exposures(self, arms: np.ndarray, rng: np.random.Generator) -> list[list[TreatmentExposure]]:
+        out = []
+        for arm in arms:
+            templates = self.exposure_templates.get(str(arm)) or [[]]
+            out.append([TreatmentExposure.model_validate(e) for e in templates[rng.integers(len(templates))]])
+        return out
+
+    def draw_censoring(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Times of loss to follow-up; inf beyond the last censoring seen in training."""
+        times, surv = np.asarray(self.censoring_times), np.asarray(self.censoring_survival)
+        u = rng.uniform(size=n)
+        if len(times) == 0:
+            return np.full(n, np.inf)
+        # S is non-increasing: the first time with S(t) <= u is the inverse of the distribution.
+        index = np.searchsorted(-surv, -u, side="left")
+        return np.where(index < len(times), times[np.minimum(index, len(times) - 1)], np.inf)
+
+    # -- files -------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The population as JSON text (what chunk tasks receive: plain text travels anywhere)."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Population:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Population:
+        try:
+            values = dict(data)
+            values["mixtures"] = {k: ArmMixture(**v) for k, v in data["mixtures"].items()}
+            values["observed_share"] = {k: tuple(v) for k, v in data["observed_share"].items()}
+            return cls(**values)
+        except (KeyError, TypeError) as exc:
+            raise VPatientError(f"unreadable population model ({exc})") from None
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict()) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Population:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as exc:
+            raise VPatientError(f"{path}: not a population model ({exc})") from None
+
+
+def _observed_share(records: Sequence[PatientRecord], model: VirtualPatientModel) -> dict[str, tuple[float, float]]:
+    """Per measured variable: share of baseline visits and of later visits that measured it."""
+    names = [*model.layout.continuous, *model.layout.binary, *model.layout.ordinal, *(m for m, _ in model.layout.imaging)]
+    seen = {name: [0, 0] for name in names}
+    visits = [0, 0]
+    for record in records:
+        times = record.visit_times()
+        if not times:
+            continue
+        first = times[0]
+        visits[0] += 1
+        visits[1] += len(times) - 1
+        measured = {(o.variable, o.time) for o in record.observations} | {(s.modality, s.time) for s in record.imaging}
+        for variable, t in measured:
+            if variable in seen:
+                seen[variable][0 if t == first else 1] += 1
+    return {name: (c[0] / max(visits[0], 1), c[1] / max(visits[1], 1)) for name, c in seen.items()}
+
+
+def _reverse_kaplan_meier(followup: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kaplan-Meier of the censoring time (censoring is the 'event'; an event censors it)."""
+    from lifelines import KaplanMeierFitter
+
+    if not censored.any():
+        return np.zeros(0), np.zeros(0)
+    km = KaplanMeierFitter().fit(followup, censored.astype(int))
+    table = km.survival_function_
+    times = table.index.to_numpy(dtype=float)
+    surv = table.iloc[:, 0].to_numpy(dtype=float)
+    keep = times > 0
+    return times[keep], surv[keep]

@@ -1,0 +1,257 @@
+"""``Simulator``: what-ifs, virtual cohorts and in-silico trials over a trained model.
+
+sim = Simulator.load("models/pbc")                 # the model, and its population.json
+sim.whatif(record, [plan_a, plan_b])               # one patient, several plans
+sim.cohort(10_000, seed=0, out="out/cohort")       # new patients, MEDS + events
+sim.trial({"placebo": none, "drug": drug}, n=2000) # the same patients under each arm
+sim.trial(arms, population=records)                # ... or real patients at enrolment
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vpatient.data.meds import write_meds_metadata
+from vpatient.errors import OutputExistsError, VPatientError
+from vpatient.schemas import PatientRecord, TreatmentPlan, parse_plan
+from vpatient.simulation.cohort import EVENTS_DIR, MEDS_DIR, CohortResult, cohort_chunk
+from vpatient.simulation.engine import Engine, chunks, run_chunks
+from vpatient.simulation.population import POPULATION_FILE, Population
+from vpatient.simulation.trial import AGGREGATES_DIR, PATIENTS_DIR, TrialResult, arm_outcomes, trial_chunk
+from vpatient.simulation.virtual import Schedule, patients_from_records
+from vpatient.simulation.whatif import WhatIfResult, whatif
+from vpatient.virtual_patient import VirtualPatientModel
+
+__all__ = ["Simulator"]
+
+log = logging.getLogger(__name__)
+
+#: Largest cohort kept in memory when no output directory is given.
+MAX_IN_MEMORY = 200_000
+
+
+class Simulator:
+    """A trained model with the population it learned, ready to simulate."""
+
+    def __init__(self, model: VirtualPatientModel, population: Population | None = None, model_dir: str | Path | None = None):
+        self.model = model
+        self.population = population
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> Simulator:
+        """The checkpoint in ``model_dir``, with its ``population.json`` when it has one."""
+        model = VirtualPatientModel.load(model_dir)
+        path = Path(model_dir) / POPULATION_FILE
+        return cls(model, Population.load(path) if path.is_file() else None, model_dir)
+
+    def fit_population(self, records: Sequence[PatientRecord], seed: int = 0, save: bool = True) -> Population:
+        """Learn the population of ``records`` (the training cohort); saved beside the checkpoint."""
+        self.population = Population.fit(self.model, records, seed=seed)
+        if save and self.model_dir is not None:
+            self.population.save(self.model_dir / POPULATION_FILE)
+        return self.population
+
+    # -- one patient -----------------------------------------------------------
+
+    def whatif(
+        self,
+        record: PatientRecord,
+        plans: Sequence[TreatmentPlan],
+        horizon: float = 5.0,
+        n_samples: int = 200,
+        seed: int = 0,
+        at: float | None = None,
+        effect_horizons: Sequence[float] | None = None,
+    ) -> WhatIfResult:
+        """Forecasts under each plan from the same posterior draws, and effects against the first plan."""
+        return whatif(self.model, record, plans, horizon, n_samples, seed, at, effect_horizons)
+
+    # -- virtual cohorts ---------------------------------------------------------
+
+    def cohort(
+        self,
+        n: int,
+        seed: int = 0,
+        years: float = 5.0,
+        schedule: Schedule | str = Schedule.AS_OBSERVED,
+        out: str | Path | None = None,
+        *,
+        visit_interval: float | None = None,
+        plan: TreatmentPlan | None = None,
+        chunk_size: int = 5_000,
+        engine: Engine | str = Engine.LOCAL,
+        scheduler: str | None = None,
+        n_workers: int = 2,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> CohortResult:
+        """``n`` virtual patients followed for ``years``, written under ``out`` (a temporary folder if None).
+
+        Each gets the treatment of a training patient of its arm, or ``plan`` for all.
+        Same seed and chunk size, same cohort, whatever the engine.
+        """
+        population = self._population()
+        _check_years(years)
+        schedule = Schedule.parse(schedule)
+        if out is None:
+            if n > MAX_IN_MEMORY:
+                raise VPatientError(f"n = {n:,}: give an output directory for cohorts over {MAX_IN_MEMORY:,} patients")
+            import tempfile
+
+            out = Path(tempfile.mkdtemp(prefix="vpatient-cohort-"))
+        out_dir = _fresh_dir(Path(out), overwrite)
+        settings = {
+            "kind": "cohort",
+            "n": n,
+            "seed": seed,
+            "years": years,
+            "schedule": schedule.value,
+            "visit_interval": visit_interval,
+            "plan": plan.model_dump(mode="json") if plan else None,
+            "chunk_size": chunk_size,
+            "engine": Engine(engine).value,
+            "model": str(self.model_dir) if self.model_dir else None,
+            "population": "Gaussian mixture per baseline arm over the aggregate posterior and covariates",
+        }
+        checked = parse_plan(plan.model_dump(mode="json"), self.model.config) if plan else None
+        write_meds_metadata(self.model.config, out_dir / MEDS_DIR, dataset_name=f"virtual cohort of {self.model.config.name}")
+        counts = run_chunks(
+            cohort_chunk,
+            chunks(n, chunk_size, seed),
+            engine,
+            scheduler,
+            n_workers,
+            progress,
+            "virtual cohort",
+            model=self._model_ref(engine),
+            population=population.to_json(),
+            years=years,
+            schedule=schedule.value,
+            visit_interval=visit_interval,
+            plan=checked.model_dump_json() if checked else None,
+            out_dir=str(out_dir),
+        )
+        result = CohortResult(
+            out_dir,
+            sum(c["patients"] for c in counts),
+            sum(c["rows"] for c in counts),
+            sum(c["events"] for c in counts),
+            settings,
+        )
+        result.write_manifest()
+        return result
+
+    # -- trials ------------------------------------------------------------------
+
+    def trial(
+        self,
+        arms: Mapping[str, TreatmentPlan],
+        n: int = 1000,
+        seed: int = 0,
+        years: float = 5.0,
+        event: str | None = None,
+        *,
+        population: Sequence[PatientRecord] | None = None,
+        draws_per_record: int = 1,
+        chunk_size: int = 5_000,
+        engine: Engine | str = Engine.LOCAL,
+        scheduler: str | None = None,
+        n_workers: int = 2,
+        out: str | Path | None = None,
+        progress: bool = True,
+    ) -> TrialResult:
+        """Every patient under every arm's plan from t=0; the first arm is the reference.
+
+        Patients are ``n`` virtual ones from the learned population, or, when
+        ``population`` is a list of records, those real patients as known at
+        enrolment (t=0), ``draws_per_record`` posterior draws each.
+        """
+        if len(arms) < 2:
+            raise VPatientError(f"a trial needs at least two arms, got {len(arms)}: {', '.join(arms) or '(none)'}")
+        _check_years(years)
+        plans = {name: parse_plan(plan.model_dump(mode="json"), self.model.config) for name, plan in arms.items()}
+        event = event or (self.model.layout.events[0] if self.model.layout.events else None)
+        if event not in self.model.layout.events:
+            raise VPatientError(f"unknown event {event!r}; the model's events are {', '.join(self.model.layout.events)}")
+        settings = {"n": n, "years": years, "engine": Engine(engine).value, "chunk_size": chunk_size}
+        if population is not None:
+            records = list(population)
+            if not records:
+                raise VPatientError("the trial population is empty: give at least one patient record")
+            rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
+            patients = patients_from_records(self.model, records, rng, at=0.0, draws_per_record=draws_per_record)
+            per_patient, sums = arm_outcomes(self.model, patients, plans, years)
+            settings |= {"population": f"{len(records)} records at enrolment", "draws_per_record": draws_per_record}
+        else:
+            pop = self._population()
+            out_dir = _fresh_dir(Path(out) / "simulation", overwrite=True) if out is not None else None
+            if Engine(engine) == Engine.DASK and out_dir is None:
+                import tempfile
+
+                out_dir = Path(tempfile.mkdtemp(prefix="vpatient-trial-"))
+            parts = run_chunks(
+                trial_chunk,
+                chunks(n, chunk_size, seed),
+                engine,
+                scheduler,
+                n_workers,
+                progress,
+                "in-silico trial",
+                model=self._model_ref(engine),
+                population=pop.to_json(),
+                arms=json.dumps({name: p.model_dump(mode="json") for name, p in plans.items()}),
+                years=years,
+                out_dir=str(out_dir) if out_dir is not None else None,
+            )
+            if out_dir is not None:
+                per_patient = pd.read_parquet(out_dir / PATIENTS_DIR)
+                sums = pd.read_parquet(out_dir / AGGREGATES_DIR)
+            else:
+                per_patient = pd.concat([p[0] for p in parts], ignore_index=True)
+                sums = pd.concat([p[1] for p in parts], ignore_index=True)
+            settings |= {"population": "virtual (learned population)"}
+        result = TrialResult.analyse(per_patient, sums, list(plans), event, years, seed, settings)
+        if out is not None:
+            result.save(out)
+        return result
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _population(self) -> Population:
+        if self.population is None:
+            raise VPatientError(
+                "this model has no population model yet: call Simulator.fit_population(training_records) "
+                "(the CLI fits it from the model's training data and saves population.json)"
+            )
+        return self.population
+
+    def _model_ref(self, engine: Engine | str) -> VirtualPatientModel | str:
+        if Engine(engine) == Engine.LOCAL:
+            return self.model
+        if self.model_dir is None:
+            raise VPatientError("the dask engine loads the model from its checkpoint directory: use Simulator.load(DIR)")
+        return str(self.model_dir.resolve())
+
+
+def _check_years(years: float) -> None:
+    if not (math.isfinite(years) and years > 0):
+        raise VPatientError(f"years = {years!r}: the follow-up to simulate must be > 0")
+
+
+def _fresh_dir(path: Path, overwrite: bool) -> Path:
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{path} is not empty; choose another --out or pass --overwrite")
+        for child in (MEDS_DIR, EVENTS_DIR, PATIENTS_DIR, AGGREGATES_DIR):
+            shutil.rmtree(path / child, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

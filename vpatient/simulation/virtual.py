@@ -1,0 +1,443 @@
+"""Virtual patients: drawn from a population (or from real records), rolled out, observed.
+
+A :class:`VirtualPatients` holds every random choice about a set of patients *except*
+their treatment: initial states, covariates, visit schedule, the exponential and
+uniform draws that fix when and which event happens, the loss-to-follow-up time and
+the seed of their measurement noise. :func:`realise` rolls them out under any
+exposures; realising the same patients under two treatments is an in-silico trial
+with common random numbers. :func:`observe` turns a realisation into a MEDS table.
+
+Event times: each patient's first event happens when the summed cumulative hazard of
+all event kinds reaches its Exp(1) draw (found on a monthly grid, linear in between);
+which kind it is follows the kinds' shares of the hazard over that month.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vpatient import transforms
+from vpatient.data.batching import dose_tensors, make_batch
+from vpatient.data.cohort import arm_of
+from vpatient.data.meds import (
+    CODE,
+    CODE_SEPARATOR,
+    MEDS_BIRTH,
+    NUMERIC_VALUE,
+    START_SUFFIX,
+    STOP_SUFFIX,
+    SUBJECT_ID,
+    TEXT_VALUE,
+    TIME,
+)
+from vpatient.data.timeline import truncate_record
+from vpatient.errors import VPatientError
+from vpatient.model.dynamics import DenseSolution
+from vpatient.schemas import PatientRecord, TreatmentExposure
+from vpatient.simulation.population import Population
+from vpatient.virtual_patient import VirtualPatientModel
+
+__all__ = [
+    "GRID_STEP",
+    "Outcomes",
+    "Schedule",
+    "VirtualPatients",
+    "draw_virtual_patients",
+    "observe",
+    "patients_from_records",
+    "realise",
+]
+
+#: Resolution of survival curves, lab trajectories and event-time search (years): monthly.
+GRID_STEP = 1.0 / 12
+
+
+class Schedule(StrEnum):
+    """How visits of virtual patients are timed."""
+
+    REGULAR = "regular"  # every median training gap, from 0
+    RANDOM = "random"  # exponential gaps at the training visit rate
+    AS_OBSERVED = "as_observed"  # the visit times of a random training patient
+
+    @classmethod
+    def parse(cls, value: Schedule | str) -> Schedule:
+        try:
+            return cls(value)
+        except ValueError:
+            raise VPatientError(f"visit schedule {value!r}: choose one of {', '.join(s.value for s in cls)}") from None
+
+
+@dataclass
+class VirtualPatients:
+    """Everything random about a set of patients except their treatment (module docstring)."""
+
+    subject_ids: np.ndarray  # (n,) int64
+    arms: np.ndarray  # (n,) baseline arm each was drawn from
+    draws: np.ndarray  # (n, P) initial state and lab offsets, the model's posterior space
+    static: np.ndarray  # (n, S) standardised covariates (0 where unknown)
+    static_natural: np.ndarray  # (n, S) covariates in their units (NaN where unknown)
+    exposures: list[list[TreatmentExposure]]  # as treated, when no plan overrides it
+    visits: list[np.ndarray]  # candidate visit times, cut at the end of follow-up when observed
+    event_draw: np.ndarray  # (n,) Exp(1)
+    kind_draw: np.ndarray  # (n,) U(0, 1)
+    censoring: np.ndarray  # (n,) loss to follow-up (inf: none)
+    noise_seed: int
+
+    def __len__(self) -> int:
+        return len(self.subject_ids)
+
+
+@dataclass
+class Outcomes:
+    """One realisation of virtual patients under one set of exposures."""
+
+    grid: np.ndarray  # (G,) monthly from 0 to the horizon
+    survival: np.ndarray  # (n, G, E) exp(-cumulative hazard of each kind)
+    expected: np.ndarray  # (n, G, Dc) typical lab values (natural units), as if the patient stayed event-free
+    event_time: np.ndarray  # (n,) first event (inf: none within the horizon)
+    event_kind: np.ndarray  # (n,) index into the model's event kinds, -1 for none
+    end: np.ndarray  # (n,) end of follow-up: event, loss to follow-up or the horizon
+    solution: DenseSolution
+    exposures: list[list[TreatmentExposure]]
+
+    def events_frame(self, model: VirtualPatientModel, patients: VirtualPatients) -> pd.DataFrame:
+        """One row per patient: arm, first event (kind and time) and end of follow-up."""
+        observed = np.isfinite(self.event_time) & (self.event_time <= self.end + 1e-12)
+        kinds = np.asarray(model.layout.events, dtype=object)
+        reason = np.where(
+            observed, "event", np.where(patients.censoring <= self.end + 1e-12, "lost_to_follow_up", "administrative")
+        )
+        return pd.DataFrame(
+            {
+                "subject_id": patients.subject_ids,
+                "arm": patients.arms.astype(str),
+                "event": np.where(observed, kinds[np.maximum(self.event_kind, 0)] if len(kinds) else "", None),
+                "time": self.end,
+                "observed": observed,
+                "end_reason": reason,
+            }
+        )
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def draw_virtual_patients(
+    population: Population,
+    model: VirtualPatientModel,
+    n: int,
+    rng: np.random.Generator,
+    first_id: int = 0,
+    years: float = 5.0,
+    schedule: Schedule | str = Schedule.AS_OBSERVED,
+    visit_interval: float | None = None,
+) -> VirtualPatients:
+    """``n`` new patients from ``population``, ids ``first_id`` onwards."""
+    schedule = Schedule.parse(schedule)
+    arms = population.draw_arms(n, rng)
+    draws, static = population.draw_states(arms, rng)
+    static_natural = _natural_static(population, model, static)
+    static = (static_natural - model.scalers.static_mean) / model.scalers.static_std  # snapped values, re-standardised
+    exposures = population.draw_exposures(arms, rng)
+    visits = _schedule(population, n, years, schedule, visit_interval, rng)
+    return VirtualPatients(
+        subject_ids=np.arange(first_id, first_id + n, dtype=np.int64),
+        arms=arms,
+        draws=draws,
+        static=np.nan_to_num(static),
+        static_natural=static_natural,
+        exposures=exposures,
+        visits=visits,
+        event_draw=rng.exponential(size=n),
+        kind_draw=rng.uniform(size=n),
+        censoring=population.draw_censoring(n, rng),
+        noise_seed=int(rng.integers(2**31)),
+    )
+
+
+@torch.no_grad()
+def patients_from_records(
+    model: VirtualPatientModel,
+    records: Sequence[PatientRecord],
+    rng: np.random.Generator,
+    at: float = 0.0,
+    draws_per_record: int = 1,
+    refine_steps: int | None = None,
+) -> VirtualPatients:
+    """Real patients as known at ``at`` (e.g. enrolment), each as ``draws_per_record`` posterior draws.
+
+    Loss to follow-up is each patient's own end of follow-up when they had no event
+    (inf after an event), so a simulated arm is followed as the real patient was.
+    """
+    records = list(records)
+    histories = [truncate_record(r, at) for r in records]
+    batch = make_batch(histories, model.config, model.scalers)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    mean, var = model.world.posterior(batch, batch.followup_end)
+    steps = model.refine_steps if refine_steps is None else refine_steps
+    if steps > 0:
+        mean, var = model.world.refine_posterior(batch, mean, var, steps=steps, generator=generator)
+    k = draws_per_record
+    eps = torch.randn((len(records), k, mean.shape[-1]), generator=generator)
+    draws = (mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps).reshape(len(records) * k, -1).numpy().astype(np.float64)
+    static = (batch.static * batch.static_mask).numpy().astype(np.float64).repeat(k, axis=0)
+    natural = np.array([[r.static.get(s, np.nan) for s in model.layout.static] for r in records]).reshape(len(records), -1)
+    censoring = np.array([np.inf if r.events else r.end_of_followup for r in records]).repeat(k)
+    n = len(records) * k
+    return VirtualPatients(
+        subject_ids=np.arange(n, dtype=np.int64),
+        arms=np.array([arm_of(r) for r in records], dtype=object).repeat(k),
+        draws=draws,
+        static=static,
+        static_natural=natural.repeat(k, axis=0),
+        exposures=[list(r.treatments) for r in records for _ in range(k)],
+        visits=[np.asarray(r.visit_times()) for r in records for _ in range(k)],
+        event_draw=rng.exponential(size=n),
+        kind_draw=rng.uniform(size=n),
+        censoring=censoring,
+        noise_seed=int(rng.integers(2**31)),
+    )
+
+
+def _natural_static(population: Population, model: VirtualPatientModel, static: np.ndarray) -> np.ndarray:
+    """Standardised draws back in their units, clipped to the training range, categories snapped."""
+    natural = static * model.scalers.static_std + model.scalers.static_mean
+    natural = np.clip(natural, population.static_low, population.static_high)
+    for s, name in enumerate(population.static):
+        levels = population.static_categories.get(name)
+        if levels:
+            levels_arr = np.asarray(levels)
+            natural[:, s] = levels_arr[np.argmin(np.abs(natural[:, s : s + 1] - levels_arr), axis=1)]
+    return natural
+
+
+def _schedule(
+    population: Population, n: int, years: float, schedule: Schedule, interval: float | None, rng: np.random.Generator
+) -> list[np.ndarray]:
+    if schedule == Schedule.REGULAR:
+        gap = interval or population.median_visit_gap
+        if not (gap > 0 and math.isfinite(gap)):
+            raise VPatientError(f"visit interval {gap!r}: must be > 0 years")
+        times = np.arange(0.0, years + 1e-9, gap)
+        return [times] * n
+    if schedule == Schedule.RANDOM:
+        mean_gap = interval or 1.0 / max(population.visits_per_year, 1e-6)
+        count = math.ceil(years / mean_gap * 3) + 5
+        gaps = rng.exponential(mean_gap, size=(n, count))
+        times = np.concatenate([np.zeros((n, 1)), np.cumsum(gaps, axis=1)], axis=1)
+        return [row[row <= years] for row in times]
+    templates = population.visit_templates
+    return [np.asarray(templates[i], dtype=float) for i in rng.integers(len(templates), size=n)]
+
+
+# --------------------------------------------------------------------------- rolling out
+
+
+@torch.no_grad()
+def realise(
+    model: VirtualPatientModel,
+    patients: VirtualPatients,
+    years: float,
+    exposures: Sequence[Sequence[TreatmentExposure]] | None = None,
+    with_labs: bool = True,
+) -> Outcomes:
+    """Roll the patients out to ``years`` under ``exposures`` (default: their own) and draw their events."""
+    exposures = [list(e) for e in (exposures if exposures is not None else patients.exposures)]
+    dose_times, doses = dose_tensors(exposures, model.layout.treatments)
+    z0 = torch.as_tensor(patients.draws, dtype=torch.float32)
+    static = torch.as_tensor(patients.static, dtype=torch.float32)
+    solution = model.world.solve(z0, static, dose_times, doses, years)
+    grid = np.arange(0.0, years + 1e-9, GRID_STEP)
+    if grid[-1] < years - 1e-9:
+        grid = np.append(grid, years)
+    n = len(patients)
+    state = solution.at(torch.as_tensor(grid, dtype=torch.float32).expand(n, -1))  # (n, G, D)
+    latent, n_events = model.world.settings.latent_dim, len(model.layout.events)
+    cumhaz = state[..., latent : latent + n_events].clamp(min=0).numpy().astype(np.float64)  # (n, G, E)
+    event_time, event_kind = _first_events(grid, cumhaz, patients.event_draw, patients.kind_draw)
+    end = np.minimum.reduce([event_time, patients.censoring, np.full(n, years)])
+    if with_labs and model.world.decoder.continuous is not None:
+        mean = model.world.decoder.continuous_mean(
+            state[..., :latent], model.world.offsets(z0), torch.as_tensor(grid, dtype=torch.float32).expand(n, -1)
+        )
+        expected = _natural_labs(model, mean.numpy().astype(np.float64))
+    else:
+        expected = np.zeros((n, len(grid), 0))
+    return Outcomes(grid, np.exp(-cumhaz), expected, event_time, event_kind, end, solution, exposures)
+
+
+def _first_events(
+    grid: np.ndarray, cumhaz: np.ndarray, event_draw: np.ndarray, kind_draw: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """When the summed cumulative hazard first reaches each patient's Exp(1) draw, and which kind."""
+    n = len(event_draw)
+    if cumhaz.shape[-1] == 0:
+        return np.full(n, np.inf), np.full(n, -1)
+    total = cumhaz.sum(axis=-1)  # (n, G), non-decreasing
+    hit = total >= event_draw[:, None]
+    has = hit.any(axis=1)
+    j = np.where(has, hit.argmax(axis=1), 0).clip(min=1)  # first grid index at or past the draw
+    rows = np.arange(n)
+    before, after = total[rows, j - 1], total[rows, j]
+    frac = np.clip((event_draw - before) / np.maximum(after - before, 1e-12), 0.0, 1.0)
+    time = np.where(has, grid[j - 1] + frac * (grid[j] - grid[j - 1]), np.inf)
+    share = np.maximum(cumhaz[rows, j] - cumhaz[rows, j - 1], 0.0)  # (n, E)
+    share = share / np.maximum(share.sum(axis=1, keepdims=True), 1e-12)
+    kind = (np.cumsum(share, axis=1) < kind_draw[:, None]).sum(axis=1).clip(max=cumhaz.shape[-1] - 1)
+    return time, np.where(has, kind, -1)
+
+
+def _natural_labs(model: VirtualPatientModel, standardised: np.ndarray) -> np.ndarray:
+    values = standardised * model.scalers.continuous_std + model.scalers.continuous_mean
+    out = np.empty_like(values)
+    for j, name in enumerate(model.layout.continuous):
+        out[..., j] = transforms.inverse(values[..., j], model.config.variable(name).transform)
+    return out
+
+
+# --------------------------------------------------------------------------- observing
+
+
+@torch.no_grad()
+def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Outcomes, population: Population) -> pd.DataFrame:
+    """The MEDS long table of one realisation: statics, measured visits, treatments, events, follow-up.
+
+    Visits after the end of follow-up are dropped; each variable is measured at a visit
+    with the training data's share (baseline and later visits apart), with the model's
+    measurement noise.
+    """
+    n = len(patients)
+    visits = [v[v <= e + 1e-12] if len(v) else np.zeros(1) for v, e in zip(patients.visits, outcomes.end, strict=True)]
+    visits = [v if len(v) else np.zeros(1) for v in visits]
+    rows = np.repeat(np.arange(n), [len(v) for v in visits])  # visit row -> patient
+    t = np.concatenate(visits)
+    width = max(len(v) for v in visits)
+    padded = np.zeros((n, width))
+    for i, v in enumerate(visits):
+        padded[i, : len(v)] = v
+        padded[i, len(v) :] = v[-1]
+    slot = np.concatenate([np.arange(len(v)) for v in visits])
+    times = torch.as_tensor(padded, dtype=torch.float32)
+    latent = model.world.settings.latent_dim
+    z = outcomes.solution.at(times)[..., :latent]
+    generator = torch.Generator().manual_seed(patients.noise_seed)
+    rng = np.random.default_rng(patients.noise_seed)
+    decoder = model.world.decoder
+    layout, config = model.layout, model.config
+    z0 = torch.as_tensor(patients.draws, dtype=torch.float32)
+    blocks: list[pd.DataFrame] = [_static_rows(model, patients)]
+
+    def measured(name: str) -> np.ndarray:
+        baseline, later = population.observed_share.get(name, (1.0, 1.0))
+        return rng.uniform(size=len(t)) < np.where(slot == 0, baseline, later)
+
+    def add(name: str, values: np.ndarray) -> None:
+        keep = measured(name) & np.isfinite(values)
+        spec = config.variable(name)
+        blocks.append(_value_rows(patients.subject_ids[rows[keep]], t[keep], spec.codes[0], values[keep], spec.categories))
+
+    if decoder.continuous is not None:
+        mean = decoder.continuous_mean(z, model.world.offsets(z0), times)
+        noisy = (mean + torch.randn(mean.shape, generator=generator) * decoder.continuous_sd()).numpy()[rows, slot]
+        natural = _natural_labs(model, noisy.astype(np.float64))
+        for j, name in enumerate(layout.continuous):
+            rng_ = config.variable(name).plausible_range
+            add(name, np.clip(natural[:, j], *rng_) if rng_ else natural[:, j])
+    if decoder.binary is not None:
+        p = torch.sigmoid(decoder.binary_logits(z)).numpy()[rows, slot]
+        for j, name in enumerate(layout.binary):
+            add(name, (rng.uniform(size=len(t)) < p[:, j]).astype(float))
+    for j, name in enumerate(layout.ordinal):
+        probs = decoder.ordinal_probs(z, j).numpy()[rows, slot]
+        level = (np.cumsum(probs, axis=1) / probs.sum(axis=1, keepdims=True) < rng.uniform(size=(len(t), 1))).sum(axis=1)
+        add(name, np.asarray(layout.ordinal_levels[j])[level.clip(max=probs.shape[1] - 1)])
+    if decoder.imaging is not None:
+        mean = decoder.imaging_mean(z)
+        noisy = (mean + torch.randn(mean.shape, generator=generator) * decoder.imaging_sd()).numpy()[rows, slot]
+        noisy = noisy * model.scalers.imaging_std + model.scalers.imaging_mean
+        offset = 0
+        for modality, dim in layout.imaging:
+            keep = measured(modality)
+            code = config.variable(modality).codes[0]
+            ids, tt = patients.subject_ids[rows[keep]], t[keep]
+            for d in range(dim):
+                blocks.append(_value_rows(ids, tt, f"{code}{CODE_SEPARATOR}{d}", noisy[keep, offset + d], None))
+            offset += dim
+    blocks.append(_treatment_rows(model, patients.subject_ids, outcomes))
+    observed = np.isfinite(outcomes.event_time) & (outcomes.event_time <= outcomes.end + 1e-12)
+    for k, kind in enumerate(layout.events):
+        chosen = observed & (outcomes.event_kind == k)
+        blocks.append(_value_rows(patients.subject_ids[chosen], outcomes.end[chosen], config.variable(kind).codes[0], None, None))
+    blocks.append(_value_rows(patients.subject_ids, outcomes.end, config.end_of_followup_code, None, None))
+    frame = pd.concat([b for b in blocks if len(b)], ignore_index=True)
+    order = np.lexsort((np.arange(len(frame)), np.nan_to_num(frame[TIME].to_numpy(), nan=-np.inf), frame[SUBJECT_ID].to_numpy()))
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def _value_rows(
+    ids: np.ndarray, t: np.ndarray | None, code: str, values: np.ndarray | None, categories: dict[str, float] | None
+) -> pd.DataFrame:
+    n = len(ids)
+    numeric = np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
+    text = np.full(n, None, dtype=object)
+    for label, number in (categories or {}).items():
+        match = numeric == number
+        text[match] = label
+        numeric = np.where(match, np.nan, numeric)
+    return pd.DataFrame(
+        {
+            SUBJECT_ID: np.asarray(ids, dtype=np.int64),
+            TIME: np.full(n, np.nan) if t is None else np.asarray(t, dtype=np.float64),
+            CODE: np.full(n, code, dtype=object),
+            NUMERIC_VALUE: numeric,
+            TEXT_VALUE: text,
+        }
+    )
+
+
+def _static_rows(model: VirtualPatientModel, patients: VirtualPatients) -> pd.DataFrame:
+    blocks = []
+    for s, name in enumerate(model.layout.static):
+        spec = model.config.variable(name)
+        values = patients.static_natural[:, s]
+        known = np.isfinite(values)
+        if MEDS_BIRTH in spec.codes:  # age at index: a birth row at minus the age
+            blocks.append(_value_rows(patients.subject_ids[known], -values[known], MEDS_BIRTH, None, None))
+        else:
+            blocks.append(_value_rows(patients.subject_ids[known], None, spec.codes[0], values[known], spec.categories))
+    return pd.concat(blocks, ignore_index=True) if blocks else _value_rows(np.zeros(0), None, "", None, None)
+
+
+def _treatment_rows(model: VirtualPatientModel, ids: np.ndarray, outcomes: Outcomes) -> pd.DataFrame:
+    sid, t, code, dose = [], [], [], []
+    for i, exposures in enumerate(outcomes.exposures):
+        end = outcomes.end[i]
+        for e in exposures:
+            if e.start > end:
+                continue
+            base = model.config.variable(e.treatment).codes[0]
+            sid.append(ids[i])
+            t.append(e.start)
+            code.append(base + START_SUFFIX)
+            dose.append(e.dose)
+            if e.stop is not None and e.stop <= end:
+                sid.append(ids[i])
+                t.append(e.stop)
+                code.append(base + STOP_SUFFIX)
+                dose.append(np.nan)
+    return pd.DataFrame(
+        {
+            SUBJECT_ID: np.asarray(sid, dtype=np.int64),
+            TIME: np.asarray(t, dtype=np.float64),
+            CODE: np.asarray(code, dtype=object),
+            NUMERIC_VALUE: np.asarray(dose, dtype=np.float64),
+            TEXT_VALUE: np.full(len(sid), None, dtype=object),
+        }
+    )
