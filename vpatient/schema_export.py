@@ -96,8 +96,9 @@ def drifted_files(out_dir: str | Path) -> list[str]:
 
 def _all_types() -> dict[str, type[BaseModel]]:
     """Input types, and the result types of every benchmark (so results are a documented format)."""
+    from vpatient.evaluate.counterfactual_benchmark import RESULT_TYPES as COUNTERFACTUAL
     from vpatient.evaluate.forecast_benchmark import RESULT_TYPES as FORECAST
     from vpatient.evaluate.simulate_speed_benchmark import RESULT_TYPES as SIMULATE_SPEED
     from vpatient.evaluate.training_benchmark import RESULT_TYPES as TRAINING
 
-    return {**BOUNDARY_TYPES, **FORECAST, **TRAINING, **SIMULATE_SPEED}
+    return {**BOUNDARY_TYPES, **FORECAST, **TRAINING, **COUNTERFACTUAL, **SIMULATE_SPEED}

@@ -107,6 +107,8 @@ def _mount(command, name: str) -> None:
     benchmark_app.command(name)(command)
 
 
+from vpatient.evaluate.counterfactual_benchmark import benchmark_counterfactual  # noqa: E402
 from vpatient.evaluate.simulate_speed_benchmark import benchmark_simulate_speed  # noqa: E402
 
+_mount(benchmark_counterfactual, "counterfactual")
 _mount(benchmark_simulate_speed, "simulate-speed")

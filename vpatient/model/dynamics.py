@@ -63,13 +63,20 @@ class LatentDynamics(nn.Module):
     def velocity(self, z: torch.Tensor, dose: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
         return self.field(torch.cat([z, dose, static], dim=-1))
 
+    def augmented(self, y: torch.Tensor, dose: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        """d/dt of the augmented state [z, cumulative hazards, cumulative incidences] at a given dose."""
+        z = y[..., : self.latent_dim]
+        cumhaz = y[..., self.latent_dim : self.latent_dim + self.n_events]
+        h = self.hazards(z)
+        incidence = h * torch.exp(-cumhaz.sum(dim=-1, keepdim=True))
+        return torch.cat([self.velocity(z, dose, static), h, incidence], dim=-1)
+
     def rhs(self, static: torch.Tensor, dose_times: torch.Tensor, doses: torch.Tensor, side: str = "right"):
         """The augmented vector field as a function of (t, y), for torchdiffeq.
 
         ``side="right"`` uses the dose in force from t on; ``"left"`` the dose just before t
         (the two differ only at treatment changes).
         """
-        n_events, latent_dim = self.n_events, self.latent_dim
 
         def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             if y.dim() == 2:  # a solver step: one time t for all patients, y (B, D)
@@ -80,11 +87,7 @@ class LatentDynamics(nn.Module):
                 at = t.reshape(1, -1).expand(y.shape[1], -1)
                 dose = dose_at_times(dose_times, doses, at, side=side).transpose(0, 1)  # (G, B, U)
                 stat = static.unsqueeze(0).expand(y.shape[0], -1, -1)
-            z = y[..., :latent_dim]
-            cumhaz = y[..., latent_dim : latent_dim + n_events]
-            h = self.hazards(z)
-            incidence = h * torch.exp(-cumhaz.sum(dim=-1, keepdim=True))
-            return torch.cat([self.velocity(z, dose, stat), h, incidence], dim=-1)
+            return self.augmented(y, dose, stat)
 
         return field
 
@@ -113,16 +116,43 @@ class LatentDynamics(nn.Module):
         # The output grid holds every dose change, so no interpolation interval straddles a jump.
         grid = torch.cat([regular, jumps.to(z0.dtype)]).unique(sorted=True)
         if solver == Solver.RK4:
-            # Steps end exactly at the dose changes; perturb=True evaluates each step's ends just
-            # inside the step, so every step sees the dose that is constant on it.
-            options = {"grid_constructor": lambda f, y, t: t, "perturb": True}
-            states = odeint(field, y0, grid, method="rk4", options=options)
-        else:
-            options = {"jump_t": jumps} if len(jumps) else {}
-            states = odeint(field, y0, grid, method="dopri5", rtol=rtol, atol=atol, options=options)
+            return self._rk4(y0, grid, static, dose_times, doses)
+        options = {"jump_t": jumps} if len(jumps) else {}
+        states = odeint(field, y0, grid, method="dopri5", rtol=rtol, atol=atol, options=options)
         slope_from = self.rhs(static, dose_times, doses, side="right")(grid, states)
         slope_to = self.rhs(static, dose_times, doses, side="left")(grid, states)
         return DenseSolution(grid, states, slope_from, slope_to, self.latent_dim, self.n_events)
+
+    def _rk4(
+        self, y0: torch.Tensor, grid: torch.Tensor, static: torch.Tensor, dose_times: torch.Tensor, doses: torch.Tensor
+    ) -> DenseSolution:
+        """Fixed-step RK4 (the 3/8 rule, as torchdiffeq's ``rk4``) on a grid that holds every dose change.
+
+        The dose is constant on each step, so it is looked up once per step. Each step's
+        first stage is the slope leaving its start point, which the Hermite interpolation
+        needs anyway: the dense output costs one extra evaluation, plus one per grid
+        point where some dose jumps (the slope arriving there differs from the one leaving).
+        """
+        b = y0.shape[0]
+        leaving = dose_at_times(dose_times, doses, grid.expand(b, -1), side="right").transpose(0, 1)  # (G, B, U)
+        third = 1.0 / 3.0
+        y, states, slopes = y0, [y0], []
+        for i in range(len(grid) - 1):
+            dt, u = grid[i + 1] - grid[i], leaving[i]
+            k1 = self.augmented(y, u, static)
+            k2 = self.augmented(y + dt * k1 * third, u, static)
+            k3 = self.augmented(y + dt * (k2 - k1 * third), u, static)
+            k4 = self.augmented(y + dt * (k1 - k2 + k3), u, static)
+            y = y + (k1 + 3 * (k2 + k3) + k4) * dt * 0.125
+            states.append(y)
+            slopes.append(k1)
+        slopes.append(self.augmented(y, leaving[-1], static))
+        states_t, slope_from = torch.stack(states), torch.stack(slopes)  # (G, B, D)
+        arriving = [slope_from[0]]
+        for i in range(1, len(grid)):
+            jumped = bool((leaving[i] != leaving[i - 1]).any())
+            arriving.append(self.augmented(states_t[i], leaving[i - 1], static) if jumped else slope_from[i])
+        return DenseSolution(grid, states_t, slope_from, torch.stack(arriving), self.latent_dim, self.n_events)
 
 
 @dataclass

@@ -91,9 +91,18 @@ class WorldModel(nn.Module):
         return self.solve(z0, batch.static * batch.static_mask, batch.dose_times, batch.doses, until)
 
     def solve(
-        self, z0: torch.Tensor, static: torch.Tensor, dose_times: torch.Tensor, doses: torch.Tensor, until: float
+        self,
+        z0: torch.Tensor,
+        static: torch.Tensor,
+        dose_times: torch.Tensor,
+        doses: torch.Tensor,
+        until: float,
+        step: float | None = None,
     ) -> DenseSolution:
-        """Solve from draws (B, P) with standardised statics (B, S) (0 where missing) and a dose control."""
+        """Solve from draws (B, P) with standardised statics (B, S) (0 where missing) and a dose control.
+
+        ``step`` overrides the solver step the model was trained with (coarser is faster, less exact).
+        """
         if not self.settings.treatment_input:
             doses = torch.zeros_like(doses)
         return self.dynamics.solve(
@@ -103,7 +112,7 @@ class WorldModel(nn.Module):
             doses,
             max(until, 1e-3),
             solver=Solver(self.settings.solver),
-            step=self.settings.step,
+            step=step or self.settings.step,
         )
 
     def event_log_likelihood(

@@ -1,0 +1,830 @@
+r"""``vpatient benchmark counterfactual --data synthetic``: outcomes under plans patients did not get.
+
+Only the synthetic generator knows what would have happened under another treatment,
+so this benchmark runs on it alone and scores against its noiseless truth
+(:class:`vpatient.data.synthetic.SyntheticTruth`).
+
+Protocol, per confounding strength c (default 0, 1, 2, 3, 4; treatment is assigned with
+``P(treated) = sigma(c * standardised baseline severity)``, so sicker patients get the
+drug more often as c grows):
+
+- **Cohort**: ``synthetic_cohort(n, seed, confounding=c)``. The *same* seed at every
+  strength: the generator draws covariates, initial states and the uniforms of the
+  treatment draw in the same order, so the strengths share their patients and differ
+  only in who is treated (and what follows from it). Comparing strengths is then a
+  paired comparison, not one between five independent cohort draws.
+- **Split**: the sorted subject ids are permuted by ``numpy.random.default_rng(seed)``;
+  the first ``round(test_fraction * n)`` (20%) are held out, the same ids at every
+  strength. The world model, its treatment-blind twin and the regression learn from
+  the other 80% (full records).
+- **Decision time** s = 1 year (``decision_time``). Held-out patients in follow-up at s
+  (end of follow-up > s, hence alive; every synthetic patient has a visit at t=0 <= s)
+  are scored. Each is seen as ``truncate_record(record, s)``.
+- **Plans** (what-ifs from s, built with :func:`vpatient.plans.exposures_under_plan`,
+  the one definition of a what-if: what was given before s is kept, the plan replaces
+  what follows; the truth and every method use it):
+
+  - ``factual``: the recorded treatment continues (every patient);
+  - ``withdrawn``: the drug stops at s (patients on the drug at s);
+  - ``started-earlier``: the drug starts at s, dose 1 (patients not on it at s). The
+    generator starts every treated patient at t=0 and never stops, so no patient can be
+    started earlier than they were; starting the untreated at s is the earliest start a
+    what-if from s can give (earlier than their factual "never"). A start before s would
+    contradict the history the forecast conditions on, which was lived untreated;
+  - ``doubled``: the dose doubles from s (patients on dose 1 go to dose 2). Patients on
+    dose 2 are skipped: dose 4 lies outside the config's allowed dose range (0 to 2),
+    where no training patient ever was.
+
+  A plan is scored only for patients it changes (e.g. no "withdrawn" for the untreated).
+- **Horizons** 1, 2, 3 years after s. Continuous variables are compared on the
+  modelling scale (log bilirubin, log ALT, albumin, log platelets, INR), in standard
+  deviations of the training patients' observed values
+  (:class:`vpatient.evaluate.protocol.Standardiser`). Truth: the generator's noiseless
+  value under the plan's exposures. Prediction: the method's expected value.
+- **Scores**, per strength x method x plan: RMSE per variable and horizon (over
+  patients); the headline RMSE is the mean over variables and horizons. ``counterfactual``
+  pools every (patient, plan) pair of the three counterfactual plans. Survival error:
+  mean over patients of \|predicted - true P(no death by s + 3 \| alive at s)\|, where
+  the truth is the generator's cause-specific ``S(s+3) / S(s)`` (other events ignored,
+  the same quantity the world model's ``survival`` reports). Effects: mean over patients
+  of (plan - factual), truth and prediction, in standard deviations; effect RMSE: RMSE
+  over patients of predicted - true (plan - factual), mean over variables and horizons
+  (the error of each patient's treatment effect; unlike the outcome RMSE it does not
+  reward a method for predicting every plan alike).
+- **Targets** (per method; the world model is the one held to them): counterfactual RMSE
+  <= 1.3 x factual RMSE at every strength, and the counterfactual RMSE at the largest
+  strength less than 30% above that at the smallest.
+
+Methods, all trained on the same patients:
+
+- ``vpatient``: :class:`VirtualPatientModel`, default settings; mean over ``n_samples``
+  posterior paths of the decoder mean (``SimulatedPaths.expected``) and of the survival.
+  Every plan is simulated with the same seed (common random numbers).
+- ``vpatient-blind``: the same architecture without the treatment input
+  (``ModelSettings(treatment_input=False)``); it predicts the same under every plan.
+- ``regression``: per variable and horizon h, a ridge regression (standardised features,
+  alpha 1) of the value observed at the visit nearest s + h (within
+  ``REGRESSION_WINDOW`` years, after s) on what is known at s (last observed value of
+  every continuous variable, training mean if none; the statics; the history codes
+  recorded by s) and the observed treatment over (s, s + h] (share of the window on
+  the drug and mean dose). Counterfactuals set the treatment features to the plan's.
+  Survival: a Cox model (lifelines, ridge penalty 0.01) on the same features with the
+  treatment over (s, s + 3], fitted on training patients in follow-up at s, outcome death
+  censored at s + 3.
+
+Everything random derives from ``seed``: the same seed gives the same numbers (on the
+same machine and library versions).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import pandas as pd
+import typer
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from vpatient import __version__, transforms
+from vpatient.data.synthetic import SyntheticCohort, SyntheticTruth, synthetic_cohort
+from vpatient.data.timeline import truncate_record
+from vpatient.evaluate.protocol import ProtocolError, Standardiser, last_observations, survival_setup
+from vpatient.model.vpm import ModelSettings
+from vpatient.plans import dose_at, exposures_under_plan
+from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind
+from vpatient.tables import markdown_table
+from vpatient.train import TrainSettings
+from vpatient.virtual_patient import VirtualPatientModel
+
+__all__ = [
+    "COUNTERFACTUAL",
+    "FACTUAL",
+    "METHODS",
+    "PLANS",
+    "RESULT_TYPES",
+    "CounterfactualBenchmarkResult",
+    "ObservedTreatmentRegression",
+    "Outcomes",
+    "benchmark_counterfactual",
+    "counterfactual_plans",
+    "parse_strengths",
+    "predicted_outcomes",
+    "run_counterfactual_benchmark",
+    "split_subjects",
+    "true_outcomes",
+    "write_counterfactual_results",
+]
+
+log = logging.getLogger(__name__)
+
+FACTUAL = "factual"
+#: The counterfactual plans, in report order.
+PLANS: tuple[str, ...] = ("withdrawn", "started-earlier", "doubled")
+#: Name of the pooled score over every counterfactual (patient, plan) pair.
+COUNTERFACTUAL = "counterfactual"
+PLAN_DESCRIPTIONS: dict[str, str] = {
+    FACTUAL: "the recorded treatment continues (every patient)",
+    "withdrawn": "the drug stops at s (patients on it at s)",
+    "started-earlier": "the drug starts at s at dose 1 (patients not on it at s; the generator starts every treated "
+    "patient at t=0, so starting the untreated at s is the earliest start a what-if from s can give)",
+    "doubled": "the dose doubles from s (patients whose doubled dose stays within the config's allowed range: dose 1 -> 2)",
+}
+#: Methods, in report order.
+METHODS: dict[str, str] = {
+    "vpatient": "the world model (VirtualPatientModel), mean of posterior sample paths",
+    "vpatient-blind": "the same architecture without the treatment input (ModelSettings(treatment_input=False))",
+    "regression": "ridge regression per variable and horizon on what is known at s and the observed treatment after s; "
+    "Cox model for survival",
+}
+EVENT = "death"
+#: Dose of the drug in the ``started-earlier`` plan (the generator's lower dose).
+START_DOSE = 1.0
+#: The regression's target is the observation nearest s + h within this many years.
+REGRESSION_WINDOW = 0.5
+MAX_RATIO = 1.3
+MAX_GROWTH = 0.3
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def counterfactual_plans(
+    history: PatientRecord, decision_time: float, treatment: str, max_dose: float = math.inf
+) -> dict[str, TreatmentPlan]:
+    """The counterfactual plans that change this patient's treatment from ``decision_time`` (module docstring).
+
+    ``history`` needs only the treatments up to ``decision_time``; a plan equal to what
+    the patient got is left out.
+    """
+    dose = float(dose_at(history.treatments, treatment, decision_time))
+    plans: dict[str, TreatmentPlan] = {}
+    if dose > 0:
+        plans["withdrawn"] = TreatmentPlan(name="withdrawn", description=PLAN_DESCRIPTIONS["withdrawn"])
+    else:
+        plans["started-earlier"] = TreatmentPlan(
+            name="started-earlier",
+            description=PLAN_DESCRIPTIONS["started-earlier"],
+            exposures=[TreatmentExposure(treatment=treatment, start=decision_time, dose=START_DOSE)],
+        )
+    if 0 < 2 * dose <= max_dose:
+        plans["doubled"] = TreatmentPlan(
+            name="doubled",
+            description=PLAN_DESCRIPTIONS["doubled"],
+            exposures=[TreatmentExposure(treatment=treatment, start=decision_time, dose=2 * dose)],
+        )
+    return plans
+
+
+def _exposures(record: PatientRecord, plan: TreatmentPlan | None, decision_time: float) -> list[TreatmentExposure]:
+    """The full exposures of ``record`` under ``plan`` from ``decision_time`` (None: as recorded)."""
+    return list(record.treatments) if plan is None else exposures_under_plan(record.treatments, plan, decision_time)
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Outcomes of N patients: continuous values (N, H, V) on the modelling scale, survival (N,)."""
+
+    values: np.ndarray
+    survival: np.ndarray
+
+    def take(self, rows: np.ndarray) -> Outcomes:
+        return Outcomes(self.values[rows], self.survival[rows])
+
+    def minus(self, other: Outcomes) -> Outcomes:
+        return Outcomes(self.values - other.values, self.survival - other.survival)
+
+
+def true_outcomes(
+    truth: SyntheticTruth,
+    records: Sequence[PatientRecord],
+    plans: Sequence[TreatmentPlan | None],
+    decision_time: float,
+    horizons: Sequence[float],
+    variables: Sequence[str],
+) -> Outcomes:
+    """The generator's noiseless values at s + h (modelling scale) and P(no death by s + max h | alive at s)."""
+    ids = [r.subject_id for r in records]
+    exposures = [_exposures(r, p, decision_time) for r, p in zip(records, plans, strict=True)]
+    times = decision_time + np.asarray(horizons, dtype=float)
+    frame = truth.observables_many(ids, exposures, times)
+    values = np.stack(
+        [transforms.forward(frame[v].to_numpy(float), truth.config.variable(v).transform) for v in variables], axis=-1
+    ).reshape(len(ids), len(times), len(variables))
+    surv = truth.survival_many(ids, exposures, np.array([decision_time, times[-1]]), event=EVENT)
+    return Outcomes(values, surv[:, 1] / surv[:, 0])
+
+
+def predicted_outcomes(
+    model: VirtualPatientModel,
+    histories: Sequence[PatientRecord],
+    plans: Sequence[TreatmentPlan | None],
+    decision_time: float,
+    horizons: Sequence[float],
+    variables: Sequence[str],
+    n_samples: int,
+    seed: int,
+) -> Outcomes:
+    """The world model's mean expected values at s + h and P(no death by s + max h | alive at s).
+
+    ``histories`` must be cut at ``decision_time``. The same seed and histories give the
+    same posterior draws whatever the plans, so differences between plans are effects.
+    """
+    times = decision_time + np.asarray(horizons, dtype=float)
+    paths = model.simulate(list(histories), [times] * len(histories), n_samples=n_samples, seed=seed, plans=list(plans))
+    columns = [model.layout.continuous.index(v) for v in variables]
+    values = paths.expected[..., columns].mean(axis=1)  # (N, H, V)
+    survival = paths.survival[:, :, -1, model.layout.events.index(EVENT)].mean(axis=1)
+    return Outcomes(values, survival)
+
+
+class ObservedTreatmentRegression:
+    """The regression peer: outcomes at s + h regressed on what is known at s and the treatment after s.
+
+    See the module docstring for the features, targets and the Cox model of survival.
+    """
+
+    def __init__(self, treatment: str, decision_time: float, horizons: Sequence[float], variables: Sequence[str]):
+        self.treatment = treatment
+        self.decision_time = decision_time
+        self.horizons = [float(h) for h in horizons]
+        self.variables = list(variables)
+
+    def fit(self, train: Sequence[PatientRecord], config: DatasetConfig) -> ObservedTreatmentRegression:
+        from lifelines import CoxPHFitter
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        s = self.decision_time
+        self.config_ = config
+        self.statics_ = config.names(VariableKind.STATIC)
+        self.codes_ = config.names(VariableKind.HISTORY)
+        followed = [r for r in train if r.end_of_followup > s]
+        if len(followed) < 2:
+            raise ProtocolError(f"regression: {len(followed)} training patients in follow-up at s={s:g}")
+        histories = [truncate_record(r, s) for r in followed]
+        known = self._known(histories)
+        self.fill_ = known.mean().fillna(0.0).to_dict()
+        self.models_: dict[tuple[str, float], object] = {}
+        for h in self.horizons:
+            target = s + h
+            treat = self._treatment([r.treatments for r in followed], h)
+            for v in self.variables:
+                rows, y = [], []
+                for i, r in enumerate(followed):
+                    cells = [(abs(o.time - target), o.value) for o in r.observations if o.variable == v and o.time > s]
+                    cells = [c for c in cells if c[0] <= REGRESSION_WINDOW]
+                    if cells:
+                        rows.append(i)
+                        y.append(float(transforms.forward(min(cells)[1], config.variable(v).transform)))
+                if len(rows) < 2:
+                    raise ProtocolError(f"regression: {len(rows)} training values of {v!r} near s + {h:g}")
+                x = self._design(known.iloc[rows], treat.iloc[rows])
+                self.models_[(v, h)] = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(x.to_numpy(), np.asarray(y))
+        setup = survival_setup(followed, s, EVENT)
+        horizon = max(self.horizons)
+        by_id = {r.subject_id: r for r in followed}
+        treat = self._treatment([by_id[sid].treatments for sid in setup.subject_ids], horizon)
+        x = self._design(self._known(setup.histories), treat)
+        self.cox_columns_ = [c for c in x.columns if x[c].std() > 0]
+        data = x[self.cox_columns_].reset_index(drop=True)
+        data["T"] = np.minimum(setup.time, horizon)
+        data["E"] = setup.event * (setup.time <= horizon)
+        self.cox_ = CoxPHFitter(penalizer=0.01).fit(data, duration_col="T", event_col="E") if data["E"].sum() > 0 else None
+        return self
+
+    def predict(self, histories: Sequence[PatientRecord], plans: Sequence[TreatmentPlan | None]) -> Outcomes:
+        """Outcomes of ``histories`` (cut at s) under ``plans`` (None: the recorded treatment continues)."""
+        s = self.decision_time
+        known = self._known(histories)
+        exposures = [_exposures(h, p, s) for h, p in zip(histories, plans, strict=True)]
+        values = np.empty((len(histories), len(self.horizons), len(self.variables)))
+        for j, h in enumerate(self.horizons):
+            x = self._design(known, self._treatment(exposures, h)).to_numpy()
+            for k, v in enumerate(self.variables):
+                values[:, j, k] = self.models_[(v, h)].predict(x)
+        if self.cox_ is None:  # no death in the window among training patients
+            survival = np.ones(len(histories))
+        else:
+            x = self._design(known, self._treatment(exposures, max(self.horizons)))[self.cox_columns_]
+            survival = self.cox_.predict_survival_function(x, times=[max(self.horizons)]).to_numpy()[0]
+        return Outcomes(values, survival)
+
+    def _known(self, histories: Sequence[PatientRecord]) -> pd.DataFrame:
+        """What is known at s: last value of each variable, statics, history codes recorded by s."""
+        rows = []
+        for h in histories:
+            last = last_observations(h, self.config_, self.variables)
+            row = {f"last_{v}": last[v][1] if v in last else np.nan for v in self.variables}
+            row |= {name: h.static.get(name, np.nan) for name in self.statics_}
+            row |= {code: float(any(e.code == code for e in h.history)) for code in self.codes_}
+            rows.append(row)
+        return pd.DataFrame(rows, dtype=float)
+
+    def _treatment(self, exposures: Sequence[Sequence[TreatmentExposure]], horizon: float) -> pd.DataFrame:
+        """Share of (s, s + horizon] on the treatment and its mean dose, per patient (midpoint rule, 48 steps)."""
+        grid = self.decision_time + horizon * (np.arange(48) + 0.5) / 48
+        doses = np.array([dose_at(e, self.treatment, grid) for e in exposures]).reshape(len(exposures), len(grid))
+        return pd.DataFrame({"on_treatment": (doses > 0).mean(axis=1), "dose": doses.mean(axis=1)})
+
+    def _design(self, known: pd.DataFrame, treatment: pd.DataFrame) -> pd.DataFrame:
+        x = known.reset_index(drop=True).fillna(self.fill_)
+        return pd.concat([x, treatment.reset_index(drop=True)], axis=1)
+
+
+# --------------------------------------------------------------------------- result types
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CounterfactualSettings(_Strict):
+    """The protocol a result was produced under."""
+
+    n: int = Field(description="Subjects per synthetic cohort (one cohort per strength, same seed).")
+    seed: int
+    strengths: list[float] = Field(description="Confounding strengths of the treatment assignment.")
+    test_fraction: float
+    decision_time: float = Field(description="s: plans start here; histories are cut here (years).")
+    horizons: list[float] = Field(description="Years after s at which outcomes are scored.")
+    n_samples: int = Field(description="Posterior sample paths per patient and plan (world models).")
+    event: str = EVENT
+    plans: dict[str, str] = Field(description="What each plan means.")
+    methods: dict[str, str]
+    standardisation: str = "training patients' sd of each variable's observed values on the modelling scale"
+    max_ratio: float = Field(description="Target: counterfactual RMSE <= max_ratio x factual RMSE at every strength.")
+    max_growth: float = Field(
+        description="Target: counterfactual RMSE grows by less than this from the smallest strength to the largest."
+    )
+    train_settings: dict
+    model_settings: dict
+
+
+class CohortSummary(_Strict):
+    """One strength's cohort, split and training."""
+
+    confounding: float
+    n_train: int
+    n_test: int = Field(description="Held-out patients in follow-up at s (scored).")
+    treated_share_train: float
+    treated_share_test: float
+    n_by_plan: dict[str, int] = Field(description="Scored patients per plan.")
+    epochs: dict[str, int] = Field(description="Epochs run per world model (early stopping).")
+    seconds: dict[str, float] = Field(description="Fit + predict seconds per method; context only.")
+
+
+class PlanScore(_Strict):
+    """Error of one method under one plan at one strength (standardised units)."""
+
+    confounding: float
+    method: str
+    plan: str
+    n: int = Field(description="Scored (patient, plan) pairs.")
+    rmse: float = Field(description="Mean over variables and horizons of the RMSE over patients.")
+    rmse_by_horizon: list[float] = Field(description="Mean over variables, per horizon.")
+    rmse_by_variable: dict[str, list[float]] = Field(description="Per variable, per horizon.")
+    survival_error: float = Field(description="Mean |predicted - true| P(no death by s + max horizon | alive at s).")
+    effect_rmse: float | None = Field(
+        default=None,
+        description="RMSE over patients of predicted - true (plan - factual), mean over variables and horizons; None for factual.",
+    )
+    effect_true: dict[str, list[float]] | None = Field(
+        default=None, description="Mean (plan - factual) of the truth per variable and horizon; None for pooled and factual."
+    )
+    effect_predicted: dict[str, list[float]] | None = None
+    survival_effect_true: float | None = None
+    survival_effect_predicted: float | None = None
+
+
+class TargetCheck(_Strict):
+    """The benchmark's targets for one method."""
+
+    method: str
+    factual_rmse: list[float] = Field(description="Per strength.")
+    counterfactual_rmse: list[float] = Field(description="Per strength, pooled over plans.")
+    ratio: list[float] = Field(description="counterfactual / factual RMSE per strength.")
+    ratio_pass: bool
+    growth: float | None = Field(description="counterfactual RMSE at the largest strength / at the smallest - 1.")
+    growth_pass: bool | None
+
+
+class CounterfactualBenchmarkResult(_Strict):
+    """The result of ``vpatient benchmark counterfactual``."""
+
+    benchmark: Literal["counterfactual"] = "counterfactual"
+    vpatient_version: str = __version__
+    data: str
+    variables: list[str] = Field(description="Scored continuous variables.")
+    transforms: dict[str, str]
+    settings: CounterfactualSettings
+    cohorts: list[CohortSummary]
+    scores: list[PlanScore]
+    targets: list[TargetCheck]
+    runtime_seconds: float
+
+    def to_markdown(self) -> str:
+        """Targets, errors by plan, and effects as markdown tables."""
+        s = self.settings
+        names = [f"{'log ' if self.transforms[v] == 'log' else ''}{v}" for v in self.variables]
+        last = len(s.horizons) - 1
+        h_cols = [f"{h:g} y" for h in s.horizons]
+        lines = [
+            f"# Counterfactual benchmark: {self.data}",
+            "",
+            f"vpatient {self.vpatient_version}, seed {s.seed}; {s.n} subjects per cohort, one cohort per confounding "
+            f"strength ({', '.join(f'{c:g}' for c in s.strengths)}), {1 - s.test_fraction:.0%} to train, held-out "
+            f"patients in follow-up at the decision time s = {s.decision_time:g} y scored at s + "
+            f"{', '.join(f'{h:g}' for h in s.horizons)} y against the generator's noiseless truth; {s.n_samples} "
+            f"posterior paths per patient and plan. Errors in training sds ({', '.join(names)}). "
+            f"Runtime {self.runtime_seconds / 60:.1f} min.",
+            "",
+            "Plans from s: " + "; ".join(f"**{k}**: {v}" for k, v in s.plans.items()) + ".",
+            "",
+            "## Targets",
+            "",
+            f"RMSE = mean over variables and horizons; counterfactual = every (patient, plan) pair of the "
+            f"counterfactual plans. Targets: ratio <= {s.max_ratio:g} at every strength; counterfactual RMSE growth "
+            f"from strength {s.strengths[0]:g} to {s.strengths[-1]:g} < {s.max_growth:.0%}.",
+            "",
+        ]
+        rows = []
+        for t in self.targets:
+            for i, c in enumerate(s.strengths):
+                rows.append(
+                    {
+                        "method": t.method,
+                        "strength": c,
+                        "factual RMSE": t.factual_rmse[i],
+                        "counterfactual RMSE": t.counterfactual_rmse[i],
+                        "ratio": t.ratio[i],
+                        f"ratio <= {s.max_ratio:g}": "pass" if t.ratio[i] <= s.max_ratio else "miss",
+                    }
+                )
+        lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
+        for t in self.targets:
+            growth = "-" if t.growth is None else f"{t.growth:+.1%} ({'pass' if t.growth_pass else 'miss'})"
+            lines.append(f"- {t.method}: ratio target {'pass' if t.ratio_pass else 'miss'}; counterfactual RMSE growth {growth}")
+        lines += [
+            "",
+            "## Error by plan",
+            "",
+            f"RMSE per horizon (mean over variables) and over horizons; effect RMSE: error of each patient's (plan - factual), "
+            f"mean over variables and horizons; survival error: mean |error| of P(no {s.event} by s + {s.horizons[-1]:g} y "
+            "| alive at s).",
+            "",
+        ]
+        rows = [
+            {"strength": x.confounding, "method": x.method, "plan": x.plan, "n": x.n}
+            | dict(zip(h_cols, x.rmse_by_horizon, strict=True))
+            | {"mean": x.rmse, "effect RMSE": x.effect_rmse, "survival error": x.survival_error}
+            for x in self.scores
+        ]
+        lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
+        lines += [
+            f"## Mean effect of each plan at s + {s.horizons[last]:g} y (plan - factual, training sds)",
+            "",
+            "The generator's truth beside each method's prediction; the blind model predicts no effect by construction.",
+            "",
+        ]
+        rows = []
+        for x in self.scores:
+            if x.effect_true is None or x.method == "vpatient-blind":
+                continue
+            base = {"strength": x.confounding, "plan": x.plan, "n": x.n}
+            sources = [("truth", x.effect_true, x.survival_effect_true)] if x.method == "vpatient" else []
+            sources.append((x.method, x.effect_predicted, x.survival_effect_predicted))
+            for source, effect, survival in sources:  # the truth once per (strength, plan), with vpatient's row
+                rows.append(
+                    base
+                    | {"source": source}
+                    | {n: effect[v][last] for n, v in zip(names, self.variables, strict=True)}
+                    | {"survival": survival}
+                )
+        order = {name: i for i, name in enumerate(("truth", *METHODS))}
+        rows.sort(key=lambda r: (r["strength"], PLANS.index(r["plan"]), order[r["source"]]))
+        if rows:
+            lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
+        lines += ["## Cohorts", ""]
+        rows = [
+            {
+                "strength": c.confounding,
+                "train": c.n_train,
+                "test": c.n_test,
+                "treated (train)": c.treated_share_train,
+                "treated (test)": c.treated_share_test,
+            }
+            | {f"n {p}": c.n_by_plan.get(p, 0) for p in PLANS}
+            | {f"epochs {m}": e for m, e in c.epochs.items()}
+            | {f"s {m}": sec for m, sec in c.seconds.items()}
+            for c in self.cohorts
+        ]
+        lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
+        return "\n".join(lines)
+
+
+#: Result types of this module, by the name their JSON Schema is exported under.
+RESULT_TYPES: dict[str, type[BaseModel]] = {"CounterfactualBenchmarkResult": CounterfactualBenchmarkResult}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_counterfactual_benchmark(
+    n: int = 500,
+    seed: int = 0,
+    strengths: Sequence[float] = (0.0, 1.0, 2.0, 3.0, 4.0),
+    *,
+    decision_time: float = 1.0,
+    horizons: Sequence[float] = (1.0, 2.0, 3.0),
+    test_fraction: float = 0.2,
+    n_samples: int = 100,
+    train_settings: TrainSettings | None = None,
+    model_settings: ModelSettings | None = None,
+    progress: bool = True,
+) -> CounterfactualBenchmarkResult:
+    """Run the protocol of the module docstring; ``train_settings`` defaults to ``TrainSettings(seed=seed)``."""
+    if not strengths:
+        raise ProtocolError("no confounding strength given")
+    if not 0 < test_fraction < 1:
+        raise ProtocolError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    strengths = sorted(float(c) for c in strengths)
+    horizons = [float(h) for h in horizons]
+    train_settings = replace(train_settings or TrainSettings(), seed=seed)
+    model_settings = model_settings or ModelSettings()
+    blind_settings = replace(model_settings, treatment_input=False)
+    started = time.perf_counter()
+    cohorts, scores = [], []
+    bar = tqdm(
+        total=len(strengths) * len(METHODS), desc="counterfactual benchmark", unit="fit", file=sys.stderr, disable=not progress
+    )
+    for c in strengths:
+        cohort = synthetic_cohort(n, seed, confounding=c)
+        summary, rows = _one_strength(
+            cohort,
+            c,
+            seed,
+            decision_time,
+            horizons,
+            test_fraction,
+            n_samples,
+            train_settings,
+            model_settings,
+            blind_settings,
+            bar,
+        )
+        cohorts.append(summary)
+        scores += rows
+    bar.close()
+    variables = cohort.config.names(VariableKind.CONTINUOUS)
+    return CounterfactualBenchmarkResult(
+        data=cohort.name,
+        variables=variables,
+        transforms={v: cohort.config.variable(v).transform.value for v in variables},
+        settings=CounterfactualSettings(
+            n=n,
+            seed=seed,
+            strengths=strengths,
+            test_fraction=test_fraction,
+            decision_time=decision_time,
+            horizons=horizons,
+            n_samples=n_samples,
+            plans=PLAN_DESCRIPTIONS,
+            methods=METHODS,
+            max_ratio=MAX_RATIO,
+            max_growth=MAX_GROWTH,
+            train_settings=train_settings.to_dict(),
+            model_settings=model_settings.to_dict(),
+        ),
+        cohorts=cohorts,
+        scores=scores,
+        targets=[_targets(scores, m, strengths) for m in METHODS],
+        runtime_seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+def split_subjects(ids: Sequence[str], seed: int, test_fraction: float) -> tuple[set[str], set[str]]:
+    """Train and test ids: the sorted ids permuted by ``default_rng(seed)``, the first share held out."""
+    order = sorted(ids)
+    perm = np.random.default_rng(seed).permutation(len(order))
+    n_test = max(1, round(test_fraction * len(order)))
+    test = {order[i] for i in perm[:n_test]}
+    return set(order) - test, test
+
+
+def _one_strength(
+    cohort: SyntheticCohort,
+    confounding: float,
+    seed: int,
+    decision_time: float,
+    horizons: list[float],
+    test_fraction: float,
+    n_samples: int,
+    train_settings: TrainSettings,
+    model_settings: ModelSettings,
+    blind_settings: ModelSettings,
+    bar: tqdm,
+) -> tuple[CohortSummary, list[PlanScore]]:
+    config = cohort.config
+    variables = config.names(VariableKind.CONTINUOUS)
+    (treatment,) = config.names(VariableKind.TREATMENT)
+    max_dose = config.variable(treatment).plausible_range[1] if config.variable(treatment).plausible_range else math.inf
+    train_ids, test_ids = split_subjects([r.subject_id for r in cohort.records], seed, test_fraction)
+    train = [r for r in cohort.records if r.subject_id in train_ids]
+    test = [r for r in cohort.records if r.subject_id in test_ids and r.end_of_followup > decision_time]
+    if not test:
+        raise ProtocolError(f"no held-out patient in follow-up at s={decision_time:g}")
+    histories = [truncate_record(r, decision_time) for r in test]
+    sd = np.array([Standardiser.fit(train, config, variables).std[v] for v in variables])
+
+    # which plan applies to whom; every plan is simulated for every patient (None where it does not
+    # apply, i.e. the factual), so that each call sees the same histories in the same chunks
+    applicable = [counterfactual_plans(h, decision_time, treatment, max_dose) for h in histories]
+    plan_lists = {FACTUAL: [None] * len(test)} | {p: [a.get(p) for a in applicable] for p in PLANS}
+    truth = {p: true_outcomes(cohort.truth, test, plans, decision_time, horizons, variables) for p, plans in plan_lists.items()}
+    masks = {FACTUAL: np.ones(len(test), bool)} | {p: np.array([p in a for a in applicable]) for p in PLANS}
+
+    predictions: dict[str, dict[str, Outcomes]] = {}
+    seconds: dict[str, float] = {}
+    epochs: dict[str, int] = {}
+    for name, settings in (("vpatient", model_settings), ("vpatient-blind", blind_settings)):
+        bar.set_postfix(strength=f"{confounding:g}", method=name)
+        t0 = time.perf_counter()
+        model = VirtualPatientModel.fit(train, config, train_settings, settings, progress=False)
+        predictions[name] = {
+            p: predicted_outcomes(model, histories, plans, decision_time, horizons, variables, n_samples, seed)
+            for p, plans in plan_lists.items()
+        }
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        epochs[name] = len(model.history.train_loss)
+        log.info("strength %g: %s fitted in %d epochs, %.0f s", confounding, name, epochs[name], seconds[name])
+        bar.update()
+    bar.set_postfix(strength=f"{confounding:g}", method="regression")
+    t0 = time.perf_counter()
+    regression = ObservedTreatmentRegression(treatment, decision_time, horizons, variables).fit(train, config)
+    predictions["regression"] = {p: regression.predict(histories, plans) for p, plans in plan_lists.items()}
+    seconds["regression"] = round(time.perf_counter() - t0, 1)
+    bar.update()
+
+    scores = []
+    for method in METHODS:
+        pred = predictions[method]
+        effects = {p: (pred[p].minus(pred[FACTUAL]), truth[p].minus(truth[FACTUAL])) for p in PLANS}  # (predicted, true)
+        for plan in (FACTUAL, *PLANS):
+            m = masks[plan]
+            if m.any():
+                effect = None if plan == FACTUAL else (effects[plan][0].take(m), effects[plan][1].take(m))
+                scores.append(
+                    _score(confounding, method, plan, pred[plan].take(m), truth[plan].take(m), sd, variables, effect, True)
+                )
+        if not any(masks[p].any() for p in PLANS):
+            raise ProtocolError(f"strength {confounding:g}: no counterfactual plan applies to any held-out patient")
+
+        def pooled(outcomes: dict[str, Outcomes]) -> Outcomes:
+            return _stack([outcomes[p] for p in PLANS], [masks[p] for p in PLANS])
+
+        effect = (pooled({p: e[0] for p, e in effects.items()}), pooled({p: e[1] for p, e in effects.items()}))
+        scores.append(_score(confounding, method, COUNTERFACTUAL, pooled(pred), pooled(truth), sd, variables, effect, False))
+
+    summary = CohortSummary(
+        confounding=confounding,
+        n_train=len(train),
+        n_test=len(test),
+        treated_share_train=round(float(np.mean([bool(r.treatments) for r in train])), 4),
+        treated_share_test=round(float(np.mean([bool(r.treatments) for r in test])), 4),
+        n_by_plan={p: int(m.sum()) for p, m in masks.items()},
+        epochs=epochs,
+        seconds=seconds,
+    )
+    return summary, scores
+
+
+def _stack(outcomes: Sequence[Outcomes], masks: Sequence[np.ndarray]) -> Outcomes:
+    return Outcomes(
+        np.concatenate([o.values[m] for o, m in zip(outcomes, masks, strict=True)]),
+        np.concatenate([o.survival[m] for o, m in zip(outcomes, masks, strict=True)]),
+    )
+
+
+def _score(
+    confounding: float,
+    method: str,
+    plan: str,
+    pred: Outcomes,
+    truth: Outcomes,
+    sd: np.ndarray,
+    variables: Sequence[str],
+    effect: tuple[Outcomes, Outcomes] | None,
+    mean_effects: bool,
+) -> PlanScore:
+    """RMSE over patients per horizon and variable, in sds; mean |survival error|; errors of the effects.
+
+    ``effect`` holds the predicted and true (plan - factual) of the same patients;
+    ``mean_effects`` adds their means (not for the pooled plans, whose effects differ in sign).
+    """
+    rmse = _rmse(pred, truth, sd)  # (H, V)
+    score = PlanScore(
+        confounding=confounding,
+        method=method,
+        plan=plan,
+        n=len(truth.survival),
+        rmse=float(rmse.mean()),
+        rmse_by_horizon=[float(x) for x in rmse.mean(axis=1)],
+        rmse_by_variable={v: [float(x) for x in rmse[:, k]] for k, v in enumerate(variables)},
+        survival_error=float(np.mean(np.abs(pred.survival - truth.survival))),
+    )
+    if effect is not None:
+        predicted, true = effect
+        score.effect_rmse = float(_rmse(predicted, true, sd).mean())
+        if mean_effects:
+
+            def means(o: Outcomes) -> dict[str, list[float]]:
+                delta = (o.values / sd).mean(axis=0)  # (H, V)
+                return {v: [float(x) for x in delta[:, k]] for k, v in enumerate(variables)}
+
+            score.effect_true, score.survival_effect_true = means(true), float(true.survival.mean())
+            score.effect_predicted, score.survival_effect_predicted = means(predicted), float(predicted.survival.mean())
+    return score
+
+
+def _rmse(pred: Outcomes, truth: Outcomes, sd: np.ndarray) -> np.ndarray:
+    """RMSE over patients of (N, H, V) values, in sds: (H, V)."""
+    return np.sqrt(np.mean(((pred.values - truth.values) / sd) ** 2, axis=0))
+
+
+def _targets(scores: Sequence[PlanScore], method: str, strengths: Sequence[float]) -> TargetCheck:
+    by = {(x.confounding, x.plan): x.rmse for x in scores if x.method == method}
+    factual = [by[(c, FACTUAL)] for c in strengths]
+    counterfactual = [by[(c, COUNTERFACTUAL)] for c in strengths]
+    ratio = [cf / f for cf, f in zip(counterfactual, factual, strict=True)]
+    growth = counterfactual[-1] / counterfactual[0] - 1 if len(strengths) > 1 else None
+    return TargetCheck(
+        method=method,
+        factual_rmse=factual,
+        counterfactual_rmse=counterfactual,
+        ratio=ratio,
+        ratio_pass=all(r <= MAX_RATIO for r in ratio),
+        growth=growth,
+        growth_pass=None if growth is None else growth < MAX_GROWTH,
+    )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_counterfactual_results(result: CounterfactualBenchmarkResult, out_dir: str | Path) -> list[Path]:
+    """Write ``out_dir/counterfactual-<data>.json`` and ``.md``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / f"counterfactual-{result.data}.json", out / f"counterfactual-{result.data}.md"
+    json_path.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(result.to_markdown(), encoding="utf-8")
+    for path in (json_path, md_path):
+        log.info("wrote %s", path)
+    return [json_path, md_path]
+
+
+# --------------------------------------------------------------------------- CLI (mounted in vpatient/evaluate/cli.py)
+
+
+def parse_strengths(spec: str) -> list[float]:
+    """'0,1,2,3,4' -> [0.0, 1.0, 2.0, 3.0, 4.0]; a bad list is a usage error."""
+    try:
+        values = [float(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise typer.BadParameter(f"{spec!r}: give comma-separated numbers, e.g. 0,1,2,3,4", param_hint="--strengths")
+    return values
+
+
+def benchmark_counterfactual(
+    data: Annotated[
+        str, typer.Option("--data", help="Only 'synthetic': the benchmark needs the generator's truth.")
+    ] = "synthetic",
+    n: Annotated[int, typer.Option("--n", min=20, help="Subjects per synthetic cohort (one cohort per strength).")] = 500,
+    strengths: Annotated[str, typer.Option("--strengths", help="Comma-separated confounding strengths.")] = "0,1,2,3,4",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the cohorts, the split, training and simulation.")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
+        "benchmarks/results"
+    ),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar over fits on stderr.")] = True,
+) -> None:
+    """Predict outcomes under plans patients did not get (withdrawn, started, doubled) and score them against the generator's truth, per confounding strength."""
+    if data != "synthetic":
+        raise typer.BadParameter(f"{data!r}: only 'synthetic' has a counterfactual truth", param_hint="--data")
+    result = run_counterfactual_benchmark(n=n, seed=seed, strengths=parse_strengths(strengths), progress=progress)
+    typer.echo(result.to_markdown())
+    for path in write_counterfactual_results(result, out_dir):
+        typer.echo(f"wrote {path}", err=True)
