@@ -90,6 +90,11 @@ def test_demo_writes_summary_plots_and_a_model(tmp_path):
     assert (demo / "pbc2_forecast_patient4.png").stat().st_size > 20_000
     assert (demo / "pbc2_model" / "weights.pt").is_file()
     assert "| subjects | 312 |" in (demo / "pbc2_summary.md").read_text()
+    assert (demo / "pbc2_whatif_patient4.png").stat().st_size > 20_000
+    assert "rmst:death" in (demo / "pbc2_whatif_patient4.md").read_text()
+    assert (demo / "pbc2_trial" / "trial.png").stat().st_size > 20_000
+    assert (demo / "pbc2_model" / "population.json").is_file()
+    assert "Hazard ratios against placebo" in result.stdout
 
 
 def test_export_validate_and_show_a_meds_directory(tmp_path):

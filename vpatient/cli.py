@@ -254,7 +254,7 @@ def demo(
     patient: Annotated[str, typer.Option(help="Subject whose forecast is plotted.")] = "4",
     seed: SeedOption = 0,
 ) -> None:
-    """The main job on the embedded PBC data: summary, Kaplan-Meier by arm, a trained model, a forecast."""
+    """The main job on the embedded PBC data: summary, Kaplan-Meier by arm, a trained model, a forecast, a what-if, the trial in silico."""
     from vpatient.data.summary import summarize
     from vpatient.datasets import load_dataset
     from vpatient.model.vpm import ModelSettings
@@ -280,6 +280,33 @@ def demo(
     result = model.forecast(record, until=until, horizon=5.0, n_samples=200, seed=seed)
     plot_forecast(result, record).savefig(out / f"pbc2_forecast_patient{patient}.png", dpi=110, bbox_inches="tight")
     typer.echo(f"wrote {out / 'pbc2_summary.md'}, {out / 'pbc2_km_by_arm.png'} and {out / f'pbc2_forecast_patient{patient}.png'}")
+    _demo_simulation(model, cohort, record, until, out, seed)
+
+
+def _demo_simulation(model, cohort, record, until: float, out: Path, seed: int) -> None:
+    """The simulator on PBC: one patient's what-if, and the trial replayed in silico on its own patients."""
+    from vpatient.plots import plot_whatif
+    from vpatient.schemas import TreatmentExposure, TreatmentPlan
+    from vpatient.simulation import Simulator
+    from vpatient.tables import markdown_table
+
+    sim = Simulator(model, model_dir=out / "pbc2_model")
+    sim.fit_population(cohort.records, seed=seed)
+    placebo = TreatmentPlan(name="placebo", description="no D-penicillamine")
+    drug = TreatmentPlan(name="D-penicillamine", exposures=[TreatmentExposure(treatment="d_penicillamine", start=0.0, dose=1.0)])
+    whatif = sim.whatif(record, [placebo, drug], horizon=5.0, n_samples=200, seed=seed, at=until)
+    plot_whatif(whatif).savefig(out / f"pbc2_whatif_patient{record.subject_id}.png", dpi=110, bbox_inches="tight")
+    effects = whatif.effects()
+    table = markdown_table(effects[effects["horizon"] == 5.0].drop(columns=["subject_id", "reference", "kind"]), index=False)
+    (out / f"pbc2_whatif_patient{record.subject_id}.md").write_text(table + "\n", encoding="utf-8")
+    typer.echo(f"what-if for subject {record.subject_id} from t = {until:.2f}: D-penicillamine - placebo at 5 years\n{table}")
+    typer.echo("replaying the PBC trial in silico on its own patients at enrolment ...")
+    trial = sim.trial(
+        {"placebo": placebo, "D-penicillamine": drug}, population=cohort.records, years=10.0, seed=seed,
+        draws_per_record=5, out=out / "pbc2_trial", progress=False,
+    )  # fmt: skip
+    typer.echo(trial.to_markdown())
+    typer.echo(f"wrote {out / 'pbc2_trial'} (trial.md, trial.png, tables) and the what-if plot")
 
 
 # --------------------------------------------------------------------------- entry

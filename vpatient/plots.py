@@ -44,6 +44,15 @@ def survival_table(cohort: Cohort, event: str = "death") -> tuple[np.ndarray, np
     return np.asarray(durations), np.asarray(observed), arms
 
 
+def _panels(n_panels: int, fig: plt.Figure | None, height: float = 2.9, cols: int = 3) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of small multiples, three to a row; axes beyond ``n_panels`` are hidden."""
+    rows = int(np.ceil(n_panels / cols))
+    if fig is None:
+        fig = plt.figure(figsize=(4.2 * cols, height * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    return fig, axes
+
+
 def plot_km_by_arm(cohort: Cohort, event: str = "death", ax: plt.Axes | None = None) -> plt.Axes:
     """Kaplan-Meier curves of ``event`` per baseline treatment arm, with 95% bands."""
     durations, observed, arms = survival_table(cohort, event)
@@ -76,11 +85,7 @@ def plot_forecast(
     survival = forecast.survival_summary()
     names = variables or list(forecast.layout.continuous)
     n_panels = len(names) + (1 if len(survival) else 0)
-    cols = 3
-    rows = int(np.ceil(n_panels / cols))
-    if fig is None:
-        fig = plt.figure(figsize=(4.2 * cols, 2.9 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig, axes = _panels(n_panels, fig)
     for ax, name in zip(axes, names, strict=False):
         spec = forecast.config.variable(name)
         part = summary[summary["variable"] == name]
@@ -120,8 +125,6 @@ def plot_forecast(
         ax.set_title("survival from the forecast time", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in axes[n_panels:]:
-        ax.set_visible(False)
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"subject {forecast.subject_id}: forecast from t = {forecast.until:.2f} {forecast.config.time_unit.value}")
     fig.tight_layout()
@@ -136,11 +139,7 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
     config = next(iter(result.forecasts.values())).config
     names = variables or list(layout.continuous)
     n_panels = len(names) + len(layout.events)
-    cols = 3
-    rows = int(np.ceil(n_panels / cols))
-    if fig is None:
-        fig = plt.figure(figsize=(4.2 * cols, 2.9 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig, axes = _panels(n_panels, fig)
     future = trajectories[trajectories["time"] >= result.at - 1e-9]
     for ax, name in zip(axes, names, strict=False):
         spec = config.variable(name)
@@ -163,8 +162,6 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
         ax.set_ylim(0, 1.02)
         ax.set_title(f"free of {kind}", fontsize=10)
         ax.grid(alpha=0.3)
-    for ax in axes[n_panels:]:
-        ax.set_visible(False)
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"subject {result.subject_id}: what-if from t = {result.at:.2f} (median and 90% band per plan)")
     fig.tight_layout()
@@ -174,12 +171,7 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
 def plot_trial(result: TrialResult, path=None, fig: plt.Figure | None = None) -> plt.Figure:
     """Kaplan-Meier curves per arm (with the model's mean curves dashed) and mean lab trajectories per arm."""
     labs = list(result.trajectories["variable"].unique())
-    n_panels = 1 + len(labs)
-    cols = 3
-    rows = int(np.ceil(n_panels / cols))
-    if fig is None:
-        fig = plt.figure(figsize=(4.2 * cols, 3.0 * rows))
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    fig, axes = _panels(1 + len(labs), fig, height=3.0)
     ax = axes[0]
     for k, arm in enumerate(result.arms):
         km = result.kaplan_meier[result.kaplan_meier["arm"] == arm]
@@ -198,8 +190,6 @@ def plot_trial(result: TrialResult, path=None, fig: plt.Figure | None = None) ->
             ax.fill_between(part["time"], part["lower"], part["upper"], color=f"C{k}", alpha=0.2)
         ax.set_title(f"mean {name}", fontsize=10)
         ax.grid(alpha=0.3)
-    for ax in axes[n_panels:]:
-        ax.set_visible(False)
     fig.suptitle(f"in-silico trial, {result.n_patients} patients per arm")
     fig.tight_layout()
     if path is not None:
