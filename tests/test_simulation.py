@@ -58,6 +58,9 @@ def test_identical_plans_give_exactly_zero_effect(sim, cohort):
     assert set(drug["horizon"]) == {1.0, 2.0, 3.0} or set(drug["horizon"]) == {1.0, 2.0}
     assert {"survival:death", "rmst:death"} <= set(drug["quantity"])
     assert (drug["lower"] <= drug["difference"]).all() and (drug["difference"] <= drug["upper"]).all()
+    every = result.effects(pairs="all")  # the third pair: drug against the twin equals drug against no drug
+    against_twin = every[(every["plan"] == "drug") & (every["reference"] == "no drug, again")]
+    np.testing.assert_array_equal(against_twin["difference"].to_numpy(), drug["difference"].to_numpy())
 
 
 def test_factual_plan_reproduces_the_forecast(sim, cohort):
@@ -167,6 +170,15 @@ def test_trial_with_identical_arms_has_no_effect(sim):
     assert result.rmst["difference"].iloc[0] == 0.0
     km = result.kaplan_meier
     np.testing.assert_array_equal(km[km["arm"] == "a"]["survival"].to_numpy(), km[km["arm"] == "b"]["survival"].to_numpy())
+
+
+def test_trial_on_a_dask_cluster_matches_the_local_engine(sim, tmp_path):
+    arms = {"no drug": NONE, "drug": DRUG}
+    local = sim.trial(arms, n=80, years=3.0, seed=5, chunk_size=40, progress=False)
+    dask = sim.trial(arms, n=80, years=3.0, seed=5, chunk_size=40, engine="dask", out=tmp_path / "t", progress=False)
+    assert len(list((tmp_path / "t" / "simulation" / "patients").iterdir())) == 2  # one part per chunk, by the workers
+    pd.testing.assert_frame_equal(local.hazard_ratios, dask.hazard_ratios)
+    pd.testing.assert_frame_equal(local.rmst, dask.rmst)
 
 
 def test_trial_on_real_records_and_its_files(sim, cohort, tmp_path):

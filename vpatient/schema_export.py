@@ -96,9 +96,11 @@ def drifted_files(out_dir: str | Path) -> list[str]:
 
 def _all_types() -> dict[str, type[BaseModel]]:
     """Input types, and the result types of every benchmark (so results are a documented format)."""
+    from vpatient.evaluate.cohort_fidelity_benchmark import RESULT_TYPES as COHORT_FIDELITY
     from vpatient.evaluate.counterfactual_benchmark import RESULT_TYPES as COUNTERFACTUAL
     from vpatient.evaluate.forecast_benchmark import RESULT_TYPES as FORECAST
+    from vpatient.evaluate.pbc_trial_benchmark import RESULT_TYPES as PBC_TRIAL
     from vpatient.evaluate.simulate_speed_benchmark import RESULT_TYPES as SIMULATE_SPEED
     from vpatient.evaluate.training_benchmark import RESULT_TYPES as TRAINING
 
-    return {**BOUNDARY_TYPES, **FORECAST, **TRAINING, **COUNTERFACTUAL, **SIMULATE_SPEED}
+    return {**BOUNDARY_TYPES, **FORECAST, **TRAINING, **COUNTERFACTUAL, **PBC_TRIAL, **COHORT_FIDELITY, **SIMULATE_SPEED}

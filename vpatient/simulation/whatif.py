@@ -58,43 +58,54 @@ class WhatIfResult:
         frames = [f.survival_summary().assign(plan=name) for name, f in self.forecasts.items()]
         return pd.concat(frames, ignore_index=True)
 
-    def effects(self) -> pd.DataFrame:
-        """Each plan against the reference: one row per (plan, quantity, horizon).
+    def effects(self, pairs: str = "reference") -> pd.DataFrame:
+        """Plan effects: one row per (plan, reference, quantity, horizon).
 
-        Quantities: every continuous variable (difference of its typical value, natural
-        units), ``survival:<event>`` (difference in the probability of being free of the
-        event at the horizon) and ``rmst:<event>`` (difference in event-free years within
-        the horizon). ``lower`` / ``upper`` bound the central 90% of the posterior draws.
+        ``pairs="reference"`` compares every plan with the first; ``"all"`` every pair of
+        plans (the later one against the earlier). Quantities: every continuous variable
+        (difference of its typical value, natural units), ``survival:<event>`` (difference
+        in the probability of being free of the event at the horizon) and ``rmst:<event>``
+        (difference in event-free years within the horizon). ``lower`` / ``upper`` bound
+        the central 90% of the posterior draws.
         """
-        ref = self.forecasts[self.reference]
-        grid = ref.times
-        rows = []
-        for plan in self.plans[1:]:
-            other = self.forecasts[plan.name]
-            for h in self.effect_horizons:
-                i = _grid_index(grid, self.at + h)
-                for j, name in enumerate(ref.layout.continuous):
-                    transform = ref.config.variable(name).transform
-                    a = transforms.inverse(ref.paths.expected[0, :, i, j], transform)
-                    b = transforms.inverse(other.paths.expected[0, :, i, j], transform)
-                    rows.append(self._row(plan.name, name, "lab", h, b, a, ref.config.variable(name).unit))
-                for k, event in enumerate(ref.layout.events):
-                    a = ref.paths.survival[0, :, i, k]
-                    b = other.paths.survival[0, :, i, k]
-                    rows.append(self._row(plan.name, f"survival:{event}", "probability", h, b, a, None))
-                    a_rmst = restricted_mean(grid, ref.paths.survival[0, :, :, k], self.at, h)
-                    b_rmst = restricted_mean(grid, other.paths.survival[0, :, :, k], self.at, h)
-                    rows.append(self._row(plan.name, f"rmst:{event}", "years", h, b_rmst, a_rmst, "years"))
+        if pairs not in ("reference", "all"):
+            raise VPatientError(f"pairs = {pairs!r}: choose 'reference' or 'all'")
+        names = [p.name for p in self.plans]
+        chosen = [(names[0], b) for b in names[1:]]
+        if pairs == "all":
+            chosen = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+        rows = [row for a, b in chosen for row in self._pair_rows(a, b)]
         return pd.DataFrame(
             rows,
             columns=["subject_id", "plan", "reference", "quantity", "kind", "horizon", "unit", "difference", "lower", "upper"],
         )
 
-    def _row(self, plan: str, quantity: str, kind: str, horizon: float, b: np.ndarray, a: np.ndarray, unit: str | None) -> dict:
+    def _pair_rows(self, reference: str, plan: str) -> list[dict]:
+        ref, other = self.forecasts[reference], self.forecasts[plan]
+        grid = ref.times
+        rows = []
+        for h in self.effect_horizons:
+            i = _grid_index(grid, self.at + h)
+            for j, name in enumerate(ref.layout.continuous):
+                spec = ref.config.variable(name)
+                a = transforms.inverse(ref.paths.expected[0, :, i, j], spec.transform)
+                b = transforms.inverse(other.paths.expected[0, :, i, j], spec.transform)
+                rows.append(self._row(plan, reference, name, "lab", h, b, a, spec.unit))
+            for k, event in enumerate(ref.layout.events):
+                a, b = ref.paths.survival[0, :, i, k], other.paths.survival[0, :, i, k]
+                rows.append(self._row(plan, reference, f"survival:{event}", "probability", h, b, a, None))
+                a_rmst = restricted_mean(grid, ref.paths.survival[0, :, :, k], self.at, h)
+                b_rmst = restricted_mean(grid, other.paths.survival[0, :, :, k], self.at, h)
+                rows.append(self._row(plan, reference, f"rmst:{event}", "years", h, b_rmst, a_rmst, "years"))
+        return rows
+
+    def _row(
+        self, plan: str, reference: str, quantity: str, kind: str, horizon: float, b: np.ndarray, a: np.ndarray, unit: str | None
+    ) -> dict:
         return {
             "subject_id": self.subject_id,
             "plan": plan,
-            "reference": self.reference,
+            "reference": reference,
             "quantity": quantity,
             "kind": kind,
             "horizon": horizon,
@@ -112,7 +123,7 @@ class WhatIfResult:
             "n_samples": self.n_samples,
             "interval": INTERVAL,
             "plans": [p.model_dump(mode="json") for p in self.plans],
-            "effects": self.effects().to_dict(orient="records"),
+            "effects": self.effects(pairs="all").to_dict(orient="records"),
             "trajectories": self.trajectories().to_dict(orient="records"),
             "survival": self.survival().to_dict(orient="records"),
         }

@@ -1,0 +1,941 @@
+r"""``vpatient benchmark cohort-fidelity``: virtual cohorts judged as synthetic data.
+
+Protocol, per fold of the forecasting benchmark's split
+(:func:`vpatient.evaluate.protocol.forecast_folds`, ``n_folds`` folds, seed ``seed``):
+
+- **Real patients.** Held out: the fold's test patients, plus the patients with a single
+  visit (in no fold) dealt to the folds in turn
+  (:func:`vpatient.evaluate.pbc_trial_benchmark.held_out_records`), so the held-out sets
+  partition the cohort. Training: every other patient.
+- **Virtual cohort.** The fold's world model (trained on the fold's training patients
+  with >= 2 visits; cached, shared with ``pbc-trial``) with a population
+  (:meth:`Simulator.fit_population`) fitted on the training patients;
+  ``round(virtual_multiple x training patients)`` virtual patients with visits
+  ``as_observed`` (a training patient's visit times), followed up to the cohort's
+  longest follow-up, written as MEDS and read back.
+- **(a) Classifier.** Per patient: static covariates, baseline treatment dose, the
+  baseline value of every observed variable, the OLS slope over time of every
+  continuous variable (modelling scale), number of visits, follow-up time and an
+  indicator per event kind (NaN where unmeasured; the classifier handles it).
+  ``HistGradientBoostingClassifier`` tells the real held-out patients from an
+  equal-size random sample of the virtual cohort; AUC of the out-of-fold probabilities
+  of a stratified ``cv_splits``-fold cross-validation, mean over ``cv_repeats``
+  shuffles. Reference: the same classifier telling the real held-out patients from an
+  equal-size sample of the real *training* patients (no difference to find: about 0.5,
+  the floor the small sample allows). Target: AUC <= 0.60.
+- **(b) Train on synthetic, test on real.** The forecasting benchmark's protocol on the
+  fold's held-out patients with >= 2 visits: the landmark Cox model (Harrell's C of
+  death at the protocol's landmarks s and windows w, outcome censored at s + w; a cell
+  with fewer than ``min_deaths`` deaths is not scored; the fold's C is the mean over
+  its scored cells) and the linear mixed model (MAE of the later visits' forecasts from
+  the first ceil(n/2) visits, in the real training fold's standard deviations), each
+  fitted once on the virtual cohort (its patients with >= 2 visits) and once on the
+  real training patients (>= 2 visits, as in the forecasting benchmark). Targets:
+  mean virtual-trained C >= 0.95 x mean real-trained C, and mean virtual-trained MAE <=
+  1.1 x mean real-trained MAE (means over folds).
+- **(c) Distributions** (reported, no target; each with the same quantity for real
+  training vs real held-out patients as a reference, a virtual cohort of the training
+  set's size being compared with the same held-out patients): the Wasserstein distance
+  of every observed variable, on the modelling scale standardised by the real training
+  mean and sd, within bins of years since enrolment (``year_bins``); the mean absolute
+  difference between the correlation matrices of the baseline values of the continuous
+  variables (off-diagonal pairs, pairwise-complete Pearson); and the integrated
+  absolute difference between the Kaplan-Meier curves of death (other events censor)
+  over [0, ``horizon``] years. The figure shows the Kaplan-Meier curves of the pooled
+  held-out patients and the pooled virtual cohorts, and baseline histograms.
+
+Everything random derives from ``seed`` (per fold and purpose via ``SeedSequence``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import pandas as pd
+import typer
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from vpatient import __version__, transforms
+from vpatient.data.cohort import Cohort
+from vpatient.data.timeline import observations_frame
+from vpatient.evaluate.baselines import LandmarkCox, LinearMixedModel
+from vpatient.evaluate.fold_models import DEFAULT_CACHE, trained_model
+from vpatient.evaluate.forecast_benchmark import _score_frame, _survival_rows
+from vpatient.evaluate.metrics import mae
+from vpatient.evaluate.pbc_trial_benchmark import (
+    StepOrLinearCurve,
+    held_out_records,
+    integrated_abs_difference,
+    kaplan_meier_curve,
+)
+from vpatient.evaluate.protocol import (
+    DEFAULT_MAX_MISSING,
+    QUERY_COLUMNS,
+    ProtocolError,
+    Standardiser,
+    eligible_records,
+    forecast_folds,
+    forecast_variables,
+    landmark_split,
+    survival_landmark,
+    survival_setup,
+    target_frame,
+)
+from vpatient.model.vpm import ModelSettings
+from vpatient.plans import dose_at
+from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
+from vpatient.simulation.simulator import Simulator
+from vpatient.tables import markdown_table
+from vpatient.train import TrainSettings
+
+__all__ = [
+    "RESULT_TYPES",
+    "CohortFidelityBenchmarkResult",
+    "benchmark_cohort_fidelity",
+    "classifier_auc",
+    "correlation_gap",
+    "patient_features",
+    "run_cohort_fidelity_benchmark",
+    "wasserstein_by_bin",
+    "write_cohort_fidelity_results",
+]
+
+log = logging.getLogger(__name__)
+
+EVENT = "death"
+MAX_AUC = 0.60
+MIN_C_RATIO = 0.95
+MAX_MAE_RATIO = 1.1
+YEAR_BINS: tuple[tuple[float, float], ...] = ((0.0, 1.0), (1.0, 3.0), (3.0, 5.0), (5.0, math.inf))
+
+
+# --------------------------------------------------------------------------- per-patient summaries
+
+
+def _observed_variables(config: DatasetConfig) -> list[str]:
+    return config.names(VariableKind.CONTINUOUS, VariableKind.BINARY, VariableKind.ORDINAL)
+
+
+def patient_features(records: Sequence[PatientRecord], config: DatasetConfig) -> pd.DataFrame:
+    """One row per patient: what a classifier sees (module docstring, (a)); NaN where unmeasured.
+
+    Values on the modelling scale (log labs); slopes per year by OLS over the patient's
+    observations of the variable (NaN with fewer than two distinct times).
+    """
+    static = config.names(VariableKind.STATIC)
+    treatments = config.names(VariableKind.TREATMENT)
+    observed = _observed_variables(config)
+    continuous = config.names(VariableKind.CONTINUOUS)
+    events = config.event_kinds
+    spec = {v: config.variable(v).transform for v in observed}
+    rows = []
+    for r in records:
+        row: dict[str, float] = {f"static:{s}": float(r.static.get(s, np.nan)) for s in static}
+        row |= {f"dose at 0:{t}": float(dose_at(r.treatments, t, 0.0)) for t in treatments}
+        visits = r.visit_times()
+        first = visits[0] if visits else 0.0
+        series: dict[str, list[tuple[float, float]]] = {v: [] for v in observed}
+        for o in r.observations:
+            if o.variable in series:
+                series[o.variable].append((o.time, float(transforms.forward(o.value, spec[o.variable]))))
+        for v in observed:
+            at_first = [y for t, y in series[v] if t == first]
+            row[f"baseline:{v}"] = at_first[0] if at_first else np.nan
+        for v in continuous:
+            pts = np.asarray(series[v], dtype=float).reshape(-1, 2)
+            t, y = pts[:, 0], pts[:, 1]
+            row[f"slope:{v}"] = float(np.cov(t, y, ddof=0)[0, 1] / np.var(t)) if len(np.unique(t)) > 1 else np.nan
+        row["visits"] = float(len(visits))
+        row["follow-up"] = float(r.end_of_followup)
+        for e in events:
+            row[f"event:{e}"] = float(any(x.kind == e for x in r.events))
+        rows.append(row)
+    return pd.DataFrame(rows, dtype=float)
+
+
+# --------------------------------------------------------------------------- (a) classifier
+
+
+def classifier_auc(a: pd.DataFrame, b: pd.DataFrame, seed: int, n_splits: int = 5, n_repeats: int = 5) -> float:
+    """Cross-validated AUC of gradient boosting telling the rows of ``a`` from those of ``b``.
+
+    Out-of-fold probabilities of a stratified ``n_splits``-fold split, AUC over all rows;
+    mean over ``n_repeats`` shuffles (split ``r`` seeded ``seed + r``). 0.5: no difference found.
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    x = pd.concat([a, b], ignore_index=True).to_numpy(float)
+    y = np.concatenate([np.zeros(len(a), int), np.ones(len(b), int)])
+    splits = min(n_splits, len(a), len(b))
+    if splits < 2:
+        raise ProtocolError(f"too few patients for a cross-validated classifier ({len(a)} vs {len(b)})")
+    aucs = []
+    for r in range(n_repeats):
+        oof = np.zeros(len(y))
+        for train, test in StratifiedKFold(splits, shuffle=True, random_state=seed + r).split(x, y):
+            clf = HistGradientBoostingClassifier(random_state=seed + r).fit(x[train], y[train])
+            oof[test] = clf.predict_proba(x[test])[:, 1]
+        aucs.append(roc_auc_score(y, oof))
+    return float(np.mean(aucs))
+
+
+# --------------------------------------------------------------------------- (b) train on synthetic, test on real
+
+
+def _tstr(
+    train: list[PatientRecord],
+    test: list[PatientRecord],
+    config: DatasetConfig,
+    variables: list[str],
+    scaler: Standardiser,
+    real_train: list[PatientRecord],
+    landmarks: list[float],
+    windows: list[float],
+    event: str,
+    min_deaths: int,
+    seed: int,
+    fold: int,
+) -> tuple[float, list[dict], float]:
+    """Forecast MAE of the mixed model and C-index rows of the landmark Cox model, both fitted on ``train``.
+
+    Scored on the held-out ``test`` exactly as the forecasting benchmark scores them
+    (``real_train`` gives the censoring distribution its Brier score would need).
+    """
+    histories, targets = [], []
+    for record in test:
+        history, later = landmark_split(record)
+        histories.append(history)
+        targets.append(target_frame(record.subject_id, later, config, variables))
+    truth = pd.concat([t for t in targets if len(t)], ignore_index=True)
+    lmm = LinearMixedModel().fit(train, config, seed)
+    scored = _score_frame(truth, lmm.forecast(histories, truth[QUERY_COLUMNS].copy()), scaler, fold, lmm.name)
+    cox = LandmarkCox().fit(train, config, seed)
+    rows = []
+    for s in landmarks:
+        at_test, at_train = survival_setup(test, s, event), survival_setup(real_train, s, event)
+        try:
+            rows += _survival_rows(cox, cox.name, at_test, at_train, s, windows, event, min_deaths, fold)
+        except (ProtocolError, ValueError) as exc:  # e.g. no death after s in a small training set
+            log.warning("fold %d: landmark Cox at s=%g not scored (%s)", fold, s, exc)
+            rows += [dict(landmark=s, window=float(w), c=math.nan) for w in windows]
+    cells = [r["c"] for r in rows if math.isfinite(r["c"])]
+    return mae(scored["observed"], scored["mean"]), rows, float(np.mean(cells)) if cells else math.nan
+
+
+# --------------------------------------------------------------------------- (c) distributions
+
+
+def wasserstein_by_bin(
+    a: pd.DataFrame, b: pd.DataFrame, variables: Sequence[str], bins: Sequence[tuple[float, float]]
+) -> dict[str, dict[str, float | None]]:
+    """Per variable and bin of ``time``: the Wasserstein distance between the ``value`` columns of two long frames."""
+    from scipy.stats import wasserstein_distance
+
+    out: dict[str, dict[str, float | None]] = {}
+    for v in variables:
+        av, bv = a[a["variable"] == v], b[b["variable"] == v]
+        out[v] = {}
+        for lo, hi in bins:
+            x = av.loc[(av["time"] >= lo) & (av["time"] < hi), "value"].to_numpy(float)
+            y = bv.loc[(bv["time"] >= lo) & (bv["time"] < hi), "value"].to_numpy(float)
+            out[v][_bin_name(lo, hi)] = float(wasserstein_distance(x, y)) if len(x) and len(y) else None
+    return out
+
+
+def _bin_name(lo: float, hi: float) -> str:
+    return f"{lo:g}+" if math.isinf(hi) else f"{lo:g}-{hi:g}"
+
+
+def _baseline_frame(records: Sequence[PatientRecord], config: DatasetConfig, variables: Sequence[str]) -> pd.DataFrame:
+    features = patient_features(records, config)
+    return features[[f"baseline:{v}" for v in variables]].set_axis(list(variables), axis=1)
+
+
+def correlation_gap(a: pd.DataFrame, b: pd.DataFrame) -> float:
+    """Mean absolute difference of the off-diagonal Pearson correlations (pairwise complete) of two tables' columns."""
+    ca, cb = a.corr().to_numpy(), b.corr().to_numpy()
+    upper = np.triu_indices(ca.shape[0], k=1)
+    diff = np.abs(ca[upper] - cb[upper])
+    return float(np.nanmean(diff)) if np.isfinite(diff).any() else math.nan
+
+
+def _km(records: Sequence[PatientRecord], config: DatasetConfig, event: str) -> pd.DataFrame:
+    from vpatient.plots import survival_table
+
+    durations, observed, _ = survival_table(Cohort("km", list(records), config), event)
+    return kaplan_meier_curve(durations, observed)
+
+
+def _km_distance(a: pd.DataFrame, b: pd.DataFrame, horizon: float) -> float:
+    curve = lambda c: StepOrLinearCurve(c["time"].to_numpy(float), c["survival"].to_numpy(float), step=True)  # noqa: E731
+    return integrated_abs_difference(curve(a), curve(b), horizon)
+
+
+# --------------------------------------------------------------------------- result types
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LandmarkCell(_Strict):
+    landmark: float
+    window: float
+    c_index_real: float | None = Field(description="Landmark Cox fitted on the real training patients.")
+    c_index_virtual: float | None = Field(description="Landmark Cox fitted on the virtual cohort.")
+
+
+class FoldFidelity(_Strict):
+    """Every score of one fold."""
+
+    fold: int
+    n_train: int = Field(description="Real training patients (the population is fitted on them).")
+    n_model_train: int = Field(description="Of them, the world model's training patients (>= 2 visits).")
+    n_test: int = Field(description="Real held-out patients.")
+    n_virtual: int
+    deaths_test: float = Field(description="Share of held-out patients whose follow-up ended in death.")
+    deaths_virtual: float
+    auc: float = Field(description="(a) real held-out vs virtual.")
+    auc_real_vs_real: float = Field(description="(a) reference: real held-out vs real training.")
+    c_index_real: float | None = Field(description="(b) mean over scored cells, trained on real patients.")
+    c_index_virtual: float | None
+    mae_real: float = Field(description="(b) mixed-model forecast MAE in training sds, trained on real patients.")
+    mae_virtual: float
+    cells: list[LandmarkCell]
+    wasserstein: dict[str, dict[str, float | None]] = Field(
+        description="(c) variable -> year bin -> distance, virtual vs held-out."
+    )
+    wasserstein_reference: dict[str, dict[str, float | None]] = Field(description="(c) real training vs held-out.")
+    wasserstein_mean: float | None
+    wasserstein_reference_mean: float | None
+    correlation_gap: float | None
+    correlation_gap_reference: float | None
+    km_distance: float = Field(description="(c) integral over [0, horizon] of |KM virtual - KM held-out|, years.")
+    km_distance_reference: float
+    seconds: float
+
+
+class FeatureGap(_Strict):
+    """One per-patient summary on its own: how well it tells real from virtual (pooled over folds)."""
+
+    feature: str
+    auc: float = Field(description="Cross-validated AUC of the classifier on this summary alone (1 shuffle).")
+    real_mean: float | None
+    virtual_mean: float | None
+    real_missing: float
+    virtual_missing: float
+
+
+class Summary(_Strict):
+    quantity: str
+    mean: float | None
+    sd: float | None
+    reference_mean: float | None = None
+    reference_sd: float | None = None
+
+
+class Target(_Strict):
+    name: str
+    value: float | None
+    threshold: str
+    passed: bool
+
+
+class Curve(_Strict):
+    label: str
+    time: list[float]
+    survival: list[float]
+    lower: list[float]
+    upper: list[float]
+
+
+class Histogram(_Strict):
+    variable: str
+    edges: list[float]
+    real: list[float] = Field(description="Density of the pooled real held-out patients' baseline values.")
+    virtual: list[float] = Field(description="Density of the pooled virtual patients' baseline values.")
+
+
+class CohortFidelityBenchmarkResult(_Strict):
+    """The result of ``vpatient benchmark cohort-fidelity`` (protocol: module docstring)."""
+
+    benchmark: Literal["cohort-fidelity"] = "cohort-fidelity"
+    vpatient_version: str = __version__
+    data: str
+    event: str
+    n_patients: int
+    seed: int
+    n_folds: int
+    years: float = Field(description="Follow-up of the virtual cohorts (the cohort's longest), years.")
+    virtual_multiple: float
+    schedule: str
+    cv_splits: int
+    cv_repeats: int
+    features: list[str]
+    year_bins: list[str]
+    landmarks: list[float]
+    windows: list[float]
+    min_deaths: int
+    forecast_variables: list[str]
+    horizon: float
+    folds: list[FoldFidelity]
+    auc_pooled: float = Field(
+        description="(a) diagnostic: the classifier on every fold's held-out patients and virtual samples pooled "
+        "(n_pooled each); more patients, more power than the per-fold AUC that is judged."
+    )
+    n_pooled: int
+    feature_gaps: list[FeatureGap] = Field(description="(a) diagnostic: each summary alone, pooled; furthest from 0.5 first.")
+    summary: list[Summary]
+    targets: list[Target]
+    curves: list[Curve]
+    histograms: list[Histogram]
+    train_settings: dict
+    model_settings: dict
+    runtime_seconds: float
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"# Virtual cohorts as synthetic data: {self.data}",
+            "",
+            f"vpatient {self.vpatient_version}, seed {self.seed}. {self.n_folds}-fold split over {self.n_patients} patients: "
+            f"per fold a virtual cohort ({self.virtual_multiple:g} x the real training patients, visits {self.schedule}, "
+            f"{self.years:.3g} years) from the fold's model and a population fitted on its training patients, judged "
+            "against the held-out real patients. Mean ± sd over folds; the reference compares the real training "
+            "patients with the same held-out patients.",
+            "",
+            "## Targets",
+            "",
+            markdown_table(
+                pd.DataFrame(
+                    [
+                        {"target": t.name, "value": t.value, "threshold": t.threshold, "result": "pass" if t.passed else "miss"}
+                        for t in self.targets
+                    ]
+                ),
+                index=False,
+            ),
+            "",
+            "## Scores",
+            "",
+            markdown_table(
+                pd.DataFrame(
+                    [
+                        {
+                            "quantity": s.quantity,
+                            "virtual": _pm(s.mean, s.sd),
+                            "reference (real training)": _pm(s.reference_mean, s.reference_sd),
+                        }
+                        for s in self.summary
+                    ]
+                ),
+                index=False,
+            ),
+            "",
+            f"(a) AUC of {self.cv_splits}-fold stratified cross-validation (mean of {self.cv_repeats} shuffles) of gradient "
+            f"boosting on {len(self.features)} per-patient summaries, held-out patients vs an equal-size sample. (b) landmark "
+            f"Cox C-index of {self.event} (landmarks {', '.join(f'{x:g}' for x in self.landmarks)}, windows "
+            f"{', '.join(f'{x:g}' for x in self.windows)}; cells with < {self.min_deaths} deaths in a fold not scored; the "
+            "reference column is the model trained on real patients) and mixed-model forecast MAE in training sds. (c) "
+            "standardised Wasserstein distances (mean over variables and year bins), correlation gap of baseline "
+            f"continuous values, integrated |KM difference| of {self.event} over 0-{self.horizon:g} years.",
+            "",
+            f"Pooled over folds ({self.n_pooled} held-out patients vs {self.n_pooled} virtual; diagnostic, more power than a "
+            f"fold): AUC {self.auc_pooled:.3f}. The summaries that give virtual patients away best on their own (AUC of "
+            "each alone, pooled; means on the modelling scale):",
+            "",
+            markdown_table(
+                pd.DataFrame(
+                    [
+                        {
+                            "summary": g.feature,
+                            "AUC alone": g.auc,
+                            "real mean": g.real_mean,
+                            "virtual mean": g.virtual_mean,
+                            "missing real": g.real_missing,
+                            "missing virtual": g.virtual_missing,
+                        }
+                        for g in self.feature_gaps[:8]
+                    ]
+                ),
+                index=False,
+            ),
+            "",
+            "## Wasserstein distance by variable and years since enrolment",
+            "",
+            "Virtual vs held-out (real training vs held-out in brackets), mean over folds, standardised units.",
+            "",
+        ]
+        variables = list(self.folds[0].wasserstein) if self.folds else []
+        rows = []
+        for v in variables:
+            row = {"variable": v}
+            for b in self.year_bins:
+                virt = _mean([f.wasserstein[v][b] for f in self.folds])
+                ref = _mean([f.wasserstein_reference[v][b] for f in self.folds])
+                row[f"{b} y"] = "-" if virt is None else f"{virt:.3f} ({ref:.3f})" if ref is not None else f"{virt:.3f}"
+            rows.append(row)
+        lines += [markdown_table(pd.DataFrame(rows), index=False), "", "## Per fold", ""]
+        rows = [
+            {
+                "fold": f.fold,
+                "train": f.n_train,
+                "held out": f.n_test,
+                "virtual": f.n_virtual,
+                "deaths held out": f.deaths_test,
+                "deaths virtual": f.deaths_virtual,
+                "AUC": f.auc,
+                "AUC real-real": f.auc_real_vs_real,
+                "C real": f.c_index_real,
+                "C virtual": f.c_index_virtual,
+                "MAE real": f.mae_real,
+                "MAE virtual": f.mae_virtual,
+                "s": f.seconds,
+            }
+            for f in self.folds
+        ]
+        lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
+        lines += [f"Runtime {self.runtime_seconds:.0f} s (training included unless cached; context only).", ""]
+        return "\n".join(lines)
+
+
+def _pm(mean: float | None, sd: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.3f} ± {sd:.3f}" if sd is not None else f"{mean:.3f}"
+
+
+def _finite(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    arr = _finite(values)
+    return float(arr.mean()) if arr.size else None
+
+
+def _sd(values: Sequence[float | None]) -> float | None:
+    arr = _finite(values)
+    return float(arr.std(ddof=1)) if arr.size > 1 else None
+
+
+def _opt(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+#: Result types of this module, by the name their JSON Schema is exported under.
+RESULT_TYPES: dict[str, type[BaseModel]] = {"CohortFidelityBenchmarkResult": CohortFidelityBenchmarkResult}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _derived(seed: int, *keys: int) -> int:
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0] % (2**31 - 1))
+
+
+def run_cohort_fidelity_benchmark(
+    cohort: Cohort,
+    seed: int = 0,
+    n_folds: int = 5,
+    *,
+    virtual_multiple: float = 1.0,
+    cv_splits: int = 5,
+    cv_repeats: int = 5,
+    event: str = EVENT,
+    min_deaths: int = 5,
+    horizon: float = 10.0,
+    year_bins: Sequence[tuple[float, float]] = YEAR_BINS,
+    train_settings: TrainSettings | None = None,
+    model_settings: ModelSettings | None = None,
+    cache_dir: str | Path | None = DEFAULT_CACHE,
+    progress: bool = True,
+) -> CohortFidelityBenchmarkResult:
+    """Run the protocol of the module docstring on ``cohort``."""
+    config = cohort.config
+    if event not in config.event_kinds:
+        raise ProtocolError(f"event {event!r} is not an event kind of config {config.name!r}")
+    if not virtual_multiple > 0:
+        raise ProtocolError(f"virtual_multiple must be > 0, got {virtual_multiple}")
+    started = time.perf_counter()
+    train_settings = replace(train_settings or TrainSettings(), seed=seed)
+    model_settings = model_settings or ModelSettings()
+    years = float(max(r.end_of_followup for r in cohort.records))
+    landmarks, windows = survival_landmark(config)
+    variables, _ = forecast_variables(eligible_records(cohort.records), config, DEFAULT_MAX_MISSING)
+    observed_vars = _observed_variables(config)
+    continuous = config.names(VariableKind.CONTINUOUS)
+    folds = forecast_folds(cohort, n_folds, seed)
+    splits = held_out_records(cohort, n_folds, seed)
+    bins = [_bin_name(lo, hi) for lo, hi in year_bins]
+
+    fold_rows: list[FoldFidelity] = []
+    all_virtual: list[PatientRecord] = []
+    all_test: list[PatientRecord] = []
+    pooled_real: list[pd.DataFrame] = []
+    pooled_virtual: list[pd.DataFrame] = []
+    features: list[str] = []
+    for fold, (_, test) in tqdm(
+        list(zip(folds, splits, strict=True)),
+        desc="cohort-fidelity benchmark",
+        unit="fold",
+        file=sys.stderr,
+        disable=not progress,
+    ):
+        t0 = time.perf_counter()
+        k = fold.index
+        held = {r.subject_id for r in test}
+        train = [r for r in cohort.records if r.subject_id not in held]
+        model = trained_model(
+            fold.train,
+            config,
+            f"{cohort.name}-fold{k}of{n_folds}",
+            seed,
+            cache_dir,
+            settings=train_settings,
+            model_settings=model_settings,
+        )
+        sim = Simulator(model)
+        sim.fit_population(train, seed=_derived(seed, k, 0))
+        n_virtual = max(1, round(virtual_multiple * len(train)))
+        with tempfile.TemporaryDirectory(prefix="vpatient-fidelity-") as tmp:
+            virtual = sim.cohort(
+                n_virtual,
+                seed=_derived(seed, k, 1),
+                years=years,
+                schedule="as_observed",
+                out=Path(tmp) / "cohort",
+                progress=False,
+            ).records()
+        all_virtual += virtual
+        all_test += test
+
+        # (a) classifier
+        rng = np.random.default_rng(_derived(seed, k, 2))
+        real_x, virtual_x, train_x = (patient_features(r, config) for r in (test, virtual, train))
+        features = list(real_x.columns)
+        n = len(test)
+        virtual_sample = virtual_x.iloc[rng.choice(len(virtual_x), min(n, len(virtual_x)), replace=False)]
+        auc = classifier_auc(real_x, virtual_sample, seed, cv_splits, cv_repeats)
+        pooled_real.append(real_x)
+        pooled_virtual.append(virtual_sample)
+        auc_ref = classifier_auc(
+            real_x, train_x.iloc[rng.choice(len(train_x), min(n, len(train_x)), replace=False)], seed, cv_splits, cv_repeats
+        )
+
+        # (b) train on synthetic, test on real
+        scaler = Standardiser.fit(fold.train, config, variables)
+        mae_real, cells_real, c_real = _tstr(
+            list(fold.train),
+            list(fold.test),
+            config,
+            variables,
+            scaler,
+            list(fold.train),
+            landmarks,
+            windows,
+            event,
+            min_deaths,
+            seed,
+            k,
+        )
+        mae_virtual, cells_virtual, c_virtual = _tstr(
+            eligible_records(virtual),
+            list(fold.test),
+            config,
+            variables,
+            scaler,
+            list(fold.train),
+            landmarks,
+            windows,
+            event,
+            min_deaths,
+            seed,
+            k,
+        )
+        by_cell = {(r["landmark"], r["window"]): r["c"] for r in cells_virtual}
+        cells = [
+            LandmarkCell(
+                landmark=r["landmark"],
+                window=r["window"],
+                c_index_real=_opt(r["c"]),
+                c_index_virtual=_opt(by_cell.get((r["landmark"], r["window"]))),
+            )
+            for r in cells_real
+        ]
+
+        # (c) distributions
+        standard = Standardiser.fit(train, config, observed_vars)
+
+        def long(records: Sequence[PatientRecord], standard: Standardiser = standard) -> pd.DataFrame:
+            frame = observations_frame(records, config, transformed=True)
+            frame = frame[frame["variable"].isin(observed_vars)]
+            return standard.transform(frame, ["value"])
+
+        long_test, long_virtual, long_train = long(test), long(virtual), long(train)
+        w_virtual = wasserstein_by_bin(long_virtual, long_test, observed_vars, year_bins)
+        w_ref = wasserstein_by_bin(long_train, long_test, observed_vars, year_bins)
+        base_test, base_virtual, base_train = (_baseline_frame(r, config, continuous) for r in (test, virtual, train))
+        km_test, km_virtual, km_train = (_km(r, config, event) for r in (test, virtual, train))
+
+        def died(records: Sequence[PatientRecord]) -> float:
+            return float(np.mean([any(e.kind == event for e in r.events) for r in records]))
+
+        fold_rows.append(
+            FoldFidelity(
+                fold=k,
+                n_train=len(train),
+                n_model_train=len(fold.train),
+                n_test=len(test),
+                n_virtual=len(virtual),
+                deaths_test=round(died(test), 4),
+                deaths_virtual=round(died(virtual), 4),
+                auc=auc,
+                auc_real_vs_real=auc_ref,
+                c_index_real=_opt(c_real),
+                c_index_virtual=_opt(c_virtual),
+                mae_real=mae_real,
+                mae_virtual=mae_virtual,
+                cells=cells,
+                wasserstein=w_virtual,
+                wasserstein_reference=w_ref,
+                wasserstein_mean=_mean([x for d in w_virtual.values() for x in d.values()]),
+                wasserstein_reference_mean=_mean([x for d in w_ref.values() for x in d.values()]),
+                correlation_gap=_opt(correlation_gap(base_virtual, base_test)),
+                correlation_gap_reference=_opt(correlation_gap(base_train, base_test)),
+                km_distance=_km_distance(km_virtual, km_test, horizon),
+                km_distance_reference=_km_distance(km_train, km_test, horizon),
+                seconds=round(time.perf_counter() - t0, 1),
+            )
+        )
+
+    summary, targets = _summarise(fold_rows)
+    real_pool, virtual_pool = pd.concat(pooled_real, ignore_index=True), pd.concat(pooled_virtual, ignore_index=True)
+    auc_pooled = classifier_auc(real_pool, virtual_pool, seed, cv_splits, cv_repeats)
+    giveaways = [
+        FeatureGap(
+            feature=f,
+            auc=classifier_auc(real_pool[[f]], virtual_pool[[f]], seed, cv_splits, 1),
+            real_mean=_opt(float(real_pool[f].mean())),
+            virtual_mean=_opt(float(virtual_pool[f].mean())),
+            real_missing=round(float(real_pool[f].isna().mean()), 4),
+            virtual_missing=round(float(virtual_pool[f].isna().mean()), 4),
+        )
+        for f in features
+    ]
+    curves = [
+        Curve(label=label, **{c: [round(float(x), 5) for x in table[c]] for c in ("time", "survival", "lower", "upper")})
+        for label, table in (
+            (f"real held-out (n={len(all_test)})", _km(all_test, config, event)),
+            (f"virtual (n={len(all_virtual)})", _km(all_virtual, config, event)),
+        )
+    ]
+    return CohortFidelityBenchmarkResult(
+        data=cohort.name,
+        event=event,
+        n_patients=len(cohort.records),
+        seed=seed,
+        n_folds=n_folds,
+        years=years,
+        virtual_multiple=virtual_multiple,
+        schedule="as_observed",
+        cv_splits=cv_splits,
+        cv_repeats=cv_repeats,
+        features=features,
+        year_bins=bins,
+        landmarks=landmarks,
+        windows=windows,
+        min_deaths=min_deaths,
+        forecast_variables=variables,
+        horizon=horizon,
+        folds=fold_rows,
+        auc_pooled=auc_pooled,
+        n_pooled=len(real_pool),
+        feature_gaps=sorted(giveaways, key=lambda g: -abs(g.auc - 0.5)),
+        summary=summary,
+        targets=targets,
+        curves=curves,
+        histograms=_histograms(all_test, all_virtual, config, continuous),
+        train_settings=train_settings.to_dict(),
+        model_settings=model_settings.to_dict(),
+        runtime_seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+def _summarise(folds: list[FoldFidelity]) -> tuple[list[Summary], list[Target]]:
+    def col(name: str) -> list[float | None]:
+        return [getattr(f, name) for f in folds]
+
+    pairs = [
+        ("(a) classifier AUC", "auc", "auc_real_vs_real"),
+        ("(b) landmark Cox C-index", "c_index_virtual", "c_index_real"),
+        ("(b) mixed-model forecast MAE", "mae_virtual", "mae_real"),
+        ("(c) Wasserstein distance (mean)", "wasserstein_mean", "wasserstein_reference_mean"),
+        ("(c) correlation gap", "correlation_gap", "correlation_gap_reference"),
+        ("(c) integrated |KM difference|, years", "km_distance", "km_distance_reference"),
+        ("share of patients who died", "deaths_virtual", "deaths_test"),
+    ]
+    summary = [
+        Summary(quantity=q, mean=_mean(col(a)), sd=_sd(col(a)), reference_mean=_mean(col(b)), reference_sd=_sd(col(b)))
+        for q, a, b in pairs
+    ]
+    summary[-1] = summary[-1].model_copy(update={"quantity": "share who died (reference: held-out)"})
+    auc = _mean(col("auc"))
+    c_virtual, c_real = _mean(col("c_index_virtual")), _mean(col("c_index_real"))
+    mae_virtual, mae_real = _mean(col("mae_virtual")), _mean(col("mae_real"))
+    c_ratio = c_virtual / c_real if c_virtual is not None and c_real else None
+    mae_ratio = mae_virtual / mae_real if mae_virtual is not None and mae_real else None
+    targets = [
+        Target(name="(a) AUC real vs virtual", value=auc, threshold=f"<= {MAX_AUC:g}", passed=auc is not None and auc <= MAX_AUC),
+        Target(
+            name="(b) C-index virtual-trained / real-trained",
+            value=c_ratio,
+            threshold=f">= {MIN_C_RATIO:g}",
+            passed=c_ratio is not None and c_ratio >= MIN_C_RATIO,
+        ),
+        Target(
+            name="(b) forecast MAE virtual-trained / real-trained",
+            value=mae_ratio,
+            threshold=f"<= {MAX_MAE_RATIO:g}",
+            passed=mae_ratio is not None and mae_ratio <= MAX_MAE_RATIO,
+        ),
+    ]
+    return summary, targets
+
+
+def _histograms(
+    real: Sequence[PatientRecord],
+    virtual: Sequence[PatientRecord],
+    config: DatasetConfig,
+    variables: Sequence[str],
+    bins: int = 20,
+) -> list[Histogram]:
+    """Densities of the baseline values (modelling scale) on common edges spanning the real and virtual values."""
+    a, b = _baseline_frame(real, config, variables), _baseline_frame(virtual, config, variables)
+    out = []
+    for v in variables:
+        x, y = a[v].dropna().to_numpy(float), b[v].dropna().to_numpy(float)
+        if not len(x):
+            continue
+        edges = np.histogram_bin_edges(np.concatenate([x, y]), bins=bins)
+        dx = np.histogram(x, edges, density=True)[0]
+        dy = np.histogram(y, edges, density=True)[0] if len(y) else np.zeros(bins)
+        out.append(Histogram(variable=v, edges=_r(edges), real=_r(dx), virtual=_r(dy)))
+    return out
+
+
+def _r(values: np.ndarray) -> list[float]:
+    return [round(float(v), 5) for v in values]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def plot_cohort_fidelity(result: CohortFidelityBenchmarkResult, path: str | Path) -> Path:
+    """Kaplan-Meier curves of the pooled real held-out patients and virtual cohorts, and baseline histograms."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 1 + len(result.histograms)
+    cols = min(4, panels)
+    rows = math.ceil(panels / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.2 * rows), squeeze=False)
+    flat = axes.ravel()
+    ax = flat[0]
+    for k, c in enumerate(result.curves):
+        ax.step(c.time, c.survival, where="post", color=f"C{k}", label=c.label)
+        ax.fill_between(c.time, c.lower, c.upper, step="post", color=f"C{k}", alpha=0.15)
+    ax.set_xlabel("years since enrolment")
+    ax.set_ylabel(f"free of {result.event}")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Kaplan-Meier of {result.event}, folds pooled", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    for ax, h in zip(flat[1:], result.histograms, strict=False):
+        edges = np.asarray(h.edges)
+        ax.stairs(h.real, edges, color="C0", label="real held-out", lw=1.4)
+        ax.stairs(h.virtual, edges, color="C1", label="virtual", lw=1.4)
+        ax.set_title(f"baseline {h.variable} (modelling scale)", fontsize=9)
+        ax.set_yticks([])
+        ax.grid(alpha=0.3)
+    if len(flat) > 1 and result.histograms:
+        flat[1].legend(fontsize=7)
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    target = {t.name: t for t in result.targets}
+    auc = next(iter(target.values()))
+    fig.suptitle(
+        f"{result.data}: virtual cohorts vs real held-out patients ({result.n_folds} folds; classifier AUC {auc.value:.3f})"
+        if auc.value is not None
+        else f"{result.data}: virtual cohorts vs real held-out patients",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_cohort_fidelity_results(result: CohortFidelityBenchmarkResult, out_dir: str | Path) -> list[Path]:
+    """Write ``out_dir/cohort-fidelity.json``, ``.md`` and ``.png``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path, png_path = out / "cohort-fidelity.json", out / "cohort-fidelity.md", out / "cohort-fidelity.png"
+    json_path.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(result.to_markdown(), encoding="utf-8")
+    plot_cohort_fidelity(result, png_path)
+    for path in (json_path, md_path, png_path):
+        log.info("wrote %s", path)
+    return [json_path, md_path, png_path]
+
+
+# --------------------------------------------------------------------------- CLI (mounted in vpatient/evaluate/cli.py)
+
+
+def benchmark_cohort_fidelity(
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the fold split, training, populations, cohorts and classifiers.")
+    ] = 0,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds over patients.")] = 5,
+    virtual_multiple: Annotated[
+        float,
+        typer.Option("--virtual-multiple", min=0.1, help="Virtual cohort size as a multiple of the real training patients."),
+    ] = 1.0,
+    cv_repeats: Annotated[int, typer.Option("--cv-repeats", min=1, help="Shuffles of the classifier's cross-validation.")] = 5,
+    cache_dir: Annotated[
+        Path, typer.Option("--cache-dir", help="Trained models are cached here and shared with pbc-trial.")
+    ] = DEFAULT_CACHE,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON, markdown and PNG results.")] = Path(
+        "benchmarks/results"
+    ),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Per-fold progress bar on stderr.")] = True,
+) -> None:
+    """Judge virtual PBC cohorts as synthetic data: a real-vs-virtual classifier, train-on-synthetic-test-on-real, distribution distances."""
+    from vpatient.datasets import load_dataset
+
+    result = run_cohort_fidelity_benchmark(
+        load_dataset("pbc2"),
+        seed=seed,
+        n_folds=folds,
+        virtual_multiple=virtual_multiple,
+        cv_repeats=cv_repeats,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    typer.echo(result.to_markdown())
+    for path in write_cohort_fidelity_results(result, out_dir):
+        typer.echo(f"wrote {path}", err=True)
