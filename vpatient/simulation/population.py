@@ -15,9 +15,13 @@ missingness. :class:`Population` learns each from the training cohort:
   and categorical statics (sex) snap to their nearest category.
 - **treatments**: a virtual patient of an arm receives the exposures of a randomly
   chosen training patient of that arm (as-treated templates).
-- **visits**: the training visit times (``as_observed`` schedules resample one
-  patient's), the median gap between visits (``regular``) and the visit rate
+- **visits**: the training visit times with each patient's follow-up (``as_observed``
+  schedules take those of a training patient followed at least as long as the virtual
+  one, cut at its end), the median gap between visits (``regular``) and the visit rate
   (``random``: exponential gaps).
+- **recording precision**: per continuous variable, the coarsest power of ten that 99% of
+  training values are multiples of (prothrombin in tenths of a second, cholesterol in
+  whole mg/dl); virtual measurements are rounded to it, as the laboratory would.
 - **missingness**: per variable, the share of baseline visits and of later visits at
   which it was measured.
 - **censoring**: the reverse Kaplan-Meier estimate of time to loss of follow-up
@@ -95,7 +99,9 @@ class Population:
     arms: dict[str, float]  # baseline arm -> share of training patients
     mixtures: dict[str, ArmMixture]  # by arm; "*" for the pooled fallback
     exposure_templates: dict[str, list[list[dict]]]
-    visit_templates: list[list[float]]
+    visit_templates: list[list[float]]  # sorted by the follow-up of the patient they come from ...
+    template_followup: list[float]  # ... which is this, ascending
+    resolution: dict[str, float]  # continuous variable -> recording step (0: none found)
     median_visit_gap: float
     visits_per_year: float
     observed_share: dict[str, tuple[float, float]]  # variable -> (baseline, later visits)
@@ -152,6 +158,7 @@ class Population:
         visits = [r.visit_times() for r in records]
         gaps = np.concatenate([np.diff(v) for v in visits if len(v) > 1] or [np.array([1.0])])
         followup = np.array([r.end_of_followup for r in records])
+        by_followup = np.argsort(followup, kind="stable")
         c_times, c_surv = _reverse_kaplan_meier(followup, np.array([not r.events for r in records]))
         return cls(
             posterior_dim=int(mean.shape[-1]),
@@ -162,7 +169,9 @@ class Population:
             arms={str(a): float(c / len(records)) for a, c in zip(names, counts, strict=True)},
             mixtures=mixtures,
             exposure_templates=templates,
-            visit_templates=[[float(t) for t in v] for v in visits],
+            visit_templates=[[float(t) for t in visits[i]] for i in by_followup],
+            template_followup=followup[by_followup].tolist(),
+            resolution=_resolutions(records, model.layout.continuous),
             median_visit_gap=float(np.median(gaps)),
             visits_per_year=float(sum(len(v) for v in visits) / max(followup.sum(), 1e-9)),
             observed_share=_observed_share(records, model),
@@ -197,6 +206,13 @@ class Population:
             templates = self.exposure_templates.get(str(arm)) or [[]]
             out.append([TreatmentExposure.model_validate(e) for e in templates[rng.integers(len(templates))]])
         return out
+
+    def visits_for(self, end: np.ndarray, draw: np.ndarray) -> list[np.ndarray]:
+        """Visit times of a training patient followed at least ``end`` years (the longest if none), one per draw in [0, 1)."""
+        followup = np.asarray(self.template_followup)
+        first = np.minimum(np.searchsorted(followup, end - 1e-9, side="left"), len(followup) - 1)
+        chosen = first + np.floor(draw * (len(followup) - first)).astype(int)
+        return [np.asarray(self.visit_templates[i], dtype=float) for i in np.minimum(chosen, len(followup) - 1)]
 
     def draw_censoring(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Times of loss to follow-up; inf beyond the last censoring seen in training."""
@@ -261,6 +277,25 @@ def _observed_share(records: Sequence[PatientRecord], model: VirtualPatientModel
             if variable in seen:
                 seen[variable][0 if t == first else 1] += 1
     return {name: (c[0] / max(visits[0], 1), c[1] / max(visits[1], 1)) for name, c in seen.items()}
+
+
+def _resolutions(records: Sequence[PatientRecord], variables: Sequence[str]) -> dict[str, float]:
+    """Per variable, the coarsest power of ten (1000 .. 0.001) that 99% of its recorded values are multiples of."""
+    values: dict[str, list[float]] = {name: [] for name in variables}
+    for record in records:
+        for obs in record.observations:
+            if obs.variable in values:
+                values[obs.variable].append(obs.value)
+    out = {}
+    for name, seen in values.items():
+        x = np.asarray(seen, dtype=float)
+        out[name] = 0.0
+        for step in (1000.0, 100.0, 10.0, 1.0, 0.1, 0.01, 0.001):
+            ratio = x / step
+            if len(x) and np.mean(np.abs(ratio - np.round(ratio)) < 1e-6 * np.maximum(1.0, np.abs(ratio))) >= 0.99:
+                out[name] = step
+                break
+    return out
 
 
 def _reverse_kaplan_meier(followup: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

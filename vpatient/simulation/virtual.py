@@ -84,7 +84,8 @@ class VirtualPatients:
     static: np.ndarray  # (n, S) standardised covariates (0 where unknown)
     static_natural: np.ndarray  # (n, S) covariates in their units (NaN where unknown)
     exposures: list[list[TreatmentExposure]]  # as treated, when no plan overrides it
-    visits: list[np.ndarray]  # candidate visit times, cut at the end of follow-up when observed
+    visits: list[np.ndarray] | None  # candidate visit times, cut at the end of follow-up; None: as observed
+    visit_draw: np.ndarray  # (n,) U(0, 1): which training patient's visits, for as-observed schedules
     event_draw: np.ndarray  # (n,) Exp(1)
     kind_draw: np.ndarray  # (n,) U(0, 1)
     censoring: np.ndarray  # (n,) loss to follow-up (inf: none)
@@ -155,6 +156,7 @@ def draw_virtual_patients(
         static_natural=static_natural,
         exposures=exposures,
         visits=visits,
+        visit_draw=rng.uniform(size=n),
         event_draw=rng.exponential(size=n),
         kind_draw=rng.uniform(size=n),
         censoring=population.draw_censoring(n, rng),
@@ -199,6 +201,7 @@ def patients_from_records(
         static_natural=natural.repeat(k, axis=0),
         exposures=[list(r.treatments) for r in records for _ in range(k)],
         visits=[np.asarray(r.visit_times()) for r in records for _ in range(k)],
+        visit_draw=np.zeros(n),
         event_draw=rng.exponential(size=n),
         kind_draw=rng.uniform(size=n),
         censoring=censoring,
@@ -220,7 +223,7 @@ def _natural_static(population: Population, model: VirtualPatientModel, static: 
 
 def _schedule(
     population: Population, n: int, years: float, schedule: Schedule, interval: float | None, rng: np.random.Generator
-) -> list[np.ndarray]:
+) -> list[np.ndarray] | None:
     if schedule == Schedule.REGULAR:
         gap = interval or population.median_visit_gap
         if not (gap > 0 and math.isfinite(gap)):
@@ -233,8 +236,7 @@ def _schedule(
         gaps = rng.exponential(mean_gap, size=(n, count))
         times = np.concatenate([np.zeros((n, 1)), np.cumsum(gaps, axis=1)], axis=1)
         return [row[row <= years] for row in times]
-    templates = population.visit_templates
-    return [np.asarray(templates[i], dtype=float) for i in rng.integers(len(templates), size=n)]
+    return None  # as observed: chosen once the end of follow-up is known (observe)
 
 
 # --------------------------------------------------------------------------- rolling out
@@ -314,7 +316,8 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
     measurement noise.
     """
     n = len(patients)
-    visits = [v[v <= e + 1e-12] if len(v) else np.zeros(1) for v, e in zip(patients.visits, outcomes.end, strict=True)]
+    planned = patients.visits if patients.visits is not None else population.visits_for(outcomes.end, patients.visit_draw)
+    visits = [v[v <= e + 1e-12] if len(v) else np.zeros(1) for v, e in zip(planned, outcomes.end, strict=True)]
     visits = [v if len(v) else np.zeros(1) for v in visits]
     rows = np.repeat(np.arange(n), [len(v) for v in visits])  # visit row -> patient
     t = np.concatenate(visits)
@@ -348,8 +351,11 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
         noisy = (mean + torch.randn(mean.shape, generator=generator) * decoder.continuous_sd()).numpy()[rows, slot]
         natural = _natural_labs(model, noisy.astype(np.float64))
         for j, name in enumerate(layout.continuous):
-            rng_ = config.variable(name).plausible_range
-            add(name, np.clip(natural[:, j], *rng_) if rng_ else natural[:, j])
+            value, bounds = natural[:, j], config.variable(name).plausible_range
+            step = population.resolution.get(name, 0.0)
+            if step > 0:  # as precisely as the laboratory records it; a positive value stays positive (log scales)
+                value = np.where(value > 0, np.maximum(np.round(value / step) * step, step), np.round(value / step) * step)
+            add(name, np.clip(value, *bounds) if bounds else value)
     if decoder.binary is not None:
         p = torch.sigmoid(decoder.binary_logits(z)).numpy()[rows, slot]
         for j, name in enumerate(layout.binary):
