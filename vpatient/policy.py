@@ -1,0 +1,532 @@
+"""Next-test selection: rank diagnostic tests by expected information gain (EIG) per cost.
+
+"Which test should I order next?" For a patient at decision time t, each test of the
+config's catalogue not yet done at t is scored by how much its result is expected to
+reduce the entropy of a chosen target:
+
+- ``latent``: the latent disease state z(t) (Gaussian entropy of its posterior);
+- ``risk:<event>:<years>``: whether the event happens within the horizon, given
+  event-free at t (entropy of that Bernoulli indicator, i.e. the mutual information
+  between the test's result and the event indicator);
+- ``forecast:<variable>:<years>``: the measured value of a continuous variable at
+  t + horizon (Gaussian entropy: moment-matched predictive variance, noise included).
+
+Estimator (nested Monte Carlo with one shared pool). S draws of z0 from the
+patient's posterior given everything up to t are rolled out once, and weighted by the
+likelihood of having stayed event-free up to t. Outer loop: S hypothetical results of
+the test, one per draw (resampled by those weights), from the model's predictive at t
+(decoder mean plus measurement noise; Bernoulli and categorical draws for signs and
+stages). The posterior after a result is the pool reweighted by the result's likelihood
+under the decoder (self-normalised importance sampling; the draw that produced the
+result is left out); ``update="expert"`` reweights by the encoder's Gaussian expert for
+the result instead, the product-of-experts update (see :func:`recommend`). Inner loop: the
+other S - 1 draws of the pool. EIG = mean over outer draws of H(target | now) -
+H(target | now, result); its Monte Carlo standard error is the standard deviation of
+that difference over outer draws / sqrt(S). A test already done at t (any of its
+variables measured at t) has nothing left to tell: its gain is 0 and it is marked done.
+
+A budgeted greedy sequence orders tests by *marginal* gain per cost: the joint EIG of
+the tests chosen so far plus a candidate, minus that of the tests chosen so far (the
+joint result is one expert per test, drawn from the same z0), until the budget is spent
+or the best gain per cost falls below a threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vpatient import transforms
+from vpatient.data.batching import PatientBatch, make_batch
+from vpatient.data.timeline import truncate_record
+from vpatient.errors import VPatientError
+from vpatient.schemas import DatasetConfig, PatientRecord
+from vpatient.virtual_patient import VirtualPatientModel
+
+__all__ = ["Recommendation", "Target", "TestGain", "eig_from_pool", "recommend"]
+
+_LOG_2PI_E = math.log(2 * math.pi * math.e)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the information is about (module docstring)."""
+
+    kind: str  # latent | risk | forecast
+    event: str | None = None
+    variable: str | None = None
+    horizon: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: str, config: DatasetConfig) -> Target:
+        """``latent``, ``risk:<event>:<years>`` or ``forecast:<variable>:<years>``, checked against the config."""
+        parts = spec.strip().split(":")
+        if parts == ["latent"]:
+            return cls("latent")
+        if len(parts) != 3 or parts[0] not in ("risk", "forecast"):
+            raise VPatientError(f"target {spec!r}: use latent, risk:<event>:<years> or forecast:<variable>:<years>")
+        try:
+            horizon = float(parts[2])
+        except ValueError:
+            raise VPatientError(f"target {spec!r}: the horizon {parts[2]!r} is not a number of years") from None
+        if not (math.isfinite(horizon) and horizon > 0):
+            raise VPatientError(f"target {spec!r}: the horizon must be > 0 years")
+        if parts[0] == "risk":
+            if parts[1] not in config.event_kinds:
+                raise VPatientError(f"target {spec!r}: unknown event {parts[1]!r}; events: {', '.join(config.event_kinds)}")
+            return cls("risk", event=parts[1], horizon=horizon)
+        continuous = [v.name for v in config.variables if v.kind.value == "continuous"]
+        if parts[1] not in continuous:
+            raise VPatientError(
+                f"target {spec!r}: {parts[1]!r} is not a continuous variable; choose one of {', '.join(continuous)}"
+            )
+        return cls("forecast", variable=parts[1], horizon=horizon)
+
+    def __str__(self) -> str:
+        if self.kind == "latent":
+            return "latent"
+        return f"{self.kind}:{self.event or self.variable}:{self.horizon:g}"
+
+
+# --------------------------------------------------------------------------- the estimator
+
+
+def _normalised(log_w: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(log_w, dim=-1)
+
+
+def _entropy(values: torch.Tensor, weights: torch.Tensor, kind: str, noise_var: float) -> torch.Tensor:
+    """Entropy of the target under each row of weights (R, S); values (S, K) or (S,) probabilities."""
+    if kind == "bernoulli":
+        p = (weights * values).sum(dim=-1).clamp(1e-9, 1 - 1e-9)
+        return -(p * torch.log(p) + (1 - p) * torch.log1p(-p))
+    mean = weights @ values  # (R, K)
+    centred = values.unsqueeze(0) - mean.unsqueeze(1)  # (R, S, K)
+    cov = torch.einsum("rs,rsk,rsl->rkl", weights, centred, centred)
+    k = values.shape[-1]
+    cov = cov + (noise_var + 1e-6) * torch.eye(k, dtype=values.dtype)
+    return 0.5 * (k * _LOG_2PI_E + torch.logdet(cov))
+
+
+def eig_from_pool(
+    values: torch.Tensor,
+    base_log_w: torch.Tensor,
+    log_factor: torch.Tensor,
+    outer: torch.Tensor,
+    kind: str,
+    noise_var: float = 0.0,
+) -> tuple[float, float]:
+    """EIG (nats) and its MC standard error from a weighted pool and the factors of hypothetical results.
+
+    values (S, K) target per pool draw (or (S,) event probabilities with ``kind="bernoulli"``);
+    base_log_w (S,) the pool's log weights now; log_factor (R, S) log density of each
+    outer result's expert at each pool draw; outer (R,) the pool index each result came
+    from (left out of its own inner sum).
+    """
+    values = values.double()
+    base = base_log_w.double()
+    prior = _entropy(values, _normalised(base).unsqueeze(0), kind, noise_var)[0]
+    log_w = base.unsqueeze(0) + log_factor.double()
+    log_w[torch.arange(len(outer)), outer] = -math.inf
+    posterior = _entropy(values, _normalised(log_w), kind, noise_var)
+    gains = prior - posterior
+    return float(gains.mean()), float(gains.std(unbiased=True) / math.sqrt(len(gains))) if len(gains) > 1 else math.nan
+
+
+def _expert_log_factor(means: torch.Tensor, precisions: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """log N-kernel of diagonal experts (R, P) at pool draws (S, P): (R, S)."""
+    diff = draws.unsqueeze(0) - means.unsqueeze(1)  # (R, S, P)
+    return -0.5 * (precisions.unsqueeze(1) * diff**2).sum(dim=-1)
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class TestGain:
+    """One test's expected information gain about the target."""
+
+    test: str
+    cost: float
+    eig: float  # nats
+    mc_error: float  # Monte Carlo standard error of eig
+    done: bool  # already measured at the decision time
+    predicted: dict[str, str] = field(default_factory=dict)  # variable -> predictive 5-95% range, in words
+
+    @property
+    def eig_per_cost(self) -> float:
+        return self.eig / self.cost
+
+
+@dataclass
+class Recommendation:
+    """The ranking of one patient's candidate tests, and a budgeted greedy order."""
+
+    subject_id: str
+    at: float
+    target: Target
+    n_samples: int
+    seed: int
+    effective_sample_size: float  # of the pool's weights (event-free up to t)
+    gains: list[TestGain]  # ranked by EIG per cost, done tests last
+    sequence: list[dict]  # greedy order: test, marginal EIG, cumulative EIG, cumulative cost
+
+    def table(self) -> pd.DataFrame:
+        rows = [
+            {
+                "test": g.test,
+                "eig": g.eig,
+                "mc_error": g.mc_error,
+                "cost": g.cost,
+                "eig_per_cost": g.eig_per_cost,
+                "done_at_t": g.done,
+                "predicted_results": "; ".join(f"{k} {v}" for k, v in g.predicted.items()),
+            }
+            for g in self.gains
+        ]
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "subject_id": self.subject_id,
+            "at": self.at,
+            "target": str(self.target),
+            "n_samples": self.n_samples,
+            "seed": self.seed,
+            "effective_sample_size": self.effective_sample_size,
+            "tests": self.table().to_dict(orient="records"),
+            "sequence": self.sequence,
+        }
+
+
+# --------------------------------------------------------------------------- the pool of one patient
+
+
+@dataclass
+class _Pool:
+    draws: torch.Tensor  # (S, P) posterior draws of z0 and offsets
+    log_w: torch.Tensor  # (S,) log weight: event-free up to t
+    batch: PatientBatch  # the history, repeated S times
+    z_now: torch.Tensor  # (S, L) latent state at t
+    target: torch.Tensor  # (S, K) or (S,)
+    target_kind: str  # gaussian | bernoulli
+    noise_var: float
+
+
+@torch.no_grad()
+def _pool(
+    model: VirtualPatientModel, history: PatientRecord, at: float, target: Target, n: int, generator: torch.Generator
+) -> _Pool:
+    world = model.world
+    batch = make_batch([history], model.config, model.scalers)
+    cutoff = torch.tensor([at], dtype=torch.float32)
+    mean, var = world.posterior(batch, cutoff)
+    draws = mean + var.sqrt() * torch.randn((n, mean.shape[-1]), generator=generator)
+    rep = batch.repeat(n)
+    until = at + target.horizon
+    solution = world.rollout(draws, rep, until=until + 1e-3)
+    log_w = world.event_log_likelihood(solution, rep.event_time, rep.event_observed)  # the history is cut at t
+    now = torch.full((n, 1), at)
+    z_now = solution.z(now)[:, 0]
+    if target.kind == "latent":
+        return _Pool(draws, log_w, rep, z_now, z_now, "gaussian", 0.0)
+    later = torch.full((n, 1), until)
+    if target.kind == "risk":
+        k = model.layout.events.index(target.event)
+        gained = solution.cumulative_hazard(later)[:, 0, k] - solution.cumulative_hazard(now)[:, 0, k]
+        return _Pool(draws, log_w, rep, z_now, 1.0 - torch.exp(-gained.clamp(min=0)), "bernoulli", 0.0)
+    j = model.layout.continuous.index(target.variable)
+    value = world.decoder.continuous_mean(solution.z(later), world.offsets(draws), later)[:, 0, j : j + 1]
+    noise = float(world.decoder.continuous_sd()[j]) ** 2
+    return _Pool(draws, log_w, rep, z_now, value, "gaussian", noise)
+
+
+@dataclass
+class _Results:
+    """Hypothetical results of every variable at t, one row per outer draw (standardised scales)."""
+
+    continuous: torch.Tensor | None  # (R, 1, Dc)
+    binary: torch.Tensor | None  # (R, 1, Db)
+    ordinal: list[torch.Tensor]  # per ordinal variable (R, 1) class index
+    imaging: torch.Tensor | None  # (R, 1, Di)
+
+
+@dataclass
+class _Predictive:
+    """The model's predictive at t of every pool draw: what a result's likelihood is computed from."""
+
+    continuous: torch.Tensor | None  # (S, Dc) means
+    binary: torch.Tensor | None  # (S, Db) probabilities
+    ordinal: list[torch.Tensor]  # per ordinal variable (S, C) class probabilities
+    imaging: torch.Tensor | None  # (S, Di) means
+
+
+@torch.no_grad()
+def _predictive(model: VirtualPatientModel, pool: _Pool, at: float) -> _Predictive:
+    world, decoder = model.world, model.world.decoder
+    z = pool.z_now.unsqueeze(1)  # (S, 1, L)
+    times = torch.full((len(z), 1), at)
+    return _Predictive(
+        continuous=decoder.continuous_mean(z, world.offsets(pool.draws), times)[:, 0] if decoder.continuous is not None else None,
+        binary=torch.sigmoid(decoder.binary_logits(z))[:, 0] if decoder.binary is not None else None,
+        ordinal=[decoder.ordinal_probs(z, j)[:, 0] for j in range(len(model.layout.ordinal))],
+        imaging=decoder.imaging_mean(z)[:, 0] if decoder.imaging is not None else None,
+    )
+
+
+def _draw_results(
+    model: VirtualPatientModel, predictive: _Predictive, rows: torch.Tensor, generator: torch.Generator
+) -> _Results:
+    decoder = model.world.decoder
+    r = len(rows)
+    continuous = binary = imaging = None
+    if predictive.continuous is not None:
+        mean = predictive.continuous[rows]
+        continuous = (mean + torch.randn(mean.shape, generator=generator) * decoder.continuous_sd()).unsqueeze(1)
+    if predictive.binary is not None:
+        p = predictive.binary[rows]
+        binary = (torch.rand(p.shape, generator=generator) < p).float().unsqueeze(1)
+    ordinal = [torch.multinomial(probs[rows], 1, generator=generator) for probs in predictive.ordinal]
+    if predictive.imaging is not None:
+        mean = predictive.imaging[rows]
+        imaging = (mean + torch.randn(mean.shape, generator=generator) * decoder.imaging_sd()).unsqueeze(1)
+    del r
+    return _Results(continuous, binary, ordinal, imaging)
+
+
+def _likelihood_log_factor(model: VirtualPatientModel, group, results: _Results, predictive: _Predictive) -> torch.Tensor:
+    """log p(result_i | pool draw s) of one test's variables under the decoder: (R, S)."""
+    decoder = model.world.decoder
+    total = 0.0
+    if group.continuous:
+        idx = list(group.continuous)
+        y = results.continuous[:, 0, idx].unsqueeze(1)  # (R, 1, k)
+        mean = predictive.continuous[:, idx].unsqueeze(0)  # (1, S, k)
+        sd = decoder.continuous_sd()[idx]
+        total = total + (-0.5 * ((y - mean) / sd) ** 2).sum(dim=-1)
+    if group.binary:
+        idx = list(group.binary)
+        y = results.binary[:, 0, idx].unsqueeze(1)
+        p = predictive.binary[:, idx].unsqueeze(0).clamp(1e-6, 1 - 1e-6)
+        total = total + (y * torch.log(p) + (1 - y) * torch.log1p(-p)).sum(dim=-1)
+    for j in group.ordinal:
+        levels = results.ordinal[j][:, 0]  # (R,)
+        total = total + torch.log(predictive.ordinal[j][:, levels].T.clamp_min(1e-9))  # (R, S)
+    if group.imaging:
+        idx = list(group.imaging)
+        y = results.imaging[:, 0, idx].unsqueeze(1)
+        mean = predictive.imaging[:, idx].unsqueeze(0)
+        sd = decoder.imaging_sd()[idx]
+        total = total + (-0.5 * ((y - mean) / sd) ** 2).sum(dim=-1)
+    return total
+
+
+@torch.no_grad()
+def _expert_log_factor_of(
+    model: VirtualPatientModel, group, pool: _Pool, rows: torch.Tensor, at: float, results: _Results
+) -> torch.Tensor:
+    """log density at the pool draws of the encoder's expert for each result (the amortised PoE update): (R, S)."""
+    experts = model.world.experts
+    one = _one_visit(pool.batch.select(rows), at, group, results.continuous, results.binary, results.ordinal, results.imaging)
+    features, _ = experts.group_features(group, one)
+    mean, precision = experts.group_heads[group.name](torch.cat([features, experts.context(one)], dim=-1))
+    return _expert_log_factor(mean[:, 0], precision[:, 0], pool.draws)
+
+
+def _one_visit(batch: PatientBatch, at: float, group, continuous, binary, ordinal, imaging) -> PatientBatch:
+    """The patients of ``batch`` with one visit at ``at`` where only ``group``'s variables are measured."""
+    r = len(batch)
+
+    def masked(values: torch.Tensor | None, index: tuple[int, ...], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = torch.zeros((r, 1, width))
+        if index:
+            mask[..., list(index)] = 1.0
+        data = values if values is not None else torch.zeros((r, 1, width))
+        return data * mask, mask
+
+    cont, cont_mask = masked(continuous, group.continuous, batch.continuous.shape[-1])
+    bins, bin_mask = masked(binary, group.binary, batch.binary.shape[-1])
+    img, img_mask = masked(imaging, group.imaging, batch.imaging.shape[-1])
+    n_ord = batch.ordinal.shape[-1]
+    ords = torch.cat(ordinal, dim=-1).unsqueeze(1) if ordinal else torch.zeros((r, 1, n_ord), dtype=torch.long)
+    ord_mask = torch.zeros((r, 1, n_ord))
+    if group.ordinal:
+        ord_mask[..., list(group.ordinal)] = 1.0
+    return PatientBatch(
+        subject_ids=batch.subject_ids,
+        times=torch.full((r, 1), at),
+        visit_mask=torch.ones((r, 1)),
+        continuous=cont,
+        continuous_mask=cont_mask,
+        binary=bins,
+        binary_mask=bin_mask,
+        ordinal=ords * ord_mask.long(),
+        ordinal_mask=ord_mask,
+        imaging=img,
+        imaging_mask=img_mask,
+        static=batch.static,
+        static_mask=batch.static_mask,
+        history_time=batch.history_time,
+        dose_times=batch.dose_times,
+        doses=batch.doses,
+        event_time=batch.event_time,
+        event_observed=batch.event_observed,
+        followup_end=batch.followup_end,
+    )
+
+
+def _natural_results(model: VirtualPatientModel, group, continuous, binary, ordinal) -> dict[str, np.ndarray]:
+    out = {}
+    for j in group.continuous:
+        name = model.layout.continuous[j]
+        value = continuous[:, 0, j].numpy() * model.scalers.continuous_std[j] + model.scalers.continuous_mean[j]
+        out[name] = transforms.inverse(value, model.config.variable(name).transform)
+    for j in group.binary:
+        out[model.layout.binary[j]] = binary[:, 0, j].numpy()
+    for j in group.ordinal:
+        levels = np.asarray(model.layout.ordinal_levels[j])
+        out[model.layout.ordinal[j]] = levels[ordinal[j][:, 0].numpy()]
+    return out
+
+
+def _describe(name: str, values: np.ndarray, model: VirtualPatientModel) -> str:
+    spec = model.config.variable(name)
+    if spec.kind.value == "binary":
+        return f"P(positive) {values.mean():.2f}"
+    lo, hi = np.quantile(values, [0.05, 0.95])
+    unit = f" {spec.unit}" if spec.unit else ""
+    return f"{lo:.3g}-{hi:.3g}{unit}"
+
+
+# --------------------------------------------------------------------------- the public call
+
+
+@torch.no_grad()
+def recommend(
+    model: VirtualPatientModel,
+    record: PatientRecord,
+    target: str | Target = "risk:death:5",
+    at: float | None = None,
+    n_samples: int = 256,
+    seed: int = 0,
+    budget: float | None = None,
+    min_gain_per_cost: float = 0.0,
+    tests: Sequence[str] | None = None,
+    update: str = "likelihood",
+) -> Recommendation:
+    """Rank the catalogue's tests for ``record`` at ``at`` (default: its end of follow-up) by EIG per cost.
+
+    ``update="likelihood"`` reweights the pool by the decoder's likelihood of each
+    hypothetical result: the exact Bayesian update under the generative model, so the
+    expected posterior equals the prior and the gain is never negative beyond Monte
+    Carlo error. ``"expert"`` uses the encoder's expert for the result instead (the
+    amortised update the product of experts makes when the result arrives); it is
+    faster to learn but not guaranteed consistent, and can show negative gains.
+    """
+    config = model.config
+    chosen_target = target if isinstance(target, Target) else Target.parse(target, config)
+    if at is None:
+        at = record.end_of_followup
+    if not (math.isfinite(at) and at >= 0):
+        raise VPatientError(f"at = {at!r}: the decision time must be >= 0 years")
+    if n_samples < 16:
+        raise VPatientError(f"n_samples = {n_samples}: the estimator needs at least 16 posterior samples")
+    catalogue = {t.name: t for t in config.tests}
+    names = list(tests) if tests is not None else list(catalogue)
+    unknown = [n for n in names if n not in catalogue]
+    if unknown:
+        raise VPatientError(f"unknown test(s) {', '.join(unknown)}; the config's tests are {', '.join(catalogue)}")
+    if not names:
+        raise VPatientError(f"config {config.name!r} declares no diagnostic tests to rank")
+    history = truncate_record(record, at)
+    measured_now = {o.variable for o in history.observations if abs(o.time - at) < 1e-9}
+    measured_now |= {s.modality for s in history.imaging if abs(s.time - at) < 1e-9}
+    done = {n for n in names if measured_now & set(catalogue[n].variables)}
+    generator = torch.Generator().manual_seed(seed)
+    pool = _pool(model, history, at, chosen_target, n_samples, generator)
+    weights = _normalised(pool.log_w)
+    ess = float(1.0 / (weights**2).sum())
+    outer = _systematic(weights, generator)
+    open_tests = [n for n in names if n not in done]
+    predictive = _predictive(model, pool, at)
+    results = _draw_results(model, predictive, outer, generator)
+    if update not in ("likelihood", "expert"):
+        raise VPatientError(f"update = {update!r}: choose 'likelihood' or 'expert'")
+    factors = {
+        n: _likelihood_log_factor(model, model.layout.group(n), results, predictive)
+        if update == "likelihood"
+        else _expert_log_factor_of(model, model.layout.group(n), pool, outer, at, results)
+        for n in open_tests
+    }
+
+    def gain(selection: Sequence[str]) -> tuple[float, float]:
+        if not selection:
+            return 0.0, 0.0
+        total = sum(factors[n] for n in selection)
+        return eig_from_pool(pool.target, pool.log_w, total, outer, pool.target_kind, pool.noise_var)
+
+    gains = []
+    for name in names:
+        test = catalogue[name]
+        if name in done:
+            gains.append(TestGain(name, test.cost, 0.0, 0.0, True))
+            continue
+        eig, err = gain([name])
+        natural = _natural_results(model, model.layout.group(name), results.continuous, results.binary, results.ordinal)
+        predicted = {v: _describe(v, x, model) for v, x in natural.items()}
+        gains.append(TestGain(name, test.cost, eig, err, False, predicted))
+    gains.sort(key=lambda g: (g.done, -g.eig_per_cost, g.test))
+    sequence = _greedy(open_tests, catalogue, gain, budget, min_gain_per_cost)
+    return Recommendation(record.subject_id, float(at), chosen_target, n_samples, seed, ess, gains, sequence)
+
+
+def _greedy(open_tests, catalogue, gain, budget: float | None, threshold: float) -> list[dict]:
+    chosen: list[str] = []
+    so_far, spent = 0.0, 0.0
+    steps = []
+    remaining = list(open_tests)
+    while remaining:
+        best = None
+        for name in remaining:
+            cost = catalogue[name].cost
+            if budget is not None and spent + cost > budget + 1e-12:
+                continue
+            joint, err = gain([*chosen, name])
+            per_cost = (joint - so_far) / cost
+            if best is None or per_cost > best[1]:
+                best = (name, per_cost, joint, err)
+        if best is None or best[1] <= threshold:
+            break
+        name, per_cost, joint, err = best
+        spent += catalogue[name].cost
+        steps.append(
+            {
+                "test": name,
+                "marginal_eig": joint - so_far,
+                "eig_per_cost": per_cost,
+                "cumulative_eig": joint,
+                "mc_error": err,
+                "cumulative_cost": spent,
+            }
+        )
+        chosen.append(name)
+        remaining.remove(name)
+        so_far = joint
+    return steps
+
+
+def _systematic(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Indices of S draws resampled by their weights (systematic resampling)."""
+    s = len(weights)
+    u = (torch.rand(1, generator=generator) + torch.arange(s)) / s
+    cdf = torch.cumsum(weights, 0)
+    cdf[-1] = 1.0
+    return torch.searchsorted(cdf, u).clamp(max=s - 1)
