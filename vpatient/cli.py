@@ -244,6 +244,43 @@ def forecast(
         typer.echo(f"wrote {plot}")
 
 
+@app.command()
+def recommend(
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint directory (vpatient train --out).")],
+    patient: Annotated[str, typer.Option("--patient", help="Subject id in the model's dataset (or --data).")],
+    at: Annotated[float | None, typer.Option(help="Decision time (years); default the end of follow-up.")] = None,
+    target: Annotated[str, typer.Option(help="latent, risk:<event>:<years> or forecast:<variable>:<years>.")] = "risk:death:5",
+    budget: Annotated[float | None, typer.Option(help="Cost budget of the greedy sequence (default: no limit).")] = None,
+    min_gain_per_cost: Annotated[float, typer.Option(help="Stop the sequence below this gain per cost (nats).")] = 0.0,
+    data: Annotated[str | None, typer.Option(help="Dataset holding the patient (default: the model's).")] = None,
+    n_samples: Annotated[int, typer.Option(min=16, help="Posterior samples (outer and inner Monte Carlo).")] = 256,
+    seed: SeedOption = 0,
+    json_flag: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of tables.")] = False,
+) -> None:
+    """Which test next? Tests ranked by expected information gain about the target, per unit cost."""
+    from vpatient.datasets import load_dataset
+    from vpatient.policy import recommend as rank_tests
+    from vpatient.tables import markdown_table
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    vpm = VirtualPatientModel.load(model)
+    record = load_dataset(data or vpm.data_source or vpm.config.name).subject(patient)
+    result = rank_tests(vpm, record, target, at, n_samples, seed, budget, min_gain_per_cost)
+    if json_flag:
+        typer.echo(json.dumps(result.to_dict(), indent=1))
+        return
+    typer.echo(
+        f"subject {patient} at t = {result.at:.2f} years; target {result.target}; {n_samples} posterior samples "
+        f"(effective {result.effective_sample_size:.0f}), seed {seed}; EIG in nats with its Monte Carlo standard error"
+    )
+    typer.echo(markdown_table(result.table(), index=False))
+    if result.sequence:
+        import pandas as pd
+
+        typer.echo("\nGreedy order (marginal gain per cost, given the tests before it):")
+        typer.echo(markdown_table(pd.DataFrame(result.sequence), index=False))
+
+
 # --------------------------------------------------------------------------- demo
 
 

@@ -449,46 +449,53 @@ def recommend(
     history = truncate_record(record, at)
     measured_now = {o.variable for o in history.observations if abs(o.time - at) < 1e-9}
     measured_now |= {s.modality for s in history.imaging if abs(s.time - at) < 1e-9}
-    done = {n for n in names if measured_now & set(catalogue[n].variables)}
+    # One label per listed test; a test listed twice is two orders with independent results.
+    labels = [name if names[:i].count(name) == 0 else f"{name}#{names[:i].count(name) + 1}" for i, name in enumerate(names)]
+    test_of = dict(zip(labels, names, strict=True))
+    done = {label for label in labels if measured_now & set(catalogue[test_of[label]].variables)}
+    if update not in ("likelihood", "expert"):
+        raise VPatientError(f"update = {update!r}: choose 'likelihood' or 'expert'")
     generator = torch.Generator().manual_seed(seed)
     pool = _pool(model, history, at, chosen_target, n_samples, generator)
     weights = _normalised(pool.log_w)
     ess = float(1.0 / (weights**2).sum())
     outer = _systematic(weights, generator)
-    open_tests = [n for n in names if n not in done]
+    open_labels = [label for label in labels if label not in done]
     predictive = _predictive(model, pool, at)
-    results = _draw_results(model, predictive, outer, generator)
-    if update not in ("likelihood", "expert"):
-        raise VPatientError(f"update = {update!r}: choose 'likelihood' or 'expert'")
-    factors = {
-        n: _likelihood_log_factor(model, model.layout.group(n), results, predictive)
-        if update == "likelihood"
-        else _expert_log_factor_of(model, model.layout.group(n), pool, outer, at, results)
-        for n in open_tests
-    }
+    results = {label: _draw_results(model, predictive, outer, generator) for label in open_labels}
+    factors = {}
+    for label in open_labels:
+        group = model.layout.group(test_of[label])
+        factors[label] = (
+            _likelihood_log_factor(model, group, results[label], predictive)
+            if update == "likelihood"
+            else _expert_log_factor_of(model, group, pool, outer, at, results[label])
+        )
 
     def gain(selection: Sequence[str]) -> tuple[float, float]:
         if not selection:
             return 0.0, 0.0
-        total = sum(factors[n] for n in selection)
+        total = sum(factors[label] for label in selection)
         return eig_from_pool(pool.target, pool.log_w, total, outer, pool.target_kind, pool.noise_var)
 
     gains = []
-    for name in names:
-        test = catalogue[name]
-        if name in done:
-            gains.append(TestGain(name, test.cost, 0.0, 0.0, True))
+    for label in labels:
+        test = catalogue[test_of[label]]
+        if label in done:
+            gains.append(TestGain(label, test.cost, 0.0, 0.0, True))
             continue
-        eig, err = gain([name])
-        natural = _natural_results(model, model.layout.group(name), results.continuous, results.binary, results.ordinal)
+        eig, err = gain([label])
+        r = results[label]
+        natural = _natural_results(model, model.layout.group(test.name), r.continuous, r.binary, r.ordinal)
         predicted = {v: _describe(v, x, model) for v, x in natural.items()}
-        gains.append(TestGain(name, test.cost, eig, err, False, predicted))
+        gains.append(TestGain(label, test.cost, eig, err, False, predicted))
     gains.sort(key=lambda g: (g.done, -g.eig_per_cost, g.test))
-    sequence = _greedy(open_tests, catalogue, gain, budget, min_gain_per_cost)
+    costs = {label: catalogue[test_of[label]].cost for label in labels}
+    sequence = _greedy(open_labels, costs, gain, budget, min_gain_per_cost)
     return Recommendation(record.subject_id, float(at), chosen_target, n_samples, seed, ess, gains, sequence)
 
 
-def _greedy(open_tests, catalogue, gain, budget: float | None, threshold: float) -> list[dict]:
+def _greedy(open_tests: list[str], costs: dict[str, float], gain, budget: float | None, threshold: float) -> list[dict]:
     chosen: list[str] = []
     so_far, spent = 0.0, 0.0
     steps = []
@@ -496,7 +503,7 @@ def _greedy(open_tests, catalogue, gain, budget: float | None, threshold: float)
     while remaining:
         best = None
         for name in remaining:
-            cost = catalogue[name].cost
+            cost = costs[name]
             if budget is not None and spent + cost > budget + 1e-12:
                 continue
             joint, err = gain([*chosen, name])
@@ -506,7 +513,7 @@ def _greedy(open_tests, catalogue, gain, budget: float | None, threshold: float)
         if best is None or best[1] <= threshold:
             break
         name, per_cost, joint, err = best
-        spent += catalogue[name].cost
+        spent += costs[name]
         steps.append(
             {
                 "test": name,

@@ -1,0 +1,122 @@
+"""Next-test selection: the EIG estimator against closed forms, and its behaviour on a trained model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vpatient.cli import app
+from vpatient.data.synthetic import synthetic_cohort
+from vpatient.errors import VPatientError
+from vpatient.policy import Target, eig_from_pool, recommend
+from vpatient.train import TrainSettings
+from vpatient.virtual_patient import VirtualPatientModel
+
+
+@pytest.mark.parametrize("noise_sd", [2.0, 0.8])
+def test_linear_gaussian_gain_matches_the_closed_form(noise_sd):
+    """z ~ N(0, V), y = H z + e, e ~ N(0, R): the gain about z is 0.5 log det(I + V H' R^-1 H)."""
+    generator = torch.Generator().manual_seed(0)
+    s = 3000
+    v = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+    h = torch.tensor([[1.0, 0.0], [0.5, 1.0], [0.0, 2.0]], dtype=torch.float64)
+    r_inv = torch.eye(3, dtype=torch.float64) / noise_sd**2
+    z = torch.randn((s, 2), generator=generator, dtype=torch.float64) @ torch.linalg.cholesky(v).T
+    y = z @ h.T + noise_sd * torch.randn((s, 3), generator=generator, dtype=torch.float64)
+    resid = y.unsqueeze(1) - (z @ h.T).unsqueeze(0)  # (outer, pool, 3)
+    log_factor = -0.5 * torch.einsum("rsk,kl,rsl->rs", resid, r_inv, resid)
+    eig, se = eig_from_pool(z, torch.zeros(s), log_factor, torch.arange(s), "gaussian")
+    exact = 0.5 * math.log(float(torch.linalg.det(torch.eye(2, dtype=torch.float64) + v @ h.T @ r_inv @ h)))
+    assert abs(eig - exact) < 3 * se + 0.02 * exact, (eig, se, exact)
+
+
+def test_bernoulli_gain_is_the_mutual_information_of_a_binary_pair():
+    """z in {0, 1} with p = 1/2, y = z flipped with probability 0.1: I(z; y) = log 2 - H(0.1)."""
+    generator = torch.Generator().manual_seed(1)
+    s = 4000
+    z = (torch.rand(s, generator=generator) < 0.5).double()
+    flip = (torch.rand(s, generator=generator) < 0.1).double()
+    y = (z + flip) % 2
+    log_factor = torch.where(y.unsqueeze(1) == z.unsqueeze(0), math.log(0.9), math.log(0.1))
+    eig, se = eig_from_pool(z, torch.zeros(s), log_factor, torch.arange(s), "bernoulli")
+    exact = math.log(2) + 0.1 * math.log(0.1) + 0.9 * math.log(0.9)
+    assert abs(eig - exact) < 3 * se + 0.01, (eig, se, exact)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    cohort = synthetic_cohort(n=60, seed=5)
+    model = VirtualPatientModel.fit(cohort.records, cohort.config, TrainSettings(epochs=4, seed=0), progress=False)
+    return model, cohort
+
+
+def test_targets_are_parsed_and_bad_ones_named(trained):
+    model, _ = trained
+    assert Target.parse("risk:death:5", model.config) == Target("risk", event="death", horizon=5.0)
+    assert str(Target.parse("forecast:bilirubin:2", model.config)) == "forecast:bilirubin:2"
+    with pytest.raises(VPatientError, match="unknown event 'stroke'"):
+        Target.parse("risk:stroke:5", model.config)
+    with pytest.raises(VPatientError, match="not a continuous variable"):
+        Target.parse("forecast:ascites:1", model.config)
+    with pytest.raises(VPatientError, match="horizon"):
+        Target.parse("risk:death:soon", model.config)
+
+
+def test_tests_done_at_the_decision_time_gain_nothing(trained):
+    model, cohort = trained
+    record = next(r for r in cohort.records if len(r.visit_times()) >= 3)
+    at = record.visit_times()[1]
+    done_now = {model.config.variable(o.variable).test for o in record.observations if o.time == at}
+    result = recommend(model, record, target="latent", at=at, n_samples=64, seed=0)
+    for gain in result.gains:
+        assert gain.done == (gain.test in done_now)
+        if gain.done:
+            assert gain.eig == 0.0
+    open_gains = [g for g in result.gains if not g.done]
+    assert open_gains and all(g.eig > -4 * g.mc_error - 1e-3 for g in open_gains)
+    ranked = [g.eig_per_cost for g in open_gains]
+    assert ranked == sorted(ranked, reverse=True)
+
+
+def test_a_duplicated_test_adds_less_the_second_time(trained):
+    model, cohort = trained
+    record = cohort.records[2]
+    at = record.end_of_followup + 0.25  # a new visit: nothing measured yet
+    result = recommend(model, record, target="latent", at=at, n_samples=128, seed=0, tests=["panel_a", "panel_a"])
+    first, second = result.sequence[0], result.sequence[1]
+    alone = {g.test: g.eig for g in result.gains}
+    assert alone["panel_a#2"] == pytest.approx(alone["panel_a"], abs=4 * max(g.mc_error for g in result.gains))
+    assert second["marginal_eig"] < first["marginal_eig"]  # not double: the second order repeats what the first told
+    assert second["cumulative_eig"] < 2 * first["marginal_eig"]
+
+
+def test_ranking_is_stable_across_seeds_within_monte_carlo_error(trained):
+    model, cohort = trained
+    record = cohort.records[3]
+    at = record.end_of_followup + 0.25
+    a = {g.test: g for g in recommend(model, record, target="latent", at=at, n_samples=256, seed=0).gains}
+    b = {g.test: g for g in recommend(model, record, target="latent", at=at, n_samples=256, seed=1).gains}
+    for name in a:
+        assert abs(a[name].eig - b[name].eig) < 4 * math.hypot(a[name].mc_error, b[name].mc_error) + 1e-3
+    same = recommend(model, record, target="latent", at=at, n_samples=256, seed=0)
+    assert [g.eig for g in same.gains] == [a[g.test].eig for g in same.gains]  # same seed, same numbers
+
+
+def test_recommend_command_prints_the_table_and_json(trained, tmp_path):
+    model, _ = trained
+    model.data_source = "synthetic"
+    model.save(tmp_path / "m")
+    runner = CliRunner()
+    out = runner.invoke(app, ["recommend", "--model", str(tmp_path / "m"), "--patient", "syn00002", "--target", "risk:death:3",
+                              "--n-samples", "64", "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert {t["test"] for t in data["tests"]} == {t.name for t in model.config.tests}
+    assert np.isfinite([t["eig"] for t in data["tests"]]).all()
+    out = runner.invoke(app, ["recommend", "--model", str(tmp_path / "m"), "--patient", "syn00002", "--target", "risk:nothing:3"])
+    assert out.exit_code != 0
