@@ -75,6 +75,16 @@ def test_factual_plan_reproduces_the_forecast(sim, cohort):
     np.testing.assert_allclose(mine.paths.expected[:, :, common], forecast.paths.expected, atol=1e-4)
 
 
+def test_a_cached_posterior_gives_the_same_numbers_as_a_fresh_one(model_dir, cohort):
+    record = cohort.records[5]
+    fresh = Simulator.load(model_dir).whatif(record, [NONE, DRUG], horizon=2.0, n_samples=20, seed=9)
+    warm = Simulator.load(model_dir)
+    warm.whatif(record, [DRUG], horizon=2.0, n_samples=20, seed=9)  # infers and caches the posterior
+    again = warm.whatif(record, [NONE, DRUG], horizon=2.0, n_samples=20, seed=9)
+    for name in ("no drug", "drug"):
+        np.testing.assert_array_equal(fresh.forecasts[name].paths.predictive, again.forecasts[name].paths.predictive)
+
+
 def test_whatif_refuses_bad_plans_naming_the_field(sim, cohort):
     record = cohort.records[0]
     with pytest.raises(RecordValidationError, match=r"exposures\[0\]\.treatment"):

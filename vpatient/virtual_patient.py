@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from vpatient.train import TrainingHistory, TrainSettings, fit_world_model
 __all__ = ["CheckpointError", "Forecast", "SimulatedPaths", "VirtualPatientModel"]
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+_POSTERIOR_CACHE = 64  # histories whose refined posterior is kept
 _FILES = ("weights.pt", "config.json", "model.json", "scalers.json")
 
 
@@ -137,6 +139,8 @@ class VirtualPatientModel:
         self.world = world.eval()
         self.data_source = data_source  # what it was trained on ("pbc2", a path), for finding patients
         self.refine_steps = 60  # posterior refinement steps per forecast (0: amortised posterior only)
+        # Refined posteriors of recent histories: a what-if edited plan by plan re-infers nothing.
+        self._posteriors: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self.config = config
         self.scalers = scalers
         self.layout = FeatureLayout.from_config(config)
@@ -289,9 +293,7 @@ class VirtualPatientModel:
         batch = make_batch(histories, self.config, self.scalers)
         cutoff = batch.followup_end
         generator = torch.Generator().manual_seed(seed)
-        mean, var = self.world.posterior(batch, cutoff)
-        if refine_steps > 0:
-            mean, var = self.world.refine_posterior(batch, mean, var, steps=refine_steps, generator=generator)
+        mean, var = self._posterior(histories, batch, cutoff, refine_steps, seed, generator)
         n, s = len(histories), n_samples
         eps = torch.randn((n, s, mean.shape[-1]), generator=generator)
         z0 = (mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps).reshape(n * s, -1)
@@ -325,6 +327,23 @@ class VirtualPatientModel:
             generator.set_state(noise_state)
             out.append(self._decode(histories, times, solution, self.world.offsets(z0), cutoff, n, s, generator, ess))
         return out
+
+    def _posterior(self, histories, batch, cutoff, refine_steps: int, seed: int, generator: torch.Generator):
+        """q(z0) of each history, refined; cached with the generator's state after it, so a hit gives the same numbers."""
+        if refine_steps == 0:
+            return self.world.posterior(batch, cutoff)
+        key = (tuple(h.model_dump_json() for h in histories), refine_steps, seed)
+        if key in self._posteriors:
+            self._posteriors.move_to_end(key)
+            mean, var, state = self._posteriors[key]
+            generator.set_state(state)
+            return mean, var
+        mean, var = self.world.posterior(batch, cutoff)
+        mean, var = self.world.refine_posterior(batch, mean, var, steps=refine_steps, generator=generator)
+        self._posteriors[key] = (mean, var, generator.get_state())
+        if len(self._posteriors) > _POSTERIOR_CACHE:
+            self._posteriors.popitem(last=False)
+        return mean, var
 
     def _decode(self, histories, times, solution, offsets, cutoff, n, s, generator, ess) -> SimulatedPaths:
         t_len = max(len(t) for t in times)

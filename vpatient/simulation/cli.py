@@ -45,7 +45,14 @@ def _simulator(model: Path):
     from vpatient.datasets import load_dataset
     from vpatient.simulation import Simulator
 
-    sim = Simulator.load(model)
+    try:
+        sim = Simulator.load(model)
+    except VPatientError as exc:
+        if "population" not in str(exc):
+            raise
+        typer.echo(f"{exc}: refitting it", err=True)
+        (model / "population.json").unlink()
+        sim = Simulator.load(model)
     if sim.population is None:
         source = sim.model.data_source or sim.model.config.name
         typer.echo(f"fitting the population model on {source} (once; saved in {model}) ...", err=True)

@@ -245,7 +245,10 @@ class Population:
             values["observed_share"] = {k: tuple(v) for k, v in data["observed_share"].items()}
             return cls(**values)
         except (KeyError, TypeError) as exc:
-            raise VPatientError(f"unreadable population model ({exc})") from None
+            raise VPatientError(
+                f"unreadable or outdated population model ({exc}); delete population.json beside the checkpoint "
+                "and it is fitted again from the training data"
+            ) from None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
