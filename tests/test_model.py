@@ -282,3 +282,19 @@ def test_plans_replace_the_future_with_common_random_numbers(small_model, cohort
     np.testing.assert_allclose(as_given.expected, factual.expected, atol=1e-4)  # the factual plan reproduces the forecast
     assert np.abs(stopped.expected - as_given.expected)[:, :, 1:].max() > 1e-6  # withdrawing the drug changes it
     np.testing.assert_allclose(stopped.expected[:, :, 0], as_given.expected[:, :, 0], atol=1e-4)  # not the past
+
+
+def test_mixture_quantiles_are_exact_for_one_component_and_match_sampling_for_many():
+    from scipy.stats import norm
+
+    from vpatient.virtual_patient import mixture_quantiles
+
+    one = mixture_quantiles(np.array([[1.5]]), np.array([2.0]), (0.05, 0.5, 0.95))
+    np.testing.assert_allclose(one[:, 0], norm.ppf([0.05, 0.5, 0.95], loc=1.5, scale=2.0), atol=1e-8)
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(50, 3))
+    sd = np.array([0.1, 0.5, 2.0])
+    draws = means[rng.integers(50, size=400_000)] + rng.normal(size=(400_000, 3)) * sd
+    np.testing.assert_allclose(
+        mixture_quantiles(means, sd, (0.05, 0.25, 0.75)), np.quantile(draws, [0.05, 0.25, 0.75], axis=0), atol=0.02
+    )

@@ -63,6 +63,7 @@ class SimulatedPaths:
     incidence: np.ndarray  # (B, S, T, E): P(first event is k, by t | event-free at the cut-off)
     cutoff: np.ndarray  # (B,)
     effective_sample_size: np.ndarray  # (B,) of the importance weights, before resampling
+    noise_sd: np.ndarray  # (Dc,) measurement noise sd of each continuous variable, modelling scale
 
 
 @dataclass
@@ -83,13 +84,17 @@ class Forecast:
         """Per continuous variable and time: mean and 5/25/50/75/95% predictive quantiles.
 
         ``scale="natural"`` reports lab units (mg/dl); ``"model"`` the transformed scale.
+        Quantiles are those of the predictive mixture, every posterior path's mean with
+        the measurement noise around it (exact, so bands are smooth rather than the
+        quantiles of one noisy draw per path); the mean is that of the sampled draws.
         """
         rows = []
         samples = self.paths.predictive[0]  # (S, T, Dc)
+        mixture = mixture_quantiles(self.paths.expected[0], self.paths.noise_sd, QUANTILES)  # (Q, T, Dc)
         for j, name in enumerate(self.layout.continuous):
             transform = self.config.variable(name).transform
             values = samples[..., j] if scale == "model" else transforms.inverse(samples[..., j], transform)
-            qs = np.quantile(values, QUANTILES, axis=0)  # (Q, T)
+            qs = mixture[..., j] if scale == "model" else transforms.inverse(mixture[..., j], transform)  # (Q, T)
             for i, t in enumerate(self.times):
                 rows.append(
                     {
@@ -395,6 +400,9 @@ class VirtualPatientModel:
             incidence=shape(incidence),
             cutoff=cutoff.numpy().astype(np.float64),
             effective_sample_size=ess.numpy().astype(np.float64),
+            noise_sd=(decoder.continuous_sd() * std_c).detach().numpy().astype(np.float64)
+            if decoder.continuous is not None
+            else np.zeros(0),
         )
 
     # -- forecasting -------------------------------------------------------------
@@ -427,6 +435,28 @@ class VirtualPatientModel:
         )
         paths = self.simulate([history], [grid], n_samples=n_samples, seed=seed, plans=[plan] if plan else None)
         return Forecast(record.subject_id, float(until), self.config, self.layout, paths)
+
+
+def mixture_quantiles(means: np.ndarray, sd: np.ndarray, levels: Sequence[float], iterations: int = 40) -> np.ndarray:
+    """Quantiles of an equal-weight Gaussian mixture along axis 0: means (S, ...), sd broadcast to means[0].
+
+    The mixture CDF is monotone, so each quantile is found by bisection between the
+    extreme component quantiles; returns (len(levels), ...).
+    """
+    from scipy.special import ndtr, ndtri
+
+    sd = np.broadcast_to(np.maximum(sd, 1e-12), means.shape[1:])
+    out = []
+    for q in levels:
+        z = float(ndtri(q))
+        lo = means.min(axis=0) + z * sd - 1e-9
+        hi = means.max(axis=0) + z * sd + 1e-9
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            below = ndtr((mid - means) / sd).mean(axis=0) < q
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+        out.append(0.5 * (lo + hi))
+    return np.stack(out)
 
 
 def _resample(log_w: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -474,6 +504,7 @@ def _concat_paths(parts: list[SimulatedPaths]) -> SimulatedPaths:
         incidence=np.concatenate([pad(p.incidence, 2) for p in parts]),
         cutoff=np.concatenate([p.cutoff for p in parts]),
         effective_sample_size=np.concatenate([p.effective_sample_size for p in parts]),
+        noise_sd=parts[0].noise_sd,
     )
 
 
