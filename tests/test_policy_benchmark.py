@@ -40,6 +40,7 @@ def result() -> TestSelectionBenchmarkResult:
             latency_patients=0,
             truth_patients=2,
             truth_samples=200,
+            truth_model_samples=32,
             train_settings=TrainSettings(epochs=2),
             cache_dir=None,
             progress=False,
@@ -94,7 +95,7 @@ def test_outcome_and_area() -> None:
     from vpatient.policy import Target
 
     class _Config:
-        event_kinds = ["death", "transplant"]
+        event_kinds = ("death", "transplant")
 
     target = Target.parse("risk:death:3", _Config())  # type: ignore[arg-type]
     obs = [Observation(time=0.0, variable="x", value=1.0)]

@@ -55,4 +55,4 @@ def test_committed_benchmark_results_follow_their_schema():
         schema = json.loads(rendered_files()[f"{by_benchmark[data['benchmark']]}.schema.json"])
         jsonschema.validate(data, schema)
         kinds.add(data["benchmark"])
-    assert {"forecast", "training", "counterfactual", "pbc-trial", "cohort-fidelity", "simulate-speed"} <= kinds
+    assert {"forecast", "training", "counterfactual", "pbc-trial", "cohort-fidelity", "simulate-speed", "test-selection"} <= kinds

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from vpatient import __version__
+from vpatient.dashboard import dashboard_command
 from vpatient.errors import Problem, RecordValidationError, VPatientError
 from vpatient.evaluate.cli import benchmark_app
 from vpatient.simulation.cli import simulate_app, whatif_command
@@ -27,6 +28,7 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(simulate_app, name="simulate")
 app.command("whatif")(whatif_command)
+app.command("dashboard")(dashboard_command)
 
 log = logging.getLogger("vpatient")
 

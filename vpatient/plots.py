@@ -156,7 +156,9 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
     for i, kind in enumerate(layout.events):
         ax = axes[len(names) + i]
         for k, plan in enumerate(result.plans):
-            part = survival[(survival["event"] == kind) & (survival["plan"] == plan.name) & (survival["time"] >= result.at - 1e-9)]
+            part = survival[
+                (survival["event"] == kind) & (survival["plan"] == plan.name) & (survival["time"] >= result.at - 1e-9)
+            ]
             ax.plot(part["time"], part["survival"], color=f"C{k}", label=plan.name)
             ax.fill_between(part["time"], part["survival_q05"], part["survival_q95"], color=f"C{k}", alpha=0.15)
         ax.set_ylim(0, 1.02)

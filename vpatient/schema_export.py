@@ -101,6 +101,16 @@ def _all_types() -> dict[str, type[BaseModel]]:
     from vpatient.evaluate.forecast_benchmark import RESULT_TYPES as FORECAST
     from vpatient.evaluate.pbc_trial_benchmark import RESULT_TYPES as PBC_TRIAL
     from vpatient.evaluate.simulate_speed_benchmark import RESULT_TYPES as SIMULATE_SPEED
+    from vpatient.evaluate.test_selection_benchmark import RESULT_TYPES as TEST_SELECTION
     from vpatient.evaluate.training_benchmark import RESULT_TYPES as TRAINING
 
-    return {**BOUNDARY_TYPES, **FORECAST, **TRAINING, **COUNTERFACTUAL, **PBC_TRIAL, **COHORT_FIDELITY, **SIMULATE_SPEED}
+    return {
+        **BOUNDARY_TYPES,
+        **FORECAST,
+        **TRAINING,
+        **COUNTERFACTUAL,
+        **PBC_TRIAL,
+        **COHORT_FIDELITY,
+        **SIMULATE_SPEED,
+        **TEST_SELECTION,
+    }

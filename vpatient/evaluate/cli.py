@@ -111,8 +111,10 @@ from vpatient.evaluate.cohort_fidelity_benchmark import benchmark_cohort_fidelit
 from vpatient.evaluate.counterfactual_benchmark import benchmark_counterfactual  # noqa: E402
 from vpatient.evaluate.pbc_trial_benchmark import benchmark_pbc_trial  # noqa: E402
 from vpatient.evaluate.simulate_speed_benchmark import benchmark_simulate_speed  # noqa: E402
+from vpatient.evaluate.test_selection_benchmark import benchmark_test_selection  # noqa: E402
 
 _mount(benchmark_counterfactual, "counterfactual")
 _mount(benchmark_pbc_trial, "pbc-trial")
 _mount(benchmark_cohort_fidelity, "cohort-fidelity")
 _mount(benchmark_simulate_speed, "simulate-speed")
+_mount(benchmark_test_selection, "test-selection")

@@ -91,6 +91,7 @@ from vpatient.evaluate.protocol import (
     survival_setup,
     target_frame,
 )
+from vpatient.evaluate.results_io import write_result
 from vpatient.model.vpm import ModelSettings
 from vpatient.plans import dose_at
 from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
@@ -892,15 +893,7 @@ def plot_cohort_fidelity(result: CohortFidelityBenchmarkResult, path: str | Path
 
 def write_cohort_fidelity_results(result: CohortFidelityBenchmarkResult, out_dir: str | Path) -> list[Path]:
     """Write ``out_dir/cohort-fidelity.json``, ``.md`` and ``.png``; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path, png_path = out / "cohort-fidelity.json", out / "cohort-fidelity.md", out / "cohort-fidelity.png"
-    json_path.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(result.to_markdown(), encoding="utf-8")
-    plot_cohort_fidelity(result, png_path)
-    for path in (json_path, md_path, png_path):
-        log.info("wrote %s", path)
-    return [json_path, md_path, png_path]
+    return write_result(result, out_dir, "cohort-fidelity", plot_cohort_fidelity)
 
 
 # --------------------------------------------------------------------------- CLI (mounted in vpatient/evaluate/cli.py)

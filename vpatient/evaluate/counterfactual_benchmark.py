@@ -97,6 +97,7 @@ from vpatient import __version__, transforms
 from vpatient.data.synthetic import SyntheticCohort, SyntheticTruth, synthetic_cohort
 from vpatient.data.timeline import truncate_record
 from vpatient.evaluate.protocol import ProtocolError, Standardiser, last_observations, survival_setup
+from vpatient.evaluate.results_io import write_result
 from vpatient.model.vpm import ModelSettings
 from vpatient.plans import dose_at, exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind
@@ -785,14 +786,7 @@ def _targets(scores: Sequence[PlanScore], method: str, strengths: Sequence[float
 
 def write_counterfactual_results(result: CounterfactualBenchmarkResult, out_dir: str | Path) -> list[Path]:
     """Write ``out_dir/counterfactual-<data>.json`` and ``.md``; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / f"counterfactual-{result.data}.json", out / f"counterfactual-{result.data}.md"
-    json_path.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(result.to_markdown(), encoding="utf-8")
-    for path in (json_path, md_path):
-        log.info("wrote %s", path)
-    return [json_path, md_path]
+    return write_result(result, out_dir, f"counterfactual-{result.data}")
 
 
 # --------------------------------------------------------------------------- CLI (mounted in vpatient/evaluate/cli.py)

@@ -60,6 +60,7 @@ from vpatient import __version__
 from vpatient.data.cohort import NO_TREATMENT_ARM, Cohort
 from vpatient.evaluate.fold_models import DEFAULT_CACHE, trained_model
 from vpatient.evaluate.protocol import ProtocolError, forecast_folds, sort_subject_ids
+from vpatient.evaluate.results_io import write_result
 from vpatient.model.vpm import ModelSettings
 from vpatient.schemas import PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind, parse_plan
 from vpatient.simulation.simulator import Simulator
@@ -738,15 +739,7 @@ def plot_pbc_trial(result: PbcTrialBenchmarkResult, path: str | Path) -> Path:
 
 def write_pbc_trial_results(result: PbcTrialBenchmarkResult, out_dir: str | Path) -> list[Path]:
     """Write ``out_dir/pbc-trial.json``, ``.md`` and ``.png``; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path, png_path = out / "pbc-trial.json", out / "pbc-trial.md", out / "pbc-trial.png"
-    json_path.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(result.to_markdown(), encoding="utf-8")
-    plot_pbc_trial(result, png_path)
-    for path in (json_path, md_path, png_path):
-        log.info("wrote %s", path)
-    return [json_path, md_path, png_path]
+    return write_result(result, out_dir, "pbc-trial", plot_pbc_trial)
 
 
 # --------------------------------------------------------------------------- CLI (mounted in vpatient/evaluate/cli.py)

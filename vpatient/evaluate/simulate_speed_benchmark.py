@@ -36,6 +36,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field
 
 from vpatient import __version__
+from vpatient.evaluate.results_io import write_result
 from vpatient.tables import markdown_table
 
 if TYPE_CHECKING:  # torch-backed modules load when the benchmark runs, not when the CLI starts
@@ -291,11 +292,7 @@ def run_simulate_speed_benchmark(
 
 
 def write_simulate_speed_results(result: SimulateSpeedResult, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "simulate-speed.json", out_dir / "simulate-speed.md"
-    json_path.write_text(result.model_dump_json(indent=2) + "\n")
-    md_path.write_text(result.to_markdown())
-    return [json_path, md_path]
+    return write_result(result, out_dir, "simulate-speed")
 
 
 # CLI (mounted in vpatient/evaluate/cli.py)

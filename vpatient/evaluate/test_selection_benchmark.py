@@ -63,7 +63,6 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field
 
 from vpatient import __version__
-from vpatient.evaluate.fold_models import DEFAULT_CACHE
 from vpatient.tables import markdown_table
 
 __all__ = [
@@ -74,6 +73,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The fold models' cache (the value of vpatient.evaluate.fold_models.DEFAULT_CACHE, which imports torch).
+DEFAULT_CACHE = Path("benchmarks/.cache/models")
 
 METHODS = ("eig", "random", "fixed", "oracle")
 DEFAULT_TARGETS = {"pbc2": "risk:death:3", "synthetic": "risk:progression:2"}
@@ -122,6 +124,7 @@ class CalibrationSummary(BaseModel):
     n_pairs: int
     mean_predicted: float
     mean_realised: float
+    se_realised: float = Field(description="Standard error of the mean realised information over pairs.")
     ratio: float | None
     bins: list[CalibrationBin]
 
@@ -149,6 +152,7 @@ class TruthSummary(BaseModel):
     n_model_samples: int
     n_true_samples: int
     mean_spearman: float | None
+    se_spearman: float | None = Field(description="Standard error of the mean Spearman over patients.")
     per_test: dict[str, dict[str, float]] = Field(description="test -> mean model EIG, mean true EIG (nats).")
     mean_true_ess: float
     method: str
@@ -233,7 +237,7 @@ class TestSelectionBenchmarkResult(BaseModel):
                 f"### {cal.data}: {cal.target}",
                 "",
                 f"{cal.n_pairs} (patient, test) pairs; mean predicted {cal.mean_predicted:.4f}, "
-                f"mean realised {cal.mean_realised:.4f}, ratio {_fmt(cal.ratio)}.",
+                f"mean realised {cal.mean_realised:.4f} (standard error {cal.se_realised:.4f}), ratio {_fmt(cal.ratio)}.",
                 "",
                 markdown_table(pd.DataFrame([b.model_dump() for b in cal.bins]), index=False, digits=4),
                 "",
@@ -266,7 +270,8 @@ class TestSelectionBenchmarkResult(BaseModel):
                 f"## Against the truth ({tr.data}: {tr.target})",
                 "",
                 f"{tr.n_patients} patients; model {tr.n_model_samples} samples, truth {tr.n_true_samples} samples "
-                f"(mean importance ESS {tr.mean_true_ess:.0f}); mean Spearman {_fmt(tr.mean_spearman)}. {tr.method}",
+                f"(mean importance ESS {tr.mean_true_ess:.0f}); mean Spearman {_fmt(tr.mean_spearman)} "
+                f"(standard error {_fmt(tr.se_spearman)}). {tr.method}",
                 "",
                 markdown_table(pd.DataFrame(tr.per_test).T.rename_axis("test"), digits=4),
                 "",
@@ -630,6 +635,7 @@ def _calibration_summary(data: str, target: str, pairs, n_bins: int = 5) -> Cali
         n_pairs=len(pred),
         mean_predicted=mp,
         mean_realised=mr,
+        se_realised=float(real.std(ddof=1) / math.sqrt(len(real))) if len(real) > 1 else math.nan,
         ratio=mr / mp if len(pred) and mp > 1e-12 else None,
         bins=bins,
     )
@@ -779,7 +785,7 @@ def _against_truth(cohort, fold_models_list, target_spec, n_patients, n_samples,
     truth = cohort.truth
     target = Target.parse(target_spec, cohort.config)
     tests = [t.name for t in cohort.config.tests]
-    rhos, model_eigs, true_eigs, esses = [], [], [], []
+    rhos, model_eigs, true_eigs, esses, errs = [], [], [], [], []
     per_fold = math.ceil(n_patients / max(len(fold_models_list), 1))
     for fold, model in fold_models_list:
         taken = 0
@@ -792,6 +798,7 @@ def _against_truth(cohort, fold_models_list, target_spec, n_patients, n_samples,
             _, hidden = _hidden(record, s)
             rec = recommend(model, hidden, target, at=s, n_samples=n_samples, seed=_derived(seed, fold.index, 6, j))
             est = {g.test: g.eig for g in rec.gains}
+            errs.append([{g.test: g.mc_error for g in rec.gains}[t] for t in tests])
             true, ess = _true_eig(truth, record, s, target, tests, n_true, _derived(seed, fold.index, 8, j))
             a, b = [est[t] for t in tests], [true[t] for t in tests]
             rho = spearmanr(a, b).statistic if np.std(a) > 0 and np.std(b) > 0 else math.nan
@@ -803,7 +810,14 @@ def _against_truth(cohort, fold_models_list, target_spec, n_patients, n_samples,
             taken += 1
     me, te = np.asarray(model_eigs), np.asarray(true_eigs)
     per_test = (
-        {t: {"model_eig": float(me[:, k].mean()), "true_eig": float(te[:, k].mean())} for k, t in enumerate(tests)}
+        {
+            t: {
+                "model_eig": float(me[:, k].mean()),
+                "model_mc_error": float(np.mean(errs, axis=0)[k]),
+                "true_eig": float(te[:, k].mean()),
+            }
+            for k, t in enumerate(tests)
+        }
         if len(me)
         else {}
     )
@@ -814,6 +828,7 @@ def _against_truth(cohort, fold_models_list, target_spec, n_patients, n_samples,
         n_model_samples=n_samples,
         n_true_samples=n_true,
         mean_spearman=float(np.mean(rhos)) if rhos else None,
+        se_spearman=float(np.std(rhos, ddof=1) / math.sqrt(len(rhos))) if len(rhos) > 1 else None,
         per_test=per_test,
         mean_true_ess=float(np.mean(esses)) if esses else math.nan,
         method=(
@@ -845,6 +860,7 @@ def run_test_selection_benchmark(
     latency_samples: int = 256,
     truth_patients: int = 20,
     truth_samples: int = 2000,
+    truth_model_samples: int = 1024,
     train_settings=None,
     cache_dir: str | Path | None = DEFAULT_CACHE,
     progress: bool = True,
@@ -892,7 +908,7 @@ def run_test_selection_benchmark(
             fold, model = models[0]
             latency = _latency(model, fold.test, targets[name], latency_patients, latency_samples, seed, name)
         if name == "synthetic" and truth_patients > 0 and getattr(cohort, "truth", None) is not None:
-            truth = _against_truth(cohort, models, targets[name], truth_patients, latency_samples, truth_samples, seed)
+            truth = _against_truth(cohort, models, targets[name], truth_patients, truth_model_samples, truth_samples, seed)
             if progress:
                 print(f"[test-selection] truth done, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         if name == "synthetic":
@@ -949,6 +965,18 @@ def run_test_selection_benchmark(
         "Curves use x = step (one test per step); every policy picks by gain per step, not per cost. "
         "The EIG policy uses the full test's variables for its hypothetical results; the realised update uses the "
         "variables actually measured at the landmark visit."
+    )
+    notes.append(
+        "The oracle sees each patient's outcome and picks the reveal that moves the risk towards it (its curve can rise "
+        "again once only unhelpful tests remain); it bounds what any outcome-blind policy can reach. The EIG policy "
+        "maximises the expected entropy reduction of the target, not the log-loss of one outcome."
+    )
+    notes.append(
+        "Calibration: one realised result per (patient, test), so the realised drop is noisy; read the ratio together "
+        "with the standard error of the mean realised information."
+    )
+    notes.append(
+        "Targets: " + ", ".join(f"{d} {targets[d]}" for d in datasets) + " (the event by the horizon after the landmark)."
     )
     if max_patients_per_fold is not None:
         notes.append(f"At most {max_patients_per_fold} held-out patients per fold were looked at (time budget).")
@@ -1044,6 +1072,9 @@ def benchmark_test_selection(
     latency_patients: Annotated[int, typer.Option("--latency-patients", min=0, help="PBC patients timed.")] = 30,
     truth_patients: Annotated[int, typer.Option("--truth-patients", min=0, help="Synthetic patients against the truth.")] = 20,
     truth_samples: Annotated[int, typer.Option("--truth-samples", min=100, help="Nested-MC samples of the true EIG.")] = 2000,
+    truth_model_samples: Annotated[
+        int, typer.Option("--truth-model-samples", min=16, help="recommend() samples compared with the truth.")
+    ] = 1024,
     data: Annotated[str, typer.Option("--data", help="Comma-separated datasets: pbc2, synthetic.")] = "pbc2,synthetic",
     cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Trained fold models are cached here.")] = DEFAULT_CACHE,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON, markdown and PNG results.")] = Path(
@@ -1065,6 +1096,7 @@ def benchmark_test_selection(
         latency_patients=latency_patients,
         truth_patients=truth_patients,
         truth_samples=truth_samples,
+        truth_model_samples=truth_model_samples,
         cache_dir=cache_dir,
         progress=progress,
     )

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vpatient import __version__
 from vpatient.data.cohort import Cohort
+from vpatient.evaluate.results_io import write_result
 from vpatient.model.vpm import ModelSettings
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
@@ -82,10 +83,5 @@ def run_training_benchmark(cohort: Cohort, seed: int = 0) -> tuple[TrainingBench
     return result, model
 
 
-def write_training_result(result: TrainingBenchmarkResult, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"training-{result.data}.json"
-    md_path = out_dir / f"training-{result.data}.md"
-    json_path.write_text(result.model_dump_json(indent=2) + "\n")
-    md_path.write_text(result.to_markdown())
-    return json_path, md_path
+def write_training_result(result: TrainingBenchmarkResult, out_dir: Path) -> list[Path]:
+    return write_result(result, out_dir, f"training-{result.data}")

@@ -1,0 +1,161 @@
+"""Clinician what-if dashboard: `vpatient dashboard [--model DIR]` (or `streamlit run dashboards/app.py`).
+
+Thin on purpose: widgets build request objects of :mod:`vpatient.dashboard`, the
+library computes (and caches), and this file only draws. The model is loaded once per
+server (``st.cache_resource``); it is ``$VPATIENT_MODEL_DIR``, else the demo PBC model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from vpatient import dashboard as vd
+from vpatient.errors import RecordValidationError, VPatientError
+
+st.set_page_config(page_title="vpatient what-if", layout="wide")
+
+
+@st.cache_resource(show_spinner="Loading the model (training the demo model the first time, a few minutes) ...")
+def session(model_dir: str) -> vd.DashboardSession:
+    return vd.DashboardSession.load(vd.resolve_model_dir(model_dir or None))
+
+
+def show_problems(exc: RecordValidationError, what: str) -> None:
+    st.error(f"{what}: {sum(p.severity == 'error' for p in exc.problems)} problem(s) to fix")
+    st.table(vd.problems_table(exc.problems))
+
+
+sess = session(os.environ.get(vd.MODEL_ENV, ""))
+config = sess.config
+st.title("Virtual patient: forecast, what-if and next test")
+st.caption(f"Model trained on {sess.model.data_source or config.name} · checkpoint {sess.model_dir}")
+
+# --------------------------------------------------------------------------- 1. patient
+with st.sidebar:
+    st.header("Patient")
+    query = st.text_input("Search by subject id", key="patient_query")
+    ids = sess.subject_ids(query)
+    upload = st.file_uploader(
+        f"... or upload one patient's record (MEDS CSV / parquet, or record JSON; ≤ {vd.MAX_UPLOAD_BYTES // 2**20} MB)",
+        type=["csv", "parquet", "json"],
+        key="upload",
+    )
+    upload_key = None
+    if upload is not None:
+        try:
+            upload_key = sess.add_upload(upload.name, upload.getvalue())
+            st.success(f"uploaded {upload.name}: valid record")
+            if st.session_state.get("last_upload") != upload_key:  # a new upload becomes the patient shown
+                st.session_state["last_upload"] = upload_key
+                st.session_state["patient"] = upload_key
+        except RecordValidationError as exc:
+            show_problems(exc, f"{upload.name} is not a valid record")
+        except VPatientError as exc:
+            st.error(str(exc))
+    options = ([upload_key] if upload_key else []) + ids
+    if not options:
+        st.warning("No patient matches; clear the search or upload a record.")
+        st.stop()
+    subject = st.selectbox("Patient", options, key="patient", format_func=lambda s: "uploaded record" if s == upload_key else s)
+
+record = sess.record(subject)
+last_visit = sess.last_visit(subject)
+visits = record.visit_times() or [0.0]
+
+tab_timeline, tab_forecast, tab_whatif, tab_next, tab_card = st.tabs(
+    ["Timeline", "Forecast", "What-if", "Next test", "Model card"]
+)
+
+# --------------------------------------------------------------------------- 2. timeline
+with tab_timeline:
+    st.subheader(f"Record of subject {record.subject_id}")
+    st.image(sess.figure("timeline", subject), width="stretch")
+
+# --------------------------------------------------------------------------- 3. forecast
+with tab_forecast:
+    cols = st.columns(3)
+    until = cols[0].select_slider(
+        "Forecast from (years since enrolment; what was known then)",
+        options=[round(t, 2) for t in visits],
+        value=round(last_visit, 2),
+        key=f"forecast_until_{subject}",
+    )
+    horizon = cols[1].slider("Horizon (years)", 1.0, 10.0, 5.0, 0.5, key="forecast_horizon")
+    n_samples = cols[2].select_slider("Sample paths", [50, 100, 200, 400], value=200, key="n_samples")
+    forecast_request = vd.ForecastRequest(subject, float(until), float(horizon), int(n_samples), 0)
+    st.subheader(f"Forecast of subject {record.subject_id} from t = {until:.2f}")
+    with st.spinner("Forecasting ..."):
+        st.image(sess.figure("forecast", forecast_request), width="stretch")
+    with st.expander(f"Forecast {horizon:g} years ahead, in numbers"):
+        st.table(vd.styled(vd.forecast_table(sess.forecast(forecast_request))))
+    st.caption("Median, 50% and 90% prediction bands per lab; survival from the forecast time per event, with 90% bands.")
+
+# --------------------------------------------------------------------------- 4. what-if
+with tab_whatif:
+    at = float(until)
+    st.markdown(f"Plans take over at the forecast time **t = {at:.2f}** (what was given before stays as recorded).")
+    treatments = config.treatments
+    labels = list(vd.ACTIONS)
+    defaults = [("treat", "start or change dose"), ("no treatment", "stop"), ("as recorded", "as recorded")]
+    specs = []
+    plan_cols = st.columns(vd.MAX_PLANS)
+    for i, col in enumerate(plan_cols):
+        with col:
+            enabled = i < 2 or st.checkbox("Add a third plan", value=False, key=f"plan{i}_enabled")
+            if not enabled:
+                continue
+            name = st.text_input(f"Plan {i + 1} name", value=defaults[i][0], key=f"plan{i}_name")
+            action = st.selectbox(f"Plan {i + 1} action", labels, index=labels.index(defaults[i][1]), key=f"plan{i}_action")
+            treatment = st.selectbox(f"Plan {i + 1} treatment", treatments, key=f"plan{i}_treatment") if treatments else None
+            start = st.number_input(f"Plan {i + 1} from (years after t)", 0.0, 20.0, 0.0, 0.25, key=f"plan{i}_start")
+            dose = st.number_input(f"Plan {i + 1} dose", value=1.0, step=0.1, key=f"plan{i}_dose")
+            specs.append(vd.PlanSpec(name, vd.ACTIONS[action], treatment, float(start), float(dose)))
+    whatif_request = vd.WhatIfRequest(subject, tuple(specs), at, float(horizon), int(n_samples), 0)
+    try:
+        with st.spinner("Simulating the plans ..."):
+            result = sess.whatif(whatif_request)
+    except RecordValidationError as exc:
+        show_problems(exc, "The plans cannot be simulated")
+    except VPatientError as exc:
+        st.error(str(exc))
+    else:
+        st.subheader(f"Effects against plan '{result.reference}' (90% intervals)")
+        st.table(vd.styled(vd.effect_table(result)))
+        with st.expander("Effects on labs (typical value, natural units)"):
+            st.table(vd.styled(vd.effect_table(result, kinds=("lab",))))
+        st.image(sess.figure("whatif", whatif_request), width="stretch")
+
+# --------------------------------------------------------------------------- 5. next test
+with tab_next:
+    cols = st.columns(3)
+    events = config.event_kinds
+    event = cols[0].selectbox(
+        "Target: risk of", events, index=events.index("death") if "death" in events else 0, key="target_event"
+    )
+    years = cols[1].number_input("within (years)", 0.5, 20.0, 5.0, 0.5, key="target_years")
+    next_request = vd.NextTestRequest(subject, f"risk:{event}:{years:g}", at, 256, 0)
+    try:
+        recommendation = sess.recommend(next_request)
+    except VPatientError as exc:
+        st.error(str(exc))
+    else:
+        st.subheader(f"Tests at t = {at:.2f}, ranked by information per cost")
+        st.table(vd.styled(vd.recommendation_table(recommendation)))
+        chosen = cols[2].selectbox("Explain a test", [g.test for g in recommendation.gains], key="next_test")
+        st.info(vd.test_explanation(recommendation, chosen))
+
+# --------------------------------------------------------------------------- 6. model card
+with tab_card:
+    card = vd.model_card(sess.model, sess.model_dir)
+    st.subheader("What the model was trained on")
+    st.table({"": list(card["training"]), "value": [str(v) for v in card["training"].values()]})
+    st.subheader("Benchmarks")
+    if len(card["benchmarks"]):
+        st.table(card["benchmarks"])
+    for note in card["notes"]:
+        st.markdown(f"- {note}")
+    st.subheader("Intended use and limits")
+    st.markdown(card["intended_use"])
+    st.markdown(card["limits"])

@@ -1,0 +1,234 @@
+"""The what-if dashboard: its library side, and the Streamlit app driven by AppTest on a tiny PBC model."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vpatient import dashboard as vd
+from vpatient.datasets import load_dataset
+from vpatient.errors import RecordValidationError
+from vpatient.simulation import Simulator
+from vpatient.train import TrainSettings
+from vpatient.virtual_patient import VirtualPatientModel
+
+APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
+PATIENT = "5"
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    return load_dataset("pbc2")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, cohort) -> Path:
+    """A 2-epoch PBC model (a few seconds): enough to exercise every panel."""
+    model = VirtualPatientModel.fit(cohort.records, cohort.config, TrainSettings(epochs=2, seed=0), progress=False)
+    model.data_source = "pbc2"
+    return model.save(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def model(model_dir) -> VirtualPatientModel:
+    return VirtualPatientModel.load(model_dir)
+
+
+def app(model_dir: Path, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv(vd.MODEL_ENV, str(model_dir))
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    return at.run()
+
+
+def table_with(at, column: str) -> pd.DataFrame:
+    """The first table (main area or sidebar) that has ``column``."""
+    for table in [*at.table, *at.sidebar.table]:
+        value = table.value
+        if column in value.columns:
+            return value
+    raise AssertionError(f"no table with column {column!r}; tables: {[list(t.value.columns) for t in at.table]}")
+
+
+# --------------------------------------------------------------------------- library side
+
+
+def test_plan_spec_builds_validated_plans(cohort):
+    record = cohort.subject(PATIENT)
+    config = cohort.config
+    treat = vd.PlanSpec("treat", "dose", "d_penicillamine", 0.5, 0.5).to_plan(record, 1.0, config)
+    assert [(e.treatment, e.start, e.stop, e.dose) for e in treat.exposures][-1] == ("d_penicillamine", 1.5, None, 0.5)
+    stop = vd.PlanSpec("stop", "stop", "d_penicillamine", 0.0).to_plan(record, 1.0, config)
+    assert all(e.stop is not None and e.stop <= 1.0 for e in stop.exposures)
+    with pytest.raises(RecordValidationError) as info:
+        vd.PlanSpec("too much", "dose", "d_penicillamine", 0.0, 3.0).to_plan(record, 1.0, config)
+    assert info.value.problems[0].field.endswith("dose")
+
+
+def test_upload_parsing(cohort, tmp_path):
+    record = cohort.subject(PATIENT)
+    data = json.dumps(record.model_dump(mode="json")).encode()
+    assert vd.parse_upload("p.json", data, cohort.config).subject_id == PATIENT
+    with pytest.raises(vd.UploadError, match="limit"):
+        vd.parse_upload("big.json", b" " * (vd.MAX_UPLOAD_BYTES + 1), cohort.config)
+    with pytest.raises(vd.UploadError, match="unknown file type"):
+        vd.parse_upload("p.xlsx", b"x", cohort.config)
+    from vpatient.data.meds import write_meds
+
+    write_meds([record], cohort.config, tmp_path / "meds")
+    files = sorted((tmp_path / "meds").rglob("*.parquet"))
+    if files:
+        assert vd.parse_upload("one.parquet", files[0].read_bytes(), cohort.config).subject_id == PATIENT
+
+
+def test_demo_model_cache_location(monkeypatch, tmp_path, model_dir):
+    monkeypatch.setenv(vd.HOME_ENV, str(tmp_path))
+    monkeypatch.delenv(vd.MODEL_ENV, raising=False)
+    assert vd.demo_model_dir() == tmp_path / "pbc2-model"
+    # An existing complete checkpoint is used as it is, never retrained.
+    import shutil
+
+    shutil.copytree(model_dir, tmp_path / "pbc2-model")
+    assert vd.ensure_demo_model(echo=pytest.fail) == tmp_path / "pbc2-model"
+    assert vd.resolve_model_dir() == tmp_path / "pbc2-model"
+    monkeypatch.setenv(vd.MODEL_ENV, str(model_dir))
+    assert vd.resolve_model_dir() == model_dir
+
+
+def test_whatif_after_a_plan_edit_is_fast(model_dir):
+    """Recomputing a what-if after a plan edit reuses the refined posterior: < 500 ms (median) on PBC."""
+    session = vd.DashboardSession.load(model_dir)
+    at = session.last_visit(PATIENT)
+
+    def request(dose: float) -> vd.WhatIfRequest:
+        plans = (
+            vd.PlanSpec("treat", "dose", "d_penicillamine", 0.0, dose),
+            vd.PlanSpec("no treatment", "stop", "d_penicillamine"),
+        )
+        return vd.WhatIfRequest(PATIENT, plans, at, 5.0, 200, 0)
+
+    session.whatif(request(1.0))  # the first what-if of a patient refines its posterior (~2 s)
+    seconds = []
+    for dose in (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3):
+        start = time.perf_counter()
+        session.whatif(request(dose))
+        seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    print(f"what-if recompute after a plan edit: median {median * 1000:.0f} ms over {len(seconds)} edits")
+    assert median < 0.5, f"recomputing a what-if took {median:.3f} s (median), over the 0.5 s budget"
+
+
+def test_model_card(model, model_dir):
+    card = vd.model_card(model, model_dir)
+    assert card["training"]["trained on"] == "pbc2"
+    assert "Intended use" in card["intended_use"] and "Limits" in card["limits"]
+    assert card["notes"]
+    empty = vd.model_card(model, model_dir, results_dir=model_dir / "nowhere")
+    assert len(empty["benchmarks"]) == 0 and "No benchmark results" in empty["notes"][0]
+
+
+# --------------------------------------------------------------------------- the app (AppTest)
+
+
+def test_app_starts(model_dir, monkeypatch):
+    at = app(model_dir, monkeypatch)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.title[0].value.startswith("Virtual patient")
+    assert [t.label for t in at.tabs] == ["Timeline", "Forecast", "What-if", "Next test", "Model card"]
+
+
+def test_selecting_a_patient_shows_its_forecast(model_dir, model, cohort, monkeypatch):
+    at = app(model_dir, monkeypatch)
+    at.sidebar.text_input(key="patient_query").set_value(PATIENT).run()
+    at.selectbox(key="patient").set_value(PATIENT).run()
+    assert not at.exception, at.exception
+    assert any(f"Forecast of subject {PATIENT}" in h.value for h in at.subheader)
+    record = cohort.subject(PATIENT)
+    last = round(max(record.visit_times()), 2)
+    shown = table_with(at, "median")
+    expected = vd.forecast_table(model.forecast(record, last, 5.0, 200, 0))
+    assert list(shown["variable"]) == list(expected["variable"])
+    np.testing.assert_allclose(shown["median"].to_numpy(float), expected["median"].to_numpy(float), rtol=1e-5)
+
+
+def test_editing_a_plan_moves_the_effects_as_the_model_does(model_dir, model, cohort, monkeypatch):
+    at = app(model_dir, monkeypatch)
+    at.selectbox(key="patient").set_value(PATIENT).run()
+    before = table_with(at, "difference")
+    at.number_input(key="plan0_dose").set_value(0.5).run()
+    assert not at.exception, at.exception
+    after = table_with(at, "difference")
+    record = cohort.subject(PATIENT)
+    at_time = round(max(record.visit_times()), 2)
+
+    def library(dose: float) -> pd.DataFrame:
+        plans = [
+            vd.PlanSpec("treat", "dose", "d_penicillamine", 0.0, dose).to_plan(record, at_time, model.config),
+            vd.PlanSpec("no treatment", "stop", "d_penicillamine").to_plan(record, at_time, model.config),
+        ]
+        return vd.effect_table(Simulator(model).whatif(record, plans, 5.0, 200, 0, at_time))
+
+    lib_before, lib_after = library(1.0), library(0.5)
+    for shown, lib in ((before, lib_before), (after, lib_after)):
+        assert list(shown["quantity"]) == list(lib["quantity"])
+        np.testing.assert_allclose(shown["difference"].to_numpy(float), lib["difference"].to_numpy(float), rtol=1e-4, atol=1e-9)
+    change = after["difference"].to_numpy(float) - before["difference"].to_numpy(float)
+    lib_change = lib_after["difference"].to_numpy(float) - lib_before["difference"].to_numpy(float)
+    assert np.abs(change).max() > 0, "editing the plan left the effect table unchanged"
+    moved = np.abs(lib_change) > 1e-9
+    assert (np.sign(change[moved]) == np.sign(lib_change[moved])).all()
+
+
+def test_invalid_plan_shows_problems_and_app_keeps_working(model_dir, monkeypatch):
+    at = app(model_dir, monkeypatch)
+    at.number_input(key="plan0_dose").set_value(3.0).run()
+    assert not at.exception, at.exception
+    assert any("cannot be simulated" in e.value for e in at.error)
+    assert "dose" in " ".join(table_with(at, "field")["field"])
+    at.number_input(key="plan0_dose").set_value(0.5).run()
+    assert not at.error
+    table_with(at, "difference")
+
+
+def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, cohort, monkeypatch):
+    at = app(model_dir, monkeypatch)
+    assert not at.exception, at.exception
+    table = table_with(at, "EIG per cost")
+    assert sorted(table["test"]) == sorted(t.name for t in cohort.config.tests)
+    open_rows = table[~table["done at t"].astype(bool)]
+    ratios = open_rows["EIG per cost"].to_numpy(float)
+    assert (np.diff(ratios) <= 1e-12).all(), ratios
+    chosen = table["test"].iloc[-1]
+    at.selectbox(key="next_test").set_value(chosen).run()
+    assert any(chosen in i.value for i in at.info)
+
+
+def test_invalid_upload_shows_the_problems_and_the_app_still_works(model_dir, cohort, monkeypatch):
+    at = app(model_dir, monkeypatch)
+    bad = cohort.subject(PATIENT).model_dump(mode="json")
+    bad["observations"][0]["value"] = -4.0  # bilirubin is log-transformed: must be > 0
+    bad["subject_id"] = "bad-1"
+    at.sidebar.file_uploader(key="upload").upload("bad.json", json.dumps(bad).encode(), "application/json").run()
+    assert not at.exception, at.exception
+    assert any("not a valid record" in e.value for e in at.sidebar.error)
+    problems = table_with(at, "field")
+    assert (problems["subject"] == "bad-1").any() and problems["field"].str.contains("observations").any()
+    # The rest of the app works on the dataset's patients.
+    at.selectbox(key="patient").set_value(PATIENT).run()
+    assert not at.exception
+    assert any(f"Forecast of subject {PATIENT}" in h.value for h in at.subheader)
+    table_with(at, "difference")
+    # A valid upload becomes the patient shown.
+    good = cohort.subject(PATIENT).model_dump(mode="json") | {"subject_id": "uploaded-7"}
+    at.sidebar.file_uploader(key="upload").upload("good.json", json.dumps(good).encode(), "application/json").run()
+    assert not at.exception, at.exception
+    assert any("Forecast of subject uploaded-7" in h.value for h in at.subheader)
