@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint schemas clean chromium
+.PHONY: demo test lint schemas clean chromium poppler
 
 # The CPU build of torch goes in first: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -24,7 +24,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 chromium:
 	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
-test: $(STAMP) chromium
+# Report tests render a PDF's first page with pdftoppm (Debian's poppler-utils).
+poppler:
+	command -v pdftoppm >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq poppler-utils)
+
+test: $(STAMP) chromium poppler
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -18,6 +18,7 @@ from vpatient import __version__
 from vpatient.dashboard import dashboard_command
 from vpatient.errors import Problem, RecordValidationError, VPatientError
 from vpatient.evaluate.cli import benchmark_app
+from vpatient.report.cli import report_app
 from vpatient.simulation.cli import simulate_app, whatif_command
 
 app = typer.Typer(help="vpatient: a virtual-patient disease-progression simulator.", no_args_is_help=True, add_completion=False)
@@ -27,6 +28,7 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(simulate_app, name="simulate")
+app.add_typer(report_app, name="report")
 app.command("whatif")(whatif_command)
 app.command("dashboard")(dashboard_command)
 

@@ -1,0 +1,119 @@
+"""``vpatient report patient|trial|model``: thin calls into :mod:`vpatient.report`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vpatient.errors import VPatientError
+
+__all__ = ["report_app"]
+
+report_app = typer.Typer(help="Self-contained HTML (and PDF) reports: a patient, a trial, the model card.", no_args_is_help=True)
+
+ModelOption = Annotated[Path, typer.Option("--model", help="Checkpoint directory (vpatient train --out).")]
+OutOption = Annotated[Path, typer.Option("--out", help="HTML file to write (one self-contained file).")]
+PdfOption = Annotated[Path | None, typer.Option("--pdf", help="Also write a PDF (WeasyPrint).")]
+SeedOption = Annotated[int, typer.Option(help="Random seed; the same seed gives the same report.")]
+CardOption = Annotated[str | None, typer.Option("--card", help="Link to the model card (a path or URL) from the report.")]
+
+
+def _command() -> str:
+    return "vpatient " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+
+
+def _done(paths: list[Path]) -> None:
+    for path in paths:
+        typer.echo(f"wrote {path}", err=True)
+
+
+@report_app.command("patient")
+def report_patient(
+    model: ModelOption,
+    patient: Annotated[str, typer.Option("--patient", help="Subject id in the model's dataset (or --data).")],
+    plan: Annotated[list[Path], typer.Option("--plan", help="Treatment plan JSON; repeat. The first is the reference.")],
+    out: OutOption,
+    pdf: PdfOption = None,
+    seed: SeedOption = 0,
+    horizon: Annotated[float, typer.Option(help="Years to forecast beyond the decision time.")] = 5.0,
+    at: Annotated[float | None, typer.Option(help="Decision time (years); default the last visit.")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset holding the patient (default: the model's).")] = None,
+    n_samples: Annotated[int, typer.Option(min=1, help="Posterior sample paths.")] = 200,
+    next_visit: Annotated[float, typer.Option(help="Years from the decision time to the visit the tests are for.")] = 0.5,
+    card: CardOption = None,
+) -> None:
+    """A patient's report: history, forecasts and survival per plan, effects, next tests, assumptions and limits."""
+    from vpatient.datasets import load_dataset
+    from vpatient.report.patient import patient_report
+    from vpatient.simulation import Simulator
+    from vpatient.simulation.cli import load_plan
+
+    sim = Simulator.load(model)
+    plans = [load_plan(p, sim.model.config) for p in plan]
+    record = load_dataset(data or sim.model.data_source or sim.model.config.name).subject(patient)
+    report = patient_report(
+        sim,
+        record,
+        plans,
+        horizon=horizon,
+        n_samples=n_samples,
+        seed=seed,
+        at=at,
+        next_visit=next_visit,
+        card_link=card,
+        command=_command(),
+    )
+    _done(report.write(out, pdf))
+
+
+@report_app.command("trial")
+def report_trial(
+    model: ModelOption,
+    arm: Annotated[list[str], typer.Option("--arm", help="NAME=PLAN.json; repeat per arm. The first is the reference.")],
+    out: OutOption,
+    pdf: PdfOption = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="Virtual patients (each under every arm).")] = 1000,
+    years: Annotated[float, typer.Option(help="Follow-up (years).")] = 5.0,
+    event: Annotated[str | None, typer.Option(help="Primary event (default: the config's first event).")] = None,
+    seed: SeedOption = 0,
+    draws_per_record: Annotated[int, typer.Option(min=1, help="Posterior draws per training patient for subgroups.")] = 4,
+    card: CardOption = None,
+) -> None:
+    """An in-silico trial's report: Kaplan-Meier per arm, HR and RMST with CIs, subgroups, labs, observed arms."""
+    from vpatient.report.trial import trial_report
+    from vpatient.simulation.cli import _simulator, load_plan
+
+    sim = _simulator(model)
+    arms = {}
+    for spec in arm:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise VPatientError(f"--arm {spec!r}: expected NAME=PLAN.json, e.g. --arm placebo=plans/none.json")
+        if name.strip() in arms:
+            raise VPatientError(f"--arm {name!r} is given twice; arm names must be unique")
+        arms[name.strip()] = load_plan(Path(path.strip()), sim.model.config)
+    report = trial_report(
+        sim, arms, n=n, seed=seed, years=years, event=event, draws_per_record=draws_per_record, card_link=card, command=_command()
+    )
+    _done(report.write(out, pdf))
+
+
+@report_app.command("model")
+def report_model(
+    model: ModelOption,
+    out: OutOption,
+    pdf: PdfOption = None,
+    benchmarks: Annotated[
+        Path | None, typer.Option(help="Benchmark results folder (default: benchmarks/results found near the model).")
+    ] = None,
+) -> None:
+    """The model card: intended use, training data, missing data, performance with CIs, calibration, limits."""
+    from vpatient.report.card import model_card
+    from vpatient.simulation import Simulator
+
+    card = model_card(Simulator.load(model), benchmarks=benchmarks, command=_command())
+    _done(card.write(out, pdf))

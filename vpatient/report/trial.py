@@ -1,0 +1,291 @@
+"""The trial report: an in-silico trial's survival, effects, subgroups and labs, beside observed arms."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vpatient.data.cohort import Cohort
+from vpatient.errors import VPatientError
+from vpatient.report.patient import training_cohort
+from vpatient.report.render import figure_png, model_version, render, write_outputs
+from vpatient.schemas import PatientRecord, TreatmentPlan
+
+__all__ = ["TrialReport", "subgroup_effects", "trial_report"]
+
+log = logging.getLogger(__name__)
+
+MARK_TIMES = (1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass
+class TrialReport:
+    html: str
+    trial: object  # TrialResult
+    subgroups: pd.DataFrame
+    subgroup_trial: object | None = None  # TrialResult on the training records, for subgroups
+    observed: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def write(self, out: str | Path | None, pdf: str | Path | None = None) -> list[Path]:
+        return write_outputs(self.html, out, pdf)
+
+
+def trial_report(
+    sim,
+    arms: Mapping[str, TreatmentPlan],
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    years: float = 5.0,
+    event: str | None = None,
+    training: Cohort | bool | None = True,
+    draws_per_record: int = 4,
+    card_link: str | None = None,
+    command: str | None = None,
+) -> TrialReport:
+    """Run the in-silico trial of ``arms`` on ``n`` virtual patients and render its report.
+
+    Subgroup effects need each patient's covariates, which the virtual trial's per-patient
+    table does not carry; they come from the same arms simulated on the training patients
+    at enrolment (``draws_per_record`` posterior draws each), whose covariates are known.
+    Where the training data have treatment arms (the PBC trial), their observed
+    Kaplan-Meier curves are shown beside the simulated ones.
+    """
+    from vpatient.plots import plot_trial
+
+    result = sim.trial(dict(arms), n=n, seed=seed, years=years, event=event, progress=False)
+    cohort = training_cohort(sim.model) if training is True else (training or None)
+    marks = sorted({t for t in MARK_TIMES if t <= years + 1e-9} | {years})
+
+    subgroups, sub_trial, sub_note = pd.DataFrame(), None, ""
+    if cohort is not None and cohort.records:
+        sub_trial = sim.trial(
+            dict(arms),
+            seed=seed,
+            years=years,
+            event=result.event,
+            population=cohort.records,
+            draws_per_record=draws_per_record,
+            progress=False,
+        )
+        covariates = record_covariates(sim.model, cohort.records)
+        subgroups = subgroup_effects(sub_trial, covariates, draws_per_record)
+        sub_note = (
+            f"Subgroups: the same arms simulated on the {len(cohort.records)} training patients of "
+            f"{cohort.name} at enrolment ({draws_per_record} posterior draws each, seed {seed}), whose "
+            "covariates are known; Cox hazard ratio of each arm against the reference within each subgroup "
+            "(95% CI; draws of one patient are counted as separate patients, so the CIs are too narrow by "
+            f"about a factor sqrt({draws_per_record}))."
+        )
+    else:
+        sub_note = (
+            "Subgroup effects were not computed: the virtual trial's per-patient table carries no "
+            "covariates and the training records (whose covariates are known) could not be loaded."
+        )
+
+    observed = observed_arms(cohort, result.event, marks) if cohort is not None else pd.DataFrame()
+    km_fig = _km_figure(result, cohort)
+    figures = {"km": km_fig, "trial": figure_png(plot_trial(result))}
+    simulated = result.survival_at(marks).to_dict(orient="records")
+    html = render(
+        "trial.html.j2",
+        title=f"In-silico trial: {' vs '.join(result.arms)}",
+        trial=result,
+        arms=[{"name": k, "exposures": _plan_text(v)} for k, v in arms.items()],
+        hazard_ratios=result.hazard_ratios.to_dict(orient="records"),
+        rmst=result.rmst.to_dict(orient="records"),
+        simulated=simulated,
+        subgroups=subgroups.to_dict(orient="records"),
+        subgroup_note=sub_note,
+        subgroup_overall=(sub_trial.hazard_ratios.to_dict(orient="records") if sub_trial is not None else []),
+        observed=observed.to_dict(orient="records"),
+        observed_name=cohort.name if cohort is not None else None,
+        figures=figures,
+        settings={"seed": seed, "n": n, "years": years, "event": result.event, "draws_per_record": draws_per_record},
+        version=model_version(sim.model_dir),
+        command=command,
+        card_link=card_link,
+    )
+    return TrialReport(html, result, subgroups, sub_trial, observed)
+
+
+def _plan_text(plan: TreatmentPlan) -> str:
+    if not plan.exposures:
+        return "no treatment"
+    return "; ".join(
+        f"{e.treatment} dose {e.dose:g} from t = {e.start:g}" + (f" to {e.stop:g}" if e.stop is not None else "")
+        for e in plan.exposures
+    )
+
+
+def record_covariates(model, records: list[PatientRecord]) -> pd.DataFrame:
+    """Per record (in order): sex, age tertile and baseline-severity tertile (first lab of the layout at enrolment)."""
+    config = model.config
+    names = {v.name: v for v in config.variables}
+    rows = []
+    severity = model.layout.continuous[0] if model.layout.continuous else None
+    for r in records:
+        row = {}
+        if "sex" in r.static:
+            spec = names.get("sex")
+            cats = (spec.categories or {}) if spec is not None else {}
+            row["sex"] = next((k for k, v in cats.items() if v == r.static["sex"]), str(r.static["sex"]))
+        if "age" in r.static:
+            row["age"] = float(r.static["age"])
+        if severity is not None:
+            values = sorted((o.time, o.value) for o in r.observations if o.variable == severity)
+            first = [v for t, v in values if t <= 1e-9] or [v for _, v in values[:1]]
+            row[f"baseline {severity}"] = float(first[0]) if first else np.nan
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for column in [c for c in frame.columns if c != "sex"]:
+        values = frame[column]
+        if values.notna().sum() >= 3:
+            cuts = np.nanquantile(values, [1 / 3, 2 / 3])
+            labels = [f"{column} < {cuts[0]:.3g}", f"{column} {cuts[0]:.3g} to {cuts[1]:.3g}", f"{column} > {cuts[1]:.3g}"]
+            group = np.where(values < cuts[0], labels[0], np.where(values <= cuts[1], labels[1], labels[2]))
+            frame[f"{column} tertile"] = np.where(values.isna(), None, group)
+    return frame
+
+
+def subgroup_effects(trial, covariates: pd.DataFrame, draws_per_record: int) -> pd.DataFrame:
+    """Cox HR (95% CI) of each arm against the reference within each subgroup of a records-population trial."""
+    from vpatient.simulation.trial import _cox
+
+    data = trial.patients.copy()
+    data["record"] = data["subject_id"].to_numpy() // draws_per_record
+    data["primary"] = (data["observed"] & (data["event"] == trial.event)).astype(int)
+    by = [c for c in ("sex", "age tertile") if c in covariates] + [
+        c for c in covariates if c.startswith("baseline") and c.endswith("tertile")
+    ]
+    rows = []
+    for column in by:
+        labels = covariates[column]
+        data["group"] = labels.to_numpy()[data["record"].to_numpy()]
+        order = sorted(g for g in data["group"].dropna().unique())
+        if column.endswith("tertile"):  # low, middle, high in that order
+            order = [g for g in order if "<" in g] + [g for g in order if " to " in g] + [g for g in order if ">" in g]
+        for group in order:
+            part = data[data["group"] == group]
+            ref = part[part["trial_arm"] == trial.reference].set_index("subject_id")
+            for arm in trial.arms[1:]:
+                other = part[part["trial_arm"] == arm].set_index("subject_id")
+                try:
+                    cox = _cox(ref, other)
+                except Exception as exc:
+                    log.info("subgroup %s: Cox fit failed (%s)", group, exc)
+                    cox = {"hazard_ratio": np.nan, "lower": np.nan, "upper": np.nan, "p": np.nan}
+                rows.append(
+                    {
+                        "subgroup": column.removesuffix(" tertile"),
+                        "level": group,
+                        "arm": arm,
+                        "reference": trial.reference,
+                        "n_records": int(part["record"].nunique()),
+                        "events_reference": int(ref["primary"].sum()),
+                        "events_arm": int(other["primary"].sum()),
+                        **cox,
+                    }
+                )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "subgroup",
+            "level",
+            "arm",
+            "reference",
+            "n_records",
+            "events_reference",
+            "events_arm",
+            "hazard_ratio",
+            "lower",
+            "upper",
+            "p",
+        ],
+    )
+
+
+def observed_arms(cohort: Cohort, event: str, marks: list[float]) -> pd.DataFrame:
+    """Kaplan-Meier survival of ``event`` per observed baseline arm at ``marks`` (empty with one arm)."""
+    from lifelines import KaplanMeierFitter
+
+    from vpatient.plots import survival_table
+
+    try:
+        durations, observed, arms = survival_table(cohort, event)
+    except ValueError:
+        return pd.DataFrame()
+    arms = np.asarray(arms)
+    if len(set(arms)) < 2:
+        return pd.DataFrame()
+    rows = []
+    for arm in sorted(set(arms)):
+        mask = arms == arm
+        km = KaplanMeierFitter().fit(durations[mask], observed[mask])
+        ci = km.confidence_interval_survival_function_
+        for t in marks:
+            below = ci[ci.index <= t]
+            rows.append(
+                {
+                    "arm": arm,
+                    "n": int(mask.sum()),
+                    "events": int(observed[mask].sum()),
+                    "time": t,
+                    "survival": float(km.survival_function_at_times(t).iloc[0]),
+                    "lower": float(below.iloc[-1, 0]) if len(below) else 1.0,
+                    "upper": float(below.iloc[-1, 1]) if len(below) else 1.0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _km_figure(result, cohort: Cohort | None) -> str:
+    import matplotlib.pyplot as plt
+    from lifelines import KaplanMeierFitter
+
+    from vpatient.plots import survival_table
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for k, arm in enumerate(result.arms):
+        km = result.kaplan_meier[result.kaplan_meier["arm"] == arm]
+        ax.step(km["time"], km["survival"], where="post", color=f"C{k}", label=f"simulated: {arm}")
+        ax.fill_between(km["time"], km["lower"], km["upper"], step="post", color=f"C{k}", alpha=0.15)
+    if cohort is not None:
+        try:
+            durations, observed, arms = survival_table(cohort, result.event)
+            arms = np.asarray(arms)
+            if len(set(arms)) >= 2:
+                for j, arm in enumerate(sorted(set(arms))):
+                    mask = arms == arm
+                    km = KaplanMeierFitter().fit(durations[mask], observed[mask])
+                    sf = km.survival_function_
+                    sf = sf[sf.index <= result.years]
+                    ax.step(
+                        sf.index,
+                        sf.iloc[:, 0],
+                        where="post",
+                        color=f"C{len(result.arms) + j}",
+                        ls=":",
+                        lw=1.8,
+                        label=f"observed ({cohort.name}): {arm}, n={mask.sum()}",
+                    )
+        except ValueError:
+            pass
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(0, result.years)
+    ax.set_xlabel("years since enrolment")
+    ax.set_ylabel(f"probability free of {result.event}")
+    ax.set_title(f"Kaplan-Meier, {result.n_patients} virtual patients per arm (95% bands)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure_png(fig)
+
+
+def check_arms(arms: Mapping[str, TreatmentPlan]) -> None:
+    if len(arms) < 2:
+        raise VPatientError(f"a trial report needs at least two arms, got {len(arms)}")
