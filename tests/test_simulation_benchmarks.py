@@ -36,6 +36,7 @@ from vpatient.evaluate.protocol import forecast_folds
 from vpatient.schemas import PatientRecord, VariableKind
 from vpatient.simulation import Simulator
 from vpatient.train import TrainSettings
+from vpatient.virtual_patient import VirtualPatientModel
 
 TINY = TrainSettings(epochs=2)
 SINGLE_VISIT = 3  # records cut to their first visit, so no fold of the protocol holds them
@@ -115,7 +116,7 @@ def test_trained_models_are_cached_by_their_subjects(cohort, tmp_path, monkeypat
     records = cohort.records[:20]
     first = trained_model(records, cohort.config, "t", 0, tmp_path, settings=TrainSettings(epochs=1))
     calls = []
-    monkeypatch.setattr(fold_models.VirtualPatientModel, "fit", classmethod(lambda *a, **k: calls.append(1)))
+    monkeypatch.setattr(VirtualPatientModel, "fit", classmethod(lambda *a, **k: calls.append(1)))
     again = trained_model(records, cohort.config, "t", 0, tmp_path, settings=TrainSettings(epochs=1))
     assert not calls, "the second call must load the cached model, not train"
     for a, b in zip(first.world.state_dict().values(), again.world.state_dict().values(), strict=True):

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from vpatient.evaluate.fold_models import DEFAULT_CACHE
 from vpatient.evaluate.forecast_benchmark import run_forecast_benchmark, write_forecast_results
 from vpatient.evaluate.protocol import DEFAULT_EVENT, DEFAULT_MAX_MISSING
 from vpatient.evaluate.registry import METHODS, PEERS
@@ -103,18 +104,179 @@ def benchmark_training(
         typer.echo(f"wrote {path}", err=True)
 
 
-def _mount(command, name: str) -> None:
-    benchmark_app.command(name)(command)
+@benchmark_app.command("counterfactual")
+def benchmark_counterfactual(
+    data: Annotated[
+        str, typer.Option("--data", help="Only 'synthetic': the benchmark needs the generator's truth.")
+    ] = "synthetic",
+    n: Annotated[int, typer.Option("--n", min=20, help="Subjects per synthetic cohort (one cohort per strength).")] = 500,
+    strengths: Annotated[str, typer.Option("--strengths", help="Comma-separated confounding strengths.")] = "0,1,2,3,4",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the cohorts, the split, training and simulation.")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
+        "benchmarks/results"
+    ),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar over fits on stderr.")] = True,
+) -> None:
+    """Predict outcomes under plans patients did not get (withdrawn, started, doubled) and score them against the generator's truth, per confounding strength."""
+    from vpatient.evaluate.counterfactual_benchmark import (
+        parse_strengths,
+        run_counterfactual_benchmark,
+        write_counterfactual_results,
+    )
+
+    if data != "synthetic":
+        raise typer.BadParameter(f"{data!r}: only 'synthetic' has a counterfactual truth", param_hint="--data")
+    result = run_counterfactual_benchmark(n=n, seed=seed, strengths=parse_strengths(strengths), progress=progress)
+    typer.echo(result.to_markdown())
+    for path in write_counterfactual_results(result, out_dir):
+        typer.echo(f"wrote {path}", err=True)
 
 
-from vpatient.evaluate.cohort_fidelity_benchmark import benchmark_cohort_fidelity  # noqa: E402
-from vpatient.evaluate.counterfactual_benchmark import benchmark_counterfactual  # noqa: E402
-from vpatient.evaluate.pbc_trial_benchmark import benchmark_pbc_trial  # noqa: E402
-from vpatient.evaluate.simulate_speed_benchmark import benchmark_simulate_speed  # noqa: E402
-from vpatient.evaluate.test_selection_benchmark import benchmark_test_selection  # noqa: E402
+@benchmark_app.command("pbc-trial")
+def benchmark_pbc_trial(
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split, training and simulation.")] = 0,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds over patients.")] = 5,
+    draws: Annotated[int, typer.Option("--draws", min=1, help="Posterior draws simulated per patient.")] = 20,
+    years: Annotated[
+        float, typer.Option("--years", min=10.0, help="Simulated follow-up (years; covers the 10-year check).")
+    ] = 12.0,
+    cache_dir: Annotated[
+        Path, typer.Option("--cache-dir", help="Trained models are cached here and shared with cohort-fidelity.")
+    ] = DEFAULT_CACHE,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON, markdown and PNG results.")] = Path(
+        "benchmarks/results"
+    ),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+) -> None:
+    """Replicate the Mayo PBC trial in silico (both arms from every enrolment record) and check it against the trial as observed."""
+    from vpatient.datasets import load_dataset
+    from vpatient.evaluate.pbc_trial_benchmark import run_pbc_trial_benchmark, write_pbc_trial_results
 
-_mount(benchmark_counterfactual, "counterfactual")
-_mount(benchmark_pbc_trial, "pbc-trial")
-_mount(benchmark_cohort_fidelity, "cohort-fidelity")
-_mount(benchmark_simulate_speed, "simulate-speed")
-_mount(benchmark_test_selection, "test-selection")
+    result = run_pbc_trial_benchmark(
+        load_dataset("pbc2"),
+        seed=seed,
+        n_folds=folds,
+        years=years,
+        draws_per_record=draws,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    typer.echo(result.to_markdown())
+    for path in write_pbc_trial_results(result, out_dir):
+        typer.echo(f"wrote {path}", err=True)
+
+
+@benchmark_app.command("cohort-fidelity")
+def benchmark_cohort_fidelity(
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the fold split, training, populations, cohorts and classifiers.")
+    ] = 0,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds over patients.")] = 5,
+    virtual_multiple: Annotated[
+        float,
+        typer.Option("--virtual-multiple", min=0.1, help="Virtual cohort size as a multiple of the real training patients."),
+    ] = 1.0,
+    cv_repeats: Annotated[int, typer.Option("--cv-repeats", min=1, help="Shuffles of the classifier's cross-validation.")] = 5,
+    cache_dir: Annotated[
+        Path, typer.Option("--cache-dir", help="Trained models are cached here and shared with pbc-trial.")
+    ] = DEFAULT_CACHE,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON, markdown and PNG results.")] = Path(
+        "benchmarks/results"
+    ),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Per-fold progress bar on stderr.")] = True,
+) -> None:
+    """Judge virtual PBC cohorts as synthetic data: a real-vs-virtual classifier, train-on-synthetic-test-on-real, distribution distances."""
+    from vpatient.datasets import load_dataset
+    from vpatient.evaluate.cohort_fidelity_benchmark import run_cohort_fidelity_benchmark, write_cohort_fidelity_results
+
+    result = run_cohort_fidelity_benchmark(
+        load_dataset("pbc2"),
+        seed=seed,
+        n_folds=folds,
+        virtual_multiple=virtual_multiple,
+        cv_repeats=cv_repeats,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    typer.echo(result.to_markdown())
+    for path in write_cohort_fidelity_results(result, out_dir):
+        typer.echo(f"wrote {path}", err=True)
+
+
+@benchmark_app.command("simulate-speed")
+def benchmark_simulate_speed(
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint directory of the PBC model (vpatient train --out).")],
+    sizes: Annotated[str, typer.Option(help="Comma-separated cohort sizes to time.")] = "10000,100000",
+    years: Annotated[float, typer.Option(help="Years to roll out.")] = 5.0,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Patients per chunk.")] = 10_000,
+    stream_n: Annotated[
+        int, typer.Option(min=0, help="Patients of the streamed cohort whose peak memory is measured (0: skip).")
+    ] = 1_000_000,
+    seed: Annotated[int, typer.Option(help="Seed of the virtual patients.")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
+        "benchmarks/results"
+    ),
+) -> None:
+    """Patients per second of the fast rollout path against torchdiffeq dopri5, their largest difference, and peak memory of a streamed cohort."""
+    from vpatient.evaluate.simulate_speed_benchmark import run_simulate_speed_benchmark, write_simulate_speed_results
+
+    try:
+        chosen = tuple(int(s) for s in sizes.split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{sizes!r}: expected comma-separated integers", param_hint="--sizes") from None
+    result = run_simulate_speed_benchmark(model, chosen, years, chunk_size, stream_n or None, seed)
+    for path in write_simulate_speed_results(result, out_dir):
+        typer.echo(f"wrote {path}", err=True)
+    typer.echo(result.to_markdown())
+
+
+@benchmark_app.command("test-selection")
+def benchmark_test_selection(
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split, training, pools and random orders.")] = 0,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds over PBC patients.")] = 5,
+    synthetic_n: Annotated[int, typer.Option("--synthetic-n", min=20, help="Synthetic cohort size.")] = 200,
+    synthetic_folds: Annotated[int, typer.Option("--synthetic-folds", min=2, help="Folds over synthetic patients.")] = 2,
+    n_samples: Annotated[int, typer.Option("--samples", min=16, help="Pool samples per patient for the curves.")] = 128,
+    n_random: Annotated[int, typer.Option("--random-orders", min=1, help="Random orders averaged per patient.")] = 20,
+    n_train_patients: Annotated[
+        int, typer.Option("--train-patients", min=1, help="Training patients per fold that choose the fixed order.")
+    ] = 30,
+    max_patients: Annotated[
+        int | None, typer.Option("--max-patients", min=1, help="At most this many held-out patients per fold.")
+    ] = None,
+    latency_patients: Annotated[int, typer.Option("--latency-patients", min=0, help="PBC patients timed.")] = 30,
+    truth_patients: Annotated[int, typer.Option("--truth-patients", min=0, help="Synthetic patients against the truth.")] = 20,
+    truth_samples: Annotated[int, typer.Option("--truth-samples", min=100, help="Nested-MC samples of the true EIG.")] = 2000,
+    truth_model_samples: Annotated[
+        int, typer.Option("--truth-model-samples", min=16, help="recommend() samples compared with the truth.")
+    ] = 1024,
+    data: Annotated[str, typer.Option("--data", help="Comma-separated datasets: pbc2, synthetic.")] = "pbc2,synthetic",
+    cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Trained fold models are cached here.")] = DEFAULT_CACHE,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON, markdown and PNG results.")] = Path(
+        "benchmarks/results"
+    ),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Per-fold progress on stderr.")] = True,
+) -> None:
+    """Reveal a landmark visit's tests one at a time: EIG policy vs random, fixed order and oracle; calibration, latency, truth."""
+    from vpatient.evaluate.test_selection_benchmark import run_test_selection_benchmark, write_test_selection_results
+
+    result = run_test_selection_benchmark(
+        seed=seed,
+        n_folds=folds,
+        datasets=[d.strip() for d in data.split(",") if d.strip()],
+        synthetic_n=synthetic_n,
+        synthetic_folds=synthetic_folds,
+        n_samples=n_samples,
+        n_random=n_random,
+        n_train_patients=n_train_patients,
+        max_patients_per_fold=max_patients,
+        latency_patients=latency_patients,
+        truth_patients=truth_patients,
+        truth_samples=truth_samples,
+        truth_model_samples=truth_model_samples,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    typer.echo(result.to_markdown())
+    for path in write_test_selection_results(result, out_dir):
+        typer.echo(f"wrote {path}", err=True)

@@ -57,11 +57,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-import typer
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
@@ -102,7 +101,6 @@ from vpatient.train import TrainSettings
 __all__ = [
     "RESULT_TYPES",
     "CohortFidelityBenchmarkResult",
-    "benchmark_cohort_fidelity",
     "classifier_auc",
     "correlation_gap",
     "patient_features",
@@ -894,41 +892,3 @@ def plot_cohort_fidelity(result: CohortFidelityBenchmarkResult, path: str | Path
 def write_cohort_fidelity_results(result: CohortFidelityBenchmarkResult, out_dir: str | Path) -> list[Path]:
     """Write ``out_dir/cohort-fidelity.json``, ``.md`` and ``.png``; returns their paths."""
     return write_result(result, out_dir, "cohort-fidelity", plot_cohort_fidelity)
-
-
-# --------------------------------------------------------------------------- CLI (mounted in vpatient/evaluate/cli.py)
-
-
-def benchmark_cohort_fidelity(
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the fold split, training, populations, cohorts and classifiers.")
-    ] = 0,
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds over patients.")] = 5,
-    virtual_multiple: Annotated[
-        float,
-        typer.Option("--virtual-multiple", min=0.1, help="Virtual cohort size as a multiple of the real training patients."),
-    ] = 1.0,
-    cv_repeats: Annotated[int, typer.Option("--cv-repeats", min=1, help="Shuffles of the classifier's cross-validation.")] = 5,
-    cache_dir: Annotated[
-        Path, typer.Option("--cache-dir", help="Trained models are cached here and shared with pbc-trial.")
-    ] = DEFAULT_CACHE,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON, markdown and PNG results.")] = Path(
-        "benchmarks/results"
-    ),
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Per-fold progress bar on stderr.")] = True,
-) -> None:
-    """Judge virtual PBC cohorts as synthetic data: a real-vs-virtual classifier, train-on-synthetic-test-on-real, distribution distances."""
-    from vpatient.datasets import load_dataset
-
-    result = run_cohort_fidelity_benchmark(
-        load_dataset("pbc2"),
-        seed=seed,
-        n_folds=folds,
-        virtual_multiple=virtual_multiple,
-        cv_repeats=cv_repeats,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
-    typer.echo(result.to_markdown())
-    for path in write_cohort_fidelity_results(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)

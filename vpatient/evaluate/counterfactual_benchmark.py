@@ -85,7 +85,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -114,7 +114,6 @@ __all__ = [
     "CounterfactualBenchmarkResult",
     "ObservedTreatmentRegression",
     "Outcomes",
-    "benchmark_counterfactual",
     "counterfactual_plans",
     "parse_strengths",
     "predicted_outcomes",
@@ -789,9 +788,6 @@ def write_counterfactual_results(result: CounterfactualBenchmarkResult, out_dir:
     return write_result(result, out_dir, f"counterfactual-{result.data}")
 
 
-# --------------------------------------------------------------------------- CLI (mounted in vpatient/evaluate/cli.py)
-
-
 def parse_strengths(spec: str) -> list[float]:
     """'0,1,2,3,4' -> [0.0, 1.0, 2.0, 3.0, 4.0]; a bad list is a usage error."""
     try:
@@ -801,24 +797,3 @@ def parse_strengths(spec: str) -> list[float]:
     if not values or not all(math.isfinite(v) for v in values):
         raise typer.BadParameter(f"{spec!r}: give comma-separated numbers, e.g. 0,1,2,3,4", param_hint="--strengths")
     return values
-
-
-def benchmark_counterfactual(
-    data: Annotated[
-        str, typer.Option("--data", help="Only 'synthetic': the benchmark needs the generator's truth.")
-    ] = "synthetic",
-    n: Annotated[int, typer.Option("--n", min=20, help="Subjects per synthetic cohort (one cohort per strength).")] = 500,
-    strengths: Annotated[str, typer.Option("--strengths", help="Comma-separated confounding strengths.")] = "0,1,2,3,4",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the cohorts, the split, training and simulation.")] = 0,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
-        "benchmarks/results"
-    ),
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar over fits on stderr.")] = True,
-) -> None:
-    """Predict outcomes under plans patients did not get (withdrawn, started, doubled) and score them against the generator's truth, per confounding strength."""
-    if data != "synthetic":
-        raise typer.BadParameter(f"{data!r}: only 'synthetic' has a counterfactual truth", param_hint="--data")
-    result = run_counterfactual_benchmark(n=n, seed=seed, strengths=parse_strengths(strengths), progress=progress)
-    typer.echo(result.to_markdown())
-    for path in write_counterfactual_results(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)

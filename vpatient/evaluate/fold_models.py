@@ -25,14 +25,17 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vpatient import __version__
 from vpatient.data.cohort import Cohort
 from vpatient.evaluate.protocol import Fold, forecast_folds
-from vpatient.model.vpm import ModelSettings
 from vpatient.schemas import DatasetConfig, PatientRecord
-from vpatient.train import TrainSettings
-from vpatient.virtual_patient import VirtualPatientModel
+
+if TYPE_CHECKING:  # torch-backed: imported where a model is trained, not when the CLI starts
+    from vpatient.model.vpm import ModelSettings
+    from vpatient.train import TrainSettings
+    from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = ["DEFAULT_CACHE", "FoldModel", "cache_key", "fold_models", "full_model", "model_dir", "trained_model"]
 
@@ -67,8 +70,7 @@ def model_dir(
     model_settings: ModelSettings | None = None,
 ) -> Path:
     """The cache folder of this training run (it may not exist yet)."""
-    settings = replace(settings or TrainSettings(), seed=seed)
-    model_settings = model_settings or ModelSettings()
+    settings, model_settings = _settings(settings, model_settings, seed)
     key = cache_key(records, config, settings, model_settings)
     return Path(cache_dir) / f"{tag}-seed{seed}-v{__version__}-{key}"
 
@@ -91,9 +93,10 @@ def trained_model(
     ``settings``/``model_settings`` replace the defaults (tests shrink them; the seed
     is always ``seed``); ``cache_dir=None`` trains without caching.
     """
+    from vpatient.virtual_patient import VirtualPatientModel
+
     records = list(records)
-    settings = replace(settings or TrainSettings(), seed=seed)
-    model_settings = model_settings or ModelSettings()
+    settings, model_settings = _settings(settings, model_settings, seed)
     if cache_dir is None:
         return VirtualPatientModel.fit(records, config, settings, model_settings, progress=progress)
     target = model_dir(records, config, tag, seed, cache_dir, settings, model_settings)
@@ -112,6 +115,16 @@ def trained_model(
         tmp.rename(target)
         log.info("%s: trained in %.0f s, saved to %s", tag, time.perf_counter() - started, target)
         return model
+
+
+def _settings(
+    settings: TrainSettings | None, model_settings: ModelSettings | None, seed: int
+) -> tuple[TrainSettings, ModelSettings]:
+    """The run's settings: the defaults unless given, the seed always ``seed``."""
+    from vpatient.model.vpm import ModelSettings
+    from vpatient.train import TrainSettings
+
+    return replace(settings or TrainSettings(), seed=seed), model_settings or ModelSettings()
 
 
 @contextlib.contextmanager

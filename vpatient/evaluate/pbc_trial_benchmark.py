@@ -48,11 +48,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-import typer
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
@@ -74,7 +73,6 @@ __all__ = [
     "RESULT_TYPES",
     "PbcTrialBenchmarkResult",
     "StepOrLinearCurve",
-    "benchmark_pbc_trial",
     "held_out_records",
     "integrated_abs_difference",
     "kaplan_meier_curve",
@@ -740,38 +738,3 @@ def plot_pbc_trial(result: PbcTrialBenchmarkResult, path: str | Path) -> Path:
 def write_pbc_trial_results(result: PbcTrialBenchmarkResult, out_dir: str | Path) -> list[Path]:
     """Write ``out_dir/pbc-trial.json``, ``.md`` and ``.png``; returns their paths."""
     return write_result(result, out_dir, "pbc-trial", plot_pbc_trial)
-
-
-# --------------------------------------------------------------------------- CLI (mounted in vpatient/evaluate/cli.py)
-
-
-def benchmark_pbc_trial(
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split, training and simulation.")] = 0,
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds over patients.")] = 5,
-    draws: Annotated[int, typer.Option("--draws", min=1, help="Posterior draws simulated per patient.")] = 20,
-    years: Annotated[
-        float, typer.Option("--years", min=10.0, help="Simulated follow-up (years; covers the 10-year check).")
-    ] = 12.0,
-    cache_dir: Annotated[
-        Path, typer.Option("--cache-dir", help="Trained models are cached here and shared with cohort-fidelity.")
-    ] = DEFAULT_CACHE,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON, markdown and PNG results.")] = Path(
-        "benchmarks/results"
-    ),
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
-) -> None:
-    """Replicate the Mayo PBC trial in silico (both arms from every enrolment record) and check it against the trial as observed."""
-    from vpatient.datasets import load_dataset
-
-    result = run_pbc_trial_benchmark(
-        load_dataset("pbc2"),
-        seed=seed,
-        n_folds=folds,
-        years=years,
-        draws_per_record=draws,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
-    typer.echo(result.to_markdown())
-    for path in write_pbc_trial_results(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)

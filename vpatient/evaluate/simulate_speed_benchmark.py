@@ -28,14 +28,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-import typer
 from pydantic import BaseModel, ConfigDict, Field
 
 from vpatient import __version__
+from vpatient.errors import VPatientError
 from vpatient.evaluate.results_io import write_result
 from vpatient.tables import markdown_table
 
@@ -268,7 +268,7 @@ def run_simulate_speed_benchmark(
 
     sim = Simulator.load(model_dir)
     if sim.population is None:
-        raise typer.BadParameter(
+        raise VPatientError(
             f"{model_dir} has no population.json; train it with `vpatient train` or run `vpatient simulate cohort` once"
         )
     trained_step = sim.model.world.settings.step
@@ -293,30 +293,3 @@ def run_simulate_speed_benchmark(
 
 def write_simulate_speed_results(result: SimulateSpeedResult, out_dir: Path) -> list[Path]:
     return write_result(result, out_dir, "simulate-speed")
-
-
-# CLI (mounted in vpatient/evaluate/cli.py)
-
-
-def benchmark_simulate_speed(
-    model: Annotated[Path, typer.Option("--model", help="Checkpoint directory of the PBC model (vpatient train --out).")],
-    sizes: Annotated[str, typer.Option(help="Comma-separated cohort sizes to time.")] = "10000,100000",
-    years: Annotated[float, typer.Option(help="Years to roll out.")] = 5.0,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Patients per chunk.")] = 10_000,
-    stream_n: Annotated[
-        int, typer.Option(min=0, help="Patients of the streamed cohort whose peak memory is measured (0: skip).")
-    ] = 1_000_000,
-    seed: Annotated[int, typer.Option(help="Seed of the virtual patients.")] = 0,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
-        "benchmarks/results"
-    ),
-) -> None:
-    """Patients per second of the fast rollout path against torchdiffeq dopri5, their largest difference, and peak memory of a streamed cohort."""
-    try:
-        chosen = tuple(int(s) for s in sizes.split(",") if s.strip())
-    except ValueError:
-        raise typer.BadParameter(f"{sizes!r}: expected comma-separated integers", param_hint="--sizes") from None
-    result = run_simulate_speed_benchmark(model, chosen, years, chunk_size, stream_n or None, seed)
-    for path in write_simulate_speed_results(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)
-    typer.echo(result.to_markdown())

@@ -55,14 +55,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-import typer
 from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
 
 from vpatient import __version__
+from vpatient.evaluate.fold_models import DEFAULT_CACHE
 from vpatient.tables import markdown_table
 
 __all__ = [
@@ -74,8 +75,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The fold models' cache (the value of vpatient.evaluate.fold_models.DEFAULT_CACHE, which imports torch).
-DEFAULT_CACHE = Path("benchmarks/.cache/models")
 
 METHODS = ("eig", "random", "fixed", "oracle")
 DEFAULT_TARGETS = {"pbc2": "risk:death:3", "synthetic": "risk:progression:2"}
@@ -577,11 +576,10 @@ def _run_dataset(
             curves["random"].append(list(np.mean(randoms, axis=0)))
             pairs += [(*p, record.subject_id) for p in _calibration_pairs(model, case, _derived(seed, fold.index, 5, j))]
         if progress:
-            print(
+            tqdm.write(
                 f"[test-selection] {cohort.name} fold {fold.index}: {len(curves['eig'])} patients so far, "
                 f"{time.perf_counter() - t0:.0f} s",
                 file=sys.stderr,
-                flush=True,
             )
     k_max = max((len(c) for c in curves["eig"]), default=1)
     mean_curves = {m: [float(x) for x in np.mean([_pad(c, k_max) for c in cs], axis=0)] if cs else [] for m, cs in curves.items()}
@@ -910,7 +908,7 @@ def run_test_selection_benchmark(
         if name == "synthetic" and truth_patients > 0 and getattr(cohort, "truth", None) is not None:
             truth = _against_truth(cohort, models, targets[name], truth_patients, truth_model_samples, truth_samples, seed)
             if progress:
-                print(f"[test-selection] truth done, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+                tqdm.write(f"[test-selection] truth done, {time.perf_counter() - started:.0f} s", file=sys.stderr)
         if name == "synthetic":
             notes.append(
                 f"synthetic: a cohort of {len(cohort.records)} patients with {folds} folds (fold models trained with the "
@@ -1051,55 +1049,3 @@ def write_test_selection_results(result: TestSelectionBenchmarkResult, out_dir: 
     md_path.write_text(result.to_markdown(), encoding="utf-8")
     plot_test_selection(result, png_path)
     return [json_path, md_path, png_path]
-
-
-# --------------------------------------------------------------------------- CLI (mounted in vpatient/evaluate/cli.py)
-
-
-def benchmark_test_selection(
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split, training, pools and random orders.")] = 0,
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds over PBC patients.")] = 5,
-    synthetic_n: Annotated[int, typer.Option("--synthetic-n", min=20, help="Synthetic cohort size.")] = 200,
-    synthetic_folds: Annotated[int, typer.Option("--synthetic-folds", min=2, help="Folds over synthetic patients.")] = 2,
-    n_samples: Annotated[int, typer.Option("--samples", min=16, help="Pool samples per patient for the curves.")] = 128,
-    n_random: Annotated[int, typer.Option("--random-orders", min=1, help="Random orders averaged per patient.")] = 20,
-    n_train_patients: Annotated[
-        int, typer.Option("--train-patients", min=1, help="Training patients per fold that choose the fixed order.")
-    ] = 30,
-    max_patients: Annotated[
-        int | None, typer.Option("--max-patients", min=1, help="At most this many held-out patients per fold.")
-    ] = None,
-    latency_patients: Annotated[int, typer.Option("--latency-patients", min=0, help="PBC patients timed.")] = 30,
-    truth_patients: Annotated[int, typer.Option("--truth-patients", min=0, help="Synthetic patients against the truth.")] = 20,
-    truth_samples: Annotated[int, typer.Option("--truth-samples", min=100, help="Nested-MC samples of the true EIG.")] = 2000,
-    truth_model_samples: Annotated[
-        int, typer.Option("--truth-model-samples", min=16, help="recommend() samples compared with the truth.")
-    ] = 1024,
-    data: Annotated[str, typer.Option("--data", help="Comma-separated datasets: pbc2, synthetic.")] = "pbc2,synthetic",
-    cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Trained fold models are cached here.")] = DEFAULT_CACHE,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON, markdown and PNG results.")] = Path(
-        "benchmarks/results"
-    ),
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Per-fold progress on stderr.")] = True,
-) -> None:
-    """Reveal a landmark visit's tests one at a time: EIG policy vs random, fixed order and oracle; calibration, latency, truth."""
-    result = run_test_selection_benchmark(
-        seed=seed,
-        n_folds=folds,
-        datasets=[d.strip() for d in data.split(",") if d.strip()],
-        synthetic_n=synthetic_n,
-        synthetic_folds=synthetic_folds,
-        n_samples=n_samples,
-        n_random=n_random,
-        n_train_patients=n_train_patients,
-        max_patients_per_fold=max_patients,
-        latency_patients=latency_patients,
-        truth_patients=truth_patients,
-        truth_samples=truth_samples,
-        truth_model_samples=truth_model_samples,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
-    typer.echo(result.to_markdown())
-    for path in write_test_selection_results(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)

@@ -7,10 +7,23 @@ PNG, no JavaScript), optionally also a PDF (WeasyPrint)::
     patient_report(sim, record, [plan_a, plan_b], seed=0).write("report.html", pdf="report.pdf")
 """
 
-from vpatient.report.card import ModelCard, model_card
-from vpatient.report.patient import PatientReport, patient_report
-from vpatient.report.render import num, render, write_outputs
-from vpatient.report.trial import TrialReport, trial_report
+from __future__ import annotations
+
+import importlib
+
+# Loaded on first use, so that `vpatient report --help` (and every other command) starts
+# without importing matplotlib, Jinja2 and the simulator.
+_LAZY = {
+    "ModelCard": "card",
+    "model_card": "card",
+    "PatientReport": "patient",
+    "patient_report": "patient",
+    "num": "render",
+    "render": "render",
+    "write_outputs": "render",
+    "TrialReport": "trial",
+    "trial_report": "trial",
+}
 
 __all__ = [
     "ModelCard",
@@ -23,3 +36,9 @@ __all__ = [
     "trial_report",
     "write_outputs",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"vpatient.report.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'vpatient.report' has no attribute {name!r}")

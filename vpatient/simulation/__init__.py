@@ -1,10 +1,25 @@
 """Simulation over a trained world model: what-ifs, virtual cohorts, in-silico trials."""
 
-from vpatient.simulation.engine import Engine
-from vpatient.simulation.population import Population
-from vpatient.simulation.simulator import Simulator
-from vpatient.simulation.trial import TrialResult
-from vpatient.simulation.virtual import Schedule
-from vpatient.simulation.whatif import WhatIfResult, whatif
+from __future__ import annotations
 
-__all__ = ["Engine", "Population", "Schedule", "Simulator", "TrialResult", "WhatIfResult", "whatif"]
+import importlib
+
+__all__ = ["Engine", "Population", "Schedule", "Simulator", "TrialResult", "WhatIfResult"]
+
+# Loaded on first use: the command line imports `vpatient.simulation.cli` without torch.
+_LAZY = {
+    "Engine": "engine",
+    "Population": "population",
+    "Schedule": "virtual",
+    "Simulator": "simulator",
+    "TrialResult": "trial",
+    "WhatIfResult": "whatif",
+}
+# (The function ``whatif`` is not re-exported: its module has the same name. Use
+# ``Simulator.whatif`` or ``vpatient.simulation.whatif.whatif``.)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"vpatient.simulation.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'vpatient.simulation' has no attribute {name!r}")
