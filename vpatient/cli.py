@@ -213,7 +213,7 @@ def forecast(
     from vpatient.virtual_patient import VirtualPatientModel
 
     vpm = VirtualPatientModel.load(model)
-    cohort = load_dataset(data or vpm.data_source or vpm.config.name, config, seed=seed)
+    cohort = load_dataset(data or vpm.dataset_name, config, seed=seed)
     record = cohort.subject(patient)
     result = vpm.forecast(record, until=until, horizon=horizon, n_samples=n_samples, seed=seed)
     summary = result.summary()
@@ -268,7 +268,7 @@ def recommend(
     from vpatient.virtual_patient import VirtualPatientModel
 
     vpm = VirtualPatientModel.load(model)
-    record = load_dataset(data or vpm.data_source or vpm.config.name).subject(patient)
+    record = load_dataset(data or vpm.dataset_name).subject(patient)
     result = rank_tests(vpm, record, target, at, n_samples, seed, budget, min_gain_per_cost)
     if json_flag:
         typer.echo(json.dumps(result.to_dict(), indent=1))

@@ -319,7 +319,7 @@ class DashboardSession:
 
         model = VirtualPatientModel.load(model_dir)
         cohort = None
-        source = model.data_source or model.config.name
+        source = model.dataset_name
         try:
             cohort = load_dataset(source)
         except VPatientError:
@@ -600,7 +600,7 @@ def model_card(model, model_dir: Path, results_dir: Path | None = None) -> dict:
     """What the model is, in plain words: training data, settings, benchmark figures, intended use and limits."""
     history = model.history
     settings = model.train_settings
-    source = model.data_source or model.config.name
+    source = model.dataset_name
     training = {
         "trained on": source,
         "checkpoint": str(model_dir),

@@ -286,7 +286,6 @@ def _draw_results(
     model: VirtualPatientModel, predictive: _Predictive, rows: torch.Tensor, generator: torch.Generator
 ) -> _Results:
     decoder = model.world.decoder
-    r = len(rows)
     continuous = binary = imaging = None
     if predictive.continuous is not None:
         mean = predictive.continuous[rows]
@@ -298,7 +297,6 @@ def _draw_results(
     if predictive.imaging is not None:
         mean = predictive.imaging[rows]
         imaging = (mean + torch.randn(mean.shape, generator=generator) * decoder.imaging_sd()).unsqueeze(1)
-    del r
     return _Results(continuous, binary, ordinal, imaging)
 
 

@@ -152,6 +152,11 @@ class VirtualPatientModel:
         self.history = history
         self.train_settings = train_settings
 
+    @property
+    def dataset_name(self) -> str:
+        """The dataset the model was trained on (its data source, else its config's name): where its patients are."""
+        return self.data_source or self.config.name
+
     # -- training ----------------------------------------------------------------
 
     @classmethod

@@ -63,7 +63,7 @@ def model_card(
 ) -> ModelCard:
     """Render the model card of ``sim.model`` (its checkpoint directory is ``sim.model_dir``)."""
     model = sim.model
-    data = model.data_source or model.config.name
+    data = model.dataset_name
     folder = find_benchmarks(sim.model_dir, benchmarks)
     forecast = _read(folder, f"forecast-{data}.json")
     trial = _read(folder, "pbc-trial.json") if data.startswith("pbc") else None

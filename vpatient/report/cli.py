@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from vpatient.errors import VPatientError
-
 __all__ = ["report_app"]
 
 report_app = typer.Typer(help="Self-contained HTML (and PDF) reports: a patient, a trial, the model card.", no_args_is_help=True)
@@ -54,7 +52,7 @@ def report_patient(
 
     sim = Simulator.load(model)
     plans = [load_plan(p, sim.model.config) for p in plan]
-    record = load_dataset(data or sim.model.data_source or sim.model.config.name).subject(patient)
+    record = load_dataset(data or sim.model.dataset_name).subject(patient)
     report = patient_report(
         sim,
         record,
@@ -85,17 +83,10 @@ def report_trial(
 ) -> None:
     """An in-silico trial's report: Kaplan-Meier per arm, HR and RMST with CIs, subgroups, labs, observed arms."""
     from vpatient.report.trial import trial_report
-    from vpatient.simulation.cli import _simulator, load_plan
+    from vpatient.simulation.cli import load_arms, load_simulator
 
-    sim = _simulator(model)
-    arms = {}
-    for spec in arm:
-        name, sep, path = spec.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise VPatientError(f"--arm {spec!r}: expected NAME=PLAN.json, e.g. --arm placebo=plans/none.json")
-        if name.strip() in arms:
-            raise VPatientError(f"--arm {name!r} is given twice; arm names must be unique")
-        arms[name.strip()] = load_plan(Path(path.strip()), sim.model.config)
+    sim = load_simulator(model)
+    arms = load_arms(arm, sim.model.config)
     report = trial_report(
         sim, arms, n=n, seed=seed, years=years, event=event, draws_per_record=draws_per_record, card_link=card, command=_command()
     )

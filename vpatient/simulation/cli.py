@@ -40,7 +40,20 @@ def load_plan(path: Path, config) -> object:
     return parse_plan(data, config)
 
 
-def _simulator(model: Path):
+def load_arms(specs: list[str], config) -> dict:
+    """Trial arms from ``--arm NAME=PLAN.json`` options: name -> validated plan, in the order given."""
+    arms = {}
+    for spec in specs:
+        name, sep, path = (part.strip() for part in spec.partition("="))
+        if not sep or not name or not path:
+            raise VPatientError(f"--arm {spec!r}: expected NAME=PLAN.json, e.g. --arm placebo=plans/none.json")
+        if name in arms:
+            raise VPatientError(f"--arm {name!r} is given twice; arm names must be unique")
+        arms[name] = load_plan(Path(path), config)
+    return arms
+
+
+def load_simulator(model: Path):
     """The simulator of a checkpoint; fits and saves its population model the first time."""
     from vpatient.datasets import load_dataset
     from vpatient.simulation import Simulator
@@ -54,7 +67,7 @@ def _simulator(model: Path):
         (model / "population.json").unlink()
         sim = Simulator.load(model)
     if sim.population is None:
-        source = sim.model.data_source or sim.model.config.name
+        source = sim.model.dataset_name
         typer.echo(f"fitting the population model on {source} (once; saved in {model}) ...", err=True)
         sim.fit_population(load_dataset(source).records)
     return sim
@@ -81,7 +94,7 @@ def whatif_command(
 
     sim = Simulator.load(model)
     plans = [load_plan(p, sim.model.config) for p in plan]
-    record = load_dataset(data or sim.model.data_source or sim.model.config.name).subject(patient)
+    record = load_dataset(data or sim.model.dataset_name).subject(patient)
     result = sim.whatif(record, plans, horizon=horizon, n_samples=n_samples, seed=seed, at=at)
     if json_flag:
         typer.echo(json.dumps(result.to_dict(), indent=1))
@@ -117,7 +130,7 @@ def simulate_cohort(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Draw new virtual patients from the learned population and write them as a MEDS directory plus an events table."""
-    sim = _simulator(model)
+    sim = load_simulator(model)
     chosen = load_plan(plan, sim.model.config) if plan is not None else None
     result = sim.cohort(
         n,
@@ -160,15 +173,8 @@ def simulate_trial(
     """An in-silico trial: the same patients under each arm (common random numbers), analysed like a real trial."""
     from vpatient.datasets import load_dataset
 
-    sim = _simulator(model)
-    arms = {}
-    for spec in arm:
-        name, sep, path = spec.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise VPatientError(f"--arm {spec!r}: expected NAME=PLAN.json, e.g. --arm placebo=plans/none.json")
-        if name in arms:
-            raise VPatientError(f"--arm {name!r} is given twice; arm names must be unique")
-        arms[name.strip()] = load_plan(Path(path.strip()), sim.model.config)
+    sim = load_simulator(model)
+    arms = load_arms(arm, sim.model.config)
     population = load_dataset(data).records if data else None
     result = sim.trial(
         arms,
