@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from vpatient.simulation.whatif import WhatIfResult
     from vpatient.virtual_patient import Forecast
 
-__all__ = ["plot_forecast", "plot_km_by_arm", "plot_trial", "plot_whatif", "survival_table"]
+__all__ = ["kaplan_meier_by_arm", "plot_forecast", "plot_km_by_arm", "plot_trial", "plot_whatif", "survival_table"]
 
 
 def survival_table(cohort: Cohort, event: str = "death") -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -53,16 +53,26 @@ def _panels(n_panels: int, fig: plt.Figure | None, height: float = 2.9, cols: in
     return fig, axes
 
 
-def plot_km_by_arm(cohort: Cohort, event: str = "death", ax: plt.Axes | None = None) -> plt.Axes:
-    """Kaplan-Meier curves of ``event`` per baseline treatment arm, with 95% bands."""
+def kaplan_meier_by_arm(cohort: Cohort, event: str = "death") -> dict[str, KaplanMeierFitter]:
+    """A fitted Kaplan-Meier estimate of ``event`` per baseline treatment arm (sorted by arm).
+
+    Each fitter carries its arm's size and event count in ``durations`` / ``event_observed``.
+    """
     durations, observed, arms = survival_table(cohort, event)
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4.5))
     arm_array = np.asarray(arms)
+    fitters = {}
     for arm in sorted(set(arms)):
         mask = arm_array == arm
-        fitter = KaplanMeierFitter(label=f"{arm} (n={mask.sum()}, {observed[mask].sum()} {event}s)")
-        fitter.fit(durations[mask], observed[mask])
+        label = f"{arm} (n={mask.sum()}, {observed[mask].sum()} {event}s)"
+        fitters[arm] = KaplanMeierFitter(label=label).fit(durations[mask], observed[mask])
+    return fitters
+
+
+def plot_km_by_arm(cohort: Cohort, event: str = "death", ax: plt.Axes | None = None) -> plt.Axes:
+    """Kaplan-Meier curves of ``event`` per baseline treatment arm, with 95% bands."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    for fitter in kaplan_meier_by_arm(cohort, event).values():
         fitter.plot_survival_function(ax=ax, ci_show=True)
     unit = cohort.config.time_unit.value
     ax.set_xlabel(f"{unit} since index")

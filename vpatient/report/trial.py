@@ -212,29 +212,24 @@ def subgroup_effects(trial, covariates: pd.DataFrame, draws_per_record: int) -> 
 
 def observed_arms(cohort: Cohort, event: str, marks: list[float]) -> pd.DataFrame:
     """Kaplan-Meier survival of ``event`` per observed baseline arm at ``marks`` (empty with one arm)."""
-    from lifelines import KaplanMeierFitter
-
-    from vpatient.plots import survival_table
+    from vpatient.plots import kaplan_meier_by_arm
 
     try:
-        durations, observed, arms = survival_table(cohort, event)
+        fitters = kaplan_meier_by_arm(cohort, event)
     except ValueError:
         return pd.DataFrame()
-    arms = np.asarray(arms)
-    if len(set(arms)) < 2:
+    if len(fitters) < 2:
         return pd.DataFrame()
     rows = []
-    for arm in sorted(set(arms)):
-        mask = arms == arm
-        km = KaplanMeierFitter().fit(durations[mask], observed[mask])
+    for arm, km in fitters.items():
         ci = km.confidence_interval_survival_function_
         for t in marks:
             below = ci[ci.index <= t]
             rows.append(
                 {
                     "arm": arm,
-                    "n": int(mask.sum()),
-                    "events": int(observed[mask].sum()),
+                    "n": len(km.durations),
+                    "events": int(km.event_observed.sum()),
                     "time": t,
                     "survival": float(km.survival_function_at_times(t).iloc[0]),
                     "lower": float(below.iloc[-1, 0]) if len(below) else 1.0,
@@ -246,36 +241,33 @@ def observed_arms(cohort: Cohort, event: str, marks: list[float]) -> pd.DataFram
 
 def _km_figure(result, cohort: Cohort | None) -> str:
     import matplotlib.pyplot as plt
-    from lifelines import KaplanMeierFitter
 
-    from vpatient.plots import survival_table
+    from vpatient.plots import kaplan_meier_by_arm
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for k, arm in enumerate(result.arms):
         km = result.kaplan_meier[result.kaplan_meier["arm"] == arm]
         ax.step(km["time"], km["survival"], where="post", color=f"C{k}", label=f"simulated: {arm}")
         ax.fill_between(km["time"], km["lower"], km["upper"], step="post", color=f"C{k}", alpha=0.15)
+    fitters = {}
     if cohort is not None:
         try:
-            durations, observed, arms = survival_table(cohort, result.event)
-            arms = np.asarray(arms)
-            if len(set(arms)) >= 2:
-                for j, arm in enumerate(sorted(set(arms))):
-                    mask = arms == arm
-                    km = KaplanMeierFitter().fit(durations[mask], observed[mask])
-                    sf = km.survival_function_
-                    sf = sf[sf.index <= result.years]
-                    ax.step(
-                        sf.index,
-                        sf.iloc[:, 0],
-                        where="post",
-                        color=f"C{len(result.arms) + j}",
-                        ls=":",
-                        lw=1.8,
-                        label=f"observed ({cohort.name}): {arm}, n={mask.sum()}",
-                    )
+            fitters = kaplan_meier_by_arm(cohort, result.event)
         except ValueError:
-            pass
+            fitters = {}
+    if len(fitters) >= 2:
+        for j, (arm, km) in enumerate(fitters.items()):
+            sf = km.survival_function_
+            sf = sf[sf.index <= result.years]
+            ax.step(
+                sf.index,
+                sf.iloc[:, 0],
+                where="post",
+                color=f"C{len(result.arms) + j}",
+                ls=":",
+                lw=1.8,
+                label=f"observed ({cohort.name}): {arm}, n={len(km.durations)}",
+            )
     ax.set_ylim(0, 1.02)
     ax.set_xlim(0, result.years)
     ax.set_xlabel("years since enrolment")
