@@ -149,6 +149,22 @@ def test_cohort_is_valid_meds_that_reads_back(sim, tmp_path):
         sim.cohort(10, out=tmp_path / "c", progress=False)
 
 
+def test_an_interrupted_cohort_leaves_nothing_behind(sim, tmp_path, monkeypatch):
+    from vpatient.simulation import simulator
+
+    real = simulator.cohort_chunk
+
+    def failing(chunk, **kwargs):
+        if chunk.index == 1:
+            raise RuntimeError("disk full")
+        return real(chunk, **kwargs)
+
+    monkeypatch.setattr(simulator, "cohort_chunk", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sim.cohort(60, seed=1, years=2.0, out=tmp_path / "c", chunk_size=30, progress=False)
+    assert list(tmp_path.iterdir()) == []  # neither the cohort folder nor its staging folder
+
+
 def test_cohort_schedules_follow_their_rules(sim, tmp_path):
     regular = sim.cohort(40, seed=0, years=3.0, schedule="regular", visit_interval=0.5, progress=False)
     for record in regular.records():

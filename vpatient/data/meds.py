@@ -120,6 +120,7 @@ __all__ = [
     "frame_to_records",
     "iter_meds",
     "load_config_for",
+    "move_into_place",
     "read_meds",
     "records_to_frame",
     "write_meds",
@@ -399,7 +400,7 @@ def write_meds(
         write_meds_metadata(config, tmp, dataset_name)
         if splits:
             _write_splits(frame, splits, tmp / METADATA_DIR / SPLITS_FILE)
-        _move_into_place(tmp, out_dir)
+        move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -1244,7 +1245,7 @@ def _write_dataset_json(file: Path, dataset_name: str) -> None:
     file.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
 
 
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
+def move_into_place(tmp: Path, out_dir: Path) -> None:
     """Rename the finished folder into place; an old one is moved aside first, then removed."""
     if not out_dir.exists():
         os.rename(tmp, out_dir)

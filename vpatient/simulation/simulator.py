@@ -13,16 +13,17 @@ import json
 import logging
 import math
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from vpatient.data.meds import write_meds_metadata
+from vpatient.data.meds import move_into_place, write_meds_metadata
 from vpatient.errors import OutputExistsError, VPatientError
 from vpatient.schemas import PatientRecord, TreatmentPlan, parse_plan
-from vpatient.simulation.cohort import EVENTS_DIR, MEDS_DIR, CohortResult, cohort_chunk
+from vpatient.simulation.cohort import MEDS_DIR, CohortResult, cohort_chunk
 from vpatient.simulation.engine import Engine, chunks, run_chunks
 from vpatient.simulation.population import POPULATION_FILE, Population
 from vpatient.simulation.trial import AGGREGATES_DIR, PATIENTS_DIR, TrialResult, arm_outcomes, trial_chunk
@@ -105,10 +106,10 @@ class Simulator:
         if out is None:
             if n > MAX_IN_MEMORY:
                 raise VPatientError(f"n = {n:,}: give an output directory for cohorts over {MAX_IN_MEMORY:,} patients")
-            import tempfile
-
             out = Path(tempfile.mkdtemp(prefix="vpatient-cohort-"))
-        out_dir = _fresh_dir(Path(out), overwrite)
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise OutputExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
         settings = {
             "kind": "cohort",
             "n": n,
@@ -123,31 +124,41 @@ class Simulator:
             "population": "Gaussian mixture per baseline arm over the aggregate posterior and covariates",
         }
         checked = parse_plan(plan.model_dump(mode="json"), self.model.config) if plan else None
-        write_meds_metadata(self.model.config, out_dir / MEDS_DIR, dataset_name=f"virtual cohort of {self.model.config.name}")
-        counts = run_chunks(
-            cohort_chunk,
-            chunks(n, chunk_size, seed),
-            engine,
-            scheduler,
-            n_workers,
-            progress,
-            "virtual cohort",
-            model=self._model_ref(engine),
-            population=population.to_json(),
-            years=years,
-            schedule=schedule.value,
-            visit_interval=visit_interval,
-            plan=checked.model_dump_json() if checked else None,
-            out_dir=str(out_dir),
-        )
-        result = CohortResult(
-            out_dir,
-            sum(c["patients"] for c in counts),
-            sum(c["rows"] for c in counts),
-            sum(c["events"] for c in counts),
-            settings,
-        )
-        result.write_manifest()
+        # Everything is written beside ``out`` and renamed into place at the end, so an
+        # interrupted run never leaves half a cohort behind (as write_meds does).
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            write_meds_metadata(self.model.config, staging / MEDS_DIR, dataset_name=f"virtual cohort of {self.model.config.name}")
+            counts = run_chunks(
+                cohort_chunk,
+                chunks(n, chunk_size, seed),
+                engine,
+                scheduler,
+                n_workers,
+                progress,
+                "virtual cohort",
+                model=self._model_ref(engine),
+                population=population.to_json(),
+                years=years,
+                schedule=schedule.value,
+                visit_interval=visit_interval,
+                plan=checked.model_dump_json() if checked else None,
+                out_dir=str(staging),
+            )
+            result = CohortResult(
+                staging,
+                sum(c["patients"] for c in counts),
+                sum(c["rows"] for c in counts),
+                sum(c["events"] for c in counts),
+                settings,
+            )
+            result.write_manifest()
+            move_into_place(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        result.out_dir = out
         return result
 
     # -- trials ------------------------------------------------------------------
@@ -193,10 +204,8 @@ class Simulator:
             settings |= {"population": f"{len(records)} records at enrolment", "draws_per_record": draws_per_record}
         else:
             pop = self._population()
-            out_dir = _fresh_dir(Path(out) / "simulation", overwrite=True) if out is not None else None
+            out_dir = _fresh_dir(Path(out) / "simulation") if out is not None else None
             if Engine(engine) == Engine.DASK and out_dir is None:
-                import tempfile
-
                 out_dir = Path(tempfile.mkdtemp(prefix="vpatient-trial-"))
             parts = run_chunks(
                 trial_chunk,
@@ -247,11 +256,9 @@ def _check_years(years: float) -> None:
         raise VPatientError(f"years = {years!r}: the follow-up to simulate must be > 0")
 
 
-def _fresh_dir(path: Path, overwrite: bool) -> Path:
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"{path} is not empty; choose another --out or pass --overwrite")
-        for child in (MEDS_DIR, EVENTS_DIR, PATIENTS_DIR, AGGREGATES_DIR):
-            shutil.rmtree(path / child, ignore_errors=True)
+def _fresh_dir(path: Path) -> Path:
+    """``path``, created, without the part files of an earlier run (which would be read back with the new ones)."""
+    for child in (PATIENTS_DIR, AGGREGATES_DIR):
+        shutil.rmtree(path / child, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
