@@ -90,7 +90,10 @@ with tab_forecast:
         st.image(sess.figure("forecast", forecast_request), width="stretch")
     with st.expander(f"Forecast {horizon:g} years ahead, in numbers"):
         st.table(vd.styled(vd.forecast_table(sess.forecast(forecast_request))))
-    st.caption("Median, 50% and 90% prediction bands per lab; survival from the forecast time per event, with 90% bands.")
+    st.caption(
+        "Median, 50% and 90% prediction bands per lab; survival from the forecast time per event, with 90% bands. "
+        + sess.model.uncertainty_note()
+    )
 
 # --------------------------------------------------------------------------- 4. what-if
 with tab_whatif:
@@ -123,6 +126,7 @@ with tab_whatif:
     else:
         st.subheader(f"Effects against plan '{result.reference}' (90% intervals)")
         st.table(vd.styled(vd.effect_table(result)))
+        st.caption(sess.model.uncertainty_note())
         with st.expander("Effects on labs (typical value, natural units)"):
             st.table(vd.styled(vd.effect_table(result, kinds=("lab",))))
         st.image(sess.figure("whatif", whatif_request), width="stretch")
@@ -156,6 +160,17 @@ with tab_card:
         st.table(card["benchmarks"])
     for note in card["notes"]:
         st.markdown(f"- {note}")
+    # precomputed only: computing it cross-fits fold models, minutes (vpatient trial adjust --out MODEL_DIR)
+    adjustment = vd.trial_adjustment_view(sess.model_dir, sess.model.dataset_name)
+    st.subheader(adjustment.title)
+    if adjustment.problem:
+        st.warning(adjustment.problem)
+    for sentence in adjustment.sentences:
+        st.markdown(sentence)
+    if len(adjustment.table):
+        st.table(vd.styled(adjustment.table))
+    if adjustment.hint:
+        st.caption(adjustment.hint)
     st.subheader("Intended use and limits")
     st.markdown(card["intended_use"])
     st.markdown(card["limits"])

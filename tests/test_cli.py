@@ -88,7 +88,7 @@ def test_demo_writes_summary_plots_and_a_model(tmp_path):
     demo = tmp_path / "demo"
     assert (demo / "pbc2_km_by_arm.png").stat().st_size > 20_000  # a real figure, not an empty canvas
     assert (demo / "pbc2_forecast_patient4.png").stat().st_size > 20_000
-    assert (demo / "pbc2_model" / "weights.pt").is_file()
+    assert (demo / "pbc2_model" / "weights.pt").is_file() and (demo / "pbc2_model" / "weights-4.pt").is_file()  # 5 members
     assert "| subjects | 312 |" in (demo / "pbc2_summary.md").read_text()
     assert (demo / "pbc2_whatif_patient4.png").stat().st_size > 20_000
     assert "rmst:death" in (demo / "pbc2_whatif_patient4.md").read_text()
@@ -138,9 +138,13 @@ def test_validate_lists_every_problem_of_a_bad_meds_file(tmp_path):
 
 def test_train_then_forecast_from_the_command_line(tmp_path):
     model_dir = tmp_path / "model"
-    trained = vp("train", "--data", "synthetic", "--epochs", "2", "--seed", "1", "--out", str(model_dir), "--no-progress")
+    trained = vp(
+        "train", "--data", "synthetic", "--epochs", "2", "--members", "2", "--seed", "1", "--out", str(model_dir), "--no-progress"
+    )
     assert trained.returncode == 0, trained.stderr
-    assert (model_dir / "weights.pt").is_file() and (model_dir / "training_curve.png").is_file()
+    assert "trained 2 members, each on a bootstrap resample" in trained.stdout
+    assert (model_dir / "weights.pt").is_file() and (model_dir / "weights-1.pt").is_file()
+    assert (model_dir / "training_curve.png").is_file() and (model_dir / "members.json").is_file()
     out_json, out_png = tmp_path / "f.json", tmp_path / "f.png"
     result = vp(
         "forecast",

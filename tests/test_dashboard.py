@@ -164,6 +164,8 @@ def test_editing_a_plan_moves_the_effects_as_the_model_does(model_dir, model, co
     at = app(model_dir, monkeypatch)
     at.selectbox(key="patient").set_value(PATIENT).run()
     before = table_with(at, "difference")
+    # it says in plain words what the intervals include (a single model: not its own uncertainty)
+    assert any("This is a single trained model" in c.value for c in at.caption)
     at.number_input(key="plan0_dose").set_value(0.5).run()
     assert not at.exception, at.exception
     after = table_with(at, "difference")
@@ -232,3 +234,76 @@ def test_invalid_upload_shows_the_problems_and_the_app_still_works(model_dir, co
     at.sidebar.file_uploader(key="upload").upload("good.json", json.dumps(good).encode(), "application/json").run()
     assert not at.exception, at.exception
     assert any("Forecast of subject uploaded-7" in h.value for h in at.subheader)
+
+
+def _trial_adjustment(n: int = 200, seed: int = 0):
+    """A survival-only trial adjustment from the Cox analysis of a small simulated trial (x: the prognostic score)."""
+    from vpatient.simulation.adjustment import TrialAdjustmentResult, cox_adjustment
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    treated = rng.random(n) < 0.5
+    event_time = rng.exponential(1 / (0.1 * np.exp(1.2 * x)))
+    censor = rng.uniform(0, 8, n)
+    survival = cox_adjustment(np.minimum(event_time, censor), event_time <= censor, treated, x, outcome="death")
+    return TrialAdjustmentResult(
+        data="pbc2",
+        time_unit="years",
+        treatment_arm="d_penicillamine",
+        reference_arm="none",
+        arm_sizes={"d_penicillamine": int(treated.sum()), "none": int((~treated).sum())},
+        n_patients=n,
+        event="death",
+        horizon=5.0,
+        lab=None,
+        lab_at=2.0,
+        lab_window=0.5,
+        seed=seed,
+        n_folds=5,
+        n_samples=8,
+        scoring="simulated: the true prognostic variable",
+        survival=survival,
+        lab_effect=None,
+        se_target=0.1,
+        survival_target_met=False,
+        train_settings={},
+        model_settings={},
+        runtime_seconds=0.0,
+    )
+
+
+def test_model_card_shows_the_precomputed_trial_adjustment(model_dir, monkeypatch, tmp_path):
+    import shutil
+
+    from vpatient.report.adjustment import ADJUSTMENT_FILE, percent, precision_sentence
+    from vpatient.report.render import num
+    from vpatient.simulation.adjustment import write_trial_adjustment
+
+    own = tmp_path / "model"  # a copy: the adjustment file must not leak into the other tests' model
+    shutil.copytree(model_dir, own)
+    at = app(own, monkeypatch)
+    assert not at.exception, at.exception
+    # no result beside the model: a one-line hint with the command that writes it
+    hint = [c.value for c in at.caption if ADJUSTMENT_FILE in c.value]
+    assert hint and f"vpatient trial adjust --data pbc2 --out {own}" in hint[0]
+
+    (own / ADJUSTMENT_FILE).write_text('{"data": "pbc2"}')
+    at.run()
+    assert not at.exception, at.exception
+    assert any(f"{own / ADJUSTMENT_FILE} is not a valid trial adjustment result" in w.value for w in at.warning)
+
+    result = _trial_adjustment()
+    write_trial_adjustment(result, own)
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.warning
+    assert any("Covariate adjustment of the real trial" in h.value for h in at.subheader)
+    shown = table_with(at, "SE change")
+    se_change = percent(-result.survival.se_reduction, signed=True)
+    assert shown["SE change"].tolist() == [se_change]
+    assert shown["sample-size saving"].tolist() == [percent(result.survival.sample_size_saving, signed=True)]
+    assert shown["with the score"].iloc[0].startswith(f"{num(result.survival.adjusted.hazard_ratio)} (95% CI")
+    words = " ".join(m.value for m in at.markdown)
+    assert precision_sentence(result.survival) in words and se_change in words
+    assert "cross-fitted" in words and "baseline data only" in words
+    assert not [c for c in at.caption if ADJUSTMENT_FILE in c.value]  # the hint is gone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from dataclasses import replace
@@ -227,6 +228,13 @@ def test_pickled_or_corrupted_checkpoints_are_refused(small_model, tmp_path):
     small_model.save(tmp_path / "m")
     weights = tmp_path / "m" / "weights.pt"
     torch.save({"weights": _Payload()}, weights)
+    with pytest.raises(CheckpointError, match=r"weights\.pt is corrupted"):
+        VirtualPatientModel.load(tmp_path / "m")
+    # A checkpoint written before ensembles records no digest: torch's weights_only loader is the guard.
+    meta_path = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["members"]
+    meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="never unpickles"):
         VirtualPatientModel.load(tmp_path / "m")
     weights.write_bytes(pickle.dumps({"a": 1}, protocol=2)[:10])
@@ -236,7 +244,7 @@ def test_pickled_or_corrupted_checkpoints_are_refused(small_model, tmp_path):
     with pytest.raises(CheckpointError, match="do not fit the model"):
         VirtualPatientModel.load(tmp_path / "m")
     weights.unlink()
-    with pytest.raises(CheckpointError, match=r"missing weights\.pt"):
+    with pytest.raises(CheckpointError, match=r"weights\.pt is missing"):
         VirtualPatientModel.load(tmp_path / "m")
     with pytest.raises(CheckpointError, match="no model directory"):
         VirtualPatientModel.load(tmp_path / "nowhere")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html as html_text
 import re
 import shutil
 import subprocess
@@ -12,10 +13,14 @@ import pytest
 from typer.testing import CliRunner
 
 from vpatient.datasets import load_dataset
+from vpatient.errors import VPatientError
 from vpatient.report import model_card, num, patient_report, trial_report
+from vpatient.report.adjustment import SECTION_TITLE, percent, precision_sentence
 from vpatient.report.cli import report_app
+from vpatient.report.render import interval
 from vpatient.schemas import TreatmentExposure, TreatmentPlan, parse_record
 from vpatient.simulation import Simulator
+from vpatient.simulation.adjustment import TrialAdjustmentResult, ancova_adjustment, cox_adjustment, write_trial_adjustment
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
 
@@ -161,6 +166,105 @@ def test_trial_report_shows_the_trial_and_subgroups(sim, pbc):
     assert set(observed["arm"]) == {"none", "d_penicillamine"}  # the real PBC arms beside the simulated ones
     again = trial_report(sim, {"placebo": PLACEBO, "D-penicillamine": DRUG}, n=60, seed=1, draws_per_record=1)
     assert _without_timestamp(again.html) == _without_timestamp(out.html)
+    assert SECTION_TITLE not in out.html  # no adjustment given, no section
+
+
+def adjustment_result(n: int = 300, seed: int = 0) -> TrialAdjustmentResult:
+    """A trial adjustment from the analyses on a small simulated randomised trial (x: a perfect prognostic score).
+
+    Survival: hazard 0.1 exp(1.2 x), no treatment effect; lab: 1 + 0.8 x + 0.3 treated + noise, baseline a noisy x.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    treated = rng.random(n) < 0.5
+    event_time = rng.exponential(1 / (0.1 * np.exp(1.2 * x)))
+    censor = rng.uniform(0, 8, n)
+    survival = cox_adjustment(np.minimum(event_time, censor), event_time <= censor, treated, x, outcome="death")
+    lab = 1 + 0.8 * x + 0.3 * treated + rng.normal(scale=0.5, size=n)
+    lab[:20] = np.nan  # no follow-up value: left out
+    baseline = x + rng.normal(scale=0.5, size=n)
+    lab_effect = ancova_adjustment(lab, treated, x, baseline=baseline, label="log(bilirubin) at 2 years")
+    return TrialAdjustmentResult(
+        data="pbc2",
+        time_unit="years",
+        treatment_arm="d_penicillamine",
+        reference_arm="none",
+        arm_sizes={"d_penicillamine": int(treated.sum()), "none": int((~treated).sum())},
+        n_patients=n,
+        event="death",
+        horizon=5.0,
+        lab="bilirubin",
+        lab_at=2.0,
+        lab_window=0.5,
+        seed=seed,
+        n_folds=5,
+        n_samples=8,
+        scoring="simulated: the true prognostic variable",
+        survival=survival,
+        lab_effect=lab_effect,
+        se_target=0.1,
+        survival_target_met=False,
+        train_settings={},
+        model_settings={},
+        runtime_seconds=0.0,
+    )
+
+
+def test_trial_report_shows_the_real_trial_adjustment(sim, tmp_path):
+    result = adjustment_result()
+    path = write_trial_adjustment(result, tmp_path)[0]
+    out = trial_report(sim, {"placebo": PLACEBO, "D-penicillamine": DRUG}, n=30, seed=1, training=False, adjustment=path)
+    text = html_text.unescape(out.html)
+    assert SECTION_TITLE in text
+    shown = tables(out.html)
+    effects = shown["adjustment-effects"]
+    assert effects[0][:5] == ["outcome", "analysis", "adjusted for", "effect", "estimate"]
+    cox, lab = result.survival, result.lab_effect
+    # survival: hazard ratios with their CIs (SE of the log HR), then the lab difference, without and with the score
+    expected = [
+        ["death", "without the score", "treatment", "hazard ratio", num(cox.unadjusted.hazard_ratio),
+         interval(cox.unadjusted.hazard_ratio_lower, cox.unadjusted.hazard_ratio_upper), num(cox.unadjusted.se)],
+        ["death", "with the score", "treatment + prognostic score", "hazard ratio", num(cox.adjusted.hazard_ratio),
+         interval(cox.adjusted.hazard_ratio_lower, cox.adjusted.hazard_ratio_upper), num(cox.adjusted.se)],
+        ["log(bilirubin) at 2 years", "without the score", "treatment + baseline", "difference", num(lab.unadjusted.estimate),
+         interval(lab.unadjusted.lower, lab.unadjusted.upper), num(lab.unadjusted.se)],
+        ["log(bilirubin) at 2 years", "with the score", "treatment + baseline + prognostic score", "difference",
+         num(lab.adjusted.estimate), interval(lab.adjusted.lower, lab.adjusted.upper), num(lab.adjusted.se)],
+    ]  # fmt: skip
+    assert [row[:7] for row in effects[1:]] == expected
+    precision = shown["adjustment-precision"][1:]
+    assert [row[6] for row in precision] == [percent(-e.se_reduction, signed=True) for e in (cox, lab)]
+    assert [row[7] for row in precision] == [percent(e.sample_size_saving, signed=True) for e in (cox, lab)]
+    assert precision[1][2] == str(lab.n_patients) == str(result.n_patients - 20)
+    # in plain words: the SE change and the patients it saves, and how the score was made
+    for effect in (cox, lab):
+        assert precision_sentence(effect) in text
+    assert lab.se_reduction > 0.1 and "fewer patients" in precision_sentence(lab)
+    assert "cross-fitted" in text and "a model that did not see them" in text and "baseline data only" in text
+    assert f"Covariate adjustment from {path} (vpatient" in text
+
+
+def test_an_invalid_adjustment_file_is_refused(sim, model_dir, tmp_path):
+    arms = {"placebo": PLACEBO, "D-penicillamine": DRUG}
+    bad = tmp_path / "trial-adjustment.json"
+    bad.write_text('{"benchmark": "forecast", "data": "pbc2"}')
+    with pytest.raises(VPatientError, match=r"trial-adjustment.json is not a valid trial adjustment result .*benchmark"):
+        trial_report(sim, arms, n=30, adjustment=bad)
+    bad.write_text("not json")
+    with pytest.raises(VPatientError, match=r"is not a valid trial adjustment result .*Invalid JSON"):
+        trial_report(sim, arms, n=30, adjustment=bad)
+    with pytest.raises(VPatientError, match=r"adjustment file .*nope.json does not exist"):
+        trial_report(sim, arms, n=30, adjustment=tmp_path / "nope.json")
+
+    plan = tmp_path / "placebo.json"
+    plan.write_text(PLACEBO.model_dump_json())
+    out = tmp_path / "r.html"
+    args = ["trial", "--model", str(model_dir), "--arm", f"a={plan}", "--arm", f"b={plan}", "--out", str(out)]
+    result = CliRunner().invoke(report_app, [*args, "--adjustment", str(bad)])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, VPatientError)
+    assert f"{bad} is not a valid trial adjustment result" in str(result.exception)
+    assert not out.exists()
 
 
 def test_model_card_reads_the_benchmarks(sim):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,7 @@ from vpatient.dashboard import dashboard_command
 from vpatient.errors import Problem, RecordValidationError, VPatientError
 from vpatient.evaluate.cli import benchmark_app
 from vpatient.report.cli import report_app
-from vpatient.simulation.cli import simulate_app, whatif_command
+from vpatient.simulation.cli import simulate_app, trial_app, whatif_command
 
 app = typer.Typer(help="vpatient: a virtual-patient disease-progression simulator.", no_args_is_help=True, add_completion=False)
 datasets_app = typer.Typer(help="Embedded datasets: list, summarise, export to MEDS.", no_args_is_help=True)
@@ -29,6 +30,7 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(report_app, name="report")
+app.add_typer(trial_app, name="trial")
 app.command("whatif")(whatif_command)
 app.command("dashboard")(dashboard_command)
 
@@ -36,6 +38,19 @@ log = logging.getLogger("vpatient")
 
 SeedOption = Annotated[int, typer.Option(help="Random seed; the same seed gives the same numbers.")]
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS paths.")]
+MembersOption = Annotated[
+    int,
+    typer.Option(
+        "--members",
+        min=1,
+        help="Ensemble members, each trained on a bootstrap resample: the model's own uncertainty (1: a single model).",
+    ),
+]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Members trained at once, one process each (default: one per core).")
+]
+#: Members of a trained model unless told otherwise (Lakshminarayanan et al. 2017: five suffice for calibrated uncertainty).
+DEFAULT_MEMBERS = 5
 
 
 def _version(value: bool) -> None:
@@ -162,31 +177,44 @@ def train(
     config: ConfigOption = None,
     epochs: Annotated[int, typer.Option(help="Most epochs; early stopping usually ends sooner.")] = 400,
     latent_dim: Annotated[int, typer.Option(help="Dimension of the latent disease state.")] = 8,
+    members: MembersOption = DEFAULT_MEMBERS,
+    workers: WorkersOption = None,
     seed: SeedOption = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train the world model and write a checkpoint directory (weights, config, scalers, metrics)."""
+    """Train the world model (an ensemble of --members) and write a checkpoint directory (weights, config, scalers, metrics)."""
     from vpatient.datasets import load_dataset
     from vpatient.model.vpm import ModelSettings
     from vpatient.train import TrainSettings
     from vpatient.virtual_patient import VirtualPatientModel
 
     cohort = load_dataset(data, config, seed=seed)
+    started = time.perf_counter()
     model = VirtualPatientModel.fit(
         cohort.records,
         cohort.config,
-        TrainSettings(epochs=epochs, seed=seed),
+        TrainSettings(epochs=epochs, seed=seed, members=members),
         ModelSettings(latent_dim=latent_dim),
         progress=progress,
+        workers=workers,
     )
     model.data_source = data
     model.save(out)
     from vpatient.simulation import Simulator
 
     Simulator(model, model_dir=out).fit_population(cohort.records, seed=seed)
+    typer.echo(f"{_training_summary(model, time.perf_counter() - started)}; wrote {out}")
+
+
+def _training_summary(model, seconds: float) -> str:
+    """One line on how the model was trained: members, patients, best epochs, wall time."""
     h = model.history
-    typer.echo(
-        f"trained on {h.n_train} patients (and {h.n_validation} more for early stopping) in {h.seconds:.0f} s; best epoch {h.best_epoch}; wrote {out}"
+    if model.n_members == 1:
+        return f"trained on {h.n_train} patients (and {h.n_validation} more for early stopping) in {seconds:.0f} s; best epoch {h.best_epoch}"
+    best = ", ".join(str(m.best_epoch) for m in model.member_histories)
+    return (
+        f"trained {model.n_members} members, each on a bootstrap resample of {h.n_train} patients "
+        f"(and {h.n_validation} held out for early stopping), in {seconds:.0f} s; best epochs {best}"
     )
 
 
@@ -293,6 +321,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Directory for the demo's outputs.")] = Path("demo_output"),
     epochs: Annotated[int, typer.Option(help="Most training epochs (early stopping usually ends sooner).")] = 400,
     patient: Annotated[str, typer.Option(help="Subject whose forecast is plotted.")] = "4",
+    members: MembersOption = DEFAULT_MEMBERS,
     seed: SeedOption = 0,
 ) -> None:
     """The main job on the embedded PBC data: summary, Kaplan-Meier by arm, a trained model, a forecast, a what-if, the trial in silico."""
@@ -310,12 +339,14 @@ def demo(
     (out / "pbc2_summary.md").write_text(summary.to_markdown(), encoding="utf-8")
     ax = plot_km_by_arm(cohort, event="death")
     ax.figure.savefig(out / "pbc2_km_by_arm.png", dpi=120, bbox_inches="tight")
-    typer.echo("training the world model on PBC (a few minutes on 2 cores) ...")
-    model = VirtualPatientModel.fit(cohort.records, cohort.config, TrainSettings(epochs=epochs, seed=seed), ModelSettings())
+    typer.echo(f"training the world model on PBC, an ensemble of {members} (a few minutes on 2 cores) ...")
+    started = time.perf_counter()
+    model = VirtualPatientModel.fit(
+        cohort.records, cohort.config, TrainSettings(epochs=epochs, seed=seed, members=members), ModelSettings()
+    )
     model.data_source = "pbc2"
     model.save(out / "pbc2_model")
-    h = model.history
-    typer.echo(f"trained in {h.seconds:.0f} s (best epoch {h.best_epoch}); checkpoint in {out / 'pbc2_model'}")
+    typer.echo(f"{_training_summary(model, time.perf_counter() - started)}; checkpoint in {out / 'pbc2_model'}")
     record = cohort.subject(patient)
     until = record.visit_times()[len(record.visit_times()) // 2]
     result = model.forecast(record, until=until, horizon=5.0, n_samples=200, seed=seed)

@@ -5,7 +5,7 @@ The Streamlit app is thin: its widgets build the request objects defined here
 :class:`NextTestRequest`), a :class:`DashboardSession` computes (the model, its
 dataset and a small cache of results, shared by every browser session), and the
 functions here prepare what the renderers draw (tables, figures as PNG bytes, the
-model card). Nothing in this module imports Streamlit, so all of it is testable
+model card, a precomputed trial adjustment in plain words). Nothing in this module imports Streamlit, so all of it is testable
 without a browser.
 
 ``vpatient dashboard`` (:func:`dashboard_command`) starts the app. With no ``--model``
@@ -52,6 +52,7 @@ __all__ = [
     "MAX_PLANS",
     "MAX_UPLOAD_BYTES",
     "MODEL_ENV",
+    "AdjustmentView",
     "DashboardSession",
     "ForecastRequest",
     "NextTestRequest",
@@ -67,6 +68,7 @@ __all__ = [
     "plot_timeline",
     "problems_table",
     "resolve_model_dir",
+    "trial_adjustment_view",
 ]
 
 MODEL_ENV = "VPATIENT_MODEL_DIR"  # checkpoint the app serves (set by `vpatient dashboard`)
@@ -660,6 +662,64 @@ def model_card(model, model_dir: Path, results_dir: Path | None = None) -> dict:
         "intended_use": intended,
         "limits": limits,
     }
+
+
+@dataclass(frozen=True)
+class AdjustmentView:
+    """What the model card shows of the real trial's prognostic-score adjustment (``trial-adjustment.json``).
+
+    ``sentences`` and ``table`` are empty when there is no result to show; ``hint`` then
+    says, in one line, how to produce it, and ``problem`` why a file found could not be read.
+    """
+
+    title: str
+    sentences: list[str]
+    table: pd.DataFrame
+    hint: str = ""
+    problem: str = ""
+
+
+def trial_adjustment_view(model_dir: Path, data: str | None = None) -> AdjustmentView:
+    """The adjustment saved in ``model_dir`` in plain words and one row per outcome, or a hint to compute it.
+
+    Computing it cross-fits fold models (minutes), far too slow for a dashboard, so only a
+    precomputed result is shown: ``vpatient trial adjust --out MODEL_DIR`` writes it.
+    ``data`` names the trial in the hint (default: pbc2).
+    """
+    from vpatient.report.adjustment import (
+        ADJUSTMENT_FILE,
+        SECTION_TITLE,
+        adjusted_effects,
+        effect_sentence,
+        estimate_text,
+        load_adjustment,
+        percent,
+        precision_sentence,
+        scoring_sentence,
+    )
+
+    path = Path(model_dir) / ADJUSTMENT_FILE
+    command = f"`vpatient trial adjust --data {data or 'pbc2'} --out {model_dir}` (it cross-fits 5 fold models: minutes)"
+    if not path.is_file():
+        hint = f"No {ADJUSTMENT_FILE} beside this model; to show the adjustment, run {command}."
+        return AdjustmentView(SECTION_TITLE, [], pd.DataFrame(), hint=hint)
+    try:
+        result = load_adjustment(path)
+    except VPatientError as exc:
+        return AdjustmentView(SECTION_TITLE, [], pd.DataFrame(), hint=f"To write it anew, run {command}.", problem=str(exc))
+    effects = adjusted_effects(result)
+    sentences = [f"{effect_sentence(result, e)} {precision_sentence(e)}" for e in effects]
+    table = pd.DataFrame(
+        {
+            "outcome": [e.outcome for e in effects],
+            "effect": ["hazard ratio" if e.analysis == "cox" else e.effect for e in effects],
+            "without the score": [estimate_text(e, "unadjusted") for e in effects],
+            "with the score": [estimate_text(e, "adjusted") for e in effects],
+            "SE change": [percent(-e.se_reduction, signed=True) for e in effects],
+            "sample-size saving": [percent(e.sample_size_saving, signed=True) for e in effects],
+        }
+    )
+    return AdjustmentView(SECTION_TITLE, [*sentences, scoring_sentence(result)], table)
 
 
 # --------------------------------------------------------------------------- the command

@@ -46,7 +46,7 @@ from vpatient.data.batching import PatientBatch, make_batch
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError
 from vpatient.schemas import DatasetConfig, PatientRecord
-from vpatient.virtual_patient import VirtualPatientModel
+from vpatient.virtual_patient import VirtualPatientModel, member_slices
 
 __all__ = ["Recommendation", "Target", "TestGain", "eig_from_pool", "recommend"]
 
@@ -103,8 +103,13 @@ def _normalised(log_w: torch.Tensor) -> torch.Tensor:
     return torch.softmax(log_w, dim=-1)
 
 
-def _entropy(values: torch.Tensor, weights: torch.Tensor, kind: str, noise_var: float) -> torch.Tensor:
-    """Entropy of the target under each row of weights (R, S); values (S, K) or (S,) probabilities."""
+def _entropy(values: torch.Tensor, weights: torch.Tensor, kind: str, noise_var: float | torch.Tensor) -> torch.Tensor:
+    """Entropy of the target under each row of weights (R, S); values (S, K) or (S,) probabilities.
+
+    ``noise_var`` is the measurement noise variance of a forecast target: one number, or
+    one per pool draw (S,) when ensemble members disagree on it (then its weighted mean
+    joins the moment-matched covariance).
+    """
     if kind == "bernoulli":
         p = (weights * values).sum(dim=-1).clamp(1e-9, 1 - 1e-9)
         return -(p * torch.log(p) + (1 - p) * torch.log1p(-p))
@@ -112,7 +117,11 @@ def _entropy(values: torch.Tensor, weights: torch.Tensor, kind: str, noise_var: 
     centred = values.unsqueeze(0) - mean.unsqueeze(1)  # (R, S, K)
     cov = torch.einsum("rs,rsk,rsl->rkl", weights, centred, centred)
     k = values.shape[-1]
-    cov = cov + (noise_var + 1e-6) * torch.eye(k, dtype=values.dtype)
+    if isinstance(noise_var, torch.Tensor):
+        noise = weights @ noise_var.to(values.dtype)
+    else:
+        noise = torch.full((len(weights),), noise_var, dtype=values.dtype)
+    cov = cov + (noise + 1e-6)[:, None, None] * torch.eye(k, dtype=values.dtype)
     return 0.5 * (k * _LOG_2PI_E + torch.logdet(cov))
 
 
@@ -122,7 +131,7 @@ def eig_from_pool(
     log_factor: torch.Tensor,
     outer: torch.Tensor,
     kind: str,
-    noise_var: float = 0.0,
+    noise_var: float | torch.Tensor = 0.0,
 ) -> tuple[float, float]:
     """EIG (nats) and its MC standard error from a weighted pool and the factors of hypothetical results.
 
@@ -212,41 +221,66 @@ class Recommendation:
 
 @dataclass
 class _Pool:
+    """The pool of posterior draws; with an ensemble, member k's draws are the block ``blocks[k]``."""
+
     draws: torch.Tensor  # (S, P) posterior draws of z0 and offsets
     log_w: torch.Tensor  # (S,) log weight: event-free up to t
     batch: PatientBatch  # the history, repeated S times
     z_now: torch.Tensor  # (S, L) latent state at t
     target: torch.Tensor  # (S, K) or (S,)
     target_kind: str  # gaussian | bernoulli
-    noise_var: float
+    noise_var: float | torch.Tensor  # forecast targets: (S,) per draw's member
+    worlds: list  # the members that drew the pool
+    blocks: list[slice]
 
 
 @torch.no_grad()
 def _pool(
     model: VirtualPatientModel, history: PatientRecord, at: float, target: Target, n: int, generator: torch.Generator
 ) -> _Pool:
-    world = model.world
+    """S posterior draws split between the members (each member's own latent space and dynamics).
+
+    The latent state has no meaning shared between members, so a ``latent`` target reads
+    the first member's alone.
+    """
+    worlds = model.members if target.kind != "latent" else model.members[:1]
+    blocks = member_slices(n, len(worlds))
     batch = make_batch([history], model.config, model.scalers)
     cutoff = torch.tensor([at], dtype=torch.float32)
-    mean, var = world.posterior(batch, cutoff)
-    draws = mean + var.sqrt() * torch.randn((n, mean.shape[-1]), generator=generator)
+    posteriors = [world.posterior(batch, cutoff) for world in worlds]
+    eps = torch.randn((n, posteriors[0][0].shape[-1]), generator=generator)
     rep = batch.repeat(n)
     until = at + target.horizon
-    solution = world.rollout(draws, rep, until=until + 1e-3)
-    log_w = world.event_log_likelihood(solution, rep.event_time, rep.event_observed)  # the history is cut at t
-    now = torch.full((n, 1), at)
-    z_now = solution.z(now)[:, 0]
-    if target.kind == "latent":
-        return _Pool(draws, log_w, rep, z_now, z_now, "gaussian", 0.0)
-    later = torch.full((n, 1), until)
-    if target.kind == "risk":
-        k = model.layout.events.index(target.event)
-        gained = solution.cumulative_hazard(later)[:, 0, k] - solution.cumulative_hazard(now)[:, 0, k]
-        return _Pool(draws, log_w, rep, z_now, 1.0 - torch.exp(-gained.clamp(min=0)), "bernoulli", 0.0)
-    j = model.layout.continuous.index(target.variable)
-    value = world.decoder.continuous_mean(solution.z(later), world.offsets(draws), later)[:, 0, j : j + 1]
-    noise = float(world.decoder.continuous_sd()[j]) ** 2
-    return _Pool(draws, log_w, rep, z_now, value, "gaussian", noise)
+    parts: dict[str, list[torch.Tensor]] = {"draws": [], "log_w": [], "z_now": [], "target": [], "noise": []}
+    for world, (mean, var), block in zip(worlds, posteriors, blocks, strict=True):
+        size = block.stop - block.start
+        draws = mean + var.sqrt() * eps[block]
+        sub = batch.repeat(size)
+        solution = world.rollout(draws, sub, until=until + 1e-3)
+        now = torch.full((size, 1), at)
+        z_now = solution.z(now)[:, 0]
+        later = torch.full((size, 1), until)
+        if target.kind == "latent":
+            value = z_now
+        elif target.kind == "risk":
+            k = model.layout.events.index(target.event)
+            gained = solution.cumulative_hazard(later)[:, 0, k] - solution.cumulative_hazard(now)[:, 0, k]
+            value = 1.0 - torch.exp(-gained.clamp(min=0))
+        else:
+            j = model.layout.continuous.index(target.variable)
+            value = world.decoder.continuous_mean(solution.z(later), world.offsets(draws), later)[:, 0, j : j + 1]
+            parts["noise"].append(torch.full((size,), float(world.decoder.continuous_sd()[j]) ** 2))
+        parts["draws"].append(draws)
+        parts["log_w"].append(world.event_log_likelihood(solution, sub.event_time, sub.event_observed))  # history cut at t
+        parts["z_now"].append(z_now)
+        parts["target"].append(value)
+    joined = {name: torch.cat(values) for name, values in parts.items() if values}
+    if target.kind == "forecast":
+        noise: float | torch.Tensor = joined["noise"] if len(worlds) > 1 else float(joined["noise"][0])
+        kind = "gaussian"
+    else:
+        noise, kind = 0.0, "bernoulli" if target.kind == "risk" else "gaussian"
+    return _Pool(joined["draws"], joined["log_w"], rep, joined["z_now"], joined["target"], kind, noise, list(worlds), blocks)
 
 
 @dataclass
@@ -267,49 +301,77 @@ class _Predictive:
     binary: torch.Tensor | None  # (S, Db) probabilities
     ordinal: list[torch.Tensor]  # per ordinal variable (S, C) class probabilities
     imaging: torch.Tensor | None  # (S, Di) means
+    continuous_sd: torch.Tensor | None  # (S, Dc) measurement noise of each draw's member
+    imaging_sd: torch.Tensor | None  # (S, Di)
 
 
 @torch.no_grad()
 def _predictive(model: VirtualPatientModel, pool: _Pool, at: float) -> _Predictive:
-    world, decoder = model.world, model.world.decoder
-    z = pool.z_now.unsqueeze(1)  # (S, 1, L)
-    times = torch.full((len(z), 1), at)
+    """Each draw decoded by the member that drew it, pooled in draw order."""
+    parts = []
+    for world, block in zip(pool.worlds, pool.blocks, strict=True):
+        decoder = world.decoder
+        z = pool.z_now[block].unsqueeze(1)  # (s, 1, L)
+        times = torch.full((len(z), 1), at)
+        size = (len(z), -1)
+        parts.append(
+            _Predictive(
+                continuous=decoder.continuous_mean(z, world.offsets(pool.draws[block]), times)[:, 0]
+                if decoder.continuous is not None
+                else None,
+                binary=torch.sigmoid(decoder.binary_logits(z))[:, 0] if decoder.binary is not None else None,
+                ordinal=[decoder.ordinal_probs(z, j)[:, 0] for j in range(len(model.layout.ordinal))],
+                imaging=decoder.imaging_mean(z)[:, 0] if decoder.imaging is not None else None,
+                continuous_sd=decoder.continuous_sd().expand(size) if decoder.continuous is not None else None,
+                imaging_sd=decoder.imaging_sd().expand(size) if decoder.imaging is not None else None,
+            )
+        )
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name: str) -> torch.Tensor | None:
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else torch.cat(values)
+
     return _Predictive(
-        continuous=decoder.continuous_mean(z, world.offsets(pool.draws), times)[:, 0] if decoder.continuous is not None else None,
-        binary=torch.sigmoid(decoder.binary_logits(z))[:, 0] if decoder.binary is not None else None,
-        ordinal=[decoder.ordinal_probs(z, j)[:, 0] for j in range(len(model.layout.ordinal))],
-        imaging=decoder.imaging_mean(z)[:, 0] if decoder.imaging is not None else None,
+        continuous=cat("continuous"),
+        binary=cat("binary"),
+        ordinal=[torch.cat([p.ordinal[j] for p in parts]) for j in range(len(parts[0].ordinal))],
+        imaging=cat("imaging"),
+        continuous_sd=cat("continuous_sd"),
+        imaging_sd=cat("imaging_sd"),
     )
 
 
 def _draw_results(
     model: VirtualPatientModel, predictive: _Predictive, rows: torch.Tensor, generator: torch.Generator
 ) -> _Results:
-    decoder = model.world.decoder
     continuous = binary = imaging = None
     if predictive.continuous is not None:
         mean = predictive.continuous[rows]
-        continuous = (mean + torch.randn(mean.shape, generator=generator) * decoder.continuous_sd()).unsqueeze(1)
+        continuous = (mean + torch.randn(mean.shape, generator=generator) * predictive.continuous_sd[rows]).unsqueeze(1)
     if predictive.binary is not None:
         p = predictive.binary[rows]
         binary = (torch.rand(p.shape, generator=generator) < p).float().unsqueeze(1)
     ordinal = [torch.multinomial(probs[rows], 1, generator=generator) for probs in predictive.ordinal]
     if predictive.imaging is not None:
         mean = predictive.imaging[rows]
-        imaging = (mean + torch.randn(mean.shape, generator=generator) * decoder.imaging_sd()).unsqueeze(1)
+        imaging = (mean + torch.randn(mean.shape, generator=generator) * predictive.imaging_sd[rows]).unsqueeze(1)
     return _Results(continuous, binary, ordinal, imaging)
 
 
 def _likelihood_log_factor(model: VirtualPatientModel, group, results: _Results, predictive: _Predictive) -> torch.Tensor:
-    """log p(result_i | pool draw s) of one test's variables under the decoder: (R, S)."""
-    decoder = model.world.decoder
+    """log p(result_i | pool draw s) of one test's variables under the decoder: (R, S).
+
+    Gaussian terms keep their -log sd: members of an ensemble may disagree on the noise.
+    """
     total = 0.0
     if group.continuous:
         idx = list(group.continuous)
         y = results.continuous[:, 0, idx].unsqueeze(1)  # (R, 1, k)
         mean = predictive.continuous[:, idx].unsqueeze(0)  # (1, S, k)
-        sd = decoder.continuous_sd()[idx]
-        total = total + (-0.5 * ((y - mean) / sd) ** 2).sum(dim=-1)
+        sd = predictive.continuous_sd[:, idx].unsqueeze(0)
+        total = total + (-0.5 * ((y - mean) / sd) ** 2 - torch.log(sd)).sum(dim=-1)
     if group.binary:
         idx = list(group.binary)
         y = results.binary[:, 0, idx].unsqueeze(1)
@@ -322,8 +384,8 @@ def _likelihood_log_factor(model: VirtualPatientModel, group, results: _Results,
         idx = list(group.imaging)
         y = results.imaging[:, 0, idx].unsqueeze(1)
         mean = predictive.imaging[:, idx].unsqueeze(0)
-        sd = decoder.imaging_sd()[idx]
-        total = total + (-0.5 * ((y - mean) / sd) ** 2).sum(dim=-1)
+        sd = predictive.imaging_sd[:, idx].unsqueeze(0)
+        total = total + (-0.5 * ((y - mean) / sd) ** 2 - torch.log(sd)).sum(dim=-1)
     return total
 
 
@@ -331,12 +393,18 @@ def _likelihood_log_factor(model: VirtualPatientModel, group, results: _Results,
 def _expert_log_factor_of(
     model: VirtualPatientModel, group, pool: _Pool, rows: torch.Tensor, at: float, results: _Results
 ) -> torch.Tensor:
-    """log density at the pool draws of the encoder's expert for each result (the amortised PoE update): (R, S)."""
-    experts = model.world.experts
+    """log density at the pool draws of the encoder's expert for each result (the amortised PoE update): (R, S).
+
+    Each member's draws are scored by that member's expert.
+    """
     one = _one_visit(pool.batch.select(rows), at, group, results.continuous, results.binary, results.ordinal, results.imaging)
-    features, _ = experts.group_features(group, one)
-    mean, precision = experts.group_heads[group.name](torch.cat([features, experts.context(one)], dim=-1))
-    return _expert_log_factor(mean[:, 0], precision[:, 0], pool.draws)
+    factors = []
+    for world, block in zip(pool.worlds, pool.blocks, strict=True):
+        experts = world.experts
+        features, _ = experts.group_features(group, one)
+        mean, precision = experts.group_heads[group.name](torch.cat([features, experts.context(one)], dim=-1))
+        factors.append(_expert_log_factor(mean[:, 0], precision[:, 0], pool.draws[block]))
+    return torch.cat(factors, dim=1)
 
 
 def _one_visit(batch: PatientBatch, at: float, group, continuous, binary, ordinal, imaging) -> PatientBatch:

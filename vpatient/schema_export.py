@@ -98,11 +98,13 @@ def _all_types() -> dict[str, type[BaseModel]]:
     """Input types, and the result types of every benchmark (so results are a documented format)."""
     from vpatient.evaluate.cohort_fidelity_benchmark import RESULT_TYPES as COHORT_FIDELITY
     from vpatient.evaluate.counterfactual_benchmark import RESULT_TYPES as COUNTERFACTUAL
+    from vpatient.evaluate.effect_calibration_benchmark import RESULT_TYPES as EFFECT_CALIBRATION
     from vpatient.evaluate.forecast_benchmark import RESULT_TYPES as FORECAST
     from vpatient.evaluate.pbc_trial_benchmark import RESULT_TYPES as PBC_TRIAL
     from vpatient.evaluate.simulate_speed_benchmark import RESULT_TYPES as SIMULATE_SPEED
     from vpatient.evaluate.test_selection_benchmark import RESULT_TYPES as TEST_SELECTION
     from vpatient.evaluate.training_benchmark import RESULT_TYPES as TRAINING
+    from vpatient.simulation.adjustment import RESULT_TYPES as TRIAL_ADJUSTMENT
 
     return {
         **BOUNDARY_TYPES,
@@ -113,4 +115,6 @@ def _all_types() -> dict[str, type[BaseModel]]:
         **COHORT_FIDELITY,
         **SIMULATE_SPEED,
         **TEST_SELECTION,
+        **TRIAL_ADJUSTMENT,
+        **EFFECT_CALIBRATION,
     }

@@ -40,6 +40,9 @@ class TrainSettings:
     lr_patience: int = 10  # epochs without improvement before the learning rate halves
     full_history_fraction: float = 0.2  # share of cut-offs placed at the last visit
     seed: int = 0
+    # Ensemble members (model uncertainty): each trains on a bootstrap resample of the
+    # training patients with its own seed (vpatient.ensemble); 1 is a single model.
+    members: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,8 +86,16 @@ def fit_world_model(
     settings: TrainSettings | None = None,
     model_settings: ModelSettings | None = None,
     progress: bool = True,
+    *,
+    scalers: Scalers | None = None,
+    bootstrap: bool = False,
 ) -> tuple[WorldModel, Scalers, TrainingHistory]:
-    """Train a world model on ``records``; returns the best model (by validation ELBO)."""
+    """Train a world model on ``records``; returns the best model (by validation ELBO).
+
+    ``scalers`` (default: fitted on the training split) lets ensemble members share one
+    standardisation; ``bootstrap`` trains on a resample, with replacement, of the
+    training split (the validation split stays as drawn, so no patient is in both).
+    """
     settings = settings or TrainSettings()
     if len(records) < 4:
         raise VPatientError(f"training needs at least 4 patients, got {len(records)}")
@@ -94,7 +105,9 @@ def fit_world_model(
     val_idx, train_idx = order[:n_val], order[n_val:]
     train_records = [records[i] for i in sorted(train_idx)]
     val_records = [records[i] for i in sorted(val_idx)]
-    scalers = Scalers.fit(train_records, config)
+    if bootstrap:
+        train_records = [train_records[i] for i in np.sort(rng.integers(0, len(train_records), len(train_records)))]
+    scalers = scalers or Scalers.fit(train_records, config)
     layout = FeatureLayout.from_config(config)
     train_batch = make_batch(train_records, config, scalers)
     val_batch = make_batch(val_records, config, scalers) if val_records else None

@@ -9,10 +9,18 @@ Forecasts condition on what is known at s: the posterior over the initial state 
 from the experts of visits up to s, and its samples are importance-weighted by the
 likelihood of the patient's event history up to s (alive and event-free at s is
 evidence about the state), then resampled, so every sample path counts equally.
+
+A model may be an ensemble of members (:mod:`vpatient.ensemble`). Its sample paths are
+then split between the members in contiguous blocks (member k draws samples
+``member_slices(n_samples, K)[k]``), so every summary, interval and effect is over the
+pooled mixture and includes the spread between members: the model's own uncertainty
+beside the patient's latent state and the measurement noise.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import math
 from collections import OrderedDict
@@ -34,11 +42,11 @@ from vpatient.plans import exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
 from vpatient.train import TrainingHistory, TrainSettings, fit_world_model
 
-__all__ = ["CheckpointError", "Forecast", "SimulatedPaths", "VirtualPatientModel"]
+__all__ = ["CheckpointError", "Forecast", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 _POSTERIOR_CACHE = 64  # histories whose refined posterior is kept
-_FILES = ("weights.pt", "config.json", "model.json", "scalers.json")
+_FILES = ("config.json", "model.json", "scalers.json")
 
 
 class CheckpointError(VPatientError, ValueError):
@@ -62,8 +70,9 @@ class SimulatedPaths:
     survival: np.ndarray  # (B, S, T, E): P(free of event k at t | free at the cut-off), other kinds censoring
     incidence: np.ndarray  # (B, S, T, E): P(first event is k, by t | event-free at the cut-off)
     cutoff: np.ndarray  # (B,)
-    effective_sample_size: np.ndarray  # (B,) of the importance weights, before resampling
-    noise_sd: np.ndarray  # (Dc,) measurement noise sd of each continuous variable, modelling scale
+    effective_sample_size: np.ndarray  # (B,) of the importance weights, before resampling (summed over members)
+    noise_sd: np.ndarray  # (S, Dc) measurement noise sd of each sample's member and continuous variable, modelling scale
+    member: np.ndarray  # (S,) the ensemble member that drew each sample (all 0 for a single model)
 
 
 @dataclass
@@ -90,7 +99,7 @@ class Forecast:
         """
         rows = []
         samples = self.paths.predictive[0]  # (S, T, Dc)
-        mixture = mixture_quantiles(self.paths.expected[0], self.paths.noise_sd, QUANTILES)  # (Q, T, Dc)
+        mixture = mixture_quantiles(self.paths.expected[0], self.paths.noise_sd[:, None, :], QUANTILES)  # (Q, T, Dc)
         for j, name in enumerate(self.layout.continuous):
             transform = self.config.variable(name).transform
             values = samples[..., j] if scale == "model" else transforms.inverse(samples[..., j], transform)
@@ -130,18 +139,22 @@ class Forecast:
 
 
 class VirtualPatientModel:
-    """A trained world model with its dataset config and scalers."""
+    """A trained world model (one or an ensemble of members) with its dataset config and scalers."""
 
     def __init__(
         self,
-        world: WorldModel,
+        world: WorldModel | Sequence[WorldModel],
         config: DatasetConfig,
         scalers: Scalers,
         history: TrainingHistory | None = None,
         train_settings: TrainSettings | None = None,
         data_source: str | None = None,
+        member_histories: Sequence[TrainingHistory] | None = None,
     ):
-        self.world = world.eval()
+        members = [world] if isinstance(world, WorldModel) else list(world)
+        if not members:
+            raise VPatientError("a model needs at least one member")
+        self.members: list[WorldModel] = [m.eval() for m in members]
         self.data_source = data_source  # what it was trained on ("pbc2", a path), for finding patients
         self.refine_steps = 60  # posterior refinement steps per forecast (0: amortised posterior only)
         # Refined posteriors of recent histories: a what-if edited plan by plan re-infers nothing.
@@ -149,8 +162,53 @@ class VirtualPatientModel:
         self.config = config
         self.scalers = scalers
         self.layout = FeatureLayout.from_config(config)
-        self.history = history
+        self.history = history if history is not None else (member_histories[0] if member_histories else None)
+        self.member_histories = list(member_histories) if member_histories else ([history] if history else [])
         self.train_settings = train_settings
+
+    @property
+    def world(self) -> WorldModel:
+        """The first member: its settings and layout are every member's. Code that draws from the model uses all members."""
+        return self.members[0]
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    def member(self, k: int) -> VirtualPatientModel:
+        """Member ``k`` alone, as a single model sharing this model's config and scalers."""
+        history = self.member_histories[k] if k < len(self.member_histories) else None
+        return VirtualPatientModel(self.members[k], self.config, self.scalers, history, self.train_settings, self.data_source)
+
+    def uncertainty_note(self, trial: bool = False) -> str:
+        """What this model's intervals include, in plain words, for reports and the dashboard.
+
+        ``trial=True`` describes the intervals of an in-silico trial's effect (hazard
+        ratio, RMST difference) rather than those of one patient's forecast or what-if.
+        """
+        if trial:
+            common = "Intervals of the trial's effects include the sampling error of a trial of this many patients"
+            if self.n_members > 1:
+                return (
+                    f"{common} and the model's own uncertainty: each of its {self.n_members} members (trained on different "
+                    "bootstrap resamples of the training patients) runs its share of the trial, and the members' "
+                    "estimates are pooled by Rubin's rules, so their disagreement widens the interval."
+                )
+            return (
+                f"{common} only. This is a single trained model: what other training data would have taught it is not "
+                "included, so an effect can look significant when the data cannot support it."
+            )
+        parts = "the patient's unknown disease state (posterior draws) and, for predicted measurements, measurement noise"
+        if self.n_members > 1:
+            return (
+                f"Intervals include {parts}, and the model's own uncertainty: the {self.n_members} members of its ensemble, "
+                "each trained on a different bootstrap resample of the training patients, share the draws, so where they "
+                "disagree the interval widens."
+            )
+        return (
+            f"Intervals include {parts} only. This is a single trained model: its own uncertainty (what other "
+            "training data would have taught it) is not included, so treatment effects may look more certain than they are."
+        )
 
     @property
     def dataset_name(self) -> str:
@@ -167,31 +225,52 @@ class VirtualPatientModel:
         settings: TrainSettings | None = None,
         model_settings: ModelSettings | None = None,
         progress: bool = True,
+        workers: int | None = None,
     ) -> VirtualPatientModel:
-        """Train on ``records`` (scalers fitted on the training split only)."""
+        """Train on ``records``: one model, or ``settings.members`` members on bootstrap resamples.
+
+        ``workers`` members train at once in separate processes (default: one per core).
+        """
         settings = settings or TrainSettings()
+        if settings.members > 1:
+            from vpatient.ensemble import fit_ensemble
+
+            members, scalers, histories = fit_ensemble(records, config, settings, model_settings, workers, progress)
+            return cls(members, config, scalers, None, settings, member_histories=histories)
         world, scalers, history = fit_world_model(records, config, settings, model_settings, progress)
         return cls(world, config, scalers, history, settings)
 
     # -- checkpoints -------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        """Write the checkpoint directory: weights, config, scalers, settings, metrics."""
+        """Write the checkpoint directory: weights of every member, config, scalers, settings, metrics.
+
+        Member 0's weights are ``weights.pt`` (a single model is exactly that); member k's
+        are ``weights-k.pt``. ``model.json`` lists them with their SHA-256, so a damaged
+        member is refused by name.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(self.world.state_dict(), out / "weights.pt")
+        files = []
+        for k, world in enumerate(self.members):
+            name = _member_file(k)
+            torch.save(world.state_dict(), out / name)
+            files.append({"file": name, "sha256": _sha256(out / name)})
         self.config.save(out / "config.json")
         meta = {
             "vpatient_version": __version__,
             "model_settings": self.world.settings.to_dict(),
             "train_settings": self.train_settings.to_dict() if self.train_settings else None,
             "data_source": self.data_source,
+            "members": files,
         }
-        (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         (out / "scalers.json").write_text(json.dumps(self.scalers.to_dict()) + "\n")
         if self.history is not None:
             (out / "training.json").write_text(json.dumps(self.history.to_dict(), indent=2) + "\n")
             _plot_training_curve(self.history, out / "training_curve.png")
+        if len(self.member_histories) > 1:
+            (out / "members.json").write_text(json.dumps([h.to_dict() for h in self.member_histories], indent=2) + "\n")
+        (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: its presence marks a complete save
         return out
 
     @classmethod
@@ -212,27 +291,22 @@ class VirtualPatientModel:
                 if (path / "training.json").is_file()
                 else None
             )
+            member_histories = (
+                [TrainingHistory(**h) for h in json.loads((path / "members.json").read_text())]
+                if (path / "members.json").is_file()
+                else None
+            )
             train_settings = TrainSettings(**meta["train_settings"]) if meta.get("train_settings") else None
+            files = meta.get("members") or [{"file": "weights.pt", "sha256": None}]  # before ensembles: one member
+            files = [(str(f["file"]), f.get("sha256")) for f in files]
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: unreadable checkpoint metadata ({exc})") from None
         config = DatasetConfig.load(path / "config.json")
-        try:
-            state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-        except Exception as exc:  # weights_only refuses pickled objects; a damaged file fails to parse
-            raise CheckpointError(
-                f"{path / 'weights.pt'} is not a plain tensor file vpatient can load safely ({type(exc).__name__}); "
-                "vpatient never unpickles arbitrary objects"
-            ) from None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{path / 'weights.pt'} does not hold a dictionary of tensors")
-        world = WorldModel(FeatureLayout.from_config(config), settings)
-        try:
-            world.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{path}: weights do not fit the model described by its config ({str(exc).splitlines()[0]})"
-            ) from None
-        return cls(world, config, scalers, history, train_settings, meta.get("data_source"))
+        layout = FeatureLayout.from_config(config)
+        members = [
+            _load_member(path, name, digest, k, len(files), layout, settings) for k, (name, digest) in enumerate(files)
+        ]
+        return cls(members, config, scalers, history, train_settings, meta.get("data_source"), member_histories)
 
     # -- simulation ------------------------------------------------------------
 
@@ -280,8 +354,10 @@ class VirtualPatientModel:
     def _simulate(self, alternatives, histories, times, n_samples, seed, chunk_size, refine_steps) -> list[SimulatedPaths]:
         if not histories:
             raise VPatientError("nothing to simulate: no patient records given")
-        if n_samples < 1:
-            raise VPatientError(f"n_samples = {n_samples!r}: at least 1 posterior sample path is needed")
+        if n_samples < self.n_members:
+            raise VPatientError(
+                f"n_samples = {n_samples!r}: at least one posterior sample path per ensemble member ({self.n_members}) is needed"
+            )
         if len(times) != len(histories):
             raise VPatientError(f"{len(histories)} histories but {len(times)} time grids: give one grid per history")
         for per_history in alternatives:
@@ -300,62 +376,89 @@ class VirtualPatientModel:
         return [_concat_paths([part[a] for part in parts]) for a in range(len(alternatives))]
 
     def _simulate_chunk(self, histories, times, n_samples, seed, alternatives, refine_steps) -> list[SimulatedPaths]:
+        """Sample paths of a chunk of histories under each alternative set of plans.
+
+        Every member infers its posterior from the same generator state, and the standard
+        normal draws of z0 and of the measurement noise are drawn once for all samples;
+        member k turns its block of them into its own samples. An ensemble of identical
+        members therefore gives the single member's answer.
+        """
         batch = make_batch(histories, self.config, self.scalers)
         cutoff = batch.followup_end
         generator = torch.Generator().manual_seed(seed)
-        mean, var = self._posterior(histories, batch, cutoff, refine_steps, seed, generator)
         n, s = len(histories), n_samples
-        eps = torch.randn((n, s, mean.shape[-1]), generator=generator)
-        z0 = (mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps).reshape(n * s, -1)
-        rep = batch.repeat(s)
+        blocks = member_slices(s, self.n_members)
+        start_state, after = generator.get_state(), None
+        posteriors = []
+        for k, world in enumerate(self.members):
+            generator.set_state(start_state)
+            posteriors.append(self._posterior(k, world, histories, batch, cutoff, refine_steps, seed, generator))
+            after = after if after is not None else generator.get_state()
+        generator.set_state(after)
+        eps = torch.randn((n, s, posteriors[0][0].shape[-1]), generator=generator)
         t_max = max(float(np.max(t)) if len(t) else 0.0 for t in times)
         t_max = max(t_max, float(cutoff.max()))
-        factual = None
-        if refine_steps > 0:  # the refined posterior already weighed the event history up to the cut-off
-            flat, ess = torch.arange(n * s), torch.full((n,), float(s))
-        else:  # weight the amortised draws by the event history up to the cut-off, then resample
-            factual = self.world.rollout(z0, rep, until=t_max)
-            log_w = self.world.event_log_likelihood(factual, rep.event_time, rep.event_observed).reshape(n, s)
-            keep, ess = _resample(log_w, generator)  # (n, s) indices into the draws
-            flat = (torch.arange(n).unsqueeze(1) * s + keep).reshape(-1)
-            z0 = z0[flat]
+        draws = []  # per member: (z0 (n*s_k, P), repeated batch, factual solution or None, resampled rows)
+        ess = torch.zeros(n)
+        for world, (mean, var), block in zip(self.members, posteriors, blocks, strict=True):
+            s_k = block.stop - block.start
+            z0 = (mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps[:, block]).reshape(n * s_k, -1)
+            rep = batch.repeat(s_k)
+            if refine_steps > 0:  # the refined posterior already weighed the event history up to the cut-off
+                draws.append((z0, rep, None, None))
+                ess += s_k
+                continue
+            # weight the amortised draws by the event history up to the cut-off, then resample
+            factual = world.rollout(z0, rep, until=t_max)
+            log_w = world.event_log_likelihood(factual, rep.event_time, rep.event_observed).reshape(n, s_k)
+            keep, member_ess = _resample(log_w, generator)  # (n, s_k) indices into the draws
+            flat = (torch.arange(n).unsqueeze(1) * s_k + keep).reshape(-1)
+            draws.append((z0[flat], rep, factual, flat))
+            ess += member_ess
         noise_state = generator.get_state()  # every plan decodes with the same observation noise
         out = []
         for plans in alternatives:
-            if plans is not None and any(p is not None for p in plans):
+            planned = plans is not None and any(p is not None for p in plans)
+            if planned:
                 exposures = [
                     exposures_under_plan(h.treatments, p, h.end_of_followup) if p is not None else h.treatments
                     for h, p in zip(histories, plans, strict=True)
                 ]
                 dose_times, doses = dose_tensors(exposures, self.layout.treatments)
-                planned = rep.with_doses(dose_times.repeat_interleave(s, 0), doses.repeat_interleave(s, 0))
-                solution = self.world.rollout(z0, planned, until=t_max)
-            elif factual is None:
-                solution = self.world.rollout(z0, rep, until=t_max)
-            else:  # the factual solve already holds these paths: keep the resampled rows
-                solution = _select_solution(factual, flat)
+            decoded = []
+            for world, (z0, rep, factual, flat), block in zip(self.members, draws, blocks, strict=True):
+                s_k = block.stop - block.start
+                if planned:
+                    controlled = rep.with_doses(dose_times.repeat_interleave(s_k, 0), doses.repeat_interleave(s_k, 0))
+                    solution = world.rollout(z0, controlled, until=t_max)
+                elif factual is None:
+                    solution = world.rollout(z0, rep, until=t_max)
+                else:  # the factual solve already holds these paths: keep the resampled rows
+                    solution = _select_solution(factual, flat)
+                decoded.append(self._decode(world, times, solution, world.offsets(z0), cutoff, n, s_k))
             generator.set_state(noise_state)
-            out.append(self._decode(histories, times, solution, self.world.offsets(z0), cutoff, n, s, generator, ess))
+            out.append(self._combine(histories, decoded, blocks, cutoff, generator, ess))
         return out
 
-    def _posterior(self, histories, batch, cutoff, refine_steps: int, seed: int, generator: torch.Generator):
-        """q(z0) of each history, refined; cached with the generator's state after it, so a hit gives the same numbers."""
+    def _posterior(self, k, world, histories, batch, cutoff, refine_steps: int, seed: int, generator: torch.Generator):
+        """Member k's q(z0) of each history, refined; cached with the generator's state after it, so a hit gives the same numbers."""
         if refine_steps == 0:
-            return self.world.posterior(batch, cutoff)
-        key = (tuple(h.model_dump_json() for h in histories), refine_steps, seed)
+            return world.posterior(batch, cutoff)
+        key = (k, tuple(h.model_dump_json() for h in histories), refine_steps, seed)
         if key in self._posteriors:
             self._posteriors.move_to_end(key)
             mean, var, state = self._posteriors[key]
             generator.set_state(state)
             return mean, var
-        mean, var = self.world.posterior(batch, cutoff)
-        mean, var = self.world.refine_posterior(batch, mean, var, steps=refine_steps, generator=generator)
+        mean, var = world.posterior(batch, cutoff)
+        mean, var = world.refine_posterior(batch, mean, var, steps=refine_steps, generator=generator)
         self._posteriors[key] = (mean, var, generator.get_state())
-        if len(self._posteriors) > _POSTERIOR_CACHE:
+        if len(self._posteriors) > _POSTERIOR_CACHE * self.n_members:
             self._posteriors.popitem(last=False)
         return mean, var
 
-    def _decode(self, histories, times, solution, offsets, cutoff, n, s, generator, ess) -> SimulatedPaths:
+    def _decode(self, world, times, solution, offsets, cutoff, n, s) -> dict[str, torch.Tensor]:
+        """One member's noise-free decodings of its samples, each (n, s, T, ...), standardised labs."""
         t_len = max(len(t) for t in times)
         grid = np.zeros((n, t_len))
         for b, t in enumerate(times):
@@ -363,26 +466,20 @@ class VirtualPatientModel:
             grid[b, len(t) :] = t[-1] if len(t) else 0.0
         t_rep = torch.as_tensor(grid, dtype=torch.float32).repeat_interleave(s, 0)
         state = solution.at(t_rep)  # (n*s, T, D)
-        latent = self.world.settings.latent_dim
+        latent = world.settings.latent_dim
         n_events = len(self.layout.events)
         z = state[..., :latent]
-        decoder = self.world.decoder
-        mean_c = torch.as_tensor(self.scalers.continuous_mean, dtype=torch.float32)
-        std_c = torch.as_tensor(self.scalers.continuous_std, dtype=torch.float32)
-        if decoder.continuous is not None:
-            expected = decoder.continuous_mean(z, offsets, t_rep)
-            noise = torch.randn(expected.shape, generator=generator) * decoder.continuous_sd()
-            predictive = (expected + noise) * std_c + mean_c
-            expected = expected * std_c + mean_c
-        else:
-            expected = predictive = z.new_zeros(*z.shape[:-1], 0)
-        binary = torch.sigmoid(decoder.binary_logits(z)) if decoder.binary is not None else z.new_zeros(*z.shape[:-1], 0)
+        decoder = world.decoder
+        empty = z.new_zeros(*z.shape[:-1], 0)
+        expected = decoder.continuous_mean(z, offsets, t_rep) if decoder.continuous is not None else empty
+        noise_sd = decoder.continuous_sd() if decoder.continuous is not None else z.new_zeros(0)
+        binary = torch.sigmoid(decoder.binary_logits(z)) if decoder.binary is not None else empty
         if decoder.imaging is not None:
             img_mean = torch.as_tensor(self.scalers.imaging_mean, dtype=torch.float32)
             img_std = torch.as_tensor(self.scalers.imaging_std, dtype=torch.float32)
             imaging = decoder.imaging_mean(z) * img_std + img_mean
         else:
-            imaging = z.new_zeros(*z.shape[:-1], 0)
+            imaging = empty
         cumhaz = state[..., latent : latent + n_events]
         incidence = state[..., latent + n_events :]
         at_cut = solution.at(cutoff.repeat_interleave(s).unsqueeze(1))  # (n*s, 1, D)
@@ -390,24 +487,45 @@ class VirtualPatientModel:
         all_cut = cumhaz_cut.sum(dim=-1, keepdim=True)
         survival = torch.exp(-(cumhaz - cumhaz_cut).clamp(min=0))
         incidence = (incidence - at_cut[..., latent + n_events :]).clamp(min=0) * torch.exp(all_cut)
+        parts = {"expected": expected, "binary": binary, "imaging": imaging, "survival": survival, "incidence": incidence}
+        out = {name: x.reshape(n, s, *x.shape[1:]) for name, x in parts.items()}
+        out["grid"] = torch.as_tensor(grid)
+        out["noise_sd"] = noise_sd.detach().expand(s, -1)  # (s, Dc)
+        return out
 
-        def shape(x: torch.Tensor) -> np.ndarray:
-            return x.reshape(n, s, *x.shape[1:]).numpy().astype(np.float64)
+    def _combine(self, histories, decoded, blocks, cutoff, generator, ess) -> SimulatedPaths:
+        """Pool the members' samples (in block order) and add the measurement noise, drawn once for all."""
+
+        def pooled(name: str) -> torch.Tensor:
+            parts = [d[name] for d in decoded]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+        expected = pooled("expected")  # (n, S, T, Dc), standardised
+        noise_sd = torch.cat([d["noise_sd"] for d in decoded]) if len(decoded) > 1 else decoded[0]["noise_sd"]
+        mean_c = torch.as_tensor(self.scalers.continuous_mean, dtype=torch.float32)
+        std_c = torch.as_tensor(self.scalers.continuous_std, dtype=torch.float32)
+        flat = expected.reshape(-1, *expected.shape[2:])  # (n*S, T, Dc): the noise is drawn in this layout
+        noise = torch.randn(flat.shape, generator=generator).reshape(expected.shape) * noise_sd[None, :, None, :]
+        predictive = (expected + noise) * std_c + mean_c
+        expected = expected * std_c + mean_c
+        member = np.concatenate([np.full(b.stop - b.start, k) for k, b in enumerate(blocks)])
+
+        def array(x: torch.Tensor) -> np.ndarray:
+            return x.numpy().astype(np.float64)
 
         return SimulatedPaths(
             subject_ids=[h.subject_id for h in histories],
-            times=grid,
-            predictive=shape(predictive),
-            expected=shape(expected),
-            binary_probability=shape(binary),
-            imaging=shape(imaging),
-            survival=shape(survival),
-            incidence=shape(incidence),
-            cutoff=cutoff.numpy().astype(np.float64),
-            effective_sample_size=ess.numpy().astype(np.float64),
-            noise_sd=(decoder.continuous_sd() * std_c).detach().numpy().astype(np.float64)
-            if decoder.continuous is not None
-            else np.zeros(0),
+            times=decoded[0]["grid"].numpy(),
+            predictive=array(predictive),
+            expected=array(expected),
+            binary_probability=array(pooled("binary")),
+            imaging=array(pooled("imaging")),
+            survival=array(pooled("survival")),
+            incidence=array(pooled("incidence")),
+            cutoff=array(cutoff),
+            effective_sample_size=array(ess),
+            noise_sd=array(noise_sd * std_c),
+            member=member,
         )
 
     # -- forecasting -------------------------------------------------------------
@@ -443,25 +561,69 @@ class VirtualPatientModel:
 
 
 def mixture_quantiles(means: np.ndarray, sd: np.ndarray, levels: Sequence[float], iterations: int = 40) -> np.ndarray:
-    """Quantiles of an equal-weight Gaussian mixture along axis 0: means (S, ...), sd broadcast to means[0].
+    """Quantiles of an equal-weight Gaussian mixture along axis 0: means (S, ...), sd broadcast to means (per component).
 
     The mixture CDF is monotone, so each quantile is found by bisection between the
     extreme component quantiles; returns (len(levels), ...).
     """
     from scipy.special import ndtr, ndtri
 
-    sd = np.broadcast_to(np.maximum(sd, 1e-12), means.shape[1:])
+    sd = np.broadcast_to(np.maximum(sd, 1e-12), means.shape)
     out = []
     for q in levels:
         z = float(ndtri(q))
-        lo = means.min(axis=0) + z * sd - 1e-9
-        hi = means.max(axis=0) + z * sd + 1e-9
+        lo = (means + z * sd).min(axis=0) - 1e-9
+        hi = (means + z * sd).max(axis=0) + 1e-9
         for _ in range(iterations):
             mid = 0.5 * (lo + hi)
             below = ndtr((mid - means) / sd).mean(axis=0) < q
             lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
         out.append(0.5 * (lo + hi))
     return np.stack(out)
+
+
+def member_slices(n_samples: int, n_members: int) -> list[slice]:
+    """The contiguous block of sample indices each member draws: as equal as can be, earlier members one more."""
+    sizes = [n_samples // n_members + (k < n_samples % n_members) for k in range(n_members)]
+    edges = [0, *np.cumsum(sizes).tolist()]
+    return [slice(a, b) for a, b in itertools.pairwise(edges)]
+
+
+def _member_file(k: int) -> str:
+    return "weights.pt" if k == 0 else f"weights-{k}.pt"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_member(
+    path: Path, name: str, digest: str | None, k: int, n_members: int, layout: FeatureLayout, settings: ModelSettings
+) -> WorldModel:
+    """Member k's weights, checked against the digest recorded at saving; every refusal names the member."""
+    which = f"member {k} of {n_members} ({name})" if n_members > 1 else name
+    file = path / name
+    if Path(name).name != name or not file.is_file():
+        raise CheckpointError(f"{path} is not a complete vpatient checkpoint: {which} is missing")
+    if digest is not None and _sha256(file) != digest:
+        raise CheckpointError(f"{path}: {which} is corrupted (its SHA-256 differs from the one recorded when it was saved)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled objects; a damaged file fails to parse
+        raise CheckpointError(
+            f"{path}: {which} is not a plain tensor file vpatient can load safely ({type(exc).__name__}); "
+            "vpatient never unpickles arbitrary objects"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: {which} does not hold a dictionary of tensors")
+    world = WorldModel(layout, settings)
+    try:
+        world.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path}: {which}: weights do not fit the model described by its config ({str(exc).splitlines()[0]})"
+        ) from None
+    return world
 
 
 def _resample(log_w: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -510,6 +672,7 @@ def _concat_paths(parts: list[SimulatedPaths]) -> SimulatedPaths:
         cutoff=np.concatenate([p.cutoff for p in parts]),
         effective_sample_size=np.concatenate([p.effective_sample_size for p in parts]),
         noise_sd=parts[0].noise_sd,
+        member=parts[0].member,
     )
 
 

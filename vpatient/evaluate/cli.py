@@ -89,15 +89,16 @@ def benchmark_training(
     data: Annotated[str, typer.Option("--data", help="Embedded dataset (pbc2, synthetic) or a MEDS path.")] = "pbc2",
     config: Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS paths.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+    members: Annotated[int, typer.Option("--members", min=1, help="Ensemble members (1: a single model).")] = 1,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
         "benchmarks/results"
     ),
 ) -> None:
-    """Time the training of the world model (default settings) on all of a dataset."""
+    """Time the training of the world model (default settings, --members members) on all of a dataset."""
     from vpatient.datasets import load_dataset
     from vpatient.evaluate.training_benchmark import run_training_benchmark, write_training_result
 
-    result, _ = run_training_benchmark(load_dataset(data, config, seed=seed), seed=seed)
+    result, _ = run_training_benchmark(load_dataset(data, config, seed=seed), seed=seed, members=members)
     paths = write_training_result(result, out_dir)
     typer.echo(result.to_markdown())
     for path in paths:
@@ -129,6 +130,41 @@ def benchmark_counterfactual(
     result = run_counterfactual_benchmark(n=n, seed=seed, strengths=parse_strengths(strengths), progress=progress)
     typer.echo(result.to_markdown())
     for path in write_counterfactual_results(result, out_dir):
+        typer.echo(f"wrote {path}", err=True)
+
+
+@benchmark_app.command("effect-calibration")
+def benchmark_effect_calibration(
+    data: Annotated[str, typer.Option("--data", help="'synthetic' (effects against the truth) or 'pbc2' (the null trial).")] = "synthetic",
+    members: Annotated[int, typer.Option("--members", min=2, help="Members of the ensemble set against the single model.")] = 5,
+    n: Annotated[int, typer.Option("--n", min=20, help="Synthetic: subjects per cohort (one cohort per strength).")] = 500,
+    strengths: Annotated[str, typer.Option("--strengths", help="Synthetic: comma-separated confounding strengths.")] = "0,2",
+    folds: Annotated[int, typer.Option("--folds", min=0, help="PBC: folds of the cross-validated trial (0: in sample only).")] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the cohorts, the split, training and simulation.")] = 0,
+    cache_dir: Annotated[Path, typer.Option("--cache-dir", help="PBC: trained models are cached here.")] = DEFAULT_CACHE,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
+        "benchmarks/results"
+    ),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+) -> None:
+    """Do 90% intervals of treatment effects cover the truth, and stay null for a null drug? Single model vs ensemble, same run."""
+    from vpatient.evaluate.counterfactual_benchmark import parse_strengths
+    from vpatient.evaluate.effect_calibration_benchmark import (
+        run_effect_calibration_pbc,
+        run_effect_calibration_synthetic,
+        write_effect_calibration,
+    )
+
+    if data == "synthetic":
+        result = run_effect_calibration_synthetic(n, seed, parse_strengths(strengths), members, progress=progress)
+    else:
+        from vpatient.datasets import load_dataset
+
+        result = run_effect_calibration_pbc(
+            load_dataset(data, seed=seed), seed, members, folds, cache_dir=cache_dir, progress=progress
+        )
+    typer.echo(result.to_markdown())
+    for path in write_effect_calibration(result, out_dir):
         typer.echo(f"wrote {path}", err=True)
 
 
@@ -279,4 +315,28 @@ def benchmark_test_selection(
     )
     typer.echo(result.to_markdown())
     for path in write_test_selection_results(result, out_dir):
+        typer.echo(f"wrote {path}", err=True)
+
+
+@benchmark_app.command("trial-adjustment")
+def benchmark_trial_adjustment(
+    data: Annotated[str, typer.Option("--data", help="The randomised trial: an embedded dataset or a MEDS path.")] = "pbc2",
+    config: Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS paths.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split, training and scoring.")] = 0,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-fitting folds over patients.")] = 5,
+    cache_dir: Annotated[
+        Path, typer.Option("--cache-dir", help="Trained fold models are cached here and shared with pbc-trial.")
+    ] = DEFAULT_CACHE,
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
+        "benchmarks/results"
+    ),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Training progress bars on stderr.")] = True,
+) -> None:
+    """Re-analyse the real trial with a cross-fitted prognostic score (PROCOVA): SE reduction of the log HR and a lab's ANCOVA."""
+    from vpatient.datasets import load_dataset
+    from vpatient.simulation.adjustment import run_trial_adjustment, write_trial_adjustment
+
+    result = run_trial_adjustment(load_dataset(data, config, seed=seed), folds, seed, cache_dir=cache_dir, progress=progress)
+    typer.echo(result.to_markdown())
+    for path in write_trial_adjustment(result, out_dir):
         typer.echo(f"wrote {path}", err=True)

@@ -63,7 +63,7 @@ from vpatient.evaluate.results_io import write_result
 from vpatient.model.vpm import ModelSettings
 from vpatient.schemas import PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind, parse_plan
 from vpatient.simulation.simulator import Simulator
-from vpatient.simulation.trial import TrialResult, _cox, arm_outcomes
+from vpatient.simulation.trial import TrialResult, arm_outcomes, hazard_ratio
 from vpatient.simulation.virtual import patients_from_records
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
@@ -169,7 +169,7 @@ def observed_hazard_ratio(durations: np.ndarray, observed: np.ndarray, treated: 
     """Cox hazard ratio of treated vs untreated with its 95% CI and p (the estimator the simulated trial uses)."""
     treated = np.asarray(treated, bool)
     frame = pd.DataFrame({"time": np.asarray(durations, float), "primary": np.asarray(observed, int)})
-    return _cox(frame[~treated], frame[treated])
+    return hazard_ratio(frame[~treated], frame[treated])
 
 
 # --------------------------------------------------------------------------- arms and patients
@@ -227,14 +227,16 @@ def pooled_trial(
     numbers from ``SeedSequence([seed, k])``; with one group it is that call exactly.
     """
     per_patient, sums = [], []
-    offset = 0
+    offset = sources = 0
     for k, (model, records) in enumerate(parts):
         plans = {name: parse_plan(plan.model_dump(mode="json"), model.config) for name, plan in arms.items()}
         rng = np.random.default_rng(np.random.SeedSequence([seed, k]))
         patients = patients_from_records(model, list(records), rng, at=0.0, draws_per_record=draws_per_record)
         frame, total = arm_outcomes(model, patients, plans, years)
         frame["subject_id"] = frame["subject_id"] + offset  # unique ids across groups (arms are paired by id)
+        frame["source"] = frame["source"] + sources  # and unique real patients (the clusters of their draws)
         offset += len(patients)
+        sources += len(records)
         per_patient.append(frame)
         sums.append(total)
     settings = {

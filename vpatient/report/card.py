@@ -169,6 +169,7 @@ def model_card(
         trial_rows=trial_rows,
         benchmarks_dir=str(folder) if folder else None,
         figures=figures,
+        uncertainty_note=model.uncertainty_note(),
         version=model_version(sim.model_dir),
         command=command,
         card_link=None,

@@ -80,15 +80,34 @@ def report_trial(
     seed: SeedOption = 0,
     draws_per_record: Annotated[int, typer.Option(min=1, help="Posterior draws per training patient for subgroups.")] = 4,
     card: CardOption = None,
+    adjustment: Annotated[
+        Path | None,
+        typer.Option(
+            "--adjustment",
+            help="trial-adjustment.json of `vpatient trial adjust`: adds the real trial's prognostic-score adjustment.",
+        ),
+    ] = None,
 ) -> None:
     """An in-silico trial's report: Kaplan-Meier per arm, HR and RMST with CIs, subgroups, labs, observed arms."""
+    from vpatient.report.adjustment import load_adjustment
     from vpatient.report.trial import trial_report
     from vpatient.simulation.cli import load_arms, load_simulator
 
+    if adjustment is not None:
+        load_adjustment(adjustment)  # refuse a wrong file before the model loads; the report reads it again (a few kB)
     sim = load_simulator(model)
     arms = load_arms(arm, sim.model.config)
     report = trial_report(
-        sim, arms, n=n, seed=seed, years=years, event=event, draws_per_record=draws_per_record, card_link=card, command=_command()
+        sim,
+        arms,
+        n=n,
+        seed=seed,
+        years=years,
+        event=event,
+        draws_per_record=draws_per_record,
+        card_link=card,
+        command=_command(),
+        adjustment=adjustment,
     )
     _done(report.write(out, pdf))
 

@@ -152,6 +152,7 @@ def patient_report(
         version=model_version(sim.model_dir),
         command=command,
         card_link=card_link,
+        uncertainty_note=model.uncertainty_note(),
     )
     return PatientReport(html, result, recommendation, flags)
 

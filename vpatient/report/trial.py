@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,10 @@ from vpatient.report.patient import training_cohort
 from vpatient.report.render import figure_png, model_version, render, write_outputs
 from vpatient.schemas import PatientRecord, TreatmentPlan
 
-__all__ = ["TrialReport", "subgroup_effects", "trial_report"]
+if TYPE_CHECKING:
+    from vpatient.simulation.adjustment import TrialAdjustmentResult
+
+__all__ = ["TrialReport", "adjustment_section", "subgroup_effects", "trial_report"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ def trial_report(
     draws_per_record: int = 4,
     card_link: str | None = None,
     command: str | None = None,
+    adjustment: TrialAdjustmentResult | str | Path | None = None,
 ) -> TrialReport:
     """Run the in-silico trial of ``arms`` on ``n`` virtual patients and render its report.
 
@@ -55,9 +60,18 @@ def trial_report(
     at enrolment (``draws_per_record`` posterior draws each), whose covariates are known.
     Where the training data have treatment arms (the PBC trial), their observed
     Kaplan-Meier curves are shown beside the simulated ones.
+
+    ``adjustment``: the real trial's prognostic-score adjustment (a result, or the path of
+    the ``trial-adjustment.json`` that ``vpatient trial adjust`` writes); when given, the
+    report has a section on it. A path is read before anything is simulated, so a wrong
+    file is refused at once.
     """
     from vpatient.plots import plot_trial
+    from vpatient.report.adjustment import load_adjustment
 
+    source = "a result passed in Python"
+    if isinstance(adjustment, str | Path):
+        source, adjustment = str(adjustment), load_adjustment(adjustment)
     result = sim.trial(dict(arms), n=n, seed=seed, years=years, event=event, progress=False)
     cohort = training_cohort(sim.model) if training is True else (training or None)
     marks = sorted({t for t in MARK_TIMES if t <= years + 1e-9} | {years})
@@ -110,8 +124,80 @@ def trial_report(
         version=model_version(sim.model_dir),
         command=command,
         card_link=card_link,
+        uncertainty_note=sim.model.uncertainty_note(trial=True),
+        adjustment=adjustment_section(adjustment, source) if adjustment is not None else None,
     )
     return TrialReport(html, result, subgroups, sub_trial, observed)
+
+
+def adjustment_section(result: TrialAdjustmentResult, source: str) -> dict:
+    """What the report's section on the real trial's prognostic-score adjustment shows (template: trial.html.j2)."""
+    from vpatient.report.adjustment import (
+        NON_COLLAPSIBLE_NOTE,
+        SECTION_TITLE,
+        adjusted_effects,
+        effect_sentence,
+        percent,
+        precision_sentence,
+        scoring_sentence,
+    )
+
+    effects, precision, sentences = [], [], []
+    for effect in adjusted_effects(result):
+        cox = effect.analysis == "cox"
+        base = ["treatment", *effect.unadjusted_covariates]
+        for name, est, covariates in (
+            ("without the score", effect.unadjusted, base),
+            ("with the score", effect.adjusted, [*base, "prognostic score"]),
+        ):
+            effects.append(
+                {
+                    "outcome": effect.outcome,
+                    "analysis": name,
+                    "covariates": " + ".join(covariates),
+                    "effect": "hazard ratio" if cox else effect.effect,
+                    # a hazard ratio is shown as a ratio; its SE stays on the log scale, where the model estimates it
+                    "estimate": est.hazard_ratio if cox else est.estimate,
+                    "lower": est.hazard_ratio_lower if cox else est.lower,
+                    "upper": est.hazard_ratio_upper if cox else est.upper,
+                    "se": est.se,
+                    "p": est.p,
+                }
+            )
+        precision.append(
+            {
+                "outcome": effect.outcome,
+                "model": "Cox" if cox else "ANCOVA",
+                "n_patients": effect.n_patients,
+                "se_of": effect.effect,
+                "se_unadjusted": effect.unadjusted.se,
+                "se_adjusted": effect.adjusted.se,
+                "se_change": percent(-effect.se_reduction, signed=True),
+                "saving": percent(effect.sample_size_saving, signed=True),
+                "measure": effect.correlation_measure,
+                "correlation": effect.score_correlation,
+            }
+        )
+        sentences.append(f"{effect_sentence(result, effect)} {precision_sentence(effect)}")
+    lab_note = ""
+    if result.lab_effect is not None:
+        lab_note = (
+            f"The lab outcome is the value at the visit nearest {result.lab_at:g} {result.time_unit} "
+            f"(within ± {result.lab_window:g}); patients who died, dropped out or were not measured then are left out, "
+            "so that analysis compares survivors with a measurement, which randomisation does not protect the way it "
+            "protects the survival analysis."
+        )
+    return {
+        "title": SECTION_TITLE,
+        "result": result,
+        "effects": effects,
+        "precision": precision,
+        "sentences": sentences,
+        "scoring": scoring_sentence(result),
+        "cox_note": NON_COLLAPSIBLE_NOTE,
+        "lab_note": lab_note,
+        "source": source,
+    }
 
 
 def _plan_text(plan: TreatmentPlan) -> str:
@@ -155,7 +241,7 @@ def record_covariates(model, records: list[PatientRecord]) -> pd.DataFrame:
 
 def subgroup_effects(trial, covariates: pd.DataFrame, draws_per_record: int) -> pd.DataFrame:
     """Cox HR (95% CI) of each arm against the reference within each subgroup of a records-population trial."""
-    from vpatient.simulation.trial import _cox
+    from vpatient.simulation.trial import hazard_ratio
 
     data = trial.patients.copy()
     data["record"] = data["subject_id"].to_numpy() // draws_per_record
@@ -176,7 +262,7 @@ def subgroup_effects(trial, covariates: pd.DataFrame, draws_per_record: int) -> 
             for arm in trial.arms[1:]:
                 other = part[part["trial_arm"] == arm].set_index("subject_id")
                 try:
-                    cox = _cox(ref, other)
+                    cox = hazard_ratio(ref, other)
                 except Exception as exc:
                     log.info("subgroup %s: Cox fit failed (%s)", group, exc)
                     cox = {"hazard_ratio": np.nan, "lower": np.nan, "upper": np.nan, "p": np.nan}

@@ -10,7 +10,9 @@ missingness. :class:`Population` learns each from the training cohort:
   Fitting per arm keeps the link between treatment and severity that the training data
   had (none in a randomised trial; strong under confounding). The number of components
   (1..``max_components``) is chosen by BIC. Arms with fewer patients than
-  ``min_arm_size`` share a mixture fitted on everyone.
+  ``min_arm_size`` share a mixture fitted on everyone. An ensemble's members each have
+  their own latent space, so each member gets its own mixtures; a virtual patient is
+  realised by one member (``member_of``), its state drawn from that member's mixture.
 - **covariates on their own scale**: draws are clipped to the range seen in training
   and categorical statics (sex) snap to their nearest category.
 - **treatments**: a virtual patient of an arm receives the exposures of a randomly
@@ -97,7 +99,7 @@ class Population:
     static_high: list[float]
     static_categories: dict[str, list[float]]
     arms: dict[str, float]  # baseline arm -> share of training patients
-    mixtures: dict[str, ArmMixture]  # by arm; "*" for the pooled fallback
+    mixtures: list[dict[str, ArmMixture]]  # per ensemble member, by arm; "*" for the pooled fallback
     exposure_templates: dict[str, list[list[dict]]]
     visit_templates: list[list[float]]  # sorted by the follow-up of the patient they come from ...
     template_followup: list[float]  # ... which is this, ascending
@@ -129,18 +131,21 @@ class Population:
         if len(records) < 10:
             raise VPatientError(f"a population model needs at least 10 training patients, got {len(records)}")
         batch = make_batch(records, model.config, model.scalers)
-        mean, var = model.world.posterior(batch, batch.followup_end)
-        generator = torch.Generator().manual_seed(seed)
-        eps = torch.randn((len(records), draws_per_patient, mean.shape[-1]), generator=generator)
-        draws = (mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps).numpy().astype(np.float64)  # (N, K, P)
         static = (batch.static * batch.static_mask).numpy().astype(np.float64)  # standardised, 0 = the mean
-        features = np.concatenate([draws, np.repeat(static[:, None, :], draws_per_patient, axis=1)], axis=-1)
         arms = np.array([arm_of(r) for r in records])
         names, counts = np.unique(arms, return_counts=True)
-        mixtures = {"*": ArmMixture.fit(features.reshape(-1, features.shape[-1]), max_components, seed)}
-        for arm, count in zip(names, counts, strict=True):
-            if count >= min_arm_size:
-                mixtures[str(arm)] = ArmMixture.fit(features[arms == arm].reshape(-1, features.shape[-1]), max_components, seed)
+        generator = torch.Generator().manual_seed(seed)
+        mixtures = []
+        for world in model.members:
+            mean, var = world.posterior(batch, batch.followup_end)
+            eps = torch.randn((len(records), draws_per_patient, mean.shape[-1]), generator=generator)
+            draws = (mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps).numpy().astype(np.float64)  # (N, K, P)
+            features = np.concatenate([draws, np.repeat(static[:, None, :], draws_per_patient, axis=1)], axis=-1)
+            by_arm = {"*": ArmMixture.fit(features.reshape(-1, features.shape[-1]), max_components, seed)}
+            for arm, count in zip(names, counts, strict=True):
+                if count >= min_arm_size:
+                    by_arm[str(arm)] = ArmMixture.fit(features[arms == arm].reshape(-1, features.shape[-1]), max_components, seed)
+            mixtures.append(by_arm)
         rng = np.random.default_rng(seed)
         templates = {}
         for arm in names:
@@ -184,20 +189,34 @@ class Population:
 
     # -- drawing ---------------------------------------------------------------
 
-    def mixture(self, arm: str) -> ArmMixture:
-        return self.mixtures.get(arm, self.mixtures["*"])
+    @property
+    def n_members(self) -> int:
+        return len(self.mixtures)
+
+    def member_of(self, subject_ids: np.ndarray) -> np.ndarray:
+        """The ensemble member that realises each virtual patient: ids taken in turn, so members share patients evenly."""
+        return np.asarray(subject_ids, dtype=np.int64) % self.n_members
+
+    def mixture(self, arm: str, member: int = 0) -> ArmMixture:
+        by_arm = self.mixtures[member]
+        return by_arm.get(arm, by_arm["*"])
 
     def draw_arms(self, n: int, rng: np.random.Generator) -> np.ndarray:
         names = list(self.arms)
         p = np.asarray([self.arms[a] for a in names])
         return np.asarray(names, dtype=object)[rng.choice(len(names), size=n, p=p / p.sum())]
 
-    def draw_states(self, arms: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior-space draws (n, P) and standardised statics (n, S) for patients of the given arms."""
+    def draw_states(
+        self, arms: np.ndarray, rng: np.random.Generator, members: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior-space draws (n, P) and standardised statics (n, S) for patients of the given arms and members."""
+        members = np.zeros(len(arms), dtype=np.int64) if members is None else np.asarray(members)
         out = np.zeros((len(arms), self.posterior_dim + len(self.static)))
-        for arm in np.unique(arms):
-            rows = np.flatnonzero(arms == arm)
-            out[rows] = self.mixture(str(arm)).sample(len(rows), rng)
+        for member in range(self.n_members):
+            for arm in np.unique(arms):
+                rows = np.flatnonzero((arms == arm) & (members == member))
+                if len(rows):
+                    out[rows] = self.mixture(str(arm), member).sample(len(rows), rng)
         return out[:, : self.posterior_dim], out[:, self.posterior_dim :]
 
     def draw_exposures(self, arms: np.ndarray, rng: np.random.Generator) -> list[list[TreatmentExposure]]:
@@ -241,7 +260,9 @@ class Population:
     def from_dict(cls, data: dict) -> Population:
         try:
             values = dict(data)
-            values["mixtures"] = {k: ArmMixture(**v) for k, v in data["mixtures"].items()}
+            if not isinstance(data["mixtures"], list):
+                raise TypeError("mixtures are not per ensemble member (a population fitted before ensembles)")
+            values["mixtures"] = [{k: ArmMixture(**v) for k, v in member.items()} for member in data["mixtures"]]
             values["observed_share"] = {k: tuple(v) for k, v in data["observed_share"].items()}
             return cls(**values)
         except (KeyError, TypeError) as exc:

@@ -52,7 +52,13 @@ class Simulator:
         """The checkpoint in ``model_dir``, with its ``population.json`` when it has one."""
         model = VirtualPatientModel.load(model_dir)
         path = Path(model_dir) / POPULATION_FILE
-        return cls(model, Population.load(path) if path.is_file() else None, model_dir)
+        population = Population.load(path) if path.is_file() else None
+        if population is not None and population.n_members != model.n_members:
+            raise VPatientError(
+                f"{path}: an outdated population model ({population.n_members} member(s), the model has {model.n_members}); "
+                "delete it and it is fitted again from the training data"
+            )
+        return cls(model, population, model_dir)
 
     def fit_population(self, records: Sequence[PatientRecord], seed: int = 0, save: bool = True) -> Population:
         """Learn the population of ``records`` (the training cohort); saved beside the checkpoint."""

@@ -10,13 +10,22 @@ is the one a trial statistician would run on the simulated data:
   (lifelines; arms are analysed as independent samples, which is conservative here,
   since the arms are paired patient by patient);
 - the difference in restricted mean survival time (RMST) up to the horizon, paired by
-  patient (the model's event-free survival curves integrated), mean with a 95% CI
-  across patients;
+  patient (the model's event-free survival curves integrated), mean with a 95% CI;
 - the mean model survival curve and mean lab trajectories per arm (typical values,
   as if event-free), with 95% CIs of the mean across patients.
 
-The CIs describe the finite virtual cohort; they shrink as n grows, while the
-model's own uncertainty (its training data) is not in them.
+What the HR and RMST intervals include:
+
+- the sampling error of the virtual trial. When real patients are replayed with
+  several posterior draws each, the draws of one patient are one cluster: the Cox
+  variance is the robust (sandwich) one by patient and the RMST difference is averaged
+  within the patient first, so the interval speaks of a trial of that many patients,
+  not of that many draws;
+- the model's own uncertainty, when the model is an ensemble: each member realises its
+  share of the patients (a sub-trial), and the members' estimates pool by Rubin's rules
+  (:mod:`vpatient.simulation.pooling`), between-member variance included. A single
+  model has no such term: its intervals shrink with the virtual sample and know nothing
+  of what other training data would have taught.
 """
 
 from __future__ import annotations
@@ -36,12 +45,13 @@ from vpatient.plans import exposures_under_plan
 from vpatient.schemas import TreatmentPlan
 from vpatient.simulation.effects import restricted_mean
 from vpatient.simulation.engine import Chunk, ModelRef, chunk_rng, resolve_model
+from vpatient.simulation.pooling import PooledEstimate, pool
 from vpatient.simulation.population import Population
 from vpatient.simulation.virtual import VirtualPatients, draw_virtual_patients, realise
 from vpatient.tables import markdown_table
 from vpatient.virtual_patient import VirtualPatientModel
 
-__all__ = ["TrialResult", "arm_outcomes", "trial_chunk"]
+__all__ = ["TrialResult", "arm_outcomes", "hazard_ratio", "trial_chunk"]
 
 PATIENTS_DIR, AGGREGATES_DIR = "patients", "aggregates"
 _Z95 = 1.959963984540054
@@ -141,12 +151,17 @@ class TrialResult:
         grid = np.sort(sums["time"].unique())
         for arm in arms:
             km_rows.append(_kaplan_meier(data[data["trial_arm"] == arm], arm, grid))
+        if "member" not in data:  # tables written before ensembles: one member, every patient its own cluster
+            data = data.assign(member=0, source=data["subject_id"])
         ref = data[data["trial_arm"] == arms[0]].set_index("subject_id")
         for arm in arms[1:]:
             other = data[data["trial_arm"] == arm].set_index("subject_id")
-            hr_rows.append({"arm": arm, "reference": arms[0], **_cox(ref, other)})
-            paired = other[f"rmst_{event}"] - ref.loc[other.index, f"rmst_{event}"]
-            half = _Z95 * paired.std(ddof=1) / np.sqrt(len(paired)) if len(paired) > 1 else np.nan
+            hr_rows.append({"arm": arm, "reference": arms[0], **hazard_ratio(ref, other)})
+            paired = other[["member", "source"]].assign(
+                difference=other[f"rmst_{event}"] - ref.loc[other.index, f"rmst_{event}"]
+            )
+            rmst = _pooled_mean_difference(paired)
+            low, high = rmst.interval() if rmst is not None else (np.nan, np.nan)
             rmst_rows.append(
                 {
                     "arm": arm,
@@ -154,9 +169,10 @@ class TrialResult:
                     "horizon": years,
                     "arm_rmst": float(other[f"rmst_{event}"].mean()),
                     "reference_rmst": float(ref[f"rmst_{event}"].mean()),
-                    "difference": float(paired.mean()),
-                    "lower": float(paired.mean() - half),
-                    "upper": float(paired.mean() + half),
+                    "difference": rmst.estimate if rmst is not None else np.nan,
+                    "lower": float(low),
+                    "upper": float(high),
+                    **_spread(rmst),
                 }
             )
         totals = sums.groupby(["trial_arm", "quantity", "time"], sort=False)[["sum", "sum_sq", "n"]].sum().reset_index()
@@ -189,7 +205,7 @@ class TrialResult:
             patients=per_patient,
             kaplan_meier=pd.concat(km_rows, ignore_index=True),
             model_survival=model_survival,
-            hazard_ratios=pd.DataFrame(hr_rows, columns=["arm", "reference", "hazard_ratio", "lower", "upper", "p"]),
+            hazard_ratios=pd.DataFrame(hr_rows, columns=["arm", "reference", "hazard_ratio", "lower", "upper", "p", *_SPREAD]),
             rmst=pd.DataFrame(rmst_rows),
             trajectories=labs,
             settings=settings or {},
@@ -259,23 +275,87 @@ def _kaplan_meier(data: pd.DataFrame, arm: str, grid: np.ndarray) -> pd.DataFram
     return pd.DataFrame({"arm": arm, "time": grid, "survival": at, "lower": lower, "upper": upper})
 
 
-def _cox(reference: pd.DataFrame, other: pd.DataFrame) -> dict[str, float]:
+#: Columns that say what an effect's interval is made of (see the module docstring).
+_SPREAD = ("se", "sampling_se", "between_member_sd", "members", "df")
+
+
+def _spread(estimate: PooledEstimate | None) -> dict[str, float]:
+    if estimate is None:
+        return dict.fromkeys(_SPREAD, np.nan)
+    return {
+        "se": estimate.se,
+        "sampling_se": estimate.within_se,
+        "between_member_sd": estimate.between_sd,
+        "members": estimate.members,
+        "df": estimate.df,
+    }
+
+
+def hazard_ratio(reference: pd.DataFrame, other: pd.DataFrame) -> dict[str, float]:
+    """Cox HR of ``other`` against ``reference`` (columns time, primary; member and source when simulated), 95% CI.
+
+    One fit per ensemble member, robust by real patient where a patient has several
+    draws, pooled by Rubin's rules (module docstring); NaN where there is no event.
+    """
+    if "member" not in reference:
+        reference = reference.assign(member=0, source=np.arange(len(reference)))
+        other = other.assign(member=0, source=np.arange(len(reference), len(reference) + len(other)))
+    estimate = _pooled_log_hazard_ratio(reference, other)
+    if estimate is None:
+        return {"hazard_ratio": np.nan, "lower": np.nan, "upper": np.nan, "p": np.nan, **_spread(None)}
+    low, high = estimate.interval()
+    return {
+        "hazard_ratio": float(np.exp(estimate.estimate)),
+        "lower": float(np.exp(low)),
+        "upper": float(np.exp(high)),
+        "p": estimate.p_value(),
+        **_spread(estimate),
+    }
+
+
+def _pooled_log_hazard_ratio(reference: pd.DataFrame, other: pd.DataFrame) -> PooledEstimate | None:
+    """log HR of ``other`` against ``reference``: one Cox fit per member, pooled by Rubin's rules."""
+    estimates, variances = [], []
+    for member in sorted(set(reference["member"]) | set(other["member"])):
+        fit = _cox(reference[reference["member"] == member], other[other["member"] == member])
+        if fit is None:
+            return None
+        estimates.append(fit[0])
+        variances.append(fit[1] ** 2)
+    return pool(estimates, variances)
+
+
+def _cox(reference: pd.DataFrame, other: pd.DataFrame) -> tuple[float, float] | None:
+    """log HR and its standard error (robust by real patient when a patient has several draws); None without events."""
     from lifelines import CoxPHFitter
 
     data = pd.concat(
         [
-            pd.DataFrame({"time": reference["time"], "primary": reference["primary"], "treated": 0}),
-            pd.DataFrame({"time": other["time"], "primary": other["primary"], "treated": 1}),
+            pd.DataFrame({"time": reference["time"], "primary": reference["primary"], "treated": 0, "source": reference["source"]}),
+            pd.DataFrame({"time": other["time"], "primary": other["primary"], "treated": 1, "source": other["source"]}),
         ],
         ignore_index=True,
     )
-    if data["primary"].sum() == 0:
-        return {"hazard_ratio": np.nan, "lower": np.nan, "upper": np.nan, "p": np.nan}
-    fit = CoxPHFitter().fit(data, duration_col="time", event_col="primary")
+    if data["primary"].sum() == 0 or data["treated"].nunique() < 2:
+        return None
+    clustered = data["source"].duplicated().any()
+    fit = CoxPHFitter().fit(
+        data if clustered else data.drop(columns="source"),
+        duration_col="time",
+        event_col="primary",
+        cluster_col="source" if clustered else None,
+    )
     row = fit.summary.loc["treated"]
-    return {
-        "hazard_ratio": float(row["exp(coef)"]),
-        "lower": float(row["exp(coef) lower 95%"]),
-        "upper": float(row["exp(coef) upper 95%"]),
-        "p": float(row["p"]),
-    }
+    return float(row["coef"]), float(row["se(coef)"])
+
+
+def _pooled_mean_difference(paired: pd.DataFrame) -> PooledEstimate | None:
+    """Mean paired ``difference`` per member (averaged within each real patient first), pooled by Rubin's rules."""
+    estimates, variances = [], []
+    for _, part in paired.groupby("member", sort=True):
+        per_patient = part.groupby("source")["difference"].mean()
+        if len(per_patient) < 2:
+            return None
+        estimates.append(float(per_patient.mean()))
+        variances.append(float(per_patient.var(ddof=1)) / len(per_patient))
+    return pool(estimates, variances) if estimates else None

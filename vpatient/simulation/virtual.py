@@ -10,6 +10,11 @@ with common random numbers. :func:`observe` turns a realisation into a MEDS tabl
 Event times: each patient's first event happens when the summed cumulative hazard of
 all event kinds reaches its Exp(1) draw (found on a monthly grid, linear in between);
 which kind it is follows the kinds' shares of the hazard over that month.
+
+Ensembles: each virtual patient is realised by one member of the model (``member``),
+whose latent space its initial state lives in; members take patients in turn, so every
+member realises an equal share and an in-silico trial is K sub-trials, one per member,
+whose spread is the model's own uncertainty (see :mod:`vpatient.simulation.trial`).
 """
 
 from __future__ import annotations
@@ -90,9 +95,23 @@ class VirtualPatients:
     kind_draw: np.ndarray  # (n,) U(0, 1)
     censoring: np.ndarray  # (n,) loss to follow-up (inf: none)
     noise_seed: int
+    member: np.ndarray  # (n,) the ensemble member that realises each patient
+    source: np.ndarray  # (n,) the real patient a draw stands for (its record's index), else the patient's own id
 
     def __len__(self) -> int:
         return len(self.subject_ids)
+
+    def subset(self, rows: np.ndarray) -> VirtualPatients:
+        """The patients at ``rows``, every random choice kept."""
+        picked = {}
+        for name, value in vars(self).items():
+            if isinstance(value, np.ndarray):
+                picked[name] = value[rows]
+            elif isinstance(value, list):
+                picked[name] = [value[i] for i in rows]
+            else:
+                picked[name] = value
+        return VirtualPatients(**picked)
 
 
 @dataclass
@@ -105,8 +124,9 @@ class Outcomes:
     event_time: np.ndarray  # (n,) first event (inf: none within the horizon)
     event_kind: np.ndarray  # (n,) index into the model's event kinds, -1 for none
     end: np.ndarray  # (n,) end of follow-up: event, loss to follow-up or the horizon
-    solution: DenseSolution
+    solution: DenseSolution | None  # None when several members realised the patients: see ``parts``
     exposures: list[list[TreatmentExposure]]
+    parts: list[tuple[np.ndarray, Outcomes]] | None = None  # (rows, outcomes) of each member's patients
 
     def events_frame(self, model: VirtualPatientModel, patients: VirtualPatients) -> pd.DataFrame:
         """One row per patient: arm, first event (kind and time) and end of follow-up."""
@@ -123,6 +143,8 @@ class Outcomes:
                 "time": self.end,
                 "observed": observed,
                 "end_reason": reason,
+                "member": patients.member,
+                "source": patients.source,
             }
         )
 
@@ -142,14 +164,16 @@ def draw_virtual_patients(
 ) -> VirtualPatients:
     """``n`` new patients from ``population``, ids ``first_id`` onwards."""
     schedule = Schedule.parse(schedule)
+    subject_ids = np.arange(first_id, first_id + n, dtype=np.int64)
+    members = population.member_of(subject_ids)
     arms = population.draw_arms(n, rng)
-    draws, static = population.draw_states(arms, rng)
+    draws, static = population.draw_states(arms, rng, members)
     static_natural = _natural_static(population, model, static)
     static = (static_natural - model.scalers.static_mean) / model.scalers.static_std  # snapped values, re-standardised
     exposures = population.draw_exposures(arms, rng)
     visits = _schedule(population, n, years, schedule, visit_interval, rng)
     return VirtualPatients(
-        subject_ids=np.arange(first_id, first_id + n, dtype=np.int64),
+        subject_ids=subject_ids,
         arms=arms,
         draws=draws,
         static=np.nan_to_num(static),
@@ -161,6 +185,8 @@ def draw_virtual_patients(
         kind_draw=rng.uniform(size=n),
         censoring=population.draw_censoring(n, rng),
         noise_seed=int(rng.integers(2**31)),
+        member=members,
+        source=subject_ids,
     )
 
 
@@ -177,18 +203,31 @@ def patients_from_records(
 
     Loss to follow-up is each patient's own end of follow-up when they had no event
     (inf after an event), so a simulated arm is followed as the real patient was.
+    With an ensemble, draw j of record i comes from member (i + j) mod K: with at least
+    K draws per record every member replays every patient.
     """
     records = list(records)
     histories = [truncate_record(r, at) for r in records]
     batch = make_batch(histories, model.config, model.scalers)
     generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    mean, var = model.world.posterior(batch, batch.followup_end)
     steps = model.refine_steps if refine_steps is None else refine_steps
-    if steps > 0:
-        mean, var = model.world.refine_posterior(batch, mean, var, steps=steps, generator=generator)
+    start, after, means, sds = generator.get_state(), None, [], []
+    for world in model.members:  # each member from the same generator state, as VirtualPatientModel.simulate does
+        generator.set_state(start)
+        mean, var = world.posterior(batch, batch.followup_end)
+        if steps > 0:
+            mean, var = world.refine_posterior(batch, mean, var, steps=steps, generator=generator)
+        after = after if after is not None else generator.get_state()
+        means.append(mean)
+        sds.append(var.sqrt())
+    generator.set_state(after)
     k = draws_per_record
+    member = (np.arange(len(records))[:, None] + np.arange(k)[None, :]) % model.n_members  # (N, k)
+    index = torch.as_tensor(member)
+    rows = torch.arange(len(records)).unsqueeze(1)
+    mean, sd = torch.stack(means)[index, rows], torch.stack(sds)[index, rows]  # (N, k, P)
     eps = torch.randn((len(records), k, mean.shape[-1]), generator=generator)
-    draws = (mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps).reshape(len(records) * k, -1).numpy().astype(np.float64)
+    draws = (mean + sd * eps).reshape(len(records) * k, -1).numpy().astype(np.float64)
     static = (batch.static * batch.static_mask).numpy().astype(np.float64).repeat(k, axis=0)
     natural = np.array([[r.static.get(s, np.nan) for s in model.layout.static] for r in records]).reshape(len(records), -1)
     censoring = np.array([np.inf if r.events else r.end_of_followup for r in records]).repeat(k)
@@ -206,6 +245,8 @@ def patients_from_records(
         kind_draw=rng.uniform(size=n),
         censoring=censoring,
         noise_seed=int(rng.integers(2**31)),
+        member=member.reshape(-1),
+        source=np.arange(len(records), dtype=np.int64).repeat(k),
     )
 
 
@@ -250,8 +291,19 @@ def realise(
     exposures: Sequence[Sequence[TreatmentExposure]] | None = None,
     with_labs: bool = True,
 ) -> Outcomes:
-    """Roll the patients out to ``years`` under ``exposures`` (default: their own) and draw their events."""
+    """Roll the patients out to ``years`` under ``exposures`` (default: their own) and draw their events.
+
+    Each patient is rolled out by the member that realises it (``patients.member``).
+    """
     exposures = [list(e) for e in (exposures if exposures is not None else patients.exposures)]
+    if model.n_members > 1:
+        parts = []
+        for k in range(model.n_members):
+            rows = np.flatnonzero(patients.member == k)
+            if len(rows):
+                sub = [exposures[i] for i in rows]
+                parts.append((rows, realise(model.member(k), patients.subset(rows), years, sub, with_labs)))
+        return _merge_outcomes(parts, len(patients), exposures)
     dose_times, doses = dose_tensors(exposures, model.layout.treatments)
     z0 = torch.as_tensor(patients.draws, dtype=torch.float32)
     static = torch.as_tensor(patients.static, dtype=torch.float32)
@@ -273,6 +325,21 @@ def realise(
     else:
         expected = np.zeros((n, len(grid), 0))
     return Outcomes(grid, np.exp(-cumhaz), expected, event_time, event_kind, end, solution, exposures)
+
+
+def _merge_outcomes(parts: list[tuple[np.ndarray, Outcomes]], n: int, exposures: list[list[TreatmentExposure]]) -> Outcomes:
+    """The members' outcomes back in the patients' order (each member's rows of each array)."""
+    first = parts[0][1]
+
+    def merged(name: str) -> np.ndarray:
+        value = getattr(first, name)
+        out = np.empty((n, *value.shape[1:]), dtype=value.dtype)
+        for rows, part in parts:
+            out[rows] = getattr(part, name)
+        return out
+
+    arrays = {name: merged(name) for name in ("survival", "expected", "event_time", "event_kind", "end")}
+    return Outcomes(grid=first.grid, solution=None, exposures=exposures, parts=parts, **arrays)
 
 
 def _first_events(
@@ -313,8 +380,16 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
 
     Visits after the end of follow-up are dropped; each variable is measured at a visit
     with the training data's share (baseline and later visits apart), with the model's
-    measurement noise.
+    measurement noise (each member's patients with that member's noise model).
     """
+    if outcomes.parts is not None:
+        frames = []
+        for k, (rows, part) in enumerate(outcomes.parts):
+            sub = patients.subset(rows)
+            sub.noise_seed = patients.noise_seed + k
+            frames.append(observe(model.member(int(sub.member[0])), sub, part, population))
+        frame = pd.concat(frames, ignore_index=True)
+        return _by_subject_and_time(frame)
     n = len(patients)
     planned = patients.visits if patients.visits is not None else population.visits_for(outcomes.end, patients.visit_draw)
     visits = [v[v <= e + 1e-12] if len(v) else np.zeros(1) for v, e in zip(planned, outcomes.end, strict=True)]
@@ -383,6 +458,11 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
         blocks.append(_value_rows(patients.subject_ids[chosen], outcomes.end[chosen], config.variable(kind).codes[0], None, None))
     blocks.append(_value_rows(patients.subject_ids, outcomes.end, config.end_of_followup_code, None, None))
     frame = pd.concat([b for b in blocks if len(b)], ignore_index=True)
+    return _by_subject_and_time(frame)
+
+
+def _by_subject_and_time(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows by subject, then time (statics first), otherwise as they came (a stable sort)."""
     order = np.lexsort((np.arange(len(frame)), np.nan_to_num(frame[TIME].to_numpy(), nan=-np.inf), frame[SUBJECT_ID].to_numpy()))
     return frame.iloc[order].reset_index(drop=True)
 

@@ -1,0 +1,159 @@
+"""Training an ensemble of world models: the model's own uncertainty.
+
+One set of weights, trained once, knows nothing of how its answers would change had it
+seen other patients from the same population. vpatient therefore trains K members,
+each on a bootstrap resample of the training patients with its own seed (initial
+weights, validation split, mini-batches, cut-offs); every forecast, what-if, cohort and
+trial draws from all of them, so its intervals include the spread between members.
+This is bagging of deep networks (the bootstrap captures sampling uncertainty, the
+seeds the optimiser's), as in Lakshminarayanan et al., "Simple and scalable predictive
+uncertainty estimation using deep ensembles", NeurIPS 2017, who found five members
+enough for calibrated predictive uncertainty.
+
+Members train in separate processes (``workers`` at a time, one torch thread each, so
+that two members on a 2-core machine do not contend for the same cores). A member's
+numbers depend only on its seed and the data, not on how many trained beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from vpatient.data.batching import FeatureLayout, Scalers
+from vpatient.errors import VPatientError
+from vpatient.model.vpm import ModelSettings, WorldModel
+from vpatient.schemas import DatasetConfig, PatientRecord
+from vpatient.train import TrainingHistory, TrainSettings, fit_world_model
+
+__all__ = ["default_workers", "fit_ensemble", "member_seed"]
+
+log = logging.getLogger(__name__)
+
+
+def member_seed(settings: TrainSettings, member: int) -> int:
+    """The seed of member ``member`` (member 0 keeps the ensemble's seed)."""
+    return settings.seed + member
+
+
+def default_workers(members: int) -> int:
+    """Processes that train members at once: one per core, at most one per member."""
+    return max(1, min(members, os.cpu_count() or 1))
+
+
+def fit_ensemble(
+    records: Sequence[PatientRecord],
+    config: DatasetConfig,
+    settings: TrainSettings,
+    model_settings: ModelSettings | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[list[WorldModel], Scalers, list[TrainingHistory]]:
+    """Train ``settings.members`` members on bootstrap resamples; returns them with their shared scalers.
+
+    The scalers are fitted once on every record, so all members read and write the same
+    standardised scale and their samples can be pooled.
+    """
+    k = settings.members
+    if k < 2:
+        raise VPatientError(f"an ensemble needs at least 2 members, got {k}; train a single model with members=1")
+    if len(records) < 4:
+        raise VPatientError(f"training needs at least 4 patients, got {len(records)}")
+    records = list(records)
+    model_settings = model_settings or ModelSettings()
+    scalers = Scalers.fit(records, config)
+    workers = default_workers(k) if workers is None else max(1, int(workers))
+    bar = tqdm(total=k, desc=f"training {k} members", unit="member", disable=not progress, leave=False)
+    with tempfile.TemporaryDirectory(prefix="vpatient-ensemble-") as tmp:
+        shared = Path(tmp)
+        (shared / "records.json").write_text(json.dumps([r.model_dump(mode="json") for r in records]))
+        config.save(shared / "config.json")
+        (shared / "scalers.json").write_text(json.dumps(scalers.to_dict()))
+        (shared / "model_settings.json").write_text(json.dumps(model_settings.to_dict()))
+        jobs = []
+        for m in range(k):
+            job = shared / f"member-{m}"
+            job.mkdir()
+            member_settings = replace(settings, seed=member_seed(settings, m), members=1)
+            (job / "settings.json").write_text(json.dumps(member_settings.to_dict()))
+            jobs.append(job)
+        _run_jobs(jobs, workers, bar)
+        bar.close()
+        results = [_read_member(job, m) for m, job in enumerate(jobs)]
+    members, histories = [], []
+    for m, (state, history) in enumerate(results):
+        world = WorldModel(FeatureLayout.from_config(config), model_settings)
+        world.load_state_dict(state)
+        members.append(world.eval())
+        histories.append(history)
+        log.info("member %d: best epoch %d, %.0f s", m, history.best_epoch, history.seconds)
+    return members, scalers, histories
+
+
+def _run_jobs(jobs: list[Path], workers: int, bar: tqdm) -> None:
+    """Train each job's member in a child process (``python -m vpatient.ensemble JOB``), ``workers`` at a time.
+
+    Children are plain interpreters reading JSON and writing weights: no pickled state
+    crosses, and a script or notebook that trains an ensemble needs no ``__main__`` guard.
+    Any child still running when this returns early (an error, Ctrl-C) is stopped.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pending, running = list(jobs), []
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                job = pending.pop(0)
+                log_file = open(job / "log.txt", "wb")
+                command = [sys.executable, "-m", "vpatient.ensemble", str(job)]
+                running.append((job, subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env), log_file))
+            time.sleep(0.2)
+            for entry in list(running):
+                job, process, log_file = entry
+                if process.poll() is None:
+                    continue
+                log_file.close()
+                running.remove(entry)
+                if process.returncode != 0:
+                    tail = (job / "log.txt").read_text(errors="replace").strip().splitlines()[-5:]
+                    raise VPatientError(f"training ensemble {job.name} failed (exit {process.returncode}): " + " | ".join(tail))
+                bar.update()
+    finally:
+        for _, process, log_file in running:
+            process.kill()
+            process.wait()
+            log_file.close()
+
+
+def _read_member(job: Path, m: int) -> tuple[dict[str, torch.Tensor], TrainingHistory]:
+    state = torch.load(job / "weights.pt", map_location="cpu", weights_only=True)
+    history = TrainingHistory(**json.loads((job / "history.json").read_text()))
+    return state, history
+
+
+def train_member(job: Path) -> None:
+    """Train the member described in folder ``job`` (a child of :func:`fit_ensemble`) with one torch thread."""
+    torch.set_num_threads(1)
+    shared = job.parent
+    records = [PatientRecord.model_validate(r) for r in json.loads((shared / "records.json").read_text())]
+    config = DatasetConfig.load(shared / "config.json")
+    scalers = Scalers.from_dict(json.loads((shared / "scalers.json").read_text()))
+    model_settings = ModelSettings(**json.loads((shared / "model_settings.json").read_text()))
+    settings = TrainSettings(**json.loads((job / "settings.json").read_text()))
+    world, _, history = fit_world_model(records, config, settings, model_settings, progress=False, scalers=scalers, bootstrap=True)
+    torch.save(world.state_dict(), job / "weights.pt")
+    (job / "history.json").write_text(json.dumps(history.to_dict()))
+
+
+if __name__ == "__main__":
+    train_member(Path(sys.argv[1]))
