@@ -178,7 +178,7 @@ class Simulator:
         event: str | None = None,
         *,
         population: Sequence[PatientRecord] | None = None,
-        draws_per_record: int = 1,
+        draws_per_record: int | None = None,
         chunk_size: int = 5_000,
         engine: Engine | str = Engine.LOCAL,
         scheduler: str | None = None,
@@ -190,7 +190,8 @@ class Simulator:
 
         Patients are ``n`` virtual ones from the learned population, or, when
         ``population`` is a list of records, those real patients as known at
-        enrolment (t=0), ``draws_per_record`` posterior draws each.
+        enrolment (t=0), ``draws_per_record`` posterior draws each (default: one per
+        ensemble member, so every member replays every patient).
         """
         if len(arms) < 2:
             raise VPatientError(f"a trial needs at least two arms, got {len(arms)}: {', '.join(arms) or '(none)'}")
@@ -205,6 +206,7 @@ class Simulator:
             if not records:
                 raise VPatientError("the trial population is empty: give at least one patient record")
             rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
+            draws_per_record = draws_per_record or self.model.n_members
             patients = patients_from_records(self.model, records, rng, at=0.0, draws_per_record=draws_per_record)
             per_patient, sums = arm_outcomes(self.model, patients, plans, years)
             settings |= {"population": f"{len(records)} records at enrolment", "draws_per_record": draws_per_record}
