@@ -7,8 +7,10 @@ is the one a trial statistician would run on the simulated data:
 - Kaplan-Meier curves of the primary event per arm (other event kinds censor it, as
   transplant censors death in the PBC trial), with 95% CIs;
 - Cox hazard ratio of each arm against the reference arm (the first), with its 95% CI
-  (lifelines; arms are analysed as independent samples, which is conservative here,
-  since the arms are paired patient by patient);
+  (lifelines; virtual patients are analysed as independent samples, which is
+  conservative, since the arms are paired patient by patient; real patients replayed
+  with several draws are clusters, see below, and the robust variance then also sees
+  the pairing);
 - the difference in restricted mean survival time (RMST) up to the horizon, paired by
   patient (the model's event-free survival curves integrated), mean with a 95% CI;
 - the mean model survival curve and mean lab trajectories per arm (typical values,
