@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from vpatient.schemas import DatasetConfig
@@ -69,3 +70,52 @@ def record_data() -> dict:
         "events": [{"time": 3.0, "kind": "death"}],
         "end_of_followup": 3.0,
     }
+
+
+def _simulated_trial_adjustment(n: int = 300, seed: int = 0, with_lab: bool = True):
+    """A trial adjustment from the analyses on a small simulated randomised trial (x: a perfect prognostic score).
+
+    Survival: hazard 0.1 exp(1.2 x), no treatment effect; lab: 1 + 0.8 x + 0.3 treated + noise, baseline a noisy x.
+    """
+    from vpatient.simulation.adjustment import TrialAdjustmentResult, ancova_adjustment, cox_adjustment
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    treated = rng.random(n) < 0.5
+    event_time = rng.exponential(1 / (0.1 * np.exp(1.2 * x)))
+    censor = rng.uniform(0, 8, n)
+    survival = cox_adjustment(np.minimum(event_time, censor), event_time <= censor, treated, x, outcome="death")
+    lab = 1 + 0.8 * x + 0.3 * treated + rng.normal(scale=0.5, size=n)
+    lab[:20] = np.nan  # no follow-up value: left out
+    baseline = x + rng.normal(scale=0.5, size=n)
+    lab_effect = ancova_adjustment(lab, treated, x, baseline=baseline, label="log(bilirubin) at 2 years") if with_lab else None
+    return TrialAdjustmentResult(
+        data="pbc2",
+        time_unit="years",
+        treatment_arm="d_penicillamine",
+        reference_arm="none",
+        arm_sizes={"d_penicillamine": int(treated.sum()), "none": int((~treated).sum())},
+        n_patients=n,
+        event="death",
+        horizon=5.0,
+        lab="bilirubin" if with_lab else None,
+        lab_at=2.0,
+        lab_window=0.5,
+        seed=seed,
+        n_folds=5,
+        n_samples=8,
+        scoring="simulated: the true prognostic variable",
+        survival=survival,
+        lab_effect=lab_effect,
+        se_target=0.1,
+        survival_target_met=False,
+        train_settings={},
+        model_settings={},
+        runtime_seconds=0.0,
+    )
+
+
+@pytest.fixture()
+def simulated_trial_adjustment():
+    """Builds a trial-adjustment result from the analyses of a small simulated trial (report and dashboard tests)."""
+    return _simulated_trial_adjustment

@@ -236,43 +236,7 @@ def test_invalid_upload_shows_the_problems_and_the_app_still_works(model_dir, co
     assert any("Forecast of subject uploaded-7" in h.value for h in at.subheader)
 
 
-def _trial_adjustment(n: int = 200, seed: int = 0):
-    """A survival-only trial adjustment from the Cox analysis of a small simulated trial (x: the prognostic score)."""
-    from vpatient.simulation.adjustment import TrialAdjustmentResult, cox_adjustment
-
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=n)
-    treated = rng.random(n) < 0.5
-    event_time = rng.exponential(1 / (0.1 * np.exp(1.2 * x)))
-    censor = rng.uniform(0, 8, n)
-    survival = cox_adjustment(np.minimum(event_time, censor), event_time <= censor, treated, x, outcome="death")
-    return TrialAdjustmentResult(
-        data="pbc2",
-        time_unit="years",
-        treatment_arm="d_penicillamine",
-        reference_arm="none",
-        arm_sizes={"d_penicillamine": int(treated.sum()), "none": int((~treated).sum())},
-        n_patients=n,
-        event="death",
-        horizon=5.0,
-        lab=None,
-        lab_at=2.0,
-        lab_window=0.5,
-        seed=seed,
-        n_folds=5,
-        n_samples=8,
-        scoring="simulated: the true prognostic variable",
-        survival=survival,
-        lab_effect=None,
-        se_target=0.1,
-        survival_target_met=False,
-        train_settings={},
-        model_settings={},
-        runtime_seconds=0.0,
-    )
-
-
-def test_model_card_shows_the_precomputed_trial_adjustment(model_dir, monkeypatch, tmp_path):
+def test_model_card_shows_the_precomputed_trial_adjustment(model_dir, monkeypatch, tmp_path, simulated_trial_adjustment):
     import shutil
 
     from vpatient.report.adjustment import ADJUSTMENT_FILE, percent, precision_sentence
@@ -292,7 +256,7 @@ def test_model_card_shows_the_precomputed_trial_adjustment(model_dir, monkeypatc
     assert not at.exception, at.exception
     assert any(f"{own / ADJUSTMENT_FILE} is not a valid trial adjustment result" in w.value for w in at.warning)
 
-    result = _trial_adjustment()
+    result = simulated_trial_adjustment(with_lab=False)
     write_trial_adjustment(result, own)
     at.run()
     assert not at.exception, at.exception

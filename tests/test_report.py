@@ -20,7 +20,7 @@ from vpatient.report.cli import report_app
 from vpatient.report.render import interval
 from vpatient.schemas import TreatmentExposure, TreatmentPlan, parse_record
 from vpatient.simulation import Simulator
-from vpatient.simulation.adjustment import TrialAdjustmentResult, ancova_adjustment, cox_adjustment, write_trial_adjustment
+from vpatient.simulation.adjustment import write_trial_adjustment
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
 
@@ -169,49 +169,8 @@ def test_trial_report_shows_the_trial_and_subgroups(sim, pbc):
     assert SECTION_TITLE not in out.html  # no adjustment given, no section
 
 
-def adjustment_result(n: int = 300, seed: int = 0) -> TrialAdjustmentResult:
-    """A trial adjustment from the analyses on a small simulated randomised trial (x: a perfect prognostic score).
-
-    Survival: hazard 0.1 exp(1.2 x), no treatment effect; lab: 1 + 0.8 x + 0.3 treated + noise, baseline a noisy x.
-    """
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=n)
-    treated = rng.random(n) < 0.5
-    event_time = rng.exponential(1 / (0.1 * np.exp(1.2 * x)))
-    censor = rng.uniform(0, 8, n)
-    survival = cox_adjustment(np.minimum(event_time, censor), event_time <= censor, treated, x, outcome="death")
-    lab = 1 + 0.8 * x + 0.3 * treated + rng.normal(scale=0.5, size=n)
-    lab[:20] = np.nan  # no follow-up value: left out
-    baseline = x + rng.normal(scale=0.5, size=n)
-    lab_effect = ancova_adjustment(lab, treated, x, baseline=baseline, label="log(bilirubin) at 2 years")
-    return TrialAdjustmentResult(
-        data="pbc2",
-        time_unit="years",
-        treatment_arm="d_penicillamine",
-        reference_arm="none",
-        arm_sizes={"d_penicillamine": int(treated.sum()), "none": int((~treated).sum())},
-        n_patients=n,
-        event="death",
-        horizon=5.0,
-        lab="bilirubin",
-        lab_at=2.0,
-        lab_window=0.5,
-        seed=seed,
-        n_folds=5,
-        n_samples=8,
-        scoring="simulated: the true prognostic variable",
-        survival=survival,
-        lab_effect=lab_effect,
-        se_target=0.1,
-        survival_target_met=False,
-        train_settings={},
-        model_settings={},
-        runtime_seconds=0.0,
-    )
-
-
-def test_trial_report_shows_the_real_trial_adjustment(sim, tmp_path):
-    result = adjustment_result()
+def test_trial_report_shows_the_real_trial_adjustment(sim, tmp_path, simulated_trial_adjustment):
+    result = simulated_trial_adjustment()
     path = write_trial_adjustment(result, tmp_path)[0]
     out = trial_report(sim, {"placebo": PLACEBO, "D-penicillamine": DRUG}, n=30, seed=1, training=False, adjustment=path)
     text = html_text.unescape(out.html)
