@@ -96,6 +96,13 @@ def test_rubins_rules_against_a_hand_computation():
     assert q - low == pytest.approx(high - q)
     single = pool([0.3], [0.04])  # one member: the plain normal interval
     assert single.interval() == pytest.approx((0.3 - 1.959964 * 0.2, 0.3 + 1.959964 * 0.2), rel=1e-6)
+    # members on disjoint patients: sampling variance of the mean W/K, model variance what B holds beyond W
+    split = pool(estimates, variances, disjoint=True)
+    model_var = max(b - u, 0.0)
+    assert split.within_se == pytest.approx(math.sqrt(u / k))
+    assert split.se == pytest.approx(math.sqrt(u / k + (1 + 1 / k) * model_var))
+    agreeing = pool([0.1, 0.1001, 0.0999], [0.01, 0.01, 0.01], disjoint=True)
+    assert agreeing.between_sd == 0.0 and math.isinf(agreeing.df) and agreeing.se == pytest.approx(math.sqrt(0.01 / 3))
     with pytest.raises(ValueError, match="one variance per estimate"):
         pool([0.1, 0.2], [0.01])
 
@@ -137,7 +144,7 @@ def test_trials_cohorts_and_test_selection_draw_from_every_member(cohort, member
     trial = sim.trial({"none": NONE, "drug": DRUG}, n=80, seed=0, years=3.0, progress=False)
     hr = trial.hazard_ratios.iloc[0]
     assert hr["members"] == 2 and hr["between_member_sd"] > 0
-    assert hr["se"] > hr["sampling_se"]  # the members' spread widens the interval
+    assert hr["se"] >= hr["sampling_se"]  # members realise disjoint virtual patients: only spread beyond sampling widens
     assert set(trial.patients["member"]) == {0, 1}
     from_records = sim.trial(
         {"none": NONE, "drug": DRUG}, seed=0, years=3.0, population=cohort.records[:20], draws_per_record=4, progress=False

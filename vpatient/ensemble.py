@@ -88,9 +88,11 @@ def fit_ensemble(
             member_settings = replace(settings, seed=member_seed(settings, m), members=1)
             (job / "settings.json").write_text(json.dumps(member_settings.to_dict()))
             jobs.append(job)
-        _run_jobs(jobs, workers, bar)
-        bar.close()
-        results = [_read_member(job, m) for m, job in enumerate(jobs)]
+        try:
+            _run_jobs(jobs, workers, bar)
+        finally:
+            bar.close()
+        results = [_read_member(job) for job in jobs]
     members, histories = [], []
     for m, (state, history) in enumerate(results):
         world = WorldModel(FeatureLayout.from_config(config), model_settings)
@@ -116,7 +118,12 @@ def _run_jobs(jobs: list[Path], workers: int, bar: tqdm) -> None:
                 job = pending.pop(0)
                 log_file = open(job / "log.txt", "wb")
                 command = [sys.executable, "-m", "vpatient.ensemble", str(job)]
-                running.append((job, subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env), log_file))
+                try:
+                    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+                except OSError:
+                    log_file.close()
+                    raise
+                running.append((job, process, log_file))
             time.sleep(0.2)
             for entry in list(running):
                 job, process, log_file = entry
@@ -135,7 +142,7 @@ def _run_jobs(jobs: list[Path], workers: int, bar: tqdm) -> None:
             log_file.close()
 
 
-def _read_member(job: Path, m: int) -> tuple[dict[str, torch.Tensor], TrainingHistory]:
+def _read_member(job: Path) -> tuple[dict[str, torch.Tensor], TrainingHistory]:
     state = torch.load(job / "weights.pt", map_location="cpu", weights_only=True)
     history = TrainingHistory(**json.loads((job / "history.json").read_text()))
     return state, history

@@ -403,7 +403,9 @@ def _expert_log_factor_of(
         experts = world.experts
         features, _ = experts.group_features(group, one)
         mean, precision = experts.group_heads[group.name](torch.cat([features, experts.context(one)], dim=-1))
-        factors.append(_expert_log_factor(mean[:, 0], precision[:, 0], pool.draws[block]))
+        # the Gaussian's normaliser: constant within a member, but members' experts differ in precision
+        normaliser = 0.5 * torch.log(precision[:, 0]).sum(dim=-1, keepdim=True)
+        factors.append(_expert_log_factor(mean[:, 0], precision[:, 0], pool.draws[block]) + normaliser)
     return torch.cat(factors, dim=1)
 
 

@@ -15,6 +15,13 @@ stand for the data that could have been observed, so the estimates pool the same
 
 With one member there is no between-member term, and the interval is the plain normal
 one of the single estimate.
+
+Rubin's rules assume every member analyses the same patients (as when every member
+replays every real patient). When the members realise *disjoint* shares of the patients
+(a virtual population split between them), each estimate carries the sampling error of
+its share, which inflates both W and B; then (``disjoint=True``) the sampling variance of
+the pooled mean is W / K and the model's own variance is what B holds beyond W:
+T = W / K + (1 + 1/K) max(B - W, 0), with the degrees of freedom computed alike.
 """
 
 from __future__ import annotations
@@ -57,8 +64,11 @@ class PooledEstimate:
         return float(2 * (stats.norm.sf(z) if math.isinf(self.df) else stats.t.sf(z, self.df)))
 
 
-def pool(estimates: Sequence[float], variances: Sequence[float]) -> PooledEstimate:
-    """Rubin's rules over the members' ``estimates`` and their sampling ``variances`` (module docstring)."""
+def pool(estimates: Sequence[float], variances: Sequence[float], disjoint: bool = False) -> PooledEstimate:
+    """Rubin's rules over the members' ``estimates`` and their sampling ``variances`` (module docstring).
+
+    ``disjoint``: the members' estimates come from different patients (module docstring).
+    """
     q = np.asarray(estimates, dtype=float)
     u = np.asarray(variances, dtype=float)
     if q.shape != u.shape or q.size == 0:
@@ -68,6 +78,8 @@ def pool(estimates: Sequence[float], variances: Sequence[float]) -> PooledEstima
     if k == 1:
         return PooledEstimate(float(q[0]), math.sqrt(within), math.sqrt(within), 0.0, math.inf, 1)
     between = float(q.var(ddof=1))
+    if disjoint:
+        within, between = within / k, max(between - within, 0.0)
     total = within + (1 + 1 / k) * between
     extra = (1 + 1 / k) * between
     df = math.inf if extra <= 0 else (k - 1) * (1 + within / extra) ** 2

@@ -260,9 +260,9 @@ class Population:
     def from_dict(cls, data: dict) -> Population:
         try:
             values = dict(data)
-            if not isinstance(data["mixtures"], list):
-                raise TypeError("mixtures are not per ensemble member (a population fitted before ensembles)")
-            values["mixtures"] = [{k: ArmMixture(**v) for k, v in member.items()} for member in data["mixtures"]]
+            # A population fitted before ensembles holds one member's mixtures by arm.
+            per_member = [data["mixtures"]] if isinstance(data["mixtures"], dict) else data["mixtures"]
+            values["mixtures"] = [{k: ArmMixture(**v) for k, v in member.items()} for member in per_member]
             values["observed_share"] = {k: tuple(v) for k, v in data["observed_share"].items()}
             return cls(**values)
         except (KeyError, TypeError) as exc:

@@ -7,10 +7,9 @@ is the one a trial statistician would run on the simulated data:
 - Kaplan-Meier curves of the primary event per arm (other event kinds censor it, as
   transplant censors death in the PBC trial), with 95% CIs;
 - Cox hazard ratio of each arm against the reference arm (the first), with its 95% CI
-  (lifelines; virtual patients are analysed as independent samples, which is
-  conservative, since the arms are paired patient by patient; real patients replayed
-  with several draws are clusters, see below, and the robust variance then also sees
-  the pairing);
+  (lifelines; the arms replay the same patients, so each patient, with all its draws in
+  both arms, is one cluster of the robust variance: the analysis of a paired, crossover
+  trial);
 - the difference in restricted mean survival time (RMST) up to the horizon, paired by
   patient (the model's event-free survival curves integrated), mean with a 95% CI;
 - the mean model survival curve and mean lab trajectories per arm (typical values,
@@ -23,9 +22,11 @@ What the HR and RMST intervals include:
   variance is the robust (sandwich) one by patient and the RMST difference is averaged
   within the patient first, so the interval speaks of a trial of that many patients,
   not of that many draws;
-- the model's own uncertainty, when the model is an ensemble: each member realises its
-  share of the patients (a sub-trial), and the members' estimates pool by Rubin's rules
-  (:mod:`vpatient.simulation.pooling`), between-member variance included. A single
+- the model's own uncertainty, when the model is an ensemble: each member realises the
+  patients it is given (a sub-trial: every real patient when records are replayed with at
+  least K draws each, a disjoint share of a virtual population), and the members'
+  estimates pool by Rubin's rules (:mod:`vpatient.simulation.pooling`, which corrects for
+  disjoint shares), between-member variance included. A single
   model has no such term: its intervals shrink with the virtual sample and know nothing
   of what other training data would have taught.
 """
@@ -324,7 +325,12 @@ def _pooled_log_hazard_ratio(reference: pd.DataFrame, other: pd.DataFrame) -> Po
             return None
         estimates.append(fit[0])
         variances.append(fit[1] ** 2)
-    return pool(estimates, variances)
+    return pool(estimates, variances, disjoint=_disjoint(reference))
+
+
+def _disjoint(frame: pd.DataFrame) -> bool:
+    """Whether the members realised different patients (no real patient seen by two members)."""
+    return frame["member"].nunique() > 1 and bool((frame.groupby("source")["member"].nunique() == 1).all())
 
 
 def _cox(reference: pd.DataFrame, other: pd.DataFrame) -> tuple[float, float] | None:
@@ -360,4 +366,4 @@ def _pooled_mean_difference(paired: pd.DataFrame) -> PooledEstimate | None:
             return None
         estimates.append(float(per_patient.mean()))
         variances.append(float(per_patient.var(ddof=1)) / len(per_patient))
-    return pool(estimates, variances) if estimates else None
+    return pool(estimates, variances, disjoint=_disjoint(paired)) if estimates else None
