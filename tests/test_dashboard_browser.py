@@ -156,3 +156,7 @@ def test_dashboard_in_a_browser(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+    # stopping `vpatient dashboard` stopped the Streamlit server too: nothing listens any more
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "a Streamlit server outlived `vpatient dashboard`"

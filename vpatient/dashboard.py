@@ -772,6 +772,12 @@ def dashboard_command(
         "viewer",
     ]
     typer.echo(f"vpatient dashboard on http://{address}:{port} (model {model_dir}); Ctrl+C stops it", err=True)
+    if os.name == "posix":
+        # Become the server rather than its parent: a service manager or test that stops this
+        # process stops Streamlit itself, and no orphaned server is left listening.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, command, env)
     try:
         code = subprocess.call(command, env=env)
     except KeyboardInterrupt:
