@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from vpatient import __version__, transforms
-from vpatient.data.batching import FeatureLayout, Scalers, dose_tensors, make_batch
+from vpatient.data.batching import FeatureLayout, PatientBatch, Scalers, dose_tensors, make_batch
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError
 from vpatient.model.dynamics import DenseSolution
@@ -388,13 +388,7 @@ class VirtualPatientModel:
         generator = torch.Generator().manual_seed(seed)
         n, s = len(histories), n_samples
         blocks = member_slices(s, self.n_members)
-        start_state, after = generator.get_state(), None
-        posteriors = []
-        for k, world in enumerate(self.members):
-            generator.set_state(start_state)
-            posteriors.append(self._posterior(k, world, histories, batch, cutoff, refine_steps, seed, generator))
-            after = after if after is not None else generator.get_state()
-        generator.set_state(after)
+        posteriors = self.member_posteriors(histories, batch, cutoff, refine_steps, seed, generator)
         eps = torch.randn((n, s, posteriors[0][0].shape[-1]), generator=generator)
         t_max = max(float(np.max(t)) if len(t) else 0.0 for t in times)
         t_max = max(t_max, float(cutoff.max()))
@@ -438,6 +432,29 @@ class VirtualPatientModel:
                 decoded.append(self._decode(world, times, solution, world.offsets(z0), cutoff, n, s_k))
             generator.set_state(noise_state)
             out.append(self._combine(histories, decoded, blocks, cutoff, generator, ess))
+        return out
+
+    def member_posteriors(
+        self,
+        histories: Sequence[PatientRecord],
+        batch: PatientBatch,
+        cutoff: torch.Tensor,
+        refine_steps: int,
+        seed: int,
+        generator: torch.Generator,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every member's q(z0) (mean, variance) of each history, refined by ``refine_steps`` steps.
+
+        Each member starts from the same generator state, and the generator is left where
+        the first member's refinement left it, so identical members infer identically and a
+        single model draws exactly as before ensembles.
+        """
+        start, after, out = generator.get_state(), None, []
+        for k, world in enumerate(self.members):
+            generator.set_state(start)
+            out.append(self._posterior(k, world, histories, batch, cutoff, refine_steps, seed, generator))
+            after = after if after is not None else generator.get_state()
+        generator.set_state(after)
         return out
 
     def _posterior(self, k, world, histories, batch, cutoff, refine_steps: int, seed: int, generator: torch.Generator):

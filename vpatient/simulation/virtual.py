@@ -209,18 +209,11 @@ def patients_from_records(
     records = list(records)
     histories = [truncate_record(r, at) for r in records]
     batch = make_batch(histories, model.config, model.scalers)
-    generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    seed = int(rng.integers(2**31))
+    generator = torch.Generator().manual_seed(seed)
     steps = model.refine_steps if refine_steps is None else refine_steps
-    start, after, means, sds = generator.get_state(), None, [], []
-    for world in model.members:  # each member from the same generator state, as VirtualPatientModel.simulate does
-        generator.set_state(start)
-        mean, var = world.posterior(batch, batch.followup_end)
-        if steps > 0:
-            mean, var = world.refine_posterior(batch, mean, var, steps=steps, generator=generator)
-        after = after if after is not None else generator.get_state()
-        means.append(mean)
-        sds.append(var.sqrt())
-    generator.set_state(after)
+    posteriors = model.member_posteriors(histories, batch, batch.followup_end, steps, seed, generator)
+    means, sds = [mean for mean, _ in posteriors], [var.sqrt() for _, var in posteriors]
     k = draws_per_record
     member = (np.arange(len(records))[:, None] + np.arange(k)[None, :]) % model.n_members  # (N, k)
     index = torch.as_tensor(member)
