@@ -15,7 +15,7 @@ from vpatient.data.synthetic import synthetic_cohort
 from vpatient.errors import RecordValidationError, VPatientError
 from vpatient.schemas import TreatmentExposure, TreatmentPlan, parse_plan
 from vpatient.simulation import Population, Simulator
-from vpatient.simulation.virtual import _first_events
+from vpatient.simulation.sampling import _first_events
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
 
@@ -108,7 +108,7 @@ def test_population_round_trips_and_draws_plausible_covariates(sim, model_dir):
     shares = pd.Series(arms).value_counts(normalize=True)
     for arm, share in pop.arms.items():
         assert abs(shares.get(arm, 0.0) - share) < 0.05
-    from vpatient.simulation.virtual import draw_virtual_patients
+    from vpatient.simulation.sampling import draw_virtual_patients
 
     patients = draw_virtual_patients(pop, sim.model, 500, rng, years=4.0)
     sex = patients.static_natural[:, sim.model.layout.static.index("sex")]

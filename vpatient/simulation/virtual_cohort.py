@@ -26,7 +26,7 @@ from vpatient.plans import exposures_under_plan
 from vpatient.schemas import TreatmentPlan
 from vpatient.simulation.engine import Chunk, ModelRef, chunk_rng, resolve_model
 from vpatient.simulation.population import Population
-from vpatient.simulation.virtual import Schedule, draw_virtual_patients, observe, realise
+from vpatient.simulation.sampling import Schedule, draw_virtual_patients, observe, realise
 
 __all__ = ["CohortResult", "cohort_chunk"]
 
