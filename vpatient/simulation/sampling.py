@@ -31,7 +31,7 @@ import torch
 from vpatient import transforms
 from vpatient.data.batching import dose_tensors, make_batch
 from vpatient.data.cohort import arm_of
-from vpatient.data.meds import (
+from vpatient.data.meds.codes import (
     CODE,
     CODE_SEPARATOR,
     MEDS_BIRTH,
