@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 
 from vpatient.data.meds.codes import (
     CODE,
-    CODE_SEPARATOR,
     CODES_FILE,
     CODES_SCHEMA,
     CONFIG_FILE,
@@ -40,22 +39,32 @@ from vpatient.data.meds.codes import (
     NUMERIC_VALUE,
     SPLIT_ORDER,
     SPLITS_FILE,
-    START_SUFFIX,
-    STOP_SUFFIX,
     SUBJECT_ID,
+    SUBJECT_ID_DTYPE,
     TEXT_VALUE,
     TIME,
     UNSPLIT_DIR,
     CodeBook,
     codes_table,
+    component_code,
     meds_schema,
+    start_code,
+    stop_code,
     subject_id_column,
     subject_sort_key,
 )
 from vpatient.errors import DataFormatError, OutputExistsError, RecordValidationError
-from vpatient.schemas import DatasetConfig, PatientRecord, VariableSpec, duplicate_id_problems, record_problems
+from vpatient.schemas import DatasetConfig, PatientRecord, duplicate_id_problems, record_problems
 
-__all__ = ["move_into_place", "records_to_frame", "write_meds", "write_meds_metadata", "write_meds_shard"]
+__all__ = [
+    "meds_order",
+    "meds_rows",
+    "move_into_place",
+    "records_to_frame",
+    "write_meds",
+    "write_meds_metadata",
+    "write_meds_shard",
+]
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +211,54 @@ class _RowBuilder:
                 TEXT_VALUE: pd.Series(self.text, dtype=object),
             }
         )
-        # MEDS order: by subject, static rows first, then by time; ties keep canonical order.
-        order = pd.DataFrame({"s": subject_sort_key(ids), "t": t, "r": np.arange(len(t))})
-        order = order.sort_values(["s", "t", "r"], na_position="first")
-        return frame.iloc[order.index.to_numpy()].reset_index(drop=True)
+        # Ties keep canonical order.
+        return frame.iloc[meds_order(subject_sort_key(ids), t)].reset_index(drop=True)
+
+
+def meds_order(subject_key: pd.Series | np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Row positions in MEDS order: by subject, static rows (no time) first, then by time; ties keep their order.
+
+    ``subject_key`` sorts the subjects (:func:`~vpatient.data.meds.codes.subject_sort_key`
+    for str ids), ``t`` is each row's float time (NaN for static rows).
+    """
+    subjects = np.asarray(subject_key)
+    if not np.issubdtype(subjects.dtype, np.number):
+        subjects = pd.factorize(subjects, sort=True)[0]
+    t = np.asarray(t, dtype=np.float64)
+    # lexsort sorts by its last key first; NaN times (static rows) before every timed row.
+    return np.lexsort((np.arange(len(t)), t, ~np.isnan(t), subjects))
+
+
+def meds_rows(
+    ids: np.ndarray,
+    t: np.ndarray | None,
+    code: str | np.ndarray,
+    values: np.ndarray | None = None,
+    labels: Mapping[float, str] | None = None,
+) -> pd.DataFrame:
+    """MEDS rows of integer-numbered subjects (virtual patients), one per id, with float times.
+
+    ``code`` is one code for all rows or one per row; ``t`` None makes static rows,
+    ``values`` None rows without a value. A value that ``labels`` names
+    (:meth:`~vpatient.data.meds.codes.CodeBook.labels`) is written as that text, as
+    :func:`records_to_frame` writes it.
+    """
+    n = len(ids)
+    numeric = np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
+    text = np.full(n, None, dtype=object)
+    for number, label in (labels or {}).items():
+        match = numeric == number
+        text[match] = label
+        numeric = np.where(match, np.nan, numeric)
+    return pd.DataFrame(
+        {
+            SUBJECT_ID: np.asarray(ids, dtype=SUBJECT_ID_DTYPE),
+            TIME: np.full(n, np.nan) if t is None else np.asarray(t, dtype=np.float64),
+            CODE: np.full(n, code, dtype=object) if isinstance(code, str) else np.asarray(code, dtype=object),
+            NUMERIC_VALUE: numeric,
+            TEXT_VALUE: text,
+        }
+    )
 
 
 def _naive_utc(moment: datetime) -> np.datetime64:
@@ -225,12 +278,10 @@ def _timestamps(origins: list[datetime | None], t: np.ndarray, unit_days: float)
     return out
 
 
-def _value_columns(spec: VariableSpec, value: float) -> tuple[float, str | None]:
+def _value_columns(labels: Mapping[float, str], value: float) -> tuple[float, str | None]:
     """(numeric_value, text_value): a category's name when the variable has one for the value."""
-    for name, number in (spec.categories or {}).items():
-        if number == value:
-            return math.nan, name
-    return value, None
+    text = labels.get(value)
+    return (value, None) if text is None else (math.nan, text)
 
 
 def _emit_record(record: PatientRecord, book: CodeBook, rows: _RowBuilder, timestamps: bool) -> None:
@@ -241,29 +292,27 @@ def _emit_record(record: PatientRecord, book: CodeBook, rows: _RowBuilder, times
         rows.add(sid, origin, t, code, value, text)
 
     for name, value in record.static.items():
-        spec = book.spec(name)
-        if book.reads_birth(spec):
+        if book.reads_birth(book.spec(name)):
             add(-value, MEDS_BIRTH)
         else:
-            add(None, spec.codes[0], *_value_columns(spec, value))
+            add(None, book.code(name), *_value_columns(book.labels(name), value))
     if timestamps:
         add(0.0, book.index_code)
     for obs in record.observations:
-        spec = book.spec(obs.variable)
-        add(obs.time, spec.codes[0], *_value_columns(spec, obs.value))
+        add(obs.time, book.code(obs.variable), *_value_columns(book.labels(obs.variable), obs.value))
     for study in record.imaging:
-        code = book.spec(study.modality).codes[0]
+        code = book.code(study.modality)
         for j, component in enumerate(study.embedding):
-            add(study.time, f"{code}{CODE_SEPARATOR}{j}", component)
+            add(study.time, component_code(code, j), component)
     for entry in record.history:
-        add(entry.time, book.spec(entry.code).codes[0])
+        add(entry.time, book.code(entry.code))
     for exposure in record.treatments:
-        code = book.spec(exposure.treatment).codes[0]
-        add(exposure.start, code + START_SUFFIX, exposure.dose)
+        code = book.code(exposure.treatment)
+        add(exposure.start, start_code(code), exposure.dose)
         if exposure.stop is not None:
-            add(exposure.stop, code + STOP_SUFFIX)
+            add(exposure.stop, stop_code(code))
     for event in record.events:
-        add(event.time, book.spec(event.kind).codes[0])
+        add(event.time, book.code(event.kind))
     add(record.end_of_followup, book.eof_code)
 
 
