@@ -6,16 +6,17 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from vpatient.cli import app
-from vpatient.data.meds import read_meds
+from vpatient.data.meds import read_meds, records_to_frame, write_meds
 from vpatient.data.synthetic import synthetic_cohort
 from vpatient.errors import RecordValidationError, VPatientError
 from vpatient.schemas import TreatmentExposure, TreatmentPlan, parse_plan
 from vpatient.simulation import Population, Simulator
-from vpatient.simulation.virtual import _first_events
+from vpatient.simulation.sampling import _first_events
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
 
@@ -108,7 +109,7 @@ def test_population_round_trips_and_draws_plausible_covariates(sim, model_dir):
     shares = pd.Series(arms).value_counts(normalize=True)
     for arm, share in pop.arms.items():
         assert abs(shares.get(arm, 0.0) - share) < 0.05
-    from vpatient.simulation.virtual import draw_virtual_patients
+    from vpatient.simulation.sampling import draw_virtual_patients
 
     patients = draw_virtual_patients(pop, sim.model, 500, rng, years=4.0)
     sex = patients.static_natural[:, sim.model.layout.static.index("sex")]
@@ -133,6 +134,17 @@ def test_cohort_is_valid_meds_that_reads_back(sim, tmp_path):
     result = sim.cohort(120, seed=3, years=4.0, out=tmp_path / "c", chunk_size=50, progress=False)
     records = read_meds(result.meds_dir)
     assert len(records) == 120 == result.n_patients
+    # One MEDS writer in effect: the simulator's table is, dtypes and all (subject_id int64,
+    # as MEDS types it), what the data side writes for the records it reads back.
+    shards = sorted((result.meds_dir / "data").glob("*.parquet"))
+    written = pd.read_parquet(result.meds_dir / "data")
+    assert written["subject_id"].dtype == np.int64
+    pd.testing.assert_frame_equal(written, records_to_frame(records, sim.model.config), check_exact=True)
+    write_meds(records, sim.model.config, tmp_path / "rewritten")
+    assert (
+        pq.read_schema(shards[0]).remove_metadata()
+        == pq.read_schema(tmp_path / "rewritten" / "data" / "0.parquet").remove_metadata()
+    )
     events = result.events()
     assert len(events) == 120 and events["subject_id"].is_unique
     by_id = {r.subject_id: r for r in records}

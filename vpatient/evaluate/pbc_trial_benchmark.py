@@ -62,9 +62,9 @@ from vpatient.evaluate.protocol import ProtocolError, forecast_folds, sort_subje
 from vpatient.evaluate.results_io import write_result
 from vpatient.model.vpm import ModelSettings
 from vpatient.schemas import PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind, parse_plan
+from vpatient.simulation.sampling import patients_from_records
 from vpatient.simulation.simulator import Simulator
 from vpatient.simulation.trial import TrialResult, arm_outcomes, hazard_ratio
-from vpatient.simulation.virtual import patients_from_records
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel

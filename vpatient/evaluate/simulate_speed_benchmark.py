@@ -145,7 +145,7 @@ def _rollout(model: VirtualPatientModel, z0, static, dose_times, doses, years: f
     """Augmented states (latent, cumulative hazards, incidences) at monthly outputs: (n, G, D)."""
     import torch
 
-    from vpatient.simulation.virtual import GRID_STEP
+    from vpatient.simulation.sampling import GRID_STEP
 
     grid = torch.arange(0.0, years + 1e-9, GRID_STEP, dtype=torch.float32)
     world = model.world
@@ -166,7 +166,7 @@ def _decode(model: VirtualPatientModel, z0, states):
     """Labs (standardised decoded means) and survival from states: (n, G, Dc), (n, G, E)."""
     import torch
 
-    from vpatient.simulation.virtual import GRID_STEP
+    from vpatient.simulation.sampling import GRID_STEP
 
     world = model.world
     latent, n_events = world.settings.latent_dim, len(model.layout.events)
@@ -181,7 +181,7 @@ def _time_rollouts(
     import torch
 
     from vpatient.data.batching import dose_tensors
-    from vpatient.simulation.virtual import draw_virtual_patients
+    from vpatient.simulation.sampling import draw_virtual_patients
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, n]))
     fast_s = ref_s = 0.0
@@ -264,7 +264,7 @@ def run_simulate_speed_benchmark(
     import torch
 
     from vpatient.simulation import Simulator
-    from vpatient.simulation.virtual import GRID_STEP
+    from vpatient.simulation.sampling import GRID_STEP
 
     sim = Simulator.load(model_dir)
     if sim.population is None:

@@ -10,7 +10,7 @@ __all__ = ["Engine", "Population", "Schedule", "Simulator", "TrialResult", "What
 _LAZY = {
     "Engine": "engine",
     "Population": "population",
-    "Schedule": "virtual",
+    "Schedule": "sampling",
     "Simulator": "simulator",
     "TrialResult": "trial",
     "WhatIfResult": "whatif",

@@ -23,11 +23,11 @@ import pandas as pd
 from vpatient.data.meds import move_into_place, write_meds_metadata
 from vpatient.errors import OutputExistsError, VPatientError
 from vpatient.schemas import PatientRecord, TreatmentPlan, parse_plan
-from vpatient.simulation.cohort import MEDS_DIR, CohortResult, cohort_chunk
 from vpatient.simulation.engine import Engine, chunks, run_chunks
 from vpatient.simulation.population import POPULATION_FILE, Population
+from vpatient.simulation.sampling import Schedule, patients_from_records
 from vpatient.simulation.trial import AGGREGATES_DIR, PATIENTS_DIR, TrialResult, arm_outcomes, trial_chunk
-from vpatient.simulation.virtual import Schedule, patients_from_records
+from vpatient.simulation.virtual_cohort import MEDS_DIR, CohortResult, cohort_chunk
 from vpatient.simulation.whatif import WhatIfResult, whatif
 from vpatient.virtual_patient import VirtualPatientModel
 

@@ -50,7 +50,7 @@ from vpatient.simulation.effects import restricted_mean
 from vpatient.simulation.engine import Chunk, ModelRef, chunk_rng, resolve_model
 from vpatient.simulation.pooling import PooledEstimate, pool
 from vpatient.simulation.population import Population
-from vpatient.simulation.virtual import VirtualPatients, draw_virtual_patients, realise
+from vpatient.simulation.sampling import VirtualPatients, draw_virtual_patients, realise
 from vpatient.tables import markdown_table
 from vpatient.virtual_patient import VirtualPatientModel
 

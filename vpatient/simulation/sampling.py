@@ -31,17 +31,8 @@ import torch
 from vpatient import transforms
 from vpatient.data.batching import dose_tensors, make_batch
 from vpatient.data.cohort import arm_of
-from vpatient.data.meds import (
-    CODE,
-    CODE_SEPARATOR,
-    MEDS_BIRTH,
-    NUMERIC_VALUE,
-    START_SUFFIX,
-    STOP_SUFFIX,
-    SUBJECT_ID,
-    TEXT_VALUE,
-    TIME,
-)
+from vpatient.data.meds.codes import MEDS_BIRTH, SUBJECT_ID, TIME, CodeBook, component_code, start_code, stop_code
+from vpatient.data.meds.write import meds_order, meds_rows
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError
 from vpatient.model.dynamics import DenseSolution
@@ -403,7 +394,8 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
     decoder = model.world.decoder
     layout, config = model.layout, model.config
     z0 = torch.as_tensor(patients.draws, dtype=torch.float32)
-    blocks: list[pd.DataFrame] = [_static_rows(model, patients)]
+    book = CodeBook(config)
+    blocks: list[pd.DataFrame] = [_static_rows(model, patients, book)]
 
     def measured(name: str) -> np.ndarray:
         baseline, later = population.observed_share.get(name, (1.0, 1.0))
@@ -411,8 +403,7 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
 
     def add(name: str, values: np.ndarray) -> None:
         keep = measured(name) & np.isfinite(values)
-        spec = config.variable(name)
-        blocks.append(_value_rows(patients.subject_ids[rows[keep]], t[keep], spec.codes[0], values[keep], spec.categories))
+        blocks.append(meds_rows(patients.subject_ids[rows[keep]], t[keep], book.code(name), values[keep], book.labels(name)))
 
     if decoder.continuous is not None:
         mean = decoder.continuous_mean(z, model.world.offsets(z0), times)
@@ -439,84 +430,53 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
         offset = 0
         for modality, dim in layout.imaging:
             keep = measured(modality)
-            code = config.variable(modality).codes[0]
+            code = book.code(modality)
             ids, tt = patients.subject_ids[rows[keep]], t[keep]
             for d in range(dim):
-                blocks.append(_value_rows(ids, tt, f"{code}{CODE_SEPARATOR}{d}", noisy[keep, offset + d], None))
+                blocks.append(meds_rows(ids, tt, component_code(code, d), noisy[keep, offset + d]))
             offset += dim
-    blocks.append(_treatment_rows(model, patients.subject_ids, outcomes))
+    blocks.append(_treatment_rows(book, patients.subject_ids, outcomes))
     observed = np.isfinite(outcomes.event_time) & (outcomes.event_time <= outcomes.end + 1e-12)
     for k, kind in enumerate(layout.events):
         chosen = observed & (outcomes.event_kind == k)
-        blocks.append(_value_rows(patients.subject_ids[chosen], outcomes.end[chosen], config.variable(kind).codes[0], None, None))
-    blocks.append(_value_rows(patients.subject_ids, outcomes.end, config.end_of_followup_code, None, None))
+        blocks.append(meds_rows(patients.subject_ids[chosen], outcomes.end[chosen], book.code(kind)))
+    blocks.append(meds_rows(patients.subject_ids, outcomes.end, book.eof_code))
     frame = pd.concat([b for b in blocks if len(b)], ignore_index=True)
     return _by_subject_and_time(frame)
 
 
 def _by_subject_and_time(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows by subject, then time (statics first), otherwise as they came (a stable sort)."""
-    order = np.lexsort((np.arange(len(frame)), np.nan_to_num(frame[TIME].to_numpy(), nan=-np.inf), frame[SUBJECT_ID].to_numpy()))
-    return frame.iloc[order].reset_index(drop=True)
+    return frame.iloc[meds_order(frame[SUBJECT_ID].to_numpy(), frame[TIME].to_numpy())].reset_index(drop=True)
 
 
-def _value_rows(
-    ids: np.ndarray, t: np.ndarray | None, code: str, values: np.ndarray | None, categories: dict[str, float] | None
-) -> pd.DataFrame:
-    n = len(ids)
-    numeric = np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
-    text = np.full(n, None, dtype=object)
-    for label, number in (categories or {}).items():
-        match = numeric == number
-        text[match] = label
-        numeric = np.where(match, np.nan, numeric)
-    return pd.DataFrame(
-        {
-            SUBJECT_ID: np.asarray(ids, dtype=np.int64),
-            TIME: np.full(n, np.nan) if t is None else np.asarray(t, dtype=np.float64),
-            CODE: np.full(n, code, dtype=object),
-            NUMERIC_VALUE: numeric,
-            TEXT_VALUE: text,
-        }
-    )
-
-
-def _static_rows(model: VirtualPatientModel, patients: VirtualPatients) -> pd.DataFrame:
+def _static_rows(model: VirtualPatientModel, patients: VirtualPatients, book: CodeBook) -> pd.DataFrame:
     blocks = []
     for s, name in enumerate(model.layout.static):
-        spec = model.config.variable(name)
         values = patients.static_natural[:, s]
         known = np.isfinite(values)
-        if MEDS_BIRTH in spec.codes:  # age at index: a birth row at minus the age
-            blocks.append(_value_rows(patients.subject_ids[known], -values[known], MEDS_BIRTH, None, None))
+        if book.reads_birth(book.spec(name)):  # age at index: a birth row at minus the age
+            blocks.append(meds_rows(patients.subject_ids[known], -values[known], MEDS_BIRTH))
         else:
-            blocks.append(_value_rows(patients.subject_ids[known], None, spec.codes[0], values[known], spec.categories))
-    return pd.concat(blocks, ignore_index=True) if blocks else _value_rows(np.zeros(0), None, "", None, None)
+            blocks.append(meds_rows(patients.subject_ids[known], None, book.code(name), values[known], book.labels(name)))
+    return pd.concat(blocks, ignore_index=True) if blocks else meds_rows(np.zeros(0), None, "")
 
 
-def _treatment_rows(model: VirtualPatientModel, ids: np.ndarray, outcomes: Outcomes) -> pd.DataFrame:
+def _treatment_rows(book: CodeBook, ids: np.ndarray, outcomes: Outcomes) -> pd.DataFrame:
     sid, t, code, dose = [], [], [], []
     for i, exposures in enumerate(outcomes.exposures):
         end = outcomes.end[i]
         for e in exposures:
             if e.start > end:
                 continue
-            base = model.config.variable(e.treatment).codes[0]
+            base = book.code(e.treatment)
             sid.append(ids[i])
             t.append(e.start)
-            code.append(base + START_SUFFIX)
+            code.append(start_code(base))
             dose.append(e.dose)
             if e.stop is not None and e.stop <= end:
                 sid.append(ids[i])
                 t.append(e.stop)
-                code.append(base + STOP_SUFFIX)
+                code.append(stop_code(base))
                 dose.append(np.nan)
-    return pd.DataFrame(
-        {
-            SUBJECT_ID: np.asarray(sid, dtype=np.int64),
-            TIME: np.asarray(t, dtype=np.float64),
-            CODE: np.asarray(code, dtype=object),
-            NUMERIC_VALUE: np.asarray(dose, dtype=np.float64),
-            TEXT_VALUE: np.full(len(sid), None, dtype=object),
-        }
-    )
+    return meds_rows(np.asarray(sid), np.asarray(t, dtype=np.float64), np.asarray(code, dtype=object), np.asarray(dose))

@@ -22,11 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vpatient.data.meds import write_meds_shard
+from vpatient.data.meds.codes import DATA_DIR
 from vpatient.plans import exposures_under_plan
 from vpatient.schemas import TreatmentPlan
 from vpatient.simulation.engine import Chunk, ModelRef, chunk_rng, resolve_model
 from vpatient.simulation.population import Population
-from vpatient.simulation.virtual import Schedule, draw_virtual_patients, observe, realise
+from vpatient.simulation.sampling import Schedule, draw_virtual_patients, observe, realise
 
 __all__ = ["CohortResult", "cohort_chunk"]
 
@@ -86,7 +87,7 @@ def cohort_chunk(
     outcomes = realise(vpm, patients, years, exposures, with_labs=False)
     frame = observe(vpm, patients, outcomes, pop)
     out = Path(out_dir)
-    write_meds_shard(frame, out / MEDS_DIR / "data" / chunk.name)
+    write_meds_shard(frame, out / MEDS_DIR / DATA_DIR / chunk.name)
     events = outcomes.events_frame(vpm, patients)
     (out / EVENTS_DIR).mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(events, preserve_index=False), out / EVENTS_DIR / chunk.name)

@@ -1,0 +1,406 @@
+"""MEDS out: :class:`~vpatient.schemas.PatientRecord` objects -> a self-describing MEDS directory.
+
+Also the pieces that writers streaming their own shards share (virtual cohorts:
+:mod:`vpatient.simulation.virtual_cohort`): the metadata, one shard, and moving a
+finished directory into place. The mapping rules are described in :mod:`vpatient.data.meds`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vpatient.data.meds.codes import (
+    CODE,
+    CODES_FILE,
+    CODES_SCHEMA,
+    CONFIG_FILE,
+    DATA_DIR,
+    DATASET_FILE,
+    ETL_NAME,
+    MEDS_BIRTH,
+    MEDS_COLUMNS,
+    MEDS_VERSION,
+    METADATA_DIR,
+    MICROS_PER_DAY,
+    NUMERIC_VALUE,
+    SPLIT_ORDER,
+    SPLITS_FILE,
+    SUBJECT_ID,
+    SUBJECT_ID_DTYPE,
+    TEXT_VALUE,
+    TIME,
+    UNSPLIT_DIR,
+    CodeBook,
+    codes_table,
+    component_code,
+    meds_schema,
+    start_code,
+    stop_code,
+    subject_id_column,
+    subject_sort_key,
+)
+from vpatient.errors import DataFormatError, OutputExistsError, RecordValidationError
+from vpatient.schemas import DatasetConfig, PatientRecord, duplicate_id_problems, record_problems
+
+__all__ = [
+    "meds_order",
+    "meds_rows",
+    "move_into_place",
+    "records_to_frame",
+    "write_meds",
+    "write_meds_metadata",
+    "write_meds_shard",
+]
+
+log = logging.getLogger(__name__)
+
+_SAFE_SPLIT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+# --------------------------------------------------------------------------- public: writing
+
+
+def records_to_frame(records: Iterable[PatientRecord], config: DatasetConfig) -> pd.DataFrame:
+    """The MEDS long table of ``records``: sorted by subject, static rows first, then by time.
+
+    Columns: subject_id (int64 when every id is an integer, else str), time (float, or
+    datetime64[us] when the records have ``index_time``), code, numeric_value (float64),
+    text_value (str or None). Records that do not fit ``config`` raise one
+    RecordValidationError listing every problem.
+    """
+    records = list(records)
+    book = CodeBook(config)
+    _check_writable(records, config)
+    timestamps = _uses_timestamps(records)
+    rows = _RowBuilder()
+    for record in records:
+        _emit_record(record.in_canonical_order(config), book, rows, timestamps)
+    return rows.frame(timestamps, config.time_unit.days)
+
+
+def write_meds(
+    records: Iterable[PatientRecord],
+    config: DatasetConfig,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    dataset_name: str | None = None,
+    subjects_per_shard: int | None = None,
+) -> Path:
+    """Write ``records`` as a self-describing MEDS directory and return its path.
+
+    Layout: ``data/<split>/<n>.parquet`` (``data/<n>.parquet`` when no record has a
+    split), ``metadata/codes.parquet``, ``metadata/subject_splits.parquet`` (when
+    records have splits), ``metadata/dataset.json`` and ``metadata/vpatient_config.json``.
+    Everything is written to a temporary folder beside ``out_dir`` and renamed into
+    place, so a failure never leaves half a dataset. A non-empty ``out_dir`` is refused
+    unless ``overwrite``.
+    """
+    out_dir = Path(out_dir)
+    _check_output_dir(out_dir, overwrite)
+    if subjects_per_shard is not None and subjects_per_shard < 1:
+        raise ValueError(f"subjects_per_shard must be at least 1, got {subjects_per_shard}")
+    records = list(records)
+    frame = records_to_frame(records, config)
+    splits = {r.subject_id: r.split for r in records if r.split is not None}
+    _check_split_names(splits)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        _write_shards(frame, splits, tmp / DATA_DIR, subjects_per_shard)
+        write_meds_metadata(config, tmp, dataset_name)
+        if splits:
+            _write_splits(frame, splits, tmp / METADATA_DIR / SPLITS_FILE)
+        move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %d subjects (%d rows) to %s", len(records), len(frame), out_dir)
+    return out_dir
+
+
+def write_meds_metadata(config: DatasetConfig, out_dir: str | Path, dataset_name: str | None = None) -> Path:
+    """Write ``metadata/`` (codes, dataset.json, the vpatient config) of a MEDS directory.
+
+    For writers that stream ``data/`` shards themselves (virtual cohorts), so their
+    output is the same self-describing MEDS directory :func:`write_meds` produces.
+    """
+    metadata = Path(out_dir) / METADATA_DIR
+    metadata.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(codes_table(config), schema=CODES_SCHEMA, preserve_index=False), metadata / CODES_FILE)
+    _write_dataset_json(metadata / DATASET_FILE, dataset_name or config.name)
+    config.save(metadata / CONFIG_FILE)
+    return metadata
+
+
+def write_meds_shard(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write one ``data/`` shard: a MEDS table in MEDS order (subject, static rows first, time)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(frame[list(MEDS_COLUMNS)], schema=meds_schema(frame), preserve_index=False), path)
+    return path
+
+
+# --------------------------------------------------------------------------- records → rows
+
+
+def _check_writable(records: Sequence[PatientRecord], config: DatasetConfig) -> None:
+    """Every record must fit the config, or its variables have no code to be written under."""
+    problems = [p for r in records for p in record_problems(r, config) if p.severity == "error"]
+    problems += duplicate_id_problems(records)
+    if problems:
+        raise RecordValidationError(problems, header=f"records do not fit config {config.name!r}; nothing written")
+
+
+def _uses_timestamps(records: Sequence[PatientRecord]) -> bool:
+    """True when every record has an index_time, False when none has; a mix is an error."""
+    stamped = [r.subject_id for r in records if r.index_time is not None]
+    if not stamped or len(stamped) == len(records):
+        return bool(stamped)
+    relative = [r.subject_id for r in records if r.index_time is None]
+    raise DataFormatError(
+        f"records mix calendar and relative times: subjects {stamped[:3]} have an index_time, "
+        f"subjects {relative[:3]} do not; MEDS needs one kind of time column"
+    )
+
+
+class _RowBuilder:
+    """Column lists of a MEDS table, filled record by record."""
+
+    def __init__(self) -> None:
+        self.subject: list[str] = []
+        self.t: list[float] = []
+        self.code: list[str] = []
+        self.value: list[float] = []
+        self.text: list[str | None] = []
+        self.origin: list[datetime | None] = []
+
+    def add(
+        self, sid: str, origin: datetime | None, t: float | None, code: str, value: float = math.nan, text: str | None = None
+    ) -> None:
+        self.subject.append(sid)
+        self.origin.append(origin)
+        self.t.append(math.nan if t is None else t)
+        self.code.append(code)
+        self.value.append(value)
+        self.text.append(text)
+
+    def frame(self, timestamps: bool, unit_days: float) -> pd.DataFrame:
+        t = np.asarray(self.t, dtype="float64")
+        ids = pd.Series(self.subject, dtype=object)
+        frame = pd.DataFrame(
+            {
+                SUBJECT_ID: subject_id_column(ids),
+                TIME: _timestamps(self.origin, t, unit_days) if timestamps else t,
+                CODE: pd.Series(self.code, dtype=object),
+                NUMERIC_VALUE: np.asarray(self.value, dtype="float64"),
+                TEXT_VALUE: pd.Series(self.text, dtype=object),
+            }
+        )
+        # Ties keep canonical order.
+        return frame.iloc[meds_order(subject_sort_key(ids), t)].reset_index(drop=True)
+
+
+def meds_order(subject_key: pd.Series | np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Row positions in MEDS order: by subject, static rows (no time) first, then by time; ties keep their order.
+
+    ``subject_key`` sorts the subjects (:func:`~vpatient.data.meds.codes.subject_sort_key`
+    for str ids), ``t`` is each row's float time (NaN for static rows).
+    """
+    subjects = np.asarray(subject_key)
+    if not np.issubdtype(subjects.dtype, np.number):
+        subjects = pd.factorize(subjects, sort=True)[0]
+    t = np.asarray(t, dtype=np.float64)
+    # lexsort sorts by its last key first; NaN times (static rows) before every timed row.
+    return np.lexsort((np.arange(len(t)), t, ~np.isnan(t), subjects))
+
+
+def meds_rows(
+    ids: np.ndarray,
+    t: np.ndarray | None,
+    code: str | np.ndarray,
+    values: np.ndarray | None = None,
+    labels: Mapping[float, str] | None = None,
+) -> pd.DataFrame:
+    """MEDS rows of integer-numbered subjects (virtual patients), one per id, with float times.
+
+    ``code`` is one code for all rows or one per row; ``t`` None makes static rows,
+    ``values`` None rows without a value. A value that ``labels`` names
+    (:meth:`~vpatient.data.meds.codes.CodeBook.labels`) is written as that text, as
+    :func:`records_to_frame` writes it.
+    """
+    n = len(ids)
+    numeric = np.full(n, np.nan) if values is None else np.asarray(values, dtype=np.float64)
+    text = np.full(n, None, dtype=object)
+    for number, label in (labels or {}).items():
+        match = numeric == number
+        text[match] = label
+        numeric = np.where(match, np.nan, numeric)
+    return pd.DataFrame(
+        {
+            SUBJECT_ID: np.asarray(ids, dtype=SUBJECT_ID_DTYPE),
+            TIME: np.full(n, np.nan) if t is None else np.asarray(t, dtype=np.float64),
+            CODE: np.full(n, code, dtype=object) if isinstance(code, str) else np.asarray(code, dtype=object),
+            NUMERIC_VALUE: numeric,
+            TEXT_VALUE: text,
+        }
+    )
+
+
+def _naive_utc(moment: datetime) -> np.datetime64:
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return np.datetime64(moment, "us")
+
+
+def _timestamps(origins: list[datetime | None], t: np.ndarray, unit_days: float) -> np.ndarray:
+    """index_time + t, rounded to the microsecond; NaT for static rows."""
+    base = np.array([_naive_utc(o) if o is not None else np.datetime64("NaT") for o in origins], dtype="datetime64[us]")
+    valid = ~np.isnan(t)
+    offsets = np.zeros(len(t), dtype="int64")
+    offsets[valid] = np.rint(t[valid] * (MICROS_PER_DAY * unit_days)).astype("int64")
+    out = base + offsets.astype("timedelta64[us]")
+    out[~valid] = np.datetime64("NaT")
+    return out
+
+
+def _value_columns(labels: Mapping[float, str], value: float) -> tuple[float, str | None]:
+    """(numeric_value, text_value): a category's name when the variable has one for the value."""
+    text = labels.get(value)
+    return (value, None) if text is None else (math.nan, text)
+
+
+def _emit_record(record: PatientRecord, book: CodeBook, rows: _RowBuilder, timestamps: bool) -> None:
+    sid = record.subject_id
+    origin = record.index_time if timestamps else None
+
+    def add(t: float | None, code: str, value: float = math.nan, text: str | None = None) -> None:
+        rows.add(sid, origin, t, code, value, text)
+
+    for name, value in record.static.items():
+        if book.reads_birth(book.spec(name)):
+            add(-value, MEDS_BIRTH)
+        else:
+            add(None, book.code(name), *_value_columns(book.labels(name), value))
+    if timestamps:
+        add(0.0, book.index_code)
+    for obs in record.observations:
+        add(obs.time, book.code(obs.variable), *_value_columns(book.labels(obs.variable), obs.value))
+    for study in record.imaging:
+        code = book.code(study.modality)
+        for j, component in enumerate(study.embedding):
+            add(study.time, component_code(code, j), component)
+    for entry in record.history:
+        add(entry.time, book.code(entry.code))
+    for exposure in record.treatments:
+        code = book.code(exposure.treatment)
+        add(exposure.start, start_code(code), exposure.dose)
+        if exposure.stop is not None:
+            add(exposure.stop, stop_code(code))
+    for event in record.events:
+        add(event.time, book.code(event.kind))
+    add(record.end_of_followup, book.eof_code)
+
+
+# --------------------------------------------------------------------------- output directory
+
+
+def _check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out_dir} is not empty; pass overwrite=True to replace it")
+
+
+def _check_split_names(splits: Mapping[str, str]) -> None:
+    bad = sorted({s for s in splits.values() if not _SAFE_SPLIT.match(s) or s == UNSPLIT_DIR})
+    if bad:
+        raise DataFormatError(
+            f"split names {bad} cannot name a folder under {DATA_DIR}/ (letters, digits, '_', '.', '-'; not {UNSPLIT_DIR!r})"
+        )
+
+
+def _shard_folders(frame: pd.DataFrame, splits: Mapping[str, str]) -> dict[str, list[str]]:
+    """Folder under data/ → its subjects (in table order): one per split, '' when none has one."""
+    folders: dict[str, list[str]] = {}
+    for sid in frame[SUBJECT_ID].astype(str).unique():
+        folder = splits.get(sid, UNSPLIT_DIR) if splits else ""
+        folders.setdefault(folder, []).append(sid)
+    known = {name: i for i, name in enumerate(SPLIT_ORDER)}
+    return dict(sorted(folders.items(), key=lambda kv: (known.get(kv[0], len(known)), kv[0])))
+
+
+def _write_shards(frame: pd.DataFrame, splits: Mapping[str, str], data_dir: Path, subjects_per_shard: int | None) -> None:
+    schema = meds_schema(frame)
+    ids = frame[SUBJECT_ID].astype(str)
+    for folder, subjects in _shard_folders(frame, splits).items():
+        target = data_dir / folder if folder else data_dir
+        target.mkdir(parents=True, exist_ok=True)
+        size = subjects_per_shard or max(len(subjects), 1)
+        for n, start in enumerate(range(0, len(subjects), size)):
+            part = frame[ids.isin(subjects[start : start + size])]
+            pq.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False), target / f"{n}.parquet")
+    if not data_dir.exists():  # no records: an empty shard keeps the directory readable
+        data_dir.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), data_dir / "0.parquet")
+
+
+def _write_splits(frame: pd.DataFrame, splits: Mapping[str, str], file: Path) -> None:
+    ids = frame[SUBJECT_ID].drop_duplicates()
+    keep = ids.astype(str).isin(list(splits))
+    table = pd.DataFrame({SUBJECT_ID: ids[keep].to_numpy(), "split": [splits[s] for s in ids[keep].astype(str)]})
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), file)
+
+
+def _etl_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vpatient")
+    except PackageNotFoundError:  # running from a source tree
+        import vpatient
+
+        return str(getattr(vpatient, "__version__", "0+unknown"))
+
+
+def _write_dataset_json(file: Path, dataset_name: str) -> None:
+    metadata = {
+        "dataset_name": dataset_name,
+        "dataset_version": "",
+        "etl_name": ETL_NAME,
+        "etl_version": _etl_version(),
+        "meds_version": MEDS_VERSION,
+        "created_at": datetime.now(UTC).isoformat(),
+        "extension_columns": [],
+    }
+    file.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+
+
+def move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished folder into place; an old one is moved aside first, then removed."""
+    if not out_dir.exists():
+        os.rename(tmp, out_dir)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    os.rmdir(aside)
+    os.rename(out_dir, aside)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(aside, out_dir)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
