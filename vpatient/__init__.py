@@ -91,7 +91,7 @@ _LAZY = {
     "CheckpointError": "vpatient.virtual_patient",
     "Forecast": "vpatient.virtual_patient",
     "VirtualPatientModel": "vpatient.virtual_patient",
-    "ModelSettings": "vpatient.model.vpm",
+    "ModelSettings": "vpatient.model.latent_ode",
     "TrainSettings": "vpatient.train",
     "Simulator": "vpatient.simulation",
 }

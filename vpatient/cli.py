@@ -184,7 +184,7 @@ def train(
 ) -> None:
     """Train the world model (an ensemble of --members) and write a checkpoint directory (weights, config, scalers, metrics)."""
     from vpatient.datasets import load_dataset
-    from vpatient.model.vpm import ModelSettings
+    from vpatient.model.latent_ode import ModelSettings
     from vpatient.train import TrainSettings
     from vpatient.virtual_patient import VirtualPatientModel
 
@@ -327,7 +327,7 @@ def demo(
     """The main job on the embedded PBC data: summary, Kaplan-Meier by arm, a trained model, a forecast, a what-if, the trial in silico."""
     from vpatient.data.summary import summarize
     from vpatient.datasets import load_dataset
-    from vpatient.model.vpm import ModelSettings
+    from vpatient.model.latent_ode import ModelSettings
     from vpatient.plots import plot_forecast, plot_km_by_arm
     from vpatient.train import TrainSettings
     from vpatient.virtual_patient import VirtualPatientModel

@@ -610,7 +610,7 @@ def model_card(model, model_dir: Path, results_dir: Path | None = None) -> dict:
         "epochs run (best)": f"{len(history.train_loss)} ({history.best_epoch})" if history else "unknown",
         "training time": f"{history.seconds:.0f} s" if history else "unknown",
         "most epochs allowed": settings.epochs if settings else "unknown",
-        "latent state dimension": model.world.settings.latent_dim,
+        "latent state dimension": model.network.settings.latent_dim,
         "variables": ", ".join(model.config.names(VariableKind.CONTINUOUS, VariableKind.BINARY, VariableKind.ORDINAL)),
         "treatments": ", ".join(model.config.treatments) or "none",
         "events": ", ".join(model.config.event_kinds) or "none",

@@ -91,7 +91,7 @@ from vpatient.evaluate.protocol import (
     target_frame,
 )
 from vpatient.evaluate.results_io import write_result
-from vpatient.model.vpm import ModelSettings
+from vpatient.model.latent_ode import ModelSettings
 from vpatient.plans import dose_at
 from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
 from vpatient.simulation.simulator import Simulator

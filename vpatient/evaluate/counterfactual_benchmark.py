@@ -98,7 +98,7 @@ from vpatient.data.synthetic import SyntheticCohort, SyntheticTruth, synthetic_c
 from vpatient.data.timeline import truncate_record
 from vpatient.evaluate.protocol import ProtocolError, Standardiser, last_observations, survival_setup
 from vpatient.evaluate.results_io import write_result
-from vpatient.model.vpm import ModelSettings
+from vpatient.model.latent_ode import ModelSettings
 from vpatient.plans import dose_at, exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind
 from vpatient.tables import markdown_table

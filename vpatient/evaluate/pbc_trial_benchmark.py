@@ -60,7 +60,7 @@ from vpatient.data.cohort import NO_TREATMENT_ARM, Cohort
 from vpatient.evaluate.fold_models import DEFAULT_CACHE, trained_model
 from vpatient.evaluate.protocol import ProtocolError, forecast_folds, sort_subject_ids
 from vpatient.evaluate.results_io import write_result
-from vpatient.model.vpm import ModelSettings
+from vpatient.model.latent_ode import ModelSettings
 from vpatient.schemas import PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind, parse_plan
 from vpatient.simulation.simulator import Simulator
 from vpatient.simulation.trial import TrialResult, arm_outcomes, hazard_ratio

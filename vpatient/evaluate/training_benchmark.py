@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vpatient import __version__
 from vpatient.data.cohort import Cohort
 from vpatient.evaluate.results_io import write_result
-from vpatient.model.vpm import ModelSettings
+from vpatient.model.latent_ode import ModelSettings
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel

@@ -86,7 +86,7 @@ from vpatient.schemas import DatasetConfig, PatientRecord, Transform, TreatmentP
 from vpatient.tables import markdown_table
 
 if TYPE_CHECKING:  # torch-backed: imported when scores are computed, not when the CLI starts
-    from vpatient.model.vpm import ModelSettings
+    from vpatient.model.latent_ode import ModelSettings
     from vpatient.train import TrainSettings
     from vpatient.virtual_patient import VirtualPatientModel
 
@@ -614,7 +614,7 @@ def run_trial_adjustment(
     ``lab``: default the config's first continuous variable. Inputs are checked before
     any model is trained.
     """
-    from vpatient.model.vpm import ModelSettings
+    from vpatient.model.latent_ode import ModelSettings
     from vpatient.train import TrainSettings
 
     started = time.perf_counter()
