@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vpatient import __version__, transforms
+from vpatient import transforms
 from vpatient.data.batching import Scalers, dose_tensors, layout_from_config, make_batch
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError
@@ -42,6 +42,7 @@ from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.plans import exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
 from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
+from vpatient.version import __version__
 
 __all__ = ["CheckpointError", "Forecast", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
 

@@ -64,7 +64,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from vpatient import __version__, transforms
+from vpatient import transforms
 from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import observations_frame
 from vpatient.evaluate.baselines import LandmarkCox, LinearMixedModel
@@ -97,6 +97,7 @@ from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
 from vpatient.simulation.simulator import Simulator
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
+from vpatient.version import __version__
 
 __all__ = [
     "RESULT_TYPES",

@@ -93,7 +93,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from vpatient import __version__, transforms
+from vpatient import transforms
 from vpatient.data.synthetic import SyntheticCohort, SyntheticTruth, synthetic_cohort
 from vpatient.data.timeline import truncate_record
 from vpatient.evaluate.protocol import ProtocolError, Standardiser, last_observations, survival_setup
@@ -103,6 +103,7 @@ from vpatient.plans import dose_at, exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
+from vpatient.version import __version__
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = [

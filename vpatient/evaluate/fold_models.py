@@ -27,10 +27,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vpatient import __version__
 from vpatient.data.cohort import Cohort
 from vpatient.evaluate.protocol import Fold, forecast_folds
 from vpatient.schemas import DatasetConfig, PatientRecord
+from vpatient.version import __version__
 
 if TYPE_CHECKING:  # torch-backed: imported where a model is trained, not when the CLI starts
     from vpatient.model.latent_ode import ModelSettings

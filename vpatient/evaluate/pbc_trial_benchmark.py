@@ -55,7 +55,6 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from vpatient import __version__
 from vpatient.data.cohort import NO_TREATMENT_ARM, Cohort
 from vpatient.evaluate.fold_models import DEFAULT_CACHE, trained_model
 from vpatient.evaluate.protocol import ProtocolError, forecast_folds, sort_subject_ids
@@ -67,6 +66,7 @@ from vpatient.simulation.trial import TrialResult, arm_outcomes, hazard_ratio
 from vpatient.simulation.virtual import patients_from_records
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
+from vpatient.version import __version__
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = [

@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from vpatient import __version__
 from vpatient.errors import VPatientError
 from vpatient.evaluate.results_io import write_result
 from vpatient.tables import markdown_table
+from vpatient.version import __version__
 
 if TYPE_CHECKING:  # torch-backed modules load when the benchmark runs, not when the CLI starts
     from vpatient.simulation.population import Population

@@ -62,9 +62,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from vpatient import __version__
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 from vpatient.tables import markdown_table
+from vpatient.version import __version__
 
 __all__ = [
     "RESULT_TYPES",

@@ -76,7 +76,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from vpatient import __version__
 from vpatient.data.cohort import NO_TREATMENT_ARM, Cohort, arm_of
 from vpatient.data.timeline import observations_frame, truncate_record
 from vpatient.errors import VPatientError
@@ -84,6 +83,7 @@ from vpatient.evaluate.fold_models import DEFAULT_CACHE, fold_models
 from vpatient.evaluate.results_io import write_result
 from vpatient.schemas import DatasetConfig, PatientRecord, Transform, TreatmentPlan, VariableKind
 from vpatient.tables import markdown_table
+from vpatient.version import __version__
 
 if TYPE_CHECKING:  # torch-backed: imported when scores are computed, not when the CLI starts
     from vpatient.model.latent_ode import ModelSettings
