@@ -42,7 +42,6 @@ from vpatient.schemas import (
     TreatmentExposure,
     TreatmentPlan,
     VariableKind,
-    parse_plan,
     parse_record,
 )
 
@@ -192,7 +191,7 @@ class PlanSpec:
             else:
                 description = f"stop {self.treatment} from t = {switch:.2f}"
         plan = TreatmentPlan(name=self.name, description=description, exposures=exposures)
-        return parse_plan(plan.model_dump(mode="json"), config)
+        return plan.check(config)
 
 
 @dataclass(frozen=True)
