@@ -191,7 +191,9 @@ class Simulator:
         Patients are ``n`` virtual ones from the learned population, or, when
         ``population`` is a list of records, those real patients as known at
         enrolment (t=0), ``draws_per_record`` posterior draws each (default: one per
-        ensemble member, so every member replays every patient).
+        ensemble member, so every member replays every patient). ``out`` receives the
+        result's tables, ``trial.json`` and ``trial.md`` (:meth:`TrialResult.save`); its
+        figure is :func:`vpatient.plots.plot_trial`.
         """
         if len(arms) < 2:
             raise VPatientError(f"a trial needs at least two arms, got {len(arms)}: {', '.join(arms) or '(none)'}")
