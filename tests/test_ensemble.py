@@ -15,7 +15,7 @@ from vpatient.policy import recommend
 from vpatient.schemas import TreatmentExposure, TreatmentPlan
 from vpatient.simulation import Simulator
 from vpatient.simulation.pooling import pool
-from vpatient.train import TrainSettings, fit_world_model
+from vpatient.train import TrainSettings, fit_latent_ode
 from vpatient.virtual_patient import CheckpointError, VirtualPatientModel, member_slices
 
 NONE = TreatmentPlan(name="no drug")
@@ -33,7 +33,7 @@ def members(cohort):
     scalers = Scalers.fit(cohort.records, cohort.config)
     worlds = []
     for seed in (0, 1):
-        world, _, _ = fit_world_model(
+        world, _, _ = fit_latent_ode(
             cohort.records, cohort.config, TrainSettings(epochs=3, seed=seed), progress=False, scalers=scalers, bootstrap=True
         )
         worlds.append(world)

@@ -13,13 +13,13 @@ import torch
 from scipy.linalg import expm
 
 from vpatient import transforms
-from vpatient.data.batching import FeatureLayout, Scalers, make_batch
+from vpatient.data.batching import Scalers, layout_from_config, make_batch
 from vpatient.data.synthetic import synthetic_cohort
 from vpatient.evaluate.baselines import LOCF
 from vpatient.evaluate.protocol import Standardiser, landmark_split, target_frame
 from vpatient.model.dynamics import LatentDynamics, Solver
 from vpatient.model.fusion import product_of_experts
-from vpatient.model.vpm import ModelSettings, WorldModel
+from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.train import TrainSettings, forecast_cutoffs
 from vpatient.virtual_patient import CheckpointError, VirtualPatientModel
 
@@ -86,10 +86,10 @@ def test_dropping_a_modality_equals_dropping_its_expert(cohort):
     config = cohort.config
     records = [r for r in cohort.records if r.imaging][:10]
     scalers = Scalers.fit(cohort.records, config)
-    layout = FeatureLayout.from_config(config)
+    layout = layout_from_config(config)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = WorldModel(layout).eval()
+        model = LatentODE(layout).eval()
     full = make_batch(records, config, scalers)
     cutoff = torch.full((len(records),), 100.0)
     means, precisions, present = model.experts(full, cutoff)
@@ -112,9 +112,9 @@ def _continuous_mae(model: VirtualPatientModel, records) -> float:
     """Reconstruction error at observed visits, everything observed (standardised units)."""
     batch = make_batch(records, model.config, model.scalers)
     with torch.no_grad():
-        mean, _ = model.world.posterior(batch, batch.followup_end)
-        z = model.world.rollout(mean, batch).z(batch.times)
-        pred = model.world.decoder.continuous_mean(z, model.world.offsets(mean), batch.times)
+        mean, _ = model.network.posterior(batch, batch.followup_end)
+        z = model.network.rollout(mean, batch).z(batch.times)
+        pred = model.network.decoder.continuous_mean(z, model.network.offsets(mean), batch.times)
     mask = batch.continuous_mask * batch.visit_mask.unsqueeze(-1)
     return float(((pred - batch.continuous).abs() * mask).sum() / mask.sum())
 
@@ -157,10 +157,10 @@ def test_short_training_beats_locf_on_held_out_patients(cohort):
     queries = [target_frame(r.subject_id, t, config, variables) for r, t in zip(test, targets, strict=True)]
     import pandas as pd
 
-    from vpatient.evaluate.world_model import WorldModelForecaster
+    from vpatient.evaluate.forecaster import VirtualPatientForecaster
 
     cells = pd.concat([q for q in queries if len(q)], ignore_index=True)
-    wmf = WorldModelForecaster(n_samples=64)
+    wmf = VirtualPatientForecaster(n_samples=64)
     wmf.model = model
     standardiser = Standardiser.fit(train, config, variables)
     errors = {}
@@ -176,8 +176,8 @@ def test_same_seed_same_model(cohort):
     settings = TrainSettings(epochs=3, seed=5)
     a = VirtualPatientModel.fit(cohort.records[:20], cohort.config, settings, progress=False)
     b = VirtualPatientModel.fit(cohort.records[:20], cohort.config, settings, progress=False)
-    for key, value in a.world.state_dict().items():
-        assert torch.equal(value, b.world.state_dict()[key]), key
+    for key, value in a.network.state_dict().items():
+        assert torch.equal(value, b.network.state_dict()[key]), key
     before = torch.random.get_rng_state()
     VirtualPatientModel.fit(cohort.records[:20], cohort.config, settings, progress=False)
     assert torch.equal(before, torch.random.get_rng_state())  # the global RNG is left alone
@@ -268,7 +268,7 @@ def test_forecast_shapes_quantiles_and_survival(small_model, cohort):
 def test_settings_are_saved(small_model, tmp_path):
     small_model.save(tmp_path / "m")
     loaded = VirtualPatientModel.load(tmp_path / "m")
-    assert loaded.world.settings == small_model.world.settings == ModelSettings()
+    assert loaded.network.settings == small_model.network.settings == ModelSettings()
     assert loaded.train_settings == small_model.train_settings
 
 

@@ -153,6 +153,20 @@ def test_plan_validation(config):
         assert "plan 'bad'" in str(info.value)
 
 
+def test_plan_check_against_a_config_reports_as_parsing_does(config):
+    """A plan built in Python without a config is checked against one with the same errors as parse_plan."""
+    plan = TreatmentPlan(name="double", exposures=[{"treatment": "drug", "start": 1, "dose": 2}])
+    assert plan.check(config) is plan
+    for exposure in [{"treatment": "drug", "start": 1, "dose": 3}, {"treatment": "aspirin", "start": 1}]:
+        unchecked = TreatmentPlan(name="bad", exposures=[exposure])  # no config: nothing to refuse yet
+        with pytest.raises(RecordValidationError) as parsed:
+            parse_plan(unchecked.model_dump(mode="json"), config)
+        with pytest.raises(RecordValidationError) as checked:
+            unchecked.check(config)
+        assert str(checked.value) == str(parsed.value)
+        assert checked.value.problems == parsed.value.problems
+
+
 def test_plan_json_text(config):
     text = json.dumps({"name": "stop", "exposures": []})
     assert parse_plan(text, config).name == "stop"

@@ -119,7 +119,7 @@ def test_trained_models_are_cached_by_their_subjects(cohort, tmp_path, monkeypat
     monkeypatch.setattr(VirtualPatientModel, "fit", classmethod(lambda *a, **k: calls.append(1)))
     again = trained_model(records, cohort.config, "t", 0, tmp_path, settings=TrainSettings(epochs=1))
     assert not calls, "the second call must load the cached model, not train"
-    for a, b in zip(first.world.state_dict().values(), again.world.state_dict().values(), strict=True):
+    for a, b in zip(first.network.state_dict().values(), again.network.state_dict().values(), strict=True):
         assert np.array_equal(a.numpy(), b.numpy())
     a = fold_models.model_dir(records, cohort.config, "t", 0, tmp_path, TrainSettings(epochs=1))
     b = fold_models.model_dir(cohort.records[1:21], cohort.config, "t", 0, tmp_path, TrainSettings(epochs=1))

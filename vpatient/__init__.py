@@ -8,38 +8,7 @@ simulate what-ifs and cohorts, and choose the next diagnostic test.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from vpatient.data.cohort import Cohort
-from vpatient.data.meds import iter_meds, read_meds, write_meds
-from vpatient.data.summary import CohortSummary, summarize
-from vpatient.data.synthetic import SyntheticCohort, SyntheticParams, SyntheticTruth
-from vpatient.datasets import list_datasets, load_dataset, load_pbc2, synthetic_cohort
-from vpatient.errors import (
-    ConfigError,
-    DataFormatError,
-    DatasetNotFoundError,
-    OutputExistsError,
-    Problem,
-    RecordValidationError,
-    VPatientError,
-)
-from vpatient.schemas import (
-    DatasetConfig,
-    DiagnosticTest,
-    Event,
-    HistoryEntry,
-    ImagingStudy,
-    Observation,
-    PatientRecord,
-    TreatmentExposure,
-    TreatmentPlan,
-    VariableKind,
-    VariableSpec,
-    parse_plan,
-    parse_record,
-    parse_records,
-)
+from vpatient.version import __version__
 
 __all__ = [
     "CheckpointError",
@@ -85,21 +54,59 @@ __all__ = [
     "write_meds",
 ]
 
-# Names backed by torch load on first use, so that `vpatient --version` and the data tools
-# start without importing it.
-_LAZY = {
+# Every name loads its module on first use: `import vpatient.model` (torch only) and
+# `vpatient --version` must not pay for pydantic, pandas or torch they do not use.
+_EXPORTS = {
+    "Cohort": "vpatient.data.cohort",
+    "iter_meds": "vpatient.data.meds",
+    "read_meds": "vpatient.data.meds",
+    "write_meds": "vpatient.data.meds",
+    "CohortSummary": "vpatient.data.summary",
+    "summarize": "vpatient.data.summary",
+    "SyntheticCohort": "vpatient.data.synthetic",
+    "SyntheticParams": "vpatient.data.synthetic",
+    "SyntheticTruth": "vpatient.data.synthetic",
+    "list_datasets": "vpatient.datasets",
+    "load_dataset": "vpatient.datasets",
+    "load_pbc2": "vpatient.datasets",
+    "synthetic_cohort": "vpatient.datasets",
+    "ConfigError": "vpatient.errors",
+    "DataFormatError": "vpatient.errors",
+    "DatasetNotFoundError": "vpatient.errors",
+    "OutputExistsError": "vpatient.errors",
+    "Problem": "vpatient.errors",
+    "RecordValidationError": "vpatient.errors",
+    "VPatientError": "vpatient.errors",
+    "DatasetConfig": "vpatient.schemas",
+    "DiagnosticTest": "vpatient.schemas",
+    "Event": "vpatient.schemas",
+    "HistoryEntry": "vpatient.schemas",
+    "ImagingStudy": "vpatient.schemas",
+    "Observation": "vpatient.schemas",
+    "PatientRecord": "vpatient.schemas",
+    "TreatmentExposure": "vpatient.schemas",
+    "TreatmentPlan": "vpatient.schemas",
+    "VariableKind": "vpatient.schemas",
+    "VariableSpec": "vpatient.schemas",
+    "parse_plan": "vpatient.schemas",
+    "parse_record": "vpatient.schemas",
+    "parse_records": "vpatient.schemas",
     "CheckpointError": "vpatient.virtual_patient",
     "Forecast": "vpatient.virtual_patient",
     "VirtualPatientModel": "vpatient.virtual_patient",
-    "ModelSettings": "vpatient.model.vpm",
+    "ModelSettings": "vpatient.model.latent_ode",
     "TrainSettings": "vpatient.train",
     "Simulator": "vpatient.simulation",
 }
 
 
 def __getattr__(name: str) -> object:
-    if name in _LAZY:
+    if name in _EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'vpatient' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

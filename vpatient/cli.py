@@ -15,12 +15,12 @@ from typing import Annotated
 
 import typer
 
-from vpatient import __version__
 from vpatient.dashboard import dashboard_command
 from vpatient.errors import Problem, RecordValidationError, VPatientError
 from vpatient.evaluate.cli import benchmark_app
 from vpatient.report.cli import report_app
 from vpatient.simulation.cli import simulate_app, trial_app, whatif_command
+from vpatient.version import __version__
 
 app = typer.Typer(help="vpatient: a virtual-patient disease-progression simulator.", no_args_is_help=True, add_completion=False)
 datasets_app = typer.Typer(help="Embedded datasets: list, summarise, export to MEDS.", no_args_is_help=True)
@@ -184,7 +184,7 @@ def train(
 ) -> None:
     """Train the world model (an ensemble of --members) and write a checkpoint directory (weights, config, scalers, metrics)."""
     from vpatient.datasets import load_dataset
-    from vpatient.model.vpm import ModelSettings
+    from vpatient.model.latent_ode import ModelSettings
     from vpatient.train import TrainSettings
     from vpatient.virtual_patient import VirtualPatientModel
 
@@ -327,7 +327,7 @@ def demo(
     """The main job on the embedded PBC data: summary, Kaplan-Meier by arm, a trained model, a forecast, a what-if, the trial in silico."""
     from vpatient.data.summary import summarize
     from vpatient.datasets import load_dataset
-    from vpatient.model.vpm import ModelSettings
+    from vpatient.model.latent_ode import ModelSettings
     from vpatient.plots import plot_forecast, plot_km_by_arm
     from vpatient.train import TrainSettings
     from vpatient.virtual_patient import VirtualPatientModel
@@ -357,7 +357,7 @@ def demo(
 
 def _demo_simulation(model, cohort, record, until: float, out: Path, seed: int) -> None:
     """The simulator on PBC: one patient's what-if, and the trial replayed in silico on its own patients."""
-    from vpatient.plots import plot_whatif
+    from vpatient.plots import plot_trial, plot_whatif
     from vpatient.schemas import TreatmentExposure, TreatmentPlan
     from vpatient.simulation import Simulator
     from vpatient.tables import markdown_table
@@ -377,6 +377,7 @@ def _demo_simulation(model, cohort, record, until: float, out: Path, seed: int) 
         {"placebo": placebo, "D-penicillamine": drug}, population=cohort.records, years=10.0, seed=seed,
         draws_per_record=5, out=out / "pbc2_trial", progress=False,
     )  # fmt: skip
+    plot_trial(trial, out / "pbc2_trial" / "trial.png")
     typer.echo(trial.to_markdown())
     typer.echo(f"wrote {out / 'pbc2_trial'} (trial.md, trial.png, tables) and the what-if plot")
 

@@ -42,7 +42,6 @@ from vpatient.schemas import (
     TreatmentExposure,
     TreatmentPlan,
     VariableKind,
-    parse_plan,
     parse_record,
 )
 
@@ -192,7 +191,7 @@ class PlanSpec:
             else:
                 description = f"stop {self.treatment} from t = {switch:.2f}"
         plan = TreatmentPlan(name=self.name, description=description, exposures=exposures)
-        return parse_plan(plan.model_dump(mode="json"), config)
+        return plan.check(config)
 
 
 @dataclass(frozen=True)
@@ -610,7 +609,7 @@ def model_card(model, model_dir: Path, results_dir: Path | None = None) -> dict:
         "epochs run (best)": f"{len(history.train_loss)} ({history.best_epoch})" if history else "unknown",
         "training time": f"{history.seconds:.0f} s" if history else "unknown",
         "most epochs allowed": settings.epochs if settings else "unknown",
-        "latent state dimension": model.world.settings.latent_dim,
+        "latent state dimension": model.network.settings.latent_dim,
         "variables": ", ".join(model.config.names(VariableKind.CONTINUOUS, VariableKind.BINARY, VariableKind.ORDINAL)),
         "treatments": ", ".join(model.config.treatments) or "none",
         "events": ", ".join(model.config.event_kinds) or "none",

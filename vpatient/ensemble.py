@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vpatient.data.batching import FeatureLayout, Scalers
+from vpatient.data.batching import Scalers, layout_from_config
 from vpatient.errors import VPatientError
-from vpatient.model.vpm import ModelSettings, WorldModel
+from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.schemas import DatasetConfig, PatientRecord
-from vpatient.train import TrainingHistory, TrainSettings, fit_world_model
+from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
 
 __all__ = ["default_workers", "fit_ensemble", "member_seed"]
 
@@ -59,7 +59,7 @@ def fit_ensemble(
     model_settings: ModelSettings | None = None,
     workers: int | None = None,
     progress: bool = True,
-) -> tuple[list[WorldModel], Scalers, list[TrainingHistory]]:
+) -> tuple[list[LatentODE], Scalers, list[TrainingHistory]]:
     """Train ``settings.members`` members on bootstrap resamples; returns them with their shared scalers.
 
     The scalers are fitted once on every record, so all members read and write the same
@@ -95,9 +95,9 @@ def fit_ensemble(
         results = [_read_member(job) for job in jobs]
     members, histories = [], []
     for m, (state, history) in enumerate(results):
-        world = WorldModel(FeatureLayout.from_config(config), model_settings)
-        world.load_state_dict(state)
-        members.append(world.eval())
+        network = LatentODE(layout_from_config(config), model_settings)
+        network.load_state_dict(state)
+        members.append(network.eval())
         histories.append(history)
         log.info("member %d: best epoch %d, %.0f s", m, history.best_epoch, history.seconds)
     return members, scalers, histories
@@ -157,8 +157,10 @@ def train_member(job: Path) -> None:
     scalers = Scalers.from_dict(json.loads((shared / "scalers.json").read_text()))
     model_settings = ModelSettings(**json.loads((shared / "model_settings.json").read_text()))
     settings = TrainSettings(**json.loads((job / "settings.json").read_text()))
-    world, _, history = fit_world_model(records, config, settings, model_settings, progress=False, scalers=scalers, bootstrap=True)
-    torch.save(world.state_dict(), job / "weights.pt")
+    network, _, history = fit_latent_ode(
+        records, config, settings, model_settings, progress=False, scalers=scalers, bootstrap=True
+    )
+    torch.save(network.state_dict(), job / "weights.pt")
     (job / "history.json").write_text(json.dumps(history.to_dict()))
 
 

@@ -42,9 +42,10 @@ import pandas as pd
 import torch
 
 from vpatient import transforms
-from vpatient.data.batching import PatientBatch, make_batch
+from vpatient.data.batching import make_batch
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError
+from vpatient.model.batch import PatientBatch
 from vpatient.schemas import DatasetConfig, PatientRecord
 from vpatient.virtual_patient import VirtualPatientModel, member_slices
 

@@ -436,10 +436,28 @@ class TreatmentPlan(_Strict):
 
     @model_validator(mode="after")
     def _valid(self, info: ValidationInfo) -> TreatmentPlan:
-        config = (info.context or {}).get("config")
+        _raise_or_warn(self._problems((info.context or {}).get("config")), info)
+        return self
+
+    def _problems(self, config: DatasetConfig | None) -> list[Problem]:
         problems = exposure_problems(self.exposures, None, "exposures", config)
-        problems = [dataclasses.replace(p, owner=f"plan {self.name!r}") for p in problems]
-        _raise_or_warn(problems, info)
+        return [dataclasses.replace(p, owner=f"plan {self.name!r}") for p in problems]
+
+    def check(self, config: DatasetConfig) -> TreatmentPlan:
+        """This plan, validated against ``config``: known treatments, doses in their allowed range.
+
+        A plan built in Python was validated without a config; check it before simulating it
+        with a model. Raises RecordValidationError listing every problem (the same errors
+        ``parse_plan(data, config)`` reports); plausibility warnings are issued as
+        :class:`PlausibilityWarning`. Returns the plan itself.
+        """
+        problems = self._problems(config)
+        for p in problems:
+            if p.severity == "warning":
+                warnings.warn(str(p), PlausibilityWarning, stacklevel=2)
+        errors = [p for p in problems if p.severity == "error"]
+        if errors:
+            raise RecordValidationError(errors, header="invalid treatment plan")
         return self
 
 

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vpatient.data.batching import FeatureLayout, PatientBatch, Scalers, make_batch
+from vpatient.data.batching import Scalers, layout_from_config, make_batch
 from vpatient.errors import VPatientError
-from vpatient.model.vpm import ModelSettings, WorldModel
+from vpatient.model.batch import PatientBatch
+from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.schemas import DatasetConfig, PatientRecord
 
-__all__ = ["TrainSettings", "TrainingHistory", "fit_world_model", "forecast_cutoffs", "random_cutoffs"]
+__all__ = ["TrainSettings", "TrainingHistory", "fit_latent_ode", "forecast_cutoffs", "random_cutoffs"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def forecast_cutoffs(batch: PatientBatch) -> torch.Tensor:
     return batch.times.gather(1, pick.unsqueeze(1)).squeeze(1)
 
 
-def fit_world_model(
+def fit_latent_ode(
     records: Sequence[PatientRecord],
     config: DatasetConfig,
     settings: TrainSettings | None = None,
@@ -89,8 +90,8 @@ def fit_world_model(
     *,
     scalers: Scalers | None = None,
     bootstrap: bool = False,
-) -> tuple[WorldModel, Scalers, TrainingHistory]:
-    """Train a world model on ``records``; returns the best model (by validation ELBO).
+) -> tuple[LatentODE, Scalers, TrainingHistory]:
+    """Train one LatentODE network on ``records``; returns the best weights (by validation ELBO).
 
     ``scalers`` (default: fitted on the training split) lets ensemble members share one
     standardisation; ``bootstrap`` trains on a resample, with replacement, of the
@@ -108,13 +109,13 @@ def fit_world_model(
     if bootstrap:
         train_records = [train_records[i] for i in np.sort(rng.integers(0, len(train_records), len(train_records)))]
     scalers = scalers or Scalers.fit(train_records, config)
-    layout = FeatureLayout.from_config(config)
+    layout = layout_from_config(config)
     train_batch = make_batch(train_records, config, scalers)
     val_batch = make_batch(val_records, config, scalers) if val_records else None
 
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)  # weight init reads the global RNG; fork_rng restores it after
-        model = WorldModel(layout, model_settings)
+        model = LatentODE(layout, model_settings)
     generator = torch.Generator().manual_seed(settings.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -159,7 +160,7 @@ def fit_world_model(
 
 
 @torch.no_grad()
-def validation_loss(model: WorldModel, batch: PatientBatch, seed: int, n_draws: int = 4) -> float:
+def validation_loss(model: LatentODE, batch: PatientBatch, seed: int, n_draws: int = 4) -> float:
     """Negative ELBO at the forecasting protocol's cut-off, averaged over fixed noise draws."""
     model.eval()
     generator = torch.Generator().manual_seed(seed + 1)

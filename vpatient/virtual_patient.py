@@ -32,15 +32,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vpatient import __version__, transforms
-from vpatient.data.batching import FeatureLayout, PatientBatch, Scalers, dose_tensors, make_batch
+from vpatient import transforms
+from vpatient.data.batching import Scalers, dose_tensors, layout_from_config, make_batch
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError
+from vpatient.model.batch import FeatureLayout, PatientBatch
 from vpatient.model.dynamics import DenseSolution
-from vpatient.model.vpm import ModelSettings, WorldModel
+from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.plans import exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
-from vpatient.train import TrainingHistory, TrainSettings, fit_world_model
+from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
+from vpatient.version import __version__
 
 __all__ = ["CheckpointError", "Forecast", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
 
@@ -139,11 +141,15 @@ class Forecast:
 
 
 class VirtualPatientModel:
-    """A trained world model (one or an ensemble of members) with its dataset config and scalers."""
+    """A trained world model (one or an ensemble of members) with its dataset config and scalers.
+
+    ``networks`` is one :class:`~vpatient.model.latent_ode.LatentODE` or the list of an ensemble's
+    members; :attr:`network` is the first.
+    """
 
     def __init__(
         self,
-        world: WorldModel | Sequence[WorldModel],
+        networks: LatentODE | Sequence[LatentODE],
         config: DatasetConfig,
         scalers: Scalers,
         history: TrainingHistory | None = None,
@@ -151,23 +157,23 @@ class VirtualPatientModel:
         data_source: str | None = None,
         member_histories: Sequence[TrainingHistory] | None = None,
     ):
-        members = [world] if isinstance(world, WorldModel) else list(world)
+        members = [networks] if isinstance(networks, LatentODE) else list(networks)
         if not members:
             raise VPatientError("a model needs at least one member")
-        self.members: list[WorldModel] = [m.eval() for m in members]
+        self.members: list[LatentODE] = [m.eval() for m in members]
         self.data_source = data_source  # what it was trained on ("pbc2", a path), for finding patients
         self.refine_steps = 60  # posterior refinement steps per forecast (0: amortised posterior only)
         # Refined posteriors of recent histories: a what-if edited plan by plan re-infers nothing.
         self._posteriors: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
         self.config = config
         self.scalers = scalers
-        self.layout = FeatureLayout.from_config(config)
+        self.layout = layout_from_config(config)
         self.history = history if history is not None else (member_histories[0] if member_histories else None)
         self.member_histories = list(member_histories) if member_histories else ([history] if history else [])
         self.train_settings = train_settings
 
     @property
-    def world(self) -> WorldModel:
+    def network(self) -> LatentODE:
         """The first member: its settings and layout are every member's. Code that draws from the model uses all members."""
         return self.members[0]
 
@@ -237,8 +243,8 @@ class VirtualPatientModel:
 
             members, scalers, histories = fit_ensemble(records, config, settings, model_settings, workers, progress)
             return cls(members, config, scalers, None, settings, member_histories=histories)
-        world, scalers, history = fit_world_model(records, config, settings, model_settings, progress)
-        return cls(world, config, scalers, history, settings)
+        network, scalers, history = fit_latent_ode(records, config, settings, model_settings, progress)
+        return cls(network, config, scalers, history, settings)
 
     # -- checkpoints -------------------------------------------------------------
 
@@ -252,14 +258,14 @@ class VirtualPatientModel:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         files = []
-        for k, world in enumerate(self.members):
+        for k, network in enumerate(self.members):
             name = _member_file(k)
-            torch.save(world.state_dict(), out / name)
+            torch.save(network.state_dict(), out / name)
             files.append({"file": name, "sha256": _sha256(out / name)})
         self.config.save(out / "config.json")
         meta = {
             "vpatient_version": __version__,
-            "model_settings": self.world.settings.to_dict(),
+            "model_settings": self.network.settings.to_dict(),
             "train_settings": self.train_settings.to_dict() if self.train_settings else None,
             "data_source": self.data_source,
             "members": files,
@@ -302,10 +308,8 @@ class VirtualPatientModel:
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: unreadable checkpoint metadata ({exc})") from None
         config = DatasetConfig.load(path / "config.json")
-        layout = FeatureLayout.from_config(config)
-        members = [
-            _load_member(path, name, digest, k, len(files), layout, settings) for k, (name, digest) in enumerate(files)
-        ]
+        layout = layout_from_config(config)
+        members = [_load_member(path, name, digest, k, len(files), layout, settings) for k, (name, digest) in enumerate(files)]
         return cls(members, config, scalers, history, train_settings, meta.get("data_source"), member_histories)
 
     # -- simulation ------------------------------------------------------------
@@ -394,7 +398,7 @@ class VirtualPatientModel:
         t_max = max(t_max, float(cutoff.max()))
         draws = []  # per member: (z0 (n*s_k, P), repeated batch, factual solution or None, resampled rows)
         ess = torch.zeros(n)
-        for world, (mean, var), block in zip(self.members, posteriors, blocks, strict=True):
+        for network, (mean, var), block in zip(self.members, posteriors, blocks, strict=True):
             s_k = block.stop - block.start
             z0 = (mean.unsqueeze(1) + var.sqrt().unsqueeze(1) * eps[:, block]).reshape(n * s_k, -1)
             rep = batch.repeat(s_k)
@@ -403,8 +407,8 @@ class VirtualPatientModel:
                 ess += s_k
                 continue
             # weight the amortised draws by the event history up to the cut-off, then resample
-            factual = world.rollout(z0, rep, until=t_max)
-            log_w = world.event_log_likelihood(factual, rep.event_time, rep.event_observed).reshape(n, s_k)
+            factual = network.rollout(z0, rep, until=t_max)
+            log_w = network.event_log_likelihood(factual, rep.event_time, rep.event_observed).reshape(n, s_k)
             keep, member_ess = _resample(log_w, generator)  # (n, s_k) indices into the draws
             flat = (torch.arange(n).unsqueeze(1) * s_k + keep).reshape(-1)
             draws.append((z0[flat], rep, factual, flat))
@@ -420,16 +424,16 @@ class VirtualPatientModel:
                 ]
                 dose_times, doses = dose_tensors(exposures, self.layout.treatments)
             decoded = []
-            for world, (z0, rep, factual, flat), block in zip(self.members, draws, blocks, strict=True):
+            for network, (z0, rep, factual, flat), block in zip(self.members, draws, blocks, strict=True):
                 s_k = block.stop - block.start
                 if planned:
                     controlled = rep.with_doses(dose_times.repeat_interleave(s_k, 0), doses.repeat_interleave(s_k, 0))
-                    solution = world.rollout(z0, controlled, until=t_max)
+                    solution = network.rollout(z0, controlled, until=t_max)
                 elif factual is None:
-                    solution = world.rollout(z0, rep, until=t_max)
+                    solution = network.rollout(z0, rep, until=t_max)
                 else:  # the factual solve already holds these paths: keep the resampled rows
                     solution = _select_solution(factual, flat)
-                decoded.append(self._decode(world, times, solution, world.offsets(z0), cutoff, n, s_k))
+                decoded.append(self._decode(network, times, solution, network.offsets(z0), cutoff, n, s_k))
             generator.set_state(noise_state)
             out.append(self._combine(histories, decoded, blocks, cutoff, generator, ess))
         return out
@@ -450,31 +454,31 @@ class VirtualPatientModel:
         single model draws exactly as before ensembles.
         """
         start, after, out = generator.get_state(), None, []
-        for k, world in enumerate(self.members):
+        for k, network in enumerate(self.members):
             generator.set_state(start)
-            out.append(self._posterior(k, world, histories, batch, cutoff, refine_steps, seed, generator))
+            out.append(self._posterior(k, network, histories, batch, cutoff, refine_steps, seed, generator))
             after = after if after is not None else generator.get_state()
         generator.set_state(after)
         return out
 
-    def _posterior(self, k, world, histories, batch, cutoff, refine_steps: int, seed: int, generator: torch.Generator):
+    def _posterior(self, k, network, histories, batch, cutoff, refine_steps: int, seed: int, generator: torch.Generator):
         """Member k's q(z0) of each history, refined; cached with the generator's state after it, so a hit gives the same numbers."""
         if refine_steps == 0:
-            return world.posterior(batch, cutoff)
+            return network.posterior(batch, cutoff)
         key = (k, tuple(h.model_dump_json() for h in histories), refine_steps, seed)
         if key in self._posteriors:
             self._posteriors.move_to_end(key)
             mean, var, state = self._posteriors[key]
             generator.set_state(state)
             return mean, var
-        mean, var = world.posterior(batch, cutoff)
-        mean, var = world.refine_posterior(batch, mean, var, steps=refine_steps, generator=generator)
+        mean, var = network.posterior(batch, cutoff)
+        mean, var = network.refine_posterior(batch, mean, var, steps=refine_steps, generator=generator)
         self._posteriors[key] = (mean, var, generator.get_state())
         if len(self._posteriors) > _POSTERIOR_CACHE * self.n_members:
             self._posteriors.popitem(last=False)
         return mean, var
 
-    def _decode(self, world, times, solution, offsets, cutoff, n, s) -> dict[str, torch.Tensor]:
+    def _decode(self, network, times, solution, offsets, cutoff, n, s) -> dict[str, torch.Tensor]:
         """One member's noise-free decodings of its samples, each (n, s, T, ...), standardised labs."""
         t_len = max(len(t) for t in times)
         grid = np.zeros((n, t_len))
@@ -483,10 +487,10 @@ class VirtualPatientModel:
             grid[b, len(t) :] = t[-1] if len(t) else 0.0
         t_rep = torch.as_tensor(grid, dtype=torch.float32).repeat_interleave(s, 0)
         state = solution.at(t_rep)  # (n*s, T, D)
-        latent = world.settings.latent_dim
+        latent = network.settings.latent_dim
         n_events = len(self.layout.events)
         z = state[..., :latent]
-        decoder = world.decoder
+        decoder = network.decoder
         empty = z.new_zeros(*z.shape[:-1], 0)
         expected = decoder.continuous_mean(z, offsets, t_rep) if decoder.continuous is not None else empty
         noise_sd = decoder.continuous_sd() if decoder.continuous is not None else z.new_zeros(0)
@@ -616,7 +620,7 @@ def _sha256(path: Path) -> str:
 
 def _load_member(
     path: Path, name: str, digest: str | None, k: int, n_members: int, layout: FeatureLayout, settings: ModelSettings
-) -> WorldModel:
+) -> LatentODE:
     """Member k's weights, checked against the digest recorded at saving; every refusal names the member."""
     which = f"member {k} of {n_members} ({name})" if n_members > 1 else name
     file = path / name
@@ -633,14 +637,14 @@ def _load_member(
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: {which} does not hold a dictionary of tensors")
-    world = WorldModel(layout, settings)
+    network = LatentODE(layout, settings)
     try:
-        world.load_state_dict(state)
+        network.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(
             f"{path}: {which}: weights do not fit the model described by its config ({str(exc).splitlines()[0]})"
         ) from None
-    return world
+    return network
 
 
 def _resample(log_w: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

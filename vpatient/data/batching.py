@@ -1,25 +1,8 @@
-"""Records -> tensors: the documented batch layout the world model consumes.
+"""Records -> tensors: patient records become the :class:`~vpatient.model.batch.PatientBatch` the model consumes.
 
-Layout of a :class:`PatientBatch` of B patients with at most T visits (padding is
-masked, never zero-filled silently):
-
-=====================  ===============  ==============================================
-field                  shape            meaning
-=====================  ===============  ==============================================
-times                  (B, T)           visit times (years since index), padded with 0
-visit_mask             (B, T)           1 where the visit exists
-continuous, _mask      (B, T, Dc)       transformed, standardised continuous labs
-binary, _mask          (B, T, Db)       0/1
-ordinal, _mask         (B, T, Do)       class index into the variable's levels (long)
-imaging, _mask         (B, T, Di)       standardised embedding dims, all modalities
-static, static_mask    (B, S)           standardised static covariates
-history_time           (B, H)           first time each history code is recorded, +inf if never
-dose_times             (B, K)           times where the dose control changes, +inf padding
-doses                  (B, K, U)        dose of each treatment from dose_times[k] on
-event_time             (B, E)           time of each event kind, or end of follow-up
-event_observed         (B, E)           1 if that event kind happened at event_time
-followup_end           (B,)             end of follow-up
-=====================  ===============  ==============================================
+The layout of a batch (shapes, masks, padding) is documented in :mod:`vpatient.model.batch`;
+:func:`layout_from_config` derives which variable sits on which axis from a dataset config.
+Continuous labs are put on the modelling scale (their transform) and standardised.
 
 Scalers are fitted on training records only (scikit-learn ``StandardScaler``, which
 ignores missing values) and saved with a model as plain JSON numbers.
@@ -35,88 +18,48 @@ import torch
 from sklearn.preprocessing import StandardScaler
 
 from vpatient import transforms
+from vpatient.model.batch import ExpertGroup, FeatureLayout, PatientBatch
 from vpatient.plans import dose_at
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, VariableKind
 
-__all__ = ["ExpertGroup", "FeatureLayout", "PatientBatch", "Scalers", "dose_tensors", "make_batch"]
+__all__ = ["Scalers", "dose_tensors", "layout_from_config", "make_batch"]
 
 
-@dataclass(frozen=True)
-class ExpertGroup:
-    """Variables observed together (one diagnostic test): one Gaussian expert per visit.
-
-    Indices point into the continuous / binary / ordinal / imaging feature axes.
-    """
-
-    name: str
-    continuous: tuple[int, ...]
-    binary: tuple[int, ...]
-    ordinal: tuple[int, ...]
-    imaging: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class FeatureLayout:
-    """Which variable sits on which tensor axis, derived once from a DatasetConfig."""
-
-    continuous: tuple[str, ...]
-    binary: tuple[str, ...]
-    ordinal: tuple[str, ...]
-    ordinal_levels: tuple[tuple[float, ...], ...]
-    imaging: tuple[tuple[str, int], ...]  # (modality, dimension)
-    static: tuple[str, ...]
-    history: tuple[str, ...]
-    treatments: tuple[str, ...]
-    events: tuple[str, ...]
-    groups: tuple[ExpertGroup, ...]
-
-    @classmethod
-    def from_config(cls, config: DatasetConfig) -> FeatureLayout:
-        kinds = VariableKind
-        continuous = tuple(config.names(kinds.CONTINUOUS))
-        binary = tuple(config.names(kinds.BINARY))
-        ordinal_specs = config.of_kind(kinds.ORDINAL)
-        imaging = tuple((v.name, int(v.dimension or 0)) for v in config.of_kind(kinds.IMAGING_EMBEDDING))
-        imaging_offsets = np.cumsum([0] + [d for _, d in imaging])
-        group_of: dict[str, list[str]] = {}
-        for var in config.of_kind(kinds.CONTINUOUS, kinds.BINARY, kinds.ORDINAL, kinds.IMAGING_EMBEDDING):
-            group_of.setdefault(var.test or f"untested_{var.kind.value}", []).append(var.name)
-        groups = []
-        for name, members in group_of.items():
-            img = [
-                j for i, (m, _) in enumerate(imaging) if m in members for j in range(imaging_offsets[i], imaging_offsets[i + 1])
-            ]
-            groups.append(
-                ExpertGroup(
-                    name=name,
-                    continuous=tuple(i for i, v in enumerate(continuous) if v in members),
-                    binary=tuple(i for i, v in enumerate(binary) if v in members),
-                    ordinal=tuple(i for i, v in enumerate(ordinal_specs) if v.name in members),
-                    imaging=tuple(int(j) for j in img),
-                )
+def layout_from_config(config: DatasetConfig) -> FeatureLayout:
+    """The tensor layout of a dataset config: which variable sits on which axis, and the expert groups (one per test)."""
+    kinds = VariableKind
+    continuous = tuple(config.names(kinds.CONTINUOUS))
+    binary = tuple(config.names(kinds.BINARY))
+    ordinal_specs = config.of_kind(kinds.ORDINAL)
+    imaging = tuple((v.name, int(v.dimension or 0)) for v in config.of_kind(kinds.IMAGING_EMBEDDING))
+    imaging_offsets = np.cumsum([0] + [d for _, d in imaging])
+    group_of: dict[str, list[str]] = {}
+    for var in config.of_kind(kinds.CONTINUOUS, kinds.BINARY, kinds.ORDINAL, kinds.IMAGING_EMBEDDING):
+        group_of.setdefault(var.test or f"untested_{var.kind.value}", []).append(var.name)
+    groups = []
+    for name, members in group_of.items():
+        img = [j for i, (m, _) in enumerate(imaging) if m in members for j in range(imaging_offsets[i], imaging_offsets[i + 1])]
+        groups.append(
+            ExpertGroup(
+                name=name,
+                continuous=tuple(i for i, v in enumerate(continuous) if v in members),
+                binary=tuple(i for i, v in enumerate(binary) if v in members),
+                ordinal=tuple(i for i, v in enumerate(ordinal_specs) if v.name in members),
+                imaging=tuple(int(j) for j in img),
             )
-        return cls(
-            continuous=continuous,
-            binary=binary,
-            ordinal=tuple(v.name for v in ordinal_specs),
-            ordinal_levels=tuple(tuple(v.levels or ()) for v in ordinal_specs),
-            imaging=imaging,
-            static=tuple(config.names(kinds.STATIC)),
-            history=tuple(config.names(kinds.HISTORY)),
-            treatments=tuple(config.treatments),
-            events=tuple(config.event_kinds),
-            groups=tuple(groups),
         )
-
-    @property
-    def imaging_dim(self) -> int:
-        return sum(d for _, d in self.imaging)
-
-    def group(self, name: str) -> ExpertGroup:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        raise KeyError(f"no expert group {name!r}; groups: {', '.join(g.name for g in self.groups)}")
+    return FeatureLayout(
+        continuous=continuous,
+        binary=binary,
+        ordinal=tuple(v.name for v in ordinal_specs),
+        ordinal_levels=tuple(tuple(v.levels or ()) for v in ordinal_specs),
+        imaging=imaging,
+        static=tuple(config.names(kinds.STATIC)),
+        history=tuple(config.names(kinds.HISTORY)),
+        treatments=tuple(config.treatments),
+        events=tuple(config.event_kinds),
+        groups=tuple(groups),
+    )
 
 
 @dataclass
@@ -133,7 +76,7 @@ class Scalers:
     @classmethod
     def fit(cls, records: Sequence[PatientRecord], config: DatasetConfig) -> Scalers:
         """Fit on training records only."""
-        layout = FeatureLayout.from_config(config)
+        layout = layout_from_config(config)
         raw = _dense_arrays(records, config, layout)
         visits = raw["visit_mask"].astype(bool)
         cont = raw["continuous"][visits]
@@ -163,56 +106,9 @@ def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-@dataclass
-class PatientBatch:
-    """Tensors of a set of patients; see the module docstring for the layout."""
-
-    subject_ids: list[str]
-    times: torch.Tensor
-    visit_mask: torch.Tensor
-    continuous: torch.Tensor
-    continuous_mask: torch.Tensor
-    binary: torch.Tensor
-    binary_mask: torch.Tensor
-    ordinal: torch.Tensor
-    ordinal_mask: torch.Tensor
-    imaging: torch.Tensor
-    imaging_mask: torch.Tensor
-    static: torch.Tensor
-    static_mask: torch.Tensor
-    history_time: torch.Tensor
-    dose_times: torch.Tensor
-    doses: torch.Tensor
-    event_time: torch.Tensor
-    event_observed: torch.Tensor
-    followup_end: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.subject_ids)
-
-    def select(self, index: Sequence[int] | torch.Tensor) -> PatientBatch:
-        """The sub-batch of the given patients (rows)."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        values = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            values[f.name] = [value[i] for i in idx.tolist()] if f.name == "subject_ids" else value[idx]
-        return PatientBatch(**values)
-
-    def repeat(self, n: int) -> PatientBatch:
-        """Each patient repeated ``n`` times in a row (patient-major), for posterior samples."""
-        return self.select(torch.arange(len(self)).repeat_interleave(n))
-
-    def with_doses(self, dose_times: torch.Tensor, doses: torch.Tensor) -> PatientBatch:
-        """The same patients under other treatment exposures (a what-if)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(dose_times=dose_times, doses=doses)
-        return PatientBatch(**values)
-
-
 def make_batch(records: Sequence[PatientRecord], config: DatasetConfig, scalers: Scalers) -> PatientBatch:
     """Tensors of ``records``, standardised with ``scalers`` (fitted on training data)."""
-    layout = FeatureLayout.from_config(config)
+    layout = layout_from_config(config)
     raw = _dense_arrays(records, config, layout)
     cont = (raw["continuous"] - scalers.continuous_mean) / scalers.continuous_std
     img = (raw["imaging"] - scalers.imaging_mean) / scalers.imaging_std

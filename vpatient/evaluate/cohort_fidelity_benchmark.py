@@ -64,7 +64,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from vpatient import __version__, transforms
+from vpatient import transforms
 from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import observations_frame
 from vpatient.evaluate.baselines import LandmarkCox, LinearMixedModel
@@ -91,12 +91,13 @@ from vpatient.evaluate.protocol import (
     target_frame,
 )
 from vpatient.evaluate.results_io import write_result
-from vpatient.model.vpm import ModelSettings
+from vpatient.model.latent_ode import ModelSettings
 from vpatient.plans import dose_at
 from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
 from vpatient.simulation.simulator import Simulator
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
+from vpatient.version import __version__
 
 __all__ = [
     "RESULT_TYPES",

@@ -93,16 +93,17 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from vpatient import __version__, transforms
+from vpatient import transforms
 from vpatient.data.synthetic import SyntheticCohort, SyntheticTruth, synthetic_cohort
 from vpatient.data.timeline import truncate_record
 from vpatient.evaluate.protocol import ProtocolError, Standardiser, last_observations, survival_setup
 from vpatient.evaluate.results_io import write_result
-from vpatient.model.vpm import ModelSettings
+from vpatient.model.latent_ode import ModelSettings
 from vpatient.plans import dose_at, exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
+from vpatient.version import __version__
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = [

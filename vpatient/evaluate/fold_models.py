@@ -27,13 +27,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vpatient import __version__
 from vpatient.data.cohort import Cohort
 from vpatient.evaluate.protocol import Fold, forecast_folds
 from vpatient.schemas import DatasetConfig, PatientRecord
+from vpatient.version import __version__
 
 if TYPE_CHECKING:  # torch-backed: imported where a model is trained, not when the CLI starts
-    from vpatient.model.vpm import ModelSettings
+    from vpatient.model.latent_ode import ModelSettings
     from vpatient.train import TrainSettings
     from vpatient.virtual_patient import VirtualPatientModel
 
@@ -121,7 +121,7 @@ def _settings(
     settings: TrainSettings | None, model_settings: ModelSettings | None, seed: int
 ) -> tuple[TrainSettings, ModelSettings]:
     """The run's settings: the defaults unless given, the seed always ``seed``."""
-    from vpatient.model.vpm import ModelSettings
+    from vpatient.model.latent_ode import ModelSettings
     from vpatient.train import TrainSettings
 
     return replace(settings or TrainSettings(), seed=seed), model_settings or ModelSettings()

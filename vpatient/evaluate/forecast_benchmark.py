@@ -32,7 +32,6 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from vpatient import __version__
 from vpatient.data.cohort import Cohort
 from vpatient.evaluate.imaging import imaging_targets, reference_forecasts, score_imaging, training_moments
 from vpatient.evaluate.metrics import coverage, harrell_c, ipcw_brier, kaplan_meier, mae
@@ -55,6 +54,7 @@ from vpatient.evaluate.protocol import (
 )
 from vpatient.schemas import Transform
 from vpatient.tables import markdown_table
+from vpatient.version import __version__
 
 __all__ = [
     "PREDICTION_COLUMNS",

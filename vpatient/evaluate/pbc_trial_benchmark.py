@@ -55,18 +55,18 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from vpatient import __version__
 from vpatient.data.cohort import NO_TREATMENT_ARM, Cohort
 from vpatient.evaluate.fold_models import DEFAULT_CACHE, trained_model
 from vpatient.evaluate.protocol import ProtocolError, forecast_folds, sort_subject_ids
 from vpatient.evaluate.results_io import write_result
-from vpatient.model.vpm import ModelSettings
-from vpatient.schemas import PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind, parse_plan
+from vpatient.model.latent_ode import ModelSettings
+from vpatient.schemas import PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind
 from vpatient.simulation.sampling import patients_from_records
 from vpatient.simulation.simulator import Simulator
 from vpatient.simulation.trial import TrialResult, arm_outcomes, hazard_ratio
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
+from vpatient.version import __version__
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = [
@@ -229,7 +229,7 @@ def pooled_trial(
     per_patient, sums = [], []
     offset = sources = 0
     for k, (model, records) in enumerate(parts):
-        plans = {name: parse_plan(plan.model_dump(mode="json"), model.config) for name, plan in arms.items()}
+        plans = {name: plan.check(model.config) for name, plan in arms.items()}
         rng = np.random.default_rng(np.random.SeedSequence([seed, k]))
         patients = patients_from_records(model, list(records), rng, at=0.0, draws_per_record=draws_per_record)
         frame, total = arm_outcomes(model, patients, plans, years)

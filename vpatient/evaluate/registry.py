@@ -2,7 +2,7 @@
 
 Each entry builds a fresh, unfitted :class:`~vpatient.evaluate.protocol.Forecaster`
 (one per fold). A new method joins every benchmark with one line here, e.g.
-``METHODS["vpm"] = lambda: WorldModelForecaster(...)``.
+``METHODS["vpatient-small"] = lambda: VirtualPatientForecaster(n_samples=50)``.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ METHODS: dict[str, Callable[[], Forecaster]] = {
     "lmm": LinearMixedModel,
     "landmark-cox": LandmarkCox,
     "last-bilirubin": lambda: LastValueRisk("bilirubin"),
-    "vpatient": lambda: _world_model(),
+    "vpatient": lambda: _virtual_patient(),
 }
 
 
-def _world_model() -> Forecaster:
+def _virtual_patient() -> Forecaster:
     # Imported on use: it brings in torch, which the peers and the CLI's start-up do not need.
-    from vpatient.evaluate.world_model import WorldModelForecaster
+    from vpatient.evaluate.forecaster import VirtualPatientForecaster
 
-    return WorldModelForecaster()
+    return VirtualPatientForecaster()
 
 
 #: The peer methods a benchmark runs by default.

@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from vpatient import __version__
 from vpatient.errors import VPatientError
 from vpatient.evaluate.results_io import write_result
 from vpatient.tables import markdown_table
+from vpatient.version import __version__
 
 if TYPE_CHECKING:  # torch-backed modules load when the benchmark runs, not when the CLI starts
     from vpatient.simulation.population import Population
@@ -148,7 +148,7 @@ def _rollout(model: VirtualPatientModel, z0, static, dose_times, doses, years: f
     from vpatient.simulation.sampling import GRID_STEP
 
     grid = torch.arange(0.0, years + 1e-9, GRID_STEP, dtype=torch.float32)
-    world = model.world
+    world = model.network
     if reference:  # torchdiffeq itself, told where the doses jump, output at the monthly times
         from torchdiffeq import odeint
 
@@ -168,7 +168,7 @@ def _decode(model: VirtualPatientModel, z0, states):
 
     from vpatient.simulation.sampling import GRID_STEP
 
-    world = model.world
+    world = model.network
     latent, n_events = world.settings.latent_dim, len(model.layout.events)
     times = (torch.arange(states.shape[1], dtype=torch.float32) * GRID_STEP).expand(len(z0), -1)
     labs = world.decoder.continuous_mean(states[..., :latent], world.offsets(z0), times)
@@ -271,7 +271,7 @@ def run_simulate_speed_benchmark(
         raise VPatientError(
             f"{model_dir} has no population.json; train it with `vpatient train` or run `vpatient simulate cohort` once"
         )
-    trained_step = sim.model.world.settings.step
+    trained_step = sim.model.network.settings.step
     steps = [trained_step, *(s for s in extra_steps if s != trained_step)]
     _time_rollouts(sim.model, sim.population, min(chunk_size, 500), years, chunk_size, seed, trained_step)  # warm-up
     rows = [_time_rollouts(sim.model, sim.population, n, years, chunk_size, seed, step) for n in sizes for step in steps]
@@ -281,7 +281,7 @@ def run_simulate_speed_benchmark(
         seed=seed,
         years=years,
         output_step_years=GRID_STEP,
-        model_step_years=sim.model.world.settings.step,
+        model_step_years=sim.model.network.settings.step,
         chunk_size=chunk_size,
         rows=rows,
         stream=stream,

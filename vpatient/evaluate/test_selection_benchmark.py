@@ -62,9 +62,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from vpatient import __version__
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 from vpatient.tables import markdown_table
+from vpatient.version import __version__
 
 __all__ = [
     "RESULT_TYPES",
@@ -361,7 +361,8 @@ def _case(model, record, target, n_samples: int, seed: int) -> _Case | None:
     """The patient's case, or None when not eligible (module docstring)."""
     import torch
 
-    from vpatient.data.batching import ExpertGroup, make_batch
+    from vpatient.data.batching import make_batch
+    from vpatient.model.batch import ExpertGroup
     from vpatient.policy import _likelihood_log_factor, _pool, _predictive, _Results
 
     s = _landmark(record)

@@ -19,12 +19,12 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from vpatient import __version__
 from vpatient.data.cohort import Cohort
 from vpatient.evaluate.results_io import write_result
-from vpatient.model.vpm import ModelSettings
+from vpatient.model.latent_ode import ModelSettings
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
+from vpatient.version import __version__
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = ["RESULT_TYPES", "TrainingBenchmarkResult", "run_training_benchmark"]

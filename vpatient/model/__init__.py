@@ -1,9 +1,11 @@
-"""The world model: encoders -> Gaussian experts -> product of experts -> latent ODE -> decoders.
+"""The world model's torch part: encoders -> Gaussian experts -> product of experts -> latent ODE -> decoders.
 
-This package imports neither pydantic nor pandas: it sees tensors only (see
-:mod:`vpatient.data.batching` for their layout).
+This package imports torch and numpy only, never pydantic, pandas or scikit-learn: it sees
+tensors (:mod:`vpatient.model.batch` documents their layout); records become tensors in
+:mod:`vpatient.data.batching`.
 """
 
-from vpatient.model.vpm import ModelSettings, WorldModel
+from vpatient.model.batch import ExpertGroup, FeatureLayout, PatientBatch
+from vpatient.model.latent_ode import LatentODE, ModelSettings
 
-__all__ = ["ModelSettings", "WorldModel"]
+__all__ = ["ExpertGroup", "FeatureLayout", "LatentODE", "ModelSettings", "PatientBatch"]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vpatient.data.batching import FeatureLayout
+from vpatient.model.batch import FeatureLayout
 
 __all__ = ["ObservationDecoder"]
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchdiffeq import odeint
 
-from vpatient.model.experts import dose_at_times
+from vpatient.model.dosing import dose_at_times
 
 __all__ = ["DenseSolution", "LatentDynamics", "Solver"]
 

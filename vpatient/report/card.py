@@ -153,7 +153,7 @@ def model_card(
         config=config,
         data=data,
         layout=model.layout,
-        world_settings=_settings(getattr(model.world, "settings", None)),
+        world_settings=_settings(getattr(model.network, "settings", None)),
         train_settings=_settings(model.train_settings),
         history=history,
         training_run=training_run,

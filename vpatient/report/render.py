@@ -55,7 +55,7 @@ def figure_png(fig: plt.Figure, dpi: int = 90) -> str:
 
 def model_version(model_dir: str | Path | None) -> dict:
     """What identifies the model: vpatient's version and a digest of the checkpoint's weights and config."""
-    from vpatient import __version__
+    from vpatient.version import __version__
 
     info = {"vpatient": __version__, "model_dir": str(model_dir) if model_dir else "(in memory)", "digest": "(not saved)"}
     if model_dir is not None:

@@ -76,7 +76,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from vpatient import __version__
 from vpatient.data.cohort import NO_TREATMENT_ARM, Cohort, arm_of
 from vpatient.data.timeline import observations_frame, truncate_record
 from vpatient.errors import VPatientError
@@ -84,9 +83,10 @@ from vpatient.evaluate.fold_models import DEFAULT_CACHE, fold_models
 from vpatient.evaluate.results_io import write_result
 from vpatient.schemas import DatasetConfig, PatientRecord, Transform, TreatmentPlan, VariableKind
 from vpatient.tables import markdown_table
+from vpatient.version import __version__
 
 if TYPE_CHECKING:  # torch-backed: imported when scores are computed, not when the CLI starts
-    from vpatient.model.vpm import ModelSettings
+    from vpatient.model.latent_ode import ModelSettings
     from vpatient.train import TrainSettings
     from vpatient.virtual_patient import VirtualPatientModel
 
@@ -614,7 +614,7 @@ def run_trial_adjustment(
     ``lab``: default the config's first continuous variable. Inputs are checked before
     any model is trained.
     """
-    from vpatient.model.vpm import ModelSettings
+    from vpatient.model.latent_ode import ModelSettings
     from vpatient.train import TrainSettings
 
     started = time.perf_counter()

@@ -192,6 +192,9 @@ def simulate_trial(
         out=out,
         progress=progress,
     )
+    from vpatient.plots import plot_trial
+
+    plot_trial(result, out / "trial.png")
     typer.echo(result.to_markdown())
     typer.echo(f"wrote tables, trial.json, trial.md and trial.png to {out}", err=True)
 

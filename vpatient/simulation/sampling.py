@@ -291,19 +291,19 @@ def realise(
     dose_times, doses = dose_tensors(exposures, model.layout.treatments)
     z0 = torch.as_tensor(patients.draws, dtype=torch.float32)
     static = torch.as_tensor(patients.static, dtype=torch.float32)
-    solution = model.world.solve(z0, static, dose_times, doses, years)
+    solution = model.network.solve(z0, static, dose_times, doses, years)
     grid = np.arange(0.0, years + 1e-9, GRID_STEP)
     if grid[-1] < years - 1e-9:
         grid = np.append(grid, years)
     n = len(patients)
     state = solution.at(torch.as_tensor(grid, dtype=torch.float32).expand(n, -1))  # (n, G, D)
-    latent, n_events = model.world.settings.latent_dim, len(model.layout.events)
+    latent, n_events = model.network.settings.latent_dim, len(model.layout.events)
     cumhaz = state[..., latent : latent + n_events].clamp(min=0).numpy().astype(np.float64)  # (n, G, E)
     event_time, event_kind = _first_events(grid, cumhaz, patients.event_draw, patients.kind_draw)
     end = np.minimum.reduce([event_time, patients.censoring, np.full(n, years)])
-    if with_labs and model.world.decoder.continuous is not None:
-        mean = model.world.decoder.continuous_mean(
-            state[..., :latent], model.world.offsets(z0), torch.as_tensor(grid, dtype=torch.float32).expand(n, -1)
+    if with_labs and model.network.decoder.continuous is not None:
+        mean = model.network.decoder.continuous_mean(
+            state[..., :latent], model.network.offsets(z0), torch.as_tensor(grid, dtype=torch.float32).expand(n, -1)
         )
         expected = _natural_labs(model, mean.numpy().astype(np.float64))
     else:
@@ -387,11 +387,11 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
         padded[i, len(v) :] = v[-1]
     slot = np.concatenate([np.arange(len(v)) for v in visits])
     times = torch.as_tensor(padded, dtype=torch.float32)
-    latent = model.world.settings.latent_dim
+    latent = model.network.settings.latent_dim
     z = outcomes.solution.at(times)[..., :latent]
     generator = torch.Generator().manual_seed(patients.noise_seed)
     rng = np.random.default_rng(patients.noise_seed)
-    decoder = model.world.decoder
+    decoder = model.network.decoder
     layout, config = model.layout, model.config
     z0 = torch.as_tensor(patients.draws, dtype=torch.float32)
     book = CodeBook(config)
@@ -406,7 +406,7 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
         blocks.append(meds_rows(patients.subject_ids[rows[keep]], t[keep], book.code(name), values[keep], book.labels(name)))
 
     if decoder.continuous is not None:
-        mean = decoder.continuous_mean(z, model.world.offsets(z0), times)
+        mean = decoder.continuous_mean(z, model.network.offsets(z0), times)
         noisy = (mean + torch.randn(mean.shape, generator=generator) * decoder.continuous_sd()).numpy()[rows, slot]
         natural = _natural_labs(model, noisy.astype(np.float64))
         for j, name in enumerate(layout.continuous):

@@ -22,7 +22,7 @@ import pandas as pd
 
 from vpatient.data.meds import move_into_place, write_meds_metadata
 from vpatient.errors import OutputExistsError, VPatientError
-from vpatient.schemas import PatientRecord, TreatmentPlan, parse_plan
+from vpatient.schemas import PatientRecord, TreatmentPlan
 from vpatient.simulation.engine import Engine, chunks, run_chunks
 from vpatient.simulation.population import POPULATION_FILE, Population
 from vpatient.simulation.sampling import Schedule, patients_from_records
@@ -129,7 +129,7 @@ class Simulator:
             "model": str(self.model_dir) if self.model_dir else None,
             "population": "Gaussian mixture per baseline arm over the aggregate posterior and covariates",
         }
-        checked = parse_plan(plan.model_dump(mode="json"), self.model.config) if plan else None
+        checked = plan.check(self.model.config) if plan else None
         # Everything is written beside ``out`` and renamed into place at the end, so an
         # interrupted run never leaves half a cohort behind (as write_meds does).
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,12 +191,14 @@ class Simulator:
         Patients are ``n`` virtual ones from the learned population, or, when
         ``population`` is a list of records, those real patients as known at
         enrolment (t=0), ``draws_per_record`` posterior draws each (default: one per
-        ensemble member, so every member replays every patient).
+        ensemble member, so every member replays every patient). ``out`` receives the
+        result's tables, ``trial.json`` and ``trial.md`` (:meth:`TrialResult.save`); its
+        figure is :func:`vpatient.plots.plot_trial`.
         """
         if len(arms) < 2:
             raise VPatientError(f"a trial needs at least two arms, got {len(arms)}: {', '.join(arms) or '(none)'}")
         _check_years(years)
-        plans = {name: parse_plan(plan.model_dump(mode="json"), self.model.config) for name, plan in arms.items()}
+        plans = {name: plan.check(self.model.config) for name, plan in arms.items()}
         event = event or (self.model.layout.events[0] if self.model.layout.events else None)
         if event not in self.model.layout.events:
             raise VPatientError(f"unknown event {event!r}; the model's events are {', '.join(self.model.layout.events)}")

@@ -241,7 +241,10 @@ class TrialResult:
         )
 
     def save(self, out_dir: str | Path) -> list[Path]:
-        """Tables as CSV, a summary as JSON and markdown, and a figure of the curves."""
+        """Tables as CSV, a summary as JSON and markdown.
+
+        The figure of the curves is :func:`vpatient.plots.plot_trial` (``vpatient simulate trial`` writes it as ``trial.png``).
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         written = []
@@ -261,10 +264,7 @@ class TrialResult:
         }
         (out / "trial.json").write_text(json.dumps(summary, indent=2) + "\n")
         (out / "trial.md").write_text(self.to_markdown())
-        from vpatient.plots import plot_trial
-
-        plot_trial(self, out / "trial.png")
-        return [*written, out / "trial.json", out / "trial.md", out / "trial.png"]
+        return [*written, out / "trial.json", out / "trial.md"]
 
 
 def _kaplan_meier(data: pd.DataFrame, arm: str, grid: np.ndarray) -> pd.DataFrame:

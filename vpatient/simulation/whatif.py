@@ -22,7 +22,7 @@ import pandas as pd
 from vpatient import transforms
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError
-from vpatient.schemas import PatientRecord, TreatmentPlan, parse_plan, parse_record
+from vpatient.schemas import PatientRecord, TreatmentPlan, parse_record
 from vpatient.simulation.effects import INTERVAL, restricted_mean, summarise_differences
 from vpatient.virtual_patient import Forecast, VirtualPatientModel
 
@@ -179,9 +179,9 @@ def whatif(
 
 
 def _check_plans(model: VirtualPatientModel, plans: Sequence[TreatmentPlan]) -> None:
-    """Re-validate plans against the model's config (a plan built in Python skipped that)."""
+    """Validate plans against the model's config (a plan built in Python skipped that)."""
     for plan in plans:
-        parse_plan(plan.model_dump(mode="json"), model.config)
+        plan.check(model.config)
 
 
 def _grid_index(grid: np.ndarray, t: float) -> int:

@@ -372,9 +372,9 @@ def _etl_version() -> str:
     try:
         return version("vpatient")
     except PackageNotFoundError:  # running from a source tree
-        import vpatient
+        from vpatient.version import __version__
 
-        return str(getattr(vpatient, "__version__", "0+unknown"))
+        return __version__
 
 
 def _write_dataset_json(file: Path, dataset_name: str) -> None:

@@ -1,4 +1,4 @@
-"""The world model and its evidence lower bound (ELBO).
+"""The latent ODE network (the world model's torch part) and its evidence lower bound (ELBO).
 
 Generative model, per patient: z0 ~ N(0, I); z(t) solves dz/dt = f(z, u(t), static)
 from t=0 under the treatments given; every observed cell x at time t is drawn from its
@@ -21,13 +21,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from vpatient.data.batching import FeatureLayout, PatientBatch
+from vpatient.model.batch import FeatureLayout, PatientBatch
 from vpatient.model.decoders import ObservationDecoder
 from vpatient.model.dynamics import DenseSolution, LatentDynamics, Solver
 from vpatient.model.experts import VisitExperts
 from vpatient.model.fusion import product_of_experts
 
-__all__ = ["ModelSettings", "WorldModel"]
+__all__ = ["LatentODE", "ModelSettings"]
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,12 @@ class ModelSettings:
         return asdict(self)
 
 
-class WorldModel(nn.Module):
-    """Encoders, product of experts, latent ODE with hazards, and decoders."""
+class LatentODE(nn.Module):
+    """Encoders, product of experts, latent ODE with hazards, and decoders.
+
+    The torch network of one trained model (one ensemble member); users meet it through
+    :class:`vpatient.virtual_patient.VirtualPatientModel`.
+    """
 
     def __init__(self, layout: FeatureLayout, settings: ModelSettings | None = None):
         super().__init__()

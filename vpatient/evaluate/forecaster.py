@@ -1,4 +1,4 @@
-"""The world model as a method of the forecasting benchmark (the same interface as its peers)."""
+"""VirtualPatientModel as a method of the forecasting benchmark (the same interface as its peers)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from vpatient.model.vpm import ModelSettings
+from vpatient.model.latent_ode import ModelSettings
 from vpatient.schemas import DatasetConfig, PatientRecord
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
 
-__all__ = ["WorldModelForecaster"]
+__all__ = ["VirtualPatientForecaster"]
 
 
-class WorldModelForecaster:
+class VirtualPatientForecaster:
     """Trains a VirtualPatientModel per fold; forecasts and risks from posterior sample paths."""
 
     forecasts = True
@@ -36,7 +36,7 @@ class WorldModelForecaster:
         self.model: VirtualPatientModel | None = None
         self._seed = 0
 
-    def fit(self, train: list[PatientRecord], config: DatasetConfig, seed: int) -> WorldModelForecaster:
+    def fit(self, train: list[PatientRecord], config: DatasetConfig, seed: int) -> VirtualPatientForecaster:
         self._seed = seed
         self.model = VirtualPatientModel.fit(
             train, config, replace(self.settings, seed=seed), self.model_settings, progress=False
@@ -90,5 +90,5 @@ class WorldModelForecaster:
 
     def _fitted(self) -> VirtualPatientModel:
         if self.model is None:
-            raise RuntimeError("WorldModelForecaster.fit must run before forecast or risk")
+            raise RuntimeError("VirtualPatientForecaster.fit must run before forecast or risk")
         return self.model
