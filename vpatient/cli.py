@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from vpatient import __version__
-from vpatient.dashboard import dashboard_command
+from vpatient.dashboard.command import dashboard_command
 from vpatient.errors import Problem, RecordValidationError, VPatientError
 from vpatient.evaluate.cli import benchmark_app
 from vpatient.report.cli import report_app
