@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from vpatient import dashboard as vd
+from vpatient.dashboard import session as vs
 from vpatient.datasets import load_dataset
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
@@ -76,8 +76,8 @@ def test_dashboard_in_a_browser(tmp_path):
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    launcher = "import typer; from vpatient.dashboard import dashboard_command; typer.run(dashboard_command)"
-    env = os.environ | {"OMP_NUM_THREADS": "1", vd.HOME_ENV: str(tmp_path / "home")}
+    launcher = "import typer; from vpatient.dashboard.command import dashboard_command; typer.run(dashboard_command)"
+    env = os.environ | {"OMP_NUM_THREADS": "1", vs.HOME_ENV: str(tmp_path / "home")}
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [

@@ -21,7 +21,7 @@ from vpatient.model.dynamics import LatentDynamics, Solver
 from vpatient.model.fusion import product_of_experts
 from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.train import TrainSettings, forecast_cutoffs
-from vpatient.virtual_patient import CheckpointError, VirtualPatientModel
+from vpatient.virtual_patient import CheckpointError, Scale, VirtualPatientModel
 
 
 @pytest.fixture(scope="module")
@@ -265,11 +265,28 @@ def test_forecast_shapes_quantiles_and_survival(small_model, cohort):
         small_model.forecast(record, until=1.0, horizon=-1)
 
 
+def test_forecast_summary_scales_and_a_misspelt_one_is_refused(small_model, cohort):
+    result = small_model.forecast(cohort.records[1], until=1.0, horizon=2.0, n_samples=16, seed=0)
+    natural, model_scale = result.summary(Scale.NATURAL), result.summary(scale="model")
+    assert natural.equals(result.summary())  # natural is the default
+    log_lab = next(
+        v.name for v in small_model.config.variables if v.transform == "log" and v.name in small_model.layout.continuous
+    )
+    rows = natural["variable"] == log_lab
+    np.testing.assert_allclose(np.log(natural.loc[rows, "q50"]), model_scale.loc[rows, "q50"], rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown scale 'natual'; choose one of 'natural', 'model'"):
+        result.summary(scale="natual")
+
+
 def test_settings_are_saved(small_model, tmp_path):
     small_model.save(tmp_path / "m")
     loaded = VirtualPatientModel.load(tmp_path / "m")
     assert loaded.network.settings == small_model.network.settings == ModelSettings()
     assert loaded.train_settings == small_model.train_settings
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["model_settings"]["solver"] == "rk4"
+    assert loaded.network.settings.solver is Solver.RK4
+    with pytest.raises(ValueError, match="'rk5' is not a valid Solver"):
+        ModelSettings(solver="rk5")
 
 
 def test_plans_replace_the_future_with_common_random_numbers(small_model, cohort):

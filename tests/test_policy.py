@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from vpatient.cli import app
 from vpatient.data.synthetic import synthetic_cohort
-from vpatient.errors import VPatientError
-from vpatient.policy import Target, eig_from_pool, recommend
+from vpatient.errors import OptionError, VPatientError
+from vpatient.policy import Distribution, Target, TargetKind, UpdateRule, eig_from_pool, recommend
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
 
@@ -65,6 +65,44 @@ def test_targets_are_parsed_and_bad_ones_named(trained):
         Target.parse("forecast:ascites:1", model.config)
     with pytest.raises(VPatientError, match="horizon"):
         Target.parse("risk:death:soon", model.config)
+
+
+def test_target_objects_are_built_checked_and_read_back(trained):
+    model, _ = trained
+    risk = Target.risk("death", 5)
+    assert risk.kind is TargetKind.RISK and risk == Target("risk", event="death", horizon=5.0)
+    assert Target.parse(str(risk), model.config) == risk  # the text form reads back as the same target
+    assert str(Target.forecast("bilirubin", 2.5)) == "forecast:bilirubin:2.5"
+    assert Target.latent() == Target.parse("latent", model.config) and str(Target.latent()) == "latent"
+    assert Target.forecast("bilirubin", 2).check(model.config).variable == "bilirubin"
+    with pytest.raises(VPatientError, match="unknown event 'stroke'"):
+        Target.risk("stroke", 5).check(model.config)
+    with pytest.raises(VPatientError, match="not a continuous variable"):
+        Target.forecast("ascites", 1).check(model.config)
+    with pytest.raises(OptionError, match="unknown target kind 'rsik'; choose one of 'latent', 'risk', 'forecast'"):
+        Target("rsik", event="death", horizon=5.0)
+    with pytest.raises(OptionError, match="horizon must be > 0"):
+        Target.risk("death", 0)
+    with pytest.raises(OptionError, match="names an event"):
+        Target("risk", variable="bilirubin", horizon=1.0)
+    with pytest.raises(ValueError, match="latent target names no event"):  # OptionError is also a ValueError
+        Target("latent", event="death")
+
+
+def test_a_target_object_ranks_as_its_text_does_and_misspelt_options_are_refused(trained):
+    model, cohort = trained
+    record = cohort.records[1]
+    by_text = recommend(model, record, target="risk:death:3", n_samples=32, seed=0)
+    by_object = recommend(model, record, target=Target.risk("death", 3), n_samples=32, seed=0, update=UpdateRule.LIKELIHOOD)
+    assert by_object.target == by_text.target and by_object.to_dict() == by_text.to_dict()
+    with pytest.raises(VPatientError, match="unknown event 'stroke'"):
+        recommend(model, record, target=Target.risk("stroke", 3), n_samples=32)
+    with pytest.raises(OptionError, match="unknown update rule 'likelyhood'; choose one of 'likelihood', 'expert'"):
+        recommend(model, record, target="latent", n_samples=32, update="likelyhood")
+    one = torch.zeros(4, dtype=torch.float64)
+    with pytest.raises(OptionError, match="unknown target distribution 'bernouli'"):
+        eig_from_pool(one, one, torch.zeros(4, 4), torch.arange(4), "bernouli")
+    assert eig_from_pool(one + 0.5, one, torch.zeros(4, 4), torch.arange(4), Distribution.BERNOULLI)[0] == pytest.approx(0.0)
 
 
 def test_tests_done_at_the_decision_time_gain_nothing(trained):

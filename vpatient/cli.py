@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from vpatient.dashboard import dashboard_command
+from vpatient.dashboard.command import dashboard_command
 from vpatient.errors import Problem, RecordValidationError, VPatientError
 from vpatient.evaluate.cli import benchmark_app
 from vpatient.report.cli import report_app
@@ -291,13 +291,15 @@ def recommend(
 ) -> None:
     """Which test next? Tests ranked by expected information gain about the target, per unit cost."""
     from vpatient.datasets import load_dataset
+    from vpatient.policy import Target
     from vpatient.policy import recommend as rank_tests
     from vpatient.tables import markdown_table
     from vpatient.virtual_patient import VirtualPatientModel
 
     vpm = VirtualPatientModel.load(model)
     record = load_dataset(data or vpm.dataset_name).subject(patient)
-    result = rank_tests(vpm, record, target, at, n_samples, seed, budget, min_gain_per_cost)
+    chosen = Target.parse(target, vpm.config)
+    result = rank_tests(vpm, record, chosen, at, n_samples, seed, budget, min_gain_per_cost)
     if json_flag:
         typer.echo(json.dumps(result.to_dict(), indent=1))
         return

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any, Literal, TypeVar
 
 
 class VPatientError(Exception):
@@ -73,6 +74,25 @@ class DatasetNotFoundError(VPatientError, FileNotFoundError):
 
 class OutputExistsError(VPatientError, FileExistsError):
     """An output directory already holds files and overwriting was not asked for."""
+
+
+class OptionError(VPatientError, ValueError):
+    """An option given a value outside its choices (a misspelt scale, update rule, target kind, ...)."""
+
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+def choose(options: type[Choice], value: str, name: str) -> Choice:
+    """``value`` as a member of ``options``; an OptionError listing the choices when it is none of them.
+
+    A StrEnum member's value is its plain string, so callers may pass either.
+    """
+    try:
+        return options(value)
+    except ValueError:
+        allowed = ", ".join(repr(member.value) for member in options)
+        raise OptionError(f"unknown {name} {value!r}; choose one of {allowed}") from None
 
 
 class UnknownCodeWarning(UserWarning):

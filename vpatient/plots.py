@@ -1,26 +1,55 @@
-"""Figures of cohorts. Each function takes ``ax=None`` and returns the axes it drew on."""
+"""Figures of patients, forecasts, what-ifs and trials.
+
+A one-panel plot takes ``ax=None`` and returns the axes it drew on; a figure of small
+multiples takes ``fig=None`` and returns the figure (a new one when none is given).
+Importing this module leaves matplotlib's backend alone: an interactive session or a
+notebook keeps its own, and matplotlib falls back to Agg where there is no display.
+Code that only writes image files from worker threads (the dashboard's server) calls
+:func:`select_agg_backend` first.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import matplotlib
-
-matplotlib.use("Agg")  # headless by default: figures go to files, never to a window
-
 import matplotlib.pyplot as plt
 import numpy as np
 from lifelines import KaplanMeierFitter
 
 from vpatient.data.cohort import Cohort, arm_of
-from vpatient.schemas import PatientRecord
+from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
 
 if TYPE_CHECKING:
     from vpatient.simulation.trial import TrialResult
     from vpatient.simulation.whatif import WhatIfResult
     from vpatient.virtual_patient import Forecast
 
-__all__ = ["kaplan_meier_by_arm", "plot_forecast", "plot_km_by_arm", "plot_trial", "plot_whatif", "survival_table"]
+__all__ = [
+    "kaplan_meier_by_arm",
+    "panels",
+    "plot_forecast",
+    "plot_km_by_arm",
+    "plot_timeline",
+    "plot_trial",
+    "plot_whatif",
+    "select_agg_backend",
+    "survival_table",
+]
+
+
+def select_agg_backend() -> None:
+    """Select matplotlib's Agg backend unless one was chosen already (``MPLBACKEND``, matplotlibrc, ``matplotlib.use``).
+
+    For code that draws only to files or bytes: an interactive backend picked by default
+    on a desktop would need the main thread, which a server's script threads are not.
+    """
+    try:
+        chosen = matplotlib.get_backend(auto_select=False)
+    except TypeError:  # matplotlib < 3.10 cannot tell a default from a choice: its own headless fallback applies
+        return
+    if chosen is None:
+        matplotlib.use("Agg")
 
 
 def survival_table(cohort: Cohort, event: str = "death") -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -44,8 +73,11 @@ def survival_table(cohort: Cohort, event: str = "death") -> tuple[np.ndarray, np
     return np.asarray(durations), np.asarray(observed), arms
 
 
-def _panels(n_panels: int, fig: plt.Figure | None, height: float = 2.9, cols: int = 3) -> tuple[plt.Figure, np.ndarray]:
-    """A figure of small multiples, three to a row; axes beyond ``n_panels`` are hidden."""
+def panels(n_panels: int, fig: plt.Figure | None = None, height: float = 2.9, cols: int = 3) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of small multiples, ``cols`` to a row, and its axes (flat); ``fig`` is filled when given.
+
+    There are ``cols`` x rows axes: the caller hides those beyond ``n_panels``.
+    """
     rows = int(np.ceil(n_panels / cols))
     if fig is None:
         fig = plt.figure(figsize=(4.2 * cols, height * rows))
@@ -83,6 +115,66 @@ def plot_km_by_arm(cohort: Cohort, event: str = "death", ax: plt.Axes | None = N
     return ax
 
 
+def plot_timeline(record: PatientRecord, config: DatasetConfig, fig: plt.Figure | None = None) -> plt.Figure:
+    """Small multiples of one patient's record: labs (units, reference ranges), signs, treatments, events."""
+    labs = [v for v in config.of_kind(VariableKind.CONTINUOUS)]
+    signs = [v for v in config.of_kind(VariableKind.BINARY, VariableKind.ORDINAL)]
+    n_panels = len(labs) + (1 if signs else 0)
+    fig, axes = panels(max(n_panels, 1), fig, height=2.4)
+    end = max([record.end_of_followup, *[o.time for o in record.observations]], default=1.0)
+
+    def context(ax) -> None:
+        for k, exp in enumerate(record.treatments):
+            stop = exp.stop if exp.stop is not None else end
+            ax.axvspan(exp.start, stop, color=f"C{k + 1}", alpha=0.08, label=f"{exp.treatment} (dose {exp.dose:g})")
+        for event in record.events:
+            ax.axvline(event.time, color="crimson", ls="-", lw=1.5, label=event.kind)
+        ax.set_xlim(min(0.0, *[o.time for o in record.observations]) - 0.1, end + 0.1)
+        ax.grid(alpha=0.3)
+
+    for ax, spec in zip(axes, labs, strict=False):
+        seen = sorted((o.time, o.value) for o in record.observations if o.variable == spec.name)
+        if seen:
+            t, v = zip(*seen, strict=True)
+            ax.plot(t, v, "o-", color="black", ms=3.5, lw=1)
+        else:
+            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", color="grey")
+        if spec.reference_range:
+            ax.axhspan(*spec.reference_range, color="green", alpha=0.08)
+        if spec.transform.value == "log" and seen:
+            ax.set_yscale("log")
+        ax.set_title(f"{spec.name} ({spec.unit})" if spec.unit else spec.name, fontsize=10)
+        context(ax)
+    if signs:
+        ax = axes[len(labs)]
+        for row, spec in enumerate(signs):
+            seen = [(o.time, o.value) for o in record.observations if o.variable == spec.name]
+            if not seen:
+                continue
+            t, v = (np.asarray(x) for x in zip(*seen, strict=True))
+            top = max(spec.levels) if spec.levels else 1.0
+            low = min(spec.levels) if spec.levels else 0.0
+            shade = (v - low) / (top - low) if top > low else v
+            ax.scatter(t, np.full(len(t), row), c=shade, cmap="Reds", vmin=-0.2, vmax=1, edgecolors="black", s=30, zorder=3)
+        ax.set_yticks(range(len(signs)), [s.name for s in signs], fontsize=8)
+        ax.set_ylim(-0.7, len(signs) - 0.3)
+        ax.set_title("clinical signs (darker: present / worse)", fontsize=10)
+        context(ax)
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    handles, labels = [], []
+    for ax in axes[:n_panels]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize=8)
+    fig.suptitle(f"subject {record.subject_id}: record up to t = {record.end_of_followup:.2f} {config.time_unit.value}")
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    return fig
+
+
 def plot_forecast(
     forecast: Forecast, record: PatientRecord | None = None, variables: list[str] | None = None, fig: plt.Figure | None = None
 ) -> plt.Figure:
@@ -95,7 +187,7 @@ def plot_forecast(
     survival = forecast.survival_summary()
     names = variables or list(forecast.layout.continuous)
     n_panels = len(names) + (1 if len(survival) else 0)
-    fig, axes = _panels(n_panels, fig)
+    fig, axes = panels(n_panels, fig)
     for ax, name in zip(axes, names, strict=False):
         spec = forecast.config.variable(name)
         part = summary[summary["variable"] == name]
@@ -149,7 +241,7 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
     config = next(iter(result.forecasts.values())).config
     names = variables or list(layout.continuous)
     n_panels = len(names) + len(layout.events)
-    fig, axes = _panels(n_panels, fig)
+    fig, axes = panels(n_panels, fig)
     future = trajectories[trajectories["time"] >= result.at - 1e-9]
     for ax, name in zip(axes, names, strict=False):
         spec = config.variable(name)
@@ -183,7 +275,7 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
 def plot_trial(result: TrialResult, path=None, fig: plt.Figure | None = None) -> plt.Figure:
     """Kaplan-Meier curves per arm (with the model's mean curves dashed) and mean lab trajectories per arm."""
     labs = list(result.trajectories["variable"].unique())
-    fig, axes = _panels(1 + len(labs), fig, height=3.0)
+    fig, axes = panels(1 + len(labs), fig, height=3.0)
     ax = axes[0]
     for k, arm in enumerate(result.arms):
         km = result.kaplan_meier[result.kaplan_meier["arm"] == arm]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 import pandas as pd
@@ -44,12 +45,12 @@ import torch
 from vpatient import transforms
 from vpatient.data.batching import make_batch
 from vpatient.data.timeline import truncate_record
-from vpatient.errors import VPatientError
+from vpatient.errors import OptionError, VPatientError, choose
 from vpatient.model.batch import PatientBatch
 from vpatient.schemas import DatasetConfig, PatientRecord
 from vpatient.virtual_patient import VirtualPatientModel, member_slices
 
-__all__ = ["Recommendation", "Target", "TestGain", "eig_from_pool", "recommend"]
+__all__ = ["Distribution", "Recommendation", "Target", "TargetKind", "TestGain", "UpdateRule", "eig_from_pool", "recommend"]
 
 _LOG_2PI_E = math.log(2 * math.pi * math.e)
 
@@ -57,22 +58,78 @@ _LOG_2PI_E = math.log(2 * math.pi * math.e)
 # --------------------------------------------------------------------------- targets
 
 
+class TargetKind(StrEnum):
+    """What a target is about (module docstring)."""
+
+    LATENT = "latent"  # the latent disease state now
+    RISK = "risk"  # whether an event happens within a horizon
+    FORECAST = "forecast"  # a continuous variable's measured value at a horizon
+
+
+class UpdateRule(StrEnum):
+    """How a hypothetical result reweights the pool (see :func:`recommend`)."""
+
+    LIKELIHOOD = "likelihood"  # the decoder's likelihood: the exact Bayesian update
+    EXPERT = "expert"  # the encoder's expert: the product-of-experts update
+
+
+class Distribution(StrEnum):
+    """The form of a target's entropy: a (moment-matched) Gaussian, or a Bernoulli indicator."""
+
+    GAUSSIAN = "gaussian"
+    BERNOULLI = "bernoulli"
+
+
 @dataclass(frozen=True)
 class Target:
-    """What the information is about (module docstring)."""
+    """What the information is about (module docstring).
 
-    kind: str  # latent | risk | forecast
+    Build one with :meth:`latent`, :meth:`risk` or :meth:`forecast` (or ``Target(kind, ...)``),
+    or from the command line's text with :meth:`parse`; :meth:`check` tests its event or
+    variable against a dataset config. ``str(target)`` is the text :meth:`parse` reads.
+    """
+
+    kind: TargetKind
     event: str | None = None
     variable: str | None = None
     horizon: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", choose(TargetKind, self.kind, "target kind"))
+        if self.kind == TargetKind.LATENT:
+            if self.event is not None or self.variable is not None:
+                raise OptionError("a latent target names no event or variable")
+            return
+        named = self.event if self.kind == TargetKind.RISK else self.variable
+        other = self.variable if self.kind == TargetKind.RISK else self.event
+        if not named or other is not None:
+            what = "an event" if self.kind == TargetKind.RISK else "a variable"
+            raise OptionError(f"a {self.kind} target names {what}, and only that")
+        if not (math.isfinite(self.horizon) and self.horizon > 0):
+            raise OptionError(f"target {self}: the horizon must be > 0 years")
+
+    @classmethod
+    def latent(cls) -> Target:
+        """The latent disease state at the decision time."""
+        return cls(TargetKind.LATENT)
+
+    @classmethod
+    def risk(cls, event: str, years: float) -> Target:
+        """Whether ``event`` happens within ``years`` of the decision time."""
+        return cls(TargetKind.RISK, event=event, horizon=float(years))
+
+    @classmethod
+    def forecast(cls, variable: str, years: float) -> Target:
+        """The measured value of the continuous ``variable`` ``years`` after the decision time."""
+        return cls(TargetKind.FORECAST, variable=variable, horizon=float(years))
 
     @classmethod
     def parse(cls, spec: str, config: DatasetConfig) -> Target:
         """``latent``, ``risk:<event>:<years>`` or ``forecast:<variable>:<years>``, checked against the config."""
         parts = spec.strip().split(":")
-        if parts == ["latent"]:
-            return cls("latent")
-        if len(parts) != 3 or parts[0] not in ("risk", "forecast"):
+        if parts == [TargetKind.LATENT]:
+            return cls.latent()
+        if len(parts) != 3 or parts[0] not in (TargetKind.RISK, TargetKind.FORECAST):
             raise VPatientError(f"target {spec!r}: use latent, risk:<event>:<years> or forecast:<variable>:<years>")
         try:
             horizon = float(parts[2])
@@ -80,19 +137,26 @@ class Target:
             raise VPatientError(f"target {spec!r}: the horizon {parts[2]!r} is not a number of years") from None
         if not (math.isfinite(horizon) and horizon > 0):
             raise VPatientError(f"target {spec!r}: the horizon must be > 0 years")
-        if parts[0] == "risk":
-            if parts[1] not in config.event_kinds:
-                raise VPatientError(f"target {spec!r}: unknown event {parts[1]!r}; events: {', '.join(config.event_kinds)}")
-            return cls("risk", event=parts[1], horizon=horizon)
-        continuous = [v.name for v in config.variables if v.kind.value == "continuous"]
-        if parts[1] not in continuous:
-            raise VPatientError(
-                f"target {spec!r}: {parts[1]!r} is not a continuous variable; choose one of {', '.join(continuous)}"
-            )
-        return cls("forecast", variable=parts[1], horizon=horizon)
+        target = cls.risk(parts[1], horizon) if parts[0] == TargetKind.RISK else cls.forecast(parts[1], horizon)
+        return target._checked(config, spec)
+
+    def check(self, config: DatasetConfig) -> Target:
+        """This target, when ``config`` has its event or continuous variable; a VPatientError naming the choices if not."""
+        return self._checked(config, str(self))
+
+    def _checked(self, config: DatasetConfig, spec: str) -> Target:
+        if self.kind == TargetKind.RISK and self.event not in config.event_kinds:
+            raise VPatientError(f"target {spec!r}: unknown event {self.event!r}; events: {', '.join(config.event_kinds)}")
+        if self.kind == TargetKind.FORECAST:
+            continuous = [v.name for v in config.variables if v.kind.value == "continuous"]
+            if self.variable not in continuous:
+                raise VPatientError(
+                    f"target {spec!r}: {self.variable!r} is not a continuous variable; choose one of {', '.join(continuous)}"
+                )
+        return self
 
     def __str__(self) -> str:
-        if self.kind == "latent":
+        if self.kind == TargetKind.LATENT:
             return "latent"
         return f"{self.kind}:{self.event or self.variable}:{self.horizon:g}"
 
@@ -104,14 +168,14 @@ def _normalised(log_w: torch.Tensor) -> torch.Tensor:
     return torch.softmax(log_w, dim=-1)
 
 
-def _entropy(values: torch.Tensor, weights: torch.Tensor, kind: str, noise_var: float | torch.Tensor) -> torch.Tensor:
+def _entropy(values: torch.Tensor, weights: torch.Tensor, kind: Distribution, noise_var: float | torch.Tensor) -> torch.Tensor:
     """Entropy of the target under each row of weights (R, S); values (S, K) or (S,) probabilities.
 
     ``noise_var`` is the measurement noise variance of a forecast target: one number, or
     one per pool draw (S,) when ensemble members disagree on it (then its weighted mean
     joins the moment-matched covariance).
     """
-    if kind == "bernoulli":
+    if kind == Distribution.BERNOULLI:
         p = (weights * values).sum(dim=-1).clamp(1e-9, 1 - 1e-9)
         return -(p * torch.log(p) + (1 - p) * torch.log1p(-p))
     mean = weights @ values  # (R, K)
@@ -131,16 +195,18 @@ def eig_from_pool(
     base_log_w: torch.Tensor,
     log_factor: torch.Tensor,
     outer: torch.Tensor,
-    kind: str,
+    kind: Distribution | str,
     noise_var: float | torch.Tensor = 0.0,
 ) -> tuple[float, float]:
     """EIG (nats) and its MC standard error from a weighted pool and the factors of hypothetical results.
 
-    values (S, K) target per pool draw (or (S,) event probabilities with ``kind="bernoulli"``);
+    values (S, K) target per pool draw (or (S,) event probabilities with ``kind="bernoulli"``,
+    :attr:`Distribution.BERNOULLI`);
     base_log_w (S,) the pool's log weights now; log_factor (R, S) log density of each
     outer result's expert at each pool draw; outer (R,) the pool index each result came
     from (left out of its own inner sum).
     """
+    kind = choose(Distribution, kind, "target distribution")
     values = values.double()
     base = base_log_w.double()
     prior = _entropy(values, _normalised(base).unsqueeze(0), kind, noise_var)[0]
@@ -229,7 +295,7 @@ class _Pool:
     batch: PatientBatch  # the history, repeated S times
     z_now: torch.Tensor  # (S, L) latent state at t
     target: torch.Tensor  # (S, K) or (S,)
-    target_kind: str  # gaussian | bernoulli
+    target_kind: Distribution
     noise_var: float | torch.Tensor  # forecast targets: (S,) per draw's member
     worlds: list  # the members that drew the pool
     blocks: list[slice]
@@ -244,7 +310,7 @@ def _pool(
     The latent state has no meaning shared between members, so a ``latent`` target reads
     the first member's alone.
     """
-    worlds = model.members if target.kind != "latent" else model.members[:1]
+    worlds = model.members if target.kind != TargetKind.LATENT else model.members[:1]
     blocks = member_slices(n, len(worlds))
     batch = make_batch([history], model.config, model.scalers)
     cutoff = torch.tensor([at], dtype=torch.float32)
@@ -261,9 +327,9 @@ def _pool(
         now = torch.full((size, 1), at)
         z_now = solution.z(now)[:, 0]
         later = torch.full((size, 1), until)
-        if target.kind == "latent":
+        if target.kind == TargetKind.LATENT:
             value = z_now
-        elif target.kind == "risk":
+        elif target.kind == TargetKind.RISK:
             k = model.layout.events.index(target.event)
             gained = solution.cumulative_hazard(later)[:, 0, k] - solution.cumulative_hazard(now)[:, 0, k]
             value = 1.0 - torch.exp(-gained.clamp(min=0))
@@ -276,11 +342,11 @@ def _pool(
         parts["z_now"].append(z_now)
         parts["target"].append(value)
     joined = {name: torch.cat(values) for name, values in parts.items() if values}
-    if target.kind == "forecast":
+    if target.kind == TargetKind.FORECAST:
         noise: float | torch.Tensor = joined["noise"] if len(worlds) > 1 else float(joined["noise"][0])
-        kind = "gaussian"
+        kind = Distribution.GAUSSIAN
     else:
-        noise, kind = 0.0, "bernoulli" if target.kind == "risk" else "gaussian"
+        noise, kind = 0.0, Distribution.BERNOULLI if target.kind == TargetKind.RISK else Distribution.GAUSSIAN
     return _Pool(joined["draws"], joined["log_w"], rep, joined["z_now"], joined["target"], kind, noise, list(worlds), blocks)
 
 
@@ -482,14 +548,14 @@ def _describe(name: str, values: np.ndarray, model: VirtualPatientModel) -> str:
 def recommend(
     model: VirtualPatientModel,
     record: PatientRecord,
-    target: str | Target = "risk:death:5",
+    target: Target | str = "risk:death:5",
     at: float | None = None,
     n_samples: int = 256,
     seed: int = 0,
     budget: float | None = None,
     min_gain_per_cost: float = 0.0,
     tests: Sequence[str] | None = None,
-    update: str = "likelihood",
+    update: UpdateRule | str = UpdateRule.LIKELIHOOD,
 ) -> Recommendation:
     """Rank the catalogue's tests for ``record`` at ``at`` (default: its end of follow-up) by EIG per cost.
 
@@ -499,9 +565,10 @@ def recommend(
     Carlo error. ``"expert"`` uses the encoder's expert for the result instead (the
     amortised update the product of experts makes when the result arrives); it is
     faster to learn but not guaranteed consistent, and can show negative gains.
+    ``target`` is a :class:`Target`, or its text (``risk:death:5``) read by :meth:`Target.parse`.
     """
     config = model.config
-    chosen_target = target if isinstance(target, Target) else Target.parse(target, config)
+    chosen_target = target.check(config) if isinstance(target, Target) else Target.parse(target, config)
     if at is None:
         at = record.end_of_followup
     if not (math.isfinite(at) and at >= 0):
@@ -522,8 +589,7 @@ def recommend(
     labels = [name if names[:i].count(name) == 0 else f"{name}#{names[:i].count(name) + 1}" for i, name in enumerate(names)]
     test_of = dict(zip(labels, names, strict=True))
     done = {label for label in labels if measured_now & set(catalogue[test_of[label]].variables)}
-    if update not in ("likelihood", "expert"):
-        raise VPatientError(f"update = {update!r}: choose 'likelihood' or 'expert'")
+    rule = choose(UpdateRule, update, "update rule")
     generator = torch.Generator().manual_seed(seed)
     pool = _pool(model, history, at, chosen_target, n_samples, generator)
     weights = _normalised(pool.log_w)
@@ -537,7 +603,7 @@ def recommend(
         group = model.layout.group(test_of[label])
         factors[label] = (
             _likelihood_log_factor(model, group, results[label], predictive)
-            if update == "likelihood"
+            if rule == UpdateRule.LIKELIHOOD
             else _expert_log_factor_of(model, group, pool, outer, at, results[label])
         )
 

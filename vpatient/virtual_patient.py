@@ -26,6 +26,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ import torch
 from vpatient import transforms
 from vpatient.data.batching import Scalers, dose_tensors, layout_from_config, make_batch
 from vpatient.data.timeline import truncate_record
-from vpatient.errors import VPatientError
+from vpatient.errors import VPatientError, choose
 from vpatient.model.batch import FeatureLayout, PatientBatch
 from vpatient.model.dynamics import DenseSolution
 from vpatient.model.latent_ode import LatentODE, ModelSettings
@@ -44,7 +45,7 @@ from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
 from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
 from vpatient.version import __version__
 
-__all__ = ["CheckpointError", "Forecast", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
+__all__ = ["CheckpointError", "Forecast", "Scale", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 _POSTERIOR_CACHE = 64  # histories whose refined posterior is kept
@@ -53,6 +54,13 @@ _FILES = ("config.json", "model.json", "scalers.json")
 
 class CheckpointError(VPatientError, ValueError):
     """A checkpoint directory that is incomplete, corrupted, or not safe to load."""
+
+
+class Scale(StrEnum):
+    """The scale continuous values are reported on."""
+
+    NATURAL = "natural"  # the variable's own units (mg/dl)
+    MODEL = "model"  # after the variable's transform (log bilirubin), not standardised
 
 
 @dataclass
@@ -91,21 +99,23 @@ class Forecast:
     def times(self) -> np.ndarray:
         return self.paths.times[0]
 
-    def summary(self, scale: str = "natural") -> pd.DataFrame:
+    def summary(self, scale: Scale | str = Scale.NATURAL) -> pd.DataFrame:
         """Per continuous variable and time: mean and 5/25/50/75/95% predictive quantiles.
 
-        ``scale="natural"`` reports lab units (mg/dl); ``"model"`` the transformed scale.
+        ``scale="natural"`` reports lab units (mg/dl); ``"model"`` the transformed scale;
+        any other value is refused (an OptionError, a ValueError, listing the scales).
         Quantiles are those of the predictive mixture, every posterior path's mean with
         the measurement noise around it (exact, so bands are smooth rather than the
         quantiles of one noisy draw per path); the mean is that of the sampled draws.
         """
+        scale = choose(Scale, scale, "scale")
         rows = []
         samples = self.paths.predictive[0]  # (S, T, Dc)
         mixture = mixture_quantiles(self.paths.expected[0], self.paths.noise_sd[:, None, :], QUANTILES)  # (Q, T, Dc)
         for j, name in enumerate(self.layout.continuous):
             transform = self.config.variable(name).transform
-            values = samples[..., j] if scale == "model" else transforms.inverse(samples[..., j], transform)
-            qs = mixture[..., j] if scale == "model" else transforms.inverse(mixture[..., j], transform)  # (Q, T)
+            values = samples[..., j] if scale == Scale.MODEL else transforms.inverse(samples[..., j], transform)
+            qs = mixture[..., j] if scale == Scale.MODEL else transforms.inverse(mixture[..., j], transform)  # (Q, T)
             for i, t in enumerate(self.times):
                 rows.append(
                     {

@@ -152,11 +152,13 @@ def _rollout(model: VirtualPatientModel, z0, static, dose_times, doses, years: f
     if reference:  # torchdiffeq itself, told where the doses jump, output at the monthly times
         from torchdiffeq import odeint
 
+        from vpatient.model.dynamics import Solver
+
         y0 = torch.cat([z0[:, : world.settings.latent_dim], z0.new_zeros(len(z0), 2 * len(model.layout.events))], dim=-1)
         jumps = dose_times[torch.isfinite(dose_times) & (dose_times > 0) & (dose_times < years)].unique()
         options = {"jump_t": jumps} if len(jumps) else {}
         field = world.dynamics.rhs(static, dose_times, doses)
-        states = odeint(field, y0, grid, method="dopri5", rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL, options=options)
+        states = odeint(field, y0, grid, method=Solver.DOPRI5, rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL, options=options)
         return states.transpose(0, 1)
     solution = world.solve(z0, static, dose_times, doses, years, step=step)
     return solution.at(grid.expand(len(z0), -1))

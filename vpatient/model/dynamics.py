@@ -28,6 +28,8 @@ __all__ = ["DenseSolution", "LatentDynamics", "Solver"]
 
 
 class Solver(StrEnum):
+    """How the latent state is integrated (module docstring)."""
+
     RK4 = "rk4"
     DOPRI5 = "dopri5"
 
@@ -108,6 +110,7 @@ class LatentDynamics(nn.Module):
         z0 (B, L), static (B, S), dose_times (B, K), doses (B, K, U). The result is dense:
         :meth:`DenseSolution.at` gives the state at any per-patient times.
         """
+        solver = Solver(solver)  # a misspelt name fails here instead of silently taking the adaptive branch
         y0 = torch.cat([z0, z0.new_zeros(z0.shape[0], 2 * self.n_events)], dim=-1)
         n_steps = max(1, math.ceil(t_max / step - 1e-9))
         regular = torch.arange(n_steps + 1, dtype=z0.dtype) * step
@@ -118,7 +121,7 @@ class LatentDynamics(nn.Module):
         if solver == Solver.RK4:
             return self._rk4(y0, grid, static, dose_times, doses)
         options = {"jump_t": jumps} if len(jumps) else {}
-        states = odeint(field, y0, grid, method="dopri5", rtol=rtol, atol=atol, options=options)
+        states = odeint(field, y0, grid, method=Solver.DOPRI5, rtol=rtol, atol=atol, options=options)
         slope_from = self.rhs(static, dose_times, doses, side="right")(grid, states)
         slope_to = self.rhs(static, dose_times, doses, side="left")(grid, states)
         return DenseSolution(grid, states, slope_from, slope_to, self.latent_dim, self.n_events)

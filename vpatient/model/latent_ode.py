@@ -41,11 +41,15 @@ class ModelSettings:
     # False blinds the model to treatment (encoders and dynamics see zero doses): the
     # "same architecture without the treatment input" peer of the counterfactual benchmark.
     treatment_input: bool = True
-    solver: str = Solver.RK4.value
+    solver: Solver = Solver.RK4
     step: float = 0.25  # years; RK4 error at quarterly steps is far below observation noise
 
+    def __post_init__(self) -> None:
+        # a checkpoint's JSON gives the plain string; an unknown one is refused here, not at the first solve
+        object.__setattr__(self, "solver", Solver(self.solver))
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"solver": self.solver.value}
 
 
 class LatentODE(nn.Module):
@@ -115,7 +119,7 @@ class LatentODE(nn.Module):
             dose_times,
             doses,
             max(until, 1e-3),
-            solver=Solver(self.settings.solver),
+            solver=self.settings.solver,
             step=step or self.settings.step,
         )
 

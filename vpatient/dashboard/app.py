@@ -1,8 +1,9 @@
-"""Clinician what-if dashboard: `vpatient dashboard [--model DIR]` (or `streamlit run dashboards/app.py`).
+"""The dashboard's Streamlit script: `vpatient dashboard [--model DIR]` serves it.
 
-Thin on purpose: widgets build request objects of :mod:`vpatient.dashboard`, the
-library computes (and caches), and this file only draws. The model is loaded once per
-server (``st.cache_resource``); it is ``$VPATIENT_MODEL_DIR``, else the demo PBC model.
+Thin on purpose: widgets build the request objects of :mod:`vpatient.dashboard.session`,
+the library computes (and caches), :mod:`vpatient.dashboard.tables` prepares what is
+shown, and this file only draws. The model is loaded once per server
+(``st.cache_resource``); it is ``$VPATIENT_MODEL_DIR``, else the demo PBC model.
 """
 
 from __future__ import annotations
@@ -11,23 +12,25 @@ import os
 
 import streamlit as st
 
-from vpatient import dashboard as vd
+from vpatient.dashboard import session as vs
+from vpatient.dashboard import tables as vt
 from vpatient.errors import RecordValidationError, VPatientError
+from vpatient.policy import Target
 
 st.set_page_config(page_title="vpatient what-if", layout="wide")
 
 
 @st.cache_resource(show_spinner="Loading the model (training the demo model the first time, a few minutes) ...")
-def session(model_dir: str) -> vd.DashboardSession:
-    return vd.DashboardSession.load(vd.resolve_model_dir(model_dir or None))
+def load_session(model_dir: str) -> vs.DashboardSession:
+    return vs.DashboardSession.load(vs.resolve_model_dir(model_dir or None))
 
 
 def show_problems(exc: RecordValidationError, what: str) -> None:
     st.error(f"{what}: {sum(p.severity == 'error' for p in exc.problems)} problem(s) to fix")
-    st.table(vd.problems_table(exc.problems))
+    st.table(vt.problems_table(exc.problems))
 
 
-sess = session(os.environ.get(vd.MODEL_ENV, ""))
+sess = load_session(os.environ.get(vs.MODEL_ENV, ""))
 config = sess.config
 st.title("Virtual patient: forecast, what-if and next test")
 st.caption(f"Model trained on {sess.model.data_source or config.name} · checkpoint {sess.model_dir}")
@@ -38,7 +41,7 @@ with st.sidebar:
     query = st.text_input("Search by subject id", key="patient_query")
     ids = sess.subject_ids(query)
     upload = st.file_uploader(
-        f"... or upload one patient's record (MEDS CSV / parquet, or record JSON; ≤ {vd.MAX_UPLOAD_BYTES // 2**20} MB)",
+        f"... or upload one patient's record (MEDS CSV / parquet, or record JSON; ≤ {vs.MAX_UPLOAD_BYTES // 2**20} MB)",
         type=["csv", "parquet", "json"],
         key="upload",
     )
@@ -84,12 +87,12 @@ with tab_forecast:
     )
     horizon = cols[1].slider("Horizon (years)", 1.0, 10.0, 5.0, 0.5, key="forecast_horizon")
     n_samples = cols[2].select_slider("Sample paths", [50, 100, 200, 400], value=200, key="n_samples")
-    forecast_request = vd.ForecastRequest(subject, float(until), float(horizon), int(n_samples), 0)
+    forecast_request = vs.ForecastRequest(subject, float(until), float(horizon), int(n_samples), 0)
     st.subheader(f"Forecast of subject {record.subject_id} from t = {until:.2f}")
     with st.spinner("Forecasting ..."):
         st.image(sess.figure("forecast", forecast_request), width="stretch")
     with st.expander(f"Forecast {horizon:g} years ahead, in numbers"):
-        st.table(vd.styled(vd.forecast_table(sess.forecast(forecast_request))))
+        st.table(vt.styled(vt.forecast_table(sess.forecast(forecast_request))))
     st.caption(
         "Median, 50% and 90% prediction bands per lab; survival from the forecast time per event, with 90% bands. "
         + sess.model.uncertainty_note()
@@ -100,10 +103,10 @@ with tab_whatif:
     at = float(until)
     st.markdown(f"Plans take over at the forecast time **t = {at:.2f}** (what was given before stays as recorded).")
     treatments = config.treatments
-    labels = list(vd.ACTIONS)
+    labels = list(vs.ACTIONS)
     defaults = [("treat", "start or change dose"), ("no treatment", "stop"), ("as recorded", "as recorded")]
     specs = []
-    plan_cols = st.columns(vd.MAX_PLANS)
+    plan_cols = st.columns(vs.MAX_PLANS)
     for i, col in enumerate(plan_cols):
         with col:
             enabled = i < 2 or st.checkbox("Add a third plan", value=False, key=f"plan{i}_enabled")
@@ -114,8 +117,8 @@ with tab_whatif:
             treatment = st.selectbox(f"Plan {i + 1} treatment", treatments, key=f"plan{i}_treatment") if treatments else None
             start = st.number_input(f"Plan {i + 1} from (years after t)", 0.0, 20.0, 0.0, 0.25, key=f"plan{i}_start")
             dose = st.number_input(f"Plan {i + 1} dose", value=1.0, step=0.1, key=f"plan{i}_dose")
-            specs.append(vd.PlanSpec(name, vd.ACTIONS[action], treatment, float(start), float(dose)))
-    whatif_request = vd.WhatIfRequest(subject, tuple(specs), at, float(horizon), int(n_samples), 0)
+            specs.append(vs.PlanSpec(name, vs.ACTIONS[action], treatment, float(start), float(dose)))
+    whatif_request = vs.WhatIfRequest(subject, tuple(specs), at, float(horizon), int(n_samples), 0)
     try:
         with st.spinner("Simulating the plans ..."):
             result = sess.whatif(whatif_request)
@@ -125,10 +128,10 @@ with tab_whatif:
         st.error(str(exc))
     else:
         st.subheader(f"Effects against plan '{result.reference}' (90% intervals)")
-        st.table(vd.styled(vd.effect_table(result)))
+        st.table(vt.styled(vt.effect_table(result)))
         st.caption(sess.model.uncertainty_note())
         with st.expander("Effects on labs (typical value, natural units)"):
-            st.table(vd.styled(vd.effect_table(result, kinds=("lab",))))
+            st.table(vt.styled(vt.effect_table(result, kinds=("lab",))))
         st.image(sess.figure("whatif", whatif_request), width="stretch")
 
 # --------------------------------------------------------------------------- 5. next test
@@ -139,20 +142,20 @@ with tab_next:
         "Target: risk of", events, index=events.index("death") if "death" in events else 0, key="target_event"
     )
     years = cols[1].number_input("within (years)", 0.5, 20.0, 5.0, 0.5, key="target_years")
-    next_request = vd.NextTestRequest(subject, f"risk:{event}:{years:g}", at, 256, 0)
+    next_request = vs.NextTestRequest(subject, Target.risk(event, float(years)), at, 256, 0)
     try:
         recommendation = sess.recommend(next_request)
     except VPatientError as exc:
         st.error(str(exc))
     else:
         st.subheader(f"Tests at t = {at:.2f}, ranked by information per cost")
-        st.table(vd.styled(vd.recommendation_table(recommendation)))
+        st.table(vt.styled(vt.recommendation_table(recommendation)))
         chosen = cols[2].selectbox("Explain a test", [g.test for g in recommendation.gains], key="next_test")
-        st.info(vd.test_explanation(recommendation, chosen))
+        st.info(vt.test_explanation(recommendation, chosen))
 
 # --------------------------------------------------------------------------- 6. model card
 with tab_card:
-    card = vd.model_card(sess.model, sess.model_dir)
+    card = vt.model_card(sess.model, sess.model_dir)
     st.subheader("What the model was trained on")
     st.table({"": list(card["training"]), "value": [str(v) for v in card["training"].values()]})
     st.subheader("Benchmarks")
@@ -161,14 +164,14 @@ with tab_card:
     for note in card["notes"]:
         st.markdown(f"- {note}")
     # precomputed only: computing it cross-fits fold models, minutes (vpatient trial adjust --out MODEL_DIR)
-    adjustment = vd.trial_adjustment_view(sess.model_dir, sess.model.dataset_name)
+    adjustment = vt.trial_adjustment_view(sess.model_dir, sess.model.dataset_name)
     st.subheader(adjustment.title)
     if adjustment.problem:
         st.warning(adjustment.problem)
     for sentence in adjustment.sentences:
         st.markdown(sentence)
     if len(adjustment.table):
-        st.table(vd.styled(adjustment.table))
+        st.table(vt.styled(adjustment.table))
     if adjustment.hint:
         st.caption(adjustment.hint)
     st.subheader("Intended use and limits")

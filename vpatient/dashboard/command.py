@@ -1,0 +1,84 @@
+"""``vpatient dashboard``: serve the Streamlit app of this package on a trained model.
+
+The app script is the module file ``app.py`` beside this one, so an installed package
+(``pip install 'vpatient[dashboard]'``) starts it as a source checkout does.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vpatient.dashboard.session import MAX_UPLOAD_BYTES, MODEL_ENV, resolve_model_dir
+from vpatient.errors import VPatientError
+
+__all__ = ["APP_PATH", "dashboard_command"]
+
+#: The Streamlit script, inside the installed package (``streamlit run`` needs a file on disk).
+APP_PATH = Path(__file__).resolve().with_name("app.py")
+
+
+def dashboard_command(
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Checkpoint directory (default: $VPATIENT_MODEL_DIR, else the demo PBC model)."),
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="Port to serve on (0: a free one).")] = 8501,
+    address: Annotated[str, typer.Option("--address", help="Address to listen on.")] = "localhost",
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser window.")] = False,
+) -> None:
+    """Start the clinician what-if dashboard (Streamlit) on a trained model."""
+    try:
+        import streamlit  # noqa: F401
+    except ImportError:
+        raise VPatientError("the dashboard needs Streamlit: pip install 'vpatient[dashboard]'") from None
+    if not APP_PATH.is_file():
+        raise VPatientError(f"dashboard app not found at {APP_PATH}: the vpatient installation is incomplete; reinstall it")
+    model_dir = resolve_model_dir(model, train_demo=True).resolve()
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    VirtualPatientModel.load(model_dir)  # a clear error now rather than in the browser
+    if port == 0:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind((address, 0))
+            port = sock.getsockname()[1]
+    env = os.environ | {MODEL_ENV: str(model_dir)}
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_PATH),
+        "--server.port",
+        str(port),
+        "--server.address",
+        address,
+        "--server.headless",
+        "true" if no_browser else "false",
+        "--server.maxUploadSize",
+        str(max(1, MAX_UPLOAD_BYTES // (1024 * 1024))),
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
+    ]
+    typer.echo(f"vpatient dashboard on http://{address}:{port} (model {model_dir}); Ctrl+C stops it", err=True)
+    if os.name == "posix":
+        # Become the server rather than its parent: a service manager or test that stops this
+        # process stops Streamlit itself, and no orphaned server is left listening.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, command, env)
+    try:
+        code = subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        code = 0
+    if code:
+        raise typer.Exit(code)

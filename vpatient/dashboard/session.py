@@ -1,0 +1,402 @@
+"""The dashboard's state: the model it serves, requests, uploads, and a cache of results.
+
+The Streamlit app (:mod:`vpatient.dashboard.app`) is thin: its widgets build the
+request objects defined here (:class:`PlanSpec`, :class:`ForecastRequest`,
+:class:`WhatIfRequest`, :class:`NextTestRequest`) and one :class:`DashboardSession` per
+server computes them (the model, its dataset and a small cache of results, shared by
+every browser session). Nothing here imports Streamlit, so all of it is testable
+without a browser.
+
+With no model given the app serves ``$VPATIENT_MODEL_DIR``, or the demo PBC model,
+trained once and cached under ``$VPATIENT_HOME/pbc2-model`` (default
+``~/.cache/vpatient/pbc2-model``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vpatient.errors import DataFormatError, Problem, RecordValidationError, VPatientError
+from vpatient.policy import Target
+from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, TreatmentPlan, parse_record
+
+__all__ = [
+    "ACTIONS",
+    "HOME_ENV",
+    "MAX_PLANS",
+    "MAX_UPLOAD_BYTES",
+    "MODEL_ENV",
+    "DashboardSession",
+    "ForecastRequest",
+    "NextTestRequest",
+    "PlanSpec",
+    "UploadError",
+    "WhatIfRequest",
+    "demo_model_dir",
+    "ensure_demo_model",
+    "parse_upload",
+    "resolve_model_dir",
+]
+
+MODEL_ENV = "VPATIENT_MODEL_DIR"  # checkpoint the app serves (set by `vpatient dashboard`)
+HOME_ENV = "VPATIENT_HOME"  # where the demo model is cached (default ~/.cache/vpatient)
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024  # one patient's record is a few kB; refuse anything over 5 MB
+MAX_PLANS = 3
+UPLOAD_PREFIX = "upload:"
+_CHECKPOINT_FILES = ("weights.pt", "config.json", "model.json", "scalers.json")
+
+#: Plan actions a clinician can choose, by the label the app shows.
+ACTIONS = {
+    "as recorded": "continue",
+    "start or change dose": "dose",
+    "stop": "stop",
+}
+
+
+class UploadError(VPatientError, ValueError):
+    """An uploaded file that is too large, of an unknown type, or not one patient's record."""
+
+
+# --------------------------------------------------------------------------- the model on disk
+
+
+def cache_home() -> Path:
+    """``$VPATIENT_HOME``, or ``~/.cache/vpatient``."""
+    env = os.environ.get(HOME_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vpatient"
+
+
+def demo_model_dir() -> Path:
+    return cache_home() / "pbc2-model"
+
+
+def _complete(directory: Path) -> bool:
+    return directory.is_dir() and all((directory / name).is_file() for name in _CHECKPOINT_FILES)
+
+
+def ensure_demo_model(
+    directory: str | Path | None = None, epochs: int = 400, seed: int = 0, echo: Callable[[str], None] | None = None
+) -> Path:
+    """The demo PBC model's checkpoint directory, trained once (a few minutes on a CPU) if not there yet.
+
+    Training writes to a temporary folder beside the target and renames it, so an
+    interrupted run never leaves a half-written checkpoint that looks complete.
+    """
+    target = Path(directory) if directory is not None else demo_model_dir()
+    if _complete(target):
+        return target
+    echo = echo or (lambda message: print(message, file=sys.stderr))
+    from vpatient.datasets import load_dataset
+    from vpatient.train import TrainSettings
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    echo(f"no demo model at {target}: training one on the embedded PBC data (once; up to {epochs} epochs) ...")
+    cohort = load_dataset("pbc2")
+    model = VirtualPatientModel.fit(cohort.records, cohort.config, TrainSettings(epochs=epochs, seed=seed), progress=True)
+    model.data_source = "pbc2"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".pbc2-model-", dir=target.parent))
+    model.save(scratch)
+    if target.exists():
+        shutil.rmtree(target)
+    scratch.rename(target)
+    echo(f"demo model saved in {target}")
+    return target
+
+
+def resolve_model_dir(explicit: str | Path | None = None, train_demo: bool = True) -> Path:
+    """The checkpoint to serve: ``explicit``, else ``$VPATIENT_MODEL_DIR``, else the demo PBC model."""
+    chosen = explicit or os.environ.get(MODEL_ENV)
+    if chosen:
+        return Path(chosen).expanduser()
+    if not train_demo and not _complete(demo_model_dir()):
+        raise VPatientError(f"no model given and no demo model at {demo_model_dir()}: run `vpatient dashboard` once")
+    return ensure_demo_model()
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """One plan as the editor describes it: an action on a treatment from a time.
+
+    ``action``: ``continue`` (treatments as recorded go on), ``dose`` (start the
+    treatment, or change its dose, from ``start``), ``stop`` (stop it from ``start``).
+    ``start`` is in years after the decision time.
+    """
+
+    name: str
+    action: str = "continue"
+    treatment: str | None = None
+    start: float = 0.0
+    dose: float = 1.0
+
+    def to_plan(self, record: PatientRecord, at: float, config: DatasetConfig) -> TreatmentPlan:
+        """The TreatmentPlan this describes for ``record`` decided at ``at``, validated against ``config``."""
+        if self.action not in ACTIONS.values():
+            raise VPatientError(
+                f"plan {self.name!r}: unknown action {self.action!r}; choose one of {', '.join(ACTIONS.values())}"
+            )
+        ongoing = [e.model_copy(update={"start": max(e.start, at)}) for e in record.treatments if e.stop is None or e.stop > at]
+        exposures: list[TreatmentExposure] = ongoing
+        description = "treatments as recorded"
+        if self.action != "continue":
+            if not self.treatment:
+                raise VPatientError(f"plan {self.name!r}: choose the treatment to {self.action}")
+            switch = at + max(float(self.start), 0.0)
+            exposures = []
+            for e in ongoing:
+                if e.treatment != self.treatment:
+                    exposures.append(e)
+                elif e.start < switch:
+                    exposures.append(e.model_copy(update={"stop": switch if e.stop is None else min(e.stop, switch)}))
+            if self.action == "dose":
+                exposures.append(TreatmentExposure(treatment=self.treatment, start=switch, stop=None, dose=float(self.dose)))
+                description = f"{self.treatment} at dose {self.dose:g} from t = {switch:.2f}"
+            else:
+                description = f"stop {self.treatment} from t = {switch:.2f}"
+        plan = TreatmentPlan(name=self.name, description=description, exposures=exposures)
+        return plan.check(config)
+
+
+@dataclass(frozen=True)
+class ForecastRequest:
+    subject: str  # a subject id of the dataset, or an upload key
+    until: float | None = None  # None: the last visit
+    horizon: float = 5.0
+    n_samples: int = 200
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class WhatIfRequest:
+    subject: str
+    plans: tuple[PlanSpec, ...]
+    at: float | None = None
+    horizon: float = 5.0
+    n_samples: int = 200
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class NextTestRequest:
+    subject: str
+    target: Target = field(default_factory=lambda: Target.risk("death", 5.0))
+    at: float | None = None
+    n_samples: int = 256
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def parse_upload(name: str, data: bytes, config: DatasetConfig) -> PatientRecord:
+    """One patient's record from an uploaded file: MEDS CSV/parquet, or a PatientRecord's JSON.
+
+    Raises UploadError (size, type, not exactly one subject), DataFormatError (bad MEDS
+    layout) or RecordValidationError (the schemas' problems: subject, field, value).
+    """
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise UploadError(f"{name}: {len(data) / 1e6:.1f} MB is over the {MAX_UPLOAD_BYTES / 1e6:.0f} MB limit for one record")
+    suffix = Path(name).suffix.lower()
+    if suffix == ".json":
+        try:
+            payload = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UploadError(f"{name}: not valid JSON ({exc})") from None
+        if isinstance(payload, list):
+            if len(payload) != 1:
+                raise UploadError(f"{name}: holds {len(payload)} records; upload one patient's record")
+            payload = payload[0]
+        return parse_record(payload, config)
+    if suffix in (".csv", ".parquet"):
+        from vpatient.data.meds import read_meds
+
+        with tempfile.TemporaryDirectory(prefix="vpatient-upload-") as tmp:
+            path = Path(tmp) / f"upload{suffix}"
+            path.write_bytes(data)
+            try:
+                records = read_meds(path, config, warnings_out=[])
+            except (RecordValidationError, DataFormatError, UploadError):
+                raise
+            except Exception as exc:  # a file pandas / pyarrow cannot read at all
+                raise UploadError(f"{name}: cannot read it as MEDS {suffix[1:]} ({type(exc).__name__}: {exc})") from None
+        if len(records) != 1:
+            raise UploadError(f"{name}: holds {len(records)} subjects; upload one patient's record")
+        return records[0]
+    raise UploadError(f"{name}: unknown file type {suffix or '(none)'}; upload MEDS .csv / .parquet or a record's .json")
+
+
+# --------------------------------------------------------------------------- the session
+
+
+class _LRU:
+    def __init__(self, size: int):
+        self.size = size
+        self.items: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = compute()
+        self.items[key] = value
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+
+@dataclass
+class DashboardSession:
+    """The loaded model, its dataset, uploaded records and a cache of recent results.
+
+    One per server (Streamlit's ``cache_resource``); computing is serialised by a lock
+    because the model's posterior cache is not thread-safe.
+    """
+
+    model: Any  # VirtualPatientModel
+    model_dir: Path
+    cohort: Any = None  # Cohort of the model's data source, when it can be loaded
+    uploads: OrderedDict[str, PatientRecord] = field(default_factory=OrderedDict)
+    _cache: _LRU = field(default_factory=lambda: _LRU(64))
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> DashboardSession:
+        from vpatient.datasets import load_dataset
+        from vpatient.virtual_patient import VirtualPatientModel
+
+        model = VirtualPatientModel.load(model_dir)
+        cohort = None
+        source = model.dataset_name
+        try:
+            cohort = load_dataset(source)
+        except VPatientError:
+            cohort = None  # a model of data not on this machine: uploads only
+        return cls(model, Path(model_dir), cohort)
+
+    @property
+    def config(self) -> DatasetConfig:
+        return self.model.config
+
+    # -- patients ------------------------------------------------------------
+
+    def subject_ids(self, query: str = "") -> list[str]:
+        """Subject ids of the dataset containing ``query`` (all when empty)."""
+        ids = self.cohort.subject_ids() if self.cohort is not None else []
+        query = query.strip()
+        return [i for i in ids if query in i] if query else ids
+
+    def add_upload(self, name: str, data: bytes) -> str:
+        """Validate an upload and keep it; returns the key requests name it by."""
+        record = parse_upload(name, data, self.config)
+        key = f"{UPLOAD_PREFIX}{record.subject_id}:{hashlib.sha256(data).hexdigest()[:12]}"
+        with self._lock:
+            self.uploads[key] = record
+            while len(self.uploads) > 32:
+                self.uploads.popitem(last=False)
+        return key
+
+    def record(self, subject: str) -> PatientRecord:
+        if subject.startswith(UPLOAD_PREFIX):
+            if subject not in self.uploads:
+                raise VPatientError("the uploaded record is no longer in memory; upload it again")
+            return self.uploads[subject]
+        if self.cohort is None:
+            raise VPatientError("this model's dataset is not available here: upload a patient's record")
+        return self.cohort.subject(subject)
+
+    def last_visit(self, subject: str) -> float:
+        return float(max(self.record(subject).visit_times(), default=0.0))
+
+    # -- computing -------------------------------------------------------------
+
+    def _cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            return self._cache.get(key, compute)
+
+    def forecast(self, request: ForecastRequest):
+        record = self.record(request.subject)
+        return self._cached(
+            ("forecast", request),
+            lambda: self.model.forecast(record, request.until, request.horizon, request.n_samples, request.seed),
+        )
+
+    def plans(self, request: WhatIfRequest) -> list[TreatmentPlan]:
+        """The request's plans as validated TreatmentPlans (RecordValidationError lists every problem)."""
+        record = self.record(request.subject)
+        at = self.last_visit(request.subject) if request.at is None else request.at
+        names = [p.name for p in request.plans]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        problems = [
+            Problem(None, "name", n, "two plans share this name; give each plan its own", owner=f"plan {n!r}") for n in duplicated
+        ]
+        plans = []
+        for spec in request.plans:
+            try:
+                plans.append(spec.to_plan(record, at, self.config))
+            except RecordValidationError as exc:
+                problems += exc.problems
+        if problems:
+            raise RecordValidationError(problems, header="invalid treatment plan")
+        return plans
+
+    def whatif(self, request: WhatIfRequest):
+        from vpatient.simulation.simulator import Simulator
+
+        record = self.record(request.subject)
+        plans = self.plans(request)
+        return self._cached(
+            ("whatif", request),
+            lambda: Simulator(self.model).whatif(record, plans, request.horizon, request.n_samples, request.seed, request.at),
+        )
+
+    def recommend(self, request: NextTestRequest):
+        from vpatient.policy import recommend
+
+        record = self.record(request.subject)
+        return self._cached(
+            ("recommend", request),
+            lambda: recommend(self.model, record, request.target, request.at, request.n_samples, request.seed),
+        )
+
+    def figure(self, kind: str, request: Any) -> bytes:
+        """PNG bytes of one figure (timeline, forecast, whatif), cached with the result it draws."""
+        from vpatient import plots
+
+        plots.select_agg_backend()  # Streamlit runs the script in worker threads: no GUI backend there
+
+        def draw() -> bytes:
+            if kind == "timeline":
+                fig = plots.plot_timeline(self.record(request), self.config)
+            elif kind == "forecast":
+                fig = plots.plot_forecast(self.forecast(request), self.record(request.subject))
+            elif kind == "whatif":
+                fig = plots.plot_whatif(self.whatif(request))
+            else:
+                raise ValueError(f"unknown figure {kind!r}")
+            return _png(fig)
+
+        return self._cached(("figure", kind, request), draw)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,270 @@
+"""What the dashboard shows, prepared as data: tables of forecasts, effects and ranked tests, plain-word
+explanations, the model card, and a precomputed trial adjustment.
+
+Each function takes the library's own results and returns DataFrames or text (numbers
+unrounded; :func:`styled` formats them for display), so the app only draws.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vpatient.errors import Problem, VPatientError
+from vpatient.policy import TargetKind
+from vpatient.schemas import VariableKind
+
+__all__ = [
+    "AdjustmentView",
+    "effect_table",
+    "forecast_table",
+    "model_card",
+    "problems_table",
+    "recommendation_table",
+    "styled",
+    "test_explanation",
+    "trial_adjustment_view",
+]
+
+#: Benchmark results beside a source checkout (absent from an installed package: the card says so).
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def problems_table(problems: Sequence[Problem]) -> pd.DataFrame:
+    """Validation problems as rows a clinician can read: subject, field, value, message."""
+    return pd.DataFrame(
+        [
+            {
+                "severity": p.severity,
+                "subject": p.subject_id if p.subject_id is not None else (p.owner or ""),
+                "field": p.field,
+                "value": str(p.value),
+                "message": p.message,
+            }
+            for p in problems
+        ],
+        columns=["severity", "subject", "field", "value", "message"],
+    )
+
+
+# --------------------------------------------------------------------------- renderers' data
+
+
+def effect_table(result, kinds: Sequence[str] = ("probability", "years")) -> pd.DataFrame:
+    """The what-if's effects against the reference plan, for display.
+
+    ``kinds``: ``probability`` (difference in event-free probability at 1/2/5 years),
+    ``years`` (difference in restricted mean event-free time), ``lab`` (typical lab
+    values). Numbers are the library's own (``WhatIfResult.effects``), unrounded.
+    """
+    effects = result.effects()
+    part = effects[effects["kind"].isin(kinds)]
+    table = pd.DataFrame(
+        {
+            "plan": part["plan"],
+            "vs": part["reference"],
+            "quantity": part["quantity"]
+            .str.replace("survival:", "free of ", regex=False)
+            .str.replace("rmst:", "years free of ", regex=False),
+            "horizon (years)": part["horizon"],
+            "difference": part["difference"],
+            "90% lower": part["lower"],
+            "90% upper": part["upper"],
+            "unit": part["unit"],
+        }
+    )
+    return table.reset_index(drop=True)
+
+
+def forecast_table(forecast, years: float | None = None) -> pd.DataFrame:
+    """Each lab's forecast ``years`` after the forecast time (default: the horizon): median, 50% and 90% ranges."""
+    summary = forecast.summary()
+    times = np.unique(summary["time"].to_numpy())
+    wanted = forecast.until + (years if years is not None else float(times.max()) - forecast.until)
+    t = float(times[np.argmin(np.abs(times - wanted))])
+    part = summary[np.isclose(summary["time"], t)]
+    units = {v.name: v.unit or "" for v in forecast.config.variables}
+    return pd.DataFrame(
+        {
+            "variable": part["variable"].to_numpy(),
+            "at t": t,
+            "median": part["q50"].to_numpy(),
+            "50% range": [f"{a:.3g}-{b:.3g}" for a, b in zip(part["q25"], part["q75"], strict=True)],
+            "90% range": [f"{a:.3g}-{b:.3g}" for a, b in zip(part["q05"], part["q95"], strict=True)],
+            "unit": [units[v] for v in part["variable"]],
+        }
+    )
+
+
+def styled(table: pd.DataFrame, digits: int = 3):
+    """A Styler showing floats to ``digits`` significant digits (tiny effects stay readable); data unchanged."""
+    floats = [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
+    return table.style.format({c: f"{{:.{digits}g}}" for c in floats}).hide(axis="index")
+
+
+def recommendation_table(recommendation) -> pd.DataFrame:
+    """The ranked tests (best EIG per cost first), EIG in bits for reading."""
+    table = recommendation.table()
+    return pd.DataFrame(
+        {
+            "test": table["test"],
+            "EIG (bits)": table["eig"] / math.log(2),
+            "± MC error": table["mc_error"] / math.log(2),
+            "cost": table["cost"],
+            "EIG per cost": table["eig_per_cost"] / math.log(2),
+            "done at t": table["done_at_t"],
+            "predicted results (5-95%)": table["predicted_results"],
+        }
+    )
+
+
+def test_explanation(recommendation, test: str) -> str:
+    """Plain words on how one test's result would shrink the target's uncertainty."""
+    gain = next(g for g in recommendation.gains if g.test == test)
+    target = recommendation.target
+    if target.kind == TargetKind.RISK:
+        what = f"whether {target.event} happens within {target.horizon:g} years"
+    elif target.kind == TargetKind.FORECAST:
+        what = f"{target.variable} in {target.horizon:g} years"
+    else:
+        what = "the latent disease state"
+    if gain.done:
+        return f"{test} was already done at t = {recommendation.at:.2f}: a repeat tells nothing new about {what}."
+    bits = gain.eig / math.log(2)
+    ranges = "; ".join(f"{k}: {v}" for k, v in gain.predicted.items()) or "no prediction"
+    return (
+        f"Ordering {test} (cost {gain.cost:g}) is expected to reduce the uncertainty about {what} by "
+        f"{bits:.4f} bits (Monte Carlo error ± {gain.mc_error / math.log(2):.4f}). "
+        f"Its results are predicted to fall in: {ranges}. A wide predicted range that the model "
+        "would read differently at each end is what makes a test informative."
+    )
+
+
+def model_card(model, model_dir: Path, results_dir: Path | None = None) -> dict:
+    """What the model is, in plain words: training data, settings, benchmark figures, intended use and limits."""
+    history = model.history
+    settings = model.train_settings
+    source = model.dataset_name
+    training = {
+        "trained on": source,
+        "checkpoint": str(model_dir),
+        "patients (training / validation)": f"{history.n_train} / {history.n_validation}" if history else "unknown",
+        "epochs run (best)": f"{len(history.train_loss)} ({history.best_epoch})" if history else "unknown",
+        "training time": f"{history.seconds:.0f} s" if history else "unknown",
+        "most epochs allowed": settings.epochs if settings else "unknown",
+        "latent state dimension": model.network.settings.latent_dim,
+        "variables": ", ".join(model.config.names(VariableKind.CONTINUOUS, VariableKind.BINARY, VariableKind.ORDINAL)),
+        "treatments": ", ".join(model.config.treatments) or "none",
+        "events": ", ".join(model.config.event_kinds) or "none",
+    }
+    results_dir = results_dir or RESULTS_DIR
+    benchmarks: list[dict] = []
+    notes: list[str] = []
+    path = results_dir / f"forecast-{source}.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        for row in data.get("forecast", []):
+            benchmarks.append(
+                {
+                    "benchmark": f"forecast of later visits ({data.get('settings', {}).get('n_folds', '?')}-fold CV)",
+                    "method": row["method"],
+                    "MAE (SD units)": round(row["mae_mean"], 3),
+                    "90% interval coverage": round(row["coverage_mean"], 3),
+                }
+            )
+        c_index = [r for r in data.get("survival", []) if r["method"] == "vpatient" and r.get("c_index_mean") is not None]
+        for row in c_index:
+            notes.append(
+                f"death within {row['window']:g} y of landmark {row['landmark']:g} y: C-index {row['c_index_mean']:.3f}"
+                f" ± {row['c_index_std']:.3f}"
+            )
+        notes.append(
+            f"Benchmark of the default training recipe on {source} (vpatient {data.get('vpatient_version')}); "
+            "this checkpoint's own training may differ."
+        )
+    else:
+        notes.append(f"No benchmark results for {source} found beside this installation (benchmarks/results).")
+    intended = (
+        "Intended use: exploring how a patient's labs and event risks might evolve, and how treatment plans and "
+        "diagnostic tests compare, for research and teaching. It is a model of the training cohort, not a validated "
+        "clinical decision tool."
+    )
+    limits = (
+        "Limits: it learned from "
+        f"{history.n_train + history.n_validation if history else 'an unknown number of'} patients of {source}; "
+        "predictions for patients unlike them (other diseases, eras, treatments, doses outside the trained range) "
+        "are extrapolations. What-if effects assume the treatment effect the model learned from the data is causal "
+        "(true for a randomised trial such as PBC, not in general). Intervals are the model's uncertainty given its "
+        "assumptions, not guarantees."
+    )
+    return {
+        "training": training,
+        "benchmarks": pd.DataFrame(benchmarks),
+        "notes": notes,
+        "intended_use": intended,
+        "limits": limits,
+    }
+
+
+@dataclass(frozen=True)
+class AdjustmentView:
+    """What the model card shows of the real trial's prognostic-score adjustment (``trial-adjustment.json``).
+
+    ``sentences`` and ``table`` are empty when there is no result to show; ``hint`` then
+    says, in one line, how to produce it, and ``problem`` why a file found could not be read.
+    """
+
+    title: str
+    sentences: list[str]
+    table: pd.DataFrame
+    hint: str = ""
+    problem: str = ""
+
+
+def trial_adjustment_view(model_dir: Path, data: str | None = None) -> AdjustmentView:
+    """The adjustment saved in ``model_dir`` in plain words and one row per outcome, or a hint to compute it.
+
+    Computing it cross-fits fold models (minutes), far too slow for a dashboard, so only a
+    precomputed result is shown: ``vpatient trial adjust --out MODEL_DIR`` writes it.
+    ``data`` names the trial in the hint (default: pbc2).
+    """
+    from vpatient.report.adjustment import (
+        ADJUSTMENT_FILE,
+        SECTION_TITLE,
+        adjusted_effects,
+        effect_sentence,
+        estimate_text,
+        load_adjustment,
+        percent,
+        precision_sentence,
+        scoring_sentence,
+    )
+
+    path = Path(model_dir) / ADJUSTMENT_FILE
+    command = f"`vpatient trial adjust --data {data or 'pbc2'} --out {model_dir}` (it cross-fits 5 fold models: minutes)"
+    if not path.is_file():
+        hint = f"No {ADJUSTMENT_FILE} beside this model; to show the adjustment, run {command}."
+        return AdjustmentView(SECTION_TITLE, [], pd.DataFrame(), hint=hint)
+    try:
+        result = load_adjustment(path)
+    except VPatientError as exc:
+        return AdjustmentView(SECTION_TITLE, [], pd.DataFrame(), hint=f"To write it anew, run {command}.", problem=str(exc))
+    effects = adjusted_effects(result)
+    sentences = [f"{effect_sentence(result, e)} {precision_sentence(e)}" for e in effects]
+    table = pd.DataFrame(
+        {
+            "outcome": [e.outcome for e in effects],
+            "effect": ["hazard ratio" if e.analysis == "cox" else e.effect for e in effects],
+            "without the score": [estimate_text(e, "unadjusted") for e in effects],
+            "with the score": [estimate_text(e, "adjusted") for e in effects],
+            "SE change": [percent(-e.se_reduction, signed=True) for e in effects],
+            "sample-size saving": [percent(e.sample_size_saving, signed=True) for e in effects],
+        }
+    )
+    return AdjustmentView(SECTION_TITLE, [*sentences, scoring_sentence(result)], table)
