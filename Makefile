@@ -31,8 +31,10 @@ poppler:
 test: $(STAMP) chromium poppler
 	$(BIN)/python -m pytest -q
 
+# Lint and type checks (mypy's settings, and which modules are strict, live in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check vpatient tests
+	$(BIN)/mypy
 
 schemas: $(STAMP)
 	$(BIN)/vpatient schemas export data_schemas

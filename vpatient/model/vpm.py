@@ -17,6 +17,7 @@ after s is forecasting them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ class ModelSettings:
     solver: str = Solver.RK4.value
     step: float = 0.25  # years; RK4 error at quarterly steps is far below observation noise
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
