@@ -89,6 +89,7 @@ def test_upload_parsing(cohort, tmp_path):
         assert vd.parse_upload("one.parquet", files[0].read_bytes(), cohort.config).subject_id == PATIENT
 
 
+@pytest.mark.slow
 def test_demo_model_cache_location(monkeypatch, tmp_path, model_dir):
     monkeypatch.setenv(vd.HOME_ENV, str(tmp_path))
     monkeypatch.delenv(vd.MODEL_ENV, raising=False)
@@ -103,6 +104,7 @@ def test_demo_model_cache_location(monkeypatch, tmp_path, model_dir):
     assert vd.resolve_model_dir() == model_dir
 
 
+@pytest.mark.slow
 def test_whatif_after_a_plan_edit_is_fast(model_dir):
     """Recomputing a what-if after a plan edit reuses the refined posterior: < 500 ms (median) on PBC."""
     session = vd.DashboardSession.load(model_dir)
@@ -126,6 +128,7 @@ def test_whatif_after_a_plan_edit_is_fast(model_dir):
     assert median < 0.5, f"recomputing a what-if took {median:.3f} s (median), over the 0.5 s budget"
 
 
+@pytest.mark.slow
 def test_model_card(model, model_dir):
     card = vd.model_card(model, model_dir)
     assert card["training"]["trained on"] == "pbc2"
@@ -138,6 +141,7 @@ def test_model_card(model, model_dir):
 # --------------------------------------------------------------------------- the app (AppTest)
 
 
+@pytest.mark.slow
 def test_app_starts(model_dir, monkeypatch):
     at = app(model_dir, monkeypatch)
     assert not at.exception, at.exception
@@ -146,6 +150,7 @@ def test_app_starts(model_dir, monkeypatch):
     assert [t.label for t in at.tabs] == ["Timeline", "Forecast", "What-if", "Next test", "Model card"]
 
 
+@pytest.mark.slow
 def test_selecting_a_patient_shows_its_forecast(model_dir, model, cohort, monkeypatch):
     at = app(model_dir, monkeypatch)
     at.sidebar.text_input(key="patient_query").set_value(PATIENT).run()
@@ -160,6 +165,7 @@ def test_selecting_a_patient_shows_its_forecast(model_dir, model, cohort, monkey
     np.testing.assert_allclose(shown["median"].to_numpy(float), expected["median"].to_numpy(float), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_editing_a_plan_moves_the_effects_as_the_model_does(model_dir, model, cohort, monkeypatch):
     at = app(model_dir, monkeypatch)
     at.selectbox(key="patient").set_value(PATIENT).run()
@@ -190,6 +196,7 @@ def test_editing_a_plan_moves_the_effects_as_the_model_does(model_dir, model, co
     assert (np.sign(change[moved]) == np.sign(lib_change[moved])).all()
 
 
+@pytest.mark.slow
 def test_invalid_plan_shows_problems_and_app_keeps_working(model_dir, monkeypatch):
     at = app(model_dir, monkeypatch)
     at.number_input(key="plan0_dose").set_value(3.0).run()
@@ -201,6 +208,7 @@ def test_invalid_plan_shows_problems_and_app_keeps_working(model_dir, monkeypatc
     table_with(at, "difference")
 
 
+@pytest.mark.slow
 def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, cohort, monkeypatch):
     at = app(model_dir, monkeypatch)
     assert not at.exception, at.exception
@@ -214,6 +222,7 @@ def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, cohor
     assert any(chosen in i.value for i in at.info)
 
 
+@pytest.mark.slow
 def test_invalid_upload_shows_the_problems_and_the_app_still_works(model_dir, cohort, monkeypatch):
     at = app(model_dir, monkeypatch)
     bad = cohort.subject(PATIENT).model_dump(mode="json")
@@ -236,6 +245,7 @@ def test_invalid_upload_shows_the_problems_and_the_app_still_works(model_dir, co
     assert any("Forecast of subject uploaded-7" in h.value for h in at.subheader)
 
 
+@pytest.mark.slow
 def test_model_card_shows_the_precomputed_trial_adjustment(model_dir, monkeypatch, tmp_path, simulated_trial_adjustment):
     import shutil
 
