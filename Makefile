@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint schemas clean chromium poppler
+.PHONY: demo test test-fast lint schemas clean chromium poppler
 
 # The CPU build of torch goes in first: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -31,8 +31,15 @@ poppler:
 test: $(STAMP) chromium poppler
 	$(BIN)/python -m pytest -q
 
+# For development: the tests not marked slow (model training, notebooks, the browser, benchmarks at
+# small size). CI runs `make test`, which still runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Lint and type checks (mypy's settings, and which modules are strict, live in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check vpatient tests
+	$(BIN)/mypy
 
 schemas: $(STAMP)
 	$(BIN)/vpatient schemas export data_schemas

@@ -178,6 +178,7 @@ def vp(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vpatient.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_input_with_a_message(tmp_path):
     pbc = load_pbc2()
     unknown = vp("trial", "adjust", "--data", "pbc2", "--lab", "nosuch", "--cache-dir", str(tmp_path / "cache"))
@@ -214,6 +215,7 @@ def result(small_trial, cache) -> TrialAdjustmentResult:
     return run_trial_adjustment(small_trial, n_folds=2, seed=0, n_samples=8, train_settings=TINY, cache_dir=cache)
 
 
+@pytest.mark.slow
 def test_end_to_end_result_is_consistent(result, small_trial, tmp_path):
     deaths = sum(any(e.kind == "death" for e in r.events) for r in small_trial.records)
     assert result.n_patients == 40 and sum(result.arm_sizes.values()) == 40
@@ -231,6 +233,7 @@ def test_end_to_end_result_is_consistent(result, small_trial, tmp_path):
     assert "## Survival: death (Cox)" in text and "## Lab: log(bilirubin) at 2 years (ANCOVA)" in text
 
 
+@pytest.mark.slow
 def test_scores_are_cross_fitted(small_trial, cache):
     scores = cross_fitted_scores(small_trial, 2, 0, lab="bilirubin", n_samples=8, train_settings=TINY, cache_dir=cache)
     assert sorted(scores["subject_id"]) == sorted(small_trial.subject_ids())  # every patient once
@@ -239,6 +242,7 @@ def test_scores_are_cross_fitted(small_trial, cache):
     assert np.isfinite(scores[["survival_score", "lab_score"]].to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_score_ignores_the_treatment_given(small_trial, cache):
     """Scored from enrolment data without the assigned treatment, under the control plan: a treated patient
     scores exactly as the same patient untreated, so the score is a pre-treatment covariate."""

@@ -39,6 +39,7 @@ def test_unknown_dataset_is_a_message_not_a_traceback():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_validate_json_records(tmp_path, config, record_data):
     cfg = tmp_path / "config.yaml"
     config.save(cfg)
@@ -71,6 +72,7 @@ def test_validate_without_config_says_what_to_pass(tmp_path, record_data):
     assert "--config" in result.stderr
 
 
+@pytest.mark.slow
 def test_schemas_export_and_check(tmp_path):
     out = tmp_path / "schemas"
     assert vp("schemas", "export", str(out)).returncode == 0
@@ -97,6 +99,7 @@ def test_demo_writes_summary_plots_and_a_model(tmp_path):
     assert "Hazard ratios against placebo" in result.stdout
 
 
+@pytest.mark.slow
 def test_export_validate_and_show_a_meds_directory(tmp_path):
     out = tmp_path / "pbc_meds"
     exported = vp("datasets", "export", "pbc2", str(out))
@@ -111,6 +114,7 @@ def test_export_validate_and_show_a_meds_directory(tmp_path):
     assert again.returncode == 1 and "overwrite" in again.stderr.lower()
 
 
+@pytest.mark.slow
 def test_validate_lists_every_problem_of_a_bad_meds_file(tmp_path):
     import pandas as pd
 
@@ -136,6 +140,7 @@ def test_validate_lists_every_problem_of_a_bad_meds_file(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_train_then_forecast_from_the_command_line(tmp_path):
     model_dir = tmp_path / "model"
     trained = vp(

@@ -95,6 +95,7 @@ def test_upload_parsing(cohort, tmp_path):
         assert vs.parse_upload("one.parquet", files[0].read_bytes(), cohort.config).subject_id == PATIENT
 
 
+@pytest.mark.slow
 def test_demo_model_cache_location(monkeypatch, tmp_path, model_dir):
     monkeypatch.setenv(vs.HOME_ENV, str(tmp_path))
     monkeypatch.delenv(vs.MODEL_ENV, raising=False)
@@ -109,6 +110,7 @@ def test_demo_model_cache_location(monkeypatch, tmp_path, model_dir):
     assert vs.resolve_model_dir() == model_dir
 
 
+@pytest.mark.slow
 def test_whatif_after_a_plan_edit_is_fast(model_dir):
     """Recomputing a what-if after a plan edit reuses the refined posterior, and the session adds little to the library.
 
@@ -149,6 +151,7 @@ def test_whatif_after_a_plan_edit_is_fast(model_dir):
     assert median < 2.0 * reference, f"a recompute took {median:.3f} s (median), over twice the plain call ({reference:.3f} s)"
 
 
+@pytest.mark.slow
 def test_model_card(model, model_dir):
     card = vt.model_card(model, model_dir)
     assert card["training"]["trained on"] == "pbc2"
@@ -219,6 +222,7 @@ def test_an_installed_package_ships_the_app_script(tmp_path):
 # --------------------------------------------------------------------------- the app (AppTest)
 
 
+@pytest.mark.slow
 def test_app_starts(model_dir, monkeypatch):
     at = app(model_dir, monkeypatch)
     assert not at.exception, at.exception
@@ -227,6 +231,7 @@ def test_app_starts(model_dir, monkeypatch):
     assert [t.label for t in at.tabs] == ["Timeline", "Forecast", "What-if", "Next test", "Model card"]
 
 
+@pytest.mark.slow
 def test_selecting_a_patient_shows_its_forecast(model_dir, model, cohort, monkeypatch):
     at = app(model_dir, monkeypatch)
     at.sidebar.text_input(key="patient_query").set_value(PATIENT).run()
@@ -241,6 +246,7 @@ def test_selecting_a_patient_shows_its_forecast(model_dir, model, cohort, monkey
     np.testing.assert_allclose(shown["median"].to_numpy(float), expected["median"].to_numpy(float), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_editing_a_plan_moves_the_effects_as_the_model_does(model_dir, model, cohort, monkeypatch):
     at = app(model_dir, monkeypatch)
     at.selectbox(key="patient").set_value(PATIENT).run()
@@ -271,6 +277,7 @@ def test_editing_a_plan_moves_the_effects_as_the_model_does(model_dir, model, co
     assert (np.sign(change[moved]) == np.sign(lib_change[moved])).all()
 
 
+@pytest.mark.slow
 def test_invalid_plan_shows_problems_and_app_keeps_working(model_dir, monkeypatch):
     at = app(model_dir, monkeypatch)
     at.number_input(key="plan0_dose").set_value(3.0).run()
@@ -282,6 +289,7 @@ def test_invalid_plan_shows_problems_and_app_keeps_working(model_dir, monkeypatc
     table_with(at, "difference")
 
 
+@pytest.mark.slow
 def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, model, cohort, monkeypatch):
     at = app(model_dir, monkeypatch)
     assert not at.exception, at.exception
@@ -301,6 +309,7 @@ def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, model
     assert any(chosen in i.value for i in at.info)
 
 
+@pytest.mark.slow
 def test_invalid_upload_shows_the_problems_and_the_app_still_works(model_dir, cohort, monkeypatch):
     at = app(model_dir, monkeypatch)
     bad = cohort.subject(PATIENT).model_dump(mode="json")
@@ -323,6 +332,7 @@ def test_invalid_upload_shows_the_problems_and_the_app_still_works(model_dir, co
     assert any("Forecast of subject uploaded-7" in h.value for h in at.subheader)
 
 
+@pytest.mark.slow
 def test_model_card_shows_the_precomputed_trial_adjustment(model_dir, monkeypatch, tmp_path, simulated_trial_adjustment):
     import shutil
 

@@ -21,6 +21,8 @@ from vpatient.plots import survival_table
 from vpatient.schema_export import rendered_files
 from vpatient.train import TrainSettings
 
+pytestmark = pytest.mark.slow  # both tests run the benchmark end to end
+
 TINY = TrainSettings(epochs=2)
 
 

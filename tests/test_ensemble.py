@@ -50,6 +50,7 @@ def test_member_slices_split_samples_evenly():
     assert member_slices(5, 1) == [slice(0, 5)]
 
 
+@pytest.mark.slow
 def test_identical_members_give_the_single_members_answer(cohort, members, record):
     (world, _), scalers = members
     single = VirtualPatientModel(world, cohort.config, scalers)
@@ -67,6 +68,7 @@ def test_identical_members_give_the_single_members_answer(cohort, members, recor
     np.testing.assert_allclose(effects_b[["difference", "lower", "upper"]], effects_a[["difference", "lower", "upper"]], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_different_members_widen_the_effect_interval(cohort, members, record):
     worlds, scalers = members
     width = {}
@@ -107,6 +109,7 @@ def test_rubins_rules_against_a_hand_computation():
         pool([0.1, 0.2], [0.01])
 
 
+@pytest.mark.slow
 def test_ensemble_trains_in_processes_round_trips_and_refuses_a_corrupted_member(cohort, tmp_path, record):
     settings = TrainSettings(epochs=2, seed=5, members=2)
     model = VirtualPatientModel.fit(cohort.records[:40], cohort.config, settings, progress=False, workers=2)
@@ -135,6 +138,7 @@ def test_ensemble_trains_in_processes_round_trips_and_refuses_a_corrupted_member
     assert [m["file"] for m in meta["members"]] == ["weights.pt", "weights-1.pt"]
 
 
+@pytest.mark.slow
 def test_trials_cohorts_and_test_selection_draw_from_every_member(cohort, members, tmp_path):
     worlds, scalers = members
     model = VirtualPatientModel(worlds, cohort.config, scalers)

@@ -97,6 +97,7 @@ def test_locf_carries_the_last_history_value_forward(pbc):
     assert (answer["q05"] < answer["mean"]).all() and (answer["mean"] < answer["q95"]).all()
 
 
+@pytest.mark.slow
 def test_locf_and_the_mixed_model_beat_the_mean_on_pbc(pbc):
     methods = {"mean-only": MeanOnly, "locf": LOCF, "lmm": LinearMixedModel}
     result, _ = run_forecast_benchmark(pbc, methods, n_folds=2, seed=0, landmarks=[1.0], windows=[3.0], progress=False)

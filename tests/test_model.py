@@ -119,6 +119,7 @@ def _continuous_mae(model: VirtualPatientModel, records) -> float:
     return float(((pred - batch.continuous).abs() * mask).sum() / mask.sum())
 
 
+@pytest.mark.slow
 def test_overfits_a_handful_of_patients(cohort):
     records = cohort.records[:6]
     settings = TrainSettings(epochs=150, learning_rate=1e-2, validation_fraction=0.0, patience=1000, seed=0, batch_size=8)
@@ -146,6 +147,7 @@ def _noise_floor(cohort, records, model: VirtualPatientModel) -> float:
     return float(np.mean(errors))
 
 
+@pytest.mark.slow
 def test_short_training_beats_locf_on_held_out_patients(cohort):
     config = cohort.config
     eligible = [r for r in cohort.records if len(r.visit_times()) >= 4]
@@ -172,6 +174,7 @@ def test_short_training_beats_locf_on_held_out_patients(cohort):
     assert errors["vpatient"] < errors["locf"], errors
 
 
+@pytest.mark.slow
 def test_same_seed_same_model(cohort):
     settings = TrainSettings(epochs=3, seed=5)
     a = VirtualPatientModel.fit(cohort.records[:20], cohort.config, settings, progress=False)
@@ -208,6 +211,7 @@ def small_model(cohort):
     return VirtualPatientModel.fit(cohort.records[:30], cohort.config, TrainSettings(epochs=2, seed=1), progress=False)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_identical_forecasts(small_model, cohort, tmp_path):
     small_model.save(tmp_path / "m")
     loaded = VirtualPatientModel.load(tmp_path / "m")
@@ -224,6 +228,7 @@ class _Payload:
         return (print, ("this must never run",))
 
 
+@pytest.mark.slow
 def test_pickled_or_corrupted_checkpoints_are_refused(small_model, tmp_path):
     small_model.save(tmp_path / "m")
     weights = tmp_path / "m" / "weights.pt"
@@ -250,6 +255,7 @@ def test_pickled_or_corrupted_checkpoints_are_refused(small_model, tmp_path):
         VirtualPatientModel.load(tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_forecast_shapes_quantiles_and_survival(small_model, cohort):
     record = cohort.records[1]
     result = small_model.forecast(record, until=1.0, horizon=3.0, n_samples=32, seed=0)
@@ -265,6 +271,7 @@ def test_forecast_shapes_quantiles_and_survival(small_model, cohort):
         small_model.forecast(record, until=1.0, horizon=-1)
 
 
+@pytest.mark.slow
 def test_forecast_summary_scales_and_a_misspelt_one_is_refused(small_model, cohort):
     result = small_model.forecast(cohort.records[1], until=1.0, horizon=2.0, n_samples=16, seed=0)
     natural, model_scale = result.summary(Scale.NATURAL), result.summary(scale="model")
@@ -278,6 +285,7 @@ def test_forecast_summary_scales_and_a_misspelt_one_is_refused(small_model, coho
         result.summary(scale="natual")
 
 
+@pytest.mark.slow
 def test_settings_are_saved(small_model, tmp_path):
     small_model.save(tmp_path / "m")
     loaded = VirtualPatientModel.load(tmp_path / "m")
@@ -289,6 +297,7 @@ def test_settings_are_saved(small_model, tmp_path):
         ModelSettings(solver="rk5")
 
 
+@pytest.mark.slow
 def test_plans_replace_the_future_with_common_random_numbers(small_model, cohort):
     from vpatient.data.timeline import truncate_record
     from vpatient.schemas import TreatmentExposure, TreatmentPlan

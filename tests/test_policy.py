@@ -55,6 +55,7 @@ def trained():
     return model, cohort
 
 
+@pytest.mark.slow
 def test_targets_are_parsed_and_bad_ones_named(trained):
     model, _ = trained
     assert Target.parse("risk:death:5", model.config) == Target("risk", event="death", horizon=5.0)
@@ -67,6 +68,7 @@ def test_targets_are_parsed_and_bad_ones_named(trained):
         Target.parse("risk:death:soon", model.config)
 
 
+@pytest.mark.slow
 def test_target_objects_are_built_checked_and_read_back(trained):
     model, _ = trained
     risk = Target.risk("death", 5)
@@ -89,6 +91,7 @@ def test_target_objects_are_built_checked_and_read_back(trained):
         Target("latent", event="death")
 
 
+@pytest.mark.slow
 def test_a_target_object_ranks_as_its_text_does_and_misspelt_options_are_refused(trained):
     model, cohort = trained
     record = cohort.records[1]
@@ -105,6 +108,7 @@ def test_a_target_object_ranks_as_its_text_does_and_misspelt_options_are_refused
     assert eig_from_pool(one + 0.5, one, torch.zeros(4, 4), torch.arange(4), Distribution.BERNOULLI)[0] == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_tests_done_at_the_decision_time_gain_nothing(trained):
     model, cohort = trained
     record = next(r for r in cohort.records if len(r.visit_times()) >= 3)
@@ -121,6 +125,7 @@ def test_tests_done_at_the_decision_time_gain_nothing(trained):
     assert ranked == sorted(ranked, reverse=True)
 
 
+@pytest.mark.slow
 def test_a_duplicated_test_adds_less_the_second_time(trained):
     model, cohort = trained
     record = cohort.records[2]
@@ -133,6 +138,7 @@ def test_a_duplicated_test_adds_less_the_second_time(trained):
     assert second["cumulative_eig"] < 2 * first["marginal_eig"]
 
 
+@pytest.mark.slow
 def test_ranking_is_stable_across_seeds_within_monte_carlo_error(trained):
     model, cohort = trained
     record = cohort.records[3]
@@ -145,6 +151,7 @@ def test_ranking_is_stable_across_seeds_within_monte_carlo_error(trained):
     assert [g.eig for g in same.gains] == [a[g.test].eig for g in same.gains]  # same seed, same numbers
 
 
+@pytest.mark.slow
 def test_recommend_command_prints_the_table_and_json(trained, tmp_path):
     model, _ = trained
     model.data_source = "synthetic"

@@ -49,6 +49,7 @@ def result() -> TestSelectionBenchmarkResult:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_structure(result: TestSelectionBenchmarkResult) -> None:
     assert result.benchmark == "test-selection"
     assert RESULT_TYPES["TestSelectionBenchmarkResult"] is TestSelectionBenchmarkResult
@@ -66,6 +67,7 @@ def test_structure(result: TestSelectionBenchmarkResult) -> None:
     assert cal.n_pairs == sum(b.n for b in cal.bins) > 0
 
 
+@pytest.mark.slow
 def test_curve_invariants(result: TestSelectionBenchmarkResult) -> None:
     (curve,) = result.curves
     c = curve.curves
@@ -80,6 +82,7 @@ def test_curve_invariants(result: TestSelectionBenchmarkResult) -> None:
     assert curve.areas["oracle"] <= curve.areas["random"] + 1e-9
 
 
+@pytest.mark.slow
 def test_round_trip_and_files(result: TestSelectionBenchmarkResult, tmp_path) -> None:
     again = TestSelectionBenchmarkResult.model_validate_json(result.model_dump_json())
     assert again == result

@@ -18,6 +18,7 @@ def test_readme_starts_with_the_two_commands():
     assert lines[2].startswith("make demo") and lines[3].startswith("make test")
 
 
+@pytest.mark.slow
 def test_python_tour_runs(tmp_path, monkeypatch):
     block = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
     monkeypatch.chdir(tmp_path)

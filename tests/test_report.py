@@ -24,6 +24,8 @@ from vpatient.simulation.adjustment import write_trial_adjustment
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
 
+pytestmark = pytest.mark.slow  # every test reads a model trained in a module fixture
+
 PLACEBO = TreatmentPlan(name="placebo")
 DRUG = TreatmentPlan(name="D-penicillamine", exposures=[TreatmentExposure(treatment="d_penicillamine", start=0.0, dose=1.0)])
 FAST = {"n_samples": 24, "recommend_samples": 32, "seed": 3}

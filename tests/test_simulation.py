@@ -20,6 +20,8 @@ from vpatient.simulation.sampling import _first_events
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
 
+pytestmark = pytest.mark.slow  # every test but one reads a model trained in a module fixture
+
 NONE = TreatmentPlan(name="no drug")
 DRUG = TreatmentPlan(name="drug", exposures=[TreatmentExposure(treatment="drug", start=0.0, dose=1.0)])
 

@@ -112,6 +112,7 @@ def test_integrated_difference_is_exact_for_steps_and_lines():
 # --------------------------------------------------------------------------- fold models
 
 
+@pytest.mark.slow
 def test_trained_models_are_cached_by_their_subjects(cohort, tmp_path, monkeypatch):
     records = cohort.records[:20]
     first = trained_model(records, cohort.config, "t", 0, tmp_path, settings=TrainSettings(epochs=1))
@@ -143,6 +144,7 @@ def test_held_out_sets_partition_the_cohort(cohort):
 # --------------------------------------------------------------------------- pbc-trial
 
 
+@pytest.mark.slow
 def test_pooled_trial_of_one_group_is_the_simulators_trial(cohort, cache, trial_result):
     model = trained_model(cohort.records, cohort.config, f"{cohort.name}-all", 0, cache, settings=TINY)
     _, arms = trial_arms(cohort)
@@ -155,6 +157,7 @@ def test_pooled_trial_of_one_group_is_the_simulators_trial(cohort, cache, trial_
     pd.testing.assert_frame_equal(direct.hazard_ratios, pooled.hazard_ratios)
 
 
+@pytest.mark.slow
 def test_pbc_trial_result_is_consistent(trial_result, cohort, tmp_path):
     r = trial_result
     assert r.benchmark == "pbc-trial" and list(r.arms) == ["placebo", "drug"]
@@ -211,6 +214,7 @@ def test_patient_features_slopes_baselines_and_counts(config, record_data):
     assert row["dose at 0:drug"] == 1.0 and row["static:age"] == 61.5
 
 
+@pytest.mark.slow
 def test_classifier_auc_is_unbiased_and_has_power():
     cohort = synthetic_cohort(n=240, seed=9, imaging_dim=4)
     x = patient_features(cohort.records, cohort.config)
@@ -233,6 +237,7 @@ def test_distribution_distances_vanish_for_identical_data():
     assert correlation_gap(table, table) == 0.0
 
 
+@pytest.mark.slow
 def test_cohort_fidelity_result_is_consistent(fidelity_result, cohort, tmp_path):
     r = fidelity_result
     assert r.benchmark == "cohort-fidelity" and len(r.folds) == 2

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -195,7 +195,7 @@ class VariableSpec(_Strict):
             low, high = self.plausible_range
             if not low <= value <= high:
                 unit = f" {self.unit}" if self.unit else ""
-                severity = "warning" if self.out_of_range == OutOfRangePolicy.WARN else "error"
+                severity: Literal["error", "warning"] = "warning" if self.out_of_range == OutOfRangePolicy.WARN else "error"
                 return [
                     Problem(
                         subject_id,
@@ -254,11 +254,11 @@ class DatasetConfig(_Strict):
         by_name = {v.name: v for v in self.variables}
         for test in self.tests:
             for var_name in test.variables:
-                var = by_name.get(var_name)
-                if var is None:
+                listed = by_name.get(var_name)
+                if listed is None:
                     problems.append(f"test {test.name!r} measures unknown variable {var_name!r}")
-                elif var.test != test.name:
-                    problems.append(f"test {test.name!r} lists {var_name!r}, whose 'test' is {var.test!r}")
+                elif listed.test != test.name:
+                    problems.append(f"test {test.name!r} lists {var_name!r}, whose 'test' is {listed.test!r}")
         for var in self.variables:
             if var.test is not None and var.test not in test_names:
                 problems.append(f"variable {var.name!r} names unknown test {var.test!r}")
@@ -699,7 +699,12 @@ def duplicate_id_problems(records: Iterable[PatientRecord]) -> list[Problem]:
     return [Problem(sid, "subject_id", sid, f"duplicate subject id ({n} records)") for sid, n in counts.items() if n > 1]
 
 
-def _parse(model: type[BaseModel], data: Any, config: DatasetConfig | None, warnings_out: list[Problem] | None, kind: str) -> Any:
+_Parsed = TypeVar("_Parsed", bound=BaseModel)
+
+
+def _parse(
+    model: type[_Parsed], data: Any, config: DatasetConfig | None, warnings_out: list[Problem] | None, kind: str
+) -> _Parsed:
     if isinstance(data, BaseModel):
         data = data.model_dump()
     context = {"config": config, "warnings": warnings_out}

@@ -48,7 +48,8 @@ class ObservationDecoder(nn.Module):
         self, z: torch.Tensor, offsets: torch.Tensor | None = None, times: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Mean of the standardised continuous labs: z (B, T, L), offsets (B, n), times (B, T) -> (B, T, Dc)."""
-        mean = self.continuous(z)
+        assert self.continuous is not None, "the layout has no continuous labs"
+        mean: torch.Tensor = self.continuous(z)
         if offsets is None or offsets.shape[-1] == 0:
             return mean
         n_cont = mean.shape[-1]
@@ -57,6 +58,7 @@ class ObservationDecoder(nn.Module):
             mean = mean + torch.exp(self.intercept_log_scale) * offsets[:, :n_cont].unsqueeze(1)
             used = n_cont
         if self.slope_log_scale is not None:
+            assert times is not None, "individual slopes need the visit times"
             slopes = torch.exp(self.slope_log_scale) * offsets[:, used : used + n_cont]
             mean = mean + slopes.unsqueeze(1) * times.unsqueeze(-1)
         return mean
@@ -65,13 +67,17 @@ class ObservationDecoder(nn.Module):
         return torch.exp(self.continuous_log_sd.clamp(-5.0, 3.0))
 
     def imaging_mean(self, z: torch.Tensor) -> torch.Tensor:
-        return self.imaging(z)
+        assert self.imaging is not None, "the layout has no imaging dims"
+        mean: torch.Tensor = self.imaging(z)
+        return mean
 
     def imaging_sd(self) -> torch.Tensor:
         return torch.exp(self.imaging_log_sd.clamp(-5.0, 3.0))
 
     def binary_logits(self, z: torch.Tensor) -> torch.Tensor:
-        return self.binary(z)
+        assert self.binary is not None, "the layout has no binary signs"
+        logits: torch.Tensor = self.binary(z)
+        return logits
 
     def ordinal_probs(self, z: torch.Tensor, j: int) -> torch.Tensor:
         """Class probabilities of ordinal variable j, (..., L) -> (..., C)."""

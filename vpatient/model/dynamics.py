@@ -15,8 +15,10 @@ Hermite interpolation on that grid, whatever the number of distinct visit times.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 import torch
 from torch import nn
@@ -49,8 +51,9 @@ class LatentDynamics(nn.Module):
             nn.Linear(hidden, latent_dim),
         )
         # Start near "no change": small output weights keep early training stable.
-        nn.init.normal_(self.field[-1].weight, std=1e-3)
-        nn.init.zeros_(self.field[-1].bias)
+        out = cast(nn.Linear, self.field[-1])
+        nn.init.normal_(out.weight, std=1e-3)
+        nn.init.zeros_(out.bias)
         self.log_hazard = nn.Linear(latent_dim, n_events) if n_events else None
         if self.log_hazard is not None:
             nn.init.normal_(self.log_hazard.weight, std=0.05)
@@ -60,10 +63,12 @@ class LatentDynamics(nn.Module):
         """Hazard of each event kind given the latent state, (..., L) -> (..., E)."""
         if self.log_hazard is None:
             return z.new_zeros(*z.shape[:-1], 0)
-        return torch.exp(self.log_hazard(z).clamp(-12.0, 4.0))
+        log_h: torch.Tensor = self.log_hazard(z)
+        return torch.exp(log_h.clamp(-12.0, 4.0))
 
     def velocity(self, z: torch.Tensor, dose: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
-        return self.field(torch.cat([z, dose, static], dim=-1))
+        dz: torch.Tensor = self.field(torch.cat([z, dose, static], dim=-1))
+        return dz
 
     def augmented(self, y: torch.Tensor, dose: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
         """d/dt of the augmented state [z, cumulative hazards, cumulative incidences] at a given dose."""
@@ -73,7 +78,9 @@ class LatentDynamics(nn.Module):
         incidence = h * torch.exp(-cumhaz.sum(dim=-1, keepdim=True))
         return torch.cat([self.velocity(z, dose, static), h, incidence], dim=-1)
 
-    def rhs(self, static: torch.Tensor, dose_times: torch.Tensor, doses: torch.Tensor, side: str = "right"):
+    def rhs(
+        self, static: torch.Tensor, dose_times: torch.Tensor, doses: torch.Tensor, side: str = "right"
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The augmented vector field as a function of (t, y), for torchdiffeq.
 
         ``side="right"`` uses the dose in force from t on; ``"left"`` the dose just before t

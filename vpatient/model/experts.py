@@ -103,7 +103,8 @@ class VisitExperts(nn.Module):
             precisions.append(precision.unsqueeze(1))
             present.append(batch.static_mask.amax(dim=-1, keepdim=True))
         if self.history_head is not None:
-            known = (batch.history_time <= cutoff.unsqueeze(-1)).float()
+            # In the batch's dtype (not always float32) so that a float64 model runs, as its gradient check does.
+            known = (batch.history_time <= cutoff.unsqueeze(-1)).to(batch.history_time.dtype)
             mean, precision = self.history_head(known)
             means.append(mean.unsqueeze(1))
             precisions.append(precision.unsqueeze(1))

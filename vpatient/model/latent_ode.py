@@ -17,6 +17,7 @@ after s is forecasting them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ class ModelSettings:
         # a checkpoint's JSON gives the plain string; an unknown one is refused here, not at the first solve
         object.__setattr__(self, "solver", Solver(self.solver))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"solver": self.solver.value}
 
 
