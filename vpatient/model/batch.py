@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -109,7 +110,7 @@ class PatientBatch:
     def select(self, index: Sequence[int] | torch.Tensor) -> PatientBatch:
         """The sub-batch of the given patients (rows)."""
         idx = torch.as_tensor(index, dtype=torch.long)
-        values = {}
+        values: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             values[f.name] = [value[i] for i in idx.tolist()] if f.name == "subject_ids" else value[idx]
