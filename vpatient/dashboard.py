@@ -537,12 +537,12 @@ def plot_timeline(record: PatientRecord, config: DatasetConfig):
     """Small multiples of one patient's record: labs (units, reference ranges), signs, treatments, events."""
     import matplotlib.pyplot as plt
 
-    from vpatient.plots import _panels
+    from vpatient.plots import panels
 
     labs = [v for v in config.of_kind(VariableKind.CONTINUOUS)]
     signs = [v for v in config.of_kind(VariableKind.BINARY, VariableKind.ORDINAL)]
     n_panels = len(labs) + (1 if signs else 0)
-    fig, axes = _panels(max(n_panels, 1), None, height=2.4)
+    fig, axes = panels(max(n_panels, 1), None, height=2.4)
     end = max([record.end_of_followup, *[o.time for o in record.observations]], default=1.0)
 
     def context(ax) -> None:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from vpatient.simulation.whatif import WhatIfResult
     from vpatient.virtual_patient import Forecast
 
-__all__ = ["kaplan_meier_by_arm", "plot_forecast", "plot_km_by_arm", "plot_trial", "plot_whatif", "survival_table"]
+__all__ = ["kaplan_meier_by_arm", "panels", "plot_forecast", "plot_km_by_arm", "plot_trial", "plot_whatif", "survival_table"]
 
 
 def survival_table(cohort: Cohort, event: str = "death") -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -44,7 +44,7 @@ def survival_table(cohort: Cohort, event: str = "death") -> tuple[np.ndarray, np
     return np.asarray(durations), np.asarray(observed), arms
 
 
-def _panels(n_panels: int, fig: plt.Figure | None, height: float = 2.9, cols: int = 3) -> tuple[plt.Figure, np.ndarray]:
+def panels(n_panels: int, fig: plt.Figure | None, height: float = 2.9, cols: int = 3) -> tuple[plt.Figure, np.ndarray]:
     """A figure of small multiples, three to a row; axes beyond ``n_panels`` are hidden."""
     rows = int(np.ceil(n_panels / cols))
     if fig is None:
@@ -95,7 +95,7 @@ def plot_forecast(
     survival = forecast.survival_summary()
     names = variables or list(forecast.layout.continuous)
     n_panels = len(names) + (1 if len(survival) else 0)
-    fig, axes = _panels(n_panels, fig)
+    fig, axes = panels(n_panels, fig)
     for ax, name in zip(axes, names, strict=False):
         spec = forecast.config.variable(name)
         part = summary[summary["variable"] == name]
@@ -149,7 +149,7 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
     config = next(iter(result.forecasts.values())).config
     names = variables or list(layout.continuous)
     n_panels = len(names) + len(layout.events)
-    fig, axes = _panels(n_panels, fig)
+    fig, axes = panels(n_panels, fig)
     future = trajectories[trajectories["time"] >= result.at - 1e-9]
     for ax, name in zip(axes, names, strict=False):
         spec = config.variable(name)
@@ -183,7 +183,7 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
 def plot_trial(result: TrialResult, path=None, fig: plt.Figure | None = None) -> plt.Figure:
     """Kaplan-Meier curves per arm (with the model's mean curves dashed) and mean lab trajectories per arm."""
     labs = list(result.trajectories["variable"].unique())
-    fig, axes = _panels(1 + len(labs), fig, height=3.0)
+    fig, axes = panels(1 + len(labs), fig, height=3.0)
     ax = axes[0]
     for k, arm in enumerate(result.arms):
         km = result.kaplan_meier[result.kaplan_meier["arm"] == arm]
