@@ -9,13 +9,14 @@ so a committed result reloads and re-renders byte for byte.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
 from vpatient import __version__
 
-__all__ = ["DEFAULT_OUT_DIR", "BenchmarkResult", "StrictModel", "VersionedBenchmarkResult"]
+__all__ = ["DEFAULT_OUT_DIR", "BenchmarkResult", "StrictModel", "VersionedBenchmarkResult", "targets_table"]
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +67,19 @@ class VersionedBenchmarkResult(BenchmarkResult):
     """A result that records the vpatient version that produced it (every benchmark but effect calibration)."""
 
     vpatient_version: str = __version__
+
+
+def targets_table(
+    targets: Iterable[tuple[str, float | None, str, bool]],
+    header: tuple[str, str, str, str] = ("target", "value", "threshold", "result"),
+    miss: str = "miss",
+) -> str:
+    """A result's targets as a markdown table: one row per (name, value, goal, passed), the last column pass or ``miss``."""
+    import pandas as pd
+
+    from vpatient.tables import markdown_table
+
+    rows = [
+        dict(zip(header, (name, value, goal, "pass" if passed else miss), strict=True)) for name, value, goal, passed in targets
+    ]
+    return markdown_table(pd.DataFrame(rows), index=False)

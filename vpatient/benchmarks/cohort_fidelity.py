@@ -65,7 +65,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from vpatient import transforms
-from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult
+from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult, targets_table
 from vpatient.benchmarks.pbc_trial import (
     StepOrLinearCurve,
     integrated_abs_difference,
@@ -416,15 +416,7 @@ class CohortFidelityBenchmarkResult(VersionedBenchmarkResult):
             "",
             "## Targets",
             "",
-            markdown_table(
-                pd.DataFrame(
-                    [
-                        {"target": t.name, "value": t.value, "threshold": t.threshold, "result": "pass" if t.passed else "miss"}
-                        for t in self.targets
-                    ]
-                ),
-                index=False,
-            ),
+            targets_table((t.name, t.value, t.threshold, t.passed) for t in self.targets),
             "",
             "## Scores",
             "",

@@ -141,9 +141,7 @@ class EffectCalibrationResult(BenchmarkResult):
                 }
                 for c in self.coverage
             ]
-            out.append(
-                "## Individual effects against the synthetic truth\n\n" + markdown_table(pd.DataFrame(table), index=False) + "\n"
-            )
+            out.append(_section("## Individual effects against the synthetic truth", table))
         if self.null_share:
             table = [
                 {
@@ -158,21 +156,13 @@ class EffectCalibrationResult(BenchmarkResult):
                 }
                 for s in self.null_share
             ]
-            out.append(
-                "## PBC, a null drug: 5-year survival effect per patient (90% interval)\n\n"
-                + markdown_table(pd.DataFrame(table), index=False)
-                + "\n"
-            )
+            out.append(_section("## PBC, a null drug: 5-year survival effect per patient (90% interval)", table))
         if self.members_curve:
             table = [
                 {"members": s.method, "interval excludes 0": round(s.excluding_zero, 3), "mean width": round(s.mean_width, 4)}
                 for s in self.members_curve
             ]
-            out.append(
-                "How many members: the same, for the first k members of the ensemble\n\n"
-                + markdown_table(pd.DataFrame(table), index=False)
-                + "\n"
-            )
+            out.append(_section("How many members: the same, for the first k members of the ensemble", table))
         if self.trial:
             table = [
                 {
@@ -188,7 +178,7 @@ class EffectCalibrationResult(BenchmarkResult):
                 }
                 for t in self.trial
             ]
-            out.append("## PBC trial in silico\n\n" + markdown_table(pd.DataFrame(table), index=False) + "\n")
+            out.append(_section("## PBC trial in silico", table))
         if self.training_seconds:
             out.append("Training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in self.training_seconds.items()) + "\n")
         out.append(f"Runtime {self.runtime_seconds / 60:.1f} min.\n")
@@ -224,6 +214,10 @@ def _interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- synthetic
+
+
+def _section(title: str, rows: list[dict]) -> str:
+    return f"{title}\n\n{markdown_table(pd.DataFrame(rows), index=False)}\n"
 
 
 def run_effect_calibration_synthetic(

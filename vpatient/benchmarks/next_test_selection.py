@@ -62,7 +62,7 @@ import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult
+from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult, targets_table
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 from vpatient.tables import markdown_table
 
@@ -191,14 +191,8 @@ class TestSelectionBenchmarkResult(VersionedBenchmarkResult):
             "",
             "## Targets",
             "",
-            markdown_table(
-                pd.DataFrame(
-                    [
-                        {"check": t.name, "value": t.value, "goal": t.goal, "result": "pass" if t.passed else "MISS"}
-                        for t in self.targets
-                    ]
-                ),
-                index=False,
+            targets_table(
+                ((t.name, t.value, t.goal, t.passed) for t in self.targets), ("check", "value", "goal", "result"), "MISS"
             ),
             "",
             "## Information curves (x = step; mean log-loss of the target after each reveal)",
@@ -809,6 +803,10 @@ class NextTestSelectionSettings:
     progress: bool = True
 
 
+def _check(name: str, value: float | None, goal: str, passed: bool) -> TargetCheck:
+    return TargetCheck(name=name, value=value, goal=goal, passed=passed)
+
+
 def run_test_selection_benchmark(
     settings: NextTestSelectionSettings | None = None, *, cohorts: dict | None = None
 ) -> TestSelectionBenchmarkResult:
@@ -879,48 +877,24 @@ def run_test_selection_benchmark(
     checks = []
     for c in curves:
         checks.append(
-            TargetCheck(
-                name=f"{c.data}: EIG closes the random-oracle area gap",
-                value=c.gap_closed,
-                goal=">= 0.5",
-                passed=c.gap_closed is not None and c.gap_closed >= 0.5,
-            )
+            _check(f"{c.data}: EIG closes the random-oracle area gap", c.gap_closed, ">= 0.5", (c.gap_closed or 0) >= 0.5)
         )
+        eig_minus_fixed = c.areas["eig"] - c.areas["fixed"] if c.n_patients else None
         checks.append(
-            TargetCheck(
-                name=f"{c.data}: EIG area minus fixed-order area",
-                value=c.areas["eig"] - c.areas["fixed"] if c.n_patients else None,
-                goal="< 0",
-                passed=bool(c.n_patients and c.areas["eig"] < c.areas["fixed"]),
+            _check(
+                f"{c.data}: EIG area minus fixed-order area", eig_minus_fixed, "< 0", bool(c.n_patients and eig_minus_fixed < 0)
             )
         )
     for cal in calibrations:
-        checks.append(
-            TargetCheck(
-                name=f"{cal.data}: mean realised / mean predicted information",
-                value=cal.ratio,
-                goal="0.8 to 1.2",
-                passed=cal.ratio is not None and abs(cal.ratio - 1) <= 0.2,
-            )
-        )
+        ratio_ok = cal.ratio is not None and abs(cal.ratio - 1) <= 0.2
+        checks.append(_check(f"{cal.data}: mean realised / mean predicted information", cal.ratio, "0.8 to 1.2", ratio_ok))
     if latency is not None:
         checks.append(
-            TargetCheck(
-                name=f"{latency.data}: recommend() median latency (ms)",
-                value=latency.median_ms,
-                goal="< 250",
-                passed=latency.median_ms < 250,
-            )
+            _check(f"{latency.data}: recommend() median latency (ms)", latency.median_ms, "< 250", latency.median_ms < 250)
         )
     if truth is not None:
-        checks.append(
-            TargetCheck(
-                name=f"{truth.data}: Spearman of model vs true EIG ranking",
-                value=truth.mean_spearman,
-                goal=">= 0.9",
-                passed=truth.mean_spearman is not None and truth.mean_spearman >= 0.9,
-            )
-        )
+        rho = truth.mean_spearman
+        checks.append(_check(f"{truth.data}: Spearman of model vs true EIG ranking", rho, ">= 0.9", (rho or 0) >= 0.9))
     notes.append(
         "Curves use x = step (one test per step); every policy picks by gain per step, not per cost. "
         "The EIG policy uses the full test's variables for its hypothetical results; the realised update uses the "
