@@ -77,7 +77,8 @@ def _simulated_trial_adjustment(n: int = 300, seed: int = 0, with_lab: bool = Tr
 
     Survival: hazard 0.1 exp(1.2 x), no treatment effect; lab: 1 + 0.8 x + 0.3 treated + noise, baseline a noisy x.
     """
-    from vpatient.simulation.adjustment import TrialAdjustmentResult, ancova_adjustment, cox_adjustment
+    from vpatient.benchmarks.trial_adjustment import TrialAdjustmentResult
+    from vpatient.simulation.adjustment import ancova_adjustment, cox_adjustment
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=n)

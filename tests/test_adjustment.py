@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from vpatient.benchmarks.trial_adjustment import TrialAdjustmentResult, run_trial_adjustment
 from vpatient.data.cohort import Cohort
 from vpatient.data.meds import write_meds
 from vpatient.datasets import load_pbc2
@@ -22,16 +23,13 @@ from vpatient.evaluate.protocol import forecast_folds
 from vpatient.schema_export import rendered_files
 from vpatient.schemas import PatientRecord
 from vpatient.simulation.adjustment import (
-    TrialAdjustmentResult,
     ancova_adjustment,
     baseline_arms,
     baseline_record,
     cox_adjustment,
     cross_fitted_scores,
     prognostic_scores,
-    run_trial_adjustment,
     trial_table,
-    write_trial_adjustment,
 )
 from vpatient.train import TrainSettings
 
@@ -224,7 +222,7 @@ def test_end_to_end_result_is_consistent(result, small_trial, tmp_path):
     assert result.lab_effect is not None
     assert result.lab_effect.n_patients + result.lab_effect.n_dropped == 40
     assert result.lab_effect.outcome == "log(bilirubin) at 2 years"
-    paths = write_trial_adjustment(result, tmp_path)
+    paths = result.write(tmp_path)
     assert [p.name for p in paths] == ["trial-adjustment.json", "trial-adjustment.md"]
     data = json.loads(paths[0].read_text())
     jsonschema.validate(data, json.loads(rendered_files()["TrialAdjustmentResult.schema.json"]))

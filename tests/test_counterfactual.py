@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vpatient.data.synthetic import DRUG, synthetic_cohort
-from vpatient.data.timeline import truncate_record
-from vpatient.evaluate.counterfactual_benchmark import (
+from vpatient.benchmarks.counterfactual import (
     COUNTERFACTUAL,
     FACTUAL,
     METHODS,
@@ -20,8 +18,9 @@ from vpatient.evaluate.counterfactual_benchmark import (
     run_counterfactual_benchmark,
     split_subjects,
     true_outcomes,
-    write_counterfactual_results,
 )
+from vpatient.data.synthetic import DRUG, synthetic_cohort
+from vpatient.data.timeline import truncate_record
 from vpatient.evaluate.protocol import Standardiser
 from vpatient.plans import dose_at, exposures_under_plan
 from vpatient.schemas import VariableKind
@@ -190,7 +189,7 @@ def test_tiny_run_blind_model_predicts_no_effect_and_truth_has_one(tiny):
 
 @pytest.mark.slow
 def test_tiny_run_writes_json_and_markdown(tiny, tmp_path):
-    paths = write_counterfactual_results(tiny, tmp_path / "results")
+    paths = tiny.write(tmp_path / "results")
     assert [p.name for p in paths] == ["counterfactual-synthetic.json", "counterfactual-synthetic.md"]
     assert CounterfactualBenchmarkResult.model_validate_json(paths[0].read_text()) == tiny
     text = paths[1].read_text()

@@ -338,7 +338,6 @@ def test_model_card_shows_the_precomputed_trial_adjustment(model_dir, monkeypatc
 
     from vpatient.report.adjustment import ADJUSTMENT_FILE, percent, precision_sentence
     from vpatient.report.render import num
-    from vpatient.simulation.adjustment import write_trial_adjustment
 
     own = tmp_path / "model"  # a copy: the adjustment file must not leak into the other tests' model
     shutil.copytree(model_dir, own)
@@ -354,7 +353,7 @@ def test_model_card_shows_the_precomputed_trial_adjustment(model_dir, monkeypatc
     assert any(f"{own / ADJUSTMENT_FILE} is not a valid trial adjustment result" in w.value for w in at.warning)
 
     result = simulated_trial_adjustment(with_lab=False)
-    write_trial_adjustment(result, own)
+    result.write(own)
     at.run()
     assert not at.exception, at.exception
     assert not at.warning

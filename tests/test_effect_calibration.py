@@ -9,14 +9,13 @@ import jsonschema
 import numpy as np
 import pytest
 
-from vpatient.data.cohort import NO_TREATMENT_ARM
-from vpatient.datasets import load_dataset
-from vpatient.evaluate.effect_calibration_benchmark import (
+from vpatient.benchmarks.effect_calibration import (
     run_effect_calibration_pbc,
     run_effect_calibration_synthetic,
-    write_effect_calibration,
 )
-from vpatient.evaluate.pbc_trial_benchmark import observed_hazard_ratio
+from vpatient.benchmarks.pbc_trial import observed_hazard_ratio
+from vpatient.data.cohort import NO_TREATMENT_ARM
+from vpatient.datasets import load_dataset
 from vpatient.plots import survival_table
 from vpatient.schema_export import rendered_files
 from vpatient.train import TrainSettings
@@ -27,7 +26,7 @@ TINY = TrainSettings(epochs=2)
 
 
 def _schema_valid(result, tmp_path):
-    json_path = write_effect_calibration(result, tmp_path)[0]
+    json_path = result.write(tmp_path)[0]
     schema = json.loads(rendered_files()["EffectCalibrationResult.schema.json"])
     jsonschema.validate(json.loads(json_path.read_text()), schema)
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vpatient.benchmarks.forecast import run_forecast_benchmark
 from vpatient.data.pbc import load_pbc2
 from vpatient.evaluate.baselines import LOCF, LandmarkCox, LastValueRisk, LinearMixedModel, MeanOnly, fit_mixed_model
-from vpatient.evaluate.forecast_benchmark import run_forecast_benchmark
 from vpatient.evaluate.protocol import Forecaster, forecast_folds, landmark_split, target_frame
 from vpatient.evaluate.registry import METHODS, PEERS
 

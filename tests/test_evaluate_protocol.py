@@ -12,15 +12,15 @@ import pytest
 from sklearn.model_selection import KFold
 from typer.testing import CliRunner
 
-from vpatient.data.meds import write_meds
-from vpatient.data.pbc import load_pbc2
-from vpatient.data.timeline import observations_frame
-from vpatient.evaluate.cli import benchmark_app
-from vpatient.evaluate.forecast_benchmark import (
+from vpatient.benchmarks.cli import benchmark_app
+from vpatient.benchmarks.forecast import (
     PREDICTION_COLUMNS,
     ForecastBenchmarkResult,
     run_forecast_benchmark,
 )
+from vpatient.data.meds import write_meds
+from vpatient.data.pbc import load_pbc2
+from vpatient.data.timeline import observations_frame
 from vpatient.evaluate.metrics import coverage, harrell_c, ipcw_brier, kaplan_meier, mae
 from vpatient.evaluate.protocol import (
     Standardiser,
@@ -269,7 +269,7 @@ def test_cli_rejects_unknown_methods(tmp_path):
 
 
 def test_the_world_model_runs_by_default_beside_its_peers():
-    from vpatient.evaluate.cli import benchmark_forecast
+    from vpatient.benchmarks.cli import benchmark_forecast
 
     default = inspect.signature(benchmark_forecast).parameters["methods"].default
     assert default.split(",")[0] == "vpatient" and set(PEERS) <= set(default.split(","))

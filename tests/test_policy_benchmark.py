@@ -1,4 +1,4 @@
-"""A tiny end-to-end run of ``vpatient benchmark test-selection`` (vpatient.evaluate.test_selection_benchmark)."""
+"""A tiny end-to-end run of ``vpatient benchmark test-selection`` (vpatient.benchmarks.next_test_selection)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import json
 
 import pytest
 
-from vpatient.data.synthetic import synthetic_cohort
-from vpatient.evaluate.test_selection_benchmark import (
+from vpatient.benchmarks.next_test_selection import (
     METHODS,
-    RESULT_TYPES,
+    NextTestSelectionSettings,
     TestSelectionBenchmarkResult,
     _area,
     _outcome,
     run_test_selection_benchmark,
-    write_test_selection_results,
 )
+from vpatient.benchmarks.registry import BENCHMARKS
+from vpatient.data.synthetic import synthetic_cohort
 from vpatient.schemas import Event, Observation, PatientRecord
 from vpatient.train import TrainSettings
 
@@ -28,10 +28,9 @@ def result() -> TestSelectionBenchmarkResult:
     torch.set_num_threads(1)
     try:
         cohort = synthetic_cohort(n=40, seed=3)
-        return run_test_selection_benchmark(
+        settings = NextTestSelectionSettings(
             seed=1,
-            datasets=["synthetic"],
-            cohorts={"synthetic": cohort},
+            datasets=("synthetic",),
             synthetic_folds=2,
             n_samples=32,
             n_random=4,
@@ -45,6 +44,7 @@ def result() -> TestSelectionBenchmarkResult:
             cache_dir=None,
             progress=False,
         )
+        return run_test_selection_benchmark(settings, cohorts={"synthetic": cohort})
     finally:
         torch.set_num_threads(threads)
 
@@ -52,7 +52,7 @@ def result() -> TestSelectionBenchmarkResult:
 @pytest.mark.slow
 def test_structure(result: TestSelectionBenchmarkResult) -> None:
     assert result.benchmark == "test-selection"
-    assert RESULT_TYPES["TestSelectionBenchmarkResult"] is TestSelectionBenchmarkResult
+    assert BENCHMARKS["test-selection"] is TestSelectionBenchmarkResult
     (curve,) = result.curves
     assert curve.data == "synthetic" and curve.target == "risk:progression:2"
     assert curve.n_patients >= 1
@@ -86,7 +86,7 @@ def test_curve_invariants(result: TestSelectionBenchmarkResult) -> None:
 def test_round_trip_and_files(result: TestSelectionBenchmarkResult, tmp_path) -> None:
     again = TestSelectionBenchmarkResult.model_validate_json(result.model_dump_json())
     assert again == result
-    paths = write_test_selection_results(result, tmp_path)
+    paths = result.write(tmp_path)
     assert [p.name for p in paths] == ["test-selection.json", "test-selection.md", "test-selection.png"]
     assert json.loads(paths[0].read_text())["benchmark"] == "test-selection"
     text = paths[1].read_text()

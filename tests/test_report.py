@@ -20,7 +20,6 @@ from vpatient.report.cli import report_app
 from vpatient.report.render import interval
 from vpatient.schemas import TreatmentExposure, TreatmentPlan, parse_record
 from vpatient.simulation import Simulator
-from vpatient.simulation.adjustment import write_trial_adjustment
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
 
@@ -173,7 +172,7 @@ def test_trial_report_shows_the_trial_and_subgroups(sim, pbc):
 
 def test_trial_report_shows_the_real_trial_adjustment(sim, tmp_path, simulated_trial_adjustment):
     result = simulated_trial_adjustment()
-    path = write_trial_adjustment(result, tmp_path)[0]
+    path = result.write(tmp_path)[0]
     out = trial_report(sim, {"placebo": PLACEBO, "D-penicillamine": DRUG}, n=30, seed=1, training=False, adjustment=path)
     text = html_text.unescape(out.html)
     assert SECTION_TITLE in text

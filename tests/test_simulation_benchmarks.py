@@ -8,31 +8,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vpatient.data.cohort import Cohort
-from vpatient.data.synthetic import synthetic_cohort
-from vpatient.evaluate import fold_models
-from vpatient.evaluate.cohort_fidelity_benchmark import (
+from vpatient.benchmarks.cohort_fidelity import (
     MAX_AUC,
     CohortFidelityBenchmarkResult,
+    CohortFidelitySettings,
     classifier_auc,
     correlation_gap,
     patient_features,
     run_cohort_fidelity_benchmark,
     wasserstein_by_bin,
-    write_cohort_fidelity_results,
 )
-from vpatient.evaluate.fold_models import trained_model
-from vpatient.evaluate.pbc_trial_benchmark import (
+from vpatient.benchmarks.pbc_trial import (
     PbcTrialBenchmarkResult,
+    PbcTrialSettings,
     StepOrLinearCurve,
-    held_out_records,
     integrated_abs_difference,
     pooled_trial,
     run_pbc_trial_benchmark,
     trial_arms,
-    write_pbc_trial_results,
 )
-from vpatient.evaluate.protocol import forecast_folds
+from vpatient.data.cohort import Cohort
+from vpatient.data.synthetic import synthetic_cohort
+from vpatient.evaluate import fold_models
+from vpatient.evaluate.fold_models import trained_model
+from vpatient.evaluate.protocol import forecast_folds, held_out_records
 from vpatient.schemas import PatientRecord, VariableKind
 from vpatient.simulation import Simulator
 from vpatient.train import TrainSettings
@@ -67,8 +66,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trial_result(cohort, cache) -> PbcTrialBenchmarkResult:
-    return run_pbc_trial_benchmark(
-        cohort,
+    settings = PbcTrialSettings(
         seed=0,
         n_folds=2,
         years=4.0,
@@ -79,14 +77,16 @@ def trial_result(cohort, cache) -> PbcTrialBenchmarkResult:
         cache_dir=cache,
         progress=False,
     )
+    return run_pbc_trial_benchmark(cohort, settings)
 
 
 @pytest.fixture(scope="module")
 def fidelity_result(cohort, cache, trial_result) -> CohortFidelityBenchmarkResult:
     # after trial_result: the fold models come from the shared cache
-    return run_cohort_fidelity_benchmark(
-        cohort, seed=0, n_folds=2, cv_repeats=1, min_deaths=1, train_settings=TINY, cache_dir=cache, progress=False
+    settings = CohortFidelitySettings(
+        seed=0, n_folds=2, cv_repeats=1, min_deaths=1, train_settings=TINY, cache_dir=cache, progress=False
     )
+    return run_cohort_fidelity_benchmark(cohort, settings)
 
 
 # --------------------------------------------------------------------------- curves
@@ -190,7 +190,7 @@ def test_pbc_trial_result_is_consistent(trial_result, cohort, tmp_path):
     assert recomputed == pytest.approx(r.in_sample.distance[0].model_mean, abs=1e-3)  # curves are stored to 5 decimals
     # JSON round trip, files, markdown
     assert PbcTrialBenchmarkResult.model_validate_json(r.model_dump_json()) == r
-    paths = write_pbc_trial_results(r, tmp_path)
+    paths = r.write(tmp_path)
     assert [p.name for p in paths] == ["pbc-trial.json", "pbc-trial.md", "pbc-trial.png"]
     assert all(p.stat().st_size > 0 for p in paths)
     md = paths[1].read_text()
@@ -258,7 +258,7 @@ def test_cohort_fidelity_result_is_consistent(fidelity_result, cohort, tmp_path)
     assert sorted(g.feature for g in r.feature_gaps) == sorted(r.features)
     assert 0.0 <= r.auc_pooled <= 1.0 and r.n_pooled == len(cohort.records)
     assert CohortFidelityBenchmarkResult.model_validate_json(r.model_dump_json()) == r
-    paths = write_cohort_fidelity_results(r, tmp_path)
+    paths = r.write(tmp_path)
     assert [p.name for p in paths] == ["cohort-fidelity.json", "cohort-fidelity.md", "cohort-fidelity.png"]
     md = paths[1].read_text()
     assert md.count("| pass |") + md.count("| miss |") == len(r.targets)

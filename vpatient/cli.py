@@ -15,9 +15,10 @@ from typing import Annotated
 
 import typer
 
+from vpatient.benchmarks.cli import benchmark_app
+from vpatient.benchmarks.options import ConfigOption, ModelOption, SeedOption
 from vpatient.dashboard.command import dashboard_command
 from vpatient.errors import Problem, RecordValidationError, VPatientError
-from vpatient.evaluate.cli import benchmark_app
 from vpatient.report.cli import report_app
 from vpatient.simulation.cli import simulate_app, trial_app, whatif_command
 from vpatient.version import __version__
@@ -36,8 +37,6 @@ app.command("dashboard")(dashboard_command)
 
 log = logging.getLogger("vpatient")
 
-SeedOption = Annotated[int, typer.Option(help="Random seed; the same seed gives the same numbers.")]
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS paths.")]
 MembersOption = Annotated[
     int,
     typer.Option(
@@ -220,7 +219,7 @@ def _training_summary(model, seconds: float) -> str:
 
 @app.command()
 def forecast(
-    model: Annotated[Path, typer.Option("--model", help="Checkpoint directory (vpatient train --out).")],
+    model: ModelOption,
     patient: Annotated[str, typer.Option("--patient", help="Subject id.")],
     until: Annotated[float | None, typer.Option(help="Forecast from this time (years); default the last visit.")] = None,
     horizon: Annotated[float, typer.Option(help="Years to forecast beyond --until.")] = 5.0,
@@ -278,7 +277,7 @@ def forecast(
 
 @app.command()
 def recommend(
-    model: Annotated[Path, typer.Option("--model", help="Checkpoint directory (vpatient train --out).")],
+    model: ModelOption,
     patient: Annotated[str, typer.Option("--patient", help="Subject id in the model's dataset (or --data).")],
     at: Annotated[float | None, typer.Option(help="Decision time (years); default the end of follow-up.")] = None,
     target: Annotated[str, typer.Option(help="latent, risk:<event>:<years> or forecast:<variable>:<years>.")] = "risk:death:5",

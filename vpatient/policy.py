@@ -50,7 +50,24 @@ from vpatient.model.batch import PatientBatch
 from vpatient.schemas import DatasetConfig, PatientRecord
 from vpatient.virtual_patient import VirtualPatientModel, member_slices
 
-__all__ = ["Distribution", "Recommendation", "Target", "TargetKind", "TestGain", "UpdateRule", "eig_from_pool", "recommend"]
+__all__ = [
+    "Distribution",
+    "HypotheticalResults",
+    "Pool",
+    "Predictive",
+    "Recommendation",
+    "Target",
+    "TargetKind",
+    "TestGain",
+    "UpdateRule",
+    "draw_results",
+    "eig_from_pool",
+    "likelihood_log_factor",
+    "posterior_pool",
+    "predictive_at",
+    "recommend",
+    "systematic_resample",
+]
 
 _LOG_2PI_E = math.log(2 * math.pi * math.e)
 
@@ -287,7 +304,7 @@ class Recommendation:
 
 
 @dataclass
-class _Pool:
+class Pool:
     """The pool of posterior draws; with an ensemble, member k's draws are the block ``blocks[k]``."""
 
     draws: torch.Tensor  # (S, P) posterior draws of z0 and offsets
@@ -302,9 +319,9 @@ class _Pool:
 
 
 @torch.no_grad()
-def _pool(
+def posterior_pool(
     model: VirtualPatientModel, history: PatientRecord, at: float, target: Target, n: int, generator: torch.Generator
-) -> _Pool:
+) -> Pool:
     """S posterior draws split between the members (each member's own latent space and dynamics).
 
     The latent state has no meaning shared between members, so a ``latent`` target reads
@@ -347,11 +364,11 @@ def _pool(
         kind = Distribution.GAUSSIAN
     else:
         noise, kind = 0.0, Distribution.BERNOULLI if target.kind == TargetKind.RISK else Distribution.GAUSSIAN
-    return _Pool(joined["draws"], joined["log_w"], rep, joined["z_now"], joined["target"], kind, noise, list(worlds), blocks)
+    return Pool(joined["draws"], joined["log_w"], rep, joined["z_now"], joined["target"], kind, noise, list(worlds), blocks)
 
 
 @dataclass
-class _Results:
+class HypotheticalResults:
     """Hypothetical results of every variable at t, one row per outer draw (standardised scales)."""
 
     continuous: torch.Tensor | None  # (R, 1, Dc)
@@ -361,7 +378,7 @@ class _Results:
 
 
 @dataclass
-class _Predictive:
+class Predictive:
     """The model's predictive at t of every pool draw: what a result's likelihood is computed from."""
 
     continuous: torch.Tensor | None  # (S, Dc) means
@@ -373,7 +390,7 @@ class _Predictive:
 
 
 @torch.no_grad()
-def _predictive(model: VirtualPatientModel, pool: _Pool, at: float) -> _Predictive:
+def predictive_at(model: VirtualPatientModel, pool: Pool, at: float) -> Predictive:
     """Each draw decoded by the member that drew it, pooled in draw order."""
     parts = []
     for world, block in zip(pool.worlds, pool.blocks, strict=True):
@@ -382,7 +399,7 @@ def _predictive(model: VirtualPatientModel, pool: _Pool, at: float) -> _Predicti
         times = torch.full((len(z), 1), at)
         size = (len(z), -1)
         parts.append(
-            _Predictive(
+            Predictive(
                 continuous=decoder.continuous_mean(z, world.offsets(pool.draws[block]), times)[:, 0]
                 if decoder.continuous is not None
                 else None,
@@ -400,7 +417,7 @@ def _predictive(model: VirtualPatientModel, pool: _Pool, at: float) -> _Predicti
         values = [getattr(p, name) for p in parts]
         return None if values[0] is None else torch.cat(values)
 
-    return _Predictive(
+    return Predictive(
         continuous=cat("continuous"),
         binary=cat("binary"),
         ordinal=[torch.cat([p.ordinal[j] for p in parts]) for j in range(len(parts[0].ordinal))],
@@ -410,9 +427,14 @@ def _predictive(model: VirtualPatientModel, pool: _Pool, at: float) -> _Predicti
     )
 
 
-def _draw_results(
-    model: VirtualPatientModel, predictive: _Predictive, rows: torch.Tensor, generator: torch.Generator
-) -> _Results:
+def draw_results(
+    model: VirtualPatientModel, predictive: Predictive, rows: torch.Tensor, generator: torch.Generator
+) -> HypotheticalResults:
+    """One hypothetical result of every variable per outer draw ``rows``, drawn from the model's predictive.
+
+    Draws from ``generator`` in a fixed order (continuous, binary, ordinal, imaging), so a
+    seed gives the same results wherever this is called.
+    """
     continuous = binary = imaging = None
     if predictive.continuous is not None:
         mean = predictive.continuous[rows]
@@ -424,10 +446,12 @@ def _draw_results(
     if predictive.imaging is not None:
         mean = predictive.imaging[rows]
         imaging = (mean + torch.randn(mean.shape, generator=generator) * predictive.imaging_sd[rows]).unsqueeze(1)
-    return _Results(continuous, binary, ordinal, imaging)
+    return HypotheticalResults(continuous, binary, ordinal, imaging)
 
 
-def _likelihood_log_factor(model: VirtualPatientModel, group, results: _Results, predictive: _Predictive) -> torch.Tensor:
+def likelihood_log_factor(
+    model: VirtualPatientModel, group, results: HypotheticalResults, predictive: Predictive
+) -> torch.Tensor:
     """log p(result_i | pool draw s) of one test's variables under the decoder: (R, S).
 
     Gaussian terms keep their -log sd: members of an ensemble may disagree on the noise.
@@ -458,7 +482,7 @@ def _likelihood_log_factor(model: VirtualPatientModel, group, results: _Results,
 
 @torch.no_grad()
 def _expert_log_factor_of(
-    model: VirtualPatientModel, group, pool: _Pool, rows: torch.Tensor, at: float, results: _Results
+    model: VirtualPatientModel, group, pool: Pool, rows: torch.Tensor, at: float, results: HypotheticalResults
 ) -> torch.Tensor:
     """log density at the pool draws of the encoder's expert for each result (the amortised PoE update): (R, S).
 
@@ -591,18 +615,18 @@ def recommend(
     done = {label for label in labels if measured_now & set(catalogue[test_of[label]].variables)}
     rule = choose(UpdateRule, update, "update rule")
     generator = torch.Generator().manual_seed(seed)
-    pool = _pool(model, history, at, chosen_target, n_samples, generator)
+    pool = posterior_pool(model, history, at, chosen_target, n_samples, generator)
     weights = _normalised(pool.log_w)
     ess = float(1.0 / (weights**2).sum())
-    outer = _systematic(weights, generator)
+    outer = systematic_resample(weights, generator)
     open_labels = [label for label in labels if label not in done]
-    predictive = _predictive(model, pool, at)
-    results = {label: _draw_results(model, predictive, outer, generator) for label in open_labels}
+    predictive = predictive_at(model, pool, at)
+    results = {label: draw_results(model, predictive, outer, generator) for label in open_labels}
     factors = {}
     for label in open_labels:
         group = model.layout.group(test_of[label])
         factors[label] = (
-            _likelihood_log_factor(model, group, results[label], predictive)
+            likelihood_log_factor(model, group, results[label], predictive)
             if rule == UpdateRule.LIKELIHOOD
             else _expert_log_factor_of(model, group, pool, outer, at, results[label])
         )
@@ -665,7 +689,7 @@ def _greedy(open_tests: list[str], costs: dict[str, float], gain, budget: float 
     return steps
 
 
-def _systematic(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def systematic_resample(weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Indices of S draws resampled by their weights (systematic resampling)."""
     s = len(weights)
     u = (torch.rand(1, generator=generator) + torch.arange(s)) / s

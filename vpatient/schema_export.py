@@ -96,25 +96,6 @@ def drifted_files(out_dir: str | Path) -> list[str]:
 
 def _all_types() -> dict[str, type[BaseModel]]:
     """Input types, and the result types of every benchmark (so results are a documented format)."""
-    from vpatient.evaluate.cohort_fidelity_benchmark import RESULT_TYPES as COHORT_FIDELITY
-    from vpatient.evaluate.counterfactual_benchmark import RESULT_TYPES as COUNTERFACTUAL
-    from vpatient.evaluate.effect_calibration_benchmark import RESULT_TYPES as EFFECT_CALIBRATION
-    from vpatient.evaluate.forecast_benchmark import RESULT_TYPES as FORECAST
-    from vpatient.evaluate.pbc_trial_benchmark import RESULT_TYPES as PBC_TRIAL
-    from vpatient.evaluate.simulate_speed_benchmark import RESULT_TYPES as SIMULATE_SPEED
-    from vpatient.evaluate.test_selection_benchmark import RESULT_TYPES as TEST_SELECTION
-    from vpatient.evaluate.training_benchmark import RESULT_TYPES as TRAINING
-    from vpatient.simulation.adjustment import RESULT_TYPES as TRIAL_ADJUSTMENT
+    from vpatient.benchmarks.registry import BENCHMARKS
 
-    return {
-        **BOUNDARY_TYPES,
-        **FORECAST,
-        **TRAINING,
-        **COUNTERFACTUAL,
-        **PBC_TRIAL,
-        **COHORT_FIDELITY,
-        **SIMULATE_SPEED,
-        **TEST_SELECTION,
-        **TRIAL_ADJUSTMENT,
-        **EFFECT_CALIBRATION,
-    }
+    return {**BOUNDARY_TYPES, **{cls.__name__: cls for cls in BENCHMARKS.values()}}

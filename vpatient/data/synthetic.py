@@ -619,6 +619,19 @@ class SyntheticTruth:
 
     # -- trajectories --------------------------------------------------------
 
+    def states_from(self, subject_id: str, z0: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Augmented states (z1, z2, H_death, H_progression) of the subject from other initial states.
+
+        ``z0`` (m, 2) replaces the subject's drawn initial state (e.g. draws from
+        :meth:`prior`); the subject's own dynamics and factual exposures, times (T,):
+        (m, T, 4).
+        """
+        m = len(z0)
+        y0 = np.concatenate([z0, np.zeros((m, 2))], axis=1)
+        controls = _Controls.of([self.factual_exposures(subject_id)]).take(np.zeros(m, dtype=int))
+        tau = np.broadcast_to(np.asarray(times, dtype=float), (m, len(times))).copy()
+        return _solve(y0, tau, self._coef.take(np.full(m, self.row(subject_id))), controls, self.params)
+
     def states_many(
         self, subject_ids: Sequence[str], exposures_list: Sequence[Sequence[TreatmentExposure]], times: np.ndarray
     ) -> np.ndarray:
@@ -701,6 +714,73 @@ class SyntheticTruth:
         ``stage`` its expected level; ``ct_0 .. ct_{d-1}`` the noiseless embedding.
         """
         return self.observables_many([subject_id], [exposures], np.ravel(times)).drop(columns="subject_id")
+
+    # -- the observation model -----------------------------------------------
+
+    def observes(self, variable: str) -> bool:
+        """Whether the generator has an observation model of ``variable`` (a lab, ascites, stage, ct)."""
+        return variable in CONTINUOUS_LABS or variable in ("ascites", "stage", "ct")
+
+    def stage_probabilities(self, z: np.ndarray) -> np.ndarray:
+        """P(stage = j | z) for j = 0..3, floored at 1e-12: (m, 4)."""
+        exceed = _stage_exceed(z, self.params)  # (m, 3) P(stage >= j)
+        upper = np.concatenate([np.ones((len(z), 1)), exceed], axis=1)
+        lower = np.concatenate([exceed, np.zeros((len(z), 1))], axis=1)
+        return np.clip(upper - lower, 1e-12, 1.0)
+
+    def log_likelihood(self, z: np.ndarray, variable: str, value: float | np.ndarray) -> np.ndarray:
+        """log p(value | z) of one observed variable under the generator's observation model.
+
+        ``z`` (m, 2) latent states. ``value`` is one observation (a lab on its modelling
+        scale, ascites 0/1, a stage level, a ct embedding (d,)): returns (m,); or one per
+        row of a batch ((n,), ct (n, d)): returns (n, m). Gaussian terms leave out their
+        normalising constants (they cancel in importance weights). A batch of ct embeddings
+        expands the square, so as not to hold (n, m, d) at once.
+        """
+        p = self.params
+        if variable in CONTINUOUS_LABS:
+            j = CONTINUOUS_LABS.index(variable)
+            mean = _lab_links(z)[:, j]
+            return -0.5 * ((np.asarray(value, dtype=float)[..., None] - mean) / p.lab_sd[j]) ** 2
+        if variable == "ascites":
+            q = np.clip(_ascites_prob(z), 1e-12, 1 - 1e-12)
+            return np.where(np.asarray(value)[..., None] > 0.5, np.log(q), np.log1p(-q))
+        if variable == "stage":
+            level = np.rint(np.asarray(value, dtype=float)).astype(int)
+            return np.moveaxis(np.log(self.stage_probabilities(z))[:, level], 0, -1)
+        if variable == "ct":
+            W, b = self.imaging_weights
+            mean = np.tanh(z @ W.T + b)
+            e = np.asarray(value, dtype=float)
+            if e.ndim == 1:
+                return -0.5 * (((e - mean) / p.imaging_sd) ** 2).sum(axis=1)
+            sq = (e**2).sum(1)[:, None] - 2 * e @ mean.T + (mean**2).sum(1)[None]
+            return -0.5 * sq / p.imaging_sd**2
+        raise ValueError(f"no observation model of {variable!r}; the generator observes labs, ascites, stage and ct")
+
+    def draw_results(self, z: np.ndarray, variables: Sequence[str], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One result of each variable the generator observes, per latent state z (m, 2).
+
+        Labs on their modelling scale (m,), ascites bool (m,), stage level (m,), ct (m, d).
+        Variables without an observation model are skipped. Draws from ``rng`` variable by
+        variable in the order given.
+        """
+        p = self.params
+        out: dict[str, np.ndarray] = {}
+        for v in variables:
+            if v in CONTINUOUS_LABS:
+                j = CONTINUOUS_LABS.index(v)
+                out[v] = _lab_links(z)[:, j] + rng.normal(0, p.lab_sd[j], len(z))
+            elif v == "ascites":
+                out[v] = rng.random(len(z)) < _ascites_prob(z)
+            elif v == "stage":
+                u = rng.random(len(z))
+                out[v] = np.minimum((self.stage_probabilities(z).cumsum(axis=1) < u[:, None]).sum(axis=1), len(p.stage_cuts))
+            elif v == "ct":
+                W, b = self.imaging_weights
+                mean = np.tanh(z @ W.T + b)
+                out[v] = mean + rng.normal(0, p.imaging_sd, mean.shape)
+        return out
 
     def _observables(self, z: np.ndarray, t: np.ndarray) -> pd.DataFrame:
         """z (m, 2) with NaN rows for padding, t (m,) -> one row per state."""

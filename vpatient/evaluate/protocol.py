@@ -32,6 +32,7 @@ from vpatient import transforms
 from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import observations_frame, truncate_record
 from vpatient.errors import VPatientError
+from vpatient.evaluate.metrics import harrell_c, ipcw_brier, kaplan_meier
 from vpatient.schemas import DatasetConfig, Observation, PatientRecord, VariableKind
 
 __all__ = [
@@ -47,9 +48,12 @@ __all__ = [
     "eligible_records",
     "forecast_folds",
     "forecast_variables",
+    "held_out_records",
     "landmark_split",
     "last_observations",
     "n_observed_visits",
+    "score_forecasts",
+    "score_survival",
     "sort_subject_ids",
     "survival_landmark",
     "survival_setup",
@@ -331,3 +335,89 @@ def survival_setup(records: Iterable[PatientRecord], landmark: float, event: str
         times.append(end - landmark)
         events.append(1 if hits else 0)
     return SurvivalLandmark(landmark, histories, ids, np.asarray(times, dtype=float), np.asarray(events, dtype=int))
+
+
+def held_out_records(cohort: Cohort, n_folds: int, seed: int) -> list[tuple[list[PatientRecord], list[PatientRecord]]]:
+    """Per fold of ``forecast_folds``: (training records, held-out records).
+
+    Patients in no fold (fewer visits than the protocol needs) are dealt to the folds'
+    held-out sets in turn, their sorted ids permuted by ``default_rng(seed)``, so every
+    patient is held out exactly once.
+    """
+    folds = forecast_folds(cohort, n_folds, seed)
+    in_folds = {sid for f in folds for sid in f.test_ids}
+    by_id = {r.subject_id: r for r in cohort.records}
+    rest = sort_subject_ids(set(by_id) - in_folds)
+    order = np.random.default_rng(seed).permutation(len(rest))
+    extra: list[list[PatientRecord]] = [[] for _ in folds]
+    for position, i in enumerate(order):
+        extra[position % len(folds)].append(by_id[rest[i]])
+    return [(list(f.train), [*f.test, *extra[k]]) for k, f in enumerate(folds)]
+
+
+# --------------------------------------------------------------------------- scoring one fold
+
+
+def score_forecasts(truth: pd.DataFrame, answer: pd.DataFrame, scaler: Standardiser, fold: int, method: str) -> pd.DataFrame:
+    """Join a method's answer to the truth of one fold, on the standardised scale.
+
+    ``truth`` has :data:`QUERY_COLUMNS` and ``observed``; ``answer`` the method's ``mean``,
+    ``q05`` and ``q95`` per query. Raises :class:`ProtocolError` unless every query is
+    answered. The rows carry ``fold`` and ``method`` so folds and methods stack into one table.
+    """
+    missing = {"mean", "q05", "q95"} - set(answer.columns)
+    if missing:
+        raise ProtocolError(f"{method}: forecast lacks column(s) {sorted(missing)}")
+    merged = truth.merge(answer[[*QUERY_COLUMNS, "mean", "q05", "q95"]], on=QUERY_COLUMNS, how="left", validate="one_to_one")
+    bad = merged[["mean", "q05", "q95"]].isna().any(axis=1)
+    if bad.any():
+        raise ProtocolError(f"{method}: no forecast for {int(bad.sum())} of {len(merged)} queried cells (fold {fold})")
+    merged = scaler.transform(merged, ["observed", "mean", "q05", "q95"])
+    merged["fold"] = fold
+    merged["method"] = method
+    return merged
+
+
+def score_survival(
+    method: Forecaster,
+    name: str,
+    test: SurvivalLandmark,
+    train: SurvivalLandmark,
+    landmark: float,
+    windows: Sequence[float],
+    event: str,
+    min_deaths: int,
+    fold: int,
+) -> list[dict]:
+    """One row per window: the fold's scores of a method's risk of ``event`` at this landmark.
+
+    Harrell's C of the risk within ``landmark + w`` and, for methods whose risk is a
+    probability, the IPCW Brier score (censoring by reverse Kaplan-Meier on ``train``);
+    a window with fewer than ``min_deaths`` events gets NaN scores. Rows are dicts with
+    method, landmark, window, fold, n, deaths, c, brier. A method that gives no risk
+    (``risk`` returns None) gets no rows.
+    """
+    rows = []
+    if len(test.subject_ids) == 0:
+        return [
+            dict(method=name, landmark=landmark, window=w, fold=fold, n=0, deaths=0, c=math.nan, brier=math.nan) for w in windows
+        ]
+    answer = method.risk(test.histories, landmark, list(windows), event)
+    if answer is None:
+        return rows
+    risk = answer.pivot(index="subject_id", columns="window", values="risk").reindex(index=test.subject_ids)
+    censoring = kaplan_meier(train.time, 1 - train.event)
+    for w in windows:
+        values = risk[float(w)].to_numpy(float)
+        if np.isnan(values).any():
+            raise ProtocolError(f"{name}: no risk for {int(np.isnan(values).sum())} subjects at s={landmark:g}, w={w:g}")
+        deaths = int(((test.event == 1) & (test.time <= w)).sum())
+        c = brier = math.nan
+        if deaths >= min_deaths:
+            c = harrell_c(test.time, test.event, values, horizon=w)
+            if method.risk_is_probability:
+                brier = ipcw_brier(test.time, test.event, values, w, censoring)
+        rows.append(
+            dict(method=name, landmark=landmark, window=float(w), fold=fold, n=len(values), deaths=deaths, c=c, brier=brier)
+        )
+    return rows

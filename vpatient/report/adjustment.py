@@ -1,6 +1,6 @@
 """A real trial's prognostic-score (PROCOVA) adjustment, in the words reports and the dashboard show it.
 
-Computing the adjustment (:func:`vpatient.simulation.adjustment.run_trial_adjustment`)
+Computing the adjustment (:func:`vpatient.benchmarks.trial_adjustment.run_trial_adjustment`)
 trains and cross-fits fold models, minutes of work, so the trial report and the
 dashboard read its saved result, ``trial-adjustment.json`` (``vpatient trial adjust
 --out DIR``). The plain-word sentences are made here once, so that both say the same.
@@ -12,8 +12,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from vpatient.benchmarks.trial_adjustment import STEM, TrialAdjustmentResult
 from vpatient.errors import VPatientError
-from vpatient.simulation.adjustment import STEM, AdjustedEffect, TrialAdjustmentResult
+from vpatient.simulation.adjustment import AdjustedEffect
 
 __all__ = [
     "ADJUSTMENT_FILE",

@@ -9,14 +9,14 @@ from typing import Annotated
 
 import typer
 
+from vpatient.benchmarks.options import ModelOption, SeedOption
+
 __all__ = ["report_app"]
 
 report_app = typer.Typer(help="Self-contained HTML (and PDF) reports: a patient, a trial, the model card.", no_args_is_help=True)
 
-ModelOption = Annotated[Path, typer.Option("--model", help="Checkpoint directory (vpatient train --out).")]
 OutOption = Annotated[Path, typer.Option("--out", help="HTML file to write (one self-contained file).")]
 PdfOption = Annotated[Path | None, typer.Option("--pdf", help="Also write a PDF (WeasyPrint).")]
-SeedOption = Annotated[int, typer.Option(help="Random seed; the same seed gives the same report.")]
 CardOption = Annotated[str | None, typer.Option("--card", help="Link to the model card (a path or URL) from the report.")]
 
 

@@ -18,7 +18,7 @@ from vpatient.report.render import figure_png, model_version, render, write_outp
 from vpatient.schemas import PatientRecord, TreatmentPlan
 
 if TYPE_CHECKING:
-    from vpatient.simulation.adjustment import TrialAdjustmentResult
+    from vpatient.benchmarks.trial_adjustment import TrialAdjustmentResult
 
 __all__ = ["TrialReport", "adjustment_section", "subgroup_effects", "trial_report"]
 

@@ -15,7 +15,7 @@ Protocol:
 - **Prognostic score, cross-fitted.** The folds of the forecasting protocol
   (:func:`vpatient.evaluate.fold_models.fold_models`, ``n_folds`` folds, seed ``seed``);
   patients too short for the protocol's folds are dealt to the folds' held-out sets as
-  the PBC trial benchmark does (:func:`vpatient.evaluate.pbc_trial_benchmark.held_out_records`),
+  the PBC trial benchmark does (:func:`vpatient.evaluate.protocol.held_out_records`),
   so every patient is scored exactly once, by the model of the fold that did not train on
   them. A model that had seen a patient's follow-up would carry that patient's own outcome
   into the covariate, and the adjusted analysis would then be too optimistic; that is why
@@ -65,25 +65,20 @@ effect, as in PBC, neither moves much. The result reports what is measured.
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from vpatient.benchmarks.base import StrictModel
 from vpatient.data.cohort import NO_TREATMENT_ARM, Cohort, arm_of
 from vpatient.data.timeline import observations_frame, truncate_record
 from vpatient.errors import VPatientError
 from vpatient.evaluate.fold_models import DEFAULT_CACHE, fold_models
-from vpatient.evaluate.results_io import write_result
-from vpatient.schemas import DatasetConfig, PatientRecord, Transform, TreatmentPlan, VariableKind
-from vpatient.tables import markdown_table
-from vpatient.version import __version__
+from vpatient.schemas import PatientRecord, TreatmentPlan, VariableKind
 
 if TYPE_CHECKING:  # torch-backed: imported when scores are computed, not when the CLI starts
     from vpatient.model.latent_ode import ModelSettings
@@ -91,10 +86,8 @@ if TYPE_CHECKING:  # torch-backed: imported when scores are computed, not when t
     from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = [
-    "RESULT_TYPES",
     "AdjustedEffect",
     "Estimate",
-    "TrialAdjustmentResult",
     "ancova_adjustment",
     "baseline_arms",
     "baseline_record",
@@ -102,9 +95,7 @@ __all__ = [
     "cox_adjustment",
     "cross_fitted_scores",
     "prognostic_scores",
-    "run_trial_adjustment",
     "trial_table",
-    "write_trial_adjustment",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,19 +105,12 @@ DEFAULT_HORIZON = 5.0
 DEFAULT_LAB_TIME = 2.0
 DEFAULT_WINDOW = 0.5
 DEFAULT_SAMPLES = 100
-#: The issue's target: the adjusted log hazard ratio's standard error at least this much smaller.
-SE_TARGET = 0.10
-STEM = "trial-adjustment"
 
 
-# --------------------------------------------------------------------------- result types
+# --------------------------------------------------------------------------- what an analysis returns
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Estimate(_Strict):
+class Estimate(StrictModel):
     """One coefficient: estimate, standard error, 95% CI and two-sided p."""
 
     estimate: float
@@ -139,7 +123,7 @@ class Estimate(_Strict):
     hazard_ratio_upper: float | None = None
 
 
-class AdjustedEffect(_Strict):
+class AdjustedEffect(StrictModel):
     """A treatment effect estimated without and with the prognostic score."""
 
     analysis: Literal["cox", "ancova"]
@@ -160,107 +144,6 @@ class AdjustedEffect(_Strict):
         "for equal precision (negative: it needs more)."
     )
     null_in_adjusted_ci: bool = Field(description="The adjusted 95% CI contains no effect (0 on its scale).")
-
-
-class TrialAdjustmentResult(_Strict):
-    """The result of ``vpatient trial adjust`` / ``vpatient benchmark trial-adjustment`` (protocol: module docstring)."""
-
-    benchmark: Literal["trial-adjustment"] = "trial-adjustment"
-    vpatient_version: str = __version__
-    data: str
-    time_unit: str
-    treatment_arm: str
-    reference_arm: str
-    arm_sizes: dict[str, int]
-    n_patients: int
-    event: str
-    horizon: float = Field(description="Time of the survival score, in time_unit.")
-    lab: str | None
-    lab_at: float
-    lab_window: float
-    seed: int
-    n_folds: int
-    n_samples: int = Field(description="Posterior draws per patient behind each score.")
-    scoring: str = Field(description="How the prognostic scores were computed.")
-    survival: AdjustedEffect
-    lab_effect: AdjustedEffect | None
-    se_target: float = Field(description="Target reduction of the log hazard ratio's standard error.")
-    survival_target_met: bool = Field(description="SE reduced by at least se_target and the adjusted CI contains HR 1.")
-    train_settings: dict
-    model_settings: dict
-    runtime_seconds: float
-
-    def to_markdown(self) -> str:
-        unit = self.time_unit
-        arms = ", ".join(f"{arm} {n}" for arm, n in self.arm_sizes.items())
-        lines = [
-            f"# Prognostic-score (PROCOVA) adjustment of the {self.data} trial",
-            "",
-            f"{self.treatment_arm} against {self.reference_arm} (reference); {self.n_patients} patients ({arms}). {self.scoring}",
-            "",
-            f"## Survival: {self.event} (Cox)",
-            "",
-            _effect_table(self.survival),
-            "",
-            _effect_summary(self.survival),
-            f"Target: the log hazard ratio's SE at least {self.se_target:.0%} smaller with the score, the effect still "
-            f"null: **{'met' if self.survival_target_met else 'missed'}**. A Cox model's hazard ratio is not collapsible: "
-            "adjusting estimates a conditional effect, and its standard error usually does not shrink the way a linear "
-            "model's does.",
-            "",
-        ]
-        if self.lab_effect is not None:
-            lab = self.lab_effect
-            lines += [
-                f"## Lab: {lab.outcome} (ANCOVA)",
-                "",
-                f"The value at the visit nearest {self.lab_at:g} {unit} (within ± {self.lab_window:g}); both analyses "
-                "keep the baseline value as a covariate. Patients without either value (died, dropped out, not "
-                f"measured) are left out ({lab.n_dropped}), so this compares survivors with a measurement.",
-                "",
-                _effect_table(lab),
-                "",
-                _effect_summary(lab),
-            ]
-        lines += [
-            f"Runtime {self.runtime_seconds:.0f} s (training included unless cached; context only).",
-            "",
-        ]
-        return "\n".join(lines)
-
-
-def _effect_table(effect: AdjustedEffect) -> str:
-    rows = []
-    for name, est, covariates in (
-        ("unadjusted", effect.unadjusted, ["treatment", *effect.unadjusted_covariates]),
-        ("adjusted", effect.adjusted, ["treatment", *effect.unadjusted_covariates, "prognostic score"]),
-    ):
-        row = {
-            "analysis": name,
-            "covariates": " + ".join(covariates),
-            effect.effect: est.estimate,
-            "SE": est.se,
-            "95% CI": f"{est.lower:.3f} to {est.upper:.3f}",
-        }
-        if est.hazard_ratio is not None:
-            row["HR (95% CI)"] = f"{est.hazard_ratio:.3f} ({est.hazard_ratio_lower:.3f}-{est.hazard_ratio_upper:.3f})"
-        row["p"] = est.p
-        rows.append(row)
-    return markdown_table(pd.DataFrame(rows), index=False)
-
-
-def _effect_summary(effect: AdjustedEffect) -> str:
-    events = f", {effect.n_events} events" if effect.n_events is not None else ""
-    return (
-        f"SE reduction **{effect.se_reduction:+.1%}**, equivalent sample-size saving **{effect.sample_size_saving:+.1%}** "
-        f"({effect.n_patients} patients{events}, {effect.n_dropped} left out). Score: {effect.correlation_measure} "
-        f"{effect.score_correlation:.3f}; its coefficient per sd {effect.score.estimate:.3f} "
-        f"(95% CI {effect.score.lower:.3f} to {effect.score.upper:.3f}).\n"
-    )
-
-
-#: Result types of this module, by the name their JSON Schema is exported under.
-RESULT_TYPES: dict[str, type[BaseModel]] = {"TrialAdjustmentResult": TrialAdjustmentResult}
 
 
 # --------------------------------------------------------------------------- the analyses
@@ -574,7 +457,7 @@ def cross_fitted_scores(
     benchmarks); the held-out sets are :func:`held_out_records`, so patients in no fold of
     the protocol are scored too. Columns: those of :func:`prognostic_scores` and ``fold``.
     """
-    from vpatient.evaluate.pbc_trial_benchmark import held_out_records
+    from vpatient.evaluate.protocol import held_out_records
 
     models = fold_models(cohort, n_folds, seed, cache_dir, progress, settings=train_settings, model_settings=model_settings)
     splits = held_out_records(cohort, n_folds, seed)  # the same folds (forecast_folds), rest dealt in
@@ -587,141 +470,3 @@ def cross_fitted_scores(
         )
         parts.append(scores.assign(fold=index))
     return pd.concat(parts, ignore_index=True)
-
-
-# --------------------------------------------------------------------------- the run
-
-
-def run_trial_adjustment(
-    cohort: Cohort,
-    n_folds: int = 5,
-    seed: int = 0,
-    *,
-    event: str | None = None,
-    horizon: float = DEFAULT_HORIZON,
-    lab: str | None = None,
-    at: float = DEFAULT_LAB_TIME,
-    window: float = DEFAULT_WINDOW,
-    n_samples: int = DEFAULT_SAMPLES,
-    train_settings: TrainSettings | None = None,
-    model_settings: ModelSettings | None = None,
-    cache_dir: str | Path | None = DEFAULT_CACHE,
-    progress: bool = False,
-) -> TrialAdjustmentResult:
-    """Score every patient (cross-fitted) and re-analyse the trial without and with the score (module docstring).
-
-    ``event``: default ``death`` when the config has it, else its first event kind.
-    ``lab``: default the config's first continuous variable. Inputs are checked before
-    any model is trained.
-    """
-    from vpatient.model.latent_ode import ModelSettings
-    from vpatient.train import TrainSettings
-
-    started = time.perf_counter()
-    event, lab = _check_inputs(cohort, event, lab, horizon, at, window, n_folds, n_samples)
-    table = trial_table(cohort, event, lab, at, window)
-    if not table["event"].any():
-        raise VPatientError(f"no {event} events in data {cohort.name!r}: a Cox analysis needs at least one")
-    train_settings = replace(train_settings or TrainSettings(), seed=seed)
-    model_settings = model_settings or ModelSettings()
-    scores = cross_fitted_scores(
-        cohort,
-        n_folds,
-        seed,
-        event=event,
-        horizon=horizon,
-        lab=lab,
-        at=at,
-        n_samples=n_samples,
-        train_settings=train_settings,
-        model_settings=model_settings,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
-    table = table.merge(scores, on="subject_id", how="left", validate="one_to_one")
-    survival = cox_adjustment(table["time"], table["event"], table["treated"], table["survival_score"], outcome=event)
-    lab_effect = ancova_adjustment(
-        table["outcome"],
-        table["treated"],
-        table["lab_score"],
-        baseline=table["baseline"],
-        label=_lab_label(cohort.config, lab, at),
-    )
-    treated_arm = str(table.loc[table["treated"], "arm"].iloc[0])
-    return TrialAdjustmentResult(
-        data=cohort.name,
-        time_unit=cohort.config.time_unit.value,
-        treatment_arm=treated_arm,
-        reference_arm=NO_TREATMENT_ARM,
-        arm_sizes={str(a): int(n) for a, n in table["arm"].value_counts().sort_index().items()},
-        n_patients=len(table),
-        event=event,
-        horizon=horizon,
-        lab=lab,
-        lab_at=at,
-        lab_window=window,
-        seed=seed,
-        n_folds=n_folds,
-        n_samples=n_samples,
-        scoring=(
-            f"Prognostic scores cross-fitted over {n_folds} folds (seed {seed}): each patient scored by the model of the "
-            "fold that did not train on them, from the record as known at enrolment without the assigned treatment, "
-            f"predicted under no treatment (the reference arm), {n_samples} posterior draws: survival score log(-log S) of {event} at {horizon:g} {cohort.config.time_unit.value}, "
-            f"lab score the median predicted {_lab_label(cohort.config, lab, at)}."
-        ),
-        survival=survival,
-        lab_effect=lab_effect,
-        se_target=SE_TARGET,
-        survival_target_met=bool(survival.se_reduction >= SE_TARGET and survival.null_in_adjusted_ci),
-        train_settings=train_settings.to_dict(),
-        model_settings=model_settings.to_dict(),
-        runtime_seconds=round(time.perf_counter() - started, 1),
-    )
-
-
-def _check_inputs(
-    cohort: Cohort,
-    event: str | None,
-    lab: str | None,
-    horizon: float,
-    at: float,
-    window: float,
-    n_folds: int,
-    n_samples: int,
-) -> tuple[str, str]:
-    """The event and lab to analyse (defaults filled in); VPatientError naming what is wrong."""
-    config = cohort.config
-    kinds = config.event_kinds
-    if not kinds:
-        raise VPatientError(f"config {config.name!r} has no event kinds: nothing to analyse with a Cox model")
-    if event is None:
-        event = DEFAULT_EVENT if DEFAULT_EVENT in kinds else kinds[0]
-    if event not in kinds:
-        raise VPatientError(f"unknown event {event!r}: config {config.name!r} has {', '.join(kinds)}")
-    labs = config.names(VariableKind.CONTINUOUS)
-    if lab is None:
-        if not labs:
-            raise VPatientError(f"config {config.name!r} has no continuous lab to analyse")
-        lab = labs[0]
-    if lab not in labs:
-        raise VPatientError(f"unknown lab {lab!r}: the continuous variables of config {config.name!r} are {', '.join(labs)}")
-    for name, value in (("horizon", horizon), ("at", at), ("window", window)):
-        if not (math.isfinite(value) and value > 0):
-            raise VPatientError(f"{name} = {value!r}: must be a time > 0 ({config.time_unit.value})")
-    if n_folds < 2:
-        raise VPatientError(f"n_folds = {n_folds}: cross-fitting needs at least 2 folds")
-    if n_samples < 1:
-        raise VPatientError(f"n_samples = {n_samples}: at least 1 posterior draw per patient is needed")
-    baseline_arms(cohort.records)
-    return event, lab
-
-
-def _lab_label(config: DatasetConfig, lab: str, at: float) -> str:
-    transform = config.variable(lab).transform
-    name = lab if transform == Transform.NONE else f"{transform.value}({lab})"
-    return f"{name} at {at:g} {config.time_unit.value}"
-
-
-def write_trial_adjustment(result: TrialAdjustmentResult, out_dir: str | Path) -> list[Path]:
-    """Write ``out_dir/trial-adjustment.json`` and ``.md``; returns their paths."""
-    return write_result(result, out_dir, STEM)

@@ -9,6 +9,14 @@ from typing import Annotated
 
 import typer
 
+from vpatient.benchmarks.options import (
+    CacheDirOption,
+    ConfigOption,
+    ModelOption,
+    ProgressOption,
+    SeedOption,
+    TrialDataOption,
+)
 from vpatient.errors import VPatientError
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 
@@ -19,8 +27,6 @@ log = logging.getLogger(__name__)
 simulate_app = typer.Typer(help="Virtual cohorts and in-silico trials from a trained model.", no_args_is_help=True)
 trial_app = typer.Typer(help="Real randomised trials re-analysed with the world model's help.", no_args_is_help=True)
 
-ModelOption = Annotated[Path, typer.Option("--model", help="Checkpoint directory (vpatient train --out).")]
-SeedOption = Annotated[int, typer.Option(help="Random seed; the same seed gives the same numbers.")]
 EngineOption = Annotated[str, typer.Option(help="local (this process) or dask (a Dask cluster).")]
 SchedulerOption = Annotated[
     str | None, typer.Option(help="Dask scheduler address tcp://HOST:PORT (default: start a LocalCluster).")
@@ -129,7 +135,7 @@ def simulate_cohort(
     scheduler: SchedulerOption = None,
     workers: WorkersOption = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Draw new virtual patients from the learned population and write them as a MEDS directory plus an events table."""
     sim = load_simulator(model)
@@ -170,7 +176,7 @@ def simulate_trial(
     engine: EngineOption = "local",
     scheduler: SchedulerOption = None,
     workers: WorkersOption = 2,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ProgressOption = True,
 ) -> None:
     """An in-silico trial: the same patients under each arm (common random numbers), analysed like a real trial."""
     from vpatient.datasets import load_dataset
@@ -212,8 +218,8 @@ def _trial() -> None:
 
 @trial_app.command("adjust")
 def trial_adjust(
-    data: Annotated[str, typer.Option("--data", help="The trial: an embedded dataset (pbc2) or a MEDS path.")],
-    config: Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS paths.")] = None,
+    data: TrialDataOption,
+    config: ConfigOption = None,
     folds: Annotated[
         int, typer.Option("--folds", min=2, help="Cross-fitting folds: each patient scored by a model that did not see them.")
     ] = 5,
@@ -228,11 +234,9 @@ def trial_adjust(
     at: Annotated[float, typer.Option(help="Time of the lab outcome (and of its score).")] = 2.0,
     window: Annotated[float, typer.Option(help="The lab outcome is the visit nearest --at within this distance.")] = 0.5,
     n_samples: Annotated[int, typer.Option("--samples", min=1, help="Posterior draws per patient behind each score.")] = 100,
-    cache_dir: Annotated[
-        Path, typer.Option("--cache-dir", help="Fold models are cached here (shared with the benchmarks).")
-    ] = DEFAULT_CACHE,
+    cache_dir: CacheDirOption = DEFAULT_CACHE,
     out: Annotated[Path, typer.Option("--out", help="Directory of trial-adjustment.json and .md.")] = Path("trial-adjustment"),
-    progress: Annotated[bool, typer.Option(help="Show training progress bars.")] = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Digital-twin covariate adjustment (PROCOVA): the trial's effects without and with a cross-fitted prognostic score.
 
@@ -241,8 +245,8 @@ def trial_adjust(
     --model: a model trained on a patient has seen their outcome and would leak it into
     the covariate, so fold models are always trained (once; they are cached).
     """
+    from vpatient.benchmarks.trial_adjustment import run_trial_adjustment
     from vpatient.datasets import load_dataset
-    from vpatient.simulation.adjustment import run_trial_adjustment, write_trial_adjustment
 
     result = run_trial_adjustment(
         load_dataset(data, config, seed=seed),
@@ -258,5 +262,5 @@ def trial_adjust(
         progress=progress,
     )
     typer.echo(result.to_markdown())
-    for path in write_trial_adjustment(result, out):
+    for path in result.write(out):
         typer.echo(f"wrote {path}", err=True)

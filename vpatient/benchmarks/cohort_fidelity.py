@@ -5,7 +5,7 @@ Protocol, per fold of the forecasting benchmark's split
 
 - **Real patients.** Held out: the fold's test patients, plus the patients with a single
   visit (in no fold) dealt to the folds in turn
-  (:func:`vpatient.evaluate.pbc_trial_benchmark.held_out_records`), so the held-out sets
+  (:func:`vpatient.evaluate.protocol.held_out_records`), so the held-out sets
   partition the cohort. Training: every other patient.
 - **Virtual cohort.** The fold's world model (trained on the fold's training patients
   with >= 2 visits; cached, shared with ``pbc-trial``) with a population
@@ -55,59 +55,59 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from vpatient import transforms
+from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult, targets_table
+from vpatient.benchmarks.pbc_trial import (
+    StepOrLinearCurve,
+    integrated_abs_difference,
+    kaplan_meier_curve,
+)
 from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import observations_frame
 from vpatient.evaluate.baselines import LandmarkCox, LinearMixedModel
 from vpatient.evaluate.fold_models import DEFAULT_CACHE, trained_model
-from vpatient.evaluate.forecast_benchmark import _score_frame, _survival_rows
 from vpatient.evaluate.metrics import mae
-from vpatient.evaluate.pbc_trial_benchmark import (
-    StepOrLinearCurve,
-    held_out_records,
-    integrated_abs_difference,
-    kaplan_meier_curve,
-)
 from vpatient.evaluate.protocol import (
     DEFAULT_MAX_MISSING,
     QUERY_COLUMNS,
+    Fold,
     ProtocolError,
     Standardiser,
     eligible_records,
     forecast_folds,
     forecast_variables,
+    held_out_records,
     landmark_split,
+    score_forecasts,
+    score_survival,
     survival_landmark,
     survival_setup,
     target_frame,
 )
-from vpatient.evaluate.results_io import write_result
 from vpatient.model.latent_ode import ModelSettings
 from vpatient.plans import dose_at
 from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
 from vpatient.simulation.simulator import Simulator
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
-from vpatient.version import __version__
 
 __all__ = [
-    "RESULT_TYPES",
     "CohortFidelityBenchmarkResult",
+    "CohortFidelitySettings",
     "classifier_auc",
     "correlation_gap",
     "patient_features",
     "run_cohort_fidelity_benchmark",
     "wasserstein_by_bin",
-    "write_cohort_fidelity_results",
 ]
 
 log = logging.getLogger(__name__)
@@ -220,13 +220,13 @@ def _tstr(
         targets.append(target_frame(record.subject_id, later, config, variables))
     truth = pd.concat([t for t in targets if len(t)], ignore_index=True)
     lmm = LinearMixedModel().fit(train, config, seed)
-    scored = _score_frame(truth, lmm.forecast(histories, truth[QUERY_COLUMNS].copy()), scaler, fold, lmm.name)
+    scored = score_forecasts(truth, lmm.forecast(histories, truth[QUERY_COLUMNS].copy()), scaler, fold, lmm.name)
     cox = LandmarkCox().fit(train, config, seed)
     rows = []
     for s in landmarks:
         at_test, at_train = survival_setup(test, s, event), survival_setup(real_train, s, event)
         try:
-            rows += _survival_rows(cox, cox.name, at_test, at_train, s, windows, event, min_deaths, fold)
+            rows += score_survival(cox, cox.name, at_test, at_train, s, windows, event, min_deaths, fold)
         except (ProtocolError, ValueError) as exc:  # e.g. no death after s in a small training set
             log.warning("fold %d: landmark Cox at s=%g not scored (%s)", fold, s, exc)
             rows += [dict(landmark=s, window=float(w), c=math.nan) for w in windows]
@@ -286,18 +286,14 @@ def _km_distance(a: pd.DataFrame, b: pd.DataFrame, horizon: float) -> float:
 # --------------------------------------------------------------------------- result types
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LandmarkCell(_Strict):
+class LandmarkCell(StrictModel):
     landmark: float
     window: float
     c_index_real: float | None = Field(description="Landmark Cox fitted on the real training patients.")
     c_index_virtual: float | None = Field(description="Landmark Cox fitted on the virtual cohort.")
 
 
-class FoldFidelity(_Strict):
+class FoldFidelity(StrictModel):
     """Every score of one fold."""
 
     fold: int
@@ -327,7 +323,7 @@ class FoldFidelity(_Strict):
     seconds: float
 
 
-class FeatureGap(_Strict):
+class FeatureGap(StrictModel):
     """One per-patient summary on its own: how well it tells real from virtual (pooled over folds)."""
 
     feature: str
@@ -338,7 +334,7 @@ class FeatureGap(_Strict):
     virtual_missing: float
 
 
-class Summary(_Strict):
+class Summary(StrictModel):
     quantity: str
     mean: float | None
     sd: float | None
@@ -346,14 +342,14 @@ class Summary(_Strict):
     reference_sd: float | None = None
 
 
-class Target(_Strict):
+class Target(StrictModel):
     name: str
     value: float | None
     threshold: str
     passed: bool
 
 
-class Curve(_Strict):
+class Curve(StrictModel):
     label: str
     time: list[float]
     survival: list[float]
@@ -361,18 +357,17 @@ class Curve(_Strict):
     upper: list[float]
 
 
-class Histogram(_Strict):
+class Histogram(StrictModel):
     variable: str
     edges: list[float]
     real: list[float] = Field(description="Density of the pooled real held-out patients' baseline values.")
     virtual: list[float] = Field(description="Density of the pooled virtual patients' baseline values.")
 
 
-class CohortFidelityBenchmarkResult(_Strict):
+class CohortFidelityBenchmarkResult(VersionedBenchmarkResult):
     """The result of ``vpatient benchmark cohort-fidelity`` (protocol: module docstring)."""
 
     benchmark: Literal["cohort-fidelity"] = "cohort-fidelity"
-    vpatient_version: str = __version__
     data: str
     event: str
     n_patients: int
@@ -405,6 +400,10 @@ class CohortFidelityBenchmarkResult(_Strict):
     model_settings: dict
     runtime_seconds: float
 
+    def plot(self, path: Path) -> Path:
+        """The result's figure, drawn by :func:`plot_cohort_fidelity`."""
+        return plot_cohort_fidelity(self, path)
+
     def to_markdown(self) -> str:
         lines = [
             f"# Virtual cohorts as synthetic data: {self.data}",
@@ -417,15 +416,7 @@ class CohortFidelityBenchmarkResult(_Strict):
             "",
             "## Targets",
             "",
-            markdown_table(
-                pd.DataFrame(
-                    [
-                        {"target": t.name, "value": t.value, "threshold": t.threshold, "result": "pass" if t.passed else "miss"}
-                        for t in self.targets
-                    ]
-                ),
-                index=False,
-            ),
+            targets_table((t.name, t.value, t.threshold, t.passed) for t in self.targets),
             "",
             "## Scores",
             "",
@@ -534,10 +525,6 @@ def _opt(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-#: Result types of this module, by the name their JSON Schema is exported under.
-RESULT_TYPES: dict[str, type[BaseModel]] = {"CohortFidelityBenchmarkResult": CohortFidelityBenchmarkResult}
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -545,220 +532,268 @@ def _derived(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0] % (2**31 - 1))
 
 
-def run_cohort_fidelity_benchmark(
-    cohort: Cohort,
-    seed: int = 0,
-    n_folds: int = 5,
-    *,
-    virtual_multiple: float = 1.0,
-    cv_splits: int = 5,
-    cv_repeats: int = 5,
-    event: str = EVENT,
-    min_deaths: int = 5,
-    horizon: float = 10.0,
-    year_bins: Sequence[tuple[float, float]] = YEAR_BINS,
-    train_settings: TrainSettings | None = None,
-    model_settings: ModelSettings | None = None,
-    cache_dir: str | Path | None = DEFAULT_CACHE,
-    progress: bool = True,
-) -> CohortFidelityBenchmarkResult:
-    """Run the protocol of the module docstring on ``cohort``."""
-    config = cohort.config
-    if event not in config.event_kinds:
-        raise ProtocolError(f"event {event!r} is not an event kind of config {config.name!r}")
-    if not virtual_multiple > 0:
-        raise ProtocolError(f"virtual_multiple must be > 0, got {virtual_multiple}")
-    started = time.perf_counter()
-    train_settings = replace(train_settings or TrainSettings(), seed=seed)
-    model_settings = model_settings or ModelSettings()
-    years = float(max(r.end_of_followup for r in cohort.records))
-    landmarks, windows = survival_landmark(config)
-    variables, _ = forecast_variables(eligible_records(cohort.records), config, DEFAULT_MAX_MISSING)
-    observed_vars = _observed_variables(config)
-    continuous = config.names(VariableKind.CONTINUOUS)
-    folds = forecast_folds(cohort, n_folds, seed)
-    splits = held_out_records(cohort, n_folds, seed)
-    bins = [_bin_name(lo, hi) for lo, hi in year_bins]
+@dataclass(frozen=True)
+class CohortFidelitySettings:
+    """What ``run_cohort_fidelity_benchmark`` runs (protocol: module docstring)."""
 
+    seed: int = 0
+    n_folds: int = 5
+    #: Virtual cohort size as a multiple of the real training patients.
+    virtual_multiple: float = 1.0
+    cv_splits: int = 5
+    cv_repeats: int = 5
+    event: str = EVENT
+    min_deaths: int = 5
+    horizon: float = 10.0
+    year_bins: Sequence[tuple[float, float]] = YEAR_BINS
+    train_settings: TrainSettings | None = None
+    model_settings: ModelSettings | None = None
+    cache_dir: str | Path | None = DEFAULT_CACHE
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    """What every fold shares: the settings with training and model settings filled in, and the data's layout."""
+
+    settings: CohortFidelitySettings
+    config: DatasetConfig
+    train_settings: TrainSettings
+    model_settings: ModelSettings
+    years: float
+    landmarks: list[float]
+    windows: list[float]
+    variables: list[str]
+    observed_vars: list[str]
+    continuous: list[str]
+
+
+@dataclass
+class _Pooled:
+    """What is pooled over folds for the diagnostics: held-out and virtual patients, classifier inputs."""
+
+    test: list[PatientRecord] = field(default_factory=list)
+    virtual: list[PatientRecord] = field(default_factory=list)
+    real_x: list[pd.DataFrame] = field(default_factory=list)
+    virtual_x: list[pd.DataFrame] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+
+
+def run_cohort_fidelity_benchmark(
+    cohort: Cohort, settings: CohortFidelitySettings | None = None
+) -> CohortFidelityBenchmarkResult:
+    """Run the protocol of the module docstring on ``cohort`` (default settings: :class:`CohortFidelitySettings`)."""
+    s = settings or CohortFidelitySettings()
+    started = time.perf_counter()
+    protocol = _protocol(cohort, s)
+    folds = forecast_folds(cohort, s.n_folds, s.seed)
+    splits = held_out_records(cohort, s.n_folds, s.seed)
     fold_rows: list[FoldFidelity] = []
-    all_virtual: list[PatientRecord] = []
-    all_test: list[PatientRecord] = []
-    pooled_real: list[pd.DataFrame] = []
-    pooled_virtual: list[pd.DataFrame] = []
-    features: list[str] = []
+    pooled = _Pooled()
     for fold, (_, test) in tqdm(
         list(zip(folds, splits, strict=True)),
         desc="cohort-fidelity benchmark",
         unit="fold",
         file=sys.stderr,
-        disable=not progress,
+        disable=not s.progress,
     ):
-        t0 = time.perf_counter()
-        k = fold.index
-        held = {r.subject_id for r in test}
-        train = [r for r in cohort.records if r.subject_id not in held]
-        model = trained_model(
-            fold.train,
-            config,
-            f"{cohort.name}-fold{k}of{n_folds}",
-            seed,
-            cache_dir,
-            settings=train_settings,
-            model_settings=model_settings,
+        fold_rows.append(_score_fold(cohort, protocol, fold, test, pooled))
+    return _result(cohort, protocol, fold_rows, pooled, started)
+
+
+def _protocol(cohort: Cohort, s: CohortFidelitySettings) -> _Protocol:
+    """Check the settings against the data and fill in what every fold shares."""
+    config = cohort.config
+    if s.event not in config.event_kinds:
+        raise ProtocolError(f"event {s.event!r} is not an event kind of config {config.name!r}")
+    if not s.virtual_multiple > 0:
+        raise ProtocolError(f"virtual_multiple must be > 0, got {s.virtual_multiple}")
+    landmarks, windows = survival_landmark(config)
+    return _Protocol(
+        settings=s,
+        config=config,
+        train_settings=replace(s.train_settings or TrainSettings(), seed=s.seed),
+        model_settings=s.model_settings or ModelSettings(),
+        years=float(max(r.end_of_followup for r in cohort.records)),
+        landmarks=landmarks,
+        windows=windows,
+        variables=forecast_variables(eligible_records(cohort.records), config, DEFAULT_MAX_MISSING)[0],
+        observed_vars=_observed_variables(config),
+        continuous=config.names(VariableKind.CONTINUOUS),
+    )
+
+
+def _virtual_cohort(cohort: Cohort, p: _Protocol, fold: Fold, train: list[PatientRecord]) -> list[PatientRecord]:
+    """The fold's virtual patients: its model (cached), a population fitted on the real training patients, a cohort drawn."""
+    s, k = p.settings, fold.index
+    model = trained_model(
+        fold.train,
+        p.config,
+        f"{cohort.name}-fold{k}of{s.n_folds}",
+        s.seed,
+        s.cache_dir,
+        settings=p.train_settings,
+        model_settings=p.model_settings,
+    )
+    sim = Simulator(model)
+    sim.fit_population(train, seed=_derived(s.seed, k, 0))
+    n_virtual = max(1, round(s.virtual_multiple * len(train)))
+    with tempfile.TemporaryDirectory(prefix="vpatient-fidelity-") as tmp:
+        return sim.cohort(
+            n_virtual,
+            seed=_derived(s.seed, k, 1),
+            years=p.years,
+            schedule="as_observed",
+            out=Path(tmp) / "cohort",
+            progress=False,
+        ).records()
+
+
+def _classifier_scores(
+    p: _Protocol, k: int, test: list[PatientRecord], virtual: list[PatientRecord], train: list[PatientRecord], pooled: _Pooled
+) -> tuple[float, float]:
+    """(a) AUC of real held-out vs virtual, and of real held-out vs real training (the reference)."""
+    s = p.settings
+    rng = np.random.default_rng(_derived(s.seed, k, 2))
+    real_x, virtual_x, train_x = (patient_features(r, p.config) for r in (test, virtual, train))
+    pooled.features = list(real_x.columns)
+    n = len(test)
+    virtual_sample = virtual_x.iloc[rng.choice(len(virtual_x), min(n, len(virtual_x)), replace=False)]
+    auc = classifier_auc(real_x, virtual_sample, s.seed, s.cv_splits, s.cv_repeats)
+    pooled.real_x.append(real_x)
+    pooled.virtual_x.append(virtual_sample)
+    auc_ref = classifier_auc(
+        real_x, train_x.iloc[rng.choice(len(train_x), min(n, len(train_x)), replace=False)], s.seed, s.cv_splits, s.cv_repeats
+    )
+    return auc, auc_ref
+
+
+def _tstr_scores(p: _Protocol, fold: Fold, virtual: list[PatientRecord]) -> dict:
+    """(b) Train on synthetic, test on real: forecast MAE and C-index, trained on real and on virtual patients."""
+    s = p.settings
+    scaler = Standardiser.fit(fold.train, p.config, p.variables)
+    common = (p.config, p.variables, scaler, list(fold.train), p.landmarks, p.windows, s.event, s.min_deaths, s.seed, fold.index)
+    mae_real, cells_real, c_real = _tstr(list(fold.train), list(fold.test), *common)
+    mae_virtual, cells_virtual, c_virtual = _tstr(eligible_records(virtual), list(fold.test), *common)
+    by_cell = {(r["landmark"], r["window"]): r["c"] for r in cells_virtual}
+    cells = [
+        LandmarkCell(
+            landmark=r["landmark"],
+            window=r["window"],
+            c_index_real=_opt(r["c"]),
+            c_index_virtual=_opt(by_cell.get((r["landmark"], r["window"]))),
         )
-        sim = Simulator(model)
-        sim.fit_population(train, seed=_derived(seed, k, 0))
-        n_virtual = max(1, round(virtual_multiple * len(train)))
-        with tempfile.TemporaryDirectory(prefix="vpatient-fidelity-") as tmp:
-            virtual = sim.cohort(
-                n_virtual,
-                seed=_derived(seed, k, 1),
-                years=years,
-                schedule="as_observed",
-                out=Path(tmp) / "cohort",
-                progress=False,
-            ).records()
-        all_virtual += virtual
-        all_test += test
+        for r in cells_real
+    ]
+    return dict(
+        c_index_real=_opt(c_real), c_index_virtual=_opt(c_virtual), mae_real=mae_real, mae_virtual=mae_virtual, cells=cells
+    )
 
-        # (a) classifier
-        rng = np.random.default_rng(_derived(seed, k, 2))
-        real_x, virtual_x, train_x = (patient_features(r, config) for r in (test, virtual, train))
-        features = list(real_x.columns)
-        n = len(test)
-        virtual_sample = virtual_x.iloc[rng.choice(len(virtual_x), min(n, len(virtual_x)), replace=False)]
-        auc = classifier_auc(real_x, virtual_sample, seed, cv_splits, cv_repeats)
-        pooled_real.append(real_x)
-        pooled_virtual.append(virtual_sample)
-        auc_ref = classifier_auc(
-            real_x, train_x.iloc[rng.choice(len(train_x), min(n, len(train_x)), replace=False)], seed, cv_splits, cv_repeats
-        )
 
-        # (b) train on synthetic, test on real
-        scaler = Standardiser.fit(fold.train, config, variables)
-        mae_real, cells_real, c_real = _tstr(
-            list(fold.train),
-            list(fold.test),
-            config,
-            variables,
-            scaler,
-            list(fold.train),
-            landmarks,
-            windows,
-            event,
-            min_deaths,
-            seed,
-            k,
-        )
-        mae_virtual, cells_virtual, c_virtual = _tstr(
-            eligible_records(virtual),
-            list(fold.test),
-            config,
-            variables,
-            scaler,
-            list(fold.train),
-            landmarks,
-            windows,
-            event,
-            min_deaths,
-            seed,
-            k,
-        )
-        by_cell = {(r["landmark"], r["window"]): r["c"] for r in cells_virtual}
-        cells = [
-            LandmarkCell(
-                landmark=r["landmark"],
-                window=r["window"],
-                c_index_real=_opt(r["c"]),
-                c_index_virtual=_opt(by_cell.get((r["landmark"], r["window"]))),
-            )
-            for r in cells_real
-        ]
+def _distribution_scores(
+    p: _Protocol, test: list[PatientRecord], virtual: list[PatientRecord], train: list[PatientRecord]
+) -> dict:
+    """(c) Distances of the virtual patients' distributions from the held-out ones, with real training as reference."""
+    s, config, observed_vars = p.settings, p.config, p.observed_vars
+    standard = Standardiser.fit(train, config, observed_vars)
 
-        # (c) distributions
-        standard = Standardiser.fit(train, config, observed_vars)
+    def long(records: Sequence[PatientRecord]) -> pd.DataFrame:
+        frame = observations_frame(records, config, transformed=True)
+        frame = frame[frame["variable"].isin(observed_vars)]
+        return standard.transform(frame, ["value"])
 
-        def long(records: Sequence[PatientRecord], standard: Standardiser = standard) -> pd.DataFrame:
-            frame = observations_frame(records, config, transformed=True)
-            frame = frame[frame["variable"].isin(observed_vars)]
-            return standard.transform(frame, ["value"])
+    long_test, long_virtual, long_train = long(test), long(virtual), long(train)
+    w_virtual = wasserstein_by_bin(long_virtual, long_test, observed_vars, s.year_bins)
+    w_ref = wasserstein_by_bin(long_train, long_test, observed_vars, s.year_bins)
+    base_test, base_virtual, base_train = (_baseline_frame(r, config, p.continuous) for r in (test, virtual, train))
+    km_test, km_virtual, km_train = (_km(r, config, s.event) for r in (test, virtual, train))
+    return dict(
+        wasserstein=w_virtual,
+        wasserstein_reference=w_ref,
+        wasserstein_mean=_mean([x for d in w_virtual.values() for x in d.values()]),
+        wasserstein_reference_mean=_mean([x for d in w_ref.values() for x in d.values()]),
+        correlation_gap=_opt(correlation_gap(base_virtual, base_test)),
+        correlation_gap_reference=_opt(correlation_gap(base_train, base_test)),
+        km_distance=_km_distance(km_virtual, km_test, s.horizon),
+        km_distance_reference=_km_distance(km_train, km_test, s.horizon),
+    )
 
-        long_test, long_virtual, long_train = long(test), long(virtual), long(train)
-        w_virtual = wasserstein_by_bin(long_virtual, long_test, observed_vars, year_bins)
-        w_ref = wasserstein_by_bin(long_train, long_test, observed_vars, year_bins)
-        base_test, base_virtual, base_train = (_baseline_frame(r, config, continuous) for r in (test, virtual, train))
-        km_test, km_virtual, km_train = (_km(r, config, event) for r in (test, virtual, train))
 
-        def died(records: Sequence[PatientRecord]) -> float:
-            return float(np.mean([any(e.kind == event for e in r.events) for r in records]))
+def _score_fold(cohort: Cohort, p: _Protocol, fold: Fold, test: list[PatientRecord], pooled: _Pooled) -> FoldFidelity:
+    """Every score of one fold: its virtual cohort judged by (a), (b) and (c)."""
+    t0 = time.perf_counter()
+    held = {r.subject_id for r in test}
+    train = [r for r in cohort.records if r.subject_id not in held]
+    virtual = _virtual_cohort(cohort, p, fold, train)
+    pooled.virtual += virtual
+    pooled.test += test
+    auc, auc_ref = _classifier_scores(p, fold.index, test, virtual, train, pooled)
+    tstr = _tstr_scores(p, fold, virtual)
+    distributions = _distribution_scores(p, test, virtual, train)
 
-        fold_rows.append(
-            FoldFidelity(
-                fold=k,
-                n_train=len(train),
-                n_model_train=len(fold.train),
-                n_test=len(test),
-                n_virtual=len(virtual),
-                deaths_test=round(died(test), 4),
-                deaths_virtual=round(died(virtual), 4),
-                auc=auc,
-                auc_real_vs_real=auc_ref,
-                c_index_real=_opt(c_real),
-                c_index_virtual=_opt(c_virtual),
-                mae_real=mae_real,
-                mae_virtual=mae_virtual,
-                cells=cells,
-                wasserstein=w_virtual,
-                wasserstein_reference=w_ref,
-                wasserstein_mean=_mean([x for d in w_virtual.values() for x in d.values()]),
-                wasserstein_reference_mean=_mean([x for d in w_ref.values() for x in d.values()]),
-                correlation_gap=_opt(correlation_gap(base_virtual, base_test)),
-                correlation_gap_reference=_opt(correlation_gap(base_train, base_test)),
-                km_distance=_km_distance(km_virtual, km_test, horizon),
-                km_distance_reference=_km_distance(km_train, km_test, horizon),
-                seconds=round(time.perf_counter() - t0, 1),
-            )
-        )
+    def died(records: Sequence[PatientRecord]) -> float:
+        return float(np.mean([any(e.kind == p.settings.event for e in r.events) for r in records]))
 
+    return FoldFidelity(
+        fold=fold.index,
+        n_train=len(train),
+        n_model_train=len(fold.train),
+        n_test=len(test),
+        n_virtual=len(virtual),
+        deaths_test=round(died(test), 4),
+        deaths_virtual=round(died(virtual), 4),
+        auc=auc,
+        auc_real_vs_real=auc_ref,
+        **tstr,
+        **distributions,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+
+
+def _result(
+    cohort: Cohort, p: _Protocol, fold_rows: list[FoldFidelity], pooled: _Pooled, started: float
+) -> CohortFidelityBenchmarkResult:
+    """The folds summarised against the targets, with the pooled diagnostics, curves and histograms."""
+    s, config = p.settings, p.config
     summary, targets = _summarise(fold_rows)
-    real_pool, virtual_pool = pd.concat(pooled_real, ignore_index=True), pd.concat(pooled_virtual, ignore_index=True)
-    auc_pooled = classifier_auc(real_pool, virtual_pool, seed, cv_splits, cv_repeats)
+    real_pool, virtual_pool = pd.concat(pooled.real_x, ignore_index=True), pd.concat(pooled.virtual_x, ignore_index=True)
+    auc_pooled = classifier_auc(real_pool, virtual_pool, s.seed, s.cv_splits, s.cv_repeats)
     giveaways = [
         FeatureGap(
             feature=f,
-            auc=classifier_auc(real_pool[[f]], virtual_pool[[f]], seed, cv_splits, 1),
+            auc=classifier_auc(real_pool[[f]], virtual_pool[[f]], s.seed, s.cv_splits, 1),
             real_mean=_opt(float(real_pool[f].mean())),
             virtual_mean=_opt(float(virtual_pool[f].mean())),
             real_missing=round(float(real_pool[f].isna().mean()), 4),
             virtual_missing=round(float(virtual_pool[f].isna().mean()), 4),
         )
-        for f in features
+        for f in pooled.features
     ]
     curves = [
         Curve(label=label, **{c: [round(float(x), 5) for x in table[c]] for c in ("time", "survival", "lower", "upper")})
         for label, table in (
-            (f"real held-out (n={len(all_test)})", _km(all_test, config, event)),
-            (f"virtual (n={len(all_virtual)})", _km(all_virtual, config, event)),
+            (f"real held-out (n={len(pooled.test)})", _km(pooled.test, config, s.event)),
+            (f"virtual (n={len(pooled.virtual)})", _km(pooled.virtual, config, s.event)),
         )
     ]
     return CohortFidelityBenchmarkResult(
         data=cohort.name,
-        event=event,
+        event=s.event,
         n_patients=len(cohort.records),
-        seed=seed,
-        n_folds=n_folds,
-        years=years,
-        virtual_multiple=virtual_multiple,
+        seed=s.seed,
+        n_folds=s.n_folds,
+        years=p.years,
+        virtual_multiple=s.virtual_multiple,
         schedule="as_observed",
-        cv_splits=cv_splits,
-        cv_repeats=cv_repeats,
-        features=features,
-        year_bins=bins,
-        landmarks=landmarks,
-        windows=windows,
-        min_deaths=min_deaths,
-        forecast_variables=variables,
-        horizon=horizon,
+        cv_splits=s.cv_splits,
+        cv_repeats=s.cv_repeats,
+        features=pooled.features,
+        year_bins=[_bin_name(lo, hi) for lo, hi in s.year_bins],
+        landmarks=p.landmarks,
+        windows=p.windows,
+        min_deaths=s.min_deaths,
+        forecast_variables=p.variables,
+        horizon=s.horizon,
         folds=fold_rows,
         auc_pooled=auc_pooled,
         n_pooled=len(real_pool),
@@ -766,9 +801,9 @@ def run_cohort_fidelity_benchmark(
         summary=summary,
         targets=targets,
         curves=curves,
-        histograms=_histograms(all_test, all_virtual, config, continuous),
-        train_settings=train_settings.to_dict(),
-        model_settings=model_settings.to_dict(),
+        histograms=_histograms(pooled.test, pooled.virtual, config, p.continuous),
+        train_settings=p.train_settings.to_dict(),
+        model_settings=p.model_settings.to_dict(),
         runtime_seconds=round(time.perf_counter() - started, 1),
     )
 
@@ -888,8 +923,3 @@ def plot_cohort_fidelity(result: CohortFidelityBenchmarkResult, path: str | Path
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def write_cohort_fidelity_results(result: CohortFidelityBenchmarkResult, out_dir: str | Path) -> list[Path]:
-    """Write ``out_dir/cohort-fidelity.json``, ``.md`` and ``.png``; returns their paths."""
-    return write_result(result, out_dir, "cohort-fidelity", plot_cohort_fidelity)

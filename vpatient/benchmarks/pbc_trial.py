@@ -52,13 +52,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
+from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult
 from vpatient.data.cohort import NO_TREATMENT_ARM, Cohort
 from vpatient.evaluate.fold_models import DEFAULT_CACHE, trained_model
-from vpatient.evaluate.protocol import ProtocolError, forecast_folds, sort_subject_ids
-from vpatient.evaluate.results_io import write_result
+from vpatient.evaluate.protocol import ProtocolError, held_out_records
 from vpatient.model.latent_ode import ModelSettings
 from vpatient.schemas import PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind
 from vpatient.simulation.sampling import patients_from_records
@@ -66,21 +66,18 @@ from vpatient.simulation.simulator import Simulator
 from vpatient.simulation.trial import TrialResult, arm_outcomes, hazard_ratio
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
-from vpatient.version import __version__
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = [
-    "RESULT_TYPES",
     "PbcTrialBenchmarkResult",
+    "PbcTrialSettings",
     "StepOrLinearCurve",
-    "held_out_records",
     "integrated_abs_difference",
     "kaplan_meier_curve",
     "observed_hazard_ratio",
     "pooled_trial",
     "run_pbc_trial_benchmark",
     "trial_arms",
-    "write_pbc_trial_results",
 ]
 
 log = logging.getLogger(__name__)
@@ -195,24 +192,6 @@ def trial_arms(cohort: Cohort) -> tuple[str, dict[str, TreatmentPlan]]:
     return treatment, plans
 
 
-def held_out_records(cohort: Cohort, n_folds: int, seed: int) -> list[tuple[list[PatientRecord], list[PatientRecord]]]:
-    """Per fold of ``forecast_folds``: (training records, held-out records).
-
-    Patients in no fold (fewer visits than the protocol needs) are dealt to the folds'
-    held-out sets in turn, their sorted ids permuted by ``default_rng(seed)``, so every
-    patient is held out exactly once.
-    """
-    folds = forecast_folds(cohort, n_folds, seed)
-    in_folds = {sid for f in folds for sid in f.test_ids}
-    by_id = {r.subject_id: r for r in cohort.records}
-    rest = sort_subject_ids(set(by_id) - in_folds)
-    order = np.random.default_rng(seed).permutation(len(rest))
-    extra: list[list[PatientRecord]] = [[] for _ in folds]
-    for position, i in enumerate(order):
-        extra[position % len(folds)].append(by_id[rest[i]])
-    return [(list(f.train), [*f.test, *extra[k]]) for k, f in enumerate(folds)]
-
-
 def pooled_trial(
     parts: Sequence[tuple[VirtualPatientModel, Sequence[PatientRecord]]],
     arms: dict[str, TreatmentPlan],
@@ -252,11 +231,7 @@ def pooled_trial(
 # --------------------------------------------------------------------------- result types
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Curve(_Strict):
+class Curve(StrictModel):
     """One survival curve of the figure (times in years)."""
 
     setting: str = Field(description="'observed', 'in-sample' or 'cross-validated'.")
@@ -269,7 +244,7 @@ class Curve(_Strict):
     upper: list[float]
 
 
-class SurvivalCheck(_Strict):
+class SurvivalCheck(StrictModel):
     """Survival of one arm at one time: observed (with its 95% CI) and simulated."""
 
     arm: str
@@ -283,14 +258,14 @@ class SurvivalCheck(_Strict):
     simulated_km_inside: bool
 
 
-class HazardRatio(_Strict):
+class HazardRatio(StrictModel):
     hazard_ratio: float | None
     lower: float | None
     upper: float | None
     p: float | None
 
 
-class HazardRatioCheck(_Strict):
+class HazardRatioCheck(StrictModel):
     arm: str
     reference: str
     observed: HazardRatio
@@ -298,13 +273,13 @@ class HazardRatioCheck(_Strict):
     inside: bool = Field(description="The simulated hazard ratio lies inside the observed 95% CI.")
 
 
-class CurveDistance(_Strict):
+class CurveDistance(StrictModel):
     arm: str
     model_mean: float = Field(description="Integral over [0, horizon] of |model mean - observed KM|, years.")
     simulated_km: float = Field(description="The same for the simulated Kaplan-Meier curve, years.")
 
 
-class TrialCheck(_Strict):
+class TrialCheck(StrictModel):
     """One simulated replication (in sample or cross-validated) against the observed trial."""
 
     setting: str
@@ -320,18 +295,17 @@ class TrialCheck(_Strict):
     seconds: float
 
 
-class ObservedArm(_Strict):
+class ObservedArm(StrictModel):
     arm: str
     n: int
     deaths: int
     other_events: int = Field(description="Other event kinds (transplant), which censor death.")
 
 
-class PbcTrialBenchmarkResult(_Strict):
+class PbcTrialBenchmarkResult(VersionedBenchmarkResult):
     """The result of ``vpatient benchmark pbc-trial`` (protocol: module docstring)."""
 
     benchmark: Literal["pbc-trial"] = "pbc-trial"
-    vpatient_version: str = __version__
     data: str
     event: str
     treatment: str
@@ -351,6 +325,10 @@ class PbcTrialBenchmarkResult(_Strict):
     train_settings: dict
     model_settings: dict
     runtime_seconds: float
+
+    def plot(self, path: Path) -> Path:
+        """The result's figure, drawn by :func:`plot_pbc_trial`."""
+        return plot_pbc_trial(self, path)
 
     def to_markdown(self) -> str:
         placebo, drug = list(self.arms)
@@ -442,29 +420,34 @@ def _opt(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-#: Result types of this module, by the name their JSON Schema is exported under.
-RESULT_TYPES: dict[str, type[BaseModel]] = {"PbcTrialBenchmarkResult": PbcTrialBenchmarkResult}
-
-
 # --------------------------------------------------------------------------- the run
 
 
-def run_pbc_trial_benchmark(
-    cohort: Cohort,
-    seed: int = 0,
-    n_folds: int = 5,
-    *,
-    years: float = 12.0,
-    draws_per_record: int = 20,
-    check_times: Sequence[float] = (2.0, 5.0, 10.0),
-    horizon: float = 10.0,
-    event: str = EVENT,
-    train_settings: TrainSettings | None = None,
-    model_settings: ModelSettings | None = None,
-    cache_dir: str | Path | None = DEFAULT_CACHE,
-    progress: bool = True,
-) -> PbcTrialBenchmarkResult:
+@dataclass(frozen=True)
+class PbcTrialSettings:
+    """What ``run_pbc_trial_benchmark`` runs (protocol: module docstring)."""
+
+    seed: int = 0
+    n_folds: int = 5
+    #: Simulated follow-up, years; at least the last check time and the horizon.
+    years: float = 12.0
+    draws_per_record: int = 20
+    check_times: Sequence[float] = (2.0, 5.0, 10.0)
+    horizon: float = 10.0
+    event: str = EVENT
+    train_settings: TrainSettings | None = None
+    model_settings: ModelSettings | None = None
+    cache_dir: str | Path | None = DEFAULT_CACHE
+    progress: bool = True
+
+
+def run_pbc_trial_benchmark(cohort: Cohort, settings: PbcTrialSettings | None = None) -> PbcTrialBenchmarkResult:
     """Run the protocol of the module docstring on ``cohort`` (PBC, or any randomised cohort with one treatment)."""
+    s = settings or PbcTrialSettings()
+    seed, n_folds, years, horizon, event, progress = s.seed, s.n_folds, s.years, s.horizon, s.event, s.progress
+    draws_per_record, cache_dir = s.draws_per_record, s.cache_dir
+    train_settings, model_settings = s.train_settings, s.model_settings
+    check_times = s.check_times
     if event not in cohort.config.event_kinds:
         raise ProtocolError(f"event {event!r} is not an event kind of config {cohort.config.name!r}")
     check_times = [float(t) for t in check_times]
@@ -735,8 +718,3 @@ def plot_pbc_trial(result: PbcTrialBenchmarkResult, path: str | Path) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def write_pbc_trial_results(result: PbcTrialBenchmarkResult, out_dir: str | Path) -> list[Path]:
-    """Write ``out_dir/pbc-trial.json``, ``.md`` and ``.png``; returns their paths."""
-    return write_result(result, out_dir, "pbc-trial", plot_pbc_trial)

@@ -84,26 +84,24 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 import typer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from vpatient import transforms
+from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult
 from vpatient.data.synthetic import SyntheticCohort, SyntheticTruth, synthetic_cohort
 from vpatient.data.timeline import truncate_record
 from vpatient.evaluate.protocol import ProtocolError, Standardiser, last_observations, survival_setup
-from vpatient.evaluate.results_io import write_result
 from vpatient.model.latent_ode import ModelSettings
 from vpatient.plans import dose_at, exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
-from vpatient.version import __version__
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = [
@@ -111,17 +109,17 @@ __all__ = [
     "FACTUAL",
     "METHODS",
     "PLANS",
-    "RESULT_TYPES",
     "CounterfactualBenchmarkResult",
+    "DecisionSplit",
     "ObservedTreatmentRegression",
     "Outcomes",
     "counterfactual_plans",
+    "decision_split",
     "parse_strengths",
     "predicted_outcomes",
     "run_counterfactual_benchmark",
     "split_subjects",
     "true_outcomes",
-    "write_counterfactual_results",
 ]
 
 log = logging.getLogger(__name__)
@@ -347,11 +345,7 @@ class ObservedTreatmentRegression:
 # --------------------------------------------------------------------------- result types
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CounterfactualSettings(_Strict):
+class CounterfactualSettings(StrictModel):
     """The protocol a result was produced under."""
 
     n: int = Field(description="Subjects per synthetic cohort (one cohort per strength, same seed).")
@@ -373,7 +367,7 @@ class CounterfactualSettings(_Strict):
     model_settings: dict
 
 
-class CohortSummary(_Strict):
+class CohortSummary(StrictModel):
     """One strength's cohort, split and training."""
 
     confounding: float
@@ -386,7 +380,7 @@ class CohortSummary(_Strict):
     seconds: dict[str, float] = Field(description="Fit + predict seconds per method; context only.")
 
 
-class PlanScore(_Strict):
+class PlanScore(StrictModel):
     """Error of one method under one plan at one strength (standardised units)."""
 
     confounding: float
@@ -409,7 +403,7 @@ class PlanScore(_Strict):
     survival_effect_predicted: float | None = None
 
 
-class TargetCheck(_Strict):
+class TargetCheck(StrictModel):
     """The benchmark's targets for one method."""
 
     method: str
@@ -421,11 +415,10 @@ class TargetCheck(_Strict):
     growth_pass: bool | None
 
 
-class CounterfactualBenchmarkResult(_Strict):
+class CounterfactualBenchmarkResult(VersionedBenchmarkResult):
     """The result of ``vpatient benchmark counterfactual``."""
 
     benchmark: Literal["counterfactual"] = "counterfactual"
-    vpatient_version: str = __version__
     data: str
     variables: list[str] = Field(description="Scored continuous variables.")
     transforms: dict[str, str]
@@ -434,6 +427,11 @@ class CounterfactualBenchmarkResult(_Strict):
     scores: list[PlanScore]
     targets: list[TargetCheck]
     runtime_seconds: float
+
+    @property
+    def stem(self) -> str:
+        """File name of the result: {benchmark}-{data}."""
+        return f"counterfactual-{self.data}"
 
     def to_markdown(self) -> str:
         """Targets, errors by plan, and effects as markdown tables."""
@@ -535,10 +533,6 @@ class CounterfactualBenchmarkResult(_Strict):
         return "\n".join(lines)
 
 
-#: Result types of this module, by the name their JSON Schema is exported under.
-RESULT_TYPES: dict[str, type[BaseModel]] = {"CounterfactualBenchmarkResult": CounterfactualBenchmarkResult}
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -615,6 +609,37 @@ def run_counterfactual_benchmark(
     )
 
 
+@dataclass(frozen=True)
+class DecisionSplit:
+    """A synthetic cohort split for a decision at time s: who trains, who is scored, and what is known of them at s."""
+
+    variables: list[str]  # the continuous variables scored
+    treatment: str
+    max_dose: float  # the treatment's plausible maximum (inf when unbounded)
+    train: list[PatientRecord]
+    test: list[PatientRecord]  # held-out patients still in follow-up at s
+    histories: list[PatientRecord]  # the test patients' records cut at s
+
+
+def decision_split(cohort: SyntheticCohort, seed: int, test_fraction: float, decision_time: float) -> DecisionSplit:
+    """Split ``cohort`` by :func:`split_subjects` and keep the held-out patients in follow-up at ``decision_time``."""
+    config = cohort.config
+    (treatment,) = config.names(VariableKind.TREATMENT)
+    spec = config.variable(treatment)
+    train_ids, test_ids = split_subjects([r.subject_id for r in cohort.records], seed, test_fraction)
+    test = [r for r in cohort.records if r.subject_id in test_ids and r.end_of_followup > decision_time]
+    if not test:
+        raise ProtocolError(f"no held-out patient in follow-up at s={decision_time:g}")
+    return DecisionSplit(
+        variables=config.names(VariableKind.CONTINUOUS),
+        treatment=treatment,
+        max_dose=spec.plausible_range[1] if spec.plausible_range else math.inf,
+        train=[r for r in cohort.records if r.subject_id in train_ids],
+        test=test,
+        histories=[truncate_record(r, decision_time) for r in test],
+    )
+
+
 def split_subjects(ids: Sequence[str], seed: int, test_fraction: float) -> tuple[set[str], set[str]]:
     """Train and test ids: the sorted ids permuted by ``default_rng(seed)``, the first share held out."""
     order = sorted(ids)
@@ -638,15 +663,9 @@ def _one_strength(
     bar: tqdm,
 ) -> tuple[CohortSummary, list[PlanScore]]:
     config = cohort.config
-    variables = config.names(VariableKind.CONTINUOUS)
-    (treatment,) = config.names(VariableKind.TREATMENT)
-    max_dose = config.variable(treatment).plausible_range[1] if config.variable(treatment).plausible_range else math.inf
-    train_ids, test_ids = split_subjects([r.subject_id for r in cohort.records], seed, test_fraction)
-    train = [r for r in cohort.records if r.subject_id in train_ids]
-    test = [r for r in cohort.records if r.subject_id in test_ids and r.end_of_followup > decision_time]
-    if not test:
-        raise ProtocolError(f"no held-out patient in follow-up at s={decision_time:g}")
-    histories = [truncate_record(r, decision_time) for r in test]
+    split = decision_split(cohort, seed, test_fraction, decision_time)
+    variables, treatment, max_dose = split.variables, split.treatment, split.max_dose
+    train, test, histories = split.train, split.test, split.histories
     sd = np.array([Standardiser.fit(train, config, variables).std[v] for v in variables])
 
     # which plan applies to whom; every plan is simulated for every patient (None where it does not
@@ -782,11 +801,6 @@ def _targets(scores: Sequence[PlanScore], method: str, strengths: Sequence[float
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def write_counterfactual_results(result: CounterfactualBenchmarkResult, out_dir: str | Path) -> list[Path]:
-    """Write ``out_dir/counterfactual-<data>.json`` and ``.md``; returns their paths."""
-    return write_result(result, out_dir, f"counterfactual-{result.data}")
 
 
 def parse_strengths(spec: str) -> list[float]:

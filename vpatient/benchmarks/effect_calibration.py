@@ -5,7 +5,7 @@ weights) and the ensemble (``members`` members on bootstrap resamples, the model
 uncertainty included; :mod:`vpatient.ensemble`).
 
 **Synthetic** (``--data synthetic``), at each confounding strength: the counterfactual
-benchmark's split and plans (:mod:`vpatient.evaluate.counterfactual_benchmark`: from
+benchmark's split and plans (:mod:`vpatient.benchmarks.counterfactual`: from
 the decision time s, the drug withdrawn, started or doubled). For each held-out patient
 and each plan that applies, the true individual effect (plan minus factual, from the
 generator's counterfactual truth) of every lab at two horizons (modelling scale) and of
@@ -39,24 +39,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
+from vpatient.benchmarks.base import BenchmarkResult, StrictModel
 from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import truncate_record
 from vpatient.evaluate.fold_models import DEFAULT_CACHE, trained_model
-from vpatient.evaluate.protocol import ProtocolError
-from vpatient.evaluate.results_io import write_result
-from vpatient.schemas import VariableKind
 from vpatient.simulation.trial import TrialResult
 from vpatient.tables import markdown_table
 
 __all__ = [
-    "RESULT_TYPES",
     "EffectCalibrationResult",
     "run_effect_calibration_pbc",
     "run_effect_calibration_synthetic",
-    "write_effect_calibration",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,11 +62,7 @@ COVERAGE_TARGET = (0.85, 0.95)
 MAX_EXCLUDING_ZERO = 0.10
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class QuantityCoverage(_Strict):
+class QuantityCoverage(StrictModel):
     confounding: float
     method: str
     quantity: str = Field(description="'<lab> +<h>' on the modelling scale, or 'survival +<h>'.")
@@ -81,7 +73,7 @@ class QuantityCoverage(_Strict):
     within_target: bool
 
 
-class TrialEstimate(_Strict):
+class TrialEstimate(StrictModel):
     method: str
     setting: str = Field(description="'observed', 'in sample' or 'cross-validated'.")
     hazard_ratio: float | None
@@ -95,7 +87,7 @@ class TrialEstimate(_Strict):
     contains_null: bool | None = None
 
 
-class NullEffectShare(_Strict):
+class NullEffectShare(StrictModel):
     method: str
     n_patients: int
     excluding_zero: float = Field(description="Share of patients whose 90% interval of the 5-year survival effect excludes 0.")
@@ -106,7 +98,7 @@ class NullEffectShare(_Strict):
     within_target: bool
 
 
-class EffectCalibrationResult(_Strict):
+class EffectCalibrationResult(BenchmarkResult):
     """The result of one run (module docstring)."""
 
     benchmark: str = "effect-calibration"
@@ -124,6 +116,11 @@ class EffectCalibrationResult(_Strict):
     trial: list[TrialEstimate] = Field(default_factory=list)
     training_seconds: dict[str, float] = Field(default_factory=dict)
     runtime_seconds: float = 0.0
+
+    @property
+    def stem(self) -> str:
+        """File name of the result: {benchmark}-{data}."""
+        return f"effect-calibration-{self.data}"
 
     def to_markdown(self) -> str:
         out = [
@@ -144,9 +141,7 @@ class EffectCalibrationResult(_Strict):
                 }
                 for c in self.coverage
             ]
-            out.append(
-                "## Individual effects against the synthetic truth\n\n" + markdown_table(pd.DataFrame(table), index=False) + "\n"
-            )
+            out.append(_section("## Individual effects against the synthetic truth", table))
         if self.null_share:
             table = [
                 {
@@ -161,21 +156,13 @@ class EffectCalibrationResult(_Strict):
                 }
                 for s in self.null_share
             ]
-            out.append(
-                "## PBC, a null drug: 5-year survival effect per patient (90% interval)\n\n"
-                + markdown_table(pd.DataFrame(table), index=False)
-                + "\n"
-            )
+            out.append(_section("## PBC, a null drug: 5-year survival effect per patient (90% interval)", table))
         if self.members_curve:
             table = [
                 {"members": s.method, "interval excludes 0": round(s.excluding_zero, 3), "mean width": round(s.mean_width, 4)}
                 for s in self.members_curve
             ]
-            out.append(
-                "How many members: the same, for the first k members of the ensemble\n\n"
-                + markdown_table(pd.DataFrame(table), index=False)
-                + "\n"
-            )
+            out.append(_section("How many members: the same, for the first k members of the ensemble", table))
         if self.trial:
             table = [
                 {
@@ -191,7 +178,7 @@ class EffectCalibrationResult(_Strict):
                 }
                 for t in self.trial
             ]
-            out.append("## PBC trial in silico\n\n" + markdown_table(pd.DataFrame(table), index=False) + "\n")
+            out.append(_section("## PBC trial in silico", table))
         if self.training_seconds:
             out.append("Training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in self.training_seconds.items()) + "\n")
         out.append(f"Runtime {self.runtime_seconds / 60:.1f} min.\n")
@@ -229,6 +216,10 @@ def _interval(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- synthetic
 
 
+def _section(title: str, rows: list[dict]) -> str:
+    return f"{title}\n\n{markdown_table(pd.DataFrame(rows), index=False)}\n"
+
+
 def run_effect_calibration_synthetic(
     n: int = 500,
     seed: int = 0,
@@ -243,14 +234,14 @@ def run_effect_calibration_synthetic(
     progress: bool = True,
 ) -> EffectCalibrationResult:
     """Coverage of individual treatment effects against the generator's truth (module docstring)."""
-    from vpatient.data.synthetic import synthetic_cohort
-    from vpatient.evaluate.counterfactual_benchmark import (
+    from vpatient.benchmarks.counterfactual import (
         EVENT,
         PLANS,
         counterfactual_plans,
-        split_subjects,
+        decision_split,
         true_outcomes,
     )
+    from vpatient.data.synthetic import synthetic_cohort
     from vpatient.virtual_patient import VirtualPatientModel
 
     started = time.perf_counter()
@@ -261,16 +252,9 @@ def run_effect_calibration_synthetic(
     for c in strengths:
         cohort = synthetic_cohort(n, seed, confounding=float(c))
         config = cohort.config
-        variables = config.names(VariableKind.CONTINUOUS)
-        (treatment,) = config.names(VariableKind.TREATMENT)
-        spec = config.variable(treatment)
-        max_dose = spec.plausible_range[1] if spec.plausible_range else math.inf
-        train_ids, test_ids = split_subjects([r.subject_id for r in cohort.records], seed, test_fraction)
-        train = [r for r in cohort.records if r.subject_id in train_ids]
-        test = [r for r in cohort.records if r.subject_id in test_ids and r.end_of_followup > decision_time]
-        if not test:
-            raise ProtocolError(f"no held-out patient in follow-up at s={decision_time:g}")
-        histories = [truncate_record(r, decision_time) for r in test]
+        split = decision_split(cohort, seed, test_fraction, decision_time)
+        variables, treatment, max_dose = split.variables, split.treatment, split.max_dose
+        train, test, histories = split.train, split.test, split.histories
         applicable = [counterfactual_plans(h, decision_time, treatment, max_dose) for h in histories]
         times = decision_time + np.asarray(horizons)
         truth_factual = true_outcomes(cohort.truth, test, [None] * len(test), decision_time, horizons, variables)
@@ -365,13 +349,13 @@ def run_effect_calibration_pbc(
     progress: bool = True,
 ) -> EffectCalibrationResult:
     """The null trial: per-patient effect intervals and the in-silico trial, single model vs ensemble (module docstring)."""
-    from vpatient.evaluate.pbc_trial_benchmark import (
+    from vpatient.benchmarks.pbc_trial import (
         NO_TREATMENT_ARM,
-        held_out_records,
         observed_hazard_ratio,
         pooled_trial,
         trial_arms,
     )
+    from vpatient.evaluate.protocol import held_out_records
     from vpatient.plots import survival_table
     from vpatient.virtual_patient import VirtualPatientModel
 
@@ -519,11 +503,3 @@ def _trial_row(method: str, setting: str, trial: TrialResult, observed_hr: dict,
         contains_observed=bool(hr_ok and rmst_ok),
         contains_null=bool(hr["lower"] <= 1.0 <= hr["upper"] and rmst["lower"] <= 0.0 <= rmst["upper"]),
     )
-
-
-RESULT_TYPES: dict[str, type[BaseModel]] = {"EffectCalibrationResult": EffectCalibrationResult}
-
-
-def write_effect_calibration(result: EffectCalibrationResult, out_dir: str | Path) -> list[Path]:
-    """``effect-calibration-<data>.json`` and ``.md``."""
-    return write_result(result, out_dir, f"effect-calibration-{result.data}")

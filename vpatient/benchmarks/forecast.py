@@ -29,12 +29,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
+from vpatient.benchmarks.base import DEFAULT_OUT_DIR, StrictModel, VersionedBenchmarkResult
 from vpatient.data.cohort import Cohort
 from vpatient.evaluate.imaging import imaging_targets, reference_forecasts, score_imaging, training_moments
-from vpatient.evaluate.metrics import coverage, harrell_c, ipcw_brier, kaplan_meier, mae
+from vpatient.evaluate.metrics import coverage, mae
 from vpatient.evaluate.protocol import (
     DEFAULT_EVENT,
     DEFAULT_MAX_MISSING,
@@ -43,28 +44,26 @@ from vpatient.evaluate.protocol import (
     Forecaster,
     ProtocolError,
     Standardiser,
-    SurvivalLandmark,
     eligible_records,
     forecast_folds,
     forecast_variables,
     landmark_split,
+    score_forecasts,
+    score_survival,
     survival_landmark,
     survival_setup,
     target_frame,
 )
 from vpatient.schemas import Transform
 from vpatient.tables import markdown_table
-from vpatient.version import __version__
 
 __all__ = [
     "PREDICTION_COLUMNS",
-    "RESULT_TYPES",
     "ForecastBenchmarkResult",
     "ForecastScore",
     "ProtocolSettings",
     "SurvivalScore",
     "run_forecast_benchmark",
-    "write_forecast_results",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,11 +75,7 @@ PREDICTION_COLUMNS = ["subject_id", "time", "variable", "observed", "mean", "q05
 # --------------------------------------------------------------------------- result types
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ProtocolSettings(_Strict):
+class ProtocolSettings(StrictModel):
     """The protocol a result was produced under; two results compare only if these agree."""
 
     n_folds: int = Field(ge=2)
@@ -96,7 +91,7 @@ class ProtocolSettings(_Strict):
     min_deaths: int = Field(description="A fold's (s, w) cell with fewer events is not scored.")
 
 
-class ForecastScore(_Strict):
+class ForecastScore(StrictModel):
     """Forecast scores of one method (standardised units), over folds."""
 
     method: str
@@ -110,7 +105,7 @@ class ForecastScore(_Strict):
     n_cells: int = Field(description="Scored cells, all folds.")
 
 
-class SurvivalScore(_Strict):
+class SurvivalScore(StrictModel):
     """Survival scores of one method at one landmark s and window w, over folds (None: not scored)."""
 
     method: str
@@ -127,7 +122,7 @@ class SurvivalScore(_Strict):
     brier_folds: list[float | None]
 
 
-class ImagingScore(_Strict):
+class ImagingScore(StrictModel):
     """Forecast error of a modality's embeddings at the studies after the landmark."""
 
     method: str
@@ -137,11 +132,10 @@ class ImagingScore(_Strict):
     studies: int = Field(description="Studies scored, pooled over folds.")
 
 
-class ForecastBenchmarkResult(_Strict):
+class ForecastBenchmarkResult(VersionedBenchmarkResult):
     """The result of ``vpatient benchmark forecast``: settings, data, and every method's scores."""
 
     benchmark: Literal["forecast"] = "forecast"
-    vpatient_version: str = __version__
     data: str
     n_subjects: int = Field(description="Subjects scored (at least min_visits visits).")
     n_subjects_total: int
@@ -160,6 +154,43 @@ class ForecastBenchmarkResult(_Strict):
     imaging: list[ImagingScore] = Field(
         default_factory=list, description="Imaging-embedding forecasts, when the data have imaging."
     )
+
+    @property
+    def stem(self) -> str:
+        """File name of the result: forecast-{data}."""
+        return f"forecast-{self.data}"
+
+    def write(
+        self,
+        out_dir: str | Path = DEFAULT_OUT_DIR,
+        *,
+        json_path: str | Path | None = None,
+        markdown_path: str | Path | None = None,
+        predictions: pd.DataFrame | None = None,
+        predictions_path: str | Path | None = None,
+    ) -> list[Path]:
+        """Write the JSON and markdown (default ``out_dir/<stem>.json/.md``) and, if asked, the predictions parquet."""
+        if predictions_path is not None and predictions is None:
+            raise ValueError("predictions_path given without predictions")
+        if json_path is None and markdown_path is None:
+            paths = super().write(out_dir)
+        else:
+            out = Path(out_dir)
+            paths = [
+                Path(json_path) if json_path is not None else out / f"{self.stem}.json",
+                Path(markdown_path) if markdown_path is not None else out / f"{self.stem}.md",
+            ]
+            for path in paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            paths[0].write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+            paths[1].write_text(self.to_markdown(), encoding="utf-8")
+            log.info("wrote %s and %s", *paths)
+        if predictions_path is not None:
+            paths.append(Path(predictions_path))
+            paths[-1].parent.mkdir(parents=True, exist_ok=True)
+            predictions.to_parquet(paths[-1], index=False)
+            log.info("wrote %s", paths[-1])
+        return paths
 
     def to_markdown(self) -> str:
         """The result as markdown tables: forecasts, C-index, Brier score, events per cell."""
@@ -252,10 +283,6 @@ class ForecastBenchmarkResult(_Strict):
         return "\n".join(lines)
 
 
-#: Result types of this module, by the name their JSON Schema is exported under.
-RESULT_TYPES: dict[str, type[BaseModel]] = {"ForecastBenchmarkResult": ForecastBenchmarkResult}
-
-
 def _cell_table(methods: Sequence[str], cells: Sequence[tuple[float, float]], header: dict, by: dict, metric: str) -> str:
     """One row per method, one column per (landmark, window): ``metric`` mean ± std over folds."""
     rows = [
@@ -343,13 +370,13 @@ def run_forecast_benchmark(
             method = factory().fit(list(fold.train), config, seed)
             if method.forecasts:
                 answer = method.forecast(histories, queries.copy())
-                predictions.append(_score_frame(truth, answer, scaler, fold.index, name))
+                predictions.append(score_forecasts(truth, answer, scaler, fold.index, name))
             if len(img_queries) and hasattr(method, "forecast_imaging"):
                 imaging_rows.append(_imaging_row(name, method.forecast_imaging(histories, img_queries.copy()), *img_context))
             if method.predicts_risk:
                 for s in landmarks:
                     test, train = at_landmark[s]
-                    survival_rows += _survival_rows(method, name, test, train, s, windows, event, min_deaths, fold.index)
+                    survival_rows += score_survival(method, name, test, train, s, windows, event, min_deaths, fold.index)
             runtime[name] += time.perf_counter() - started
             log.debug("fold %d: %s done (%.1fs so far)", fold.index, name, runtime[name])
 
@@ -397,21 +424,6 @@ def _imaging_scores(rows: list[tuple[str, str, int, float, int]]) -> list[Imagin
     return out
 
 
-def _score_frame(truth: pd.DataFrame, answer: pd.DataFrame, scaler: Standardiser, fold: int, method: str) -> pd.DataFrame:
-    """Join a method's answer to the truth, on standardised scale, checking it answered every query."""
-    missing = {"mean", "q05", "q95"} - set(answer.columns)
-    if missing:
-        raise ProtocolError(f"{method}: forecast lacks column(s) {sorted(missing)}")
-    merged = truth.merge(answer[[*QUERY_COLUMNS, "mean", "q05", "q95"]], on=QUERY_COLUMNS, how="left", validate="one_to_one")
-    bad = merged[["mean", "q05", "q95"]].isna().any(axis=1)
-    if bad.any():
-        raise ProtocolError(f"{method}: no forecast for {int(bad.sum())} of {len(merged)} queried cells (fold {fold})")
-    merged = scaler.transform(merged, ["observed", "mean", "q05", "q95"])
-    merged["fold"] = fold
-    merged["method"] = method
-    return merged
-
-
 def _forecast_scores(table: pd.DataFrame, variables: Sequence[str]) -> list[ForecastScore]:
     out = []
     for method, rows in table.groupby("method", sort=False):
@@ -441,44 +453,6 @@ def _forecast_scores(table: pd.DataFrame, variables: Sequence[str]) -> list[Fore
     return out
 
 
-def _survival_rows(
-    method: Forecaster,
-    name: str,
-    test: SurvivalLandmark,
-    train: SurvivalLandmark,
-    landmark: float,
-    windows: Sequence[float],
-    event: str,
-    min_deaths: int,
-    fold: int,
-) -> list[dict]:
-    """One row per window: the fold's scores of a method's risk at this landmark."""
-    rows = []
-    if len(test.subject_ids) == 0:
-        return [
-            dict(method=name, landmark=landmark, window=w, fold=fold, n=0, deaths=0, c=math.nan, brier=math.nan) for w in windows
-        ]
-    answer = method.risk(test.histories, landmark, list(windows), event)
-    if answer is None:
-        return rows
-    risk = answer.pivot(index="subject_id", columns="window", values="risk").reindex(index=test.subject_ids)
-    censoring = kaplan_meier(train.time, 1 - train.event)
-    for w in windows:
-        values = risk[float(w)].to_numpy(float)
-        if np.isnan(values).any():
-            raise ProtocolError(f"{name}: no risk for {int(np.isnan(values).sum())} subjects at s={landmark:g}, w={w:g}")
-        deaths = int(((test.event == 1) & (test.time <= w)).sum())
-        c = brier = math.nan
-        if deaths >= min_deaths:
-            c = harrell_c(test.time, test.event, values, horizon=w)
-            if method.risk_is_probability:
-                brier = ipcw_brier(test.time, test.event, values, w, censoring)
-        rows.append(
-            dict(method=name, landmark=landmark, window=float(w), fold=fold, n=len(values), deaths=deaths, c=c, brier=brier)
-        )
-    return rows
-
-
 def _survival_scores(rows: list[dict], n_folds: int) -> list[SurvivalScore]:
     if not rows:
         return []
@@ -505,36 +479,3 @@ def _survival_scores(rows: list[dict], n_folds: int) -> list[SurvivalScore]:
             )
         )
     return out
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def write_forecast_results(
-    result: ForecastBenchmarkResult,
-    predictions: pd.DataFrame | None = None,
-    out_dir: str | Path = "benchmarks/results",
-    *,
-    json_path: str | Path | None = None,
-    markdown_path: str | Path | None = None,
-    predictions_path: str | Path | None = None,
-) -> dict[str, Path]:
-    """Write the JSON result and markdown table (default ``out_dir/forecast-<data>.json/.md``) and, if asked, the predictions parquet."""
-    out = Path(out_dir)
-    paths = {
-        "json": Path(json_path) if json_path is not None else out / f"forecast-{result.data}.json",
-        "markdown": Path(markdown_path) if markdown_path is not None else out / f"forecast-{result.data}.md",
-    }
-    for path in paths.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    paths["json"].write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(result.to_markdown(), encoding="utf-8")
-    if predictions_path is not None:
-        if predictions is None:
-            raise ValueError("predictions_path given without predictions")
-        paths["predictions"] = Path(predictions_path)
-        paths["predictions"].parent.mkdir(parents=True, exist_ok=True)
-        predictions.to_parquet(paths["predictions"], index=False)
-    for kind, path in paths.items():
-        log.info("wrote %s: %s", kind, path)
-    return paths

@@ -52,25 +52,27 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
+from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult, targets_table
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 from vpatient.tables import markdown_table
-from vpatient.version import __version__
+
+if TYPE_CHECKING:  # torch-backed: imported when the benchmark runs, not when the CLI starts
+    from vpatient.train import TrainSettings
 
 __all__ = [
-    "RESULT_TYPES",
+    "NextTestSelectionSettings",
     "TestSelectionBenchmarkResult",
     "run_test_selection_benchmark",
-    "write_test_selection_results",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,8 @@ DEFAULT_TARGETS = {"pbc2": "risk:death:3", "synthetic": "risk:progression:2"}
 # --------------------------------------------------------------------------- result model
 
 
-class CurveSummary(BaseModel):
+class CurveSummary(StrictModel):
     """Information curves of one dataset: mean target error after each reveal, per policy."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: str
     target: str
@@ -105,9 +105,7 @@ class CurveSummary(BaseModel):
     mean_pool_ess: float
 
 
-class CalibrationBin(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CalibrationBin(StrictModel):
     lo: float
     hi: float
     n: int
@@ -115,9 +113,7 @@ class CalibrationBin(BaseModel):
     mean_realised: float
 
 
-class CalibrationSummary(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CalibrationSummary(StrictModel):
     data: str
     target: str
     n_pairs: int
@@ -128,9 +124,7 @@ class CalibrationSummary(BaseModel):
     bins: list[CalibrationBin]
 
 
-class LatencySummary(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class LatencySummary(StrictModel):
     data: str
     target: str
     n_patients: int
@@ -142,9 +136,7 @@ class LatencySummary(BaseModel):
     load_average: list[float]
 
 
-class TruthSummary(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TruthSummary(StrictModel):
     data: str
     target: str
     n_patients: int
@@ -157,23 +149,19 @@ class TruthSummary(BaseModel):
     method: str
 
 
-class TargetCheck(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TargetCheck(StrictModel):
     name: str
     value: float | None
     goal: str
     passed: bool
 
 
-class TestSelectionBenchmarkResult(BaseModel):
+class TestSelectionBenchmarkResult(VersionedBenchmarkResult):
     """The test-selection benchmark (module docstring)."""
 
-    model_config = ConfigDict(extra="forbid")
     __test__: ClassVar[bool] = False  # not a pytest test class despite its name
 
     benchmark: Literal["test-selection"] = "test-selection"
-    vpatient_version: str = __version__
     seed: int
     n_samples: int
     n_random_orders: int
@@ -189,6 +177,10 @@ class TestSelectionBenchmarkResult(BaseModel):
     targets: list[TargetCheck]
     notes: list[str] = Field(default_factory=list)
 
+    def plot(self, path: Path) -> Path:
+        """The result's figure, drawn by :func:`plot_test_selection`."""
+        return plot_test_selection(self, path)
+
     def to_markdown(self) -> str:
         out = [
             "# Test-selection benchmark",
@@ -199,14 +191,8 @@ class TestSelectionBenchmarkResult(BaseModel):
             "",
             "## Targets",
             "",
-            markdown_table(
-                pd.DataFrame(
-                    [
-                        {"check": t.name, "value": t.value, "goal": t.goal, "result": "pass" if t.passed else "MISS"}
-                        for t in self.targets
-                    ]
-                ),
-                index=False,
+            targets_table(
+                ((t.name, t.value, t.goal, t.passed) for t in self.targets), ("check", "value", "goal", "result"), "MISS"
             ),
             "",
             "## Information curves (x = step; mean log-loss of the target after each reveal)",
@@ -282,9 +268,6 @@ class TestSelectionBenchmarkResult(BaseModel):
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
-
-
-RESULT_TYPES: dict[str, type[BaseModel]] = {"TestSelectionBenchmarkResult": TestSelectionBenchmarkResult}
 
 
 # --------------------------------------------------------------------------- one patient
@@ -363,7 +346,7 @@ def _case(model, record, target, n_samples: int, seed: int) -> _Case | None:
 
     from vpatient.data.batching import make_batch
     from vpatient.model.batch import ExpertGroup
-    from vpatient.policy import _likelihood_log_factor, _pool, _predictive, _Results
+    from vpatient.policy import HypotheticalResults, likelihood_log_factor, posterior_pool, predictive_at
 
     s = _landmark(record)
     if s is None:
@@ -390,15 +373,15 @@ def _case(model, record, target, n_samples: int, seed: int) -> _Case | None:
     if len(groups) < 2:
         return None
     generator = torch.Generator().manual_seed(seed)
-    pool = _pool(model, hidden, s, target, n_samples, generator)
-    predictive = _predictive(model, pool, s)
-    truth = _Results(
+    pool = posterior_pool(model, hidden, s, target, n_samples, generator)
+    predictive = predictive_at(model, pool, s)
+    truth = HypotheticalResults(
         continuous=full.continuous[:, i : i + 1],
         binary=full.binary[:, i : i + 1],
         ordinal=[full.ordinal[:, i, j : j + 1] for j in range(full.ordinal.shape[-1])],
         imaging=full.imaging[:, i : i + 1],
     )
-    realised = {name: _likelihood_log_factor(model, g, truth, predictive)[0].double() for name, g in groups.items()}
+    realised = {name: likelihood_log_factor(model, g, truth, predictive)[0].double() for name, g in groups.items()}
     base = pool.log_w.double()
     values = pool.target.double()
     names = list(groups)
@@ -436,7 +419,7 @@ def _eig_order(model, case: _Case, seed: int) -> list[str]:
     """Adaptive greedy on EIG: the pool reweighted by the tests revealed so far, fresh outer draws each step."""
     import torch
 
-    from vpatient.policy import _draw_results, _likelihood_log_factor, _systematic, eig_from_pool
+    from vpatient.policy import draw_results, eig_from_pool, likelihood_log_factor, systematic_resample
 
     generator = torch.Generator().manual_seed(seed)
     order: list[str] = []
@@ -444,11 +427,11 @@ def _eig_order(model, case: _Case, seed: int) -> list[str]:
     base = case.pool.log_w.double()
     while len(remaining) > 1:
         log_w = base + sum((case.realised[n] for n in order), torch.zeros_like(base))
-        outer = _systematic(torch.softmax(log_w, 0).float(), generator)
-        results = _draw_results(model, case.predictive, outer, generator)
+        outer = systematic_resample(torch.softmax(log_w, 0).float(), generator)
+        results = draw_results(model, case.predictive, outer, generator)
         gains = {}
         for name in remaining:
-            factor = _likelihood_log_factor(model, model.layout.group(name), results, case.predictive)
+            factor = likelihood_log_factor(model, model.layout.group(name), results, case.predictive)
             gains[name], _ = eig_from_pool(case.pool.target, log_w, factor, outer, case.pool.target_kind, case.pool.noise_var)
         best = max(remaining, key=lambda n: (gains[n], n))
         order.append(best)
@@ -461,13 +444,13 @@ def _calibration_pairs(model, case: _Case, seed: int) -> list[tuple[float, float
     """(predicted EIG, realised entropy drop) at step 0 for every available test (its measured variables)."""
     import torch
 
-    from vpatient.policy import _draw_results, _likelihood_log_factor, _systematic, eig_from_pool
+    from vpatient.policy import draw_results, eig_from_pool, likelihood_log_factor, systematic_resample
 
     generator = torch.Generator().manual_seed(seed)
     base = case.pool.log_w.double()
     values = case.pool.target.double()
-    outer = _systematic(torch.softmax(base, 0).float(), generator)
-    results = _draw_results(model, case.predictive, outer, generator)
+    outer = systematic_resample(torch.softmax(base, 0).float(), generator)
+    results = draw_results(model, case.predictive, outer, generator)
 
     def entropy(log_w: torch.Tensor) -> float:
         p = float((torch.softmax(log_w, 0) * values).sum().clamp(1e-9, 1 - 1e-9))
@@ -477,7 +460,7 @@ def _calibration_pairs(model, case: _Case, seed: int) -> list[tuple[float, float
     out = []
     for name in case.available:
         group = case.groups[name]
-        factor = _likelihood_log_factor(model, group, results, case.predictive)
+        factor = likelihood_log_factor(model, group, results, case.predictive)
         predicted, _ = eig_from_pool(values, base, factor, outer, "bernoulli")
         out.append((predicted, prior - entropy(base + case.realised[name])))
     return out
@@ -683,61 +666,32 @@ def _true_eig(truth, record, s: float, target, tests, n_true: int, seed: int) ->
     import torch
 
     from vpatient import transforms
-    from vpatient.data.synthetic import (
-        CONTINUOUS_LABS,
-        _ascites_prob,
-        _Controls,
-        _lab_links,
-        _solve,
-        _stage_exceed,
-    )
-    from vpatient.policy import _systematic, eig_from_pool
+    from vpatient.data.synthetic import CONTINUOUS_LABS
+    from vpatient.policy import eig_from_pool, systematic_resample
 
     config = truth.config
-    p = truth.params
     rng = np.random.default_rng(seed)
     sid = record.subject_id
     mean, cov = truth.prior(sid)
     z0 = rng.multivariate_normal(mean, cov, size=n_true)
-    row = truth.row(sid)
     _, hidden = _hidden(record, s)
     visits = sorted({o.time for o in hidden.observations} | {i.time for i in hidden.imaging})
-    times = np.asarray([*visits, s, s + target.horizon], dtype=float)
-    y0 = np.concatenate([z0, np.zeros((n_true, 2))], axis=1)
-    controls = _Controls.of([truth.factual_exposures(sid)]).take(np.zeros(n_true, dtype=int))
-    states = _solve(y0, np.broadcast_to(times, (n_true, len(times))).copy(), truth._coef.take(np.full(n_true, row)), controls, p)
-    W, b = truth.imaging_weights
-    lab_sd = np.asarray(p.lab_sd)
-    lab_index = {name: j for j, name in enumerate(CONTINUOUS_LABS)}
-    cuts_n = len(p.stage_cuts)
-
-    def stage_probs(z: np.ndarray) -> np.ndarray:
-        exceed = _stage_exceed(z, p)  # (m, 3) P(stage >= j)
-        upper = np.concatenate([np.ones((len(z), 1)), exceed], axis=1)
-        lower = np.concatenate([exceed, np.zeros((len(z), 1))], axis=1)
-        return np.clip(upper - lower, 1e-12, 1.0)  # (m, 4)
+    states = truth.states_from(sid, z0, np.asarray([*visits, s, s + target.horizon], dtype=float))
 
     # the hidden history's likelihood
     log_w = -(states[:, len(visits), 2] + states[:, len(visits), 3])  # event-free (death and progression) up to s
     for k, t in enumerate(visits):
         z = states[:, k, :2]
-        labs = _lab_links(z)
         for o in hidden.observations:
-            if o.time != t:
+            if o.time != t or not truth.observes(o.variable):
                 continue
-            if o.variable in lab_index:
-                j = lab_index[o.variable]
-                y = float(transforms.forward(o.value, config.variable(o.variable).transform))
-                log_w += -0.5 * ((y - labs[:, j]) / lab_sd[j]) ** 2
-            elif o.variable == "ascites":
-                q = np.clip(_ascites_prob(z), 1e-12, 1 - 1e-12)
-                log_w += np.log(q) if o.value > 0.5 else np.log1p(-q)
-            elif o.variable == "stage":
-                log_w += np.log(stage_probs(z)[:, round(o.value)])
+            value = o.value
+            if o.variable in CONTINUOUS_LABS:  # on the modelling scale, as the generator draws them
+                value = float(transforms.forward(o.value, config.variable(o.variable).transform))
+            log_w += truth.log_likelihood(z, o.variable, value)
         for study in hidden.imaging:
             if study.time == t:
-                e = np.asarray(study.embedding)
-                log_w += -0.5 * (((e - np.tanh(z @ W.T + b)) / p.imaging_sd) ** 2).sum(axis=1)
+                log_w += truth.log_likelihood(z, "ct", np.asarray(study.embedding))
     H = states[:, :, 3] if target.event == "progression" else states[:, :, 2]
     values = 1.0 - np.exp(-np.clip(H[:, -1] - H[:, -2], 0, None))
     z_now = states[:, len(visits), :2]
@@ -745,32 +699,13 @@ def _true_eig(truth, record, s: float, target, tests, n_true: int, seed: int) ->
     w = torch.softmax(lw, 0)
     ess = float(1 / (w**2).sum())
     generator = torch.Generator().manual_seed(seed)
-    outer = _systematic(w.float(), generator).numpy()
-    zo = z_now[outer]
-    labs_all, labs_o = _lab_links(z_now), _lab_links(zo)
-    img_all, img_o = np.tanh(z_now @ W.T + b), np.tanh(zo @ W.T + b)
+    outer = systematic_resample(w.float(), generator).numpy()
     out = {}
     for test in tests:
         spec = config.tests[[t.name for t in config.tests].index(test)]
         factor = np.zeros((len(outer), n_true))
-        for v in spec.variables:
-            if v in lab_index:
-                j = lab_index[v]
-                y = labs_o[:, j] + rng.normal(0, lab_sd[j], len(outer))
-                factor += -0.5 * ((y[:, None] - labs_all[None, :, j]) / lab_sd[j]) ** 2
-            elif v == "ascites":
-                y = rng.random(len(outer)) < _ascites_prob(zo)
-                q = np.clip(_ascites_prob(z_now), 1e-12, 1 - 1e-12)
-                factor += np.where(y[:, None], np.log(q)[None], np.log1p(-q)[None])
-            elif v == "stage":
-                probs_o = stage_probs(zo)
-                u = rng.random(len(outer))
-                level = np.minimum((probs_o.cumsum(axis=1) < u[:, None]).sum(axis=1), cuts_n)
-                factor += np.log(stage_probs(z_now))[:, level].T
-            elif v == "ct":
-                y = img_o + rng.normal(0, p.imaging_sd, img_o.shape)
-                sq = (y**2).sum(1)[:, None] - 2 * y @ img_all.T + (img_all**2).sum(1)[None]
-                factor += -0.5 * sq / p.imaging_sd**2
+        for v, y in truth.draw_results(z_now[outer], spec.variables, rng).items():
+            factor += truth.log_likelihood(z_now, v, y)
         eig, _ = eig_from_pool(torch.as_tensor(values), lw, torch.as_tensor(factor), torch.as_tensor(outer), "bernoulli")
         out[test] = eig
     return out, ess
@@ -843,72 +778,97 @@ def _against_truth(cohort, fold_models_list, target_spec, n_patients, n_samples,
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass(frozen=True)
+class NextTestSelectionSettings:
+    """What ``run_test_selection_benchmark`` runs: datasets, folds, sample sizes and the parts it times or checks."""
+
+    seed: int = 0
+    n_folds: int = 5
+    datasets: Sequence[str] = ("pbc2", "synthetic")
+    synthetic_n: int = 200
+    synthetic_folds: int = 2
+    #: dataset -> target spec; unset datasets take :data:`DEFAULT_TARGETS`.
+    targets: Mapping[str, str] | None = None
+    n_samples: int = 128
+    n_random: int = 20
+    n_train_patients: int = 30
+    max_patients_per_fold: int | None = None
+    latency_patients: int = 30
+    latency_samples: int = 256
+    truth_patients: int = 20
+    truth_samples: int = 2000
+    truth_model_samples: int = 1024
+    #: None: each fold model trains with the default TrainSettings (and is cached as such).
+    train_settings: TrainSettings | None = None
+    cache_dir: str | Path | None = DEFAULT_CACHE
+    progress: bool = True
+
+
+def _check(name: str, value: float | None, goal: str, passed: bool) -> TargetCheck:
+    return TargetCheck(name=name, value=value, goal=goal, passed=passed)
+
+
 def run_test_selection_benchmark(
-    seed: int = 0,
-    n_folds: int = 5,
-    *,
-    datasets: Sequence[str] = ("pbc2", "synthetic"),
-    synthetic_n: int = 200,
-    synthetic_folds: int = 2,
-    targets: dict[str, str] | None = None,
-    n_samples: int = 128,
-    n_random: int = 20,
-    n_train_patients: int = 30,
-    max_patients_per_fold: int | None = None,
-    latency_patients: int = 30,
-    latency_samples: int = 256,
-    truth_patients: int = 20,
-    truth_samples: int = 2000,
-    truth_model_samples: int = 1024,
-    train_settings=None,
-    cache_dir: str | Path | None = DEFAULT_CACHE,
-    progress: bool = True,
-    cohorts: dict | None = None,
+    settings: NextTestSelectionSettings | None = None, *, cohorts: dict | None = None
 ) -> TestSelectionBenchmarkResult:
-    """Run the protocol of the module docstring. ``cohorts`` (name -> Cohort) replaces loading (tests)."""
+    """Run the protocol of the module docstring under ``settings`` (default: the defaults of :class:`NextTestSelectionSettings`).
+
+    ``cohorts`` (name -> Cohort) replaces loading (tests).
+    """
     import torch
 
     from vpatient.train import TrainSettings
 
+    settings = settings or NextTestSelectionSettings()
     started = time.perf_counter()
-    targets = {**DEFAULT_TARGETS, **(targets or {})}
+    targets = {**DEFAULT_TARGETS, **(settings.targets or {})}
     notes: list[str] = []
     curves, calibrations = [], []
     latency = truth = None
-    for name in datasets:
+    for name in settings.datasets:
         if cohorts and name in cohorts:
             cohort = cohorts[name]
         elif name == "synthetic":
             from vpatient.data.synthetic import synthetic_cohort
 
-            cohort = synthetic_cohort(synthetic_n, seed)
+            cohort = synthetic_cohort(settings.synthetic_n, settings.seed)
         else:
             from vpatient.datasets import load_dataset
 
             cohort = load_dataset(name)
-        folds = synthetic_folds if name == "synthetic" else n_folds
-        settings = replace(train_settings or TrainSettings(), seed=seed)
+        folds = settings.synthetic_folds if name == "synthetic" else settings.n_folds
+        fold_settings = replace(settings.train_settings or TrainSettings(), seed=settings.seed)
         summary, cal, models = _run_dataset(
             cohort,
             targets[name],
             folds,
-            seed,
-            n_samples,
-            n_random,
-            n_train_patients,
-            max_patients_per_fold,
-            settings if train_settings is not None else None,
-            cache_dir,
-            progress,
+            settings.seed,
+            settings.n_samples,
+            settings.n_random,
+            settings.n_train_patients,
+            settings.max_patients_per_fold,
+            fold_settings if settings.train_settings is not None else None,
+            settings.cache_dir,
+            settings.progress,
         )
         curves.append(summary)
         calibrations.append(cal)
-        if name != "synthetic" and latency is None and latency_patients > 0:
+        if name != "synthetic" and latency is None and settings.latency_patients > 0:
             fold, model = models[0]
-            latency = _latency(model, fold.test, targets[name], latency_patients, latency_samples, seed, name)
-        if name == "synthetic" and truth_patients > 0 and getattr(cohort, "truth", None) is not None:
-            truth = _against_truth(cohort, models, targets[name], truth_patients, truth_model_samples, truth_samples, seed)
-            if progress:
+            latency = _latency(
+                model, fold.test, targets[name], settings.latency_patients, settings.latency_samples, settings.seed, name
+            )
+        if name == "synthetic" and settings.truth_patients > 0 and getattr(cohort, "truth", None) is not None:
+            truth = _against_truth(
+                cohort,
+                models,
+                targets[name],
+                settings.truth_patients,
+                settings.truth_model_samples,
+                settings.truth_samples,
+                settings.seed,
+            )
+            if settings.progress:
                 tqdm.write(f"[test-selection] truth done, {time.perf_counter() - started:.0f} s", file=sys.stderr)
         if name == "synthetic":
             notes.append(
@@ -918,48 +878,24 @@ def run_test_selection_benchmark(
     checks = []
     for c in curves:
         checks.append(
-            TargetCheck(
-                name=f"{c.data}: EIG closes the random-oracle area gap",
-                value=c.gap_closed,
-                goal=">= 0.5",
-                passed=c.gap_closed is not None and c.gap_closed >= 0.5,
-            )
+            _check(f"{c.data}: EIG closes the random-oracle area gap", c.gap_closed, ">= 0.5", (c.gap_closed or 0) >= 0.5)
         )
+        eig_minus_fixed = c.areas["eig"] - c.areas["fixed"] if c.n_patients else None
         checks.append(
-            TargetCheck(
-                name=f"{c.data}: EIG area minus fixed-order area",
-                value=c.areas["eig"] - c.areas["fixed"] if c.n_patients else None,
-                goal="< 0",
-                passed=bool(c.n_patients and c.areas["eig"] < c.areas["fixed"]),
+            _check(
+                f"{c.data}: EIG area minus fixed-order area", eig_minus_fixed, "< 0", bool(c.n_patients and eig_minus_fixed < 0)
             )
         )
     for cal in calibrations:
-        checks.append(
-            TargetCheck(
-                name=f"{cal.data}: mean realised / mean predicted information",
-                value=cal.ratio,
-                goal="0.8 to 1.2",
-                passed=cal.ratio is not None and abs(cal.ratio - 1) <= 0.2,
-            )
-        )
+        ratio_ok = cal.ratio is not None and abs(cal.ratio - 1) <= 0.2
+        checks.append(_check(f"{cal.data}: mean realised / mean predicted information", cal.ratio, "0.8 to 1.2", ratio_ok))
     if latency is not None:
         checks.append(
-            TargetCheck(
-                name=f"{latency.data}: recommend() median latency (ms)",
-                value=latency.median_ms,
-                goal="< 250",
-                passed=latency.median_ms < 250,
-            )
+            _check(f"{latency.data}: recommend() median latency (ms)", latency.median_ms, "< 250", latency.median_ms < 250)
         )
     if truth is not None:
-        checks.append(
-            TargetCheck(
-                name=f"{truth.data}: Spearman of model vs true EIG ranking",
-                value=truth.mean_spearman,
-                goal=">= 0.9",
-                passed=truth.mean_spearman is not None and truth.mean_spearman >= 0.9,
-            )
-        )
+        rho = truth.mean_spearman
+        checks.append(_check(f"{truth.data}: Spearman of model vs true EIG ranking", rho, ">= 0.9", (rho or 0) >= 0.9))
     notes.append(
         "Curves use x = step (one test per step); every policy picks by gain per step, not per cost. "
         "The EIG policy uses the full test's variables for its hypothetical results; the realised update uses the "
@@ -975,15 +911,17 @@ def run_test_selection_benchmark(
         "with the standard error of the mean realised information."
     )
     notes.append(
-        "Targets: " + ", ".join(f"{d} {targets[d]}" for d in datasets) + " (the event by the horizon after the landmark)."
+        "Targets: "
+        + ", ".join(f"{d} {targets[d]}" for d in settings.datasets)
+        + " (the event by the horizon after the landmark)."
     )
-    if max_patients_per_fold is not None:
-        notes.append(f"At most {max_patients_per_fold} held-out patients per fold were looked at (time budget).")
+    if settings.max_patients_per_fold is not None:
+        notes.append(f"At most {settings.max_patients_per_fold} held-out patients per fold were looked at (time budget).")
     return TestSelectionBenchmarkResult(
-        seed=seed,
-        n_samples=n_samples,
-        n_random_orders=n_random,
-        n_train_patients=n_train_patients,
+        seed=settings.seed,
+        n_samples=settings.n_samples,
+        n_random_orders=settings.n_random,
+        n_train_patients=settings.n_train_patients,
         seconds=time.perf_counter() - started,
         cpu_count=os.cpu_count() or 0,
         torch_threads=torch.get_num_threads(),
@@ -1039,14 +977,3 @@ def plot_test_selection(result: TestSelectionBenchmarkResult, path: str | Path) 
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def write_test_selection_results(result: TestSelectionBenchmarkResult, out_dir: str | Path) -> list[Path]:
-    """Write ``out_dir/test-selection.json``, ``.md`` and ``.png``; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path, png_path = out / "test-selection.json", out / "test-selection.md", out / "test-selection.png"
-    json_path.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(result.to_markdown(), encoding="utf-8")
-    plot_test_selection(result, png_path)
-    return [json_path, md_path, png_path]

@@ -32,27 +32,24 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult
 from vpatient.errors import VPatientError
-from vpatient.evaluate.results_io import write_result
 from vpatient.tables import markdown_table
-from vpatient.version import __version__
 
 if TYPE_CHECKING:  # torch-backed modules load when the benchmark runs, not when the CLI starts
     from vpatient.simulation.population import Population
     from vpatient.virtual_patient import VirtualPatientModel
 
-__all__ = ["RESULT_TYPES", "SimulateSpeedResult", "run_simulate_speed_benchmark"]
+__all__ = ["SimulateSpeedResult", "run_simulate_speed_benchmark"]
 
 #: torchdiffeq's default tolerances for adaptive solvers.
 REFERENCE_RTOL, REFERENCE_ATOL = 1e-7, 1e-9
 TARGET_SPEEDUP, TARGET_MAX_DIFF, TARGET_PEAK_GB = 5.0, 1e-3, 2.0
 
 
-class SpeedRow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SpeedRow(StrictModel):
     patients: int
     step_years: float = Field(description="RK4 step of the fast path (the model is trained at its own step).")
     fast_seconds: float
@@ -66,9 +63,7 @@ class SpeedRow(BaseModel):
     max_abs_difference_survival: float = Field(description="Largest |fast - reference| of any survival probability.")
 
 
-class StreamRow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class StreamRow(StrictModel):
     patients: int
     seconds: float
     patients_per_second: float
@@ -77,13 +72,10 @@ class StreamRow(BaseModel):
     chunk_size: int
 
 
-class SimulateSpeedResult(BaseModel):
+class SimulateSpeedResult(VersionedBenchmarkResult):
     """Throughput and exactness of the fast rollout path, and peak memory of a streamed cohort."""
 
-    model_config = ConfigDict(extra="forbid")
-
     benchmark: Literal["simulate-speed"] = "simulate-speed"
-    vpatient_version: str = __version__
     model: str
     seed: int
     years: float
@@ -136,9 +128,6 @@ class SimulateSpeedResult(BaseModel):
                 f"{'met' if s.peak_rss_gb < TARGET_PEAK_GB else 'missed'}",
             ]
         return "\n".join(lines) + "\n"
-
-
-RESULT_TYPES: dict[str, type[BaseModel]] = {"SimulateSpeedResult": SimulateSpeedResult}
 
 
 def _rollout(model: VirtualPatientModel, z0, static, dose_times, doses, years: float, reference: bool, step: float | None = None):
@@ -291,7 +280,3 @@ def run_simulate_speed_benchmark(
         torch_threads=torch.get_num_threads(),
         machine=f"{platform.machine()} {platform.system()}",
     )
-
-
-def write_simulate_speed_results(result: SimulateSpeedResult, out_dir: Path) -> list[Path]:
-    return write_result(result, out_dir, "simulate-speed")

@@ -1,7 +1,8 @@
 """``vpatient benchmark``: named benchmarks, the peers side by side on the same splits.
 
 A typer sub-app; the main CLI mounts it with ``app.add_typer(benchmark_app, name="benchmark")``.
-Each command is a thin call into :mod:`vpatient.evaluate`.
+Each command is a thin call into its module of :mod:`vpatient.benchmarks`, then
+``result.write(out_dir)``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,19 @@ from typing import Annotated
 
 import typer
 
+from vpatient.benchmarks.base import DEFAULT_OUT_DIR, BenchmarkResult
+from vpatient.benchmarks.options import (
+    CacheDirOption,
+    ConfigOption,
+    DataOption,
+    FoldsOption,
+    ModelOption,
+    OutDirOption,
+    ProgressOption,
+    SeedOption,
+    TrialDataOption,
+)
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
-from vpatient.evaluate.forecast_benchmark import run_forecast_benchmark, write_forecast_results
 from vpatient.evaluate.protocol import DEFAULT_EVENT, DEFAULT_MAX_MISSING
 from vpatient.evaluate.registry import METHODS, PEERS
 
@@ -41,21 +53,26 @@ def _methods(spec: str) -> dict:
     return {n: METHODS[n] for n in names}
 
 
+def _report(result: BenchmarkResult, paths: list[Path]) -> None:
+    """The markdown on stdout, the written files on stderr."""
+    typer.echo(result.to_markdown())
+    for path in paths:
+        typer.echo(f"wrote {path}", err=True)
+
+
 @benchmark_app.command("forecast")
 def benchmark_forecast(
-    data: Annotated[str, typer.Option("--data", help="Embedded dataset (pbc2, synthetic) or a MEDS path.")],
-    config: Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS paths.")] = None,
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds over subjects.")] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split (and of generated data).")] = 0,
+    data: DataOption,
+    config: ConfigOption = None,
+    folds: FoldsOption = 5,
+    seed: SeedOption = 0,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="JSON result path (default OUT_DIR/forecast-<data>.json).")
     ] = None,
     predictions: Annotated[
         Path | None, typer.Option("--predictions", help="Write every predicted cell to this parquet file.")
     ] = None,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
-        "benchmarks/results"
-    ),
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
     methods: Annotated[str, typer.Option("--methods", help=f"Comma-separated methods; known: {', '.join(METHODS)}.")] = ",".join(
         ("vpatient", *PEERS)
     ),
@@ -63,9 +80,10 @@ def benchmark_forecast(
         float, typer.Option("--max-missing", help="Leave out continuous variables missing at more than this share of visits.")
     ] = DEFAULT_MAX_MISSING,
     event: Annotated[str, typer.Option("--event", help="Event kind whose risk is scored.")] = DEFAULT_EVENT,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Per-fold progress bar on stderr.")] = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Forecast later visits from the first half of each test subject's visits, and death risk at fixed landmarks."""
+    from vpatient.benchmarks.forecast import run_forecast_benchmark
     from vpatient.datasets import load_dataset
 
     chosen = _methods(methods)
@@ -78,31 +96,23 @@ def benchmark_forecast(
     result, table = run_forecast_benchmark(
         cohort, chosen, n_folds=folds, seed=seed, max_missing=max_missing, event=event, progress=progress
     )
-    paths = write_forecast_results(result, table, out_dir, json_path=json_out, predictions_path=predictions)
-    typer.echo(result.to_markdown())
-    for kind, path in paths.items():
-        typer.echo(f"wrote {kind}: {path}", err=True)
+    _report(result, result.write(out_dir, json_path=json_out, predictions=table, predictions_path=predictions))
 
 
 @benchmark_app.command("training")
 def benchmark_training(
-    data: Annotated[str, typer.Option("--data", help="Embedded dataset (pbc2, synthetic) or a MEDS path.")] = "pbc2",
-    config: Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS paths.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+    data: DataOption = "pbc2",
+    config: ConfigOption = None,
+    seed: SeedOption = 0,
     members: Annotated[int, typer.Option("--members", min=1, help="Ensemble members (1: a single model).")] = 1,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
-        "benchmarks/results"
-    ),
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
 ) -> None:
     """Time the training of the world model (default settings, --members members) on all of a dataset."""
+    from vpatient.benchmarks.training import run_training_benchmark
     from vpatient.datasets import load_dataset
-    from vpatient.evaluate.training_benchmark import run_training_benchmark, write_training_result
 
     result, _ = run_training_benchmark(load_dataset(data, config, seed=seed), seed=seed, members=members)
-    paths = write_training_result(result, out_dir)
-    typer.echo(result.to_markdown())
-    for path in paths:
-        typer.echo(f"wrote {path}", err=True)
+    _report(result, result.write(out_dir))
 
 
 @benchmark_app.command("counterfactual")
@@ -112,48 +122,38 @@ def benchmark_counterfactual(
     ] = "synthetic",
     n: Annotated[int, typer.Option("--n", min=20, help="Subjects per synthetic cohort (one cohort per strength).")] = 500,
     strengths: Annotated[str, typer.Option("--strengths", help="Comma-separated confounding strengths.")] = "0,1,2,3,4",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the cohorts, the split, training and simulation.")] = 0,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
-        "benchmarks/results"
-    ),
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar over fits on stderr.")] = True,
+    seed: SeedOption = 0,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
+    progress: ProgressOption = True,
 ) -> None:
     """Predict outcomes under plans patients did not get (withdrawn, started, doubled) and score them against the generator's truth, per confounding strength."""
-    from vpatient.evaluate.counterfactual_benchmark import (
-        parse_strengths,
-        run_counterfactual_benchmark,
-        write_counterfactual_results,
-    )
+    from vpatient.benchmarks.counterfactual import parse_strengths, run_counterfactual_benchmark
 
     if data != "synthetic":
         raise typer.BadParameter(f"{data!r}: only 'synthetic' has a counterfactual truth", param_hint="--data")
     result = run_counterfactual_benchmark(n=n, seed=seed, strengths=parse_strengths(strengths), progress=progress)
-    typer.echo(result.to_markdown())
-    for path in write_counterfactual_results(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)
+    _report(result, result.write(out_dir))
 
 
 @benchmark_app.command("effect-calibration")
 def benchmark_effect_calibration(
-    data: Annotated[str, typer.Option("--data", help="'synthetic' (effects against the truth) or 'pbc2' (the null trial).")] = "synthetic",
+    data: Annotated[
+        str, typer.Option("--data", help="'synthetic' (effects against the truth) or 'pbc2' (the null trial).")
+    ] = "synthetic",
     members: Annotated[int, typer.Option("--members", min=2, help="Members of the ensemble set against the single model.")] = 5,
     n: Annotated[int, typer.Option("--n", min=20, help="Synthetic: subjects per cohort (one cohort per strength).")] = 500,
     strengths: Annotated[str, typer.Option("--strengths", help="Synthetic: comma-separated confounding strengths.")] = "0,2",
-    folds: Annotated[int, typer.Option("--folds", min=0, help="PBC: folds of the cross-validated trial (0: in sample only).")] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the cohorts, the split, training and simulation.")] = 0,
-    cache_dir: Annotated[Path, typer.Option("--cache-dir", help="PBC: trained models are cached here.")] = DEFAULT_CACHE,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
-        "benchmarks/results"
-    ),
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    folds: Annotated[
+        int, typer.Option("--folds", min=0, help="PBC: folds of the cross-validated trial (0: in sample only).")
+    ] = 5,
+    seed: SeedOption = 0,
+    cache_dir: CacheDirOption = DEFAULT_CACHE,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
+    progress: ProgressOption = True,
 ) -> None:
     """Do 90% intervals of treatment effects cover the truth, and stay null for a null drug? Single model vs ensemble, same run."""
-    from vpatient.evaluate.counterfactual_benchmark import parse_strengths
-    from vpatient.evaluate.effect_calibration_benchmark import (
-        run_effect_calibration_pbc,
-        run_effect_calibration_synthetic,
-        write_effect_calibration,
-    )
+    from vpatient.benchmarks.counterfactual import parse_strengths
+    from vpatient.benchmarks.effect_calibration import run_effect_calibration_pbc, run_effect_calibration_synthetic
 
     if data == "synthetic":
         result = run_effect_calibration_synthetic(n, seed, parse_strengths(strengths), members, progress=progress)
@@ -163,70 +163,50 @@ def benchmark_effect_calibration(
         result = run_effect_calibration_pbc(
             load_dataset(data, seed=seed), seed, members, folds, cache_dir=cache_dir, progress=progress
         )
-    typer.echo(result.to_markdown())
-    for path in write_effect_calibration(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)
+    _report(result, result.write(out_dir))
 
 
 @benchmark_app.command("pbc-trial")
 def benchmark_pbc_trial(
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split, training and simulation.")] = 0,
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds over patients.")] = 5,
+    seed: SeedOption = 0,
+    folds: FoldsOption = 5,
     draws: Annotated[int, typer.Option("--draws", min=1, help="Posterior draws simulated per patient.")] = 20,
     years: Annotated[
         float, typer.Option("--years", min=10.0, help="Simulated follow-up (years; covers the 10-year check).")
     ] = 12.0,
-    cache_dir: Annotated[
-        Path, typer.Option("--cache-dir", help="Trained models are cached here and shared with cohort-fidelity.")
-    ] = DEFAULT_CACHE,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON, markdown and PNG results.")] = Path(
-        "benchmarks/results"
-    ),
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")] = True,
+    cache_dir: CacheDirOption = DEFAULT_CACHE,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
+    progress: ProgressOption = True,
 ) -> None:
     """Replicate the Mayo PBC trial in silico (both arms from every enrolment record) and check it against the trial as observed."""
+    from vpatient.benchmarks.pbc_trial import PbcTrialSettings, run_pbc_trial_benchmark
     from vpatient.datasets import load_dataset
-    from vpatient.evaluate.pbc_trial_benchmark import run_pbc_trial_benchmark, write_pbc_trial_results
 
-    result = run_pbc_trial_benchmark(
-        load_dataset("pbc2"),
-        seed=seed,
-        n_folds=folds,
-        years=years,
-        draws_per_record=draws,
-        cache_dir=cache_dir,
-        progress=progress,
+    settings = PbcTrialSettings(
+        seed=seed, n_folds=folds, years=years, draws_per_record=draws, cache_dir=cache_dir, progress=progress
     )
-    typer.echo(result.to_markdown())
-    for path in write_pbc_trial_results(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)
+    result = run_pbc_trial_benchmark(load_dataset("pbc2"), settings)
+    _report(result, result.write(out_dir))
 
 
 @benchmark_app.command("cohort-fidelity")
 def benchmark_cohort_fidelity(
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the fold split, training, populations, cohorts and classifiers.")
-    ] = 0,
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds over patients.")] = 5,
+    seed: SeedOption = 0,
+    folds: FoldsOption = 5,
     virtual_multiple: Annotated[
         float,
         typer.Option("--virtual-multiple", min=0.1, help="Virtual cohort size as a multiple of the real training patients."),
     ] = 1.0,
     cv_repeats: Annotated[int, typer.Option("--cv-repeats", min=1, help="Shuffles of the classifier's cross-validation.")] = 5,
-    cache_dir: Annotated[
-        Path, typer.Option("--cache-dir", help="Trained models are cached here and shared with pbc-trial.")
-    ] = DEFAULT_CACHE,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON, markdown and PNG results.")] = Path(
-        "benchmarks/results"
-    ),
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Per-fold progress bar on stderr.")] = True,
+    cache_dir: CacheDirOption = DEFAULT_CACHE,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
+    progress: ProgressOption = True,
 ) -> None:
     """Judge virtual PBC cohorts as synthetic data: a real-vs-virtual classifier, train-on-synthetic-test-on-real, distribution distances."""
+    from vpatient.benchmarks.cohort_fidelity import CohortFidelitySettings, run_cohort_fidelity_benchmark
     from vpatient.datasets import load_dataset
-    from vpatient.evaluate.cohort_fidelity_benchmark import run_cohort_fidelity_benchmark, write_cohort_fidelity_results
 
-    result = run_cohort_fidelity_benchmark(
-        load_dataset("pbc2"),
+    settings = CohortFidelitySettings(
         seed=seed,
         n_folds=folds,
         virtual_multiple=virtual_multiple,
@@ -234,42 +214,37 @@ def benchmark_cohort_fidelity(
         cache_dir=cache_dir,
         progress=progress,
     )
-    typer.echo(result.to_markdown())
-    for path in write_cohort_fidelity_results(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)
+    result = run_cohort_fidelity_benchmark(load_dataset("pbc2"), settings)
+    _report(result, result.write(out_dir))
 
 
 @benchmark_app.command("simulate-speed")
 def benchmark_simulate_speed(
-    model: Annotated[Path, typer.Option("--model", help="Checkpoint directory of the PBC model (vpatient train --out).")],
+    model: ModelOption,
     sizes: Annotated[str, typer.Option(help="Comma-separated cohort sizes to time.")] = "10000,100000",
     years: Annotated[float, typer.Option(help="Years to roll out.")] = 5.0,
     chunk_size: Annotated[int, typer.Option(min=1, help="Patients per chunk.")] = 10_000,
     stream_n: Annotated[
         int, typer.Option(min=0, help="Patients of the streamed cohort whose peak memory is measured (0: skip).")
     ] = 1_000_000,
-    seed: Annotated[int, typer.Option(help="Seed of the virtual patients.")] = 0,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
-        "benchmarks/results"
-    ),
+    seed: SeedOption = 0,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
 ) -> None:
     """Patients per second of the fast rollout path against torchdiffeq dopri5, their largest difference, and peak memory of a streamed cohort."""
-    from vpatient.evaluate.simulate_speed_benchmark import run_simulate_speed_benchmark, write_simulate_speed_results
+    from vpatient.benchmarks.simulate_speed import run_simulate_speed_benchmark
 
     try:
         chosen = tuple(int(s) for s in sizes.split(",") if s.strip())
     except ValueError:
         raise typer.BadParameter(f"{sizes!r}: expected comma-separated integers", param_hint="--sizes") from None
     result = run_simulate_speed_benchmark(model, chosen, years, chunk_size, stream_n or None, seed)
-    for path in write_simulate_speed_results(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)
-    typer.echo(result.to_markdown())
+    _report(result, result.write(out_dir))
 
 
 @benchmark_app.command("test-selection")
 def benchmark_test_selection(
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split, training, pools and random orders.")] = 0,
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-validation folds over PBC patients.")] = 5,
+    seed: SeedOption = 0,
+    folds: FoldsOption = 5,
     synthetic_n: Annotated[int, typer.Option("--synthetic-n", min=20, help="Synthetic cohort size.")] = 200,
     synthetic_folds: Annotated[int, typer.Option("--synthetic-folds", min=2, help="Folds over synthetic patients.")] = 2,
     n_samples: Annotated[int, typer.Option("--samples", min=16, help="Pool samples per patient for the curves.")] = 128,
@@ -287,19 +262,17 @@ def benchmark_test_selection(
         int, typer.Option("--truth-model-samples", min=16, help="recommend() samples compared with the truth.")
     ] = 1024,
     data: Annotated[str, typer.Option("--data", help="Comma-separated datasets: pbc2, synthetic.")] = "pbc2,synthetic",
-    cache_dir: Annotated[Path, typer.Option("--cache-dir", help="Trained fold models are cached here.")] = DEFAULT_CACHE,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON, markdown and PNG results.")] = Path(
-        "benchmarks/results"
-    ),
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Per-fold progress on stderr.")] = True,
+    cache_dir: CacheDirOption = DEFAULT_CACHE,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
+    progress: ProgressOption = True,
 ) -> None:
     """Reveal a landmark visit's tests one at a time: EIG policy vs random, fixed order and oracle; calibration, latency, truth."""
-    from vpatient.evaluate.test_selection_benchmark import run_test_selection_benchmark, write_test_selection_results
+    from vpatient.benchmarks.next_test_selection import NextTestSelectionSettings, run_test_selection_benchmark
 
-    result = run_test_selection_benchmark(
+    settings = NextTestSelectionSettings(
         seed=seed,
         n_folds=folds,
-        datasets=[d.strip() for d in data.split(",") if d.strip()],
+        datasets=tuple(d.strip() for d in data.split(",") if d.strip()),
         synthetic_n=synthetic_n,
         synthetic_folds=synthetic_folds,
         n_samples=n_samples,
@@ -313,30 +286,23 @@ def benchmark_test_selection(
         cache_dir=cache_dir,
         progress=progress,
     )
-    typer.echo(result.to_markdown())
-    for path in write_test_selection_results(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)
+    result = run_test_selection_benchmark(settings)
+    _report(result, result.write(out_dir))
 
 
 @benchmark_app.command("trial-adjustment")
 def benchmark_trial_adjustment(
-    data: Annotated[str, typer.Option("--data", help="The randomised trial: an embedded dataset or a MEDS path.")] = "pbc2",
-    config: Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS paths.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fold split, training and scoring.")] = 0,
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Cross-fitting folds over patients.")] = 5,
-    cache_dir: Annotated[
-        Path, typer.Option("--cache-dir", help="Trained fold models are cached here and shared with pbc-trial.")
-    ] = DEFAULT_CACHE,
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Directory of the JSON and markdown results.")] = Path(
-        "benchmarks/results"
-    ),
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Training progress bars on stderr.")] = True,
+    data: TrialDataOption = "pbc2",
+    config: ConfigOption = None,
+    seed: SeedOption = 0,
+    folds: FoldsOption = 5,
+    cache_dir: CacheDirOption = DEFAULT_CACHE,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
+    progress: ProgressOption = True,
 ) -> None:
     """Re-analyse the real trial with a cross-fitted prognostic score (PROCOVA): SE reduction of the log HR and a lab's ANCOVA."""
+    from vpatient.benchmarks.trial_adjustment import run_trial_adjustment
     from vpatient.datasets import load_dataset
-    from vpatient.simulation.adjustment import run_trial_adjustment, write_trial_adjustment
 
     result = run_trial_adjustment(load_dataset(data, config, seed=seed), folds, seed, cache_dir=cache_dir, progress=progress)
-    typer.echo(result.to_markdown())
-    for path in write_trial_adjustment(result, out_dir):
-        typer.echo(f"wrote {path}", err=True)
+    _report(result, result.write(out_dir))

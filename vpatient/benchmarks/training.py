@@ -13,30 +13,25 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from vpatient.benchmarks.base import VersionedBenchmarkResult
 from vpatient.data.cohort import Cohort
-from vpatient.evaluate.results_io import write_result
 from vpatient.model.latent_ode import ModelSettings
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
-from vpatient.version import __version__
 from vpatient.virtual_patient import VirtualPatientModel
 
-__all__ = ["RESULT_TYPES", "TrainingBenchmarkResult", "run_training_benchmark"]
+__all__ = ["TrainingBenchmarkResult", "run_training_benchmark"]
 
 
-class TrainingBenchmarkResult(BaseModel):
+class TrainingBenchmarkResult(VersionedBenchmarkResult):
     """Wall-clock training time of the world model on one dataset."""
 
-    model_config = ConfigDict(extra="forbid")
-
     benchmark: Literal["training"] = "training"
-    vpatient_version: str = __version__
     data: str
     n_patients: int
     seed: int
@@ -54,6 +49,11 @@ class TrainingBenchmarkResult(BaseModel):
     model_settings: dict
     train_settings: dict
 
+    @property
+    def stem(self) -> str:
+        """File name of the result: {benchmark}-{data}."""
+        return f"training-{self.data}" + ("" if self.members == 1 else f"-members{self.members}")
+
     def to_markdown(self) -> str:
         rows = {
             "patients": self.n_patients,
@@ -70,9 +70,6 @@ class TrainingBenchmarkResult(BaseModel):
 
         table = markdown_table(pd.DataFrame({"value": rows}).rename_axis("quantity"))
         return f"# Training benchmark: {self.data}\n\nvpatient {self.vpatient_version}, seed {self.seed}, on {self.machine}.\n\n{table}\n"
-
-
-RESULT_TYPES: dict[str, type[BaseModel]] = {"TrainingBenchmarkResult": TrainingBenchmarkResult}
 
 
 def run_training_benchmark(
@@ -123,8 +120,3 @@ def _whatif_edit_ms(model: VirtualPatientModel, cohort: Cohort, seed: int, edits
         sim.whatif(record, plans(0.5 + 0.1 * k), horizon=5.0, n_samples=200, seed=seed)
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
-
-
-def write_training_result(result: TrainingBenchmarkResult, out_dir: Path) -> list[Path]:
-    suffix = "" if result.members == 1 else f"-members{result.members}"
-    return write_result(result, out_dir, f"training-{result.data}{suffix}")

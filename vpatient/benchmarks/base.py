@@ -1,0 +1,85 @@
+"""The one base of every benchmark result: strict pydantic, a shared header, markdown and one way to write it.
+
+A result is written as ``<stem>.json`` (its schema is in ``data_schemas/``), ``<stem>.md``
+(:meth:`BenchmarkResult.to_markdown`) and, for results that draw one, ``<stem>.png``
+(:meth:`BenchmarkResult.plot`). The JSON is ``model_dump_json(indent=2)`` plus a newline,
+so a committed result reloads and re-renders byte for byte.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from vpatient.version import __version__
+
+__all__ = ["DEFAULT_OUT_DIR", "BenchmarkResult", "StrictModel", "VersionedBenchmarkResult", "targets_table"]
+
+log = logging.getLogger(__name__)
+
+#: Where ``vpatient benchmark ...`` writes its results unless told otherwise.
+DEFAULT_OUT_DIR = Path("benchmarks/results")
+
+
+class StrictModel(BaseModel):
+    """A pydantic model that refuses unknown fields: a misspelt key in a result file is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BenchmarkResult(StrictModel):
+    """A benchmark's result: ``benchmark`` names it (each subclass fixes the value); subclasses render and may plot."""
+
+    benchmark: str
+
+    @property
+    def stem(self) -> str:
+        """File name of the result without extension; subclasses add what tells two runs apart (e.g. the data)."""
+        return self.benchmark
+
+    def to_markdown(self) -> str:
+        """The result as a markdown report."""
+        raise NotImplementedError(f"{type(self).__name__} does not render markdown")
+
+    def plot(self, path: Path) -> Path | None:
+        """Draw the result's figure at ``path``; None when the result has no figure (the default)."""
+        return None
+
+    def write(self, out_dir: str | Path = DEFAULT_OUT_DIR) -> list[Path]:
+        """Write ``out_dir/<stem>.json``, ``.md`` and, when :meth:`plot` draws one, ``.png``; returns their paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [out / f"{self.stem}.json", out / f"{self.stem}.md"]
+        paths[0].write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        paths[1].write_text(self.to_markdown(), encoding="utf-8")
+        figure = self.plot(out / f"{self.stem}.png")
+        if figure is not None:
+            paths.append(Path(figure))
+        for path in paths:
+            log.info("wrote %s", path)
+        return paths
+
+
+class VersionedBenchmarkResult(BenchmarkResult):
+    """A result that records the vpatient version that produced it (every benchmark but effect calibration)."""
+
+    vpatient_version: str = __version__
+
+
+def targets_table(
+    targets: Iterable[tuple[str, float | None, str, bool]],
+    header: tuple[str, str, str, str] = ("target", "value", "threshold", "result"),
+    miss: str = "miss",
+) -> str:
+    """A result's targets as a markdown table: one row per (name, value, goal, passed), the last column pass or ``miss``."""
+    import pandas as pd
+
+    from vpatient.tables import markdown_table
+
+    rows = [
+        dict(zip(header, (name, value, goal, "pass" if passed else miss), strict=True)) for name, value, goal, passed in targets
+    ]
+    return markdown_table(pd.DataFrame(rows), index=False)

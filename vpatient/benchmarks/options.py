@@ -1,0 +1,39 @@
+"""Command-line options shared by ``vpatient benchmark ...`` and ``vpatient simulate|whatif|trial ...``.
+
+Each alias is a typer ``Annotated`` type: a command declares ``seed: SeedOption = 0`` and
+gets the same flag name and help as every other command taking a seed. Defaults stay in
+the signatures, where typer reads them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = [
+    "CacheDirOption",
+    "ConfigOption",
+    "DataOption",
+    "FoldsOption",
+    "ModelOption",
+    "OutDirOption",
+    "ProgressOption",
+    "SeedOption",
+    "TrialDataOption",
+]
+
+DataOption = Annotated[str, typer.Option("--data", help="Embedded dataset (pbc2, synthetic) or a MEDS path.")]
+TrialDataOption = Annotated[str, typer.Option("--data", help="The randomised trial: an embedded dataset (pbc2) or a MEDS path.")]
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS paths.")]
+ModelOption = Annotated[Path, typer.Option("--model", help="Checkpoint directory (vpatient train --out).")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same numbers.")]
+FoldsOption = Annotated[int, typer.Option("--folds", min=2, help="Cross-validation (cross-fitting) folds over patients.")]
+CacheDirOption = Annotated[
+    Path, typer.Option("--cache-dir", help="Trained fold models are cached here, shared by the benchmarks and trial adjust.")
+]
+OutDirOption = Annotated[
+    Path, typer.Option("--out-dir", help="Directory of the results: JSON, markdown and, where the benchmark draws one, PNG.")
+]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
