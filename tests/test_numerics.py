@@ -149,8 +149,8 @@ def _linear_dynamics() -> LatentDynamics:
     return dyn
 
 
-def test_rk4_is_fourth_order():
-    """Global error at the grid points of LatentDynamics' own RK4: halving the step divides it by ~16."""
+def _assert_rk4_fourth_order(error) -> None:
+    """``error(solution)`` of LatentDynamics' own RK4 on the linear system, to t = 2: halving the step divides it by ~16."""
     dyn = _linear_dynamics()
     z0 = torch.tensor(_Z0).unsqueeze(0)
     dose_times, doses = torch.tensor([[0.0]], dtype=torch.float64), torch.tensor([[[1.0]]], dtype=torch.float64)
@@ -159,27 +159,30 @@ def test_rk4_is_fourth_order():
         solution = dyn.solve(
             z0, torch.zeros(1, 1, dtype=torch.float64), dose_times, doses, t_max=2.0, solver=Solver.RK4, step=step
         )
-        states = solution.states[:, 0].detach().numpy()
-        errors.append(np.abs(states - _exact(solution.grid.numpy())).max())
+        errors.append(error(solution))
     orders = _orders(errors)
     assert np.all((orders > 3.7) & (orders < 4.3)), (errors, orders)
+
+
+def test_rk4_is_fourth_order():
+    """Global error at the grid points of LatentDynamics' own RK4: halving the step divides it by ~16."""
+
+    def at_grid_points(solution) -> float:
+        states = solution.states[:, 0].detach().numpy()
+        return np.abs(states - _exact(solution.grid.numpy())).max()
+
+    _assert_rk4_fourth_order(at_grid_points)
 
 
 def test_rk4_dense_output_is_fourth_order_between_grid_points():
     """What forecasts read: the state at times off the solver grid (the RK4 and Hermite errors together)."""
-    dyn = _linear_dynamics()
-    z0 = torch.tensor(_Z0).unsqueeze(0)
-    dose_times, doses = torch.tensor([[0.0]], dtype=torch.float64), torch.tensor([[[1.0]]], dtype=torch.float64)
-    errors = []
-    for step in (0.2, 0.1, 0.05, 0.025):
-        solution = dyn.solve(
-            z0, torch.zeros(1, 1, dtype=torch.float64), dose_times, doses, t_max=2.0, solver=Solver.RK4, step=step
-        )
+
+    def between_grid_points(solution) -> float:
         times = _within_steps(solution.grid.numpy())
         got = solution.z(torch.tensor(times).unsqueeze(0)).detach().numpy()[0]
-        errors.append(np.abs(got - _exact(times)).max())
-    orders = _orders(errors)
-    assert np.all((orders > 3.7) & (orders < 4.3)), (errors, orders)
+        return np.abs(got - _exact(times)).max()
+
+    _assert_rk4_fourth_order(between_grid_points)
 
 
 def _kinked(t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -238,31 +238,20 @@ def test_model_card_reads_the_benchmarks(sim):
     assert "Intended use" in card.html and "Missing data" in card.html and "data:image/png;base64," in card.html
 
 
+def _report_patient(model_dir, plans, out, *options: str):
+    """``vpatient report patient`` of subject 4 under ``plans``, written to ``out``."""
+    args = ["patient", "--model", str(model_dir), "--patient", "4", "--out", str(out)]
+    for plan in plans:
+        args += ["--plan", str(plan)]
+    return CliRunner().invoke(report_app, [*args, *options])
+
+
 def test_cli_patient_report(model_dir, tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(PLACEBO.model_dump_json())
     b.write_text(DRUG.model_dump_json())
     out = tmp_path / "r.html"
-    args = [
-        "patient",
-        "--model",
-        str(model_dir),
-        "--patient",
-        "4",
-        "--plan",
-        str(a),
-        "--plan",
-        str(b),
-        "--out",
-        str(out),
-        "--n-samples",
-        "16",
-        "--seed",
-        "2",
-        "--horizon",
-        "3",
-    ]
-    result = CliRunner().invoke(report_app, args)
+    result = _report_patient(model_dir, [a, b], out, "--n-samples", "16", "--seed", "2", "--horizon", "3")
     assert result.exit_code == 0, result.output
     html = out.read_text()
     assert "Patient report: subject 4" in html and "effects" in html
@@ -270,19 +259,6 @@ def test_cli_patient_report(model_dir, tmp_path):
 
 
 def test_cli_refuses_a_missing_plan(model_dir, tmp_path):
-    result = CliRunner().invoke(
-        report_app,
-        [
-            "patient",
-            "--model",
-            str(model_dir),
-            "--patient",
-            "4",
-            "--plan",
-            str(tmp_path / "nope.json"),
-            "--out",
-            str(tmp_path / "r.html"),
-        ],
-    )
+    result = _report_patient(model_dir, [tmp_path / "nope.json"], tmp_path / "r.html")
     assert result.exit_code != 0
     assert "does not exist" in str(result.exception)

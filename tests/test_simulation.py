@@ -260,44 +260,16 @@ def test_cli_whatif_cohort_and_trial(model_dir, tmp_path):
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert data["plans"][1]["name"] == "drug" and data["effects"]
-    out = runner.invoke(
-        app,
-        [
-            "simulate",
-            "cohort",
-            "--model",
-            str(model_dir),
-            "--n",
-            "30",
-            "--years",
-            "2",
-            "--out",
-            str(tmp_path / "cohort"),
-            "--no-progress",
-        ],
-    )
+
+    def simulate(command: str, n: int, *options: str):
+        """``vpatient simulate COMMAND`` of ``n`` patients over 2 years, written to tmp_path / COMMAND."""
+        args = ["--model", str(model_dir), "--n", str(n), "--years", "2", "--out", str(tmp_path / command), "--no-progress"]
+        return runner.invoke(app, ["simulate", command, *args, *options])
+
+    out = simulate("cohort", 30)
     assert out.exit_code == 0, out.output
     assert "30 virtual patients" in out.stdout
-    out = runner.invoke(
-        app,
-        [
-            "simulate",
-            "trial",
-            "--model",
-            str(model_dir),
-            "--arm",
-            f"none={a}",
-            "--arm",
-            f"drug={b}",
-            "--n",
-            "40",
-            "--years",
-            "2",
-            "--out",
-            str(tmp_path / "trial"),
-            "--no-progress",
-        ],
-    )
+    out = simulate("trial", 40, "--arm", f"none={a}", "--arm", f"drug={b}")
     assert out.exit_code == 0, out.output
     assert "Hazard ratios" in out.stdout
     assert (tmp_path / "trial" / "trial.png").stat().st_size > 0  # the command draws the figure; TrialResult.save does not

@@ -118,6 +118,18 @@ def iter_meds(
     unknown = _UnknownCodes(config)
     finished: set[str] = set()
     carry: pd.DataFrame | None = None
+
+    def complete(frame: pd.DataFrame) -> list[PatientRecord]:
+        """The complete subjects of one stream batch, raising on its problems."""
+        records, problems = _convert(frame, book, splits, warnings_out, unknown)
+        if book.config.unknown_codes == UnknownCodePolicy.ERROR:
+            problems = unknown.problems() + problems
+        if problems:
+            raise RecordValidationError(
+                problems, header=f"invalid MEDS data in {path} (streaming stops at the first bad batch; read_meds lists all)"
+            )
+        return records
+
     for raw, source in _iter_raw_batches(path, batch_size):
         batch = _normalise(raw, source)
         if carry is not None:
@@ -128,10 +140,10 @@ def iter_meds(
         tail = batch[SUBJECT_ID].to_numpy() == batch[SUBJECT_ID].iat[-1]
         ready, carry = batch[~tail], batch[tail]
         if not ready.empty:
-            yield from _stream_records(ready, book, splits, warnings_out, unknown, path)
+            yield from complete(ready)
             finished.update(ready[SUBJECT_ID].unique())
     if carry is not None and not carry.empty:
-        yield from _stream_records(carry, book, splits, warnings_out, unknown, path)
+        yield from complete(carry)
     _report_warnings(unknown.problems(), warnings_out)
 
 
@@ -398,25 +410,6 @@ def _report_warnings(problems: list[Problem], warnings_out: list[Problem] | None
             warnings_out.append(problem)
         else:
             warnings.warn(str(problem), UnknownCodeWarning, stacklevel=3)
-
-
-def _stream_records(
-    frame: pd.DataFrame,
-    book: CodeBook,
-    splits: Mapping[str, str],
-    warnings_out: list[Problem] | None,
-    unknown: _UnknownCodes,
-    path: Path,
-) -> Iterator[PatientRecord]:
-    """Convert the complete subjects of one stream batch, raising on its problems."""
-    records, problems = _convert(frame, book, splits, warnings_out, unknown)
-    if book.config.unknown_codes == UnknownCodePolicy.ERROR:
-        problems = unknown.problems() + problems
-    if problems:
-        raise RecordValidationError(
-            problems, header=f"invalid MEDS data in {path} (streaming stops at the first bad batch; read_meds lists all)"
-        )
-    yield from records
 
 
 def _convert(
