@@ -708,12 +708,11 @@ def _concat_paths(parts: list[SimulatedPaths]) -> SimulatedPaths:
 
 
 def _plot_training_curve(history: TrainingHistory, path: Path) -> None:
-    import matplotlib
+    # A bare Figure draws without pyplot, so no backend is selected behind the caller's back.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(history.train_loss, label="training (random cut-offs)")
     ax.plot(history.validation_loss, label="validation (forecast cut-off)")
     ax.axvline(history.best_epoch, color="grey", ls="--", lw=1, label=f"best epoch {history.best_epoch}")
@@ -722,4 +721,3 @@ def _plot_training_curve(history: TrainingHistory, path: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)

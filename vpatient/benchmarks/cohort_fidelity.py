@@ -879,15 +879,14 @@ def _r(values: np.ndarray) -> list[float]:
 
 def plot_cohort_fidelity(result: CohortFidelityBenchmarkResult, path: str | Path) -> Path:
     """Kaplan-Meier curves of the pooled real held-out patients and virtual cohorts, and baseline histograms."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure draws without pyplot, so no backend is selected behind the caller's back.
+    from matplotlib.figure import Figure
 
     panels = 1 + len(result.histograms)
     cols = min(4, panels)
     rows = math.ceil(panels / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(4.0 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     flat = axes.ravel()
     ax = flat[0]
     for k, c in enumerate(result.curves):
@@ -921,5 +920,4 @@ def plot_cohort_fidelity(result: CohortFidelityBenchmarkResult, path: str | Path
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path

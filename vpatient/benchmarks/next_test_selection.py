@@ -939,13 +939,12 @@ def run_test_selection_benchmark(
 
 
 def plot_test_selection(result: TestSelectionBenchmarkResult, path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure draws without pyplot, so no backend is selected behind the caller's back.
+    from matplotlib.figure import Figure
 
     panels = len(result.curves) + len(result.calibration)
-    fig, axes = plt.subplots(1, max(panels, 1), figsize=(4.2 * max(panels, 1), 3.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * max(panels, 1), 3.4))
+    axes = fig.subplots(1, max(panels, 1), squeeze=False)
     flat = axes.ravel()
     k = 0
     for c in result.curves:
@@ -975,5 +974,4 @@ def plot_test_selection(result: TestSelectionBenchmarkResult, path: str | Path) 
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path

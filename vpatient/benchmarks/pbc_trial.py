@@ -677,13 +677,12 @@ def _judge(
 
 def plot_pbc_trial(result: PbcTrialBenchmarkResult, path: str | Path) -> Path:
     """Observed Kaplan-Meier curves (steps, 95% band) against the simulated curves per arm; one panel per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure draws without pyplot, so no backend is selected behind the caller's back.
+    from matplotlib.figure import Figure
 
     settings = [result.in_sample, result.cross_validated]
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.2 * len(settings), 4.4), sharey=True, squeeze=False)
+    fig = Figure(figsize=(6.2 * len(settings), 4.4))
+    axes = fig.subplots(1, len(settings), sharey=True, squeeze=False)
     colours = {arm: f"C{k}" for k, arm in enumerate(result.arms)}
     for ax, check in zip(axes[0], settings, strict=True):
         for c in result.curves:
@@ -716,5 +715,4 @@ def plot_pbc_trial(result: PbcTrialBenchmarkResult, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path

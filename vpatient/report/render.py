@@ -15,12 +15,13 @@ import math
 from importlib import resources
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from vpatient.errors import VPatientError
+from vpatient.plots import select_agg_backend
+
+# Reports draw to files only: Agg, unless the caller chose a backend (a notebook's inline one, say).
+select_agg_backend()
 
 __all__ = ["figure_png", "model_version", "num", "render", "write_outputs"]
 
