@@ -69,6 +69,20 @@ def test_no_private_name_is_imported_across_modules():
     assert not offences, f"private names used across modules (make them public, with a docstring): {offences}"
 
 
+def test_notebooks_use_no_private_name_of_the_package():
+    """The worked examples are what users copy: they must run on the public API alone."""
+    import json
+
+    offences = {}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        lines = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code").splitlines()
+        source = "\n".join(line for line in lines if not line.lstrip().startswith(("%", "!")))  # IPython magics
+        if found := _private_imports(source, "notebook"):
+            offences[path.name] = found
+    assert not offences, f"notebooks use private names of vpatient: {offences}"
+
+
 def test_the_check_sees_private_imports_and_attributes():
     source = "from vpatient.policy import _normalised\nimport vpatient.data.synthetic as s\ns._lab_links\n"
     found = _private_imports(source, "vpatient.benchmarks.base")

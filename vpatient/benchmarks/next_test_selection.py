@@ -71,7 +71,14 @@ if TYPE_CHECKING:  # torch-backed: imported when the benchmark runs, not when th
 
 __all__ = [
     "NextTestSelectionSettings",
+    "RevealCase",
     "TestSelectionBenchmarkResult",
+    "curve_area",
+    "eig_order",
+    "loss_curve",
+    "oracle_order",
+    "pad_curve",
+    "reveal_case",
     "run_test_selection_benchmark",
 ]
 
@@ -314,7 +321,7 @@ def _no_grad(fn):
 
 
 @dataclass
-class _Case:
+class RevealCase:
     """One patient at its hidden landmark: the pool, the realised factors, and the error of every subset."""
 
     subject_id: str
@@ -340,7 +347,7 @@ def _landmark(record):
 
 
 @_no_grad
-def _case(model, record, target, n_samples: int, seed: int) -> _Case | None:
+def reveal_case(model, record, target, n_samples: int, seed: int) -> RevealCase | None:
     """The patient's case, or None when not eligible (module docstring)."""
     import torch
 
@@ -392,10 +399,11 @@ def _case(model, record, target, n_samples: int, seed: int) -> _Case | None:
             p = float((torch.softmax(log_w, 0) * values).sum().clamp(1e-6, 1 - 1e-6))
             errors[frozenset(subset)] = -(y * math.log(p) + (1 - y) * math.log1p(-p))
     w = torch.softmax(base, 0)
-    return _Case(record.subject_id, s, hidden, names, y, pool, predictive, realised, groups, errors, float(1 / (w**2).sum()))
+    return RevealCase(record.subject_id, s, hidden, names, y, pool, predictive, realised, groups, errors, float(1 / (w**2).sum()))
 
 
-def _curve(case: _Case, order: Sequence[str]) -> list[float]:
+def loss_curve(case: RevealCase, order: Sequence[str]) -> list[float]:
+    """Log-loss of the target after revealing the tests in ``order``, one at a time (first entry: none revealed)."""
     revealed: set[str] = set()
     out = [case.errors[frozenset()]]
     for name in order:
@@ -404,7 +412,8 @@ def _curve(case: _Case, order: Sequence[str]) -> list[float]:
     return out
 
 
-def _oracle_order(case: _Case) -> list[str]:
+def oracle_order(case: RevealCase) -> list[str]:
+    """The greedy order that knows the results: each step reveals the test that lowers the realised loss most."""
     order: list[str] = []
     remaining = list(case.available)
     while remaining:
@@ -415,7 +424,7 @@ def _oracle_order(case: _Case) -> list[str]:
 
 
 @_no_grad
-def _eig_order(model, case: _Case, seed: int) -> list[str]:
+def eig_order(model, case: RevealCase, seed: int) -> list[str]:
     """Adaptive greedy on EIG: the pool reweighted by the tests revealed so far, fresh outer draws each step."""
     import torch
 
@@ -440,7 +449,7 @@ def _eig_order(model, case: _Case, seed: int) -> list[str]:
 
 
 @_no_grad
-def _calibration_pairs(model, case: _Case, seed: int) -> list[tuple[float, float]]:
+def _calibration_pairs(model, case: RevealCase, seed: int) -> list[tuple[float, float]]:
     """(predicted EIG, realised entropy drop) at step 0 for every available test (its measured variables)."""
     import torch
 
@@ -469,7 +478,7 @@ def _calibration_pairs(model, case: _Case, seed: int) -> list[tuple[float, float
 # --------------------------------------------------------------------------- one dataset
 
 
-def _fixed_order(cases: Sequence[_Case], tests: Sequence[str]) -> list[str]:
+def _fixed_order(cases: Sequence[RevealCase], tests: Sequence[str]) -> list[str]:
     order: list[str] = []
     remaining = list(tests)
     while remaining:
@@ -484,11 +493,13 @@ def _fixed_order(cases: Sequence[_Case], tests: Sequence[str]) -> list[str]:
     return order
 
 
-def _pad(curve: list[float], length: int) -> list[float]:
+def pad_curve(curve: list[float], length: int) -> list[float]:
+    """``curve`` extended to ``length`` with its last value (a patient with fewer tests stays where it ended)."""
     return curve + [curve[-1]] * (length - len(curve))
 
 
-def _area(curve: Sequence[float]) -> float:
+def curve_area(curve: Sequence[float]) -> float:
+    """Mean of a curve by the trapezoid rule over its steps (lower is better for a loss curve)."""
     y = np.asarray(curve, dtype=float)
     if len(y) < 2:
         return float(y[0]) if len(y) else math.nan
@@ -535,7 +546,7 @@ def _run_dataset(
         for j in train_pick:
             if len(train_cases) >= n_train_patients:
                 break
-            c = _case(model, fold.train[j], target, n_samples, _derived(seed, fold.index, 1, int(j)))
+            c = reveal_case(model, fold.train[j], target, n_samples, _derived(seed, fold.index, 1, int(j)))
             if c is not None:
                 train_cases.append(c)
         order = _fixed_order(train_cases, tests)
@@ -545,18 +556,18 @@ def _run_dataset(
             test_records = [test_records[j] for j in sorted(rng.permutation(len(test_records))[:max_patients_per_fold])]
         for j, record in enumerate(test_records):
             n_candidates += 1
-            case = _case(model, record, target, n_samples, _derived(seed, fold.index, 2, j))
+            case = reveal_case(model, record, target, n_samples, _derived(seed, fold.index, 2, j))
             if case is None:
                 continue
             esses.append(case.ess)
             n_avail.append(len(case.available))
-            eig = _eig_order(model, case, _derived(seed, fold.index, 3, j))
+            eig = eig_order(model, case, _derived(seed, fold.index, 3, j))
             first_choice[eig[0]] = first_choice.get(eig[0], 0) + 1
-            curves["eig"].append(_curve(case, eig))
-            curves["oracle"].append(_curve(case, _oracle_order(case)))
-            curves["fixed"].append(_curve(case, [t for t in order if t in case.available]))
+            curves["eig"].append(loss_curve(case, eig))
+            curves["oracle"].append(loss_curve(case, oracle_order(case)))
+            curves["fixed"].append(loss_curve(case, [t for t in order if t in case.available]))
             prng = np.random.default_rng(_derived(seed, fold.index, 4, j))
-            randoms = [_curve(case, list(prng.permutation(case.available))) for _ in range(n_random)]
+            randoms = [loss_curve(case, list(prng.permutation(case.available))) for _ in range(n_random)]
             curves["random"].append(list(np.mean(randoms, axis=0)))
             pairs += [(*p, record.subject_id) for p in _calibration_pairs(model, case, _derived(seed, fold.index, 5, j))]
         if progress:
@@ -566,8 +577,8 @@ def _run_dataset(
                 file=sys.stderr,
             )
     k_max = max((len(c) for c in curves["eig"]), default=1)
-    mean_curves = {m: [float(x) for x in np.mean([_pad(c, k_max) for c in cs], axis=0)] if cs else [] for m, cs in curves.items()}
-    areas = {m: _area(c) if c else math.nan for m, c in mean_curves.items()}
+    mean_curves = {m: [float(x) for x in np.mean([pad_curve(c, k_max) for c in cs], axis=0)] if cs else [] for m, cs in curves.items()}
+    areas = {m: curve_area(c) if c else math.nan for m, c in mean_curves.items()}
     denom = areas["random"] - areas["oracle"]
     gap = (areas["random"] - areas["eig"]) / denom if curves["eig"] and denom > 1e-12 else None
     summary = CurveSummary(
