@@ -336,7 +336,7 @@ def test_invalid_upload_shows_the_problems_and_the_app_still_works(model_dir, co
 def test_model_card_shows_the_precomputed_trial_adjustment(model_dir, monkeypatch, tmp_path, simulated_trial_adjustment):
     import shutil
 
-    from vpatient.report.adjustment import ADJUSTMENT_FILE, percent, precision_sentence
+    from vpatient.report.procova import ADJUSTMENT_FILE, percent, precision_sentence
     from vpatient.report.render import num
 
     own = tmp_path / "model"  # a copy: the adjustment file must not leak into the other tests' model

@@ -9,8 +9,8 @@ import pytest
 from vpatient.benchmarks.forecast import run_forecast_benchmark
 from vpatient.data.pbc import load_pbc2
 from vpatient.evaluate.baselines import LOCF, LandmarkCox, LastValueRisk, LinearMixedModel, MeanOnly, fit_mixed_model
+from vpatient.evaluate.methods import METHODS, PEERS
 from vpatient.evaluate.protocol import Forecaster, forecast_folds, landmark_split, target_frame
-from vpatient.evaluate.registry import METHODS, PEERS
 
 BETA = np.array([1.0, 0.5, -0.3])  # intercept, time, a subject-level covariate
 D = np.array([[1.0, 0.2], [0.2, 0.25]])

@@ -21,6 +21,7 @@ from vpatient.benchmarks.forecast import (
 from vpatient.data.meds import write_meds
 from vpatient.data.pbc import load_pbc2
 from vpatient.data.timeline import observations_frame
+from vpatient.evaluate.methods import METHODS, PEERS
 from vpatient.evaluate.metrics import coverage, harrell_c, ipcw_brier, kaplan_meier, mae
 from vpatient.evaluate.protocol import (
     Standardiser,
@@ -31,7 +32,6 @@ from vpatient.evaluate.protocol import (
     sort_subject_ids,
     survival_setup,
 )
-from vpatient.evaluate.registry import METHODS, PEERS
 from vpatient.schemas import PatientRecord
 
 

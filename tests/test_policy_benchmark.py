@@ -10,8 +10,8 @@ from vpatient.benchmarks.next_test_selection import (
     METHODS,
     NextTestSelectionSettings,
     TestSelectionBenchmarkResult,
-    _area,
     _outcome,
+    curve_area,
     run_test_selection_benchmark,
 )
 from vpatient.benchmarks.registry import BENCHMARKS
@@ -110,5 +110,5 @@ def test_outcome_and_area() -> None:
     assert _outcome(alive, 2.0, target) == 0
     assert _outcome(lost, 2.0, target) is None
     assert _outcome(died, 4.0, target) is None  # the event before the landmark
-    assert _area([1.0, 1.0, 1.0]) == pytest.approx(1.0)
-    assert _area([2.0, 0.0]) == pytest.approx(1.0)
+    assert curve_area([1.0, 1.0, 1.0]) == pytest.approx(1.0)
+    assert curve_area([2.0, 0.0]) == pytest.approx(1.0)

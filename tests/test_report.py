@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from vpatient.datasets import load_dataset
 from vpatient.errors import VPatientError
 from vpatient.report import model_card, num, patient_report, trial_report
-from vpatient.report.adjustment import SECTION_TITLE, percent, precision_sentence
 from vpatient.report.cli import report_app
+from vpatient.report.procova import SECTION_TITLE, percent, precision_sentence
 from vpatient.report.render import interval
 from vpatient.schemas import TreatmentExposure, TreatmentPlan, parse_record
 from vpatient.simulation import Simulator

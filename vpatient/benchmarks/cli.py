@@ -26,8 +26,8 @@ from vpatient.benchmarks.options import (
     TrialDataOption,
 )
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
+from vpatient.evaluate.methods import METHODS, PEERS
 from vpatient.evaluate.protocol import DEFAULT_EVENT, DEFAULT_MAX_MISSING
-from vpatient.evaluate.registry import METHODS, PEERS
 
 __all__ = ["METHODS", "benchmark_app", "benchmark_forecast"]
 

@@ -234,7 +234,7 @@ def trial_adjustment_view(model_dir: Path, data: str | None = None) -> Adjustmen
     precomputed result is shown: ``vpatient trial adjust --out MODEL_DIR`` writes it.
     ``data`` names the trial in the hint (default: pbc2).
     """
-    from vpatient.report.adjustment import (
+    from vpatient.report.procova import (
         ADJUSTMENT_FILE,
         SECTION_TITLE,
         adjusted_effects,

@@ -5,7 +5,7 @@
 - :mod:`~vpatient.evaluate.metrics`: MAE, coverage, Harrell's C, IPCW Brier score;
 - :mod:`~vpatient.evaluate.baselines`: mean-only, LOCF, linear mixed model, landmark
   Cox, last value as risk;
-- :mod:`~vpatient.evaluate.registry`: methods by name;
+- :mod:`~vpatient.evaluate.methods`: methods by name;
 - :mod:`~vpatient.evaluate.oracle`, :mod:`~vpatient.evaluate.fold_models`,
   :mod:`~vpatient.evaluate.imaging`: the synthetic truth as a method, cached fold models,
   imaging-embedding scores.
@@ -16,8 +16,8 @@ The benchmarks that run on these (``vpatient benchmark ...``) live in :mod:`vpat
 from __future__ import annotations
 
 from vpatient.evaluate.baselines import LOCF, LandmarkCox, LastValueRisk, LinearMixedModel, MeanOnly, fit_mixed_model
+from vpatient.evaluate.methods import METHODS, PEERS
 from vpatient.evaluate.protocol import Fold, Forecaster, Standardiser, forecast_folds, landmark_split
-from vpatient.evaluate.registry import METHODS, PEERS
 
 __all__ = [
     "LOCF",

@@ -21,8 +21,8 @@ _LAZY = {
     "num": "render",
     "render": "render",
     "write_outputs": "render",
-    "TrialReport": "trial",
-    "trial_report": "trial",
+    "TrialReport": "insilico_trial",
+    "trial_report": "insilico_trial",
 }
 
 __all__ = [

@@ -89,8 +89,8 @@ def report_trial(
     ] = None,
 ) -> None:
     """An in-silico trial's report: Kaplan-Meier per arm, HR and RMST with CIs, subgroups, labs, observed arms."""
-    from vpatient.report.adjustment import load_adjustment
-    from vpatient.report.trial import trial_report
+    from vpatient.report.insilico_trial import trial_report
+    from vpatient.report.procova import load_adjustment
     from vpatient.simulation.cli import load_arms, load_simulator
 
     if adjustment is not None:

@@ -67,7 +67,7 @@ def trial_report(
     file is refused at once.
     """
     from vpatient.plots import plot_trial
-    from vpatient.report.adjustment import load_adjustment
+    from vpatient.report.procova import load_adjustment
 
     source = "a result passed in Python"
     if isinstance(adjustment, str | Path):
@@ -132,7 +132,7 @@ def trial_report(
 
 def adjustment_section(result: TrialAdjustmentResult, source: str) -> dict:
     """What the report's section on the real trial's prognostic-score adjustment shows (template: trial.html.j2)."""
-    from vpatient.report.adjustment import (
+    from vpatient.report.procova import (
         NON_COLLAPSIBLE_NOTE,
         SECTION_TITLE,
         adjusted_effects,
