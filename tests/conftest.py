@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vpatient.schemas import DatasetConfig
+from vpatient.schemas import DatasetConfig, TreatmentExposure, TreatmentPlan
 
 
 @pytest.fixture()
@@ -120,3 +120,15 @@ def _simulated_trial_adjustment(n: int = 300, seed: int = 0, with_lab: bool = Tr
 def simulated_trial_adjustment():
     """Builds a trial-adjustment result from the analyses of a small simulated trial (report and dashboard tests)."""
     return _simulated_trial_adjustment
+
+
+@pytest.fixture(scope="session")
+def none_plan() -> TreatmentPlan:
+    """The synthetic cohort's control plan: no drug."""
+    return TreatmentPlan(name="no drug")
+
+
+@pytest.fixture(scope="session")
+def drug_plan() -> TreatmentPlan:
+    """The synthetic cohort's treatment plan: the drug at dose 1 from t = 0."""
+    return TreatmentPlan(name="drug", exposures=[TreatmentExposure(treatment="drug", start=0.0, dose=1.0)])

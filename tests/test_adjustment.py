@@ -18,7 +18,7 @@ from vpatient.data.cohort import Cohort
 from vpatient.data.meds import write_meds
 from vpatient.datasets import load_pbc2
 from vpatient.errors import VPatientError
-from vpatient.evaluate.fold_models import fold_models
+from vpatient.evaluate.fold_models import TrainingRun, fold_models
 from vpatient.evaluate.protocol import forecast_folds
 from vpatient.schema_export import rendered_files
 from vpatient.schemas import PatientRecord
@@ -244,7 +244,7 @@ def test_scores_are_cross_fitted(small_trial, cache):
 def test_score_ignores_the_treatment_given(small_trial, cache):
     """Scored from enrolment data without the assigned treatment, under the control plan: a treated patient
     scores exactly as the same patient untreated, so the score is a pre-treatment covariate."""
-    model = fold_models(small_trial, 2, 0, cache, settings=TINY)[0].model
+    model = fold_models(small_trial, 2, TrainingRun(0, cache, TINY))[0].model
     treated = next(r for r in small_trial.records if r.treatments)
     untreated = treated.model_copy(update={"treatments": []})
     assert baseline_record(treated) == baseline_record(untreated)

@@ -128,7 +128,7 @@ def test_whatif_after_a_plan_edit_is_fast(model_dir):
             vs.PlanSpec("treat", "dose", "d_penicillamine", 0.0, dose),
             vs.PlanSpec("no treatment", "stop", "d_penicillamine"),
         )
-        return vs.WhatIfRequest(PATIENT, plans, at, 5.0, 200, 0)
+        return vs.WhatIfRequest(PATIENT, plans, at, horizon=5.0, n_samples=200, seed=0)
 
     def timed(call) -> float:
         start = time.perf_counter()

@@ -12,14 +12,10 @@ from scipy import stats
 from vpatient.data.batching import Scalers
 from vpatient.data.synthetic import synthetic_cohort
 from vpatient.policy import recommend
-from vpatient.schemas import TreatmentExposure, TreatmentPlan
 from vpatient.simulation import Simulator
 from vpatient.simulation.pooling import pool
 from vpatient.train import TrainSettings, fit_latent_ode
 from vpatient.virtual_patient import CheckpointError, VirtualPatientModel, member_slices
-
-NONE = TreatmentPlan(name="no drug")
-DRUG = TreatmentPlan(name="drug", exposures=[TreatmentExposure(treatment="drug", start=0.0, dose=1.0)])
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +47,7 @@ def test_member_slices_split_samples_evenly():
 
 
 @pytest.mark.slow
-def test_identical_members_give_the_single_members_answer(cohort, members, record):
+def test_identical_members_give_the_single_members_answer(cohort, members, record, none_plan, drug_plan):
     (world, _), scalers = members
     single = VirtualPatientModel(world, cohort.config, scalers)
     triple = VirtualPatientModel([world, world, world], cohort.config, scalers)
@@ -63,13 +59,15 @@ def test_identical_members_give_the_single_members_answer(cohort, members, recor
     summary_a, summary_b = a.summary(), b.summary()
     np.testing.assert_allclose(summary_b[["q05", "q50", "q95"]], summary_a[["q05", "q50", "q95"]], rtol=1e-5)
     # the trial analysis of identical members has no between-member spread
-    effects_a = Simulator(single).whatif(record, [NONE, DRUG], horizon=2.0, n_samples=30, seed=4).effects()
-    effects_b = Simulator(triple).whatif(record, [NONE, DRUG], horizon=2.0, n_samples=30, seed=4).effects()
-    np.testing.assert_allclose(effects_b[["difference", "lower", "upper"]], effects_a[["difference", "lower", "upper"]], atol=1e-5)
+    effects_a = Simulator(single).whatif(record, [none_plan, drug_plan], horizon=2.0, n_samples=30, seed=4).effects()
+    effects_b = Simulator(triple).whatif(record, [none_plan, drug_plan], horizon=2.0, n_samples=30, seed=4).effects()
+    np.testing.assert_allclose(
+        effects_b[["difference", "lower", "upper"]], effects_a[["difference", "lower", "upper"]], atol=1e-5
+    )
 
 
 @pytest.mark.slow
-def test_different_members_widen_the_effect_interval(cohort, members, record):
+def test_different_members_widen_the_effect_interval(cohort, members, record, none_plan, drug_plan):
     worlds, scalers = members
     width = {}
     for name, model in {
@@ -77,7 +75,7 @@ def test_different_members_widen_the_effect_interval(cohort, members, record):
         "second": VirtualPatientModel(worlds[1], cohort.config, scalers),
         "both": VirtualPatientModel(worlds, cohort.config, scalers),
     }.items():
-        effects = Simulator(model).whatif(record, [NONE, DRUG], horizon=2.0, n_samples=60, seed=1).effects()
+        effects = Simulator(model).whatif(record, [none_plan, drug_plan], horizon=2.0, n_samples=60, seed=1).effects()
         rows = effects[effects["quantity"] != "survival:death"]
         width[name] = float((rows["upper"] - rows["lower"]).mean())
     assert width["both"] > 1.2 * min(width["first"], width["second"])
@@ -139,26 +137,33 @@ def test_ensemble_trains_in_processes_round_trips_and_refuses_a_corrupted_member
 
 
 @pytest.mark.slow
-def test_trials_cohorts_and_test_selection_draw_from_every_member(cohort, members, tmp_path):
+def test_trials_cohorts_and_test_selection_draw_from_every_member(cohort, members, tmp_path, none_plan, drug_plan):
     worlds, scalers = members
     model = VirtualPatientModel(worlds, cohort.config, scalers)
     sim = Simulator(model)
     population = sim.fit_population(cohort.records, seed=0)
     assert population.n_members == 2
-    trial = sim.trial({"none": NONE, "drug": DRUG}, n=80, seed=0, years=3.0, progress=False)
+    trial = sim.trial({"none": none_plan, "drug": drug_plan}, n=80, seed=0, years=3.0, progress=False)
     hr = trial.hazard_ratios.iloc[0]
     assert hr["members"] == 2 and hr["between_member_sd"] > 0
     assert hr["se"] >= hr["sampling_se"]  # members realise disjoint virtual patients: only spread beyond sampling widens
     assert set(trial.patients["member"]) == {0, 1}
     from_records = sim.trial(
-        {"none": NONE, "drug": DRUG}, seed=0, years=3.0, population=cohort.records[:20], draws_per_record=4, progress=False
+        {"none": none_plan, "drug": drug_plan},
+        seed=0,
+        years=3.0,
+        population=cohort.records[:20],
+        draws_per_record=4,
+        progress=False,
     )
     counts = from_records.patients.groupby(["source", "member"]).size()
     assert (counts == 2 * 2).all()  # every real patient replayed by both members, 2 draws each, in both arms
     result = sim.cohort(n=30, seed=1, years=2.0, out=tmp_path / "virtual", progress=False)
     assert result.n_patients == 30 and result.n_rows > 30
     single = recommend(VirtualPatientModel(worlds[0], cohort.config, scalers), cohort.records[0], n_samples=64, seed=0)
-    twice = recommend(VirtualPatientModel([worlds[0], worlds[0]], cohort.config, scalers), cohort.records[0], n_samples=64, seed=0)
+    twice = recommend(
+        VirtualPatientModel([worlds[0], worlds[0]], cohort.config, scalers), cohort.records[0], n_samples=64, seed=0
+    )
     assert [g.test for g in twice.gains] == [g.test for g in single.gains]
     np.testing.assert_allclose([g.eig for g in twice.gains], [g.eig for g in single.gains], rtol=1e-4, atol=1e-6)
     both = recommend(model, cohort.records[0], n_samples=64, seed=0)

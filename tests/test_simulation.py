@@ -22,9 +22,6 @@ from vpatient.virtual_patient import VirtualPatientModel
 
 pytestmark = pytest.mark.slow  # every test but one reads a model trained in a module fixture
 
-NONE = TreatmentPlan(name="no drug")
-DRUG = TreatmentPlan(name="drug", exposures=[TreatmentExposure(treatment="drug", start=0.0, dose=1.0)])
-
 
 @pytest.fixture(scope="module")
 def cohort():
@@ -50,10 +47,10 @@ def sim(model_dir):
 # --------------------------------------------------------------------------- what-if
 
 
-def test_identical_plans_give_exactly_zero_effect(sim, cohort):
+def test_identical_plans_give_exactly_zero_effect(sim, cohort, none_plan, drug_plan):
     record = next(r for r in cohort.records if r.end_of_followup > 2)
-    twin = NONE.model_copy(update={"name": "no drug, again"})
-    result = sim.whatif(record, [NONE, twin, DRUG], horizon=3.0, n_samples=40, seed=2)
+    twin = none_plan.model_copy(update={"name": "no drug, again"})
+    result = sim.whatif(record, [none_plan, twin, drug_plan], horizon=3.0, n_samples=40, seed=2)
     effects = result.effects()
     same = effects[effects["plan"] == "no drug, again"]
     assert len(same) and (same[["difference", "lower", "upper"]] == 0.0).all().all()
@@ -78,17 +75,17 @@ def test_factual_plan_reproduces_the_forecast(sim, cohort):
     np.testing.assert_allclose(mine.paths.expected[:, :, common], forecast.paths.expected, atol=1e-4)
 
 
-def test_a_cached_posterior_gives_the_same_numbers_as_a_fresh_one(model_dir, cohort):
+def test_a_cached_posterior_gives_the_same_numbers_as_a_fresh_one(model_dir, cohort, none_plan, drug_plan):
     record = cohort.records[5]
-    fresh = Simulator.load(model_dir).whatif(record, [NONE, DRUG], horizon=2.0, n_samples=20, seed=9)
+    fresh = Simulator.load(model_dir).whatif(record, [none_plan, drug_plan], horizon=2.0, n_samples=20, seed=9)
     warm = Simulator.load(model_dir)
-    warm.whatif(record, [DRUG], horizon=2.0, n_samples=20, seed=9)  # infers and caches the posterior
-    again = warm.whatif(record, [NONE, DRUG], horizon=2.0, n_samples=20, seed=9)
+    warm.whatif(record, [drug_plan], horizon=2.0, n_samples=20, seed=9)  # infers and caches the posterior
+    again = warm.whatif(record, [none_plan, drug_plan], horizon=2.0, n_samples=20, seed=9)
     for name in ("no drug", "drug"):
         np.testing.assert_array_equal(fresh.forecasts[name].paths.predictive, again.forecasts[name].paths.predictive)
 
 
-def test_whatif_refuses_bad_plans_naming_the_field(sim, cohort):
+def test_whatif_refuses_bad_plans_naming_the_field(sim, cohort, none_plan):
     record = cohort.records[0]
     with pytest.raises(RecordValidationError, match=r"exposures\[0\]\.treatment"):
         sim.whatif(record, [TreatmentPlan(name="x", exposures=[TreatmentExposure(treatment="aspirin", start=0)])])
@@ -97,7 +94,7 @@ def test_whatif_refuses_bad_plans_naming_the_field(sim, cohort):
     with pytest.raises(RecordValidationError, match=r"exposures\[0\]\.stop"):
         parse_plan({"name": "x", "exposures": [{"treatment": "drug", "start": 2, "stop": 1}]}, sim.model.config)
     with pytest.raises(VPatientError, match="unique"):
-        sim.whatif(record, [NONE, NONE])
+        sim.whatif(record, [none_plan, none_plan])
 
 
 # --------------------------------------------------------------------------- population and cohorts
@@ -203,17 +200,17 @@ def test_dask_local_cluster_gives_the_same_cohort(sim, model_dir, tmp_path):
 # --------------------------------------------------------------------------- trials
 
 
-def test_trial_with_identical_arms_has_no_effect(sim):
-    twin = NONE.model_copy(update={"name": "no drug, again"})
-    result = sim.trial({"a": NONE, "b": twin}, n=150, years=4.0, seed=1, chunk_size=60, progress=False)
+def test_trial_with_identical_arms_has_no_effect(sim, none_plan):
+    twin = none_plan.model_copy(update={"name": "no drug, again"})
+    result = sim.trial({"a": none_plan, "b": twin}, n=150, years=4.0, seed=1, chunk_size=60, progress=False)
     assert result.hazard_ratios["hazard_ratio"].iloc[0] == pytest.approx(1.0, abs=1e-9)
     assert result.rmst["difference"].iloc[0] == 0.0
     km = result.kaplan_meier
     np.testing.assert_array_equal(km[km["arm"] == "a"]["survival"].to_numpy(), km[km["arm"] == "b"]["survival"].to_numpy())
 
 
-def test_trial_on_a_dask_cluster_matches_the_local_engine(sim, tmp_path):
-    arms = {"no drug": NONE, "drug": DRUG}
+def test_trial_on_a_dask_cluster_matches_the_local_engine(sim, tmp_path, none_plan, drug_plan):
+    arms = {"no drug": none_plan, "drug": drug_plan}
     local = sim.trial(arms, n=80, years=3.0, seed=5, chunk_size=40, progress=False)
     dask = sim.trial(arms, n=80, years=3.0, seed=5, chunk_size=40, engine="dask", out=tmp_path / "t", progress=False)
     assert len(list((tmp_path / "t" / "simulation" / "patients").iterdir())) == 2  # one part per chunk, by the workers
@@ -221,9 +218,9 @@ def test_trial_on_a_dask_cluster_matches_the_local_engine(sim, tmp_path):
     pd.testing.assert_frame_equal(local.rmst, dask.rmst)
 
 
-def test_trial_on_real_records_and_its_files(sim, cohort, tmp_path):
+def test_trial_on_real_records_and_its_files(sim, cohort, tmp_path, none_plan, drug_plan):
     result = sim.trial(
-        {"none": NONE, "drug": DRUG}, population=cohort.records[:40], years=3.0, out=tmp_path / "t", progress=False
+        {"none": none_plan, "drug": drug_plan}, population=cohort.records[:40], years=3.0, out=tmp_path / "t", progress=False
     )
     assert result.n_patients == 40
     assert {"none", "drug"} == set(result.kaplan_meier["arm"])
@@ -238,7 +235,7 @@ def test_trial_on_real_records_and_its_files(sim, cohort, tmp_path):
     for name in ("trial.json", "trial.md", "kaplan_meier.csv", "trajectories.csv"):
         assert (tmp_path / "t" / name).stat().st_size > 0
     with pytest.raises(VPatientError, match="at least two arms"):
-        sim.trial({"none": NONE}, n=10, progress=False)
+        sim.trial({"none": none_plan}, n=10, progress=False)
 
 
 # --------------------------------------------------------------------------- command line
@@ -249,10 +246,10 @@ def _plan_file(path, plan: TreatmentPlan):
     return str(path)
 
 
-def test_cli_whatif_cohort_and_trial(model_dir, tmp_path):
+def test_cli_whatif_cohort_and_trial(model_dir, tmp_path, none_plan, drug_plan):
     runner = CliRunner()
-    a = _plan_file(tmp_path / "none.json", NONE)
-    b = _plan_file(tmp_path / "drug.json", DRUG)
+    a = _plan_file(tmp_path / "none.json", none_plan)
+    b = _plan_file(tmp_path / "drug.json", drug_plan)
     out = runner.invoke(
         app,
         ["whatif", "--model", str(model_dir), "--patient", "syn00003", "--plan", a, "--plan", b, "--n-samples", "20", "--json"],

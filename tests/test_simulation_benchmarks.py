@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,7 @@ from vpatient.benchmarks.pbc_trial import (
 from vpatient.data.cohort import Cohort
 from vpatient.data.synthetic import synthetic_cohort
 from vpatient.evaluate import fold_models
-from vpatient.evaluate.fold_models import trained_model
+from vpatient.evaluate.fold_models import TrainingRun, full_model, trained_model
 from vpatient.evaluate.protocol import forecast_folds, held_out_records
 from vpatient.schemas import PatientRecord, VariableKind
 from vpatient.simulation import Simulator
@@ -115,16 +116,17 @@ def test_integrated_difference_is_exact_for_steps_and_lines():
 @pytest.mark.slow
 def test_trained_models_are_cached_by_their_subjects(cohort, tmp_path, monkeypatch):
     records = cohort.records[:20]
-    first = trained_model(records, cohort.config, "t", 0, tmp_path, settings=TrainSettings(epochs=1))
+    run = TrainingRun(0, tmp_path, TrainSettings(epochs=1))
+    first = trained_model(records, cohort.config, "t", run)
     calls = []
     monkeypatch.setattr(VirtualPatientModel, "fit", classmethod(lambda *a, **k: calls.append(1)))
-    again = trained_model(records, cohort.config, "t", 0, tmp_path, settings=TrainSettings(epochs=1))
+    again = trained_model(records, cohort.config, "t", run)
     assert not calls, "the second call must load the cached model, not train"
     for a, b in zip(first.network.state_dict().values(), again.network.state_dict().values(), strict=True):
         assert np.array_equal(a.numpy(), b.numpy())
-    a = fold_models.model_dir(records, cohort.config, "t", 0, tmp_path, TrainSettings(epochs=1))
-    b = fold_models.model_dir(cohort.records[1:21], cohort.config, "t", 0, tmp_path, TrainSettings(epochs=1))
-    c = fold_models.model_dir(records, cohort.config, "t", 1, tmp_path, TrainSettings(epochs=1))
+    a = fold_models.model_dir(records, cohort.config, "t", run)
+    b = fold_models.model_dir(cohort.records[1:21], cohort.config, "t", run)
+    c = fold_models.model_dir(records, cohort.config, "t", replace(run, seed=1))
     assert a.is_dir() and a.name.startswith("t-seed0-v")
     assert len({a, b, c}) == 3  # other subjects or another seed: another model
 
@@ -146,7 +148,7 @@ def test_held_out_sets_partition_the_cohort(cohort):
 
 @pytest.mark.slow
 def test_pooled_trial_of_one_group_is_the_simulators_trial(cohort, cache, trial_result):
-    model = trained_model(cohort.records, cohort.config, f"{cohort.name}-all", 0, cache, settings=TINY)
+    model = full_model(cohort, TrainingRun(0, cache, TINY))
     _, arms = trial_arms(cohort)
     direct = Simulator(model).trial(
         arms, seed=3, years=3.0, event="death", population=cohort.records[:15], draws_per_record=2, progress=False

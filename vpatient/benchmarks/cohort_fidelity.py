@@ -74,7 +74,7 @@ from vpatient.benchmarks.pbc_trial import (
 from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import observations_frame
 from vpatient.evaluate.baselines import LandmarkCox, LinearMixedModel
-from vpatient.evaluate.fold_models import DEFAULT_CACHE, trained_model
+from vpatient.evaluate.fold_models import DEFAULT_CACHE, TrainingRun, fold_model
 from vpatient.evaluate.metrics import mae
 from vpatient.evaluate.protocol import (
     DEFAULT_MAX_MISSING,
@@ -626,15 +626,7 @@ def _protocol(cohort: Cohort, s: CohortFidelitySettings) -> _Protocol:
 def _virtual_cohort(cohort: Cohort, p: _Protocol, fold: Fold, train: list[PatientRecord]) -> list[PatientRecord]:
     """The fold's virtual patients: its model (cached), a population fitted on the real training patients, a cohort drawn."""
     s, k = p.settings, fold.index
-    model = trained_model(
-        fold.train,
-        p.config,
-        f"{cohort.name}-fold{k}of{s.n_folds}",
-        s.seed,
-        s.cache_dir,
-        settings=p.train_settings,
-        model_settings=p.model_settings,
-    )
+    model = fold_model(cohort, k, s.n_folds, fold.train, TrainingRun(s.seed, s.cache_dir, p.train_settings, p.model_settings))
     sim = Simulator(model)
     sim.fit_population(train, seed=_derived(s.seed, k, 0))
     n_virtual = max(1, round(s.virtual_multiple * len(train)))

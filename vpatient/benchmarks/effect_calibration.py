@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from vpatient.benchmarks.base import BenchmarkResult, StrictModel
 from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import truncate_record
-from vpatient.evaluate.fold_models import DEFAULT_CACHE, trained_model
+from vpatient.evaluate.fold_models import DEFAULT_CACHE, TrainingRun, fold_model, full_model
 from vpatient.simulation.trial import TrialResult
 from vpatient.tables import markdown_table
 
@@ -392,7 +392,8 @@ def run_effect_calibration_pbc(
     for method, settings in methods.items():
         bar.set_postfix(method=method, step="model on all patients")
         t0 = time.perf_counter()
-        model = trained_model(cohort.records, cohort.config, f"{cohort.name}-all", seed, cache_dir, settings=settings)
+        run = TrainingRun(seed, cache_dir, settings)
+        model = full_model(cohort, run)
         seconds[f"{method}, all patients"] = round(time.perf_counter() - t0, 1)
         bar.update()
         bar.set_postfix(method=method, step="per-patient effects")
@@ -421,9 +422,8 @@ def run_effect_calibration_pbc(
             parts = []
             for i, (train, test) in enumerate(splits):
                 bar.set_postfix(method=method, step=f"fold {i} model")
-                tag = f"{cohort.name}-fold{i}of{n_folds}"
                 t0 = time.perf_counter()
-                parts.append((trained_model(train, cohort.config, tag, seed, cache_dir, settings=settings), test))
+                parts.append((fold_model(cohort, i, n_folds, train, run), test))
                 seconds[f"{method}, fold {i}"] = round(time.perf_counter() - t0, 1)
                 bar.update()
             trial = pooled_trial(parts, arms, years, event, seed, draws_per_record)

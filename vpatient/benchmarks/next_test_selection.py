@@ -521,7 +521,7 @@ def _run_dataset(
     fold_limit: int | None = None,
 ):
     """Curves and calibration pairs of one dataset; also returns (fold model, cases) for later parts."""
-    from vpatient.evaluate.fold_models import trained_model
+    from vpatient.evaluate.fold_models import TrainingRun, fold_model
     from vpatient.evaluate.protocol import forecast_folds
     from vpatient.policy import Target
 
@@ -529,6 +529,7 @@ def _run_dataset(
     target = Target.parse(target_spec, config)
     tests = [t.name for t in config.tests]
     folds = forecast_folds(cohort, n_folds, seed)[: fold_limit or n_folds]
+    run = TrainingRun(seed, cache_dir, train_settings)
     curves: dict[str, list[list[float]]] = {m: [] for m in METHODS}
     fixed_orders, first_choice, pairs, esses = [], {}, [], []
     n_candidates = 0
@@ -536,9 +537,7 @@ def _run_dataset(
     models = []
     for fold in folds:
         t0 = time.perf_counter()
-        model = trained_model(
-            fold.train, config, f"{cohort.name}-fold{fold.index}of{n_folds}", seed, cache_dir, settings=train_settings
-        )
+        model = fold_model(cohort, fold.index, n_folds, fold.train, run)
         models.append((fold, model))
         rng = np.random.default_rng(_derived(seed, fold.index, 7))
         train_pick = rng.permutation(len(fold.train))

@@ -46,7 +46,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult
 from vpatient.data.cohort import NO_TREATMENT_ARM, Cohort
-from vpatient.evaluate.fold_models import DEFAULT_CACHE, trained_model
+from vpatient.evaluate.fold_models import DEFAULT_CACHE, TrainingRun, fold_model, full_model
 from vpatient.evaluate.protocol import ProtocolError, held_out_records
 from vpatient.model.latent_ode import ModelSettings
 from vpatient.schemas import PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind
@@ -454,8 +454,8 @@ def run_pbc_trial_benchmark(cohort: Cohort, settings: PbcTrialSettings | None = 
     if max(check_times) > years or horizon > years:
         raise ProtocolError(f"simulate at least as long as the checks: years = {years:g} < {max([*check_times, horizon]):g}")
     started = time.perf_counter()
-    train_settings = replace(train_settings or TrainSettings(), seed=seed)
-    model_settings = model_settings or ModelSettings()
+    run = TrainingRun(seed, cache_dir, train_settings, model_settings)
+    train_settings, model_settings = run.resolved()
     treatment, arms = trial_arms(cohort)
     placebo, drug = list(arms)
 
@@ -487,15 +487,7 @@ def run_pbc_trial_benchmark(cohort: Cohort, settings: PbcTrialSettings | None = 
     bar = tqdm(total=2 + n_folds, desc="pbc-trial benchmark", unit="step", file=sys.stderr, disable=not progress)
     bar.set_postfix(step="model on all patients")
     t0 = time.perf_counter()
-    model = trained_model(
-        cohort.records,
-        cohort.config,
-        f"{cohort.name}-all",
-        seed,
-        cache_dir,
-        settings=train_settings,
-        model_settings=model_settings,
-    )
+    model = full_model(cohort, run)
     bar.update()
     bar.set_postfix(step="in-sample trial")
     trial = Simulator(model).trial(
@@ -508,16 +500,7 @@ def run_pbc_trial_benchmark(cohort: Cohort, settings: PbcTrialSettings | None = 
     parts = []
     for k, (train, test) in enumerate(splits):
         bar.set_postfix(step=f"fold {k} model")
-        fold_model = trained_model(
-            train,
-            cohort.config,
-            f"{cohort.name}-fold{k}of{n_folds}",
-            seed,
-            cache_dir,
-            settings=train_settings,
-            model_settings=model_settings,
-        )
-        parts.append((fold_model, test))
+        parts.append((fold_model(cohort, k, n_folds, train, run), test))
         bar.update()
     pooled = pooled_trial(parts, arms, years, event, seed, draws_per_record)
     bar.close()

@@ -87,7 +87,7 @@ with tab_forecast:
     )
     horizon = cols[1].slider("Horizon (years)", 1.0, 10.0, 5.0, 0.5, key="forecast_horizon")
     n_samples = cols[2].select_slider("Sample paths", [50, 100, 200, 400], value=200, key="n_samples")
-    forecast_request = vs.ForecastRequest(subject, float(until), float(horizon), int(n_samples), 0)
+    forecast_request = vs.ForecastRequest(subject, float(until), horizon=float(horizon), n_samples=int(n_samples), seed=0)
     st.subheader(f"Forecast of subject {record.subject_id} from t = {until:.2f}")
     with st.spinner("Forecasting ..."):
         st.image(sess.figure("forecast", forecast_request), width="stretch")
@@ -118,7 +118,7 @@ with tab_whatif:
             start = st.number_input(f"Plan {i + 1} from (years after t)", 0.0, 20.0, 0.0, 0.25, key=f"plan{i}_start")
             dose = st.number_input(f"Plan {i + 1} dose", value=1.0, step=0.1, key=f"plan{i}_dose")
             specs.append(vs.PlanSpec(name, vs.ACTIONS[action], treatment, float(start), float(dose)))
-    whatif_request = vs.WhatIfRequest(subject, tuple(specs), at, float(horizon), int(n_samples), 0)
+    whatif_request = vs.WhatIfRequest(subject, tuple(specs), at, horizon=float(horizon), n_samples=int(n_samples), seed=0)
     try:
         with st.spinner("Simulating the plans ..."):
             result = sess.whatif(whatif_request)

@@ -42,6 +42,7 @@ __all__ = [
     "ForecastRequest",
     "NextTestRequest",
     "PlanSpec",
+    "RolloutSettings",
     "UploadError",
     "WhatIfRequest",
     "demo_model_dir",
@@ -172,23 +173,26 @@ class PlanSpec:
         return plan.check(config)
 
 
-@dataclass(frozen=True)
-class ForecastRequest:
-    subject: str  # a subject id of the dataset, or an upload key
-    until: float | None = None  # None: the last visit
+@dataclass(frozen=True, kw_only=True)
+class RolloutSettings:
+    """How far and with how many sample paths a forecast or what-if rolls out (keyword-only fields)."""
+
     horizon: float = 5.0
     n_samples: int = 200
     seed: int = 0
 
 
 @dataclass(frozen=True)
-class WhatIfRequest:
+class ForecastRequest(RolloutSettings):
+    subject: str  # a subject id of the dataset, or an upload key
+    until: float | None = None  # None: the last visit
+
+
+@dataclass(frozen=True)
+class WhatIfRequest(RolloutSettings):
     subject: str
     plans: tuple[PlanSpec, ...]
     at: float | None = None
-    horizon: float = 5.0
-    n_samples: int = 200
-    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,17 @@ if TYPE_CHECKING:  # torch-backed: imported where a model is trained, not when t
     from vpatient.train import TrainSettings
     from vpatient.virtual_patient import VirtualPatientModel
 
-__all__ = ["DEFAULT_CACHE", "FoldModel", "cache_key", "fold_models", "full_model", "model_dir", "trained_model"]
+__all__ = [
+    "DEFAULT_CACHE",
+    "FoldModel",
+    "TrainingRun",
+    "cache_key",
+    "fold_model",
+    "fold_models",
+    "full_model",
+    "model_dir",
+    "trained_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,46 +70,50 @@ def cache_key(
     return digest.hexdigest()[:12]
 
 
-def model_dir(
-    records: Sequence[PatientRecord],
-    config: DatasetConfig,
-    tag: str,
-    seed: int,
-    cache_dir: str | Path = DEFAULT_CACHE,
-    settings: TrainSettings | None = None,
-    model_settings: ModelSettings | None = None,
-) -> Path:
+@dataclass(frozen=True)
+class TrainingRun:
+    """How a cached world model is trained: ``TrainSettings(seed=seed)`` and ``ModelSettings()``, or the settings given.
+
+    ``settings``/``model_settings`` replace the defaults (tests shrink them; the seed is
+    always ``seed``); ``cache_dir=None`` trains without caching; ``progress`` shows the
+    training's progress bar.
+    """
+
+    seed: int
+    cache_dir: str | Path | None = DEFAULT_CACHE
+    settings: TrainSettings | None = None
+    model_settings: ModelSettings | None = None
+    progress: bool = False
+
+    def resolved(self) -> tuple[TrainSettings, ModelSettings]:
+        """The run's settings: the defaults unless given, the seed always ``seed``."""
+        from vpatient.model.latent_ode import ModelSettings
+        from vpatient.train import TrainSettings
+
+        return replace(self.settings or TrainSettings(), seed=self.seed), self.model_settings or ModelSettings()
+
+
+def model_dir(records: Sequence[PatientRecord], config: DatasetConfig, tag: str, run: TrainingRun) -> Path:
     """The cache folder of this training run (it may not exist yet)."""
-    settings, model_settings = _settings(settings, model_settings, seed)
-    key = cache_key(records, config, settings, model_settings)
-    return Path(cache_dir) / f"{tag}-seed{seed}-v{__version__}-{key}"
+    if run.cache_dir is None:
+        raise ValueError("a training run without a cache folder (cache_dir=None) has no model folder")
+    key = cache_key(records, config, *run.resolved())
+    return Path(run.cache_dir) / f"{tag}-seed{run.seed}-v{__version__}-{key}"
 
 
-def trained_model(
-    records: Sequence[PatientRecord],
-    config: DatasetConfig,
-    tag: str,
-    seed: int,
-    cache_dir: str | Path | None = DEFAULT_CACHE,
-    progress: bool = False,
-    *,
-    settings: TrainSettings | None = None,
-    model_settings: ModelSettings | None = None,
-) -> VirtualPatientModel:
-    """The model trained on ``records`` with ``TrainSettings(seed=seed)`` and ``ModelSettings()``.
+def trained_model(records: Sequence[PatientRecord], config: DatasetConfig, tag: str, run: TrainingRun) -> VirtualPatientModel:
+    """The model trained on ``records`` as ``run`` says (:class:`TrainingRun`).
 
-    Loaded from ``cache_dir`` when this exact run was trained before (module docstring);
-    otherwise trained with :meth:`VirtualPatientModel.fit` and saved there.
-    ``settings``/``model_settings`` replace the defaults (tests shrink them; the seed
-    is always ``seed``); ``cache_dir=None`` trains without caching.
+    Loaded from ``run.cache_dir`` when this exact run was trained before (module
+    docstring); otherwise trained with :meth:`VirtualPatientModel.fit` and saved there.
     """
     from vpatient.virtual_patient import VirtualPatientModel
 
     records = list(records)
-    settings, model_settings = _settings(settings, model_settings, seed)
-    if cache_dir is None:
-        return VirtualPatientModel.fit(records, config, settings, model_settings, progress=progress)
-    target = model_dir(records, config, tag, seed, cache_dir, settings, model_settings)
+    settings, model_settings = run.resolved()
+    if run.cache_dir is None:
+        return VirtualPatientModel.fit(records, config, settings, model_settings, progress=run.progress)
+    target = model_dir(records, config, tag, run)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target.with_name(target.name + ".lock")):
         if (target / _COMPLETE).is_file():
@@ -107,7 +121,7 @@ def trained_model(
             return VirtualPatientModel.load(target)
         log.info("%s: training on %d patients (cache %s)", tag, len(records), target)
         started = time.perf_counter()
-        model = VirtualPatientModel.fit(records, config, settings, model_settings, progress=progress)
+        model = VirtualPatientModel.fit(records, config, settings, model_settings, progress=run.progress)
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save(tmp)
@@ -115,16 +129,6 @@ def trained_model(
         tmp.rename(target)
         log.info("%s: trained in %.0f s, saved to %s", tag, time.perf_counter() - started, target)
         return model
-
-
-def _settings(
-    settings: TrainSettings | None, model_settings: ModelSettings | None, seed: int
-) -> tuple[TrainSettings, ModelSettings]:
-    """The run's settings: the defaults unless given, the seed always ``seed``."""
-    from vpatient.model.latent_ode import ModelSettings
-    from vpatient.train import TrainSettings
-
-    return replace(settings or TrainSettings(), seed=seed), model_settings or ModelSettings()
 
 
 @contextlib.contextmanager
@@ -151,48 +155,21 @@ class FoldModel:
     model: VirtualPatientModel
 
 
-def fold_models(
-    cohort: Cohort,
-    n_folds: int,
-    seed: int,
-    cache_dir: str | Path | None = DEFAULT_CACHE,
-    progress: bool = False,
-    *,
-    settings: TrainSettings | None = None,
-    model_settings: ModelSettings | None = None,
-) -> list[FoldModel]:
-    """The forecasting benchmark's folds (``forecast_folds(cohort, n_folds, seed)``), each with its model.
+def fold_model(cohort: Cohort, index: int, n_folds: int, train: Sequence[PatientRecord], run: TrainingRun) -> VirtualPatientModel:
+    """Fold ``index`` of ``n_folds``'s model, trained on ``train`` (tag ``<data>-fold<index>of<n_folds>``)."""
+    return trained_model(train, cohort.config, f"{cohort.name}-fold{index}of{n_folds}", run)
 
-    Fold ``i``'s model is tagged ``<data>-fold<i>of<n_folds>`` and trained with seed ``seed``
-    (as the forecasting benchmark trains every fold's world model with the split's seed).
+
+def fold_models(cohort: Cohort, n_folds: int, run: TrainingRun) -> list[FoldModel]:
+    """The forecasting benchmark's folds (``forecast_folds(cohort, n_folds, run.seed)``), each with its model.
+
+    Every fold's model is :func:`fold_model`, trained with seed ``run.seed`` (as the
+    forecasting benchmark trains every fold's world model with the split's seed).
     """
-    out = []
-    for fold in forecast_folds(cohort, n_folds, seed):
-        tag = f"{cohort.name}-fold{fold.index}of{n_folds}"
-        model = trained_model(
-            fold.train, cohort.config, tag, seed, cache_dir, progress, settings=settings, model_settings=model_settings
-        )
-        out.append(FoldModel(fold, model))
-    return out
+    folds = forecast_folds(cohort, n_folds, run.seed)
+    return [FoldModel(fold, fold_model(cohort, fold.index, n_folds, fold.train, run)) for fold in folds]
 
 
-def full_model(
-    cohort: Cohort,
-    seed: int,
-    cache_dir: str | Path | None = DEFAULT_CACHE,
-    progress: bool = False,
-    *,
-    settings: TrainSettings | None = None,
-    model_settings: ModelSettings | None = None,
-) -> VirtualPatientModel:
+def full_model(cohort: Cohort, run: TrainingRun) -> VirtualPatientModel:
     """The model trained on every record of ``cohort`` (tag ``<data>-all``)."""
-    return trained_model(
-        cohort.records,
-        cohort.config,
-        f"{cohort.name}-all",
-        seed,
-        cache_dir,
-        progress,
-        settings=settings,
-        model_settings=model_settings,
-    )
+    return trained_model(cohort.records, cohort.config, f"{cohort.name}-all", run)

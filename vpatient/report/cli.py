@@ -45,14 +45,10 @@ def report_patient(
     card: CardOption = None,
 ) -> None:
     """A patient's report: history, forecasts and survival per plan, effects, next tests, assumptions and limits."""
-    from vpatient.datasets import load_dataset
     from vpatient.report.patient import patient_report
-    from vpatient.simulation import Simulator
-    from vpatient.simulation.cli import load_plan
+    from vpatient.simulation.cli import load_whatif
 
-    sim = Simulator.load(model)
-    plans = [load_plan(p, sim.model.config) for p in plan]
-    record = load_dataset(data or sim.model.dataset_name).subject(patient)
+    sim, plans, record = load_whatif(model, plan, patient, data)
     report = patient_report(
         sim,
         record,

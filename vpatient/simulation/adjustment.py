@@ -77,7 +77,7 @@ from vpatient.benchmarks.base import StrictModel
 from vpatient.data.cohort import NO_TREATMENT_ARM, Cohort, arm_of
 from vpatient.data.timeline import observations_frame, truncate_record
 from vpatient.errors import VPatientError
-from vpatient.evaluate.fold_models import DEFAULT_CACHE, fold_models
+from vpatient.evaluate.fold_models import DEFAULT_CACHE, TrainingRun, fold_models
 from vpatient.schemas import PatientRecord, TreatmentPlan, VariableKind
 
 if TYPE_CHECKING:  # torch-backed: imported when scores are computed, not when the CLI starts
@@ -459,7 +459,7 @@ def cross_fitted_scores(
     """
     from vpatient.evaluate.protocol import held_out_records
 
-    models = fold_models(cohort, n_folds, seed, cache_dir, progress, settings=train_settings, model_settings=model_settings)
+    models = fold_models(cohort, n_folds, TrainingRun(seed, cache_dir, train_settings, model_settings, progress))
     splits = held_out_records(cohort, n_folds, seed)  # the same folds (forecast_folds), rest dealt in
     parts = []
     for fold_model, (_, held_out) in zip(models, splits, strict=True):

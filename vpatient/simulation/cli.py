@@ -81,6 +81,16 @@ def load_simulator(model: Path):
     return sim
 
 
+def load_whatif(model: Path, plan: list[Path], patient: str, data: str | None):
+    """What a what-if command reads: the checkpoint's simulator, the plans (validated) and the patient's record."""
+    from vpatient.datasets import load_dataset
+    from vpatient.simulation import Simulator
+
+    sim = Simulator.load(model)
+    plans = [load_plan(p, sim.model.config) for p in plan]
+    return sim, plans, load_dataset(data or sim.model.dataset_name).subject(patient)
+
+
 def whatif_command(
     model: ModelOption,
     patient: Annotated[str, typer.Option("--patient", help="Subject id in the model's dataset (or --data).")],
@@ -96,13 +106,9 @@ def whatif_command(
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of the plans' forecasts and survival.")] = None,
 ) -> None:
     """What if this patient were treated differently? Forecasts under each plan and the effects against the first."""
-    from vpatient.datasets import load_dataset
-    from vpatient.simulation import Simulator
     from vpatient.tables import markdown_table
 
-    sim = Simulator.load(model)
-    plans = [load_plan(p, sim.model.config) for p in plan]
-    record = load_dataset(data or sim.model.dataset_name).subject(patient)
+    sim, plans, record = load_whatif(model, plan, patient, data)
     result = sim.whatif(record, plans, horizon=horizon, n_samples=n_samples, seed=seed, at=at)
     if json_flag:
         typer.echo(json.dumps(result.to_dict(), indent=1))
