@@ -39,6 +39,7 @@ test-fast: $(STAMP)
 # Lint and type checks (mypy's settings, and which modules are strict, live in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check vpatient tests
+	$(BIN)/ruff format --check vpatient tests
 	$(BIN)/mypy
 
 schemas: $(STAMP)

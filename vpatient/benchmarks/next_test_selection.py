@@ -576,7 +576,9 @@ def _run_dataset(
                 file=sys.stderr,
             )
     k_max = max((len(c) for c in curves["eig"]), default=1)
-    mean_curves = {m: [float(x) for x in np.mean([pad_curve(c, k_max) for c in cs], axis=0)] if cs else [] for m, cs in curves.items()}
+    mean_curves = {
+        m: [float(x) for x in np.mean([pad_curve(c, k_max) for c in cs], axis=0)] if cs else [] for m, cs in curves.items()
+    }
     areas = {m: curve_area(c) if c else math.nan for m, c in mean_curves.items()}
     denom = areas["random"] - areas["oracle"]
     gap = (areas["random"] - areas["eig"]) / denom if curves["eig"] and denom > 1e-12 else None

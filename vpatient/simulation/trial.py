@@ -160,9 +160,7 @@ class TrialResult:
         for arm in arms[1:]:
             other = data[data["trial_arm"] == arm].set_index("subject_id")
             hr_rows.append({"arm": arm, "reference": arms[0], **hazard_ratio(ref, other)})
-            paired = other[["member", "source"]].assign(
-                difference=other[f"rmst_{event}"] - ref.loc[other.index, f"rmst_{event}"]
-            )
+            paired = other[["member", "source"]].assign(difference=other[f"rmst_{event}"] - ref.loc[other.index, f"rmst_{event}"])
             rmst = _pooled_mean_difference(paired)
             low, high = rmst.interval() if rmst is not None else (np.nan, np.nan)
             rmst_rows.append(
@@ -339,7 +337,9 @@ def _cox(reference: pd.DataFrame, other: pd.DataFrame) -> tuple[float, float] | 
 
     data = pd.concat(
         [
-            pd.DataFrame({"time": reference["time"], "primary": reference["primary"], "treated": 0, "source": reference["source"]}),
+            pd.DataFrame(
+                {"time": reference["time"], "primary": reference["primary"], "treated": 0, "source": reference["source"]}
+            ),
             pd.DataFrame({"time": other["time"], "primary": other["primary"], "treated": 1, "source": other["source"]}),
         ],
         ignore_index=True,
