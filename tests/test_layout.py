@@ -11,12 +11,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vpatient"
 RESULTS = ROOT / "benchmarks" / "results"
 
-#: Committed results written before a field of their class existed: reloading fills the default, so they
-#: no longer round-trip. Regenerate them (`vpatient benchmark training|forecast`) and drop them from here.
-STALE_RESULTS = {
-    "forecast-pbc2.json": "written before imaging existed",
-}
-
 
 def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
@@ -89,16 +83,7 @@ def test_the_check_sees_private_imports_and_attributes():
     assert not _private_imports("from vpatient import __version__\n", "vpatient.benchmarks.base")
 
 
-def _committed_results() -> list:
-    return [
-        pytest.param(path, marks=pytest.mark.xfail(reason=STALE_RESULTS[path.name], strict=True))
-        if path.name in STALE_RESULTS
-        else path
-        for path in sorted(RESULTS.glob("*.json"))
-    ]
-
-
-@pytest.mark.parametrize("path", _committed_results(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*.json")), ids=lambda p: p.stem)
 def test_committed_result_reloads_and_rerenders_byte_for_byte(path):
     from vpatient.benchmarks.registry import load_result
 
