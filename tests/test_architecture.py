@@ -134,3 +134,10 @@ def test_the_model_layer_imports_only_itself():
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_command_line_starts_without_torch():
+    """`vpatient --help` and every command's start-up import no torch: it is loaded by the commands that run a model."""
+    code = "import sys, vpatient.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "importing vpatient.cli loads torch"

@@ -48,11 +48,12 @@ class BenchmarkResult(StrictModel):
         """Draw the result's figure at ``path``; None when the result has no figure (the default)."""
         return None
 
-    def write(self, out_dir: str | Path = DEFAULT_OUT_DIR) -> list[Path]:
-        """Write ``out_dir/<stem>.json``, ``.md`` and, when :meth:`plot` draws one, ``.png``; returns their paths."""
+    def write(self, out_dir: str | Path = DEFAULT_OUT_DIR, *, json_path: str | Path | None = None) -> list[Path]:
+        """Write ``out_dir/<stem>.json`` (or ``json_path``), ``.md`` and, when :meth:`plot` draws one, ``.png``; returns their paths."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = [out / f"{self.stem}.json", out / f"{self.stem}.md"]
+        paths = [Path(json_path) if json_path is not None else out / f"{self.stem}.json", out / f"{self.stem}.md"]
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
         paths[0].write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
         paths[1].write_text(self.to_markdown(), encoding="utf-8")
         figure = self.plot(out / f"{self.stem}.png")

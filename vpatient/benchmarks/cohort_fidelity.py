@@ -55,7 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -554,12 +554,11 @@ class CohortFidelitySettings:
 
 @dataclass(frozen=True)
 class _Protocol:
-    """What every fold shares: the settings with training and model settings filled in, and the data's layout."""
+    """What every fold shares: the settings, the training run of every fold model, and the data's layout."""
 
     settings: CohortFidelitySettings
     config: DatasetConfig
-    train_settings: TrainSettings
-    model_settings: ModelSettings
+    run: TrainingRun
     years: float
     landmarks: list[float]
     windows: list[float]
@@ -612,8 +611,7 @@ def _protocol(cohort: Cohort, s: CohortFidelitySettings) -> _Protocol:
     return _Protocol(
         settings=s,
         config=config,
-        train_settings=replace(s.train_settings or TrainSettings(), seed=s.seed),
-        model_settings=s.model_settings or ModelSettings(),
+        run=TrainingRun(s.seed, s.cache_dir, s.train_settings, s.model_settings),
         years=float(max(r.end_of_followup for r in cohort.records)),
         landmarks=landmarks,
         windows=windows,
@@ -626,7 +624,7 @@ def _protocol(cohort: Cohort, s: CohortFidelitySettings) -> _Protocol:
 def _virtual_cohort(cohort: Cohort, p: _Protocol, fold: Fold, train: list[PatientRecord]) -> list[PatientRecord]:
     """The fold's virtual patients: its model (cached), a population fitted on the real training patients, a cohort drawn."""
     s, k = p.settings, fold.index
-    model = fold_model(cohort, k, s.n_folds, fold.train, TrainingRun(s.seed, s.cache_dir, p.train_settings, p.model_settings))
+    model = fold_model(cohort, k, s.n_folds, fold.train, p.run)
     sim = Simulator(model)
     sim.fit_population(train, seed=_derived(s.seed, k, 0))
     n_virtual = max(1, round(s.virtual_multiple * len(train)))
@@ -747,6 +745,7 @@ def _result(
 ) -> CohortFidelityBenchmarkResult:
     """The folds summarised against the targets, with the pooled diagnostics, curves and histograms."""
     s, config = p.settings, p.config
+    train_settings, model_settings = p.run.resolved()
     summary, targets = _summarise(fold_rows)
     real_pool, virtual_pool = pd.concat(pooled.real_x, ignore_index=True), pd.concat(pooled.virtual_x, ignore_index=True)
     auc_pooled = classifier_auc(real_pool, virtual_pool, s.seed, s.cv_splits, s.cv_repeats)
@@ -794,8 +793,8 @@ def _result(
         targets=targets,
         curves=curves,
         histograms=_histograms(pooled.test, pooled.virtual, config, p.continuous),
-        train_settings=p.train_settings.to_dict(),
-        model_settings=p.model_settings.to_dict(),
+        train_settings=train_settings.to_dict(),
+        model_settings=model_settings.to_dict(),
         runtime_seconds=round(time.perf_counter() - started, 1),
     )
 

@@ -165,26 +165,13 @@ class ForecastBenchmarkResult(VersionedBenchmarkResult):
         out_dir: str | Path = DEFAULT_OUT_DIR,
         *,
         json_path: str | Path | None = None,
-        markdown_path: str | Path | None = None,
         predictions: pd.DataFrame | None = None,
         predictions_path: str | Path | None = None,
     ) -> list[Path]:
-        """Write the JSON and markdown (default ``out_dir/<stem>.json/.md``) and, if asked, the predictions parquet."""
+        """Write the JSON (default ``out_dir/<stem>.json``) and markdown and, if asked, the predictions parquet."""
         if predictions_path is not None and predictions is None:
             raise ValueError("predictions_path given without predictions")
-        if json_path is None and markdown_path is None:
-            paths = super().write(out_dir)
-        else:
-            out = Path(out_dir)
-            paths = [
-                Path(json_path) if json_path is not None else out / f"{self.stem}.json",
-                Path(markdown_path) if markdown_path is not None else out / f"{self.stem}.md",
-            ]
-            for path in paths:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            paths[0].write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-            paths[1].write_text(self.to_markdown(), encoding="utf-8")
-            log.info("wrote %s and %s", *paths)
+        paths = super().write(out_dir, json_path=json_path)
         if predictions_path is not None:
             paths.append(Path(predictions_path))
             paths[-1].parent.mkdir(parents=True, exist_ok=True)

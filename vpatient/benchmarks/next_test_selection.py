@@ -53,7 +53,7 @@ import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -829,8 +829,6 @@ def run_test_selection_benchmark(
     """
     import torch
 
-    from vpatient.train import TrainSettings
-
     settings = settings or NextTestSelectionSettings()
     started = time.perf_counter()
     targets = {**DEFAULT_TARGETS, **(settings.targets or {})}
@@ -849,7 +847,6 @@ def run_test_selection_benchmark(
 
             cohort = load_dataset(name)
         folds = settings.synthetic_folds if name == "synthetic" else settings.n_folds
-        fold_settings = replace(settings.train_settings or TrainSettings(), seed=settings.seed)
         summary, cal, models = _run_dataset(
             cohort,
             targets[name],
@@ -859,7 +856,7 @@ def run_test_selection_benchmark(
             settings.n_random,
             settings.n_train_patients,
             settings.max_patients_per_fold,
-            fold_settings if settings.train_settings is not None else None,
+            settings.train_settings,  # the fold models' TrainingRun sets the seed
             settings.cache_dir,
             settings.progress,
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -19,7 +18,7 @@ from pydantic import Field
 from vpatient.benchmarks.base import VersionedBenchmarkResult
 from vpatient.data.cohort import NO_TREATMENT_ARM, Cohort
 from vpatient.errors import VPatientError
-from vpatient.evaluate.fold_models import DEFAULT_CACHE
+from vpatient.evaluate.fold_models import DEFAULT_CACHE, TrainingRun
 from vpatient.schemas import DatasetConfig, Transform, VariableKind
 from vpatient.simulation.adjustment import (
     DEFAULT_EVENT,
@@ -165,16 +164,12 @@ def run_trial_adjustment(
     ``lab``: default the config's first continuous variable. Inputs are checked before
     any model is trained.
     """
-    from vpatient.model.latent_ode import ModelSettings
-    from vpatient.train import TrainSettings
-
     started = time.perf_counter()
     event, lab = _check_inputs(cohort, event, lab, horizon, at, window, n_folds, n_samples)
     table = trial_table(cohort, event, lab, at, window)
     if not table["event"].any():
         raise VPatientError(f"no {event} events in data {cohort.name!r}: a Cox analysis needs at least one")
-    train_settings = replace(train_settings or TrainSettings(), seed=seed)
-    model_settings = model_settings or ModelSettings()
+    train_settings, model_settings = TrainingRun(seed, cache_dir, train_settings, model_settings).resolved()
     scores = cross_fitted_scores(
         cohort,
         n_folds,

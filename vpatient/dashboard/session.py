@@ -26,11 +26,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpatient.errors import DataFormatError, Problem, RecordValidationError, VPatientError
-from vpatient.policy import Target
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, TreatmentPlan, parse_record
+
+if TYPE_CHECKING:  # the policy brings in torch, which `vpatient dashboard` and `vpatient --help` must start without
+    from vpatient.policy import Target
 
 __all__ = [
     "ACTIONS",
@@ -195,10 +197,17 @@ class WhatIfRequest(RolloutSettings):
     at: float | None = None
 
 
+def _default_target() -> Target:
+    """Death within 5 time units: the next-test target a dashboard opens with."""
+    from vpatient.policy import Target
+
+    return Target.risk("death", 5.0)
+
+
 @dataclass(frozen=True)
 class NextTestRequest:
     subject: str
-    target: Target = field(default_factory=lambda: Target.risk("death", 5.0))
+    target: Target = field(default_factory=_default_target)
     at: float | None = None
     n_samples: int = 256
     seed: int = 0

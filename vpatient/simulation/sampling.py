@@ -34,7 +34,7 @@ from vpatient.data.cohort import arm_of
 from vpatient.data.meds.codes import MEDS_BIRTH, SUBJECT_ID, TIME, CodeBook, component_code, start_code, stop_code
 from vpatient.data.meds.write import meds_order, meds_rows
 from vpatient.data.timeline import truncate_record
-from vpatient.errors import VPatientError
+from vpatient.errors import VPatientError, choose
 from vpatient.model.dynamics import DenseSolution
 from vpatient.schemas import PatientRecord, TreatmentExposure
 from vpatient.simulation.population import Population
@@ -61,13 +61,6 @@ class Schedule(StrEnum):
     REGULAR = "regular"  # every median training gap, from 0
     RANDOM = "random"  # exponential gaps at the training visit rate
     AS_OBSERVED = "as_observed"  # the visit times of a random training patient
-
-    @classmethod
-    def parse(cls, value: Schedule | str) -> Schedule:
-        try:
-            return cls(value)
-        except ValueError:
-            raise VPatientError(f"visit schedule {value!r}: choose one of {', '.join(s.value for s in cls)}") from None
 
 
 @dataclass
@@ -154,7 +147,7 @@ def draw_virtual_patients(
     visit_interval: float | None = None,
 ) -> VirtualPatients:
     """``n`` new patients from ``population``, ids ``first_id`` onwards."""
-    schedule = Schedule.parse(schedule)
+    schedule = choose(Schedule, schedule, "visit schedule")
     subject_ids = np.arange(first_id, first_id + n, dtype=np.int64)
     members = population.member_of(subject_ids)
     arms = population.draw_arms(n, rng)

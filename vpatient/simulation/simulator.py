@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from vpatient.data.meds import move_into_place, write_meds_metadata
-from vpatient.errors import OutputExistsError, VPatientError
+from vpatient.errors import OutputExistsError, VPatientError, choose
 from vpatient.schemas import PatientRecord, TreatmentPlan
 from vpatient.simulation.engine import Engine, chunks, run_chunks
 from vpatient.simulation.population import POPULATION_FILE, Population
@@ -108,7 +108,7 @@ class Simulator:
         """
         population = self._population()
         _check_years(years)
-        schedule = Schedule.parse(schedule)
+        schedule = choose(Schedule, schedule, "visit schedule")
         if out is None:
             if n > MAX_IN_MEMORY:
                 raise VPatientError(f"n = {n:,}: give an output directory for cohorts over {MAX_IN_MEMORY:,} patients")
