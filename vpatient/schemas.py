@@ -43,6 +43,8 @@ from vpatient.errors import ConfigError, Problem, RecordValidationError
 
 __all__ = [
     "BOUNDARY_TYPES",
+    "DEFAULT_DOSE",
+    "CodeEncoding",
     "DatasetConfig",
     "DiagnosticTest",
     "Event",
@@ -108,6 +110,29 @@ class UnknownCodePolicy(StrEnum):
     IGNORE = "ignore"
 
 
+class CodeEncoding(StrEnum):
+    """How a variable's rows encode its values in MEDS, besides vpatient's own encoding.
+
+    vpatient's own encoding (``vpatient``, what :func:`~vpatient.data.meds.write_meds`
+    writes) is always read too, so that data vpatient wrote reads back with the same config.
+    """
+
+    VPATIENT = "vpatient"
+    CODE_SUFFIX = "code_suffix"
+    PER_VISIT_INDICATOR = "per_visit_indicator"
+    PER_VISIT_DOSE = "per_visit_dose"
+
+
+#: The encodings each kind may declare (every kind may keep vpatient's own).
+ENCODINGS_OF_KIND = {
+    VariableKind.STATIC: frozenset({CodeEncoding.CODE_SUFFIX}),
+    VariableKind.TREATMENT: frozenset({CodeEncoding.PER_VISIT_INDICATOR, CodeEncoding.PER_VISIT_DOSE}),
+}
+
+#: The dose of an exposure that names none (a START row without a value, a per-visit indicator).
+DEFAULT_DOSE = 1.0
+
+
 class TimeUnit(StrEnum):
     YEARS = "years"
     MONTHS = "months"
@@ -153,6 +178,19 @@ class VariableSpec(_Strict):
         description="Text values (MEDS `text_value`) and the numbers they stand for, e.g. {'female': 0, 'male': 1}.",
     )
     dimension: int | None = Field(default=None, ge=1, description="Imaging embeddings: the vector's length.")
+    encoding: CodeEncoding = Field(
+        default=CodeEncoding.VPATIENT,
+        description=(
+            "How the MEDS rows encode the values, besides vpatient's own encoding (always read). "
+            "`code_suffix` (static): the value is the code's suffix, `<CODE>//<VALUE>` (e.g. `SEX//F`), "
+            "a name in `categories`, or a number when the variable has no categories. "
+            "`per_visit_indicator` (treatment): a `<CODE>` row at each visit, numeric_value 1 (given, "
+            "at the default dose 1) or 0 (not given). `per_visit_dose` (treatment): a `<CODE>` row at "
+            "each visit, numeric_value the dose given, 0 for none. Per-visit values become exposures "
+            "that start at a visit with a positive value and stop at the next visit with another value; "
+            "the last stays open (ongoing at end of follow-up)."
+        ),
+    )
     test: str | None = Field(default=None, description="Diagnostic test that measures it.")
     description: str = ""
 
@@ -175,6 +213,11 @@ class VariableSpec(_Strict):
                 )
         elif self.levels is not None:
             raise ValueError(f"variable {self.name!r}: 'levels' is only for ordinal variables")
+        if self.encoding != CodeEncoding.VPATIENT and self.encoding not in ENCODINGS_OF_KIND.get(self.kind, ()):
+            allowed = sorted(kind.value for kind, encodings in ENCODINGS_OF_KIND.items() if self.encoding in encodings)
+            raise ValueError(
+                f"variable {self.name!r}: encoding {self.encoding.value!r} applies only to {', '.join(allowed)} variables"
+            )
         if self.transform != Transform.NONE and self.kind != VariableKind.CONTINUOUS:
             raise ValueError(f"variable {self.name!r}: transform {self.transform.value!r} applies only to continuous variables")
         return self
@@ -365,7 +408,7 @@ class TreatmentExposure(_Strict):
     treatment: str
     start: float
     stop: float | None = None
-    dose: float = 1.0
+    dose: float = DEFAULT_DOSE
 
 
 class Event(_Strict):

@@ -16,6 +16,10 @@ kind                      rows
 ========================  ==========================================================
 static                    ``C`` with null time; value = ``numeric_value``, or
                           ``categories[text_value]`` when the variable has categories.
+static, ``encoding``      also ``C//VALUE`` (e.g. ``SEX//F``), null time or any time
+``code_suffix``           (a birth date): value = ``categories[VALUE]``, or ``VALUE``
+                          as a number when the variable has no categories. A VALUE
+                          that is neither is a problem naming subject and code.
 static reading            ``MEDS_BIRTH`` at the birth time; value = age at index in the
 ``MEDS_BIRTH``            config's time unit. Written back at time ``-age`` (numeric
                           times) or ``index_time - age`` (timestamps).
@@ -29,6 +33,13 @@ treatment                 ``C//START`` (``numeric_value`` = dose, default 1.0) a
                           ``C//STOP`` → TreatmentExposure(start, stop or None, dose).
                           A STOP with no open START, or a START while one is open, is a
                           problem. At equal times a STOP closes before a START opens.
+treatment, ``encoding``   also ``C`` at each visit, ``numeric_value`` = dose given
+``per_visit_dose`` or     (0: none) or indicator (1: given, at dose 1.0; 0: not).
+``per_visit_indicator``   A run starts at a visit with a positive value and stops at
+                          the next visit with another value (a new dose starts a new
+                          run there); the last run stays open (stop None), as a START
+                          without a STOP. Other values, or two values at one time,
+                          are problems.
 event                     ``C`` at a time → Event(kind=variable name), e.g.
                           ``MEDS_DEATH`` → ``death``.
 ========================  ==========================================================
@@ -51,6 +62,11 @@ Follow-up and time axis:
 Unknown codes (no variable reads them) follow ``config.unknown_codes``: ``error`` and
 ``warn`` report each code once, with its count of rows and subjects; ``ignore`` drops
 them silently.
+
+Every variable also reads vpatient's own encoding (``encoding: vpatient``, the rows
+above without the ``encoding`` lines), which is what the writer writes: data read from
+the other encodings is written back in vpatient's, and reads back with the same config
+to the same records.
 
 Writing: a record with ``index_time`` gets a ``time`` column of ``datetime64[us]``
 (offsets rounded to the microsecond); records without get a float column; a mix is

@@ -13,6 +13,7 @@ trip keeps them; the reader turns every id into str (``PatientRecord.subject_id`
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from vpatient.errors import ConfigError
-from vpatient.schemas import DatasetConfig, VariableKind, VariableSpec
+from vpatient.schemas import CodeEncoding, DatasetConfig, VariableKind, VariableSpec
 
 __all__ = [
     "CODE",
@@ -170,6 +171,7 @@ class Role(StrEnum):
     HISTORY = "history"
     START = "start"
     STOP = "stop"
+    VISIT_DOSE = "visit_dose"
     EVENT = "event"
 
 
@@ -181,19 +183,20 @@ _ROLE_OF_KIND = {
     VariableKind.HISTORY: Role.HISTORY,
     VariableKind.EVENT: Role.EVENT,
 }
-#: Roles whose rows must carry a value (a birth row's value is its time; doses default to 1.0).
-VALUE_ROLES = (Role.STATIC, Role.OBSERVED, Role.IMAGING)
+#: Roles whose rows must carry a value (a birth row's value is its time; START doses default to 1.0).
+VALUE_ROLES = (Role.STATIC, Role.OBSERVED, Role.IMAGING, Role.VISIT_DOSE)
 #: Roles of rows that say nothing about follow-up.
 STATIC_ROLES = (Role.STATIC, Role.BIRTH)
 
 
 @dataclass(frozen=True)
 class CodeRole:
-    """The variable a code belongs to, its role, and (imaging) the embedding component."""
+    """The variable a code belongs to, its role, (imaging) the embedding component, and (code_suffix) the value's text."""
 
     spec: VariableSpec
     role: Role
     component: int = -1
+    suffix: str | None = None
 
 
 class CodeBook:
@@ -203,6 +206,7 @@ class CodeBook:
         self.config = config
         self.exact: dict[str, CodeRole] = {}
         self.imaging: dict[str, VariableSpec] = {}
+        self.suffixed: dict[str, VariableSpec] = {}
         for spec in config.variables:
             for code in spec.codes:
                 self._register(spec, code)
@@ -225,10 +229,14 @@ class CodeBook:
         elif spec.kind == VariableKind.TREATMENT:
             self.exact[start_code(code)] = CodeRole(spec, Role.START)
             self.exact[stop_code(code)] = CodeRole(spec, Role.STOP)
+            if spec.encoding != CodeEncoding.VPATIENT:  # per-visit values
+                self.exact[code] = CodeRole(spec, Role.VISIT_DOSE)
         elif spec.kind == VariableKind.STATIC and code == MEDS_BIRTH:
             self.exact[code] = CodeRole(spec, Role.BIRTH)
         else:
             self.exact[code] = CodeRole(spec, _ROLE_OF_KIND[spec.kind])
+            if spec.encoding == CodeEncoding.CODE_SUFFIX:
+                self.suffixed[code] = spec
 
     def lookup(self, code: str) -> CodeRole | None:
         """The variable and role reading ``code``; None for unknown (and marker) codes."""
@@ -240,6 +248,10 @@ class CodeBook:
         # as such rather than as a pile of unknown codes.
         if sep and suffix.isdigit() and prefix in self.imaging:
             return CodeRole(self.imaging[prefix], Role.IMAGING, int(suffix))
+        # Any suffix maps to its variable, so that an undeclared level is reported as such
+        # (naming subject and code) rather than as an unknown code.
+        if sep and prefix in self.suffixed:
+            return CodeRole(self.suffixed[prefix], Role.STATIC, suffix=suffix)
         return None
 
     def spec(self, name: str) -> VariableSpec:
@@ -259,6 +271,15 @@ class CodeBook:
                 found.setdefault(number, label)
             self._labels[name] = found
         return found
+
+    def suffix_value(self, spec: VariableSpec, suffix: str) -> float:
+        """The value a ``code_suffix`` code's suffix stands for: its category, else a number; NaN when neither."""
+        if spec.categories is not None:
+            return float(spec.categories.get(suffix, math.nan))
+        try:
+            return float(suffix)
+        except ValueError:
+            return math.nan
 
     def reads_birth(self, spec: VariableSpec) -> bool:
         """True when the static variable is the age at index, read from the ``MEDS_BIRTH`` row."""
@@ -281,10 +302,14 @@ def codes_table(config: DatasetConfig) -> pd.DataFrame:
                     (start_code(code), f"{about}: start (numeric_value = dose)", [code]),
                     (stop_code(code), f"{about}: stop", [code]),
                 ]
+                if spec.encoding != CodeEncoding.VPATIENT:
+                    rows.append((code, f"{about}: {spec.encoding.value.replace('_', ' ')} (numeric_value)", None))
             elif code == MEDS_BIRTH:
                 rows.append((code, f"birth; {spec.name} is the age at index", None))
             else:
                 rows.append((code, about, None))
+                if spec.encoding == CodeEncoding.CODE_SUFFIX:
+                    rows += [(f"{code}{CODE_SEPARATOR}{label}", f"{about}: {label}", [code]) for label in spec.categories or {}]
     rows.append((config.end_of_followup_code, "end of follow-up (vpatient)", None))
     rows.append((config.index_code or DEFAULT_INDEX_CODE, "index time, time zero (vpatient)", None))
     return pd.DataFrame(rows, columns=["code", "description", "parent_codes"]).drop_duplicates("code")

@@ -50,6 +50,8 @@ from vpatient.errors import (
     UnknownCodeWarning,
 )
 from vpatient.schemas import (
+    DEFAULT_DOSE,
+    CodeEncoding,
     DatasetConfig,
     PatientRecord,
     UnknownCodePolicy,
@@ -458,6 +460,7 @@ def _annotate(frame: pd.DataFrame, book: CodeBook) -> pd.DataFrame:
         _var=frame[CODE].map({c: r.spec.name for c, r in found.items()}),
         _role=frame[CODE].map({c: r.role.value for c, r in found.items()}),
         _comp=frame[CODE].map({c: r.component for c, r in found.items()}),
+        _suffix=frame[CODE].map({c: r.suffix for c, r in found.items() if r.suffix is not None}),
         _skey=subject_sort_key(frame[SUBJECT_ID]),
         _row=np.arange(len(frame)),
     )
@@ -551,7 +554,11 @@ def _values(frame: pd.DataFrame, book: CodeBook) -> tuple[np.ndarray, np.ndarray
         categories = {(v.name, text): float(x) for v in book.config.variables for text, x in (v.categories or {}).items()}
         keys = zip(frame["_var"].to_numpy()[texty], frame[TEXT_VALUE].to_numpy()[texty], strict=True)
         value[texty] = [categories.get(key, np.nan) for key in keys]
-    value[(role == Role.START.value) & np.isnan(value)] = 1.0  # a START without a dose: dose 1
+    suffixed = frame["_suffix"].notna().to_numpy()
+    if suffixed.any():  # code_suffix statics: the code carries the value, whatever the value columns say
+        pairs = zip(frame["_var"].to_numpy()[suffixed], frame["_suffix"].to_numpy()[suffixed], strict=True)
+        value[suffixed] = [book.suffix_value(book.spec(name), suffix) for name, suffix in pairs]
+    value[(role == Role.START.value) & np.isnan(value)] = DEFAULT_DOSE
     missing = needs & np.isnan(value)
     timed_role = role != Role.STATIC.value
     untimed = timed_role & frame[TIME].isna().to_numpy()
@@ -572,6 +579,7 @@ def _where(row: dict[str, Any]) -> str:
         Role.HISTORY: "history",
         Role.START: "treatments",
         Role.STOP: "treatments",
+        Role.VISIT_DOSE: "treatments",
         Role.EVENT: "events",
     }[Role(row["_role"])]
     return f"{prefix}.{row['_var']}"
@@ -586,6 +594,12 @@ def _shown_time(time: Any) -> str:
 def _missing_value_problem(row: dict[str, Any], book: CodeBook) -> Problem:
     spec = book.spec(row["_var"])
     where = f"row with code {row[CODE]!r} at {_shown_time(row[TIME])}"
+    suffix = row["_suffix"]
+    if isinstance(suffix, str):
+        expected = f"one of {', '.join(spec.categories)}" if spec.categories is not None else "a number"
+        return Problem(
+            row[SUBJECT_ID], _where(row), suffix, f"{where}: {suffix!r} is not a level of {spec.name} ({expected} expected)"
+        )
     text = row[TEXT_VALUE]
     if text is not None and spec.categories:
         known = ", ".join(spec.categories)
@@ -617,6 +631,7 @@ def _assemble(
     problems: list[Problem] = []
     studies: dict[tuple[str, str, float], dict[int, float]] = {}
     doses: dict[tuple[str, str], list[tuple[float, int, float]]] = {}
+    visits: dict[tuple[str, str], list[tuple[float, float]]] = {}
     columns = (frame[SUBJECT_ID], frame["_t"], frame["_var"], frame["_role"], frame["_comp"], frame[CODE])
     rows = zip(*(c.to_numpy()[usable].tolist() for c in columns), values[usable].tolist(), strict=True)
     for sid, t, name, role, comp, code, value in rows:
@@ -636,10 +651,13 @@ def _assemble(
             record["events"].append({"time": t, "kind": name})
         elif role in (Role.START, Role.STOP):
             doses.setdefault((sid, name), []).append((t, 0 if role == Role.STOP else 1, value))
+        elif role == Role.VISIT_DOSE:
+            visits.setdefault((sid, name), []).append((t, value))
         else:  # static or birth
             problems += _set_static(record, name, -t if role == Role.BIRTH else value, code)
     problems += _add_studies(data, studies, book)
     problems += _add_exposures(data, doses)
+    problems += _add_visit_exposures(data, visits, book)
     return data, problems
 
 
@@ -712,3 +730,61 @@ def _add_exposures(
         if open_ is not None:
             exposures.append({"treatment": name, "start": open_["start"], "stop": None, "dose": open_["dose"]})
     return problems
+
+
+def _add_visit_exposures(
+    data: dict[str, dict[str, Any]], visits: dict[tuple[str, str], list[tuple[float, float]]], book: CodeBook
+) -> list[Problem]:
+    """Turn each per-visit treatment's values (rows in time order) into exposures; bad values are problems."""
+    problems: list[Problem] = []
+    for (sid, name), rows in visits.items():
+        indicator = book.spec(name).encoding == CodeEncoding.PER_VISIT_INDICATOR
+        bad = _visit_value_problems(sid, name, book.code(name), rows, indicator)
+        if bad:
+            problems += bad
+            continue
+        # An indicator's 1 is the default dose, as for a START row without a value.
+        doses = [(t, v * DEFAULT_DOSE if indicator else v) for t, v in dict(rows).items()]
+        data[sid]["treatments"] += [
+            {"treatment": name, "start": start, "stop": stop, "dose": dose} for start, stop, dose in _visit_runs(doses)
+        ]
+    return problems
+
+
+def _visit_value_problems(sid: str, name: str, code: str, rows: list[tuple[float, float]], indicator: bool) -> list[Problem]:
+    """Per-visit values that are not an indicator (0/1) or a dose (>= 0), and times with two different values."""
+    field = f"treatments.{name}"
+    expected = "0 or 1 (per-visit indicator)" if indicator else "a finite dose >= 0 (per-visit dose)"
+    valid = (lambda v: v in (0.0, 1.0)) if indicator else (lambda v: math.isfinite(v) and v >= 0)
+    problems = [Problem(sid, field, v, f"code {code!r} at time {t:g}: {expected} expected") for t, v in rows if not valid(v)]
+    values_at: dict[float, set[float]] = {}
+    for t, v in rows:
+        values_at.setdefault(t, set()).add(v)
+    problems += [
+        Problem(sid, field, sorted(vs), f"code {code!r} has {len(vs)} different values at time {t:g}; one expected")
+        for t, vs in values_at.items()
+        if len(vs) > 1
+    ]
+    return problems
+
+
+def _visit_runs(doses: list[tuple[float, float]]) -> list[tuple[float, float | None, float]]:
+    """(start, stop, dose) exposures of one treatment's per-visit doses, given as (time, dose) in time order.
+
+    A run starts at a visit with a positive dose and stops at the next visit whose dose
+    differs (0: stopped; another dose: a new run starts there). The last run stays open
+    (stop None: ongoing at end of follow-up), as a START without a STOP does: a visit only
+    says what was given then, and stopping the run at the last visit would give a
+    treatment first seen there a run of no length.
+    """
+    runs: list[tuple[float, float | None, float]] = []
+    start, current = math.nan, 0.0
+    for t, dose in doses:
+        if dose == current:
+            continue
+        if current > 0:
+            runs.append((start, t, current))
+        start, current = t, dose
+    if current > 0:
+        runs.append((start, None, current))
+    return runs
