@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vpatient.data.meds import read_meds, write_meds
+from vpatient.data.meds import iter_meds, read_meds, write_meds
 from vpatient.errors import ConfigError, RecordValidationError
 from vpatient.schemas import DatasetConfig, TreatmentExposure
 from vpatient.validation import validate_path
@@ -50,9 +50,10 @@ def _rows() -> list[dict]:
 
 
 def _meds_dir(rows: list[dict], path: Path) -> Path:
-    """A MEDS directory of ``rows`` (one shard), as another tool would write it."""
+    """A MEDS directory of ``rows`` (one shard, grouped by subject as MEDS shards are), as another tool would write it."""
     (path / "data").mkdir(parents=True)
     frame = pd.DataFrame(rows).astype({"subject_id": "int64", "time": "float64", "numeric_value": "float64"})
+    frame = frame.sort_values("subject_id", kind="stable")
     frame.to_parquet(path / "data" / "0.parquet", index=False)
     return path
 
@@ -86,7 +87,9 @@ def test_timestamped_static_rows_at_birth_are_read(cfg, tmp_path):
 
 
 def test_round_trip_through_vpatients_own_encoding(cfg, tmp_path):
-    first = read_meds(_meds_dir(_rows(), tmp_path / "source"), cfg)
+    source = _meds_dir(_rows(), tmp_path / "source")
+    first = read_meds(source, cfg)
+    assert list(iter_meds(source, cfg, batch_size=4)) == first  # per-visit rows of a subject span batches
     out = write_meds(first, cfg, tmp_path / "written")
     written = pd.read_parquet(out / "data")
     assert {"DRUG_A//START", "DRUG_A//STOP", "DRUG_B//START", "SEX"} <= set(written["code"])
