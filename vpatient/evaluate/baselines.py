@@ -459,9 +459,16 @@ class LastValueRisk:
         self.variable = variable
         self.name = f"last-{variable}"
 
+    def applies(self, config: DatasetConfig) -> str | None:
+        """Why this reference does not apply to ``config`` (it has no continuous variable of the name); None if it does."""
+        if self.variable not in config.names(VariableKind.CONTINUOUS):
+            return f"config {config.name!r} has no continuous variable {self.variable!r}"
+        return None
+
     def fit(self, train: list[PatientRecord], config: DatasetConfig, seed: int) -> LastValueRisk:
-        if self.variable not in config.names(VariableKind.CONTINUOUS, VariableKind.BINARY, VariableKind.ORDINAL):
-            raise ConfigError(f"{self.name}: config {config.name!r} has no observed variable {self.variable!r}")
+        reason = self.applies(config)
+        if reason is not None:
+            raise ConfigError(f"{self.name}: {reason}")
         self.config_ = config
         frame = observations_frame(train, config, transformed=True)
         self.mean_ = float(frame.loc[frame["variable"] == self.variable, "value"].mean())
