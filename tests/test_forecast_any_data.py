@@ -195,13 +195,18 @@ def test_a_resumed_run_gives_the_result_of_an_uninterrupted_one(tmp_path, monkey
 def test_cells_with_too_few_events_are_noted(tmp_path):
     data, config_path = _write_clinic(tmp_path, with_death=True, n=40)
     out = tmp_path / "out"
-    result = _forecast(data, config_path, out, "--methods", "mean-only,landmark-cox", "--landmarks", "6", "--windows", "0.5")
+    args = ("--methods", "mean-only,landmark-cox", "--landmarks", "6,25", "--windows", "0.5")
+    result = _forecast(data, config_path, out, *args)
     assert result.exit_code == 0, result.output
     saved = ForecastBenchmarkResult.model_validate_json((out / "forecast-clinic.json").read_text())
-    cell = saved.survival[0]
-    # every death falls after month 13, beyond s + w = 6.5: no fold can score the cell
-    assert (cell.landmark, cell.window, cell.deaths, cell.folds_scored) == (6.0, 0.5, 0, 0)
+    # every death falls between months 13 and 23: none within 6 + 0.5, and nobody dies after 25, so that
+    # landmark's Cox model has no event to learn from (risk 0) and the run still ends
+    early, late = saved.survival
+    assert (early.landmark, early.window, early.deaths, early.folds_scored) == (6.0, 0.5, 0, 0)
+    assert (late.landmark, late.deaths, late.folds_scored) == (25.0, 0, 0) and late.n_at_risk > 0
     assert saved.notes == [
-        f"s=6 w=0.5: fewer than 5 death events in 2 of 2 folds (0 pooled over folds, {cell.n_at_risk} at risk): not scored."
+        f"s={c.landmark:g} w=0.5: fewer than 5 death events in 2 of 2 folds (0 pooled over folds, {c.n_at_risk} at risk): "
+        "not scored."
+        for c in (early, late)
     ]
     assert "## Notes\n\n- s=6 w=0.5: fewer than 5 death events" in (out / "forecast-clinic.md").read_text()
