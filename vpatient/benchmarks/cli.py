@@ -143,8 +143,7 @@ def benchmark_forecast(
 ) -> None:
     """Forecast later visits from the first half of each test subject's visits, and event risk at landmarks.
 
-    Each finished (fold, method) is kept in OUT_DIR/.forecast-<data>.parts; a rerun with
-    the same data and settings runs only what is missing.
+    Each finished (fold, method) is kept in OUT_DIR/.forecast-<data>.parts; a rerun with the same data and settings runs only what is missing.
     """
     from vpatient.benchmarks.forecast import run_forecast_benchmark
     from vpatient.datasets import load_dataset

@@ -356,11 +356,12 @@ def survival_landmark(
     """Landmarks and windows (the config's time unit): the ones given, else the embedded dataset's, else from ``records``.
 
     PBC keeps 1, 3, 5 and 1, 3, 5 years and the synthetic data 1, 2, 3 and 1, 2 (their
-    committed results; in years, so only for a config in years). Other data: landmarks at the 25/50/75% quantiles of the pooled
-    visit times (so most subjects have a history before each, and many are still
-    followed after it) and windows of 1/4 and 1/2 of the median follow-up (long enough
-    for events to happen, short enough that subjects are still followed to s + w), each
-    rounded to 2 significant digits; landmarks at or before time 0 are left out.
+    committed results; a config of that name in another time unit is just other data).
+    Other data: landmarks at the 25/50/75% quantiles of the pooled visit times (so most
+    subjects have a history before each, and many are still followed after it) and
+    windows of 1/4 and 1/2 of the median follow-up (long enough for events to happen,
+    short enough that subjects are still followed to s + w), each rounded to 2
+    significant digits; landmarks at or before time 0 are left out.
     """
     if config.name in _SURVIVAL_GRID and config.time_unit == TimeUnit.YEARS:
         grid_landmarks, grid_windows = _SURVIVAL_GRID[config.name]
