@@ -21,7 +21,7 @@ from vpatient.benchmarks.forecast import (
 from vpatient.data.meds import write_meds
 from vpatient.data.pbc import load_pbc2
 from vpatient.data.timeline import observations_frame
-from vpatient.evaluate.methods import METHODS, PEERS
+from vpatient.evaluate.methods import METHODS, PEERS, default_methods
 from vpatient.evaluate.metrics import coverage, harrell_c, ipcw_brier, kaplan_meier, mae
 from vpatient.evaluate.protocol import (
     Standardiser,
@@ -271,5 +271,5 @@ def test_cli_rejects_unknown_methods(tmp_path):
 def test_the_world_model_runs_by_default_beside_its_peers():
     from vpatient.benchmarks.cli import benchmark_forecast
 
-    default = inspect.signature(benchmark_forecast).parameters["methods"].default
-    assert default.split(",")[0] == "vpatient" and set(PEERS) <= set(default.split(","))
+    assert inspect.signature(benchmark_forecast).parameters["methods"].default is None  # every method that applies
+    assert default_methods()[0] == "vpatient" and set(PEERS) <= set(default_methods())

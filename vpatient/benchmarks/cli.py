@@ -26,8 +26,8 @@ from vpatient.benchmarks.options import (
     TrialDataOption,
 )
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
-from vpatient.evaluate.methods import METHODS, PEERS
-from vpatient.evaluate.protocol import DEFAULT_EVENT, DEFAULT_MAX_MISSING
+from vpatient.evaluate.methods import METHODS, default_methods
+from vpatient.evaluate.protocol import DEFAULT_MAX_MISSING
 
 __all__ = ["METHODS", "benchmark_app", "benchmark_forecast"]
 
@@ -43,7 +43,10 @@ def _benchmark() -> None:
     """Run a named benchmark (a group even with one command, so `vpatient benchmark forecast` stays stable)."""
 
 
-def _methods(spec: str) -> dict:
+def _methods(spec: str | None) -> dict:
+    """The methods named in ``spec`` (comma-separated), or every registered one when None."""
+    if spec is None:
+        return {n: METHODS[n] for n in default_methods()}
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:
@@ -51,6 +54,19 @@ def _methods(spec: str) -> dict:
             f"unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(METHODS)}", param_hint="--methods"
         )
     return {n: METHODS[n] for n in names}
+
+
+def _floats(spec: str | None, option: str) -> list[float] | None:
+    """Comma-separated positive numbers (``--landmarks 1,3,5``), or None when not given."""
+    if spec is None:
+        return None
+    try:
+        values = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{spec!r}: expected comma-separated numbers", param_hint=option) from None
+    if not values or any(not v > 0 for v in values):
+        raise typer.BadParameter(f"{spec!r}: expected one or more numbers > 0", param_hint=option)
+    return values
 
 
 def _report(result: BenchmarkResult, paths: list[Path]) -> None:
@@ -73,16 +89,62 @@ def benchmark_forecast(
         Path | None, typer.Option("--predictions", help="Write every predicted cell to this parquet file.")
     ] = None,
     out_dir: OutDirOption = DEFAULT_OUT_DIR,
-    methods: Annotated[str, typer.Option("--methods", help=f"Comma-separated methods; known: {', '.join(METHODS)}.")] = ",".join(
-        ("vpatient", *PEERS)
-    ),
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            help="Comma-separated methods. Default: every method that applies to the data "
+            f"({', '.join(default_methods())}); the others are listed with the reason.",
+            show_default=False,
+        ),
+    ] = None,
     max_missing: Annotated[
         float, typer.Option("--max-missing", help="Leave out continuous variables missing at more than this share of visits.")
     ] = DEFAULT_MAX_MISSING,
-    event: Annotated[str, typer.Option("--event", help="Event kind whose risk is scored.")] = DEFAULT_EVENT,
+    event: Annotated[
+        str | None,
+        typer.Option(
+            "--event",
+            help="Event kind whose risk is scored. Default: death if the config has it, else its first event kind, "
+            "else none (forecasts only).",
+            show_default=False,
+        ),
+    ] = None,
+    landmarks: Annotated[
+        str | None,
+        typer.Option(
+            "--landmarks",
+            help="Comma-separated survival landmarks s, in the config's time unit. Default: pbc2 1,3,5 (embedded data keep "
+            "their committed grid); other data "
+            "the 25/50/75% quantiles of the visit times (2 significant digits).",
+            show_default=False,
+        ),
+    ] = None,
+    windows: Annotated[
+        str | None,
+        typer.Option(
+            "--windows",
+            help="Comma-separated windows w (risk of the event within s + w), in the config's time unit. Default: pbc2 "
+            "1,3,5; other data 1/4 and 1/2 of the median follow-up (2 significant digits).",
+            show_default=False,
+        ),
+    ] = None,
+    min_events: Annotated[
+        int, typer.Option("--min-events", min=1, help="A fold's (s, w) cell with fewer events is not scored (and noted).")
+    ] = 5,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Recompute every (fold, method), ignoring the parts an earlier run kept in OUT_DIR/.forecast-<data>.parts.",
+        ),
+    ] = False,
     progress: ProgressOption = True,
 ) -> None:
-    """Forecast later visits from the first half of each test subject's visits, and death risk at fixed landmarks."""
+    """Forecast later visits from the first half of each test subject's visits, and event risk at landmarks.
+
+    Each finished (fold, method) is kept in OUT_DIR/.forecast-<data>.parts; a rerun with the same data and settings runs only what is missing.
+    """
     from vpatient.benchmarks.forecast import run_forecast_benchmark
     from vpatient.datasets import load_dataset
 
@@ -94,7 +156,19 @@ def benchmark_forecast(
 
         chosen["truth"] = lambda: SyntheticOracle(truth)
     result, table = run_forecast_benchmark(
-        cohort, chosen, n_folds=folds, seed=seed, max_missing=max_missing, event=event, progress=progress
+        cohort,
+        chosen,
+        n_folds=folds,
+        seed=seed,
+        max_missing=max_missing,
+        landmarks=_floats(landmarks, "--landmarks"),
+        windows=_floats(windows, "--windows"),
+        event=event,
+        min_events=min_events,
+        progress=progress,
+        skip_inapplicable=methods is None,
+        parts_dir=out_dir / f".forecast-{cohort.name}.parts",
+        fresh=fresh,
     )
     _report(result, result.write(out_dir, json_path=json_out, predictions=table, predictions_path=predictions))
 

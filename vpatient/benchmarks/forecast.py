@@ -13,17 +13,30 @@ Survival scores, per landmark s and window w: Harrell's C of the risk of the eve
 within s + w (outcome administratively censored at s + w), and the IPCW Brier score at
 s + w (censoring survival by reverse Kaplan-Meier on the training fold's subjects in
 follow-up at s; only for methods whose risk is a probability). A (s, w) cell of a fold
-with fewer than ``min_deaths`` events is not scored (its fold value is missing); the
-events are counted pooled over folds.
+with fewer than ``min_events`` events is not scored (its fold value is missing; the
+result's notes say which cells); the events are counted pooled over folds. Data without
+an event (:func:`~vpatient.evaluate.protocol.event_to_score`) are scored on forecasts only.
+
+Methods that do not apply to the data (:func:`~vpatient.evaluate.protocol.not_applicable`)
+are refused before any training, or, with ``skip_inapplicable``, left out and listed.
+
+With a ``parts_dir``, each (fold, method) is written there as soon as it finishes
+(:class:`ResultParts`), and a rerun with the same data and settings loads the finished
+ones and runs only the rest; the result is the same as that of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -37,31 +50,36 @@ from vpatient.data.cohort import Cohort
 from vpatient.evaluate.imaging import imaging_targets, reference_forecasts, score_imaging, training_moments
 from vpatient.evaluate.metrics import coverage, mae
 from vpatient.evaluate.protocol import (
-    DEFAULT_EVENT,
     DEFAULT_MAX_MISSING,
     MIN_VISITS,
     QUERY_COLUMNS,
+    Fold,
     Forecaster,
     ProtocolError,
     Standardiser,
     eligible_records,
+    event_to_score,
     forecast_folds,
     forecast_variables,
     landmark_split,
+    not_applicable,
     score_forecasts,
     score_survival,
     survival_landmark,
     survival_setup,
     target_frame,
 )
-from vpatient.schemas import Transform
+from vpatient.schemas import DatasetConfig, PatientRecord, Transform
 from vpatient.tables import markdown_table
+from vpatient.version import __version__
 
 __all__ = [
     "PREDICTION_COLUMNS",
+    "FoldPart",
     "ForecastBenchmarkResult",
     "ForecastScore",
     "ProtocolSettings",
+    "ResultParts",
     "SurvivalScore",
     "run_forecast_benchmark",
 ]
@@ -87,8 +105,10 @@ class ProtocolSettings(StrictModel):
     standardisation: str = "training-fold mean and std of each variable on the modelling scale"
     landmarks: list[float] = Field(description="Survival landmarks s (time units of the data).")
     windows: list[float] = Field(description="Survival windows w: risk of the event within s + w.")
-    event: str = Field(description="Event kind scored; other events and the end of follow-up censor.")
-    min_deaths: int = Field(description="A fold's (s, w) cell with fewer events is not scored.")
+    event: str | None = Field(
+        description="Event kind scored; other events and the end of follow-up censor. None: no survival part."
+    )
+    min_deaths: int = Field(description="A fold's (s, w) cell with fewer events is not scored (--min-events).")
 
 
 class ForecastScore(StrictModel):
@@ -132,6 +152,10 @@ class ImagingScore(StrictModel):
     studies: int = Field(description="Studies scored, pooled over folds.")
 
 
+def _empty(value: object) -> bool:
+    return not value
+
+
 class ForecastBenchmarkResult(VersionedBenchmarkResult):
     """The result of ``vpatient benchmark forecast``: settings, data, and every method's scores."""
 
@@ -153,6 +177,18 @@ class ForecastBenchmarkResult(VersionedBenchmarkResult):
     )
     imaging: list[ImagingScore] = Field(
         default_factory=list, description="Imaging-embedding forecasts, when the data have imaging."
+    )
+    # The three below are left out of the JSON when empty, so results from before them reload and re-dump unchanged.
+    skipped_methods: dict[str, str] = Field(
+        default_factory=dict,
+        exclude_if=_empty,
+        description="Methods left out because they do not apply to the data, with the reason.",
+    )
+    survival_skipped: str | None = Field(
+        default=None, exclude_if=_empty, description="Why survival was not scored; None when it was."
+    )
+    notes: list[str] = Field(
+        default_factory=list, exclude_if=_empty, description="Warnings about the run, e.g. survival cells with too few events."
     )
 
     @property
@@ -194,6 +230,9 @@ class ForecastBenchmarkResult(VersionedBenchmarkResult):
             f"Variables: {', '.join(names)}. Not forecast (> {s.max_missing:.0%} of visits missing): {dropped}.",
             "",
         ]
+        if self.skipped_methods:
+            skipped = "; ".join(f"{name} ({reason})" for name, reason in self.skipped_methods.items())
+            lines += [f"Methods not run (they do not apply to these data): {skipped}.", ""]
         if self.forecast:
             lines += [
                 "## Forecasts of later visits",
@@ -243,6 +282,8 @@ class ForecastBenchmarkResult(VersionedBenchmarkResult):
                 ),
                 "",
             ]
+        if self.survival_skipped:
+            lines += ["## Survival", "", f"Not scored: {self.survival_skipped}.", ""]
         if self.imaging:
             lines += [
                 "## Imaging embeddings at the studies after the landmark",
@@ -262,6 +303,8 @@ class ForecastBenchmarkResult(VersionedBenchmarkResult):
                 ),
                 "",
             ]
+        if self.notes:
+            lines += ["## Notes", "", *(f"- {note}" for note in self.notes), ""]
         lines += [
             "Runtime (seconds, all folds, fit + predict; context only): "
             + ", ".join(f"{k} {v:.1f}" for k, v in self.runtime_seconds.items()),
@@ -309,67 +352,85 @@ def run_forecast_benchmark(
     max_missing: float = DEFAULT_MAX_MISSING,
     landmarks: Sequence[float] | None = None,
     windows: Sequence[float] | None = None,
-    event: str = DEFAULT_EVENT,
-    min_deaths: int = 5,
+    event: str | None = None,
+    min_events: int = 5,
     progress: bool = True,
+    skip_inapplicable: bool = False,
+    parts_dir: str | Path | None = None,
+    fresh: bool = False,
 ) -> tuple[ForecastBenchmarkResult, pd.DataFrame]:
     """Run every method on the protocol's folds; returns the result and the predictions table.
 
     ``methods`` maps a name to a factory of an unfitted method (a fresh one per fold).
-    ``landmarks`` and ``windows`` default to the dataset's (PBC: 1, 3, 5 years each;
-    others 1, 2, 3 and 1, 2). The predictions table has :data:`PREDICTION_COLUMNS`, in
-    training-fold standard deviations.
+    A method that does not apply to the data raises :class:`ProtocolError` before any
+    training, unless ``skip_inapplicable`` (then it is left out and listed in the result).
+    ``event`` defaults to :func:`event_to_score`'s choice; ``landmarks`` and ``windows`` to
+    :func:`survival_landmark`'s. ``parts_dir``: keep each finished (fold, method) there and
+    reuse those of an earlier run with the same data and settings (``fresh``: recompute
+    them all). The predictions table has :data:`PREDICTION_COLUMNS`, in training-fold
+    standard deviations.
     """
     config = cohort.config
-    if event not in config.event_kinds:
-        raise ProtocolError(f"event {event!r} is not an event kind of config {config.name!r} ({', '.join(config.event_kinds)})")
-    landmarks, windows = survival_landmark(config, landmarks, windows)
     records = eligible_records(cohort.records)
+    event, survival_skipped = event_to_score(config, records, event)
+    chosen, skipped = _applicable_methods(methods, config, event, skip_inapplicable)
+    landmarks, windows = survival_landmark(config, landmarks, windows, records) if event else ([], [])
     variables, dropped = forecast_variables(records, config, max_missing)
     if dropped:
         log.info("not forecast (> %.0f%% of visits missing): %s", 100 * max_missing, dropped)
+    if survival_skipped:
+        log.warning("survival not scored: %s", survival_skipped)
     folds = forecast_folds(records, n_folds, seed)
-    runtime = dict.fromkeys(methods, 0.0)
-    predictions: list[pd.DataFrame] = []
-    survival_rows: list[dict] = []
+    settings = ProtocolSettings(
+        n_folds=n_folds,
+        seed=seed,
+        max_missing=max_missing,
+        landmarks=landmarks,
+        windows=windows,
+        event=event,
+        min_deaths=min_events,
+    )
+    store = ResultParts(Path(parts_dir), _run_key(records, cohort, settings), fresh) if parts_dir is not None else None
+    if store:
+        store.announce([(fold.index, name, factory()) for fold in folds for name, factory in chosen.items()])
+    parts: list[FoldPart] = []
     imaging_rows: list[tuple[str, str, int, float, int]] = []
+    bar = tqdm(
+        total=len(folds) * len(chosen),
+        desc=f"forecast benchmark {cohort.name}",
+        file=sys.stderr,
+        disable=not progress,
+        unit="fit",
+    )
+    with bar:
+        for fold in folds:
+            setup = _FoldSetup.build(fold, config, variables, landmarks, event)
+            imaging_rows += setup.reference_imaging
+            for name, factory in chosen.items():
+                bar.set_postfix_str(f"fold {fold.index + 1}/{len(folds)}: {name}")
+                method = factory()
+                part = store.load(fold.index, name, method) if store else None
+                if part is None:
+                    if hasattr(method, "progress"):  # the world model's own training bar, inside ours
+                        method.progress = progress
+                    part = _run_method(method, name, fold, config, setup, settings)
+                    if store:
+                        store.save(fold.index, name, method, part)
+                parts.append(part)
+                imaging_rows += part.imaging
+                bar.update()
 
-    for fold in tqdm(folds, desc=f"forecast benchmark {cohort.name}", file=sys.stderr, disable=not progress, unit="fold"):
-        scaler = Standardiser.fit(fold.train, config, variables)
-        histories, targets = [], []
-        for record in fold.test:
-            history, later = landmark_split(record)
-            histories.append(history)
-            targets.append(target_frame(record.subject_id, later, config, variables))
-        truth = pd.concat([t for t in targets if len(t)], ignore_index=True)  # subjects with no later cell add nothing
-        queries = truth[QUERY_COLUMNS]
-        at_landmark = {s: (survival_setup(fold.test, s, event), survival_setup(fold.train, s, event)) for s in landmarks}
-        img_queries, img_observed = imaging_targets(fold.test, histories)
-        if len(img_queries):
-            modality = img_queries["modality"].iloc[0]
-            img_mean, img_sd = training_moments(fold.train, modality)
-            img_context = (modality, fold.index, img_observed, img_mean, img_sd)
-            imaging_rows += [
-                _imaging_row(ref, p, *img_context) for ref, p in reference_forecasts(histories, img_queries, img_mean).items()
-            ]
-        for name, factory in methods.items():
-            started = time.perf_counter()
-            method = factory().fit(list(fold.train), config, seed)
-            if method.forecasts:
-                answer = method.forecast(histories, queries.copy())
-                predictions.append(score_forecasts(truth, answer, scaler, fold.index, name))
-            if len(img_queries) and hasattr(method, "forecast_imaging"):
-                imaging_rows.append(_imaging_row(name, method.forecast_imaging(histories, img_queries.copy()), *img_context))
-            if method.predicts_risk:
-                for s in landmarks:
-                    test, train = at_landmark[s]
-                    survival_rows += score_survival(method, name, test, train, s, windows, event, min_deaths, fold.index)
-            runtime[name] += time.perf_counter() - started
-            log.debug("fold %d: %s done (%.1fs so far)", fold.index, name, runtime[name])
-
+    predictions = [p.predictions for p in parts if p.predictions is not None]
     table = (
         pd.concat(predictions, ignore_index=True)[PREDICTION_COLUMNS] if predictions else pd.DataFrame(columns=PREDICTION_COLUMNS)
     )
+    runtime = dict.fromkeys(chosen, 0.0)
+    for part in parts:
+        runtime[part.method] += part.seconds
+    survival = _survival_scores([row for p in parts for row in p.survival], n_folds)
+    notes = _few_event_notes(survival, settings)
+    for note in notes:
+        log.warning("%s", note)
     result = ForecastBenchmarkResult(
         data=cohort.name,
         n_subjects=len(records),
@@ -377,22 +438,224 @@ def run_forecast_benchmark(
         variables=variables,
         transforms={v: config.variable(v).transform.value for v in variables},
         dropped_variables=dropped,
-        settings=ProtocolSettings(
-            n_folds=n_folds,
-            seed=seed,
-            max_missing=max_missing,
-            landmarks=landmarks,
-            windows=windows,
-            event=event,
-            min_deaths=min_deaths,
-        ),
-        methods=list(methods),
+        settings=settings,
+        methods=list(chosen),
         forecast=_forecast_scores(table, variables),
-        survival=_survival_scores(survival_rows, n_folds),
+        survival=survival,
         runtime_seconds={k: round(v, 3) for k, v in runtime.items()},
         imaging=_imaging_scores(imaging_rows),
+        skipped_methods=skipped,
+        survival_skipped=survival_skipped,
+        notes=notes,
     )
     return result, table
+
+
+def _applicable_methods(
+    methods: Mapping[str, Callable[[], Forecaster]], config: DatasetConfig, event: str | None, skip: bool
+) -> tuple[dict[str, Callable[[], Forecaster]], dict[str, str]]:
+    """The methods that apply to the data, and those that do not with the reason (an error unless ``skip``)."""
+    reasons = {name: not_applicable(factory(), config, event) for name, factory in methods.items()}
+    skipped = {name: reason for name, reason in reasons.items() if reason is not None}
+    if skipped and not skip:
+        listed = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise ProtocolError(f"method(s) that do not apply to config {config.name!r}: {listed}")
+    for name, reason in skipped.items():
+        log.info("not run: %s (%s)", name, reason)
+    return {name: f for name, f in methods.items() if name not in skipped}, skipped
+
+
+@dataclass(frozen=True)
+class _FoldSetup:
+    """What every method of one fold is scored against: queries, truth, landmark setups, imaging targets."""
+
+    scaler: Standardiser
+    histories: list[PatientRecord]
+    truth: pd.DataFrame
+    at_landmark: dict
+    imaging_queries: pd.DataFrame
+    imaging_context: tuple | None
+    reference_imaging: list[tuple[str, str, int, float, int]]
+
+    @classmethod
+    def build(
+        cls, fold: Fold, config: DatasetConfig, variables: Sequence[str], landmarks: Sequence[float], event: str | None
+    ) -> _FoldSetup:
+        histories, targets = [], []
+        for record in fold.test:
+            history, later = landmark_split(record)
+            histories.append(history)
+            targets.append(target_frame(record.subject_id, later, config, variables))
+        truth = pd.concat([t for t in targets if len(t)], ignore_index=True)  # subjects with no later cell add nothing
+        at_landmark = {s: (survival_setup(fold.test, s, event), survival_setup(fold.train, s, event)) for s in landmarks}
+        img_queries, img_observed = imaging_targets(fold.test, histories)
+        context, references = None, []
+        if len(img_queries):
+            modality = img_queries["modality"].iloc[0]
+            img_mean, img_sd = training_moments(fold.train, modality)
+            context = (modality, fold.index, img_observed, img_mean, img_sd)
+            references = [
+                _imaging_row(ref, p, *context) for ref, p in reference_forecasts(histories, img_queries, img_mean).items()
+            ]
+        scaler = Standardiser.fit(fold.train, config, variables)
+        return cls(scaler, histories, truth, at_landmark, img_queries, context, references)
+
+
+def _run_method(
+    method: Forecaster, name: str, fold: Fold, config: DatasetConfig, setup: _FoldSetup, settings: ProtocolSettings
+) -> FoldPart:
+    """Fit ``method`` on the fold's training records and score it on the fold's test records."""
+    started = time.perf_counter()
+    method = method.fit(list(fold.train), config, settings.seed)
+    predictions, survival, imaging = None, [], []
+    if method.forecasts:
+        answer = method.forecast(setup.histories, setup.truth[QUERY_COLUMNS].copy())
+        predictions = score_forecasts(setup.truth, answer, setup.scaler, fold.index, name)
+    if setup.imaging_context is not None and hasattr(method, "forecast_imaging"):
+        predicted = method.forecast_imaging(setup.histories, setup.imaging_queries.copy())
+        imaging.append(_imaging_row(name, predicted, *setup.imaging_context))
+    if method.predicts_risk and settings.event is not None:
+        for s in settings.landmarks:
+            test, train = setup.at_landmark[s]
+            survival += score_survival(
+                method, name, test, train, s, settings.windows, settings.event, settings.min_deaths, fold.index
+            )
+    seconds = time.perf_counter() - started
+    log.debug("fold %d: %s done in %.1fs", fold.index, name, seconds)
+    return FoldPart(name, predictions, survival, imaging, seconds)
+
+
+def _few_event_notes(survival: Sequence[SurvivalScore], settings: ProtocolSettings) -> list[str]:
+    """A warning per (landmark, window) cell that some fold could not score for too few events."""
+    notes = []
+    first = survival[0].method if survival else None
+    for cell in (x for x in survival if x.method == first):
+        missing = settings.n_folds - cell.folds_scored
+        if missing:
+            outcome = "not scored" if cell.folds_scored == 0 else f"scored on {cell.folds_scored} fold(s) only"
+            notes.append(
+                f"s={cell.landmark:g} w={cell.window:g}: fewer than {settings.min_deaths} {settings.event} events in {missing} "
+                f"of {settings.n_folds} folds ({cell.deaths} pooled over folds, {cell.n_at_risk} at risk): {outcome}."
+            )
+    return notes
+
+
+# --------------------------------------------------------------------------- finished parts, for resuming
+
+
+@dataclass(frozen=True)
+class FoldPart:
+    """What one method produced on one fold: its scored cells, survival rows, imaging rows and runtime."""
+
+    method: str
+    predictions: pd.DataFrame | None
+    survival: list[dict]
+    imaging: list[tuple[str, str, int, float, int]]
+    seconds: float
+
+    def to_json(self) -> str:
+        """The part as JSON; floats keep every digit, so a reloaded part scores exactly as the original."""
+        predictions = None if self.predictions is None else self.predictions[PREDICTION_COLUMNS].to_dict(orient="list")
+        data = dict(
+            method=self.method, predictions=predictions, survival=self.survival, imaging=self.imaging, seconds=self.seconds
+        )
+        return json.dumps(data, default=_json_scalar)
+
+    @classmethod
+    def from_json(cls, text: str) -> FoldPart:
+        data = json.loads(text)
+        predictions = None
+        if data["predictions"] is not None:
+            predictions = pd.DataFrame(data["predictions"], columns=PREDICTION_COLUMNS).astype(_PREDICTION_DTYPES)
+        imaging = [tuple(row) for row in data["imaging"]]
+        return cls(data["method"], predictions, data["survival"], imaging, float(data["seconds"]))
+
+
+_PREDICTION_DTYPES = {c: "float64" for c in ("time", "observed", "mean", "q05", "q95")} | {"fold": "int64"}
+
+
+def _json_scalar(value: object) -> object:
+    if isinstance(value, np.generic):  # numpy ints and bools of the score rows
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to a result part")
+
+
+class ResultParts:
+    """The finished (fold, method) parts of a run, one JSON file each in ``folder``.
+
+    A part's file name carries a hash of everything that determines it: the records and
+    config, the protocol settings (seed, folds, landmarks, windows, event, ...), the vpatient
+    version, the fold, and the method's name, class and settings. A part of a run with
+    anything different is never reused. Files are written to a temporary name and renamed,
+    so a stopped run leaves whole parts only. ``fresh``: load none (and overwrite them).
+    """
+
+    def __init__(self, folder: Path, run_key: str, fresh: bool = False) -> None:
+        self.folder = folder
+        self.run_key = run_key
+        self.fresh = fresh
+
+    def path(self, fold: int, name: str, method: Forecaster) -> Path:
+        """The file of this fold's part of ``method`` (called ``name``)."""
+        digest = hashlib.sha256(f"{self.run_key}|{fold}|{name}|{_method_fingerprint(method)}".encode()).hexdigest()[:16]
+        return self.folder / f"fold{fold}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{digest}.json"
+
+    def announce(self, planned: Sequence[tuple[int, str, Forecaster]]) -> int:
+        """Log how many of the ``planned`` (fold, name, method) parts an earlier run finished; returns that number."""
+        done = 0 if self.fresh else sum(self.path(*p).is_file() for p in planned)
+        if done:
+            log.warning(
+                "resuming: %d of %d (fold, method) parts were finished by an earlier run (%s; --fresh recomputes them)",
+                done,
+                len(planned),
+                self.folder,
+            )
+        return done
+
+    def load(self, fold: int, name: str, method: Forecaster) -> FoldPart | None:
+        """The part finished by an earlier run, or None (none, or ``fresh``)."""
+        path = self.path(fold, name, method)
+        if self.fresh or not path.is_file():
+            return None
+        log.info("fold %d: %s loaded from %s", fold, name, path)
+        return FoldPart.from_json(path.read_text(encoding="utf-8"))
+
+    def save(self, fold: int, name: str, method: Forecaster, part: FoldPart) -> Path:
+        """Write ``part`` atomically (a temporary file, then ``os.replace``)."""
+        path = self.path(fold, name, method)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(part.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+def _run_key(records: Sequence[PatientRecord], cohort: Cohort, settings: ProtocolSettings) -> str:
+    """A hash of the data, config, protocol settings and vpatient version of a run."""
+    digest = hashlib.sha256()
+    digest.update(f"{cohort.name}|{__version__}".encode())
+    digest.update(cohort.config.model_dump_json().encode())
+    digest.update(settings.model_dump_json().encode())
+    for record in records:
+        digest.update(record.model_dump_json().encode())
+    return digest.hexdigest()
+
+
+def _method_fingerprint(method: Forecaster) -> str:
+    """The method's class and settings: its public attributes that are plain values or dataclasses.
+
+    Fitted state (``x_``), private names and the progress flag do not count; other objects
+    (e.g. a synthetic truth, determined by the data) count by their type only.
+    """
+    settings = {}
+    for key, value in sorted(vars(method).items()):
+        if key.startswith("_") or key.endswith("_") or key == "progress":
+            continue
+        plain = (
+            value is None or isinstance(value, str | int | float | bool) or (is_dataclass(value) and not isinstance(value, type))
+        )
+        settings[key] = repr(value) if plain else type(value).__qualname__
+    return f"{type(method).__module__}.{type(method).__qualname__}{json.dumps(settings, sort_keys=True)}"
 
 
 def _imaging_row(

@@ -381,7 +381,9 @@ class LandmarkCox:
     outcome censored at s + the largest window (the landmark "stopped" Cox model, so
     proportional hazards need hold only over the horizon scored). lifelines'
     ``CoxPHFitter(penalizer=...)``, a small ridge penalty for stability on small folds.
-    Risk within s + w is 1 - S(w | x).
+    Risk within s + w is 1 - S(w | x). A training fold with no event after s has nothing
+    to fit: the risk is then 0 for everyone (that fold's Kaplan-Meier estimate), with a
+    warning, rather than stopping the whole benchmark at a late landmark.
     """
 
     name = "landmark-cox"
@@ -397,7 +399,7 @@ class LandmarkCox:
         self.train_ = list(train)
         self.config_ = config
         self.variables_, _ = forecast_variables(self.train_, config, self.max_missing)
-        self.models_: dict[tuple[float, float, str], tuple[object, list[str], dict[str, float]]] = {}
+        self.models_: dict[tuple[float, float, str], tuple[object | None, list[str], dict[str, float]]] = {}
         return self
 
     def forecast(self, histories: list[PatientRecord], queries: pd.DataFrame) -> pd.DataFrame:
@@ -414,14 +416,16 @@ class LandmarkCox:
             rows.append(row)
         return pd.DataFrame(rows, index=[h.subject_id for h in histories], dtype=float)
 
-    def _model(self, landmark: float, horizon: float, event: str) -> tuple[object, list[str], dict[str, float]]:
+    def _model(self, landmark: float, horizon: float, event: str) -> tuple[object | None, list[str], dict[str, float]]:
         key = (landmark, horizon, event)
         if key not in self.models_:
             from lifelines import CoxPHFitter
 
             setup = survival_setup(self.train_, landmark, event)
             if setup.event.sum() == 0:
-                raise ProtocolError(f"landmark-cox: no {event} after s={landmark:g} in the training fold")
+                log.warning("landmark-cox: no %s after s=%g in the training fold; its risk is 0 for everyone", event, landmark)
+                self.models_[key] = (None, [], {})
+                return self.models_[key]
             x = self._covariates(setup.histories, landmark)
             fill = x.mean().fillna(0.0).to_dict()
             x = x.fillna(fill)
@@ -436,6 +440,10 @@ class LandmarkCox:
     def risk(self, histories: list[PatientRecord], landmark: float, windows: list[float], event: str) -> pd.DataFrame | None:
         _check_fitted(self, "models_")
         model, columns, fill = self._model(landmark, max(windows), event)
+        if model is None:
+            return pd.DataFrame(
+                [(h.subject_id, float(w), 0.0) for h in histories for w in windows], columns=["subject_id", "window", "risk"]
+            )
         x = self._covariates(histories, landmark).fillna(fill)[columns]
         surv = model.predict_survival_function(x, times=list(windows))  # (windows, subjects)
         return pd.DataFrame(
@@ -459,9 +467,16 @@ class LastValueRisk:
         self.variable = variable
         self.name = f"last-{variable}"
 
+    def applies(self, config: DatasetConfig) -> str | None:
+        """Why this reference does not apply to ``config`` (it has no continuous variable of the name); None if it does."""
+        if self.variable not in config.names(VariableKind.CONTINUOUS):
+            return f"config {config.name!r} has no continuous variable {self.variable!r}"
+        return None
+
     def fit(self, train: list[PatientRecord], config: DatasetConfig, seed: int) -> LastValueRisk:
-        if self.variable not in config.names(VariableKind.CONTINUOUS, VariableKind.BINARY, VariableKind.ORDINAL):
-            raise ConfigError(f"{self.name}: config {config.name!r} has no observed variable {self.variable!r}")
+        reason = self.applies(config)
+        if reason is not None:
+            raise ConfigError(f"{self.name}: {reason}")
         self.config_ = config
         frame = observations_frame(train, config, transformed=True)
         self.mean_ = float(frame.loc[frame["variable"] == self.variable, "value"].mean())

@@ -16,7 +16,10 @@ __all__ = ["VirtualPatientForecaster"]
 
 
 class VirtualPatientForecaster:
-    """Trains a VirtualPatientModel per fold; forecasts and risks from posterior sample paths."""
+    """Trains a VirtualPatientModel per fold; forecasts and risks from posterior sample paths.
+
+    ``progress``: show the training's progress bar (the benchmark sets it when it shows its own).
+    """
 
     forecasts = True
     predicts_risk = True
@@ -34,12 +37,13 @@ class VirtualPatientForecaster:
         self.model_settings = model_settings
         self.n_samples = n_samples
         self.model: VirtualPatientModel | None = None
+        self.progress = False
         self._seed = 0
 
     def fit(self, train: list[PatientRecord], config: DatasetConfig, seed: int) -> VirtualPatientForecaster:
         self._seed = seed
         self.model = VirtualPatientModel.fit(
-            train, config, replace(self.settings, seed=seed), self.model_settings, progress=False
+            train, config, replace(self.settings, seed=seed), self.model_settings, progress=self.progress
         )
         return self
 

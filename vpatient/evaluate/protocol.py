@@ -11,9 +11,11 @@ Every method (the world model and its peers) is scored on exactly the same split
 - for a test subject with n visits the first ceil(n/2) are observed (the landmark s is the
   time of the last of them), and every continuous variable at every later visit is a target;
 - errors in standard deviations of the training fold (:class:`Standardiser`);
-- survival at fixed landmarks s: test subjects still in follow-up at s, seen only up to s.
+- survival at fixed landmarks s: test subjects still in follow-up at s, seen only up to s
+  (:func:`survival_landmark` chooses them when not given; :func:`event_to_score` the event).
 
-A method implements :class:`Forecaster` and knows nothing of folds or metrics.
+A method implements :class:`Forecaster` and knows nothing of folds or metrics; it may say
+that it does not apply to a dataset (:func:`not_applicable`).
 """
 
 from __future__ import annotations
@@ -33,25 +35,30 @@ from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import observations_frame, truncate_record
 from vpatient.errors import VPatientError
 from vpatient.evaluate.metrics import harrell_c, ipcw_brier, kaplan_meier
-from vpatient.schemas import DatasetConfig, Observation, PatientRecord, VariableKind
+from vpatient.schemas import DatasetConfig, Observation, PatientRecord, TimeUnit, VariableKind
 
 __all__ = [
     "DEFAULT_EVENT",
     "DEFAULT_MAX_MISSING",
+    "LANDMARK_QUANTILES",
     "MIN_VISITS",
     "QUERY_COLUMNS",
+    "WINDOW_FRACTIONS",
     "Fold",
     "Forecaster",
     "ProtocolError",
     "Standardiser",
     "SurvivalLandmark",
     "eligible_records",
+    "event_to_score",
     "forecast_folds",
     "forecast_variables",
     "held_out_records",
     "landmark_split",
     "last_observations",
     "n_observed_visits",
+    "not_applicable",
+    "round_significant",
     "score_forecasts",
     "score_survival",
     "sort_subject_ids",
@@ -70,9 +77,16 @@ DEFAULT_EVENT = "death"
 #: Columns of the queries a Forecaster answers.
 QUERY_COLUMNS = ["subject_id", "time", "variable"]
 
-#: Survival landmarks and windows (years) by dataset name; datasets not listed get the default.
-_SURVIVAL_GRID: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {"pbc2": ((1.0, 3.0, 5.0), (1.0, 3.0, 5.0))}
-_DEFAULT_SURVIVAL_GRID: tuple[tuple[float, ...], tuple[float, ...]] = ((1.0, 2.0, 3.0), (1.0, 2.0))
+#: Survival landmarks and windows (years) of the embedded datasets, fixed so that their committed
+#: results reproduce; any other dataset gets landmarks and windows derived from its own visits.
+_SURVIVAL_GRID: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "pbc2": ((1.0, 3.0, 5.0), (1.0, 3.0, 5.0)),
+    "synthetic": ((1.0, 2.0, 3.0), (1.0, 2.0)),
+}
+#: Derived landmarks: these quantiles of the pooled visit times.
+LANDMARK_QUANTILES = (0.25, 0.5, 0.75)
+#: Derived windows: these fractions of the median follow-up.
+WINDOW_FRACTIONS = (0.25, 0.5)
 
 
 class ProtocolError(VPatientError, ValueError):
@@ -88,7 +102,9 @@ class Forecaster(Protocol):
 
     ``forecasts`` and ``predicts_risk`` say which halves of the benchmark a method takes
     part in; ``risk_is_probability`` says whether its risk is a probability (then it gets
-    a Brier score) or only a ranking score (C-index only).
+    a Brier score) or only a ranking score (C-index only). A method that needs something
+    of the data (a variable by name) may also define ``applies(config) -> str | None``,
+    the reason it does not apply to ``config`` or None; :func:`not_applicable` asks it.
     """
 
     name: str
@@ -115,6 +131,19 @@ class Forecaster(Protocol):
         Returns columns subject_id, window, risk; None when the method has no survival model.
         """
         ...
+
+
+def not_applicable(method: Forecaster, config: DatasetConfig, event: str | None) -> str | None:
+    """Why ``method`` cannot take part in a benchmark of ``config`` scoring ``event``; None when it can.
+
+    A method with an ``applies(config)`` check is asked first (what it needs of the
+    config); a method that only predicts risk needs an event to score.
+    """
+    check = getattr(method, "applies", None)
+    reason = check(config) if check is not None else None
+    if reason is None and not method.forecasts and event is None:
+        reason = "predicts risk only, and there is no event to score"
+    return reason
 
 
 # --------------------------------------------------------------------------- subjects and folds
@@ -293,12 +322,70 @@ def last_observations(record: PatientRecord, config: DatasetConfig, variables: S
 # --------------------------------------------------------------------------- survival landmarks
 
 
+def event_to_score(
+    config: DatasetConfig, records: Iterable[PatientRecord], event: str | None = None
+) -> tuple[str | None, str | None]:
+    """The event kind whose risk is scored, or None with the reason survival is not scored.
+
+    ``event`` when given (it must be an event kind of ``config``), else ``death`` when the
+    config has it, else the config's first event kind. An event no subject has cannot be
+    scored either.
+    """
+    kinds = config.event_kinds
+    if event is not None and event not in kinds:
+        raise ProtocolError(f"event {event!r} is not an event kind of config {config.name!r} ({', '.join(kinds) or 'none'})")
+    chosen = event or (DEFAULT_EVENT if DEFAULT_EVENT in kinds else (kinds[0] if kinds else None))
+    if chosen is None:
+        return None, f"config {config.name!r} declares no event kind"
+    if not any(e.kind == chosen for r in records for e in r.events):
+        return None, f"no subject has a {chosen!r} event"
+    return chosen, None
+
+
+def round_significant(x: float, digits: int = 2) -> float:
+    """``x`` rounded to ``digits`` significant digits (4.37 -> 4.4, 0.0837 -> 0.084, 137 -> 140)."""
+    return float(f"{x:.{digits}g}") if x else 0.0
+
+
 def survival_landmark(
-    config: DatasetConfig, landmarks: Sequence[float] | None = None, windows: Sequence[float] | None = None
+    config: DatasetConfig,
+    landmarks: Sequence[float] | None = None,
+    windows: Sequence[float] | None = None,
+    records: Sequence[PatientRecord] = (),
 ) -> tuple[list[float], list[float]]:
-    """Landmarks and windows: the ones given, else the dataset's (PBC: 1, 3, 5 and 1, 3, 5 years), else 1, 2, 3 and 1, 2."""
-    grid = _SURVIVAL_GRID.get(config.name, _DEFAULT_SURVIVAL_GRID)
-    return list(landmarks if landmarks is not None else grid[0]), list(windows if windows is not None else grid[1])
+    """Landmarks and windows (the config's time unit): the ones given, else the embedded dataset's, else from ``records``.
+
+    PBC keeps 1, 3, 5 and 1, 3, 5 years and the synthetic data 1, 2, 3 and 1, 2 (their
+    committed results; a config of that name in another time unit is just other data).
+    Other data: landmarks at the 25/50/75% quantiles of the pooled visit times (so most
+    subjects have a history before each, and many are still followed after it) and
+    windows of 1/4 and 1/2 of the median follow-up (long enough for events to happen,
+    short enough that subjects are still followed to s + w), each rounded to 2
+    significant digits; landmarks at or before time 0 are left out.
+    """
+    if config.name in _SURVIVAL_GRID and config.time_unit == TimeUnit.YEARS:
+        grid_landmarks, grid_windows = _SURVIVAL_GRID[config.name]
+    elif landmarks is None or windows is None:
+        grid_landmarks, grid_windows = _derived_grid(config, records)
+    else:
+        grid_landmarks = grid_windows = ()
+    return list(landmarks if landmarks is not None else grid_landmarks), list(windows if windows is not None else grid_windows)
+
+
+def _derived_grid(config: DatasetConfig, records: Sequence[PatientRecord]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Landmarks and windows from the visit times and follow-up of ``records`` (see :func:`survival_landmark`)."""
+    times = np.array([t for r in records for t in r.visit_times()], dtype=float)
+    if not times.size:
+        raise ProtocolError(f"config {config.name!r}: no visits to choose survival landmarks from; give them (--landmarks)")
+    quantiles = np.quantile(times, LANDMARK_QUANTILES)
+    landmarks = tuple(sorted({round_significant(q) for q in quantiles if q > 0}))
+    median_followup = float(np.median([r.end_of_followup for r in records]))
+    windows = tuple(sorted({round_significant(f * median_followup) for f in WINDOW_FRACTIONS if f * median_followup > 0}))
+    if not landmarks or not windows:
+        raise ProtocolError(
+            f"config {config.name!r}: no survival landmark or window after time 0 in the data; give them (--landmarks, --windows)"
+        )
+    return landmarks, windows
 
 
 @dataclass(frozen=True)
