@@ -198,22 +198,23 @@ class RidgeForecaster:
     def _with_doses(self, design: pd.DataFrame, exposures: Sequence[TreatmentExposure]) -> pd.DataFrame:
         """``design`` with each treatment's dose features under ``exposures`` (NaN where ``last`` is)."""
         out = design.copy()
-        pairs = list(zip(out["t_last"].to_numpy(float), out["time"].to_numpy(float), strict=True))
+        t1, t = out["t_last"].to_numpy(float), out["time"].to_numpy(float)
         for name in self.treatments_:
-            out[f"dose_since_last_{name}"] = [_integral(exposures, name, t1, t) for t1, t in pairs]
-            out[f"dose_at_last_{name}"] = [float(dose_at(exposures, name, t1)) for t1, _ in pairs]
-            out[f"dose_before_last_{name}"] = [_integral(exposures, name, max(t1 - self.window_, 0.0), t1) for t1, _ in pairs]
+            at_last = _cumulative_dose(exposures, name, t1)
+            out[f"dose_since_last_{name}"] = _cumulative_dose(exposures, name, t) - at_last
+            out[f"dose_at_last_{name}"] = np.where(np.isnan(t1), np.nan, dose_at(exposures, name, t1))
+            out[f"dose_before_last_{name}"] = at_last - _cumulative_dose(exposures, name, np.maximum(t1 - self.window_, 0.0))
         return out
 
 
 _QUERY = ["subject_id", "time", "variable"]
 
 
-def _integral(exposures: Sequence[TreatmentExposure], treatment: str, start: float, stop: float) -> float:
-    """Dose of ``treatment`` integrated over [start, stop] (exposures of one treatment do not overlap)."""
-    total = 0.0
+def _cumulative_dose(exposures: Sequence[TreatmentExposure], treatment: str, times: np.ndarray) -> np.ndarray:
+    """Dose of ``treatment`` integrated from 0 to each time (exposures of one treatment do not overlap); NaN stays NaN."""
+    total = np.zeros_like(times)
     for e in exposures:
         if e.treatment == treatment:
-            end = stop if e.stop is None else min(stop, e.stop)
-            total += e.dose * max(0.0, end - max(start, e.start))
+            length = np.inf if e.stop is None else e.stop - e.start
+            total = total + e.dose * np.clip(times - e.start, 0.0, length)
     return total
