@@ -196,6 +196,10 @@ def test_tiny_run_writes_json_and_markdown(tiny, tmp_path):
     assert "## Targets" in text and ("pass" in text or "miss" in text)
     for method in METHODS:
         assert f"| {method} |" in text
+    # the step forecasts and effects run on the first world too, its one drug against no treatment
+    assert tiny.settings.step_forecasts.plans == ["withdrawn", "start-drug"]
+    assert {(x.plan, x.method) for x in tiny.effects} == {("start-drug", "vpatient"), ("start-drug", "ridge")}
+    assert "## Step forecasts under plans" in text and "## Effects on bilirubin" in text
 
 
 def test_parse_strengths():

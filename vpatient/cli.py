@@ -76,13 +76,15 @@ def datasets_list() -> None:
     """List the embedded datasets (they need no download)."""
     from vpatient.datasets import list_datasets
 
-    for info in list_datasets():
-        typer.echo(f"{info.name:<10} {info.description}")
+    infos = list_datasets()
+    width = max(len(info.name) for info in infos)
+    for info in infos:
+        typer.echo(f"{info.name:<{width}} {info.description}")
 
 
 @datasets_app.command("show")
 def datasets_show(
-    name: Annotated[str, typer.Argument(help="Embedded dataset name (pbc2, synthetic) or a MEDS path.")],
+    name: Annotated[str, typer.Argument(help="Embedded dataset name (pbc2, synthetic, synthetic-daily) or a MEDS path.")],
     config: ConfigOption = None,
     seed: SeedOption = 0,
     n: Annotated[int | None, typer.Option(help="Subjects to generate (synthetic only).")] = None,

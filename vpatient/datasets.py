@@ -17,7 +17,16 @@ from vpatient.data.pbc import load_pbc2, pbc2_config
 from vpatient.errors import ConfigError, DatasetNotFoundError
 from vpatient.schemas import DatasetConfig
 
-__all__ = ["EMBEDDED", "DatasetInfo", "list_datasets", "load_dataset", "load_pbc2", "pbc2_config", "synthetic_cohort"]
+__all__ = [
+    "EMBEDDED",
+    "DatasetInfo",
+    "list_datasets",
+    "load_dataset",
+    "load_pbc2",
+    "pbc2_config",
+    "synthetic_cohort",
+    "synthetic_daily_cohort",
+]
 
 
 def synthetic_cohort(n: int = 500, seed: int = 0, **kwargs):
@@ -25,6 +34,13 @@ def synthetic_cohort(n: int = 500, seed: int = 0, **kwargs):
     from vpatient.data.synthetic import synthetic_cohort as generate
 
     return generate(n=n, seed=seed, **kwargs)
+
+
+def synthetic_daily_cohort(n: int = 1000, seed: int = 0, **kwargs):
+    """The daily synthetic world (days; two drugs in runs; see :func:`vpatient.data.synthetic.daily_cohort`)."""
+    from vpatient.data.synthetic import daily_cohort
+
+    return daily_cohort(n=n, seed=seed, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,12 @@ EMBEDDED: dict[str, DatasetInfo] = {
         "synthetic",
         "Mechanistic multimodal generator with known ground truth (labs, signs, stage, 32-d imaging, history, treatment, death and progression).",
         lambda seed=0, n=None: synthetic_cohort(n=500 if n is None else n, seed=seed),
+    ),
+    "synthetic-daily": DatasetInfo(
+        "synthetic-daily",
+        "Daily oncology generator with known ground truth (60 daily visits; log tumour volume, marker, toxicity lab; "
+        "two drugs in start/stop runs, confounded; death).",
+        lambda seed=0, n=None: synthetic_daily_cohort(n=1000 if n is None else n, seed=seed),
     ),
 }
 

@@ -192,20 +192,23 @@ def benchmark_training(
 @benchmark_app.command("counterfactual")
 def benchmark_counterfactual(
     data: Annotated[
-        str, typer.Option("--data", help="Only 'synthetic': the benchmark needs the generator's truth.")
+        str, typer.Option("--data", help="'synthetic' or 'synthetic-daily': the benchmark needs the generator's truth.")
     ] = "synthetic",
-    n: Annotated[int, typer.Option("--n", min=20, help="Subjects per synthetic cohort (one cohort per strength).")] = 500,
+    n: Annotated[
+        int | None,
+        typer.Option("--n", min=20, help="Subjects per cohort (one cohort per strength); default 500, daily 1000."),
+    ] = None,
     strengths: Annotated[str, typer.Option("--strengths", help="Comma-separated confounding strengths.")] = "0,1,2,3,4",
     seed: SeedOption = 0,
     out_dir: OutDirOption = DEFAULT_OUT_DIR,
     progress: ProgressOption = True,
 ) -> None:
-    """Predict outcomes under plans patients did not get (withdrawn, started, doubled) and score them against the generator's truth, per confounding strength."""
-    from vpatient.benchmarks.counterfactual import parse_strengths, run_counterfactual_benchmark
+    """Predict outcomes under plans patients did not get (withdrawn, started, doubled; daily: withdrawn, A, B, A+B) and score them against the generator's truth, per confounding strength."""
+    from vpatient.benchmarks.counterfactual import WORLDS, parse_strengths, run_counterfactual_benchmark
 
-    if data != "synthetic":
-        raise typer.BadParameter(f"{data!r}: only 'synthetic' has a counterfactual truth", param_hint="--data")
-    result = run_counterfactual_benchmark(n=n, seed=seed, strengths=parse_strengths(strengths), progress=progress)
+    if data not in WORLDS:
+        raise typer.BadParameter(f"{data!r}: only {' and '.join(WORLDS)} have a counterfactual truth", param_hint="--data")
+    result = run_counterfactual_benchmark(n=n, seed=seed, strengths=parse_strengths(strengths), data=data, progress=progress)
     _report(result, result.write(out_dir))
 
 

@@ -1,8 +1,10 @@
 r"""``vpatient benchmark counterfactual --data synthetic``: outcomes under plans patients did not get.
 
 Only the synthetic generator knows what would have happened under another treatment,
-so this benchmark runs on it alone and scores against its noiseless truth
-(:class:`vpatient.data.synthetic.SyntheticTruth`).
+so this benchmark runs on its worlds alone (:data:`WORLDS`: ``synthetic``, in years, and
+``synthetic-daily``, in days) and scores against their noiseless truth
+(:class:`vpatient.data.synthetic.SyntheticTruth`). Below, the first world's protocol; the
+daily world's differences follow it.
 
 Protocol, per confounding strength c (default 0, 1, 2, 3, 4; treatment is assigned with
 ``P(treated) = sigma(c * standardised baseline severity)``, so sicker patients get the
@@ -72,6 +74,23 @@ Methods, all trained on the same patients:
   treatment over (s, s + 3], fitted on training patients in follow-up at s, outcome death
   censored at s + 3.
 
+The daily world (``--data synthetic-daily``, :func:`vpatient.data.synthetic.daily_cohort`;
+times in days): 1,000 patients per strength, decision time s = day 30, horizons 1 and 5
+days; two drugs, so the plans are those of :func:`combination_plans`, applied to every
+held-out patient: ``withdrawn`` (nothing from s), ``start-drug_a``, ``start-drug_b`` and
+``start-drug_a+drug_b`` (dose 1 from s, nothing else). The regression takes each drug's
+share and mean dose; its target is the visit within half a day of s + h.
+
+**Step forecasts and effects** (both worlds, every strength): one step is the cohort's
+median visit gap (a day; about half a year in the first world). Every held-out patient
+under every plan of :func:`combination_plans` is forecast 1 and 5 steps after s by the
+world model (as above), LOCF and the ridge peer (:class:`vpatient.evaluate.ridge.RidgeForecaster`,
+which sees each plan's doses), fitted on the same training patients: MAE against the truth
+in training sds, pooled over plans and variables. Each start plan's mean effect against
+``withdrawn`` (no treatment) on the world's effect variable (daily: log tumour volume;
+first world: log bilirubin) at s + 5 steps, by the world model and by ridge, against the
+truth's, with the relative error and pass when within 25%.
+
 Everything random derives from ``seed``: the same seed gives the same numbers (on the
 same machine and library versions).
 """
@@ -82,8 +101,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -94,9 +113,11 @@ from tqdm.auto import tqdm
 
 from vpatient import transforms
 from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult
-from vpatient.data.synthetic import SyntheticCohort, SyntheticTruth, synthetic_cohort
+from vpatient.data.synthetic import SyntheticCohort, SyntheticTruth, daily_cohort, synthetic_cohort
 from vpatient.data.timeline import truncate_record
-from vpatient.evaluate.protocol import ProtocolError, Standardiser, last_observations, survival_setup
+from vpatient.evaluate.baselines import LOCF
+from vpatient.evaluate.protocol import Forecaster, ProtocolError, Standardiser, last_observations, survival_setup
+from vpatient.evaluate.ridge import RidgeForecaster
 from vpatient.model.latent_ode import ModelSettings
 from vpatient.plans import dose_at, exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, TreatmentPlan, VariableKind
@@ -150,6 +171,37 @@ START_DOSE = 1.0
 REGRESSION_WINDOW = 0.5
 MAX_RATIO = 1.3
 MAX_GROWTH = 0.3
+#: Steps (median visit gaps) after s at which the step forecasts are scored; effects are read at the last.
+STEPS: tuple[int, ...] = (1, 5)
+#: An effect is recovered when its relative error is within this.
+EFFECT_TOLERANCE = 0.25
+#: Peers of the step forecasts, beside the world model.
+STEP_METHODS: tuple[str, ...] = ("vpatient", "locf", "ridge")
+_UNIT_SUFFIX = {"years": "y", "months": "mo", "days": "d"}
+
+
+@dataclass(frozen=True)
+class CounterfactualWorld:
+    """A synthetic world the benchmark runs on: its generator and the protocol's times (in the world's unit)."""
+
+    data: str
+    generate: Callable[[int, int, float], SyntheticCohort]  # (n, seed, confounding)
+    default_n: int
+    decision_time: float
+    horizons: tuple[float, ...]
+    regression_window: float
+    effect_variable: str
+
+
+#: The worlds, by dataset name.
+WORLDS: dict[str, CounterfactualWorld] = {
+    "synthetic": CounterfactualWorld(
+        "synthetic", lambda n, seed, c: synthetic_cohort(n, seed, confounding=c), 500, 1.0, (1.0, 2.0, 3.0), 0.5, "bilirubin"
+    ),
+    "synthetic-daily": CounterfactualWorld(
+        "synthetic-daily", lambda n, seed, c: daily_cohort(n, seed, confounding=c), 1000, 30.0, (1.0, 5.0), 0.5, "volume"
+    ),
+}
 
 
 # --------------------------------------------------------------------------- plans
@@ -178,6 +230,23 @@ def counterfactual_plans(
             name="doubled",
             description=PLAN_DESCRIPTIONS["doubled"],
             exposures=[TreatmentExposure(treatment=treatment, start=decision_time, dose=2 * dose)],
+        )
+    return plans
+
+
+def combination_plans(decision_time: float, treatments: Sequence[str], dose: float = START_DOSE) -> dict[str, TreatmentPlan]:
+    """Plans from ``decision_time`` for every patient: ``withdrawn`` (nothing), and each treatment alone and all together.
+
+    Named ``start-<a>``, ``start-<b>`` and ``start-<a>+<b>``; each replaces whatever was given after s.
+    """
+    plans = {"withdrawn": TreatmentPlan(name="withdrawn", description="every treatment stops at s")}
+    combos = [[t] for t in treatments] + ([list(treatments)] if len(treatments) > 1 else [])
+    for combo in combos:
+        name = "start-" + "+".join(combo)
+        plans[name] = TreatmentPlan(
+            name=name,
+            description=f"{' and '.join(combo)} at dose {dose:g} from s, nothing else",
+            exposures=[TreatmentExposure(treatment=t, start=decision_time, dose=dose) for t in combo],
         )
     return plans
 
@@ -253,11 +322,19 @@ class ObservedTreatmentRegression:
     See the module docstring for the features, targets and the Cox model of survival.
     """
 
-    def __init__(self, treatment: str, decision_time: float, horizons: Sequence[float], variables: Sequence[str]):
-        self.treatment = treatment
+    def __init__(
+        self,
+        treatment: str | Sequence[str],
+        decision_time: float,
+        horizons: Sequence[float],
+        variables: Sequence[str],
+        window: float = REGRESSION_WINDOW,
+    ):
+        self.treatments = [treatment] if isinstance(treatment, str) else list(treatment)
         self.decision_time = decision_time
         self.horizons = [float(h) for h in horizons]
         self.variables = list(variables)
+        self.window = window
 
     def fit(self, train: Sequence[PatientRecord], config: DatasetConfig) -> ObservedTreatmentRegression:
         from lifelines import CoxPHFitter
@@ -283,7 +360,7 @@ class ObservedTreatmentRegression:
                 rows, y = [], []
                 for i, r in enumerate(followed):
                     cells = [(abs(o.time - target), o.value) for o in r.observations if o.variable == v and o.time > s]
-                    cells = [c for c in cells if c[0] <= REGRESSION_WINDOW]
+                    cells = [c for c in cells if c[0] <= self.window]
                     if cells:
                         rows.append(i)
                         y.append(float(transforms.forward(min(cells)[1], config.variable(v).transform)))
@@ -332,10 +409,14 @@ class ObservedTreatmentRegression:
         return pd.DataFrame(rows, dtype=float)
 
     def _treatment(self, exposures: Sequence[Sequence[TreatmentExposure]], horizon: float) -> pd.DataFrame:
-        """Share of (s, s + horizon] on the treatment and its mean dose, per patient (midpoint rule, 48 steps)."""
+        """Share of (s, s + horizon] on each treatment and its mean dose, per patient (midpoint rule, 48 steps)."""
         grid = self.decision_time + horizon * (np.arange(48) + 0.5) / 48
-        doses = np.array([dose_at(e, self.treatment, grid) for e in exposures]).reshape(len(exposures), len(grid))
-        return pd.DataFrame({"on_treatment": (doses > 0).mean(axis=1), "dose": doses.mean(axis=1)})
+        columns = {}
+        for t in self.treatments:
+            doses = np.array([dose_at(e, t, grid) for e in exposures]).reshape(len(exposures), len(grid))
+            suffix = "" if len(self.treatments) == 1 else f"_{t}"
+            columns |= {f"on_treatment{suffix}": (doses > 0).mean(axis=1), f"dose{suffix}": doses.mean(axis=1)}
+        return pd.DataFrame(columns)
 
     def _design(self, known: pd.DataFrame, treatment: pd.DataFrame) -> pd.DataFrame:
         x = known.reset_index(drop=True).fillna(self.fill_)
@@ -365,6 +446,42 @@ class CounterfactualSettings(StrictModel):
     )
     train_settings: dict
     model_settings: dict
+    # written only when they differ from what results before them meant, so those reload byte for byte
+    time_unit: str = Field(
+        default="years", exclude_if=lambda u: u == "years", description="Time unit of the decision time, horizons and step."
+    )
+    step_forecasts: StepSettings | None = Field(default=None, exclude_if=lambda v: v is None)
+
+
+class StepSettings(StrictModel):
+    """The protocol of the step forecasts and the recovered effects."""
+
+    step: float = Field(description="One step: the median gap between consecutive visits.")
+    steps: list[int] = Field(description="Steps after s at which the forecasts are scored; effects are read at the last.")
+    plans: list[str] = Field(description="Plans from s, every held-out patient under each.")
+    effect_variable: str = Field(description="Variable whose mean effects (plan - withdrawn) are checked against the truth.")
+    effect_tolerance: float = Field(description="Pass: |relative error of a mean effect| <= this.")
+
+
+class StepScore(StrictModel):
+    """Error of one method's forecasts k steps after s under the step plans, at one strength (training sds)."""
+
+    confounding: float
+    method: str
+    mae: list[float] = Field(description="Per step: mean |predicted - true| over patients, plans and variables.")
+    mae_by_plan: dict[str, list[float]] = Field(description="Per plan, per step (mean over patients and variables).")
+
+
+class EffectCheck(StrictModel):
+    """A treatment plan's mean effect (vs withdrawn) on the effect variable at the last step, predicted and true."""
+
+    confounding: float
+    plan: str
+    method: str
+    true_effect: float
+    predicted_effect: float
+    relative_error: float = Field(description="(predicted - true) / |true|.")
+    passed: bool = Field(description="|relative error| <= the tolerance.")
 
 
 class CohortSummary(StrictModel):
@@ -427,6 +544,12 @@ class CounterfactualBenchmarkResult(VersionedBenchmarkResult):
     scores: list[PlanScore]
     targets: list[TargetCheck]
     runtime_seconds: float
+    step_scores: list[StepScore] = Field(
+        default_factory=list, exclude_if=lambda v: not v, description="One- and five-step forecasts under plans."
+    )
+    effects: list[EffectCheck] = Field(
+        default_factory=list, exclude_if=lambda v: not v, description="Recovered treatment effects against the truth."
+    )
 
     @property
     def stem(self) -> str:
@@ -438,14 +561,15 @@ class CounterfactualBenchmarkResult(VersionedBenchmarkResult):
         s = self.settings
         names = [f"{'log ' if self.transforms[v] == 'log' else ''}{v}" for v in self.variables]
         last = len(s.horizons) - 1
-        h_cols = [f"{h:g} y" for h in s.horizons]
+        u = _UNIT_SUFFIX.get(s.time_unit, s.time_unit)
+        h_cols = [f"{h:g} {u}" for h in s.horizons]
         lines = [
             f"# Counterfactual benchmark: {self.data}",
             "",
             f"vpatient {self.vpatient_version}, seed {s.seed}; {s.n} subjects per cohort, one cohort per confounding "
             f"strength ({', '.join(f'{c:g}' for c in s.strengths)}), {1 - s.test_fraction:.0%} to train, held-out "
-            f"patients in follow-up at the decision time s = {s.decision_time:g} y scored at s + "
-            f"{', '.join(f'{h:g}' for h in s.horizons)} y against the generator's noiseless truth; {s.n_samples} "
+            f"patients in follow-up at the decision time s = {s.decision_time:g} {u} scored at s + "
+            f"{', '.join(f'{h:g}' for h in s.horizons)} {u} against the generator's noiseless truth; {s.n_samples} "
             f"posterior paths per patient and plan. Errors in training sds ({', '.join(names)}). "
             f"Runtime {self.runtime_seconds / 60:.1f} min.",
             "",
@@ -480,7 +604,7 @@ class CounterfactualBenchmarkResult(VersionedBenchmarkResult):
             "## Error by plan",
             "",
             f"RMSE per horizon (mean over variables) and over horizons; effect RMSE: error of each patient's (plan - factual), "
-            f"mean over variables and horizons; survival error: mean |error| of P(no {s.event} by s + {s.horizons[-1]:g} y "
+            f"mean over variables and horizons; survival error: mean |error| of P(no {s.event} by s + {s.horizons[-1]:g} {u} "
             "| alive at s).",
             "",
         ]
@@ -492,7 +616,7 @@ class CounterfactualBenchmarkResult(VersionedBenchmarkResult):
         ]
         lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
         lines += [
-            f"## Mean effect of each plan at s + {s.horizons[last]:g} y (plan - factual, training sds)",
+            f"## Mean effect of each plan at s + {s.horizons[last]:g} {u} (plan - factual, training sds)",
             "",
             "The generator's truth beside each method's prediction; the blind model predicts no effect by construction.",
             "",
@@ -512,7 +636,8 @@ class CounterfactualBenchmarkResult(VersionedBenchmarkResult):
                     | {"survival": survival}
                 )
         order = {name: i for i, name in enumerate(("truth", *METHODS))}
-        rows.sort(key=lambda r: (r["strength"], PLANS.index(r["plan"]), order[r["source"]]))
+        plan_names = [p for p in s.plans if p != FACTUAL]
+        rows.sort(key=lambda r: (r["strength"], plan_names.index(r["plan"]), order[r["source"]]))
         if rows:
             lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
         lines += ["## Cohorts", ""]
@@ -524,32 +649,83 @@ class CounterfactualBenchmarkResult(VersionedBenchmarkResult):
                 "treated (train)": c.treated_share_train,
                 "treated (test)": c.treated_share_test,
             }
-            | {f"n {p}": c.n_by_plan.get(p, 0) for p in PLANS}
+            | {f"n {p}": c.n_by_plan.get(p, 0) for p in plan_names}
             | {f"epochs {m}": e for m, e in c.epochs.items()}
             | {f"s {m}": sec for m, sec in c.seconds.items()}
             for c in self.cohorts
         ]
         lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
+        lines += self._steps_markdown()
         return "\n".join(lines)
+
+    def _steps_markdown(self) -> list[str]:
+        """The step forecasts and the recovered effects, when the run measured them."""
+        s = self.settings.step_forecasts
+        if s is None or not self.step_scores:
+            return []
+        u = _UNIT_SUFFIX.get(self.settings.time_unit, self.settings.time_unit)
+        steps = s.steps
+        lines = [
+            f"## Step forecasts under plans (one step = {s.step:g} {u}, the median visit gap)",
+            "",
+            f"MAE in training sds over held-out patients, plans ({', '.join(s.plans)}) and variables, at s + k steps; "
+            "truth: the generator's noiseless values under each plan.",
+            "",
+        ]
+        rows = [
+            {"strength": x.confounding, "method": x.method}
+            | {f"{k} step{'s' if k > 1 else ''}": m for k, m in zip(steps, x.mae, strict=True)}
+            for x in self.step_scores
+        ]
+        lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
+        lines += [
+            f"## Effects on {s.effect_variable} at s + {steps[-1]} steps vs no treatment (modelling scale)",
+            "",
+            f"Mean over held-out patients of (plan - withdrawn); pass: relative error within {s.effect_tolerance:.0%}.",
+            "",
+        ]
+        rows = [
+            {
+                "strength": x.confounding,
+                "plan": x.plan,
+                "method": x.method,
+                "true": x.true_effect,
+                "predicted": x.predicted_effect,
+                "relative error": x.relative_error,
+                "within": "pass" if x.passed else "miss",
+            }
+            for x in self.effects
+        ]
+        lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
+        return lines
 
 
 # --------------------------------------------------------------------------- the run
 
 
 def run_counterfactual_benchmark(
-    n: int = 500,
+    n: int | None = None,
     seed: int = 0,
     strengths: Sequence[float] = (0.0, 1.0, 2.0, 3.0, 4.0),
     *,
-    decision_time: float = 1.0,
-    horizons: Sequence[float] = (1.0, 2.0, 3.0),
+    data: str = "synthetic",
+    decision_time: float | None = None,
+    horizons: Sequence[float] | None = None,
     test_fraction: float = 0.2,
     n_samples: int = 100,
     train_settings: TrainSettings | None = None,
     model_settings: ModelSettings | None = None,
     progress: bool = True,
 ) -> CounterfactualBenchmarkResult:
-    """Run the protocol of the module docstring; ``train_settings`` defaults to ``TrainSettings(seed=seed)``."""
+    """Run the protocol of the module docstring on the world ``data`` (:data:`WORLDS`); ``n``, ``decision_time``
+    and ``horizons`` default to the world's, ``train_settings`` to ``TrainSettings(seed=seed)``."""
+    if data not in WORLDS:
+        raise ProtocolError(f"{data!r} has no counterfactual truth; the synthetic worlds are {', '.join(WORLDS)}")
+    world = WORLDS[data]
+    n = world.default_n if n is None else n
+    decision_time = world.decision_time if decision_time is None else decision_time
+    world = replace(world, decision_time=decision_time)
+    horizons = world.horizons if horizons is None else horizons
     if not strengths:
         raise ProtocolError("no confounding strength given")
     if not 0 < test_fraction < 1:
@@ -560,14 +736,15 @@ def run_counterfactual_benchmark(
     model_settings = model_settings or ModelSettings()
     blind_settings = replace(model_settings, treatment_input=False)
     started = time.perf_counter()
-    cohorts, scores = [], []
+    cohorts, scores, step_scores, effects = [], [], [], []
     bar = tqdm(
         total=len(strengths) * len(METHODS), desc="counterfactual benchmark", unit="fit", file=sys.stderr, disable=not progress
     )
     for c in strengths:
-        cohort = synthetic_cohort(n, seed, confounding=c)
-        summary, rows = _one_strength(
+        cohort = world.generate(n, seed, c)
+        summary, rows, steps, checks = _one_strength(
             cohort,
+            world,
             c,
             seed,
             decision_time,
@@ -581,8 +758,16 @@ def run_counterfactual_benchmark(
         )
         cohorts.append(summary)
         scores += rows
+        step_scores += steps
+        effects += checks
     bar.close()
     variables = cohort.config.names(VariableKind.CONTINUOUS)
+    treatments = cohort.config.names(VariableKind.TREATMENT)
+    step_plans = combination_plans(decision_time, treatments)
+    if len(treatments) > 1:
+        descriptions = {FACTUAL: PLAN_DESCRIPTIONS[FACTUAL]} | {k: p.description or k for k, p in step_plans.items()}
+    else:
+        descriptions = PLAN_DESCRIPTIONS
     return CounterfactualBenchmarkResult(
         data=cohort.name,
         variables=variables,
@@ -595,17 +780,27 @@ def run_counterfactual_benchmark(
             decision_time=decision_time,
             horizons=horizons,
             n_samples=n_samples,
-            plans=PLAN_DESCRIPTIONS,
+            plans=descriptions,
             methods=METHODS,
             max_ratio=MAX_RATIO,
             max_growth=MAX_GROWTH,
             train_settings=train_settings.to_dict(),
             model_settings=model_settings.to_dict(),
+            time_unit=cohort.config.time_unit.value,
+            step_forecasts=StepSettings(
+                step=visit_step(cohort.records),
+                steps=list(STEPS),
+                plans=list(step_plans),
+                effect_variable=world.effect_variable,
+                effect_tolerance=EFFECT_TOLERANCE,
+            ),
         ),
         cohorts=cohorts,
         scores=scores,
         targets=[_targets(scores, m, strengths) for m in METHODS],
         runtime_seconds=round(time.perf_counter() - started, 1),
+        step_scores=step_scores,
+        effects=effects,
     )
 
 
@@ -614,17 +809,19 @@ class DecisionSplit:
     """A synthetic cohort split for a decision at time s: who trains, who is scored, and what is known of them at s."""
 
     variables: list[str]  # the continuous variables scored
-    treatment: str
-    max_dose: float  # the treatment's plausible maximum (inf when unbounded)
+    treatment: str  # the first treatment (the only one of the first world)
+    max_dose: float  # its plausible maximum (inf when unbounded)
     train: list[PatientRecord]
     test: list[PatientRecord]  # held-out patients still in follow-up at s
     histories: list[PatientRecord]  # the test patients' records cut at s
+    treatments: list[str] = field(default_factory=list)  # every treatment of the world
 
 
 def decision_split(cohort: SyntheticCohort, seed: int, test_fraction: float, decision_time: float) -> DecisionSplit:
     """Split ``cohort`` by :func:`split_subjects` and keep the held-out patients in follow-up at ``decision_time``."""
     config = cohort.config
-    (treatment,) = config.names(VariableKind.TREATMENT)
+    treatments = config.names(VariableKind.TREATMENT)
+    treatment = treatments[0]
     spec = config.variable(treatment)
     train_ids, test_ids = split_subjects([r.subject_id for r in cohort.records], seed, test_fraction)
     test = [r for r in cohort.records if r.subject_id in test_ids and r.end_of_followup > decision_time]
@@ -637,6 +834,7 @@ def decision_split(cohort: SyntheticCohort, seed: int, test_fraction: float, dec
         train=[r for r in cohort.records if r.subject_id in train_ids],
         test=test,
         histories=[truncate_record(r, decision_time) for r in test],
+        treatments=treatments,
     )
 
 
@@ -651,6 +849,7 @@ def split_subjects(ids: Sequence[str], seed: int, test_fraction: float) -> tuple
 
 def _one_strength(
     cohort: SyntheticCohort,
+    world: CounterfactualWorld,
     confounding: float,
     seed: int,
     decision_time: float,
@@ -661,19 +860,19 @@ def _one_strength(
     model_settings: ModelSettings,
     blind_settings: ModelSettings,
     bar: tqdm,
-) -> tuple[CohortSummary, list[PlanScore]]:
+) -> tuple[CohortSummary, list[PlanScore], list[StepScore], list[EffectCheck]]:
     config = cohort.config
     split = decision_split(cohort, seed, test_fraction, decision_time)
-    variables, treatment, max_dose = split.variables, split.treatment, split.max_dose
+    variables = split.variables
     train, test, histories = split.train, split.test, split.histories
     sd = np.array([Standardiser.fit(train, config, variables).std[v] for v in variables])
 
     # which plan applies to whom; every plan is simulated for every patient (None where it does not
     # apply, i.e. the factual), so that each call sees the same histories in the same chunks
-    applicable = [counterfactual_plans(h, decision_time, treatment, max_dose) for h in histories]
-    plan_lists = {FACTUAL: [None] * len(test)} | {p: [a.get(p) for a in applicable] for p in PLANS}
+    plan_names, applicable = _main_plans(split, decision_time)
+    plan_lists = {FACTUAL: [None] * len(test)} | {p: [a.get(p) for a in applicable] for p in plan_names}
     truth = {p: true_outcomes(cohort.truth, test, plans, decision_time, horizons, variables) for p, plans in plan_lists.items()}
-    masks = {FACTUAL: np.ones(len(test), bool)} | {p: np.array([p in a for a in applicable]) for p in PLANS}
+    masks = {FACTUAL: np.ones(len(test), bool)} | {p: np.array([p in a for a in applicable]) for p in plan_names}
 
     predictions: dict[str, dict[str, Outcomes]] = {}
     seconds: dict[str, float] = {}
@@ -688,11 +887,15 @@ def _one_strength(
         }
         seconds[name] = round(time.perf_counter() - t0, 1)
         epochs[name] = len(model.history.train_loss)
+        if name == "vpatient":
+            world_model = model
         log.info("strength %g: %s fitted in %d epochs, %.0f s", confounding, name, epochs[name], seconds[name])
         bar.update()
     bar.set_postfix(strength=f"{confounding:g}", method="regression")
     t0 = time.perf_counter()
-    regression = ObservedTreatmentRegression(treatment, decision_time, horizons, variables).fit(train, config)
+    regression = ObservedTreatmentRegression(split.treatments, decision_time, horizons, variables, world.regression_window).fit(
+        train, config
+    )
     predictions["regression"] = {p: regression.predict(histories, plans) for p, plans in plan_lists.items()}
     seconds["regression"] = round(time.perf_counter() - t0, 1)
     bar.update()
@@ -700,19 +903,19 @@ def _one_strength(
     scores = []
     for method in METHODS:
         pred = predictions[method]
-        effects = {p: (pred[p].minus(pred[FACTUAL]), truth[p].minus(truth[FACTUAL])) for p in PLANS}  # (predicted, true)
-        for plan in (FACTUAL, *PLANS):
+        effects = {p: (pred[p].minus(pred[FACTUAL]), truth[p].minus(truth[FACTUAL])) for p in plan_names}  # (predicted, true)
+        for plan in (FACTUAL, *plan_names):
             m = masks[plan]
             if m.any():
                 effect = None if plan == FACTUAL else (effects[plan][0].take(m), effects[plan][1].take(m))
                 scores.append(
                     _score(confounding, method, plan, pred[plan].take(m), truth[plan].take(m), sd, variables, effect, True)
                 )
-        if not any(masks[p].any() for p in PLANS):
+        if not any(masks[p].any() for p in plan_names):
             raise ProtocolError(f"strength {confounding:g}: no counterfactual plan applies to any held-out patient")
 
         def pooled(outcomes: dict[str, Outcomes]) -> Outcomes:
-            return _stack([outcomes[p] for p in PLANS], [masks[p] for p in PLANS])
+            return _stack([outcomes[p] for p in plan_names], [masks[p] for p in plan_names])
 
         effect = (pooled({p: e[0] for p, e in effects.items()}), pooled({p: e[1] for p, e in effects.items()}))
         scores.append(_score(confounding, method, COUNTERFACTUAL, pooled(pred), pooled(truth), sd, variables, effect, False))
@@ -727,7 +930,112 @@ def _one_strength(
         epochs=epochs,
         seconds=seconds,
     )
-    return summary, scores
+    step_scores, effects = _step_forecasts(cohort, split, world, confounding, world_model, sd, n_samples, seed)
+    return summary, scores, step_scores, effects
+
+
+def _main_plans(split: DecisionSplit, decision_time: float) -> tuple[tuple[str, ...], list[dict[str, TreatmentPlan]]]:
+    """The plans of the error tables and who they apply to: one treatment, the plans that change it
+    (:func:`counterfactual_plans`); several, :func:`combination_plans` for every patient."""
+    if len(split.treatments) <= 1:
+        return PLANS, [counterfactual_plans(h, decision_time, split.treatment, split.max_dose) for h in split.histories]
+    plans = combination_plans(decision_time, split.treatments)
+    return tuple(plans), [plans] * len(split.histories)
+
+
+def visit_step(records: Sequence[PatientRecord]) -> float:
+    """One step of the step forecasts: the median gap between consecutive visits."""
+    gaps = [g for r in records for g in np.diff(r.visit_times())]
+    if not gaps:
+        raise ProtocolError("no patient with two visits: no visit step")
+    return float(np.median(gaps))
+
+
+def _step_forecasts(
+    cohort: SyntheticCohort,
+    split: DecisionSplit,
+    world: CounterfactualWorld,
+    confounding: float,
+    model: VirtualPatientModel,
+    sd: np.ndarray,
+    n_samples: int,
+    seed: int,
+) -> tuple[list[StepScore], list[EffectCheck]]:
+    """Forecasts :data:`STEPS` visit steps after s under :func:`combination_plans`, by the world model, LOCF
+    and ridge; and each plan's mean effect (vs withdrawn) on the world's effect variable, predicted and true."""
+    s, variables = world.decision_time, split.variables
+    horizons = [k * visit_step(cohort.records) for k in STEPS]
+    plans = combination_plans(s, split.treatments)
+    everyone = {name: [plan] * len(split.test) for name, plan in plans.items()}
+    truth = {name: true_outcomes(cohort.truth, split.test, p, s, horizons, variables).values for name, p in everyone.items()}
+    peers: dict[str, Forecaster] = {"locf": LOCF(), "ridge": RidgeForecaster()}
+    for peer in peers.values():
+        peer.fit(split.train, cohort.config, seed)
+    predicted: dict[str, dict[str, np.ndarray]] = {
+        "vpatient": {
+            name: predicted_outcomes(model, split.histories, p, s, horizons, variables, n_samples, seed).values
+            for name, p in everyone.items()
+        }
+    }
+    for method, peer in peers.items():
+        predicted[method] = {name: _peer_values(peer, split.histories, p, s, horizons, variables) for name, p in everyone.items()}
+    scores = []
+    for method in STEP_METHODS:
+        errors = {name: np.abs(predicted[method][name] - truth[name]) / sd for name in plans}  # (N, H, V) each
+        scores.append(
+            StepScore(
+                confounding=confounding,
+                method=method,
+                mae=[float(x) for x in np.mean([e.mean(axis=(0, 2)) for e in errors.values()], axis=0)],
+                mae_by_plan={name: [float(x) for x in e.mean(axis=(0, 2))] for name, e in errors.items()},
+            )
+        )
+    k = variables.index(world.effect_variable)
+    effects = []
+    for name in plans:
+        if name == "withdrawn":
+            continue
+        true = float((truth[name] - truth["withdrawn"])[:, -1, k].mean())
+        for method in ("vpatient", "ridge"):
+            guess = float((predicted[method][name] - predicted[method]["withdrawn"])[:, -1, k].mean())
+            error = (guess - true) / abs(true) if true != 0 else math.inf
+            effects.append(
+                EffectCheck(
+                    confounding=confounding,
+                    plan=name,
+                    method=method,
+                    true_effect=true,
+                    predicted_effect=guess,
+                    relative_error=error,
+                    passed=abs(error) <= EFFECT_TOLERANCE,
+                )
+            )
+    return scores, effects
+
+
+def _peer_values(
+    peer: Forecaster,
+    histories: Sequence[PatientRecord],
+    plans: Sequence[TreatmentPlan | None],
+    decision_time: float,
+    horizons: Sequence[float],
+    variables: Sequence[str],
+) -> np.ndarray:
+    """A forecast benchmark peer's means at s + h under the plans: (N, H, V) on the modelling scale.
+
+    Peers that take treatments (``forecast_under``) see each plan's exposures; the others forecast the same under every plan.
+    """
+    times = decision_time + np.asarray(horizons, dtype=float)
+    queries = pd.DataFrame(
+        [(h.subject_id, t, v) for h in histories for t in times for v in variables], columns=["subject_id", "time", "variable"]
+    )
+    if hasattr(peer, "forecast_under"):
+        answer = peer.forecast_under(
+            histories, queries, [_exposures(h, p, decision_time) for h, p in zip(histories, plans, strict=True)]
+        )
+    else:
+        answer = peer.forecast(list(histories), queries)
+    return answer["mean"].to_numpy(float).reshape(len(histories), len(times), len(variables))
 
 
 def _stack(outcomes: Sequence[Outcomes], masks: Sequence[np.ndarray]) -> Outcomes:

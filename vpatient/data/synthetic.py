@@ -80,13 +80,54 @@ Treatment (one drug, from t = 0, never stopped)::
 
     P(treated) = sigma(confounding * (z0_1 - mean z0_1) / sd z0_1)   (0: randomised 1:1)
     dose = 2 with probability 0.5, else 1
+
+The daily world (:func:`daily_cohort`, dataset ``synthetic-daily``, :class:`DailyTruth`)
+-------------------------------------------------------------------------------------
+
+A second world on the same solver and truth machinery, in **days**, shaped like an
+oncology cohort: 60 daily visits, two drugs given in start/stop runs, small noise.
+Constants in :class:`DailyParams`; ``a = (age - 62) / 10``::
+
+    age ~ N(62, 10^2) clipped to [25, 90];  sex ~ Bernoulli(0.5)
+    r = 0.03 exp(0.1 a + 0.15 sex + 0.3 eta),  eta ~ N(0, 1)      growth rate (per day, unobserved)
+    v0 ~ N(2 + 0.15 a, 0.5^2),  T0 ~ N(0, 0.1^2)                   log tumour volume, toxicity
+
+State y = (v, T, A, B, H_death); A and B are the drugs' effect compartments, driven by
+the doses u_A, u_B (piecewise constant, changing at whole days)::
+
+    dv/dt = r (1 - v / 6) - 0.06 A - 0.05 B       A and B add up on the log-growth rate
+    dT/dt = 0.2 (1.0 A + 0.6 B - T)
+    dA/dt = 2.0 (u_A - A)                          fast: 86% of the effect within a day
+    dB/dt = 0.3 (u_B - B)                          carry-over: half-life 2.3 days after B stops
+    log h_death = -8.1 + 0.2 a + 0.8 v + 1.0 T,    T_death = H^{-1}(e), e ~ Exp(1)
+
+The (v, T, A, B) system is linear in its inputs, so the effect of A+B on v is exactly the
+sum of A's and B's. Follow-up ends at death, dropout ~ Exp(0.002 / day) or day 60.
+
+Treatment runs, day by day (d = 0, 1, ...), confounded by the current tumour size::
+
+    severity(d) = (v(d) - mean v0) / sd v0
+    off a drug: start it with probability sigma(c_k + confounding * severity(d)), c = (-2.5, -2.8)
+    on a drug:  stop it with probability 0.12 (mean run 8 days); a run keeps its dose,
+                1 with probability 0.7, else 0.5
+
+Visits every day of follow-up (each after day 0 missed with probability 0.05); every
+visit measures all three labs (log scale, noise independent)::
+
+    log volume      = v                        + N(0, 0.05^2)   [cm^3]
+    log marker      = log 5 + 0.7 (v - 2)      + N(0, 0.15^2)   [ng/mL]
+    log neutrophils = log 4 - 0.5 T            + N(0, 0.10^2)   [10^9/L]
+
+Solver: RK4 with step 1/8 day (a power of 2, so dose changes fall on grid nodes).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
@@ -97,13 +138,19 @@ from vpatient.schemas import DatasetConfig, TreatmentExposure, parse_records
 
 __all__ = [
     "CONTINUOUS_LABS",
+    "DAILY_LABS",
+    "DAILY_TREATMENTS",
     "DRUG",
     "EVENTS",
     "LATENT_NAMES",
     "LOG_LABS",
+    "DailyParams",
+    "DailyTruth",
     "SyntheticCohort",
     "SyntheticParams",
     "SyntheticTruth",
+    "daily_cohort",
+    "daily_config",
     "initial_state_prior",
     "rk4_step",
     "synthetic_cohort",
@@ -241,6 +288,10 @@ class _Coef:
     def take(self, rows: np.ndarray) -> _Coef:
         return _Coef(*(getattr(self, f.name)[rows] for f in fields(self)))
 
+    def rhs(self, y: np.ndarray, u: np.ndarray, p: SyntheticParams) -> np.ndarray:
+        """The vector field at doses u (m, 1) of the one drug."""
+        return _rhs(y, u[:, 0], self, p)
+
 
 def _rhs(y: np.ndarray, u: np.ndarray, c: _Coef, p: SyntheticParams) -> np.ndarray:
     """d/dt of the augmented state y (m, 4) = (z1, z2, H_death, H_prog) at dose u (m,)."""
@@ -267,28 +318,45 @@ def rk4_step(f: Callable[[np.ndarray], np.ndarray], y: np.ndarray, dt: np.ndarra
     return y + (d / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
 
+class _Params(Protocol):
+    """What the solver needs of a world's constants."""
+
+    @property
+    def solver_step(self) -> float: ...
+
+
+class _Field(Protocol):
+    """A world's vector field with its per-subject coefficients (m rows)."""
+
+    def take(self, rows: np.ndarray) -> _Field: ...
+
+    def rhs(self, y: np.ndarray, u: np.ndarray, p: Any) -> np.ndarray:
+        """d/dt of the augmented states y (m, k) at the doses u (m, K) of the world's K treatments."""
+        ...
+
+
 @dataclass(frozen=True)
 class _Controls:
     """Piecewise-constant doses of many subjects: segment starts (n, B+1), padded with +inf."""
 
     starts: np.ndarray  # (n, B+1); starts[:, 0] = 0
-    doses: np.ndarray  # (n, B+1); dose on [starts[j], starts[j+1])
+    doses: np.ndarray  # (n, B+1, K); dose of each of K treatments on [starts[j], starts[j+1])
 
     @classmethod
-    def of(cls, exposures_list: Sequence[Sequence[TreatmentExposure]]) -> _Controls:
+    def of(cls, exposures_list: Sequence[Sequence[TreatmentExposure]], treatments: Sequence[str] = (DRUG,)) -> _Controls:
         segs = []
         for exposures in exposures_list:
             for exp in exposures:
-                if exp.treatment != DRUG:
-                    raise ValueError(f"unknown treatment {exp.treatment!r}: the synthetic world has only {DRUG!r}")
+                if exp.treatment not in treatments:
+                    raise ValueError(f"unknown treatment {exp.treatment!r}: this synthetic world has {', '.join(treatments)}")
                 if exp.start < 0 or not math.isfinite(exp.start) or not (math.isfinite(exp.dose) and exp.dose >= 0):
                     raise ValueError(f"invalid exposure {exp!r}: start and dose must be finite and >= 0")
             starts = np.array([0.0, *control_breakpoints(exposures, 0.0, math.inf)])
-            segs.append((starts, dose_at(exposures, DRUG, starts)))
+            segs.append((starts, np.stack([dose_at(exposures, t, starts) for t in treatments], axis=-1)))
         width = max((len(s) for s, _ in segs), default=1)
         n = len(segs)
         starts = np.full((n, width), np.inf)
-        doses = np.zeros((n, width))
+        doses = np.zeros((n, width, len(treatments)))
         for i, (s, d) in enumerate(segs):
             starts[i, : len(s)] = s
             doses[i, : len(d)] = d
@@ -302,7 +370,7 @@ class _Controls:
         return self.starts.shape[1] == 1
 
     def dose(self, t: np.ndarray) -> np.ndarray:
-        """Dose in force on [t, next change) for each row: t (m,) -> (m,)."""
+        """Doses in force on [t, next change) for each row: t (m,) -> (m, K)."""
         if self.constant:
             return self.doses[:, 0]
         idx = (self.starts <= t[:, None]).sum(axis=1) - 1
@@ -315,11 +383,11 @@ class _Controls:
         return np.where(self.starts > t[:, None], self.starts, np.inf).min(axis=1)
 
 
-def _advance(y: np.ndarray, t0: np.ndarray, t1: np.ndarray, c: _Coef, u: _Controls, p: SyntheticParams) -> np.ndarray:
+def _advance(y: np.ndarray, t0: np.ndarray, t1: np.ndarray, c: _Field, u: _Controls, p: _Params) -> np.ndarray:
     """RK4 from t0 to t1 (each (m,), t1 - t0 <= one grid step), split at dose changes."""
     if u.constant:  # no dose change anywhere: one step
         dose = u.doses[:, 0]
-        return rk4_step(lambda v: _rhs(v, dose, c, p), y, t1 - t0)
+        return rk4_step(lambda v: c.rhs(v, dose, p), y, t1 - t0)
     t = t0.copy()
     while True:
         stop = np.minimum(u.next_change(t), t1)
@@ -327,11 +395,11 @@ def _advance(y: np.ndarray, t0: np.ndarray, t1: np.ndarray, c: _Coef, u: _Contro
         if not np.any(dt > 0):
             return y
         dose = u.dose(t)
-        y = rk4_step(lambda v, d=dose: _rhs(v, d, c, p), y, dt)
+        y = rk4_step(lambda v, d=dose: c.rhs(v, d, p), y, dt)
         t = stop
 
 
-def _grid(y0: np.ndarray, horizon: float, c: _Coef, u: _Controls, p: SyntheticParams) -> np.ndarray:
+def _grid(y0: np.ndarray, horizon: float, c: _Field, u: _Controls, p: _Params) -> np.ndarray:
     """States on the grid t_k = k h, k = 0..K with K h >= horizon: (K+1, n, 4)."""
     h = p.solver_step
     steps = max(1, math.ceil(horizon / h - 1e-9))
@@ -343,20 +411,20 @@ def _grid(y0: np.ndarray, horizon: float, c: _Coef, u: _Controls, p: SyntheticPa
     return out
 
 
-def _node_below(tau: np.ndarray, p: SyntheticParams, last: int) -> np.ndarray:
+def _node_below(tau: np.ndarray, p: _Params, last: int) -> np.ndarray:
     """Index k of the grid node with t_k <= tau (the last node at most)."""
     k = np.minimum(np.floor(tau / p.solver_step).astype(int), last)
     k = np.where(k * p.solver_step > tau, k - 1, k)
     return np.maximum(k, 0)
 
 
-def _dense(grid: np.ndarray, rows: np.ndarray, tau: np.ndarray, c: _Coef, u: _Controls, p: SyntheticParams) -> np.ndarray:
+def _dense(grid: np.ndarray, rows: np.ndarray, tau: np.ndarray, c: _Field, u: _Controls, p: _Params) -> np.ndarray:
     """State of subject rows (m,) at times tau (m,): RK4 from the node below. -> (m, 4)."""
     k = _node_below(tau, p, grid.shape[0] - 1)
     return _advance(grid[k, rows], k * p.solver_step, tau, c.take(rows), u.take(rows), p)
 
 
-def _solve(y0: np.ndarray, tau: np.ndarray, c: _Coef, u: _Controls, p: SyntheticParams) -> np.ndarray:
+def _solve(y0: np.ndarray, tau: np.ndarray, c: _Field, u: _Controls, p: _Params) -> np.ndarray:
     """States of n subjects at times tau (n, T): (n, T, 4)."""
     n, T = tau.shape
     grid = _grid(y0, float(tau.max(initial=0.0)), c, u, p)
@@ -364,7 +432,7 @@ def _solve(y0: np.ndarray, tau: np.ndarray, c: _Coef, u: _Controls, p: Synthetic
     return _dense(grid, rows, tau.ravel(), c, u, p).reshape(n, T, y0.shape[1])
 
 
-def _event_times(grid: np.ndarray, col: int, draws: np.ndarray, c: _Coef, u: _Controls, p: SyntheticParams) -> np.ndarray:
+def _event_times(grid: np.ndarray, col: int, draws: np.ndarray, c: _Field, u: _Controls, p: _Params) -> np.ndarray:
     """First t with H(t) = draw for each subject (inf if beyond the grid): (n,).
 
     Brackets the crossing between grid nodes, then bisects the solver's own dense
@@ -418,11 +486,11 @@ def _lab_links(z: np.ndarray) -> np.ndarray:
     )
 
 
-def _natural(eta: np.ndarray) -> np.ndarray:
-    """Transformed-scale labs (m, 5) -> natural scale (exp of the log labs)."""
+def _natural(eta: np.ndarray, logged: Sequence[bool] | None = None) -> np.ndarray:
+    """Transformed-scale labs (m, L) -> natural scale (exp of the columns flagged ``logged``; default the first world's)."""
     out = eta.copy()
-    for j, name in enumerate(CONTINUOUS_LABS):
-        if name in LOG_LABS:
+    for j, is_log in enumerate(logged if logged is not None else [name in LOG_LABS for name in CONTINUOUS_LABS]):
+        if is_log:
             out[:, j] = np.exp(eta[:, j])
     return out
 
@@ -568,7 +636,7 @@ class SyntheticTruth:
     latent states; ``imaging_weights`` (W (d, 2), b (d,)).
     """
 
-    params: SyntheticParams
+    params: Any  # SyntheticParams (DailyParams for the daily world)
     config: DatasetConfig
     subject_ids: tuple[str, ...]
     covariates: pd.DataFrame
@@ -576,7 +644,38 @@ class SyntheticTruth:
     imaging_weights: tuple[np.ndarray, np.ndarray]
     _factual: Mapping[str, tuple[TreatmentExposure, ...]] = field(repr=False)
     _rows: Mapping[str, int] = field(repr=False)
-    _coef: _Coef = field(repr=False)
+    _coef: _Field = field(repr=False)
+
+    #: What a world is made of; a second world (:class:`DailyTruth`) overrides these.
+    treatments: ClassVar[tuple[str, ...]] = (DRUG,)
+    events: ClassVar[tuple[str, ...]] = EVENTS
+    labs: ClassVar[tuple[str, ...]] = CONTINUOUS_LABS
+    log_labs: ClassVar[frozenset[str]] = LOG_LABS
+    #: Hidden states between the latent (z1, z2) and the cumulative hazards (drug effect compartments).
+    n_hidden: ClassVar[int] = 0
+
+    def augment(self, z0: np.ndarray) -> np.ndarray:
+        """Initial augmented states (z, hidden compartments at 0, hazards at 0) from z0 (m, 2)."""
+        return np.concatenate([z0, np.zeros((len(z0), self.n_hidden + len(self.events)))], axis=1)
+
+    def hazard_column(self, event: str) -> int:
+        """Column of ``event``'s cumulative hazard in the augmented state."""
+        if event not in self.events:
+            raise ValueError(f"unknown event {event!r}; the synthetic events are {', '.join(self.events)}")
+        return 2 + self.n_hidden + self.events.index(event)
+
+    def controls(self, exposures_list: Sequence[Sequence[TreatmentExposure]]) -> _Controls:
+        """Doses of the world's treatments under each exposure list."""
+        return _Controls.of(exposures_list, self.treatments)
+
+    def lab_means(self, z: np.ndarray) -> np.ndarray:
+        """Noiseless labs on the modelling scale, in the order of ``labs``: z (m, 2) -> (m, L)."""
+        return _lab_links(z)
+
+    @property
+    def lab_sd(self) -> tuple[float, ...]:
+        """Observation noise sd of each lab on its modelling scale."""
+        return tuple(self.params.lab_sd)
 
     # -- subject facts -------------------------------------------------------
 
@@ -607,15 +706,17 @@ class SyntheticTruth:
         """Observation noise sd per variable: continuous labs on their transformed scale
         (log for bilirubin, alt, platelets), ``stage`` the logistic scale of its latent
         threshold model, ``ct`` per embedding dimension. ``ascites`` is Bernoulli (no entry)."""
-        out = dict(zip(CONTINUOUS_LABS, self.params.lab_sd, strict=True))
+        out = dict(zip(self.labs, self.lab_sd, strict=True))
         return out | {"stage": self.params.stage_scale, "ct": self.params.imaging_sd}
 
-    def vector_field(self, subject_id: str, z: np.ndarray, dose: float) -> np.ndarray:
-        """dz/dt of the subject at states z (m, 2) under a constant dose: (m, 2)."""
+    def vector_field(self, subject_id: str, z: np.ndarray, dose: float | Sequence[float]) -> np.ndarray:
+        """dz/dt of the subject at states z (m, 2) under constant doses (one, or one per treatment): (m, 2).
+
+        Hidden compartments (the daily world's drug effects) are taken at 0."""
         z = np.atleast_2d(np.asarray(z, dtype=float))
-        y = np.concatenate([z, np.zeros((len(z), 2))], axis=1)
         c = self._coef.take(np.full(len(z), self.row(subject_id)))
-        return _rhs(y, np.full(len(z), float(dose)), c, self.params)[:, :2]
+        u = np.broadcast_to(np.asarray(dose, dtype=float), (len(z), len(self.treatments)))
+        return c.rhs(self.augment(z), u, self.params)[:, :2]
 
     # -- trajectories --------------------------------------------------------
 
@@ -627,15 +728,15 @@ class SyntheticTruth:
         (m, T, 4).
         """
         m = len(z0)
-        y0 = np.concatenate([z0, np.zeros((m, 2))], axis=1)
-        controls = _Controls.of([self.factual_exposures(subject_id)]).take(np.zeros(m, dtype=int))
+        y0 = self.augment(z0)
+        controls = self.controls([self.factual_exposures(subject_id)]).take(np.zeros(m, dtype=int))
         tau = np.broadcast_to(np.asarray(times, dtype=float), (m, len(times))).copy()
         return _solve(y0, tau, self._coef.take(np.full(m, self.row(subject_id))), controls, self.params)
 
     def states_many(
         self, subject_ids: Sequence[str], exposures_list: Sequence[Sequence[TreatmentExposure]], times: np.ndarray
     ) -> np.ndarray:
-        """Augmented states (z1, z2, H_death, H_progression): (n, T, 4)."""
+        """Augmented states (z1, z2, hidden compartments, cumulative hazards of ``events``): (n, T, 4) here."""
         if len(subject_ids) != len(exposures_list):
             raise ValueError(f"{len(subject_ids)} subjects but {len(exposures_list)} exposure lists")
         rows = np.array([self.row(s) for s in subject_ids], dtype=int)
@@ -647,8 +748,8 @@ class SyntheticTruth:
         missing = np.isnan(tau)
         if np.any(np.isinf(tau)) or np.any(tau[~missing] < 0):
             raise ValueError("times must be finite and >= 0 (years since index); NaN marks padding")
-        y0 = np.concatenate([self.z0[rows], np.zeros((len(rows), 2))], axis=1)
-        out = _solve(y0, np.where(missing, 0.0, tau), self._coef.take(rows), _Controls.of(exposures_list), self.params)
+        y0 = self.augment(self.z0[rows])
+        out = _solve(y0, np.where(missing, 0.0, tau), self._coef.take(rows), self.controls(exposures_list), self.params)
         out[missing] = np.nan
         return out
 
@@ -670,7 +771,7 @@ class SyntheticTruth:
         event: str = "death",
     ) -> np.ndarray:
         """Cumulative hazard of ``event`` from 0: (n, T)."""
-        col = 2 + _event_index(event)
+        col = self.hazard_column(event)
         return self.states_many(subject_ids, exposures_list, times)[..., col]
 
     def cumulative_hazard(
@@ -719,7 +820,7 @@ class SyntheticTruth:
 
     def observes(self, variable: str) -> bool:
         """Whether the generator has an observation model of ``variable`` (a lab, ascites, stage, ct)."""
-        return variable in CONTINUOUS_LABS or variable in ("ascites", "stage", "ct")
+        return variable in self.labs or variable in ("ascites", "stage", "ct")
 
     def stage_probabilities(self, z: np.ndarray) -> np.ndarray:
         """P(stage = j | z) for j = 0..3, floored at 1e-12: (m, 4)."""
@@ -738,10 +839,12 @@ class SyntheticTruth:
         expands the square, so as not to hold (n, m, d) at once.
         """
         p = self.params
-        if variable in CONTINUOUS_LABS:
-            j = CONTINUOUS_LABS.index(variable)
-            mean = _lab_links(z)[:, j]
-            return -0.5 * ((np.asarray(value, dtype=float)[..., None] - mean) / p.lab_sd[j]) ** 2
+        if not self.observes(variable):
+            raise ValueError(f"no observation model of {variable!r}; the generator observes {', '.join(self.observed)}")
+        if variable in self.labs:
+            j = self.labs.index(variable)
+            mean = self.lab_means(z)[:, j]
+            return -0.5 * ((np.asarray(value, dtype=float)[..., None] - mean) / self.lab_sd[j]) ** 2
         if variable == "ascites":
             q = np.clip(_ascites_prob(z), 1e-12, 1 - 1e-12)
             return np.where(np.asarray(value)[..., None] > 0.5, np.log(q), np.log1p(-q))
@@ -756,7 +859,12 @@ class SyntheticTruth:
                 return -0.5 * (((e - mean) / p.imaging_sd) ** 2).sum(axis=1)
             sq = (e**2).sum(1)[:, None] - 2 * e @ mean.T + (mean**2).sum(1)[None]
             return -0.5 * sq / p.imaging_sd**2
-        raise ValueError(f"no observation model of {variable!r}; the generator observes labs, ascites, stage and ct")
+        raise AssertionError(f"observes({variable!r}) without a likelihood")
+
+    @property
+    def observed(self) -> tuple[str, ...]:
+        """Variables with an observation model."""
+        return tuple(v.name for v in self.config.variables if self.observes(v.name))
 
     def draw_results(self, z: np.ndarray, variables: Sequence[str], rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One result of each variable the generator observes, per latent state z (m, 2).
@@ -768,9 +876,9 @@ class SyntheticTruth:
         p = self.params
         out: dict[str, np.ndarray] = {}
         for v in variables:
-            if v in CONTINUOUS_LABS:
-                j = CONTINUOUS_LABS.index(v)
-                out[v] = _lab_links(z)[:, j] + rng.normal(0, p.lab_sd[j], len(z))
+            if v in self.labs:
+                j = self.labs.index(v)
+                out[v] = self.lab_means(z)[:, j] + rng.normal(0, self.lab_sd[j], len(z))
             elif v == "ascites":
                 out[v] = rng.random(len(z)) < _ascites_prob(z)
             elif v == "stage":
@@ -786,23 +894,20 @@ class SyntheticTruth:
         """z (m, 2) with NaN rows for padding, t (m,) -> one row per state."""
         pad = np.isnan(z).any(axis=1)
         z = np.where(pad[:, None], 0.0, z)
-        W, b = self.imaging_weights
         cols: dict[str, np.ndarray] = {"time": t}
-        labs = _natural(_lab_links(z))
-        cols |= {name: labs[:, j] for j, name in enumerate(CONTINUOUS_LABS)}
-        cols["ascites"] = _ascites_prob(z)
-        cols["stage"] = _stage_exceed(z, self.params).sum(axis=1)
-        img = np.tanh(z @ W.T + b)
-        cols |= {f"ct_{j}": img[:, j] for j in range(W.shape[0])}
+        labs = _natural(self.lab_means(z), [name in self.log_labs for name in self.labs])
+        cols |= {name: labs[:, j] for j, name in enumerate(self.labs)}
+        cols |= self._other_observables(z)
         frame = pd.DataFrame(cols)
         frame.loc[pad, frame.columns[1:]] = np.nan
         return frame
 
-
-def _event_index(event: str) -> int:
-    if event not in EVENTS:
-        raise ValueError(f"unknown event {event!r}; the synthetic events are {', '.join(EVENTS)}")
-    return EVENTS.index(event)
+    def _other_observables(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        """Noiseless ascites probability, expected stage and CT embedding: the columns after the labs."""
+        W, b = self.imaging_weights
+        cols = {"ascites": _ascites_prob(z), "stage": _stage_exceed(z, self.params).sum(axis=1)}
+        img = np.tanh(z @ W.T + b)
+        return cols | {f"ct_{j}": img[:, j] for j in range(W.shape[0])}
 
 
 # --------------------------------------------------------------------------- cohort
@@ -964,3 +1069,324 @@ def _visit_times(rng: np.random.Generator, end: np.ndarray, p: SyntheticParams) 
         more = rng.gamma(p.visit_gap_shape, scale, (n, width))
         times = np.concatenate([times, times[:, [-1]] + np.cumsum(more, axis=1)], axis=1)
     return [times[i, times[i] < end[i]] for i in range(n)]
+
+
+# --------------------------------------------------------------------------- the daily world
+
+#: The daily world's treatments: A fast-acting, B with carry-over.
+DAILY_TREATMENTS = ("drug_a", "drug_b")
+#: The daily world's labs: log tumour volume, a marker that follows it, a toxicity lab (all log-transformed).
+DAILY_LABS = ("volume", "marker", "neutrophils")
+DAILY_EVENTS = ("death",)
+#: Covariate columns of the daily world's truth.
+DAILY_COVARIATES = ("age", "sex", "growth_rate")
+
+
+@dataclass(frozen=True)
+class DailyParams:
+    """Every constant of the daily world (module docstring, "The daily world"); times in days."""
+
+    solver_step: float = 0.125  # a power of 2, so integer days (where doses change) are exact grid nodes
+    age_mean: float = 62.0
+    age_sd: float = 10.0
+    p_male: float = 0.5
+    # initial state: log volume and toxicity
+    volume0: tuple[float, float, float] = (2.0, 0.15, 0.5)  # (mean, per decade of age, sd)
+    toxicity0_sd: float = 0.1
+    # growth: r = growth_rate exp(rate_age a + rate_sex sex + rate_sd eta), eta ~ N(0, 1)
+    growth_rate: float = 0.03
+    rate_age: float = 0.1
+    rate_sex: float = 0.15
+    rate_sd: float = 0.3
+    capacity: float = 6.0
+    # drugs: effect on the log-growth rate per unit of compartment, compartment rates (1/day)
+    effect: tuple[float, float] = (0.06, 0.05)
+    uptake: tuple[float, float] = (2.0, 0.3)
+    toxicity: tuple[float, float] = (1.0, 0.6)
+    toxicity_rate: float = 0.2
+    # death hazard (per day): (intercept, age per decade, log volume, toxicity)
+    death_hazard: tuple[float, float, float, float] = (-8.1, 0.2, 0.8, 1.0)
+    dropout_rate: float = 0.002
+    # treatment runs: daily start logits (A, B), daily stop probability, reduced dose
+    start_logit: tuple[float, float] = (-2.5, -2.8)
+    stop_prob: float = 0.12
+    p_reduced_dose: float = 0.3
+    reduced_dose: float = 0.5
+    # visits and observations
+    p_missed_visit: float = 0.05
+    lab_sd: tuple[float, float, float] = (0.05, 0.15, 0.1)
+    marker_link: tuple[float, float] = (math.log(5.0), 0.7)  # log marker = a + b (log volume - 2)
+    neutrophil_link: tuple[float, float] = (math.log(4.0), -0.5)  # log neutrophils = a + b toxicity
+
+    def __post_init__(self) -> None:
+        if not self.solver_step > 0:
+            raise ValueError(f"solver_step must be > 0, got {self.solver_step}")
+
+
+@dataclass(frozen=True)
+class _DailyCoef:
+    """Per-subject coefficients of the daily world's vector field, each (m,)."""
+
+    rate: np.ndarray
+    death0: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray, p: DailyParams) -> _DailyCoef:
+        """x (n, 3): age, sex, growth rate."""
+        a = (x[:, 0] - p.age_mean) / 10.0
+        return cls(rate=x[:, 2], death0=p.death_hazard[0] + p.death_hazard[1] * a)
+
+    def take(self, rows: np.ndarray) -> _DailyCoef:
+        return _DailyCoef(self.rate[rows], self.death0[rows])
+
+    def rhs(self, y: np.ndarray, u: np.ndarray, p: DailyParams) -> np.ndarray:
+        """d/dt of y (m, 5) = (log volume, toxicity, effect A, effect B, H_death) at doses u (m, 2)."""
+        v, tox, ea, eb = y[:, 0], y[:, 1], y[:, 2], y[:, 3]
+        out = np.empty_like(y)
+        out[:, 0] = self.rate * (1.0 - v / p.capacity) - p.effect[0] * ea - p.effect[1] * eb
+        out[:, 1] = p.toxicity_rate * (p.toxicity[0] * ea + p.toxicity[1] * eb - tox)
+        out[:, 2] = p.uptake[0] * (u[:, 0] - ea)
+        out[:, 3] = p.uptake[1] * (u[:, 1] - eb)
+        out[:, 4] = np.exp(self.death0 + p.death_hazard[2] * v + p.death_hazard[3] * tox)
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class DailyTruth(SyntheticTruth):
+    """The daily world's ground truth: the trajectory methods of :class:`SyntheticTruth`, its own observations.
+
+    ``covariates``: age, sex and each subject's growth rate (per day); ``z0`` (n, 2) the
+    drawn (log volume, toxicity) at day 0; no imaging (``imaging_weights`` are empty).
+    """
+
+    treatments: ClassVar[tuple[str, ...]] = DAILY_TREATMENTS
+    events: ClassVar[tuple[str, ...]] = DAILY_EVENTS
+    labs: ClassVar[tuple[str, ...]] = DAILY_LABS
+    log_labs: ClassVar[frozenset[str]] = frozenset(DAILY_LABS)
+    n_hidden: ClassVar[int] = 2
+
+    def static(self, subject_id: str) -> dict[str, float]:
+        r = self.covariates.iloc[self.row(subject_id)]
+        return {k: float(r[k]) for k in ("age", "sex")}
+
+    def history(self, subject_id: str) -> list[str]:
+        return []
+
+    def prior(self, subject_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (2,) and covariance (2, 2) of the prior the subject's (log volume, toxicity) at day 0 was drawn from."""
+        return _daily_prior(self.static(subject_id)["age"], self.params)
+
+    def lab_means(self, z: np.ndarray) -> np.ndarray:
+        p = self.params
+        return np.stack(
+            [
+                z[:, 0],
+                p.marker_link[0] + p.marker_link[1] * (z[:, 0] - 2.0),
+                p.neutrophil_link[0] + p.neutrophil_link[1] * z[:, 1],
+            ],
+            axis=1,
+        )
+
+    @property
+    def noise_sd(self) -> dict[str, float]:
+        """Observation noise sd of each lab on the log scale."""
+        return dict(zip(self.labs, self.lab_sd, strict=True))
+
+    def observes(self, variable: str) -> bool:
+        return variable in self.labs
+
+    def _other_observables(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        return {}
+
+
+def _daily_prior(age: float | np.ndarray, p: DailyParams) -> tuple[np.ndarray, np.ndarray]:
+    """Prior of (log volume, toxicity) at day 0: mean (..., 2) and covariance (2, 2)."""
+    a = (np.asarray(age, dtype=float) - p.age_mean) / 10.0
+    mean = np.stack([p.volume0[0] + p.volume0[1] * a, np.zeros_like(a)], axis=-1)
+    return mean, np.diag([p.volume0[2] ** 2, p.toxicity0_sd**2])
+
+
+def daily_config(params: DailyParams | None = None) -> DatasetConfig:
+    """The dataset config of the daily world: three log labs, two treatments, death; time in days."""
+    p = params or DailyParams()
+    sd = dict(zip(DAILY_LABS, p.lab_sd, strict=True))
+
+    def lab(name: str, code: str, unit: str, test: str, rng: tuple[float, float], desc: str) -> dict:
+        return {
+            "name": name,
+            "codes": [code],
+            "kind": "continuous",
+            "unit": unit,
+            "test": test,
+            "transform": "log",
+            "plausible_range": rng,
+            "description": f"{desc} (noise sd {sd[name]:g} on the log scale)",
+        }
+
+    variables = [
+        {"name": "age", "codes": ["STATIC//AGE"], "kind": "static", "unit": "years", "plausible_range": (0.0, 120.0)},
+        {
+            "name": "sex",
+            "codes": ["STATIC//SEX"],
+            "kind": "static",
+            "plausible_range": (0.0, 1.0),
+            "categories": {"female": 0.0, "male": 1.0},
+        },
+        lab("volume", "IMG//TUMOUR_VOLUME", "cm^3", "scan", (1e-3, 1e5), "Tumour volume; log volume is the latent z1"),
+        lab("marker", "LAB//MARKER", "ng/mL", "blood", (1e-3, 1e5), "Tumour marker, log-linear in log volume"),
+        lab("neutrophils", "LAB//NEUTROPHILS", "10^9/L", "blood", (1e-3, 100.0), "Neutrophil count, falls with toxicity z2"),
+        {
+            "name": "drug_a",
+            "codes": ["RX//DRUG_A"],
+            "kind": "treatment",
+            "unit": "dose level",
+            "plausible_range": (0.0, 1.0),
+            "description": f"Fast-acting drug: effect compartment rate {p.uptake[0]:g}/day, "
+            f"slows log growth by {p.effect[0]:g}/day at dose 1.",
+        },
+        {
+            "name": "drug_b",
+            "codes": ["RX//DRUG_B"],
+            "kind": "treatment",
+            "unit": "dose level",
+            "plausible_range": (0.0, 1.0),
+            "description": f"Drug with carry-over: effect compartment rate {p.uptake[1]:g}/day (half-life "
+            f"{math.log(2) / p.uptake[1]:.1f} days after it stops), slows log growth by {p.effect[1]:g}/day at dose 1.",
+        },
+        {"name": "death", "codes": ["MEDS_DEATH"], "kind": "event"},
+    ]
+    tests = [
+        {"name": "scan", "variables": ["volume"], "cost": 5.0, "description": "Tumour volume scan."},
+        {"name": "blood", "variables": ["marker", "neutrophils"], "cost": 1.0, "description": "Tumour marker and blood count."},
+    ]
+    description = (
+        "Daily oncology world with known ground truth (vpatient.data.synthetic, 'The daily world'); time in days. "
+        "v = log tumour volume, T = toxicity, A and B the drugs' effect compartments: "
+        f"dv/dt = r (1 - v/{p.capacity:g}) - {p.effect[0]:g} A - {p.effect[1]:g} B; "
+        f"dT/dt = {p.toxicity_rate:g} ({p.toxicity[0]:g} A + {p.toxicity[1]:g} B - T); "
+        f"dA/dt = {p.uptake[0]:g} (dose_a - A); dB/dt = {p.uptake[1]:g} (dose_b - B); "
+        f"log h_death = {p.death_hazard[0]:g} + {p.death_hazard[1]:g} (age - {p.age_mean:g})/10 + "
+        f"{p.death_hazard[2]:g} v + {p.death_hazard[3]:g} T. "
+        "Treatments start and stop in runs, more often started in patients with larger tumours (confounding)."
+    )
+    return DatasetConfig.model_validate(
+        {"name": "synthetic-daily", "description": description, "time_unit": "days", "variables": variables, "tests": tests}
+    )
+
+
+def daily_cohort(
+    n: int, seed: int, *, confounding: float = 1.0, days: int = 60, params: DailyParams | None = None
+) -> SyntheticCohort:
+    """Draw ``n`` subjects from the daily world (module docstring), deterministic in ``seed``.
+
+    ``confounding`` sets how strongly the current log volume drives starting a drug (0:
+    starts at random); ``days`` is administrative censoring (and the number of daily visits).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if days < 2:
+        raise ValueError(f"days must be >= 2, got {days}")
+    p = params or DailyParams()
+    rng = np.random.default_rng(seed)
+    config = daily_config(p)
+
+    age = np.clip(rng.normal(p.age_mean, p.age_sd, n), 25.0, 90.0)
+    sex = (rng.random(n) < p.p_male).astype(float)
+    a = (age - p.age_mean) / 10.0
+    rate = p.growth_rate * np.exp(p.rate_age * a + p.rate_sex * sex + p.rate_sd * rng.standard_normal(n))
+    x = np.stack([age, sex, rate], axis=1)
+    mean, cov = _daily_prior(age, p)
+    z0 = mean + rng.standard_normal((n, 2)) @ np.linalg.cholesky(cov).T
+    coef = _DailyCoef.of(x, p)
+    probe = DailyTruth(p, config, (), pd.DataFrame(), z0, (np.zeros((0, 2)), np.zeros(0)), {}, {}, coef)
+    doses = _daily_treatment_runs(rng, probe.augment(z0), coef, days, confounding, p)  # (n, days, 2)
+
+    exposures_full = [_runs(doses[i]) for i in range(n)]
+    controls = _Controls.of(exposures_full, DAILY_TREATMENTS)
+    grid = _grid(probe.augment(z0), float(days), coef, controls, p)
+    t_death = _event_times(grid, probe.hazard_column("death"), rng.exponential(1.0, n), coef, controls, p)
+    t_drop = rng.exponential(1.0 / p.dropout_rate, n) if p.dropout_rate > 0 else np.full(n, np.inf)
+    end = np.minimum(np.minimum(t_death, t_drop), float(days))
+
+    # visits: every day in follow-up, each after day 0 missed with a small probability
+    day = np.arange(days, dtype=float)
+    attended = (rng.random((n, days)) >= p.p_missed_visit) & (day[None, :] < end[:, None])
+    attended[:, 0] = True
+    rows, cols = np.nonzero(attended)
+    z = _dense(grid, rows, day[cols], coef, controls, p)[:, :2]
+    eta = probe.lab_means(z) + rng.standard_normal((len(rows), len(DAILY_LABS))) * np.asarray(p.lab_sd)
+    values = np.exp(eta)
+
+    ids = [f"day{i:05d}" for i in range(n)]
+    observations: list[list[dict]] = [[] for _ in range(n)]
+    for k, (i, d) in enumerate(zip(rows, cols, strict=True)):
+        observations[i] += [
+            {"time": float(d), "variable": name, "value": float(values[k, j])} for j, name in enumerate(DAILY_LABS)
+        ]
+    raw = [
+        {
+            "subject_id": ids[i],
+            "static": {"age": float(age[i]), "sex": float(sex[i])},
+            "observations": observations[i],
+            "treatments": [e.model_dump() for e in _cut(exposures_full[i], float(end[i]))],
+            "events": [{"time": float(t_death[i]), "kind": "death"}] if t_death[i] <= end[i] else [],
+            "end_of_followup": float(end[i]),
+        }
+        for i in range(n)
+    ]
+    records = [r.in_canonical_order(config) for r in parse_records(raw, config)]
+    truth = DailyTruth(
+        params=p,
+        config=config,
+        subject_ids=tuple(ids),
+        covariates=pd.DataFrame(x, columns=list(DAILY_COVARIATES), index=pd.Index(ids, name="subject_id")),
+        z0=z0,
+        imaging_weights=(np.zeros((0, 2)), np.zeros(0)),
+        _factual={ids[i]: tuple(records[i].treatments) for i in range(n)},
+        _rows={sid: i for i, sid in enumerate(ids)},
+        _coef=coef,
+    )
+    return SyntheticCohort(name="synthetic-daily", records=records, config=config, citation=None, truth=truth)
+
+
+def _daily_treatment_runs(
+    rng: np.random.Generator, y0: np.ndarray, coef: _DailyCoef, days: int, confounding: float, p: DailyParams
+) -> np.ndarray:
+    """Each subject's dose of each drug on each day [d, d+1): (n, days, 2).
+
+    Day by day: the state at day d (integrated under the doses so far) sets the chance of
+    starting each drug; a drug on is stopped with probability ``stop_prob``; a run keeps its dose.
+    """
+    n = len(y0)
+    doses = np.zeros((n, days, len(DAILY_TREATMENTS)))
+    centre, scale = y0[:, 0].mean(), (y0[:, 0].std() if n > 1 and y0[:, 0].std() > 0 else 1.0)
+    y = y0
+    steps = round(1.0 / p.solver_step)
+    for d in range(days):
+        severity = (y[:, 0] - centre) / scale
+        start = rng.random((n, 2)) < _sigmoid(np.asarray(p.start_logit)[None, :] + confounding * severity[:, None])
+        stop = rng.random((n, 2)) < p.stop_prob
+        dose = np.where(rng.random((n, 2)) < p.p_reduced_dose, p.reduced_dose, 1.0)
+        before = doses[:, d - 1] if d > 0 else np.zeros((n, 2))
+        doses[:, d] = np.where(before > 0, np.where(stop, 0.0, before), np.where(start, dose, 0.0))
+        today = _Controls(np.zeros((n, 1)), doses[:, d][:, None, :])
+        for k in range(steps):
+            y = _advance(y, np.full(n, d + k * p.solver_step), np.full(n, d + (k + 1) * p.solver_step), coef, today, p)
+    return doses
+
+
+def _runs(daily_doses: np.ndarray) -> list[TreatmentExposure]:
+    """Daily doses (days, K) of the daily world's drugs -> one exposure per run of equal, positive dose."""
+    out = []
+    for k, name in enumerate(DAILY_TREATMENTS):
+        dose = daily_doses[:, k]
+        change = np.flatnonzero(np.diff(np.concatenate([[0.0], dose, [0.0]])) != 0)
+        for start, stop in itertools.pairwise(change):
+            if dose[start] > 0:
+                out.append(TreatmentExposure(treatment=name, start=float(start), stop=float(stop), dose=float(dose[start])))
+    return sorted(out, key=lambda e: (e.start, e.treatment))
+
+
+def _cut(exposures: Sequence[TreatmentExposure], end: float) -> list[TreatmentExposure]:
+    """Exposures as far as follow-up goes: runs after ``end`` dropped, the one across it stopped there."""
+    return [e.model_copy(update={"stop": min(e.stop, end) if e.stop is not None else end}) for e in exposures if e.start < end]

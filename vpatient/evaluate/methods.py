@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from vpatient.evaluate.baselines import LOCF, LandmarkCox, LastValueRisk, LinearMixedModel, MeanOnly
 from vpatient.evaluate.protocol import Forecaster
+from vpatient.evaluate.ridge import RidgeForecaster
 
 __all__ = ["METHODS", "PEERS", "WORLD_MODEL", "default_methods"]
 
@@ -26,6 +27,7 @@ METHODS: dict[str, Callable[[], Forecaster]] = {
     "lmm": LinearMixedModel,
     "landmark-cox": LandmarkCox,
     "last-bilirubin": lambda: LastValueRisk("bilirubin"),
+    "ridge": RidgeForecaster,
     "vpatient": lambda: _virtual_patient(),
 }
 
