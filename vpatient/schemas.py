@@ -118,6 +118,11 @@ class TimeUnit(StrEnum):
         """Length of one unit in days (a year is 365.25 days)."""
         return {"years": 365.25, "months": 365.25 / 12, "days": 1.0}[self.value]
 
+    @property
+    def month(self) -> float:
+        """Length of a month (a twelfth of a year) in this unit: the default resolution of forecast and simulation grids."""
+        return TimeUnit.MONTHS.days / self.days
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -225,6 +230,12 @@ class DatasetConfig(_Strict):
     description: str = ""
     citation: str | None = None
     time_unit: TimeUnit = TimeUnit.YEARS
+    horizon: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Default forecast and what-if horizon, in time_unit (absent: the training data's median follow-up).",
+    )
     index_code: str | None = Field(
         default=None,
         description="Code whose time is a subject's time zero when MEDS times are timestamps "
