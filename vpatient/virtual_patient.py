@@ -35,6 +35,7 @@ import torch
 
 from vpatient import transforms
 from vpatient.data.batching import Scalers, dose_tensors, layout_from_config, make_batch
+from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError, choose
 from vpatient.model.batch import FeatureLayout, PatientBatch
@@ -245,6 +246,23 @@ class VirtualPatientModel:
     def dataset_name(self) -> str:
         """The dataset the model was trained on (its data source, else its config's name): where its patients are."""
         return self.data_source or self.config.name
+
+    def patients(self, data: str | Path | None = None, config: str | Path | None = None, seed: int = 0) -> Cohort:
+        """The cohort of the patients to run this model on: ``data`` (default: :attr:`dataset_name`).
+
+        A MEDS path is read with ``config``, else the config stored with it, else the
+        model's own. Its time unit must be the model's: a record in days read by a model
+        of years would be a silently wrong answer, so it is refused.
+        """
+        from vpatient.datasets import load_dataset
+
+        cohort = load_dataset(data or self.dataset_name, config, seed=seed, default_config=self.config)
+        if cohort.config.time_unit != self.config.time_unit:
+            raise VPatientError(
+                f"{cohort.name}: its times are in {cohort.config.time_unit.value} but the model's are in {self.time_unit}; "
+                "use a config with the model's time_unit"
+            )
+        return cohort
 
     # -- training ----------------------------------------------------------------
 

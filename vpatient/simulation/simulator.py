@@ -73,13 +73,16 @@ class Simulator:
         self,
         record: PatientRecord,
         plans: Sequence[TreatmentPlan],
-        horizon: float = 5.0,
+        horizon: float | None = None,
         n_samples: int = 200,
         seed: int = 0,
         at: float | None = None,
         effect_horizons: Sequence[float] | None = None,
     ) -> WhatIfResult:
-        """Forecasts under each plan from the same posterior draws, and effects against the first plan."""
+        """Forecasts under each plan from the same posterior draws, and effects against the first plan.
+
+        Times in the data's unit; ``horizon`` defaults to the model's default horizon.
+        """
         return whatif(self.model, record, plans, horizon, n_samples, seed, at, effect_horizons)
 
     # -- virtual cohorts ---------------------------------------------------------
