@@ -387,7 +387,7 @@ class Event(_Strict):
 
 
 class PatientRecord(_Strict):
-    """Everything known about one subject, on one time axis (years since index)."""
+    """Everything known about one subject, on one time axis (the config's time_unit since index)."""
 
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 

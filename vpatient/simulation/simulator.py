@@ -205,7 +205,13 @@ class Simulator:
         event = event or (self.model.layout.events[0] if self.model.layout.events else None)
         if event not in self.model.layout.events:
             raise VPatientError(f"unknown event {event!r}; the model's events are {', '.join(self.model.layout.events)}")
-        settings = {"n": n, "years": years, "engine": Engine(engine).value, "chunk_size": chunk_size}
+        settings = {
+            "n": n,
+            "years": years,
+            "time_unit": self.model.time_unit,
+            "engine": Engine(engine).value,
+            "chunk_size": chunk_size,
+        }
         if population is not None:
             records = list(population)
             if not records:
