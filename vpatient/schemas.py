@@ -118,6 +118,10 @@ class TimeUnit(StrEnum):
         """Length of one unit in days (a year is 365.25 days)."""
         return {"years": 365.25, "months": 365.25 / 12, "days": 1.0}[self.value]
 
+    def from_years(self, years: float) -> float:
+        """A time given in years, in this unit (for defaults stated in years: 1-, 2- and 5-year marks)."""
+        return years * TimeUnit.YEARS.days / self.days
+
     @property
     def month(self) -> float:
         """Length of a month (a twelfth of a year) in this unit: the default resolution of forecast and simulation grids."""

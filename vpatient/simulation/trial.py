@@ -231,8 +231,8 @@ class TrialResult:
 
     def to_markdown(self) -> str:
         unit = self.time_unit
-        per_year = TimeUnit.YEARS.days / unit.days
-        marks = sorted({t * per_year for t in (1.0, 2.0, 5.0, 10.0) if t * per_year <= self.years + 1e-9} | {self.years})
+        in_unit = [unit.from_years(t) for t in (1.0, 2.0, 5.0, 10.0)]
+        marks = sorted({t for t in in_unit if t <= self.years + 1e-9} | {self.years})
         # "S(5y)" in years, "S(1826.25 days)" otherwise
         label = (lambda t: f"S({t:g}y)") if unit == TimeUnit.YEARS else (lambda t: f"S({t:g} {unit.value})")
         surv = self.survival_at(marks).pivot(index="arm", columns="time", values="survival").rename(columns=label)

@@ -22,7 +22,7 @@ import pandas as pd
 from vpatient import transforms
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError
-from vpatient.schemas import PatientRecord, TimeUnit, TreatmentPlan, parse_record
+from vpatient.schemas import PatientRecord, TreatmentPlan, parse_record
 from vpatient.simulation.effects import INTERVAL, restricted_mean, summarise_differences
 from vpatient.virtual_patient import Forecast, VirtualPatientModel
 
@@ -164,8 +164,8 @@ def whatif(
     step = model.config.time_unit.month if step is None else step
     if not (math.isfinite(horizon) and horizon > 0):
         raise VPatientError(f"horizon = {horizon!r}: must be > 0 {model.time_unit}")
-    per_year = TimeUnit.YEARS.days / model.config.time_unit.days
-    defaults = [h * per_year for h in DEFAULT_EFFECT_HORIZONS if h * per_year <= horizon + 1e-9]
+    in_unit = [model.config.time_unit.from_years(h) for h in DEFAULT_EFFECT_HORIZONS]
+    defaults = [h for h in in_unit if h <= horizon + 1e-9]
     chosen = tuple(float(h) for h in (effect_horizons or defaults or [horizon]))
     too_far = [h for h in chosen if not 0 < h <= horizon + 1e-9]
     if too_far:
