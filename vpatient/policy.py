@@ -5,10 +5,10 @@ config's catalogue not yet done at t is scored by how much its result is expecte
 reduce the entropy of a chosen target:
 
 - ``latent``: the latent disease state z(t) (Gaussian entropy of its posterior);
-- ``risk:<event>:<years>``: whether the event happens within the horizon, given
+- ``risk:<event>:<horizon>``: whether the event happens within the horizon (data's time unit), given
   event-free at t (entropy of that Bernoulli indicator, i.e. the mutual information
   between the test's result and the event indicator);
-- ``forecast:<variable>:<years>``: the measured value of a continuous variable at
+- ``forecast:<variable>:<horizon>``: the measured value of a continuous variable at
   t + horizon (Gaussian entropy: moment-matched predictive variance, noise included).
 
 Estimator (nested Monte Carlo with one shared pool). S draws of z0 from the
