@@ -20,6 +20,7 @@ from vpatient.evaluate.protocol import Standardiser, landmark_split, target_fram
 from vpatient.model.dynamics import LatentDynamics, Solver
 from vpatient.model.fusion import product_of_experts
 from vpatient.model.latent_ode import LatentODE, ModelSettings
+from vpatient.schemas import TimeUnit
 from vpatient.train import TrainSettings, forecast_cutoffs
 from vpatient.virtual_patient import CheckpointError, Scale, VirtualPatientModel
 
@@ -332,3 +333,76 @@ def test_mixture_quantiles_are_exact_for_one_component_and_match_sampling_for_ma
     np.testing.assert_allclose(
         mixture_quantiles(means, sd, (0.05, 0.25, 0.75)), np.quantile(draws, [0.05, 0.25, 0.75], axis=0), atol=0.02
     )
+
+
+# --------------------------------------------------------------------------- time scale
+
+DAYS_PER_YEAR = 365.25
+
+
+def _in_days(record):
+    """The same record with every time (visits, imaging, history, treatments, events, follow-up) in days instead of years."""
+    data = record.model_dump()
+    for key in ("observations", "imaging", "history", "events"):
+        for entry in data[key]:
+            entry["time"] *= DAYS_PER_YEAR
+    for exposure in data["treatments"]:
+        exposure["start"] *= DAYS_PER_YEAR
+        exposure["stop"] = exposure["stop"] * DAYS_PER_YEAR if exposure["stop"] is not None else None
+    data["end_of_followup"] *= DAYS_PER_YEAR
+    return type(record).model_validate(data)
+
+
+@pytest.mark.slow
+def test_the_same_cohort_in_days_and_in_years_gives_the_same_forecasts(cohort):
+    records = cohort.records[:24]
+    in_years = cohort.config
+    in_days = in_years.model_copy(update={"time_unit": TimeUnit.DAYS, "horizon": in_years.horizon * DAYS_PER_YEAR})
+    settings = TrainSettings(epochs=3, seed=4)
+    years = VirtualPatientModel.fit(records, in_years, settings, progress=False)
+    days = VirtualPatientModel.fit([_in_days(r) for r in records], in_days, settings, progress=False)
+    assert days.network.time_scale == pytest.approx(years.network.time_scale * DAYS_PER_YEAR, rel=1e-9)
+    assert days.network.solver_step == pytest.approx(years.network.solver_step * DAYS_PER_YEAR, rel=1e-9)
+    # An event's density per day is its density per year / 365.25: the losses differ by log(365.25) per
+    # observed event, a constant that moves no gradient, so the two runs take the same steps.
+    offset = np.asarray(days.history.train_loss) - np.asarray(years.history.train_loss)
+    assert offset[0] > 0 and np.ptp(offset) < 1e-3
+    record = cohort.records[30]  # not trained on
+    a = years.forecast(record, until=1.0, n_samples=16, seed=7)
+    b = days.forecast(_in_days(record), until=DAYS_PER_YEAR, n_samples=16, seed=7)
+    np.testing.assert_allclose(b.times, a.times * DAYS_PER_YEAR, rtol=1e-6)
+    # Measured: they agree to 5e-7 (float32 rounding of times 365.25 times larger); 1e-5 leaves room for other CPUs.
+    np.testing.assert_allclose(b.paths.predictive, a.paths.predictive, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(b.paths.survival, a.paths.survival, rtol=0, atol=1e-5)
+
+
+def test_time_scale_is_the_median_visit_gap_and_round_trips_through_a_checkpoint(cohort, tmp_path):
+    records = cohort.records[:12]
+    scalers = Scalers.fit(records, cohort.config)
+    gaps = np.concatenate([np.diff(r.visit_times()) for r in records])
+    assert scalers.time_scale == pytest.approx(np.median(gaps[gaps > 0]))
+    assert scalers.median_followup == pytest.approx(np.median([r.end_of_followup for r in records]))
+    model = VirtualPatientModel.fit(records, cohort.config, TrainSettings(epochs=1), progress=False)
+    assert model.network.time_scale == model.scalers.time_scale != 1.0
+    model.save(tmp_path / "m")
+    loaded = VirtualPatientModel.load(tmp_path / "m")
+    assert loaded.network.time_scale == model.network.time_scale
+    assert loaded.network.dynamics.time_scale == loaded.network.decoder.time_scale == model.network.time_scale
+    # A checkpoint from before the time scale: its network keeps the data's unit as its own, so its numbers do not change.
+    saved = json.loads((tmp_path / "m" / "scalers.json").read_text())
+    del saved["time_scale"], saved["median_followup"]
+    (tmp_path / "m" / "scalers.json").write_text(json.dumps(saved))
+    old = VirtualPatientModel.load(tmp_path / "m")
+    assert old.network.time_scale == 1.0 and old.scalers.median_followup is None
+    saved["time_scale"] = -1.0
+    (tmp_path / "m" / "scalers.json").write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match="time_scale"):
+        VirtualPatientModel.load(tmp_path / "m")
+
+
+def test_default_horizon_is_the_configs_else_the_median_follow_up(cohort):
+    records = cohort.records[:12]
+    model = VirtualPatientModel.fit(records, cohort.config, TrainSettings(epochs=1), progress=False)
+    assert model.default_horizon == cohort.config.horizon == 5.0
+    model.config = cohort.config.model_copy(update={"horizon": None})
+    assert model.default_horizon == pytest.approx(np.median([r.end_of_followup for r in records]))

@@ -14,7 +14,7 @@ from vpatient.cli import app
 from vpatient.data.meds import read_meds, records_to_frame, write_meds
 from vpatient.data.synthetic import synthetic_cohort
 from vpatient.errors import RecordValidationError, VPatientError
-from vpatient.schemas import TreatmentExposure, TreatmentPlan, parse_plan
+from vpatient.schemas import TimeUnit, TreatmentExposure, TreatmentPlan, parse_plan
 from vpatient.simulation import Population, Simulator
 from vpatient.simulation.sampling import _first_events
 from vpatient.train import TrainSettings
@@ -296,3 +296,25 @@ def test_cli_refuses_a_bad_plan_with_the_field_named(model_dir, tmp_path):
     )
     assert result.returncode == 1
     assert "exposures[0].dose" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_whatif_reads_a_meds_export_without_a_config_given_one(model_dir, cohort, tmp_path, none_plan, drug_plan):
+    """Your own MEDS data, with no vpatient config inside: --config says how to read it, in the model's time unit."""
+    from vpatient.data.meds.codes import CONFIG_FILE, METADATA_DIR
+
+    meds = write_meds(cohort.records[:5], cohort.config, tmp_path / "meds")
+    (meds / METADATA_DIR / CONFIG_FILE).unlink()
+    config_path = tmp_path / "config.json"
+    cohort.config.save(config_path)
+    runner = CliRunner()
+    plans = ["--plan", _plan_file(tmp_path / "none.json", none_plan), "--plan", _plan_file(tmp_path / "drug.json", drug_plan)]
+    base = ["whatif", "--model", str(model_dir), "--patient", "syn00003", *plans, "--n-samples", "16"]
+    out = runner.invoke(app, [*base, "--data", str(meds), "--config", str(config_path)])
+    assert out.exit_code == 0, out.output
+    assert "what-if from t = " in out.stdout and "horizon 5 years" in out.stdout  # the config's horizon and unit
+    fallback = runner.invoke(app, [*base, "--data", str(meds)])  # no config given or stored: the model's own reads it
+    assert fallback.exit_code == 0 and fallback.stdout == out.stdout
+    cohort.config.model_copy(update={"time_unit": TimeUnit.DAYS}).save(config_path)
+    out = runner.invoke(app, [*base, "--data", str(meds), "--config", str(config_path)])
+    assert isinstance(out.exception, VPatientError)  # `vpatient` prints it as one line, as for every VPatientError
+    assert "times are in days but the model's are in years" in str(out.exception)

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from vpatient.benchmarks.cli import benchmark_app
-from vpatient.benchmarks.options import ConfigOption, ModelOption, SeedOption
+from vpatient.benchmarks.options import IN_TIME_UNIT, ConfigOption, ModelOption, PatientDataOption, SeedOption
 from vpatient.dashboard.command import dashboard_command
 from vpatient.errors import Problem, RecordValidationError, VPatientError
 from vpatient.report.cli import report_app
@@ -223,11 +223,15 @@ def _training_summary(model, seconds: float) -> str:
 def forecast(
     model: ModelOption,
     patient: Annotated[str, typer.Option("--patient", help="Subject id.")],
-    until: Annotated[float | None, typer.Option(help="Forecast from this time (years); default the last visit.")] = None,
-    horizon: Annotated[float, typer.Option(help="Years to forecast beyond --until.")] = 5.0,
-    data: Annotated[
-        str | None, typer.Option(help="Dataset holding the patient (default: the one the model was trained on).")
+    until: Annotated[float | None, typer.Option(help=f"Forecast from this time, {IN_TIME_UNIT}; default the last visit.")] = None,
+    horizon: Annotated[
+        float | None,
+        typer.Option(
+            help=f"How far to forecast beyond --until, {IN_TIME_UNIT}; default the config's horizon, "
+            "else the training data's median follow-up."
+        ),
     ] = None,
+    data: PatientDataOption = None,
     config: ConfigOption = None,
     n_samples: Annotated[int, typer.Option(help="Posterior sample paths.")] = 200,
     seed: SeedOption = 0,
@@ -237,21 +241,23 @@ def forecast(
     """Forecast one patient: per variable mean and 5/50/95% quantiles, and survival per event kind."""
     import numpy as np
 
-    from vpatient.datasets import load_dataset
     from vpatient.tables import markdown_table
     from vpatient.virtual_patient import VirtualPatientModel
 
     vpm = VirtualPatientModel.load(model)
-    cohort = load_dataset(data or vpm.dataset_name, config, seed=seed)
-    record = cohort.subject(patient)
+    record = vpm.patients(data, config, seed).subject(patient)
+    horizon = vpm.default_horizon if horizon is None else horizon
     result = vpm.forecast(record, until=until, horizon=horizon, n_samples=n_samples, seed=seed)
     summary = result.summary()
     survival = result.survival_summary()
-    yearly = summary[
-        np.isclose((summary["time"] - result.until) % 1.0, 0.0) | np.isclose((summary["time"] - result.until) % 1.0, 1.0)
-    ]
-    future = yearly[yearly["time"] >= result.until - 1e-9]
-    typer.echo(f"subject {patient}: forecast from t = {result.until:.2f} years, {n_samples} posterior samples")
+    # Six rows per variable: the forecast time and every fifth of the horizon (yearly for 5 years), at their grid points.
+    grid = np.unique(summary["time"].to_numpy())
+    shown = {float(grid[np.abs(grid - (result.until + horizon * k / 5)).argmin()]) for k in range(6)}
+    future = summary[summary["time"].isin(shown)]
+    unit = vpm.time_unit
+    typer.echo(
+        f"subject {patient}: forecast from t = {result.until:.2f} {unit}, horizon {horizon:g} {unit}, {n_samples} posterior samples"
+    )
     typer.echo(markdown_table(future[["time", "variable", "mean", "q05", "q50", "q95"]], index=False))
     surv = survival[survival["time"].isin(future["time"].unique())]
     typer.echo(markdown_table(surv[["time", "event", "survival", "survival_q05", "survival_q95"]], index=False))
@@ -281,31 +287,40 @@ def forecast(
 def recommend(
     model: ModelOption,
     patient: Annotated[str, typer.Option("--patient", help="Subject id in the model's dataset (or --data).")],
-    at: Annotated[float | None, typer.Option(help="Decision time (years); default the end of follow-up.")] = None,
-    target: Annotated[str, typer.Option(help="latent, risk:<event>:<years> or forecast:<variable>:<years>.")] = "risk:death:5",
+    at: Annotated[float | None, typer.Option(help=f"Decision time, {IN_TIME_UNIT}; default the end of follow-up.")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help=f"latent, risk:<event>:<horizon> or forecast:<variable>:<horizon>; horizon {IN_TIME_UNIT}. "
+            "Default: risk of death (else the first event) within the model's default horizon."
+        ),
+    ] = None,
     budget: Annotated[float | None, typer.Option(help="Cost budget of the greedy sequence (default: no limit).")] = None,
     min_gain_per_cost: Annotated[float, typer.Option(help="Stop the sequence below this gain per cost (nats).")] = 0.0,
-    data: Annotated[str | None, typer.Option(help="Dataset holding the patient (default: the model's).")] = None,
+    data: PatientDataOption = None,
+    config: ConfigOption = None,
     n_samples: Annotated[int, typer.Option(min=16, help="Posterior samples (outer and inner Monte Carlo).")] = 256,
     seed: SeedOption = 0,
     json_flag: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of tables.")] = False,
 ) -> None:
     """Which test next? Tests ranked by expected information gain about the target, per unit cost."""
-    from vpatient.datasets import load_dataset
     from vpatient.policy import Target
     from vpatient.policy import recommend as rank_tests
     from vpatient.tables import markdown_table
     from vpatient.virtual_patient import VirtualPatientModel
 
     vpm = VirtualPatientModel.load(model)
-    record = load_dataset(data or vpm.dataset_name).subject(patient)
+    record = vpm.patients(data, config).subject(patient)
+    if target is None:
+        events = vpm.config.event_kinds
+        target = f"risk:{'death' if 'death' in events else events[0]}:{vpm.default_horizon:g}" if events else "latent"
     chosen = Target.parse(target, vpm.config)
     result = rank_tests(vpm, record, chosen, at, n_samples, seed, budget, min_gain_per_cost)
     if json_flag:
         typer.echo(json.dumps(result.to_dict(), indent=1))
         return
     typer.echo(
-        f"subject {patient} at t = {result.at:.2f} years; target {result.target}; {n_samples} posterior samples "
+        f"subject {patient} at t = {result.at:.2f} {vpm.time_unit}; target {result.target}; {n_samples} posterior samples "
         f"(effective {result.effective_sample_size:.0f}), seed {seed}; EIG in nats with its Monte Carlo standard error"
     )
     typer.echo(markdown_table(result.table(), index=False))

@@ -76,13 +76,19 @@ def list_datasets() -> list[DatasetInfo]:
 
 
 def load_dataset(
-    spec: str | Path, config: str | Path | DatasetConfig | None = None, *, seed: int = 0, n: int | None = None
+    spec: str | Path,
+    config: str | Path | DatasetConfig | None = None,
+    *,
+    seed: int = 0,
+    n: int | None = None,
+    default_config: DatasetConfig | None = None,
 ) -> Cohort:
     """Load an embedded dataset by name, or MEDS data (file or directory) by path.
 
     For a path, ``config`` is the dataset config (JSON or YAML); a MEDS directory
-    written by vpatient carries its own, used when ``config`` is None. ``seed`` and
-    ``n`` apply to generated datasets.
+    written by vpatient carries its own, used when ``config`` is None, and
+    ``default_config`` (a trained model's own config, say) is the last resort. ``seed``
+    and ``n`` apply to generated datasets.
     """
     name = str(spec)
     if name in EMBEDDED:
@@ -95,7 +101,7 @@ def load_dataset(
         raise DatasetNotFoundError(f"no dataset {name!r}: not an embedded dataset ({known}) and no such file or directory")
     from vpatient.data.meds import load_config_for, read_meds
 
-    cfg = _resolve_config(config) if config is not None else load_config_for(path)
+    cfg = _resolve_config(config) if config is not None else (load_config_for(path) or default_config)
     if cfg is None:
         raise ConfigError(f"{path} carries no vpatient config: pass one with --config CONFIG.json")
     return Cohort(name=path.stem, records=read_meds(path, cfg), config=cfg, citation=cfg.citation)

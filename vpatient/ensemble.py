@@ -95,7 +95,7 @@ def fit_ensemble(
         results = [_read_member(job) for job in jobs]
     members, histories = [], []
     for m, (state, history) in enumerate(results):
-        network = LatentODE(layout_from_config(config), model_settings)
+        network = LatentODE(layout_from_config(config), model_settings, time_scale=scalers.time_scale)
         network.load_state_dict(state)
         members.append(network.eval())
         histories.append(history)

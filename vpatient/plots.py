@@ -228,6 +228,7 @@ def plot_forecast(
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
+    _label_time(axes[:n_panels], forecast.config.time_unit.value)
     fig.suptitle(f"subject {forecast.subject_id}: forecast from t = {forecast.until:.2f} {forecast.config.time_unit.value}")
     fig.tight_layout()
     return fig
@@ -267,9 +268,17 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
         ax.set_title(f"free of {kind}", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"subject {result.subject_id}: what-if from t = {result.at:.2f} (median and 90% band per plan)")
+    unit = config.time_unit.value
+    _label_time(axes[:n_panels], unit)
+    fig.suptitle(f"subject {result.subject_id}: what-if from t = {result.at:.2f} {unit} (median and 90% band per plan)")
     fig.tight_layout()
     return fig
+
+
+def _label_time(axes, unit: str) -> None:
+    """Name the data's time unit under every panel in use."""
+    for ax in axes:
+        ax.set_xlabel(f"{unit} since index", fontsize=8)
 
 
 def plot_trial(result: TrialResult, path=None, fig: plt.Figure | None = None) -> plt.Figure:

@@ -5,10 +5,10 @@ config's catalogue not yet done at t is scored by how much its result is expecte
 reduce the entropy of a chosen target:
 
 - ``latent``: the latent disease state z(t) (Gaussian entropy of its posterior);
-- ``risk:<event>:<years>``: whether the event happens within the horizon, given
+- ``risk:<event>:<horizon>``: whether the event happens within the horizon (data's time unit), given
   event-free at t (entropy of that Bernoulli indicator, i.e. the mutual information
   between the test's result and the event indicator);
-- ``forecast:<variable>:<years>``: the measured value of a continuous variable at
+- ``forecast:<variable>:<horizon>``: the measured value of a continuous variable at
   t + horizon (Gaussian entropy: moment-matched predictive variance, noise included).
 
 Estimator (nested Monte Carlo with one shared pool). S draws of z0 from the
@@ -123,7 +123,7 @@ class Target:
             what = "an event" if self.kind == TargetKind.RISK else "a variable"
             raise OptionError(f"a {self.kind} target names {what}, and only that")
         if not (math.isfinite(self.horizon) and self.horizon > 0):
-            raise OptionError(f"target {self}: the horizon must be > 0 years")
+            raise OptionError(f"target {self}: the horizon must be a time > 0")
 
     @classmethod
     def latent(cls) -> Target:
@@ -132,28 +132,29 @@ class Target:
 
     @classmethod
     def risk(cls, event: str, years: float) -> Target:
-        """Whether ``event`` happens within ``years`` of the decision time."""
+        """Whether ``event`` happens within ``years`` (a time in the data's unit, whatever it is) of the decision time."""
         return cls(TargetKind.RISK, event=event, horizon=float(years))
 
     @classmethod
     def forecast(cls, variable: str, years: float) -> Target:
-        """The measured value of the continuous ``variable`` ``years`` after the decision time."""
+        """The measured value of the continuous ``variable`` ``years`` (in the data's time unit) after the decision time."""
         return cls(TargetKind.FORECAST, variable=variable, horizon=float(years))
 
     @classmethod
     def parse(cls, spec: str, config: DatasetConfig) -> Target:
-        """``latent``, ``risk:<event>:<years>`` or ``forecast:<variable>:<years>``, checked against the config."""
+        """``latent``, ``risk:<event>:<horizon>`` or ``forecast:<variable>:<horizon>`` (horizon in the config's time unit), checked against the config."""
+        unit = config.time_unit.value
         parts = spec.strip().split(":")
         if parts == [TargetKind.LATENT]:
             return cls.latent()
         if len(parts) != 3 or parts[0] not in (TargetKind.RISK, TargetKind.FORECAST):
-            raise VPatientError(f"target {spec!r}: use latent, risk:<event>:<years> or forecast:<variable>:<years>")
+            raise VPatientError(f"target {spec!r}: use latent, risk:<event>:<{unit}> or forecast:<variable>:<{unit}>")
         try:
             horizon = float(parts[2])
         except ValueError:
-            raise VPatientError(f"target {spec!r}: the horizon {parts[2]!r} is not a number of years") from None
+            raise VPatientError(f"target {spec!r}: the horizon {parts[2]!r} is not a number of {unit}") from None
         if not (math.isfinite(horizon) and horizon > 0):
-            raise VPatientError(f"target {spec!r}: the horizon must be > 0 years")
+            raise VPatientError(f"target {spec!r}: the horizon must be > 0 {unit}")
         target = cls.risk(parts[1], horizon) if parts[0] == TargetKind.RISK else cls.forecast(parts[1], horizon)
         return target._checked(config, spec)
 
@@ -596,7 +597,7 @@ def recommend(
     if at is None:
         at = record.end_of_followup
     if not (math.isfinite(at) and at >= 0):
-        raise VPatientError(f"at = {at!r}: the decision time must be >= 0 years")
+        raise VPatientError(f"at = {at!r}: the decision time must be >= 0 {config.time_unit.value}")
     if n_samples < 16:
         raise VPatientError(f"n_samples = {n_samples}: the estimator needs at least 16 posterior samples")
     catalogue = {t.name: t for t in config.tests}

@@ -143,6 +143,15 @@ class TimeUnit(StrEnum):
         """Length of one unit in days (a year is 365.25 days)."""
         return {"years": 365.25, "months": 365.25 / 12, "days": 1.0}[self.value]
 
+    def from_years(self, years: float) -> float:
+        """A time given in years, in this unit (for defaults stated in years: 1-, 2- and 5-year marks)."""
+        return years * TimeUnit.YEARS.days / self.days
+
+    @property
+    def month(self) -> float:
+        """Length of a month (a twelfth of a year) in this unit: the default resolution of forecast and simulation grids."""
+        return TimeUnit.MONTHS.days / self.days
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -268,6 +277,12 @@ class DatasetConfig(_Strict):
     description: str = ""
     citation: str | None = None
     time_unit: TimeUnit = TimeUnit.YEARS
+    horizon: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Default forecast and what-if horizon, in time_unit (absent: the training data's median follow-up).",
+    )
     index_code: str | None = Field(
         default=None,
         description="Code whose time is a subject's time zero when MEDS times are timestamps "
@@ -419,7 +434,7 @@ class Event(_Strict):
 
 
 class PatientRecord(_Strict):
-    """Everything known about one subject, on one time axis (years since index)."""
+    """Everything known about one subject, on one time axis (the config's time_unit since index)."""
 
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
 

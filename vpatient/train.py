@@ -115,7 +115,7 @@ def fit_latent_ode(
 
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)  # weight init reads the global RNG; fork_rng restores it after
-        model = LatentODE(layout, model_settings)
+        model = LatentODE(layout, model_settings, time_scale=scalers.time_scale)
     generator = torch.Generator().manual_seed(settings.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

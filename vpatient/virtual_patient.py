@@ -35,6 +35,7 @@ import torch
 
 from vpatient import transforms
 from vpatient.data.batching import Scalers, dose_tensors, layout_from_config, make_batch
+from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError, choose
 from vpatient.model.batch import FeatureLayout, PatientBatch
@@ -227,9 +228,41 @@ class VirtualPatientModel:
         )
 
     @property
+    def time_unit(self) -> str:
+        """The unit of every time this model takes and returns (its config's ``time_unit``), e.g. ``"years"``."""
+        return self.config.time_unit.value
+
+    @property
+    def default_horizon(self) -> float:
+        """How far forecasts and what-ifs look ahead unless told: the config's ``horizon``, else the training data's median follow-up.
+
+        A checkpoint from before either was recorded keeps the old default, 5.
+        """
+        if self.config.horizon is not None:
+            return self.config.horizon
+        return self.scalers.median_followup if self.scalers.median_followup is not None else 5.0
+
+    @property
     def dataset_name(self) -> str:
         """The dataset the model was trained on (its data source, else its config's name): where its patients are."""
         return self.data_source or self.config.name
+
+    def patients(self, data: str | Path | None = None, config: str | Path | None = None, seed: int = 0) -> Cohort:
+        """The cohort of the patients to run this model on: ``data`` (default: :attr:`dataset_name`).
+
+        A MEDS path is read with ``config``, else the config stored with it, else the
+        model's own. Its time unit must be the model's: a record in days read by a model
+        of years would be a silently wrong answer, so it is refused.
+        """
+        from vpatient.datasets import load_dataset
+
+        cohort = load_dataset(data or self.dataset_name, config, seed=seed, default_config=self.config)
+        if cohort.config.time_unit != self.config.time_unit:
+            raise VPatientError(
+                f"{cohort.name}: its times are in {cohort.config.time_unit.value} but the model's are in {self.time_unit}; "
+                "use a config with the model's time_unit"
+            )
+        return cohort
 
     # -- training ----------------------------------------------------------------
 
@@ -319,7 +352,10 @@ class VirtualPatientModel:
             raise CheckpointError(f"{path}: unreadable checkpoint metadata ({exc})") from None
         config = DatasetConfig.load(path / "config.json")
         layout = layout_from_config(config)
-        members = [_load_member(path, name, digest, k, len(files), layout, settings) for k, (name, digest) in enumerate(files)]
+        members = [
+            _load_member(path, name, digest, k, len(files), layout, settings, scalers.time_scale)
+            for k, (name, digest) in enumerate(files)
+        ]
         return cls(members, config, scalers, history, train_settings, meta.get("data_source"), member_histories)
 
     # -- simulation ------------------------------------------------------------
@@ -565,25 +601,31 @@ class VirtualPatientModel:
         self,
         record: PatientRecord,
         until: float | None = None,
-        horizon: float = 5.0,
+        horizon: float | None = None,
         n_samples: int = 200,
         seed: int = 0,
-        step: float = 1.0 / 12,
+        step: float | None = None,
         plan: TreatmentPlan | None = None,
     ) -> Forecast:
         """Forecast one patient from what is known at ``until`` (default: its last visit).
 
-        Returns sample paths on a grid from 0 to until + horizon (monthly by default):
-        the fitted past and the forecast, with predictive quantiles and survival curves.
+        Returns sample paths on a grid from 0 to until + horizon, every ``step``: the
+        fitted past and the forecast, with predictive quantiles and survival curves. Times
+        are in the data's unit; ``horizon`` defaults to :attr:`default_horizon` and ``step``
+        to a month.
         """
         if until is None:
             until = max(record.visit_times(), default=0.0)
+        horizon = self.default_horizon if horizon is None else horizon
+        step = self.config.time_unit.month if step is None else step
         if not math.isfinite(until) or until < 0:
             raise VPatientError(f"subject {record.subject_id}: until = {until!r}: must be a time >= 0")
-        if horizon <= 0:
-            raise VPatientError(f"horizon = {horizon!r}: must be > 0 years")
+        if not (math.isfinite(horizon) and horizon > 0):
+            raise VPatientError(f"horizon = {horizon!r}: must be > 0 {self.time_unit}")
+        if not (math.isfinite(step) and step > 0):
+            raise VPatientError(f"step = {step!r}: must be > 0 {self.time_unit}")
         history = truncate_record(record, until)
-        # The past on a grid from 0, the future on a grid from ``until``: "k years ahead" is a grid point.
+        # The past on a grid from 0, the future on a grid from ``until``: "k steps ahead" is a grid point.
         grid = np.unique(
             np.concatenate([np.arange(0.0, until, step), until + np.arange(0.0, horizon + 1e-9, step), [until + horizon]])
         )
@@ -629,7 +671,14 @@ def _sha256(path: Path) -> str:
 
 
 def _load_member(
-    path: Path, name: str, digest: str | None, k: int, n_members: int, layout: FeatureLayout, settings: ModelSettings
+    path: Path,
+    name: str,
+    digest: str | None,
+    k: int,
+    n_members: int,
+    layout: FeatureLayout,
+    settings: ModelSettings,
+    time_scale: float,
 ) -> LatentODE:
     """Member k's weights, checked against the digest recorded at saving; every refusal names the member."""
     which = f"member {k} of {n_members} ({name})" if n_members > 1 else name
@@ -647,7 +696,7 @@ def _load_member(
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: {which} does not hold a dictionary of tensors")
-    network = LatentODE(layout, settings)
+    network = LatentODE(layout, settings, time_scale)
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:

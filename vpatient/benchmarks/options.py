@@ -13,12 +13,14 @@ from typing import Annotated
 import typer
 
 __all__ = [
+    "IN_TIME_UNIT",
     "CacheDirOption",
     "ConfigOption",
     "DataOption",
     "FoldsOption",
     "ModelOption",
     "OutDirOption",
+    "PatientDataOption",
     "ProgressOption",
     "SeedOption",
     "TrialDataOption",
@@ -27,6 +29,16 @@ __all__ = [
 DataOption = Annotated[str, typer.Option("--data", help="Embedded dataset (pbc2, synthetic) or a MEDS path.")]
 TrialDataOption = Annotated[str, typer.Option("--data", help="The randomised trial: an embedded dataset (pbc2) or a MEDS path.")]
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS paths.")]
+PatientDataOption = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Dataset holding the patient: embedded (pbc2, synthetic) or a MEDS path, read with --config, else its own "
+        "config, else the model's (default: the dataset the model was trained on).",
+    ),
+]
+#: How every time option's help names its unit: times are in the data's own unit, never converted.
+IN_TIME_UNIT = "in the data's time unit (the config's time_unit)"
 ModelOption = Annotated[Path, typer.Option("--model", help="Checkpoint directory (vpatient train --out).")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same numbers.")]
 FoldsOption = Annotated[int, typer.Option("--folds", min=2, help="Cross-validation (cross-fitting) folds over patients.")]

@@ -262,7 +262,7 @@ def run_simulate_speed_benchmark(
         raise VPatientError(
             f"{model_dir} has no population.json; train it with `vpatient train` or run `vpatient simulate cohort` once"
         )
-    trained_step = sim.model.network.settings.step
+    trained_step = sim.model.network.solver_step
     steps = [trained_step, *(s for s in extra_steps if s != trained_step)]
     _time_rollouts(sim.model, sim.population, min(chunk_size, 500), years, chunk_size, seed, trained_step)  # warm-up
     rows = [_time_rollouts(sim.model, sim.population, n, years, chunk_size, seed, step) for n in sizes for step in steps]
@@ -272,7 +272,7 @@ def run_simulate_speed_benchmark(
         seed=seed,
         years=years,
         output_step_years=GRID_STEP,
-        model_step_years=sim.model.network.settings.step,
+        model_step_years=sim.model.network.solver_step,
         chunk_size=chunk_size,
         rows=rows,
         stream=stream,

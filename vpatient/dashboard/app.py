@@ -67,6 +67,10 @@ record = sess.record(subject)
 last_visit = sess.last_visit(subject)
 visits = record.visit_times() or [0.0]
 
+# Time inputs are in the data's unit, their ranges scaled to the model's default horizon (5 years: 1 to 10 years).
+unit = config.time_unit.value
+default_horizon = sess.model.default_horizon
+
 tab_timeline, tab_forecast, tab_whatif, tab_next, tab_card = st.tabs(
     ["Timeline", "Forecast", "What-if", "Next test", "Model card"]
 )
@@ -80,18 +84,25 @@ with tab_timeline:
 with tab_forecast:
     cols = st.columns(3)
     until = cols[0].select_slider(
-        "Forecast from (years since enrolment; what was known then)",
+        f"Forecast from ({unit} since enrolment; what was known then)",
         options=[round(t, 2) for t in visits],
         value=round(last_visit, 2),
         key=f"forecast_until_{subject}",
     )
-    horizon = cols[1].slider("Horizon (years)", 1.0, 10.0, 5.0, 0.5, key="forecast_horizon")
+    horizon = cols[1].slider(
+        f"Horizon ({unit})",
+        default_horizon / 5,
+        default_horizon * 2,
+        default_horizon,
+        default_horizon / 10,
+        key="forecast_horizon",
+    )
     n_samples = cols[2].select_slider("Sample paths", [50, 100, 200, 400], value=200, key="n_samples")
     forecast_request = vs.ForecastRequest(subject, float(until), horizon=float(horizon), n_samples=int(n_samples), seed=0)
     st.subheader(f"Forecast of subject {record.subject_id} from t = {until:.2f}")
     with st.spinner("Forecasting ..."):
         st.image(sess.figure("forecast", forecast_request), width="stretch")
-    with st.expander(f"Forecast {horizon:g} years ahead, in numbers"):
+    with st.expander(f"Forecast {horizon:g} {unit} ahead, in numbers"):
         st.table(vt.styled(vt.forecast_table(sess.forecast(forecast_request))))
     st.caption(
         "Median, 50% and 90% prediction bands per lab; survival from the forecast time per event, with 90% bands. "
@@ -115,7 +126,9 @@ with tab_whatif:
             name = st.text_input(f"Plan {i + 1} name", value=defaults[i][0], key=f"plan{i}_name")
             action = st.selectbox(f"Plan {i + 1} action", labels, index=labels.index(defaults[i][1]), key=f"plan{i}_action")
             treatment = st.selectbox(f"Plan {i + 1} treatment", treatments, key=f"plan{i}_treatment") if treatments else None
-            start = st.number_input(f"Plan {i + 1} from (years after t)", 0.0, 20.0, 0.0, 0.25, key=f"plan{i}_start")
+            start = st.number_input(
+                f"Plan {i + 1} from ({unit} after t)", 0.0, default_horizon * 4, 0.0, default_horizon / 20, key=f"plan{i}_start"
+            )
             dose = st.number_input(f"Plan {i + 1} dose", value=1.0, step=0.1, key=f"plan{i}_dose")
             specs.append(vs.PlanSpec(name, vs.ACTIONS[action], treatment, float(start), float(dose)))
     whatif_request = vs.WhatIfRequest(subject, tuple(specs), at, horizon=float(horizon), n_samples=int(n_samples), seed=0)
@@ -141,8 +154,10 @@ with tab_next:
     event = cols[0].selectbox(
         "Target: risk of", events, index=events.index("death") if "death" in events else 0, key="target_event"
     )
-    years = cols[1].number_input("within (years)", 0.5, 20.0, 5.0, 0.5, key="target_years")
-    next_request = vs.NextTestRequest(subject, Target.risk(event, float(years)), at, 256, 0)
+    within = cols[1].number_input(
+        f"within ({unit})", default_horizon / 10, default_horizon * 4, default_horizon, default_horizon / 10, key="target_years"
+    )
+    next_request = vs.NextTestRequest(subject, Target.risk(event, float(within)), at, 256, 0)
     try:
         recommendation = sess.recommend(next_request)
     except VPatientError as exc:
@@ -151,7 +166,7 @@ with tab_next:
         st.subheader(f"Tests at t = {at:.2f}, ranked by information per cost")
         st.table(vt.styled(vt.recommendation_table(recommendation)))
         chosen = cols[2].selectbox("Explain a test", [g.test for g in recommendation.gains], key="next_test")
-        st.info(vt.test_explanation(recommendation, chosen))
+        st.info(vt.test_explanation(recommendation, chosen, unit))
 
 # --------------------------------------------------------------------------- 6. model card
 with tab_card:

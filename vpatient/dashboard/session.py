@@ -138,7 +138,7 @@ class PlanSpec:
 
     ``action``: ``continue`` (treatments as recorded go on), ``dose`` (start the
     treatment, or change its dose, from ``start``), ``stop`` (stop it from ``start``).
-    ``start`` is in years after the decision time.
+    ``start`` is in the data's time unit after the decision time.
     """
 
     name: str

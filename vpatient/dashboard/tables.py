@@ -56,23 +56,24 @@ def problems_table(problems: Sequence[Problem]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- renderers' data
 
 
-def effect_table(result, kinds: Sequence[str] = ("probability", "years")) -> pd.DataFrame:
+def effect_table(result, kinds: Sequence[str] = ("probability", "time")) -> pd.DataFrame:
     """The what-if's effects against the reference plan, for display.
 
-    ``kinds``: ``probability`` (difference in event-free probability at 1/2/5 years),
-    ``years`` (difference in restricted mean event-free time), ``lab`` (typical lab
-    values). Numbers are the library's own (``WhatIfResult.effects``), unrounded.
+    ``kinds``: ``probability`` (difference in event-free probability at each effect horizon),
+    ``time`` (difference in restricted mean event-free time), ``lab`` (typical lab
+    values). Times are in the data's unit. Numbers are the library's own (``WhatIfResult.effects``), unrounded.
     """
     effects = result.effects()
     part = effects[effects["kind"].isin(kinds)]
+    unit = next(iter(result.forecasts.values())).config.time_unit.value
     table = pd.DataFrame(
         {
             "plan": part["plan"],
             "vs": part["reference"],
             "quantity": part["quantity"]
             .str.replace("survival:", "free of ", regex=False)
-            .str.replace("rmst:", "years free of ", regex=False),
-            "horizon (years)": part["horizon"],
+            .str.replace("rmst:", f"{unit} free of ", regex=False),
+            f"horizon ({unit})": part["horizon"],
             "difference": part["difference"],
             "90% lower": part["lower"],
             "90% upper": part["upper"],
@@ -82,11 +83,11 @@ def effect_table(result, kinds: Sequence[str] = ("probability", "years")) -> pd.
     return table.reset_index(drop=True)
 
 
-def forecast_table(forecast, years: float | None = None) -> pd.DataFrame:
-    """Each lab's forecast ``years`` after the forecast time (default: the horizon): median, 50% and 90% ranges."""
+def forecast_table(forecast, ahead: float | None = None) -> pd.DataFrame:
+    """Each lab's forecast ``ahead`` (data's time unit) after the forecast time (default: the horizon): median, 50% and 90% ranges."""
     summary = forecast.summary()
     times = np.unique(summary["time"].to_numpy())
-    wanted = forecast.until + (years if years is not None else float(times.max()) - forecast.until)
+    wanted = forecast.until + (ahead if ahead is not None else float(times.max()) - forecast.until)
     t = float(times[np.argmin(np.abs(times - wanted))])
     part = summary[np.isclose(summary["time"], t)]
     units = {v.name: v.unit or "" for v in forecast.config.variables}
@@ -124,14 +125,14 @@ def recommendation_table(recommendation) -> pd.DataFrame:
     )
 
 
-def test_explanation(recommendation, test: str) -> str:
-    """Plain words on how one test's result would shrink the target's uncertainty."""
+def test_explanation(recommendation, test: str, unit: str = "years") -> str:
+    """Plain words on how one test's result would shrink the target's uncertainty; ``unit`` is the data's time unit."""
     gain = next(g for g in recommendation.gains if g.test == test)
     target = recommendation.target
     if target.kind == TargetKind.RISK:
-        what = f"whether {target.event} happens within {target.horizon:g} years"
+        what = f"whether {target.event} happens within {target.horizon:g} {unit}"
     elif target.kind == TargetKind.FORECAST:
-        what = f"{target.variable} in {target.horizon:g} years"
+        what = f"{target.variable} in {target.horizon:g} {unit}"
     else:
         what = "the latent disease state"
     if gain.done:

@@ -5,13 +5,16 @@ The layout of a batch (shapes, masks, padding) is documented in :mod:`vpatient.m
 Continuous labs are put on the modelling scale (their transform) and standardised.
 
 Scalers are fitted on training records only (scikit-learn ``StandardScaler``, which
-ignores missing values) and saved with a model as plain JSON numbers.
+ignores missing values) and saved with a model as plain JSON numbers, with the two
+time statistics of the training data: the time scale the network runs on (the median
+gap between visits) and the median follow-up (the default forecast horizon when the
+config sets none). Both are in the data's own time unit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,7 +25,7 @@ from vpatient.model.batch import ExpertGroup, FeatureLayout, PatientBatch
 from vpatient.plans import dose_at
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, VariableKind
 
-__all__ = ["Scalers", "dose_tensors", "layout_from_config", "make_batch"]
+__all__ = ["Scalers", "dose_tensors", "layout_from_config", "make_batch", "median_visit_gap"]
 
 
 def layout_from_config(config: DatasetConfig) -> FeatureLayout:
@@ -62,9 +65,19 @@ def layout_from_config(config: DatasetConfig) -> FeatureLayout:
     )
 
 
+_ARRAYS = ("continuous_mean", "continuous_std", "imaging_mean", "imaging_std", "static_mean", "static_std")
+
+
 @dataclass
 class Scalers:
-    """Means and standard deviations of continuous labs (transformed), imaging dims and statics."""
+    """What is fitted on the training records besides the weights.
+
+    Means and standard deviations of continuous labs (transformed), imaging dims and
+    statics; ``time_scale``, the median gap between consecutive visits (the network's
+    unit of time, :class:`~vpatient.model.latent_ode.LatentODE`), and ``median_followup``,
+    both in the data's time unit. A checkpoint saved before them loads with 1.0 (the
+    unit itself, so its numbers do not change) and None.
+    """
 
     continuous_mean: np.ndarray
     continuous_std: np.ndarray
@@ -72,6 +85,8 @@ class Scalers:
     imaging_std: np.ndarray
     static_mean: np.ndarray
     static_std: np.ndarray
+    time_scale: float = 1.0
+    median_followup: float | None = None
 
     @classmethod
     def fit(cls, records: Sequence[PatientRecord], config: DatasetConfig) -> Scalers:
@@ -82,14 +97,41 @@ class Scalers:
         cont = raw["continuous"][visits]
         img = raw["imaging"][visits]
         static = raw["static"]
-        return cls(*_mean_std(cont), *_mean_std(img), *_mean_std(static))
+        followup = [r.end_of_followup for r in records]
+        return cls(
+            *_mean_std(cont),
+            *_mean_std(img),
+            *_mean_std(static),
+            time_scale=median_visit_gap(records),
+            median_followup=float(np.median(followup)) if followup else None,
+        )
 
-    def to_dict(self) -> dict[str, list[float]]:
-        return {f.name: getattr(self, f.name).tolist() for f in fields(self)}
+    def to_dict(self) -> dict[str, list[float] | float | None]:
+        arrays: dict[str, list[float] | float | None] = {name: getattr(self, name).tolist() for name in _ARRAYS}
+        return arrays | {"time_scale": self.time_scale, "median_followup": self.median_followup}
 
     @classmethod
-    def from_dict(cls, data: dict[str, list[float]]) -> Scalers:
-        return cls(**{f.name: np.asarray(data[f.name], dtype=np.float64) for f in fields(cls)})
+    def from_dict(cls, data: dict) -> Scalers:
+        arrays = {name: np.asarray(data[name], dtype=np.float64) for name in _ARRAYS}
+        followup = data.get("median_followup")
+        time_scale = float(data.get("time_scale", 1.0))
+        if not (np.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(f"time_scale = {time_scale!r} is not a positive time")
+        return cls(
+            **arrays,
+            time_scale=time_scale,
+            median_followup=float(followup) if followup is not None else None,
+        )
+
+
+def median_visit_gap(records: Sequence[PatientRecord]) -> float:
+    """The median gap between consecutive distinct visit times, pooled over ``records`` (1.0 when no one has two visits).
+
+    The network's time scale: a typical interval between measurements, in the data's own unit.
+    """
+    gaps = np.concatenate([np.diff(r.visit_times()) for r in records] or [np.zeros(0)])
+    gaps = gaps[gaps > 0]
+    return float(np.median(gaps)) if len(gaps) else 1.0
 
 
 def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

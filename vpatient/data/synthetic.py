@@ -612,6 +612,7 @@ def synthetic_config(imaging_dim: int = 32, params: SyntheticParams | None = Non
         {
             "name": "synthetic",
             "description": "Mechanistic multimodal generator with known ground truth (vpatient.data.synthetic).",
+            "horizon": 5.0,
             "variables": variables,
             "tests": tests,
         }

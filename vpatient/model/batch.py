@@ -6,7 +6,7 @@ masked, never zero-filled silently):
 =====================  ===============  ==============================================
 field                  shape            meaning
 =====================  ===============  ==============================================
-times                  (B, T)           visit times (years since index), padded with 0
+times                  (B, T)           visit times since index (data's unit), padded with 0
 visit_mask             (B, T)           1 where the visit exists
 continuous, _mask      (B, T, Dc)       transformed, standardised continuous labs
 binary, _mask          (B, T, Db)       0/1

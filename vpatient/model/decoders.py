@@ -24,14 +24,23 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
 
 
 class ObservationDecoder(nn.Module):
-    def __init__(self, layout: FeatureLayout, latent_dim: int, hidden: int, intercepts: bool = False, slopes: bool = False):
+    def __init__(
+        self,
+        layout: FeatureLayout,
+        latent_dim: int,
+        hidden: int,
+        intercepts: bool = False,
+        slopes: bool = False,
+        time_scale: float = 1.0,
+    ):
         super().__init__()
         self.layout = layout
+        self.time_scale = time_scale  # individual slopes are per time scale
         n_cont, n_bin, n_img = len(layout.continuous), len(layout.binary), layout.imaging_dim
         self.continuous = _mlp(latent_dim, hidden, n_cont) if n_cont else None
         self.continuous_log_sd = nn.Parameter(torch.full((n_cont,), math.log(0.5)))
         # Patient-specific lab intercepts a_j and slopes b_j (each N(0, 1) a priori) add
-        # scale_a * a_j + scale_b * b_j * t to lab j's mean, like a mixed model's random effects.
+        # scale_a * a_j + scale_b * b_j * t / time_scale to lab j's mean, like a mixed model's random effects.
         self.intercept_log_scale = nn.Parameter(torch.full((n_cont,), math.log(0.3))) if intercepts else None
         self.slope_log_scale = nn.Parameter(torch.full((n_cont,), math.log(0.05))) if slopes else None
         self.binary = _mlp(latent_dim, hidden, n_bin) if n_bin else None
@@ -60,7 +69,7 @@ class ObservationDecoder(nn.Module):
         if self.slope_log_scale is not None:
             assert times is not None, "individual slopes need the visit times"
             slopes = torch.exp(self.slope_log_scale) * offsets[:, used : used + n_cont]
-            mean = mean + slopes.unsqueeze(1) * times.unsqueeze(-1)
+            mean = mean + slopes.unsqueeze(1) * (times / self.time_scale).unsqueeze(-1)
         return mean
 
     def continuous_sd(self) -> torch.Tensor:

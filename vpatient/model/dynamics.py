@@ -1,4 +1,8 @@
-"""Latent dynamics under treatment: dz/dt = f(z, u(t), static), solved with torchdiffeq.
+"""Latent dynamics under treatment: dz/dt = f(z, u(t), static) / time_scale, solved with torchdiffeq.
+
+``time_scale`` is a typical time between visits in the data's own unit (days, months,
+years): the network's outputs are rates per time scale, so the same cohort recorded in
+days or in years trains into the same model (hazards are per time scale too).
 
 The state that is integrated is augmented with, per event kind k, the cumulative hazard
 Lambda_k(t) = int h_k(z) and the cumulative incidence of k as the first event,
@@ -39,9 +43,10 @@ class Solver(StrEnum):
 class LatentDynamics(nn.Module):
     """The vector field, the hazard heads, and the solve of the augmented state."""
 
-    def __init__(self, latent_dim: int, n_treatments: int, n_static: int, n_events: int, hidden: int):
+    def __init__(self, latent_dim: int, n_treatments: int, n_static: int, n_events: int, hidden: int, time_scale: float = 1.0):
         super().__init__()
         self.latent_dim = latent_dim
+        self.time_scale = time_scale  # in the data's unit; outputs are rates per time scale
         self.n_events = n_events
         self.field = nn.Sequential(
             nn.Linear(latent_dim + n_treatments + n_static, hidden),
@@ -57,18 +62,19 @@ class LatentDynamics(nn.Module):
         self.log_hazard = nn.Linear(latent_dim, n_events) if n_events else None
         if self.log_hazard is not None:
             nn.init.normal_(self.log_hazard.weight, std=0.05)
-            nn.init.constant_(self.log_hazard.bias, -3.0)  # about 5% a year to start
+            nn.init.constant_(self.log_hazard.bias, -3.0)  # about 5% per time scale to start
 
     def hazards(self, z: torch.Tensor) -> torch.Tensor:
-        """Hazard of each event kind given the latent state, (..., L) -> (..., E)."""
+        """Hazard of each event kind per unit of the data's time, given the latent state, (..., L) -> (..., E)."""
         if self.log_hazard is None:
             return z.new_zeros(*z.shape[:-1], 0)
         log_h: torch.Tensor = self.log_hazard(z)
-        return torch.exp(log_h.clamp(-12.0, 4.0))
+        return torch.exp(log_h.clamp(-12.0, 4.0)) / self.time_scale
 
     def velocity(self, z: torch.Tensor, dose: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        """dz/dt per unit of the data's time."""
         dz: torch.Tensor = self.field(torch.cat([z, dose, static], dim=-1))
-        return dz
+        return dz / self.time_scale
 
     def augmented(self, y: torch.Tensor, dose: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
         """d/dt of the augmented state [z, cumulative hazards, cumulative incidences] at a given dose."""

@@ -37,9 +37,10 @@ class _GaussianHead(nn.Module):
 class VisitExperts(nn.Module):
     """All experts of a batch: per (visit, test group), plus static and history."""
 
-    def __init__(self, layout: FeatureLayout, latent_dim: int, hidden: int):
+    def __init__(self, layout: FeatureLayout, latent_dim: int, hidden: int, time_scale: float = 1.0):
         super().__init__()
         self.layout = layout
+        self.time_scale = time_scale  # times (and dose x time) enter the experts in units of it
         n_static = len(layout.static)
         n_treat = len(layout.treatments)
         context = 2 + 2 * n_treat + 2 * n_static  # time, log1p time, dose now, cumulative dose, static and mask
@@ -77,9 +78,10 @@ class VisitExperts(nn.Module):
         return torch.cat(parts, dim=-1), measured
 
     def context(self, batch: PatientBatch) -> torch.Tensor:
-        t = batch.times
-        dose = dose_at_times(batch.dose_times, batch.doses, t)
-        cum = cumulative_dose(batch.dose_times, batch.doses, t)
+        """Per-visit context (B, T, C): time, treatment now and so far, statics; times in units of the time scale."""
+        dose = dose_at_times(batch.dose_times, batch.doses, batch.times)
+        cum = cumulative_dose(batch.dose_times, batch.doses, batch.times) / self.time_scale
+        t = batch.times / self.time_scale
         static = (batch.static * batch.static_mask).unsqueeze(1).expand(-1, t.shape[1], -1)
         smask = batch.static_mask.unsqueeze(1).expand(-1, t.shape[1], -1)
         return torch.cat(

@@ -1,7 +1,7 @@
 """The latent ODE network (the world model's torch part) and its evidence lower bound (ELBO).
 
-Generative model, per patient: z0 ~ N(0, I); z(t) solves dz/dt = f(z, u(t), static)
-from t=0 under the treatments given; every observed cell x at time t is drawn from its
+Generative model, per patient: z0 ~ N(0, I); z(t) solves dz/dt = f(z, u(t), static) / tau
+from t=0 under the treatments given (tau: the time scale, below); every observed cell x at time t is drawn from its
 decoder given z(t) (Gaussian, Bernoulli, cumulative logit); each event kind k has
 hazard h_k(z(t)) and is censored by the end of follow-up.
 
@@ -12,10 +12,18 @@ ELBO = E_q[ log p(every observed cell, before and after s | z0) + log p(events |
        - KL(q(z0) || N(0, I)).
 Training draws a random cut-off s per patient each epoch, so reconstructing the cells
 after s is forecasting them.
+
+Time scale: callers pass times in the data's own unit (days, months, years). The network
+holds ``time_scale`` tau, a typical gap between visits in that unit (fitted from the
+training data), and every place where time turns into change divides by it: the vector
+field, the hazards, the individual slopes, the encoders' time and cumulative-dose inputs,
+and the solver step (``ModelSettings.step`` times tau). The same cohort recorded in days
+or in years therefore trains into the same model.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,7 +51,9 @@ class ModelSettings:
     # "same architecture without the treatment input" peer of the counterfactual benchmark.
     treatment_input: bool = True
     solver: Solver = Solver.RK4
-    step: float = 0.25  # years; RK4 error at quarterly steps is far below observation noise
+    # Solver step as a fraction of the time scale (the step in the data's unit is step * time_scale):
+    # RK4 error at a quarter of a typical visit gap is far below observation noise.
+    step: float = 0.25
 
     def __post_init__(self) -> None:
         # a checkpoint's JSON gives the plain string; an unknown one is refused here, not at the first solve
@@ -57,22 +67,35 @@ class LatentODE(nn.Module):
     """Encoders, product of experts, latent ODE with hazards, and decoders.
 
     The torch network of one trained model (one ensemble member); users meet it through
-    :class:`vpatient.virtual_patient.VirtualPatientModel`.
+    :class:`vpatient.virtual_patient.VirtualPatientModel`. ``time_scale`` (> 0, in the data's
+    time unit; module docstring) is fitted from the training data and saved with the
+    checkpoint; 1.0 is the unit itself, as every model before it had.
     """
 
-    def __init__(self, layout: FeatureLayout, settings: ModelSettings | None = None):
+    def __init__(self, layout: FeatureLayout, settings: ModelSettings | None = None, time_scale: float = 1.0):
         super().__init__()
+        if not (math.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(f"time_scale = {time_scale!r}: must be a positive time in the data's unit")
         self.layout = layout
         self.settings = settings or ModelSettings()
+        self.time_scale = float(time_scale)
         s = self.settings
         # The posterior covers z0 and, when enabled, one constant offset per continuous lab:
         # the patient's own baseline level, as a mixed model's random intercept.
         n_cont = len(layout.continuous)
         self.n_offsets = (n_cont if s.baseline_offsets else 0) + (n_cont if s.individual_slopes else 0)
         self.posterior_dim = s.latent_dim + self.n_offsets
-        self.experts = VisitExperts(layout, self.posterior_dim, s.hidden)
-        self.dynamics = LatentDynamics(s.latent_dim, len(layout.treatments), len(layout.static), len(layout.events), s.hidden)
-        self.decoder = ObservationDecoder(layout, s.latent_dim, s.hidden, s.baseline_offsets, s.individual_slopes)
+        tau = self.time_scale
+        self.experts = VisitExperts(layout, self.posterior_dim, s.hidden, tau)
+        self.dynamics = LatentDynamics(
+            s.latent_dim, len(layout.treatments), len(layout.static), len(layout.events), s.hidden, tau
+        )
+        self.decoder = ObservationDecoder(layout, s.latent_dim, s.hidden, s.baseline_offsets, s.individual_slopes, tau)
+
+    @property
+    def solver_step(self) -> float:
+        """The solver step the model trains and predicts with, in the data's time unit."""
+        return self.settings.step * self.time_scale
 
     # -- inference -------------------------------------------------------------
 
@@ -110,7 +133,8 @@ class LatentODE(nn.Module):
     ) -> DenseSolution:
         """Solve from draws (B, P) with standardised statics (B, S) (0 where missing) and a dose control.
 
-        ``step`` overrides the solver step the model was trained with (coarser is faster, less exact).
+        ``until`` and ``step`` are in the data's time unit; ``step`` overrides the model's own
+        :attr:`solver_step` (coarser is faster, less exact).
         """
         if not self.settings.treatment_input:
             doses = torch.zeros_like(doses)
@@ -119,9 +143,9 @@ class LatentODE(nn.Module):
             static,
             dose_times,
             doses,
-            max(until, 1e-3),
+            max(until, 1e-3 * self.time_scale),
             solver=self.settings.solver,
-            step=step or self.settings.step,
+            step=step or self.solver_step,
         )
 
     def event_log_likelihood(

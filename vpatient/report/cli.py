@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from vpatient.benchmarks.options import ModelOption, SeedOption
+from vpatient.benchmarks.options import IN_TIME_UNIT, ConfigOption, ModelOption, PatientDataOption, SeedOption
 
 __all__ = ["report_app"]
 
@@ -37,18 +37,27 @@ def report_patient(
     out: OutOption,
     pdf: PdfOption = None,
     seed: SeedOption = 0,
-    horizon: Annotated[float, typer.Option(help="Years to forecast beyond the decision time.")] = 5.0,
-    at: Annotated[float | None, typer.Option(help="Decision time (years); default the last visit.")] = None,
-    data: Annotated[str | None, typer.Option(help="Dataset holding the patient (default: the model's).")] = None,
+    horizon: Annotated[
+        float | None,
+        typer.Option(
+            help=f"How far to forecast beyond the decision time, {IN_TIME_UNIT}; default the config's horizon, "
+            "else the training data's median follow-up."
+        ),
+    ] = None,
+    at: Annotated[float | None, typer.Option(help=f"Decision time, {IN_TIME_UNIT}; default the last visit.")] = None,
+    data: PatientDataOption = None,
+    config: ConfigOption = None,
     n_samples: Annotated[int, typer.Option(min=1, help="Posterior sample paths.")] = 200,
-    next_visit: Annotated[float, typer.Option(help="Years from the decision time to the visit the tests are for.")] = 0.5,
+    next_visit: Annotated[
+        float, typer.Option(help=f"Time from the decision time to the visit the tests are for, {IN_TIME_UNIT}.")
+    ] = 0.5,
     card: CardOption = None,
 ) -> None:
     """A patient's report: history, forecasts and survival per plan, effects, next tests, assumptions and limits."""
     from vpatient.report.patient import patient_report
     from vpatient.simulation.cli import load_whatif
 
-    sim, plans, record = load_whatif(model, plan, patient, data)
+    sim, plans, record = load_whatif(model, plan, patient, data, config)
     report = patient_report(
         sim,
         record,
@@ -71,7 +80,7 @@ def report_trial(
     out: OutOption,
     pdf: PdfOption = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Virtual patients (each under every arm).")] = 1000,
-    years: Annotated[float, typer.Option(help="Follow-up (years).")] = 5.0,
+    years: Annotated[float, typer.Option(help=f"Follow-up, {IN_TIME_UNIT} (the name is historical).")] = 5.0,
     event: Annotated[str | None, typer.Option(help="Primary event (default: the config's first event).")] = None,
     seed: SeedOption = 0,
     draws_per_record: Annotated[int, typer.Option(min=1, help="Posterior draws per training patient for subgroups.")] = 4,

@@ -74,7 +74,8 @@ def trial_report(
         source, adjustment = str(adjustment), load_adjustment(adjustment)
     result = sim.trial(dict(arms), n=n, seed=seed, years=years, event=event, progress=False)
     cohort = training_cohort(sim.model) if training is True else (training or None)
-    marks = sorted({t for t in MARK_TIMES if t <= years + 1e-9} | {years})
+    in_unit = [result.time_unit.from_years(t) for t in MARK_TIMES]  # MARK_TIMES are years
+    marks = sorted({t for t in in_unit if t <= years + 1e-9} | {years})
 
     subgroups, sub_trial, sub_note = pd.DataFrame(), None, ""
     if cohort is not None and cohort.records:
@@ -356,7 +357,7 @@ def _km_figure(result, cohort: Cohort | None) -> str:
             )
     ax.set_ylim(0, 1.02)
     ax.set_xlim(0, result.years)
-    ax.set_xlabel("years since enrolment")
+    ax.set_xlabel(f"{result.time_unit.value} since enrolment")
     ax.set_ylabel(f"probability free of {result.event}")
     ax.set_title(f"Kaplan-Meier, {result.n_patients} virtual patients per arm (95% bands)")
     ax.grid(alpha=0.3)

@@ -53,7 +53,7 @@ def patient_report(
     record: PatientRecord,
     plans: Sequence[TreatmentPlan],
     *,
-    horizon: float = 5.0,
+    horizon: float | None = None,
     n_samples: int = 200,
     seed: int = 0,
     at: float | None = None,
@@ -67,8 +67,9 @@ def patient_report(
 
     ``training`` is the training cohort for the automatic limits (True: load the model's
     own data source; None/False: skip those checks and say so). The recommended tests are
-    those for the next visit, ``next_visit`` years after the decision time (at the decision
-    time itself every test has just been done).
+    those for the next visit, ``next_visit`` after the decision time (at the decision
+    time itself every test has just been done). Times are in the data's unit; ``horizon``
+    defaults to the model's default horizon.
     """
     from vpatient.plots import plot_forecast, plot_whatif
     from vpatient.policy import recommend
@@ -78,6 +79,7 @@ def patient_report(
     if len(plans) < 1:
         raise VPatientError("a patient report needs at least one treatment plan (two to compare)")
     result = sim.whatif(record, plans, horizon=horizon, n_samples=n_samples, seed=seed, at=at)
+    horizon, unit = result.horizon, model.time_unit
     cohort = training_cohort(model) if training is True else (training or None)
     events = list(model.layout.events)
     event = events[0] if events else None
@@ -106,11 +108,11 @@ def patient_report(
     recommendation, test_rows, test_note = None, [], ""
     if event is not None and model.config.tests:
         test_at = result.at + next_visit
-        target = f"risk:{event}:{min(horizon, 5.0):g}"
+        target = f"risk:{event}:{min(horizon, model.default_horizon):g}"
         recommendation = recommend(model, record, target=target, at=test_at, n_samples=recommend_samples, seed=seed)
         test_rows = recommendation.table().to_dict(orient="records")
         test_note = (
-            f"Tests for the next visit at t = {test_at:.2f} years ({next_visit:g} years after the decision time), "
+            f"Tests for the next visit at t = {test_at:.2f} {unit} ({next_visit:g} {unit} after the decision time), "
             f"ranked by expected information gain (nats) per cost about the target {target}; "
             f"{recommend_samples} posterior samples, seed {seed}."
         )
@@ -140,6 +142,7 @@ def patient_report(
         figures=figures,
         flags=flags,
         result=result,
+        unit=unit,
         settings={
             "seed": seed,
             "n_samples": n_samples,
@@ -179,8 +182,8 @@ def _summary(model, record: PatientRecord, result) -> list[tuple[str, str]]:
             unit = f" {spec.unit}" if spec is not None and spec.unit else ""
             rows.append((name, f"{value:.4g}{unit}" if isinstance(value, float) else f"{value}{unit}"))
     visits = record.visit_times()
-    rows.append(("visits", f"{len(visits)} (t = {min(visits, default=0):.2f} to {max(visits, default=0):.2f} years)"))
-    rows.append(("follow-up", f"{record.end_of_followup:.2f} years"))
+    rows.append(("visits", f"{len(visits)} (t = {min(visits, default=0):.2f} to {max(visits, default=0):.2f} {model.time_unit})"))
+    rows.append(("follow-up", f"{record.end_of_followup:.2f} {model.time_unit}"))
     rows.append(("events", ", ".join(f"{e.kind} at {e.time:.2f}" for e in record.events) or "none recorded"))
     rows.append(
         (
@@ -192,7 +195,7 @@ def _summary(model, record: PatientRecord, result) -> list[tuple[str, str]]:
             or "none",
         )
     )
-    rows.append(("decision time", f"t = {result.at:.2f} years (plans take over from here)"))
+    rows.append(("decision time", f"t = {result.at:.2f} {model.time_unit} (plans take over from here)"))
     last = {}
     for o in record.observations:
         if o.time <= result.at + 1e-9:
@@ -265,16 +268,16 @@ def assumptions(model, record: PatientRecord, plans, result, cohort: Cohort | No
         items.append(
             {
                 "flag": True,
-                "text": f"The forecast runs to t = {end:.1f} years, beyond the longest training "
-                f"follow-up ({max_follow:.1f} years): the dynamics there are extrapolated.",
+                "text": f"The forecast runs to t = {end:.1f} {model.time_unit}, beyond the longest training "
+                f"follow-up ({max_follow:.1f} {model.time_unit}): the dynamics there are extrapolated.",
             }
         )
     elif end > q90:
         items.append(
             {
                 "flag": True,
-                "text": f"The forecast runs to t = {end:.1f} years, past the follow-up of 90% "
-                f"of training patients ({q90:.1f} years): few patients inform this part.",
+                "text": f"The forecast runs to t = {end:.1f} {model.time_unit}, past the follow-up of 90% "
+                f"of training patients ({q90:.1f} {model.time_unit}): few patients inform this part.",
             }
         )
     for name, value in record.static.items():

@@ -10,9 +10,11 @@ from typing import Annotated
 import typer
 
 from vpatient.benchmarks.options import (
+    IN_TIME_UNIT,
     CacheDirOption,
     ConfigOption,
     ModelOption,
+    PatientDataOption,
     ProgressOption,
     SeedOption,
     TrialDataOption,
@@ -63,7 +65,6 @@ def load_arms(specs: list[str], config) -> dict:
 
 def load_simulator(model: Path):
     """The simulator of a checkpoint; fits and saves its population model the first time."""
-    from vpatient.datasets import load_dataset
     from vpatient.simulation import Simulator
 
     try:
@@ -77,18 +78,21 @@ def load_simulator(model: Path):
     if sim.population is None:
         source = sim.model.dataset_name
         typer.echo(f"fitting the population model on {source} (once; saved in {model}) ...", err=True)
-        sim.fit_population(load_dataset(source).records)
+        sim.fit_population(sim.model.patients(source).records)
     return sim
 
 
-def load_whatif(model: Path, plan: list[Path], patient: str, data: str | None):
-    """What a what-if command reads: the checkpoint's simulator, the plans (validated) and the patient's record."""
-    from vpatient.datasets import load_dataset
+def load_whatif(model: Path, plan: list[Path], patient: str, data: str | None, config: Path | None = None):
+    """What a what-if command reads: the checkpoint's simulator, the plans (validated) and the patient's record.
+
+    The patient comes from ``data`` (default: the model's dataset), read with ``config``
+    when it is a MEDS path (else its own config, else the model's).
+    """
     from vpatient.simulation import Simulator
 
     sim = Simulator.load(model)
     plans = [load_plan(p, sim.model.config) for p in plan]
-    return sim, plans, load_dataset(data or sim.model.dataset_name).subject(patient)
+    return sim, plans, sim.model.patients(data, config).subject(patient)
 
 
 def whatif_command(
@@ -97,9 +101,16 @@ def whatif_command(
     plan: Annotated[
         list[Path], typer.Option("--plan", help="Treatment plan JSON; repeat for each plan. The first is the reference.")
     ],
-    at: Annotated[float | None, typer.Option(help="Decision time (years); default the last visit.")] = None,
-    horizon: Annotated[float, typer.Option(help="Years to simulate beyond --at.")] = 5.0,
-    data: Annotated[str | None, typer.Option(help="Dataset holding the patient (default: the model's).")] = None,
+    at: Annotated[float | None, typer.Option(help=f"Decision time, {IN_TIME_UNIT}; default the last visit.")] = None,
+    horizon: Annotated[
+        float | None,
+        typer.Option(
+            help=f"How far to simulate beyond --at, {IN_TIME_UNIT}; default the config's horizon, "
+            "else the training data's median follow-up."
+        ),
+    ] = None,
+    data: PatientDataOption = None,
+    config: ConfigOption = None,
     n_samples: Annotated[int, typer.Option(min=1, help="Posterior sample paths.")] = 200,
     seed: SeedOption = 0,
     json_flag: Annotated[bool, typer.Option("--json", help="Print the full result as JSON instead of tables.")] = False,
@@ -108,12 +119,16 @@ def whatif_command(
     """What if this patient were treated differently? Forecasts under each plan and the effects against the first."""
     from vpatient.tables import markdown_table
 
-    sim, plans, record = load_whatif(model, plan, patient, data)
+    sim, plans, record = load_whatif(model, plan, patient, data, config)
     result = sim.whatif(record, plans, horizon=horizon, n_samples=n_samples, seed=seed, at=at)
     if json_flag:
         typer.echo(json.dumps(result.to_dict(), indent=1))
     else:
-        typer.echo(f"subject {patient}: what-if from t = {result.at:.2f} years, {n_samples} posterior draws, seed {seed}")
+        unit = sim.model.time_unit
+        typer.echo(
+            f"subject {patient}: what-if from t = {result.at:.2f} {unit}, horizon {result.horizon:g} {unit}, "
+            f"{n_samples} posterior draws, seed {seed}"
+        )
         typer.echo(f"reference plan: {result.reference}; effects are (plan - reference), mean and 90% interval\n")
         effects = result.effects()
         typer.echo(markdown_table(effects.drop(columns=["subject_id", "reference", "kind"]), index=False))
@@ -129,9 +144,11 @@ def simulate_cohort(
     model: ModelOption,
     n: Annotated[int, typer.Option("--n", min=1, help="Virtual patients to draw.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (MEDS under meds/, events under events/).")],
-    years: Annotated[float, typer.Option(help="Follow-up to simulate (years).")] = 5.0,
+    years: Annotated[float, typer.Option(help=f"Follow-up to simulate, {IN_TIME_UNIT} (the name is historical).")] = 5.0,
     schedule: Annotated[str, typer.Option(help="Visit schedule: as_observed, regular or random.")] = "as_observed",
-    visit_interval: Annotated[float | None, typer.Option(help="Years between visits (regular) or mean gap (random).")] = None,
+    visit_interval: Annotated[
+        float | None, typer.Option(help=f"Time between visits (regular) or mean gap (random), {IN_TIME_UNIT}.")
+    ] = None,
     plan: Annotated[
         Path | None, typer.Option(help="Give every patient this plan (JSON) instead of their arm's treatment.")
     ] = None,
@@ -162,7 +179,8 @@ def simulate_cohort(
         progress=progress,
     )
     typer.echo(
-        f"wrote {result.n_patients:,} virtual patients ({result.n_rows:,} MEDS rows, {result.n_events:,} events) to {result.out_dir}"
+        f"wrote {result.n_patients:,} virtual patients followed {years:g} {sim.model.time_unit} "
+        f"({result.n_rows:,} MEDS rows, {result.n_events:,} events) to {result.out_dir}"
     )
 
 
@@ -172,11 +190,13 @@ def simulate_trial(
     arm: Annotated[list[str], typer.Option("--arm", help="NAME=PLAN.json; repeat per arm. The first arm is the reference.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (tables, trial.json, trial.md, trial.png).")],
     n: Annotated[int, typer.Option("--n", min=1, help="Virtual patients (each is simulated under every arm).")] = 1000,
-    years: Annotated[float, typer.Option(help="Follow-up (years).")] = 5.0,
+    years: Annotated[float, typer.Option(help=f"Follow-up, {IN_TIME_UNIT} (the name is historical).")] = 5.0,
     event: Annotated[str | None, typer.Option(help="Primary event (default: the config's first event kind).")] = None,
     data: Annotated[
-        str | None, typer.Option(help="Use this dataset's real patients at enrolment instead of virtual ones.")
+        str | None,
+        typer.Option(help="Use this dataset's real patients at enrolment instead of virtual ones (embedded or a MEDS path)."),
     ] = None,
+    config: ConfigOption = None,
     seed: SeedOption = 0,
     chunk_size: ChunkOption = 5_000,
     engine: EngineOption = "local",
@@ -185,11 +205,10 @@ def simulate_trial(
     progress: ProgressOption = True,
 ) -> None:
     """An in-silico trial: the same patients under each arm (common random numbers), analysed like a real trial."""
-    from vpatient.datasets import load_dataset
 
     sim = load_simulator(model)
     arms = load_arms(arm, sim.model.config)
-    population = load_dataset(data).records if data else None
+    population = sim.model.patients(data, config).records if data else None
     result = sim.trial(
         arms,
         n=n,

@@ -24,8 +24,8 @@ def interval(draws: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray, 
 def restricted_mean(times: np.ndarray, survival: np.ndarray, start: float, horizon: float) -> np.ndarray:
     """Restricted mean survival time over [start, start + horizon]: the trapezoid integral of S.
 
-    ``times`` (T,) ascending and covering the window; ``survival`` (..., T). In years
-    (the time unit) of event-free life within the window.
+    ``times`` (T,) ascending and covering the window; ``survival`` (..., T). In the data's
+    time unit: event-free time within the window.
     """
     end = start + horizon
     inside = (times >= start - 1e-9) & (times <= end + 1e-9)

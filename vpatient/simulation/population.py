@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
-from vpatient.data.batching import make_batch
+from vpatient.data.batching import make_batch, median_visit_gap
 from vpatient.data.cohort import arm_of
 from vpatient.errors import VPatientError
 from vpatient.schemas import PatientRecord, TreatmentExposure
@@ -161,7 +161,6 @@ class Population:
             if model.config.variable(name).categories
         }
         visits = [r.visit_times() for r in records]
-        gaps = np.concatenate([np.diff(v) for v in visits if len(v) > 1] or [np.array([1.0])])
         followup = np.array([r.end_of_followup for r in records])
         by_followup = np.argsort(followup, kind="stable")
         c_times, c_surv = _reverse_kaplan_meier(followup, np.array([not r.events for r in records]))
@@ -177,7 +176,7 @@ class Population:
             visit_templates=[[float(t) for t in visits[i]] for i in by_followup],
             template_followup=followup[by_followup].tolist(),
             resolution=_resolutions(records, model.layout.continuous),
-            median_visit_gap=float(np.median(gaps)),
+            median_visit_gap=median_visit_gap(records),
             visits_per_year=float(sum(len(v) for v in visits) / max(followup.sum(), 1e-9)),
             observed_share=_observed_share(records, model),
             censoring_times=c_times.tolist(),

@@ -51,7 +51,7 @@ __all__ = [
     "realise",
 ]
 
-#: Resolution of survival curves, lab trajectories and event-time search (years): monthly.
+#: A month in years: the resolution of survival curves, lab trajectories and event-time search is a month in the data's unit.
 GRID_STEP = 1.0 / 12
 
 
@@ -245,7 +245,7 @@ def _schedule(
     if schedule == Schedule.REGULAR:
         gap = interval or population.median_visit_gap
         if not (gap > 0 and math.isfinite(gap)):
-            raise VPatientError(f"visit interval {gap!r}: must be > 0 years")
+            raise VPatientError(f"visit interval {gap!r}: must be a time > 0, in the data's time unit")
         times = np.arange(0.0, years + 1e-9, gap)
         return [times] * n
     if schedule == Schedule.RANDOM:
@@ -285,7 +285,7 @@ def realise(
     z0 = torch.as_tensor(patients.draws, dtype=torch.float32)
     static = torch.as_tensor(patients.static, dtype=torch.float32)
     solution = model.network.solve(z0, static, dose_times, doses, years)
-    grid = np.arange(0.0, years + 1e-9, GRID_STEP)
+    grid = np.arange(0.0, years + 1e-9, model.config.time_unit.month)  # monthly in the data's unit (GRID_STEP in years)
     if grid[-1] < years - 1e-9:
         grid = np.append(grid, years)
     n = len(patients)

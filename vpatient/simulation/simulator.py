@@ -73,13 +73,16 @@ class Simulator:
         self,
         record: PatientRecord,
         plans: Sequence[TreatmentPlan],
-        horizon: float = 5.0,
+        horizon: float | None = None,
         n_samples: int = 200,
         seed: int = 0,
         at: float | None = None,
         effect_horizons: Sequence[float] | None = None,
     ) -> WhatIfResult:
-        """Forecasts under each plan from the same posterior draws, and effects against the first plan."""
+        """Forecasts under each plan from the same posterior draws, and effects against the first plan.
+
+        Times in the data's unit; ``horizon`` defaults to the model's default horizon.
+        """
         return whatif(self.model, record, plans, horizon, n_samples, seed, at, effect_horizons)
 
     # -- virtual cohorts ---------------------------------------------------------
@@ -202,7 +205,13 @@ class Simulator:
         event = event or (self.model.layout.events[0] if self.model.layout.events else None)
         if event not in self.model.layout.events:
             raise VPatientError(f"unknown event {event!r}; the model's events are {', '.join(self.model.layout.events)}")
-        settings = {"n": n, "years": years, "engine": Engine(engine).value, "chunk_size": chunk_size}
+        settings = {
+            "n": n,
+            "years": years,
+            "time_unit": self.model.time_unit,
+            "engine": Engine(engine).value,
+            "chunk_size": chunk_size,
+        }
         if population is not None:
             records = list(population)
             if not records:

@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from vpatient.errors import VPatientError
 from vpatient.plans import exposures_under_plan
-from vpatient.schemas import TreatmentPlan
+from vpatient.schemas import TimeUnit, TreatmentPlan
 from vpatient.simulation.effects import restricted_mean
 from vpatient.simulation.engine import Chunk, ModelRef, chunk_rng, resolve_model
 from vpatient.simulation.pooling import PooledEstimate, pool
@@ -224,18 +224,26 @@ class TrialResult:
                 rows.append({"arm": arm, "time": t, "survival": row["survival"], "lower": row["lower"], "upper": row["upper"]})
         return pd.DataFrame(rows)
 
+    @property
+    def time_unit(self) -> TimeUnit:
+        """The unit of ``years`` and of every time in the tables: the model's (years for results saved before it was recorded)."""
+        return TimeUnit(self.settings.get("time_unit", TimeUnit.YEARS))
+
     def to_markdown(self) -> str:
-        marks = sorted({t for t in (1.0, 2.0, 5.0, 10.0) if t <= self.years + 1e-9} | {self.years})
-        surv = (
-            self.survival_at(marks).pivot(index="arm", columns="time", values="survival").rename(columns=lambda t: f"S({t:g}y)")
-        )
+        unit = self.time_unit
+        in_unit = [unit.from_years(t) for t in (1.0, 2.0, 5.0, 10.0)]
+        marks = sorted({t for t in in_unit if t <= self.years + 1e-9} | {self.years})
+        # "S(5y)" in years, "S(1826.25 days)" otherwise
+        label = (lambda t: f"S({t:g}y)") if unit == TimeUnit.YEARS else (lambda t: f"S({t:g} {unit.value})")
+        surv = self.survival_at(marks).pivot(index="arm", columns="time", values="survival").rename(columns=label)
         hr = self.hazard_ratios.set_index("arm")
         rmst = self.rmst.set_index("arm")
         return (
-            f"# In-silico trial: {', '.join(self.arms)} ({self.n_patients} patients per arm, {self.years:g} years, event {self.event})\n\n"
+            f"# In-silico trial: {', '.join(self.arms)} ({self.n_patients} patients per arm, {self.years:g} {unit.value}, "
+            f"event {self.event})\n\n"
             f"Kaplan-Meier survival free of {self.event}:\n\n{markdown_table(surv.reindex(self.arms))}\n\n"
             f"Hazard ratios against {self.reference} (Cox, 95% CI):\n\n{markdown_table(hr)}\n\n"
-            f"Restricted mean {self.event}-free years to {self.years:g} years (paired, 95% CI):\n\n{markdown_table(rmst)}\n"
+            f"Restricted mean {self.event}-free {unit.value} to {self.years:g} {unit.value} (paired, 95% CI):\n\n{markdown_table(rmst)}\n"
         )
 
     def save(self, out_dir: str | Path) -> list[Path]:

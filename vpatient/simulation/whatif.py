@@ -28,6 +28,7 @@ from vpatient.virtual_patient import Forecast, VirtualPatientModel
 
 __all__ = ["DEFAULT_EFFECT_HORIZONS", "WhatIfResult", "whatif"]
 
+#: Effect horizons in years (converted to the data's time unit), those within the what-if's horizon.
 DEFAULT_EFFECT_HORIZONS = (1.0, 2.0, 5.0)
 
 
@@ -65,7 +66,7 @@ class WhatIfResult:
         plans (the later one against the earlier). Quantities: every continuous variable
         (difference of its typical value, natural units), ``survival:<event>`` (difference
         in the probability of being free of the event at the horizon) and ``rmst:<event>``
-        (difference in event-free years within the horizon). ``lower`` / ``upper`` bound
+        (difference in event-free time within the horizon, in the data's time unit). ``lower`` / ``upper`` bound
         the central 90% of the posterior draws.
         """
         if pairs not in ("reference", "all"):
@@ -96,7 +97,7 @@ class WhatIfResult:
                 rows.append(self._row(plan, reference, f"survival:{event}", "probability", h, b, a, None))
                 a_rmst = restricted_mean(grid, ref.paths.survival[0, :, :, k], self.at, h)
                 b_rmst = restricted_mean(grid, other.paths.survival[0, :, :, k], self.at, h)
-                rows.append(self._row(plan, reference, f"rmst:{event}", "years", h, b_rmst, a_rmst, "years"))
+                rows.append(self._row(plan, reference, f"rmst:{event}", "time", h, b_rmst, a_rmst, ref.config.time_unit.value))
         return rows
 
     def _row(
@@ -133,17 +134,19 @@ def whatif(
     model: VirtualPatientModel,
     record: PatientRecord,
     plans: Sequence[TreatmentPlan],
-    horizon: float = 5.0,
+    horizon: float | None = None,
     n_samples: int = 200,
     seed: int = 0,
     at: float | None = None,
     effect_horizons: Sequence[float] | None = None,
-    step: float = 1.0 / 12,
+    step: float | None = None,
 ) -> WhatIfResult:
     """Roll one patient out under each plan from ``at`` (default: the last visit).
 
     The first plan is the reference every other plan is compared with. Plans are
-    validated against the model's config (known treatments, allowed doses).
+    validated against the model's config (known treatments, allowed doses). Times are in
+    the data's unit; ``horizon`` defaults to the model's :attr:`~VirtualPatientModel.default_horizon`,
+    ``step`` (of the output grid) to a month.
     """
     plans = list(plans)
     if not plans:
@@ -157,9 +160,13 @@ def whatif(
         at = max(record.visit_times(), default=0.0)
     if not math.isfinite(at) or at < 0:
         raise VPatientError(f"subject {record.subject_id}: at = {at!r}: the decision time must be >= 0")
+    horizon = model.default_horizon if horizon is None else horizon
+    step = model.config.time_unit.month if step is None else step
     if not (math.isfinite(horizon) and horizon > 0):
-        raise VPatientError(f"horizon = {horizon!r}: must be > 0 years")
-    chosen = tuple(float(h) for h in (effect_horizons or [h for h in DEFAULT_EFFECT_HORIZONS if h <= horizon] or [horizon]))
+        raise VPatientError(f"horizon = {horizon!r}: must be > 0 {model.time_unit}")
+    in_unit = [model.config.time_unit.from_years(h) for h in DEFAULT_EFFECT_HORIZONS]
+    defaults = [h for h in in_unit if h <= horizon + 1e-9]
+    chosen = tuple(float(h) for h in (effect_horizons or defaults or [horizon]))
     too_far = [h for h in chosen if not 0 < h <= horizon + 1e-9]
     if too_far:
         raise VPatientError(f"effect horizons {too_far} lie outside (0, horizon={horizon}]")
