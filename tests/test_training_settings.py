@@ -1,0 +1,76 @@
+"""Training settings: the settings file, the thread count and how an ensemble shares threads and time."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import pytest
+import torch
+
+from vpatient.ensemble import member_settings
+from vpatient.errors import ConfigError, VPatientError
+from vpatient.model.dynamics import Solver
+from vpatient.model.latent_ode import ModelSettings
+from vpatient.train import SettingsFile, TrainSettings, build_settings, default_threads, torch_threads
+
+
+def test_the_settings_file_mirrors_train_and_model_settings():
+    """A field added to either dataclass must be added to the file's model too (and the other way round)."""
+    assert set(SettingsFile.model_fields) == {f.name for f in fields(TrainSettings)} | {f.name for f in fields(ModelSettings)}
+
+
+def test_a_settings_file_sets_only_what_it_names(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"learning_rate": 0.01, "solver": "dopri5", "step": 0.1, "max_minutes": 30}))
+    values = SettingsFile.read(path)
+    assert values == {"learning_rate": 0.01, "solver": Solver.DOPRI5, "step": 0.1, "max_minutes": 30.0}
+    train, model = build_settings(values, TrainSettings(members=5))
+    assert train == TrainSettings(members=5, learning_rate=0.01, max_minutes=30.0)
+    assert model == ModelSettings(solver=Solver.DOPRI5, step=0.1)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"learning_rat": 0.01}, "unknown key 'learning_rat' (known: epochs, learning_rate,"),
+        ({"batch_size": 0}, "batch_size = 0: Input should be greater than or equal to 1"),
+        ({"epochs": 2.5}, "epochs = 2.5: Input should be a valid integer"),
+        ({"epochs": None}, "epochs = None: Input should be a valid integer"),
+        ({"solver": "euler"}, "solver = 'euler': Input should be 'rk4' or 'dopri5'"),
+        ([1, 2], "Input should be an object"),
+    ],
+)
+def test_a_bad_settings_file_is_one_clear_error_naming_the_key(tmp_path, content, message):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ConfigError) as info:
+        SettingsFile.read(path)
+    assert str(info.value).startswith(f"settings file {path}: ") and message in str(info.value)
+
+
+def test_torch_threads_restores_the_count_it_found():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("training failed")
+    assert torch.get_num_threads() == before
+    with pytest.raises(VPatientError, match="threads must be at least 1, got 0"), torch_threads(0):
+        pass
+
+
+def test_default_threads_leaves_small_machines_one_thread():
+    assert [default_threads(cores) for cores in (1, 2, 3, 16)] == [1, 1, 2, 15]
+
+
+def test_ensemble_members_share_the_cores_and_the_time_limit():
+    settings = TrainSettings(members=5, seed=7, max_minutes=30.0)
+    # 5 members, 2 at a time, on 16 cores: 8 threads each (default 15, capped), 3 rounds of 10 minutes
+    second = member_settings(settings, 1, workers=2, cores=16)
+    assert (second.seed, second.members, second.threads, second.max_minutes) == (8, 1, 8, 10.0)
+    # on 2 cores, 2 workers: one thread each, whatever was asked
+    assert member_settings(TrainSettings(members=2, threads=4), 0, workers=2, cores=2).threads == 1
+    assert member_settings(TrainSettings(members=2, threads=4), 0, workers=1, cores=16).threads == 4
+    assert member_settings(TrainSettings(members=2), 0, workers=1, cores=16).max_minutes is None
