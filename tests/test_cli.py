@@ -226,3 +226,6 @@ def test_train_settings_from_options_and_file_reach_the_checkpoint(tmp_path):
     settings_file.write_text(json.dumps({"batch_size": 0}))
     refused = vp("train", "--data", str(data), "--out", str(tmp_path / "never"), "--settings", str(settings_file))
     assert refused.returncode == 1 and "batch_size = 0: Input should be greater than or equal to 1" in refused.stderr
+    refused = vp("train", "--data", str(data), "--out", str(tmp_path / "never"), "--learning-rate", "0")
+    assert refused.returncode == 1 and "learning_rate = 0.0: Input should be greater than 0" in refused.stderr
+    assert not (tmp_path / "never").exists()

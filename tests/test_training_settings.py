@@ -12,12 +12,14 @@ from vpatient.ensemble import member_settings
 from vpatient.errors import ConfigError, VPatientError
 from vpatient.model.dynamics import Solver
 from vpatient.model.latent_ode import ModelSettings
-from vpatient.train import SettingsFile, TrainSettings, build_settings, default_threads, torch_threads
+from vpatient.train import SETTING_RANGES, SettingsFile, TrainSettings, build_settings, default_threads, torch_threads
 
 
 def test_the_settings_file_mirrors_train_and_model_settings():
-    """A field added to either dataclass must be added to the file's model too (and the other way round)."""
-    assert set(SettingsFile.model_fields) == {f.name for f in fields(TrainSettings)} | {f.name for f in fields(ModelSettings)}
+    """The file takes every field of both dataclasses, and each range rule names one of them (no stale rule)."""
+    names = {f.name for f in fields(TrainSettings)} | {f.name for f in fields(ModelSettings)}
+    assert set(SettingsFile.model_fields) == names
+    assert set(SETTING_RANGES) <= names
 
 
 def test_a_settings_file_sets_only_what_it_names(tmp_path):
@@ -67,10 +69,11 @@ def test_default_threads_leaves_small_machines_one_thread():
 
 def test_ensemble_members_share_the_cores_and_the_time_limit():
     settings = TrainSettings(members=5, seed=7, max_minutes=30.0)
-    # 5 members, 2 at a time, on 16 cores: 8 threads each (default 15, capped), 3 rounds of 10 minutes
+    # 5 members on 16 cores: 16 // 5 = 3 threads each (the default, 15, capped); 2 at a time: 3 rounds of 10 minutes
     second = member_settings(settings, 1, workers=2, cores=16)
-    assert (second.seed, second.members, second.threads, second.max_minutes) == (8, 1, 8, 10.0)
-    # on 2 cores, 2 workers: one thread each, whatever was asked
+    assert (second.seed, second.members, second.threads, second.max_minutes) == (8, 1, 3, 10.0)
+    # the thread count changes a network's last bits, so it must not depend on how many members train at once
+    assert {member_settings(settings, 1, workers=w, cores=16).threads for w in (1, 2, 5, 40)} == {3}
     assert member_settings(TrainSettings(members=2, threads=4), 0, workers=2, cores=2).threads == 1
     assert member_settings(TrainSettings(members=2, threads=4), 0, workers=1, cores=16).threads == 4
     assert member_settings(TrainSettings(members=2), 0, workers=1, cores=16).max_minutes is None

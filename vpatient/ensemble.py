@@ -11,9 +11,9 @@ uncertainty estimation using deep ensembles", NeurIPS 2017, who found five membe
 enough for calibrated predictive uncertainty.
 
 Members train in separate processes, ``workers`` at a time, each with at most
-cores // workers torch threads (so that members do not contend for the same cores). A
-member's numbers depend only on its seed, the data and its thread count, not on how many
-trained beside it. A time limit (``TrainSettings.max_minutes``) is shared out between the
+cores // members torch threads (so that members do not contend for the same cores). A
+member's numbers depend only on its seed, the data and the machine's core count, not on
+how many trained beside it. A time limit (``TrainSettings.max_minutes``) is shared out between the
 rounds of members, so that the whole ensemble keeps to it.
 """
 
@@ -50,19 +50,22 @@ def member_seed(settings: TrainSettings, member: int) -> int:
     return settings.seed + member
 
 
-def default_workers(members: int) -> int:
+def default_workers(members: int, cores: int | None = None) -> int:
     """Processes that train members at once: one per core, at most one per member."""
-    return max(1, min(members, os.cpu_count() or 1))
+    return max(1, min(members, cores or os.cpu_count() or 1))
 
 
 def member_settings(settings: TrainSettings, member: int, workers: int, cores: int | None = None) -> TrainSettings:
     """The settings member ``member`` trains with: its own seed, one model, its share of the threads and the time limit.
 
-    ``workers`` members train at once, so each gets at most cores // workers threads, and
-    the ensemble's ``max_minutes`` is divided between the ceil(members / workers) rounds.
+    Threads: at most cores // (members that can train at once), and no more than the
+    ensemble's own setting. That share does not depend on ``workers`` (the thread count
+    changes a network's numbers in the last bits), so one process or several train the
+    same members. The ensemble's ``max_minutes`` is divided between its ceil(members / workers) rounds.
     """
-    cores = cores if cores is not None else (os.cpu_count() or 1)
-    threads = max(1, min(settings.threads or default_threads(cores), cores // workers))
+    cores = cores or os.cpu_count() or 1
+    share = max(1, cores // default_workers(settings.members, cores))
+    threads = min(settings.threads or default_threads(cores), share)
     rounds = math.ceil(settings.members / workers)
     max_minutes = settings.max_minutes / rounds if settings.max_minutes is not None else None
     return replace(settings, seed=member_seed(settings, member), members=1, threads=threads, max_minutes=max_minutes)

@@ -15,23 +15,24 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_type_hints
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from tqdm.auto import tqdm
 
 from vpatient.data.batching import Scalers, layout_from_config, make_batch
 from vpatient.diagnostics import noise_warnings
 from vpatient.errors import ConfigError, VPatientError
 from vpatient.model.batch import PatientBatch
-from vpatient.model.dynamics import Solver
 from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.schemas import DatasetConfig, PatientRecord
 
 __all__ = [
+    "SETTING_RANGES",
     "SettingsFile",
+    "SettingsFileBase",
     "TrainSettings",
     "TrainingHistory",
     "build_settings",
@@ -89,38 +90,43 @@ class TrainingHistory:
         return asdict(self)
 
 
-class SettingsFile(BaseModel):
+#: Ranges of the settings a file or the options may set; a field not named here is checked by its type alone.
+SETTING_RANGES: dict[str, Any] = {
+    "epochs": Field(ge=1),
+    "learning_rate": Field(gt=0),
+    "weight_decay": Field(ge=0),
+    "batch_size": Field(ge=1),
+    "validation_fraction": Field(ge=0, lt=1),
+    "patience": Field(ge=1),
+    "lr_patience": Field(ge=1),
+    "full_history_fraction": Field(ge=0, le=1),
+    "members": Field(ge=1),
+    "max_minutes": Field(gt=0),
+    "threads": Field(ge=1),
+    "latent_dim": Field(ge=1),
+    "hidden": Field(ge=1),
+    "step": Field(gt=0),
+}
+
+
+def _settings_fields() -> dict[str, Any]:
+    """Every field of TrainSettings and ModelSettings, typed as there, with its range; unset (None) unless given."""
+    hints = get_type_hints(TrainSettings) | get_type_hints(ModelSettings)
+    names = [f.name for settings in (TrainSettings, ModelSettings) for f in fields(settings)]
+    # default None: a key left out stays unset (read() drops it), while an explicit null for a non-optional field is refused
+    return {name: (Annotated[hints[name], SETTING_RANGES.get(name, Field())], None) for name in names}
+
+
+class SettingsFileBase(BaseModel):
     """A JSON file of training and model settings (``vpatient train --settings FILE``): any fields of both.
 
-    It mirrors :class:`TrainSettings` and :class:`ModelSettings` field by field (a test keeps
-    them in step), strictly: an unknown key, a wrong type or a value out of range is refused.
-    Fields left out keep their defaults.
+    Its fields are those of :class:`TrainSettings` and :class:`ModelSettings` (``SettingsFile``
+    is built from them, so a new setting is accepted as soon as it exists), checked strictly:
+    an unknown key, a wrong type or a value out of ``SETTING_RANGES`` is refused. Fields left
+    out keep their defaults.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
-
-    # Field(None): a key the file leaves out stays unset (read() drops it), while an explicit null is refused.
-    # TrainSettings
-    epochs: int = Field(None, ge=1)
-    learning_rate: float = Field(None, gt=0)
-    weight_decay: float = Field(None, ge=0)
-    batch_size: int = Field(None, ge=1)
-    validation_fraction: float = Field(None, ge=0, lt=1)
-    patience: int = Field(None, ge=1)
-    lr_patience: int = Field(None, ge=1)
-    full_history_fraction: float = Field(None, ge=0, le=1)
-    seed: int = Field(None)
-    members: int = Field(None, ge=1)
-    max_minutes: float | None = Field(None, gt=0)
-    threads: int | None = Field(None, ge=1)
-    # ModelSettings
-    latent_dim: int = Field(None, ge=1)
-    hidden: int = Field(None, ge=1)
-    baseline_offsets: bool = Field(None)
-    individual_slopes: bool = Field(None)
-    treatment_input: bool = Field(None)
-    solver: Solver = Field(None)
-    step: float = Field(None, gt=0)
 
     @classmethod
     def read(cls, path: str | Path) -> dict[str, Any]:
@@ -138,6 +144,9 @@ class SettingsFile(BaseModel):
             return cls.model_validate(dict(values)).model_dump(exclude_unset=True)
         except ValidationError as exc:
             raise ConfigError(f"{source}: {_first_problem(exc)}") from None
+
+
+SettingsFile = create_model("SettingsFile", __base__=SettingsFileBase, **_settings_fields())
 
 
 def _first_problem(exc: ValidationError) -> str:
