@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 import torch
 
+from vpatient.data.synthetic import synthetic_cohort
 from vpatient.ensemble import member_settings
 from vpatient.errors import ConfigError, VPatientError
 from vpatient.model.dynamics import Solver
 from vpatient.model.latent_ode import ModelSettings
-from vpatient.train import SETTING_RANGES, SettingsFile, TrainSettings, build_settings, default_threads, torch_threads
+from vpatient.train import (
+    SETTING_RANGES,
+    SettingsFile,
+    TrainSettings,
+    build_settings,
+    default_threads,
+    fit_latent_ode,
+    torch_threads,
+)
 
 
 def test_the_settings_file_mirrors_train_and_model_settings():
@@ -77,3 +86,31 @@ def test_ensemble_members_share_the_cores_and_the_time_limit():
     assert member_settings(TrainSettings(members=2, threads=4), 0, workers=2, cores=2).threads == 1
     assert member_settings(TrainSettings(members=2, threads=4), 0, workers=1, cores=16).threads == 4
     assert member_settings(TrainSettings(members=2), 0, workers=1, cores=16).max_minutes is None
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort():
+    return synthetic_cohort(n=10, seed=0, imaging_dim=2)
+
+
+def test_training_runs_with_its_threads_and_restores_torchs(tiny_cohort, monkeypatch):
+    seen = []
+
+    def threads_at_the_check(network, batch):  # the noise check runs inside the training's thread block
+        seen.append(torch.get_num_threads())
+        return []
+
+    monkeypatch.setattr("vpatient.train.noise_warnings", threads_at_the_check)
+    before = torch.get_num_threads()
+    with torch_threads(2):
+        fit_latent_ode(tiny_cohort.records, tiny_cohort.config, TrainSettings(epochs=1, threads=1), progress=False)
+        assert seen == [1] and torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+
+
+def test_the_time_limit_stops_after_the_epoch_that_passes_it(tiny_cohort):
+    limited = TrainSettings(epochs=3, max_minutes=1e-6, threads=1)
+    _, _, history = fit_latent_ode(tiny_cohort.records, tiny_cohort.config, limited, progress=False)
+    assert history.stopped_on_time and len(history.validation_loss) == 1 and history.best_epoch == 0
+    _, _, history = fit_latent_ode(tiny_cohort.records, tiny_cohort.config, replace(limited, max_minutes=None), progress=False)
+    assert not history.stopped_on_time and len(history.validation_loss) == 3

@@ -278,7 +278,12 @@ def _optimise(
         # tqdm's own ETA assumes every epoch runs; the time limit may end training sooner
         eta = min((now - start) / (epoch + 1) * (settings.epochs - epoch - 1), max(0.0, deadline - now))
         bar.set_postfix(
-            train=f"{history.train_loss[-1]:.2f}", val=f"{val_loss:.2f}", best=history.best_epoch, eta=f"{eta / 60:.1f}min"
+            {
+                "train": f"{history.train_loss[-1]:.2f}",
+                "val": f"{val_loss:.2f}",
+                "best": history.best_epoch,
+                "eta": f"{eta / 60:.1f}min",
+            }
         )
         log.info(
             "epoch %d/%d: train %.3f, validation %.3f (best epoch %d); at most %.1f min left",
