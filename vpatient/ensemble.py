@@ -13,8 +13,8 @@ enough for calibrated predictive uncertainty.
 Members train in separate processes, ``workers`` at a time, each with at most
 cores // members torch threads (so that members do not contend for the same cores). A
 member's numbers depend only on its seed, the data and the machine's core count, not on
-how many trained beside it. A time limit (``TrainSettings.max_minutes``) is shared out between the
-rounds of members, so that the whole ensemble keeps to it.
+how many trained beside it. A time limit (``TrainSettings.max_minutes``) is shared out
+between the rounds of members, so that the whole ensemble keeps to it.
 """
 
 from __future__ import annotations
@@ -130,8 +130,7 @@ def _run_jobs(jobs: list[Path], workers: int, bar: tqdm) -> None:
     crosses, and a script or notebook that trains an ensemble needs no ``__main__`` guard.
     Any child still running when this returns early (an error, Ctrl-C) is stopped.
     """
-    # each child sets its own torch threads (train_member); one OpenMP thread at start-up keeps
-    # imports from spinning up a pool per core in every child
+    # children start on one thread, not a pool per core each; fit_latent_ode then sets the member's own count
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending, running = list(jobs), []
     try:
