@@ -311,8 +311,9 @@ def default_threads(cores: int | None = None) -> int:
 
     The networks are small (64 hidden units, batches of 64 patients), so a second thread
     gains little and, on a busy 2-core machine, costs a lot: measured on the synthetic
-    cohort (200 patients) on a loaded 2-core machine, an epoch took 0.3 s with one thread
-    and 2.4-5.7 s with two, the threads waiting on each other at OpenMP barriers.
+    cohort on a loaded 2-core machine, an epoch took 0.3 s with one thread and 2.4-5.7 s
+    with two (200 patients), 2.7-3.3 s against 24-82 s (1,000 patients), the threads
+    waiting on each other at OpenMP barriers. Machines of more cores were not measured.
     """
     cores = cores if cores is not None else (os.cpu_count() or 1)
     return 1 if cores <= 2 else cores - 1
