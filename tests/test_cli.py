@@ -178,3 +178,55 @@ def test_train_then_forecast_from_the_command_line(tmp_path):
     assert missing.returncode == 1 and "no subject 'nobody'" in missing.stderr
     no_model = vp("forecast", "--model", str(tmp_path / "absent"), "--patient", "1")
     assert no_model.returncode == 1 and "no model directory" in no_model.stderr
+
+
+@pytest.mark.slow
+def test_train_settings_from_options_and_file_reach_the_checkpoint(tmp_path):
+    """Every training option lands in the saved settings; the command line beats the file; the time limit stops on time."""
+    from vpatient.data.meds import write_meds
+    from vpatient.datasets import synthetic_cohort
+
+    cohort = synthetic_cohort(n=24, seed=0, imaging_dim=2)
+    data = write_meds(cohort.records, cohort.config, tmp_path / "meds")
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps({"learning_rate": 0.5, "hidden": 16, "lr_patience": 3, "epochs": 3}))
+    model_dir = tmp_path / "model"
+    trained = vp(
+        "train", "--data", str(data), "--out", str(model_dir), "--settings", str(settings_file), "--members", "1",
+        "--learning-rate", "0.01", "--batch-size", "8", "--patience", "7", "--step", "0.5", "--max-minutes", "0.0001",
+        "--threads", "1", "--seed", "3", "--no-progress",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["train_settings"] | {"validation_fraction": None, "weight_decay": None, "full_history_fraction": None} == {
+        "epochs": 3,  # from the file
+        "learning_rate": 0.01,  # the command line overrides the file's 0.5
+        "batch_size": 8,
+        "patience": 7,
+        "lr_patience": 3,  # from the file
+        "max_minutes": 0.0001,
+        "threads": 1,
+        "seed": 3,
+        "members": 1,
+        "validation_fraction": None,
+        "weight_decay": None,
+        "full_history_fraction": None,
+    }
+    assert meta["model_settings"]["step"] == 0.5 and meta["model_settings"]["hidden"] == 16
+    history = json.loads((model_dir / "training.json").read_text())
+    # the limit (6 ms) passes within the first epoch, so training stops after it, not at the file's 3 epochs
+    assert history["stopped_on_time"] is True and len(history["train_loss"]) == 1
+    assert history["warnings"] == []
+    assert "stopped on time at the 0.0001-minute limit, keeping the best weights" in trained.stdout
+
+    settings_file.write_text(json.dumps({"learning_rat": 0.5}))
+    refused = vp("train", "--data", str(data), "--out", str(tmp_path / "never"), "--settings", str(settings_file))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"settings file {settings_file}: unknown key 'learning_rat'" in refused.stderr
+    assert not (tmp_path / "never").exists()
+    settings_file.write_text(json.dumps({"batch_size": 0}))
+    refused = vp("train", "--data", str(data), "--out", str(tmp_path / "never"), "--settings", str(settings_file))
+    assert refused.returncode == 1 and "batch_size = 0: Input should be greater than or equal to 1" in refused.stderr
+    refused = vp("train", "--data", str(data), "--out", str(tmp_path / "never"), "--learning-rate", "0")
+    assert refused.returncode == 1 and "learning_rate = 0.0: Input should be greater than 0" in refused.stderr
+    assert not (tmp_path / "never").exists()

@@ -173,50 +173,92 @@ def schemas_export(
 
 @app.command()
 def train(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
     data: Annotated[str, typer.Option(help="pbc2, synthetic, or a MEDS path.")] = "pbc2",
     config: ConfigOption = None,
-    epochs: Annotated[int, typer.Option(help="Most epochs; early stopping usually ends sooner.")] = 400,
-    latent_dim: Annotated[int, typer.Option(help="Dimension of the latent disease state.")] = 8,
+    settings_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--settings",
+            exists=True,
+            dir_okay=False,
+            help="JSON file of training and model settings (any fields of TrainSettings and ModelSettings); options given here override it.",
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs; early stopping usually ends sooner.")] = 400,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-3,
+    batch_size: Annotated[int, typer.Option(min=1, help="Patients per optimiser step.")] = 64,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without validation improvement before training stops.")] = 40,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Wall-clock limit: stop at the end of the epoch that passes it, keeping the best weights.",
+        ),
+    ] = None,
+    latent_dim: Annotated[int, typer.Option(min=1, help="Dimension of the latent disease state.")] = 8,
+    step: Annotated[
+        float | None,
+        typer.Option(help="Step of the ODE solver (default: the model's, ModelSettings.step)."),
+    ] = None,
     members: MembersOption = DEFAULT_MEMBERS,
     workers: WorkersOption = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="torch threads for training (default: 1 on 2 cores or fewer, else all but one; members share the cores)."
+        ),
+    ] = None,
     seed: SeedOption = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train the world model (an ensemble of --members) and write a checkpoint directory (weights, config, scalers, metrics)."""
     from vpatient.datasets import load_dataset
-    from vpatient.model.latent_ode import ModelSettings
-    from vpatient.train import TrainSettings
+    from vpatient.train import SettingsFile, build_settings
     from vpatient.virtual_patient import VirtualPatientModel
 
-    cohort = load_dataset(data, config, seed=seed)
+    options = {
+        "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "patience": patience,
+        "max_minutes": max_minutes, "latent_dim": latent_dim, "step": step, "members": members, "threads": threads, "seed": seed,
+    }  # fmt: skip
+    options = {name: value for name, value in options.items() if value is not None}  # None: the settings' own default
+    # by name: typer ships its own copy of click, whose ParameterSource is not click's
+    given = {
+        name: value for name, value in options.items() if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+    }
+    from_file = SettingsFile.read(settings_file) if settings_file is not None else {}
+    # precedence: the command line, then the file, then these options' defaults; one set of rules checks them all
+    settings, model_settings = build_settings(SettingsFile.check(options | from_file | given))
+    cohort = load_dataset(data, config, seed=settings.seed)
     started = time.perf_counter()
-    model = VirtualPatientModel.fit(
-        cohort.records,
-        cohort.config,
-        TrainSettings(epochs=epochs, seed=seed, members=members),
-        ModelSettings(latent_dim=latent_dim),
-        progress=progress,
-        workers=workers,
-    )
+    model = VirtualPatientModel.fit(cohort.records, cohort.config, settings, model_settings, progress=progress, workers=workers)
     model.data_source = data
     model.save(out)
     from vpatient.simulation import Simulator
 
-    Simulator(model, model_dir=out).fit_population(cohort.records, seed=seed)
+    Simulator(model, model_dir=out).fit_population(cohort.records, seed=settings.seed)
     typer.echo(f"{_training_summary(model, time.perf_counter() - started)}; wrote {out}")
 
 
 def _training_summary(model, seconds: float) -> str:
-    """One line on how the model was trained: members, patients, best epochs, wall time."""
+    """How the model was trained (members, patients, best epochs, wall time), whether the time limit stopped it, and any warnings."""
     h = model.history
+    histories = model.member_histories or [h]
     if model.n_members == 1:
-        return f"trained on {h.n_train} patients (and {h.n_validation} more for early stopping) in {seconds:.0f} s; best epoch {h.best_epoch}"
-    best = ", ".join(str(m.best_epoch) for m in model.member_histories)
-    return (
-        f"trained {model.n_members} members, each on a bootstrap resample of {h.n_train} patients "
-        f"(and {h.n_validation} held out for early stopping), in {seconds:.0f} s; best epochs {best}"
-    )
+        line = f"trained on {h.n_train} patients (and {h.n_validation} more for early stopping) in {seconds:.0f} s; best epoch {h.best_epoch}"
+    else:
+        best = ", ".join(str(m.best_epoch) for m in histories)
+        line = (
+            f"trained {model.n_members} members, each on a bootstrap resample of {h.n_train} patients "
+            f"(and {h.n_validation} held out for early stopping), in {seconds:.0f} s; best epochs {best}"
+        )
+    on_time = sum(m.stopped_on_time for m in histories)
+    if on_time:
+        limit = model.train_settings.max_minutes if model.train_settings else None
+        whom = "" if model.n_members == 1 else f" ({on_time} of {model.n_members} members)"
+        line += f"; stopped on time at the {limit:g}-minute limit{whom}, keeping the best weights"
+    warnings = list(dict.fromkeys(w for m in histories for w in m.warnings))  # members often share one
+    return line + "".join(f"\nWARNING: {w}" for w in warnings)
 
 
 @app.command()

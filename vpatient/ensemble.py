@@ -10,15 +10,18 @@ seeds the optimiser's), as in Lakshminarayanan et al., "Simple and scalable pred
 uncertainty estimation using deep ensembles", NeurIPS 2017, who found five members
 enough for calibrated predictive uncertainty.
 
-Members train in separate processes (``workers`` at a time, one torch thread each, so
-that two members on a 2-core machine do not contend for the same cores). A member's
-numbers depend only on its seed and the data, not on how many trained beside it.
+Members train in separate processes, ``workers`` at a time, each with at most
+cores // members torch threads (so that members do not contend for the same cores). A
+member's numbers depend only on its seed, the data and the machine's core count, not on
+how many trained beside it. A time limit (``TrainSettings.max_minutes``) is shared out
+between the rounds of members, so that the whole ensemble keeps to it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -35,9 +38,9 @@ from vpatient.data.batching import Scalers, layout_from_config
 from vpatient.errors import VPatientError
 from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.schemas import DatasetConfig, PatientRecord
-from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
+from vpatient.train import TrainingHistory, TrainSettings, default_threads, fit_latent_ode
 
-__all__ = ["default_workers", "fit_ensemble", "member_seed"]
+__all__ = ["default_workers", "fit_ensemble", "member_seed", "member_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +50,25 @@ def member_seed(settings: TrainSettings, member: int) -> int:
     return settings.seed + member
 
 
-def default_workers(members: int) -> int:
+def default_workers(members: int, cores: int | None = None) -> int:
     """Processes that train members at once: one per core, at most one per member."""
-    return max(1, min(members, os.cpu_count() or 1))
+    return max(1, min(members, cores or os.cpu_count() or 1))
+
+
+def member_settings(settings: TrainSettings, member: int, workers: int, cores: int | None = None) -> TrainSettings:
+    """The settings member ``member`` trains with: its own seed, one model, its share of the threads and the time limit.
+
+    Threads: at most cores // (members that can train at once), and no more than the
+    ensemble's own setting. That share does not depend on ``workers`` (the thread count
+    changes a network's numbers in the last bits), so one process or several train the
+    same members. The ensemble's ``max_minutes`` is divided between its ceil(members / workers) rounds.
+    """
+    cores = cores or os.cpu_count() or 1
+    share = max(1, cores // default_workers(settings.members, cores))
+    threads = min(settings.threads or default_threads(cores), share)
+    rounds = math.ceil(settings.members / workers)
+    max_minutes = settings.max_minutes / rounds if settings.max_minutes is not None else None
+    return replace(settings, seed=member_seed(settings, member), members=1, threads=threads, max_minutes=max_minutes)
 
 
 def fit_ensemble(
@@ -85,8 +104,7 @@ def fit_ensemble(
         for m in range(k):
             job = shared / f"member-{m}"
             job.mkdir()
-            member_settings = replace(settings, seed=member_seed(settings, m), members=1)
-            (job / "settings.json").write_text(json.dumps(member_settings.to_dict()))
+            (job / "settings.json").write_text(json.dumps(member_settings(settings, m, workers).to_dict()))
             jobs.append(job)
         try:
             _run_jobs(jobs, workers, bar)
@@ -100,6 +118,8 @@ def fit_ensemble(
         members.append(network.eval())
         histories.append(history)
         log.info("member %d: best epoch %d, %.0f s", m, history.best_epoch, history.seconds)
+        for warning in history.warnings:
+            log.warning("member %d: %s", m, warning)
     return members, scalers, histories
 
 
@@ -110,6 +130,7 @@ def _run_jobs(jobs: list[Path], workers: int, bar: tqdm) -> None:
     crosses, and a script or notebook that trains an ensemble needs no ``__main__`` guard.
     Any child still running when this returns early (an error, Ctrl-C) is stopped.
     """
+    # children start on one thread, not a pool per core each; fit_latent_ode then sets the member's own count
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     pending, running = list(jobs), []
     try:
@@ -149,8 +170,7 @@ def _read_member(job: Path) -> tuple[dict[str, torch.Tensor], TrainingHistory]:
 
 
 def train_member(job: Path) -> None:
-    """Train the member described in folder ``job`` (a child of :func:`fit_ensemble`) with one torch thread."""
-    torch.set_num_threads(1)
+    """Train the member described in folder ``job`` (a child of :func:`fit_ensemble`), with the threads its settings give."""
     shared = job.parent
     records = [PatientRecord.model_validate(r) for r in json.loads((shared / "records.json").read_text())]
     config = DatasetConfig.load(shared / "config.json")
