@@ -95,12 +95,10 @@ def test_round_trip_and_files(result: TestSelectionBenchmarkResult, tmp_path) ->
 
 
 def test_outcome_and_area() -> None:
+    from vpatient.data.pbc import pbc2_config
     from vpatient.policy import Target
 
-    class _Config:
-        event_kinds = ("death", "transplant")
-
-    target = Target.parse("risk:death:3", _Config())  # type: ignore[arg-type]
+    target = Target.parse("risk:death:3", pbc2_config())
     obs = [Observation(time=0.0, variable="x", value=1.0)]
     died = PatientRecord(subject_id="a", observations=obs, events=[Event(time=4.0, kind="death")], end_of_followup=4.0)
     alive = PatientRecord(subject_id="b", observations=obs, end_of_followup=9.0)
