@@ -16,7 +16,16 @@ from typing import Annotated
 import typer
 
 from vpatient.benchmarks.cli import benchmark_app
-from vpatient.benchmarks.options import IN_TIME_UNIT, ConfigOption, ModelOption, PatientDataOption, SeedOption
+from vpatient.benchmarks.options import (
+    DEFAULT_MEMBERS,
+    IN_TIME_UNIT,
+    ConfigOption,
+    MembersOption,
+    ModelOption,
+    PatientDataOption,
+    SeedOption,
+    SettingsFileOption,
+)
 from vpatient.dashboard.command import dashboard_command
 from vpatient.errors import Problem, RecordValidationError, VPatientError
 from vpatient.report.cli import report_app
@@ -37,19 +46,9 @@ app.command("dashboard")(dashboard_command)
 
 log = logging.getLogger("vpatient")
 
-MembersOption = Annotated[
-    int,
-    typer.Option(
-        "--members",
-        min=1,
-        help="Ensemble members, each trained on a bootstrap resample: the model's own uncertainty (1: a single model).",
-    ),
-]
 WorkersOption = Annotated[
     int | None, typer.Option("--workers", min=1, help="Members trained at once, one process each (default: one per core).")
 ]
-#: Members of a trained model unless told otherwise (Lakshminarayanan et al. 2017: five suffice for calibrated uncertainty).
-DEFAULT_MEMBERS = 5
 
 
 def _version(value: bool) -> None:
@@ -177,15 +176,7 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
     data: Annotated[str, typer.Option(help="pbc2, synthetic, or a MEDS path.")] = "pbc2",
     config: ConfigOption = None,
-    settings_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--settings",
-            exists=True,
-            dir_okay=False,
-            help="JSON file of training and model settings (any fields of TrainSettings and ModelSettings); options given here override it.",
-        ),
-    ] = None,
+    settings_file: SettingsFileOption = None,
     epochs: Annotated[int, typer.Option(min=1, help="Most epochs; early stopping usually ends sooner.")] = 400,
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 3e-3,
     batch_size: Annotated[int, typer.Option(min=1, help="Patients per optimiser step.")] = 64,
@@ -196,7 +187,10 @@ def train(
             help="Wall-clock limit: stop at the end of the epoch that passes it, keeping the best weights.",
         ),
     ] = None,
-    latent_dim: Annotated[int, typer.Option(min=1, help="Dimension of the latent disease state.")] = 8,
+    latent_dim: Annotated[
+        int | None,
+        typer.Option(min=1, help="Dimension of the latent disease state (default: the model's, ModelSettings.latent_dim)."),
+    ] = None,
     step: Annotated[
         float | None,
         typer.Option(help="Step of the ODE solver (default: the model's, ModelSettings.step)."),

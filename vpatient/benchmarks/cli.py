@@ -15,6 +15,7 @@ import typer
 
 from vpatient.benchmarks.base import DEFAULT_OUT_DIR, BenchmarkResult
 from vpatient.benchmarks.options import (
+    DEFAULT_MEMBERS,
     CacheDirOption,
     ConfigOption,
     DataOption,
@@ -23,10 +24,11 @@ from vpatient.benchmarks.options import (
     OutDirOption,
     ProgressOption,
     SeedOption,
+    SettingsFileOption,
     TrialDataOption,
 )
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
-from vpatient.evaluate.methods import METHODS, default_methods
+from vpatient.evaluate.methods import METHODS, WORLD_MODEL, default_methods
 from vpatient.evaluate.protocol import DEFAULT_MAX_MISSING
 
 __all__ = ["METHODS", "benchmark_app", "benchmark_forecast"]
@@ -74,6 +76,23 @@ def _report(result: BenchmarkResult, paths: list[Path]) -> None:
     typer.echo(result.to_markdown())
     for path in paths:
         typer.echo(f"wrote {path}", err=True)
+
+
+def _training_settings(settings_file: Path | None, defaults: dict | None = None, **given):
+    """(TrainSettings, ModelSettings): ``defaults``, overridden by the file's, overridden by ``given`` options that were set."""
+    from vpatient.train import SettingsFile, build_settings
+
+    from_file = SettingsFile.read(settings_file) if settings_file else {}
+    chosen = {name: value for name, value in given.items() if value is not None}
+    return build_settings(SettingsFile.check((defaults or {}) | from_file | chosen))
+
+
+def _world_model(settings_file: Path | None, members: int | None):
+    """The world model's factory, trained as `vpatient train` would with these settings (the seed is the fold's)."""
+    from vpatient.evaluate.forecaster import VirtualPatientForecaster
+
+    settings, model_settings = _training_settings(settings_file, {"members": DEFAULT_MEMBERS}, members=members)
+    return lambda: VirtualPatientForecaster(settings, model_settings)
 
 
 @benchmark_app.command("forecast")
@@ -139,6 +158,17 @@ def benchmark_forecast(
             help="Recompute every (fold, method), ignoring the parts an earlier run kept in OUT_DIR/.forecast-<data>.parts.",
         ),
     ] = False,
+    members: Annotated[
+        int | None,
+        typer.Option(
+            "--members",
+            min=1,
+            help=f"Ensemble members of the world model (default: the settings file's, else {DEFAULT_MEMBERS}, "
+            "as `vpatient train` gives).",
+            show_default=False,
+        ),
+    ] = None,
+    settings_file: SettingsFileOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Forecast later visits from the first half of each test subject's visits, and event risk at landmarks.
@@ -149,6 +179,8 @@ def benchmark_forecast(
     from vpatient.datasets import load_dataset
 
     chosen = _methods(methods)
+    if WORLD_MODEL in chosen:
+        chosen[WORLD_MODEL] = _world_model(settings_file, members)
     cohort = load_dataset(data, config, seed=seed)
     truth = getattr(cohort, "truth", None)
     if truth is not None:  # synthetic data: score the ground truth too, as the noise floor
@@ -200,6 +232,7 @@ def benchmark_counterfactual(
     ] = None,
     strengths: Annotated[str, typer.Option("--strengths", help="Comma-separated confounding strengths.")] = "0,1,2,3,4",
     seed: SeedOption = 0,
+    settings_file: SettingsFileOption = None,
     out_dir: OutDirOption = DEFAULT_OUT_DIR,
     progress: ProgressOption = True,
 ) -> None:
@@ -208,7 +241,10 @@ def benchmark_counterfactual(
 
     if data not in WORLDS:
         raise typer.BadParameter(f"{data!r}: only {' and '.join(WORLDS)} have a counterfactual truth", param_hint="--data")
-    result = run_counterfactual_benchmark(n=n, seed=seed, strengths=parse_strengths(strengths), data=data, progress=progress)
+    train_settings = _training_settings(settings_file)[0]
+    result = run_counterfactual_benchmark(
+        n=n, seed=seed, strengths=parse_strengths(strengths), data=data, train_settings=train_settings, progress=progress
+    )
     _report(result, result.write(out_dir))
 
 

@@ -49,3 +49,22 @@ OutDirOption = Annotated[
     Path, typer.Option("--out-dir", help="Directory of the results: JSON, markdown and, where the benchmark draws one, PNG.")
 ]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
+MembersOption = Annotated[
+    int,
+    typer.Option(
+        "--members",
+        min=1,
+        help="Ensemble members, each trained on a bootstrap resample: the model's own uncertainty (1: a single model).",
+    ),
+]
+SettingsFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--settings",
+        exists=True,
+        dir_okay=False,
+        help="JSON file of training and model settings (any fields of TrainSettings and ModelSettings); options given here override it.",
+    ),
+]
+#: Members of a trained model unless told otherwise (Lakshminarayanan et al. 2017: five suffice for calibrated uncertainty).
+DEFAULT_MEMBERS = 5
