@@ -16,6 +16,7 @@ after s is forecasting them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -189,28 +190,55 @@ class LatentODE(nn.Module):
         learning_rate: float = 0.05,
         n_draws: int = 4,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tolerance: float = 0.05,
+        check_every: int = 5,
+        check_draws: int = 16,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Semi-amortised inference: improve each patient's q(z0) by maximising its own ELBO.
 
-        Starts from the product-of-experts posterior and takes ``steps`` Adam steps on the
-        variational mean and log-variance of every patient at once, with the model's
+        Starts from the product-of-experts posterior and takes up to ``steps`` Adam steps on
+        the variational mean and log-variance of every patient at once, with the model's
         weights fixed. ``batch`` must hold only what is known (a history cut at the
         forecast time). Closes the amortisation gap of the encoders.
+
+        Every ``check_every`` steps the ELBO is evaluated with ``check_draws`` standard
+        normal draws fixed for the whole refinement, so its change measures progress rather
+        than Monte Carlo noise; refinement stops when that ELBO (summed over the batch) gained
+        less since the last check than ``tolerance`` times its whole gain so far, a test
+        that does not depend on how many observations a patient has. (The steps
+        themselves use fresh draws: optimising fixed draws overfits them and, measured on
+        PBC, worsens the true ELBO.) Returns the mean, the variance and the steps taken.
         """
         m = mean.detach().clone().requires_grad_(True)
         log_v = torch.log(var.detach()).clone().requires_grad_(True)
         optimiser = torch.optim.Adam([m, log_v], lr=learning_rate)
+        checker = torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=generator)))
+        check_state = checker.get_state()
+
+        def fixed_draw_loss() -> float:
+            checker.set_state(check_state)
+            with torch.no_grad():
+                return float(self.elbo_terms(batch, m, torch.exp(log_v), checker, check_draws)["loss"].sum())
+
         frozen = [p.requires_grad for p in self.parameters()]
         for p in self.parameters():
             p.requires_grad_(False)
+        first = last = fixed_draw_loss() if steps > check_every else math.inf
+        taken = 0
         try:
             with torch.enable_grad():
-                for _ in range(steps):
+                while taken < steps:
                     loss = self.elbo_terms(batch, m, torch.exp(log_v), generator, n_draws)["loss"].sum()
                     optimiser.zero_grad()
                     loss.backward()
                     optimiser.step()
+                    taken += 1
+                    if taken % check_every == 0 and taken < steps:
+                        now = fixed_draw_loss()
+                        if last - now < tolerance * (first - now):
+                            break
+                        last = now
         finally:
             for p, flag in zip(self.parameters(), frozen, strict=True):
                 p.requires_grad_(flag)
-        return m.detach(), torch.exp(log_v.detach())
+        return m.detach(), torch.exp(log_v.detach()), taken
