@@ -170,7 +170,7 @@ class VirtualPatientModel:
         # stops earlier once the patient's ELBO has converged.
         self.refine_steps = 60
         self.refine_tolerance = 0.05  # converged: 5 steps gain less than this fraction of the ELBO gained so far
-        self.refine_steps_used: list[int] = []  # steps each member's refinement took in the latest inference
+        self.refine_steps_used: list[int] = []  # refinement steps of each member in the latest inference
         # Refined posteriors of recent histories: a what-if edited plan by plan re-infers nothing.
         self._posteriors: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = OrderedDict()
         self.config = config
@@ -457,44 +457,28 @@ class VirtualPatientModel:
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every member's q(z0) (mean, variance) of each history, refined by at most ``refine_steps`` steps.
 
-        The steps each member took are left in :attr:`refine_steps_used`.
-
-        Each member starts from the same generator state, and the generator is left where
-        the first member's refinement left it, so identical members infer identically and a
-        single model draws exactly as before ensembles.
+        The members are refined together (one vectorised ELBO over their weights) with the
+        same draws, so identical members infer identically, as a single model would. The steps taken are left in :attr:`refine_steps_used`; the
+        result is cached with the generator's state after it, so a hit gives the same numbers.
         """
-        start, after, out, used = generator.get_state(), None, [], []
-        for k, network in enumerate(self.members):
-            generator.set_state(start)
-            mean, var, steps = self._posterior(k, network, histories, batch, cutoff, refine_steps, seed, generator)
-            out.append((mean, var))
-            used.append(steps)
-            after = after if after is not None else generator.get_state()
-        generator.set_state(after)
-        self.refine_steps_used = used
-        return out
-
-    def _posterior(self, k, network, histories, batch, cutoff, refine_steps: int, seed: int, generator: torch.Generator):
-        """Member k's q(z0) of each history, refined, and the refinement steps it took.
-
-        Cached with the generator's state after it, so a hit gives the same numbers.
-        """
+        amortised = [network.posterior(batch, cutoff) for network in self.members]
         if refine_steps == 0:
-            return (*network.posterior(batch, cutoff), 0)
-        key = (k, tuple(h.model_dump_json() for h in histories), refine_steps, seed)
-        if key in self._posteriors:
-            self._posteriors.move_to_end(key)
-            mean, var, state, steps = self._posteriors[key]
-            generator.set_state(state)
-            return mean, var, steps
-        mean, var = network.posterior(batch, cutoff)
-        mean, var, steps = network.refine_posterior(
-            batch, mean, var, steps=refine_steps, generator=generator, tolerance=self.refine_tolerance
-        )
-        self._posteriors[key] = (mean, var, generator.get_state(), steps)
-        if len(self._posteriors) > _POSTERIOR_CACHE * self.n_members:
-            self._posteriors.popitem(last=False)
-        return mean, var, steps
+            self.refine_steps_used = [0] * self.n_members
+            return amortised
+        key = (tuple(h.model_dump_json() for h in histories), refine_steps, seed)
+        if key not in self._posteriors:
+            means, variances = (torch.stack(part) for part in zip(*amortised, strict=True))
+            means, variances, steps = self.network.refine_posterior(
+                batch, means, variances, refine_steps, generator=generator, tolerance=self.refine_tolerance, members=self.members
+            )
+            self._posteriors[key] = (means, variances, generator.get_state(), steps)
+            if len(self._posteriors) > _POSTERIOR_CACHE:
+                self._posteriors.popitem(last=False)
+        self._posteriors.move_to_end(key)
+        means, variances, state, steps = self._posteriors[key]
+        generator.set_state(state)
+        self.refine_steps_used = [steps] * self.n_members
+        return list(zip(means, variances, strict=True))
 
     def _decode(self, network, times, solution, offsets, cutoff, n, s) -> dict[str, torch.Tensor]:
         """One member's noise-free decodings of its samples, each (n, s, T, ...), standardised labs."""

@@ -17,6 +17,7 @@ after s is forecasting them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -193,6 +194,7 @@ class LatentODE(nn.Module):
         tolerance: float = 0.05,
         check_every: int = 5,
         check_draws: int = 16,
+        members: Sequence[LatentODE] = (),
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Semi-amortised inference: improve each patient's q(z0) by maximising its own ELBO.
 
@@ -208,6 +210,12 @@ class LatentODE(nn.Module):
         that does not depend on how many observations a patient has. (The steps
         themselves use fresh draws: optimising fixed draws overfits them and, measured on
         PBC, worsens the true ELBO.) Returns the mean, the variance and the steps taken.
+
+        With ``members`` (networks of this one's architecture: an ensemble), ``mean`` and
+        ``var`` are (K, B, P), one posterior per member, refined together: the members'
+        ELBOs are one vectorised call over their stacked weights (``torch.func.vmap``), with
+        the same standard normal draws for every member, and the test of convergence is on
+        their sum. A what-if then pays for one member's Python overhead instead of K.
         """
         m = mean.detach().clone().requires_grad_(True)
         log_v = torch.log(var.detach()).clone().requires_grad_(True)
@@ -215,10 +223,12 @@ class LatentODE(nn.Module):
         checker = torch.Generator().manual_seed(int(torch.randint(2**62, (), generator=generator)))
         check_state = checker.get_state()
 
+        total_loss = self._member_loss(batch, members) if members else self._loss(batch)
+
         def fixed_draw_loss() -> float:
             checker.set_state(check_state)
             with torch.no_grad():
-                return float(self.elbo_terms(batch, m, torch.exp(log_v), checker, check_draws)["loss"].sum())
+                return float(total_loss(m, torch.exp(log_v), checker, check_draws))
 
         frozen = [p.requires_grad for p in self.parameters()]
         for p in self.parameters():
@@ -228,7 +238,7 @@ class LatentODE(nn.Module):
         try:
             with torch.enable_grad():
                 while taken < steps:
-                    loss = self.elbo_terms(batch, m, torch.exp(log_v), generator, n_draws)["loss"].sum()
+                    loss = total_loss(m, torch.exp(log_v), generator, n_draws)
                     optimiser.zero_grad()
                     loss.backward()
                     optimiser.step()
@@ -242,3 +252,47 @@ class LatentODE(nn.Module):
             for p, flag in zip(self.parameters(), frozen, strict=True):
                 p.requires_grad_(flag)
         return m.detach(), torch.exp(log_v.detach()), taken
+
+    def _loss(self, batch: PatientBatch) -> _Loss:
+        """The batch's summed negative ELBO as a function of q(z0)'s mean and variance."""
+
+        def loss(mean: torch.Tensor, var: torch.Tensor, generator: torch.Generator | None, n_draws: int) -> torch.Tensor:
+            return self.elbo_terms(batch, mean, var, generator, n_draws)["loss"].sum()
+
+        return loss
+
+    def _member_loss(self, batch: PatientBatch, members: Sequence[LatentODE]) -> _Loss:
+        """The summed negative ELBO of K members' posteriors (K, B, P), evaluated in one vmap over their weights."""
+        module = _NegativeELBO(self, batch)
+        weights, buffers = torch.func.stack_module_state(list(members))
+        weights = {f"network.{name}": w.detach() for name, w in weights.items()}  # the weights stay fixed
+        buffers = {f"network.{name}": b for name, b in buffers.items()}
+
+        def one(
+            w: dict[str, torch.Tensor], b: dict[str, torch.Tensor], mean: torch.Tensor, var: torch.Tensor, *rest: Any
+        ) -> torch.Tensor:
+            out: torch.Tensor = torch.func.functional_call(module, (w, b), (mean, var, *rest))
+            return out
+
+        def loss(mean: torch.Tensor, var: torch.Tensor, generator: torch.Generator | None, n_draws: int) -> torch.Tensor:
+            per_member = torch.vmap(one, in_dims=(0, 0, 0, 0, None, None), randomness="same")(
+                weights, buffers, mean, var, generator, n_draws
+            )
+            return per_member.sum()
+
+        return loss
+
+
+_Loss = Callable[[torch.Tensor, torch.Tensor, torch.Generator | None, int], torch.Tensor]
+
+
+class _NegativeELBO(nn.Module):
+    """A network's summed negative ELBO of one batch as a module's forward, so torch.func can call it with other weights."""
+
+    def __init__(self, network: LatentODE, batch: PatientBatch):
+        super().__init__()
+        self.network = network
+        self.batch = batch
+
+    def forward(self, mean: torch.Tensor, var: torch.Tensor, generator: torch.Generator | None, n_draws: int) -> torch.Tensor:
+        return self.network.elbo_terms(self.batch, mean, var, generator, n_draws)["loss"].sum()
