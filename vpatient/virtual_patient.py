@@ -170,7 +170,7 @@ class VirtualPatientModel:
         # stops earlier once the patient's ELBO has converged.
         self.refine_steps = 60
         self.refine_tolerance = 0.05  # converged: 5 steps gain less than this fraction of the ELBO gained so far
-        self.refine_steps_used: list[int] = []  # refinement steps of each member in the latest inference
+        self.refine_steps_used = 0  # refinement steps the latest inference took (the members refine together)
         # Refined posteriors of recent histories: a what-if edited plan by plan re-infers nothing.
         self._posteriors: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = OrderedDict()
         self.config = config
@@ -458,14 +458,15 @@ class VirtualPatientModel:
         """Every member's q(z0) (mean, variance) of each history, refined by at most ``refine_steps`` steps.
 
         The members are refined together (one vectorised ELBO over their weights) with the
-        same draws, so identical members infer identically, as a single model would. The steps taken are left in :attr:`refine_steps_used`; the
-        result is cached with the generator's state after it, so a hit gives the same numbers.
+        same draws, so identical members infer identically, as a single model would. The
+        steps taken are left in :attr:`refine_steps_used`; the result is cached with the
+        generator's state after it, so a hit gives the same numbers.
         """
         amortised = [network.posterior(batch, cutoff) for network in self.members]
         if refine_steps == 0:
-            self.refine_steps_used = [0] * self.n_members
+            self.refine_steps_used = 0
             return amortised
-        key = (tuple(h.model_dump_json() for h in histories), refine_steps, seed)
+        key = (tuple(h.model_dump_json() for h in histories), refine_steps, self.refine_tolerance, seed)
         if key not in self._posteriors:
             means, variances = (torch.stack(part) for part in zip(*amortised, strict=True))
             means, variances, steps = self.network.refine_posterior(
@@ -477,7 +478,7 @@ class VirtualPatientModel:
         self._posteriors.move_to_end(key)
         means, variances, state, steps = self._posteriors[key]
         generator.set_state(state)
-        self.refine_steps_used = [steps] * self.n_members
+        self.refine_steps_used = steps
         return list(zip(means, variances, strict=True))
 
     def _decode(self, network, times, solution, offsets, cutoff, n, s) -> dict[str, torch.Tensor]:

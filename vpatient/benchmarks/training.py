@@ -55,7 +55,7 @@ class TrainingBenchmarkResult(VersionedBenchmarkResult):
         description="Median milliseconds of a two-plan what-if for a new patient (posterior inferred, not cached), 200 sample paths.",
     )
     refine_steps: float | None = Field(
-        None, description="Median posterior refinement steps a member took in those new-patient what-ifs (at most 60)."
+        None, description="Median posterior refinement steps of those new-patient what-ifs (at most 60; members refine together)."
     )
     whatif_horizon: float | None = Field(None, description="Horizon of the timed what-ifs, in the data's time unit.")
     cpu_count: int
@@ -163,7 +163,7 @@ def _whatif_timings(model: VirtualPatientModel, cohort: Cohort, seed: int, horiz
     new_times, steps = [], []
     for record in newcomers[1:]:
         new_times.append(seconds(record, 1.0))
-        steps.extend(model.refine_steps_used)
+        steps.append(model.refine_steps_used)
     record = max(records, key=lambda r: len(r.visit_times()))
     seconds(record, 1.0)  # infers and caches the posterior
     edit_times = [seconds(record, 0.5 + 0.1 * k) for k in range(repeats)]
