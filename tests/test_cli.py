@@ -169,7 +169,7 @@ def test_train_then_forecast_from_the_command_line(tmp_path):
         str(out_png),
     )
     assert result.returncode == 0, result.stderr
-    assert "| time | variable | mean | q05 | q50 | q95 |" in result.stdout
+    assert "| time | variable | median | q05 | q95 |" in result.stdout
     assert "forecast from t = 1.00 years, horizon 2 years" in result.stdout  # times in the config's unit, named
     payload = json.loads(out_json.read_text())
     assert payload["subject_id"] == "syn00003" and payload["variables"] and payload["survival"]

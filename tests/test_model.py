@@ -262,7 +262,7 @@ def test_forecast_shapes_quantiles_and_survival(small_model, cohort):
     result = small_model.forecast(record, until=1.0, horizon=3.0, n_samples=32, seed=0)
     summary = result.summary()
     assert set(summary["variable"]) == set(small_model.layout.continuous)
-    assert (summary["q05"] <= summary["q50"]).all() and (summary["q50"] <= summary["q95"]).all()
+    assert (summary["q05"] <= summary["median"]).all() and (summary["median"] <= summary["q95"]).all()
     surv = result.survival_summary()
     at_until = surv[np.isclose(surv["time"], 1.0)]
     np.testing.assert_allclose(at_until["survival"], 1.0)  # free of events at the forecast time, by definition
@@ -281,7 +281,7 @@ def test_forecast_summary_scales_and_a_misspelt_one_is_refused(small_model, coho
         v.name for v in small_model.config.variables if v.transform == "log" and v.name in small_model.layout.continuous
     )
     rows = natural["variable"] == log_lab
-    np.testing.assert_allclose(np.log(natural.loc[rows, "q50"]), model_scale.loc[rows, "q50"], rtol=1e-5)
+    np.testing.assert_allclose(np.log(natural.loc[rows, "median"]), model_scale.loc[rows, "median"], rtol=1e-5)
     with pytest.raises(ValueError, match="unknown scale 'natual'; choose one of 'natural', 'model'"):
         result.summary(scale="natual")
 

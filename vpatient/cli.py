@@ -274,7 +274,7 @@ def forecast(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the forecast tables as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of the forecast.")] = None,
 ) -> None:
-    """Forecast one patient: per variable mean and 5/50/95% quantiles, and survival per event kind."""
+    """Forecast one patient: per variable the predictive median and 5/95% quantiles, and survival per event kind."""
     import numpy as np
 
     from vpatient.tables import markdown_table
@@ -294,7 +294,7 @@ def forecast(
     typer.echo(
         f"subject {patient}: forecast from t = {result.until:.2f} {unit}, horizon {horizon:g} {unit}, {n_samples} posterior samples"
     )
-    typer.echo(markdown_table(future[["time", "variable", "mean", "q05", "q50", "q95"]], index=False))
+    typer.echo(markdown_table(future[["time", "variable", "median", "q05", "q95"]], index=False))
     surv = survival[survival["time"].isin(future["time"].unique())]
     typer.echo(markdown_table(surv[["time", "event", "survival", "survival_q05", "survival_q95"]], index=False))
     if json_out is not None:

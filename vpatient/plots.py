@@ -193,7 +193,7 @@ def plot_forecast(
         part = summary[summary["variable"] == name]
         ax.fill_between(part["time"], part["q05"], part["q95"], color="C0", alpha=0.18, label="90%")
         ax.fill_between(part["time"], part["q25"], part["q75"], color="C0", alpha=0.35, label="50%")
-        ax.plot(part["time"], part["q50"], color="C0", lw=1.5, label="median")
+        ax.plot(part["time"], part["median"], color="C0", lw=1.5, label="median")
         if record is not None:
             seen = [(o.time, o.value) for o in record.observations if o.variable == name]
             if seen:
@@ -249,7 +249,7 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
         for k, plan in enumerate(result.plans):
             part = future[(future["variable"] == name) & (future["plan"] == plan.name)]
             ax.fill_between(part["time"], part["q05"], part["q95"], color=f"C{k}", alpha=0.15)
-            ax.plot(part["time"], part["q50"], color=f"C{k}", lw=1.5, label=plan.name)
+            ax.plot(part["time"], part["median"], color=f"C{k}", lw=1.5, label=plan.name)
         if spec.reference_range:
             ax.axhspan(*spec.reference_range, color="green", alpha=0.07)
         if spec.transform.value == "log":

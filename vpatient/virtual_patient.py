@@ -101,32 +101,26 @@ class Forecast:
         return self.paths.times[0]
 
     def summary(self, scale: Scale | str = Scale.NATURAL) -> pd.DataFrame:
-        """Per continuous variable and time: mean and 5/25/50/75/95% predictive quantiles.
+        """Per continuous variable and time: the point forecast ``median`` and 5/25/75/95% predictive quantiles.
 
         ``scale="natural"`` reports lab units (mg/dl); ``"model"`` the transformed scale;
         any other value is refused (an OptionError, a ValueError, listing the scales).
         Quantiles are those of the predictive mixture, every posterior path's mean with
         the measurement noise around it (exact, so bands are smooth rather than the
-        quantiles of one noisy draw per path); the mean is that of the sampled draws.
+        quantiles of one noisy draw per path). They are computed on the model's scale and
+        back-transformed, which is exact for a monotone transform; a mean would not be:
+        averaging exp of noisy log draws lands far above the typical value of a noisy lab.
         """
         scale = choose(Scale, scale, "scale")
         rows = []
-        samples = self.paths.predictive[0]  # (S, T, Dc)
         mixture = mixture_quantiles(self.paths.expected[0], self.paths.noise_sd[:, None, :], QUANTILES)  # (Q, T, Dc)
+        names = {q: "median" if q == 0.5 else f"q{int(q * 100):02d}" for q in QUANTILES}
         for j, name in enumerate(self.layout.continuous):
             transform = self.config.variable(name).transform
-            values = samples[..., j] if scale == Scale.MODEL else transforms.inverse(samples[..., j], transform)
             qs = mixture[..., j] if scale == Scale.MODEL else transforms.inverse(mixture[..., j], transform)  # (Q, T)
             for i, t in enumerate(self.times):
-                rows.append(
-                    {
-                        "time": float(t),
-                        "variable": name,
-                        "mean": float(values[:, i].mean()),
-                        **{f"q{int(q * 100):02d}": float(qs[k, i]) for k, q in enumerate(QUANTILES)},
-                    }
-                )
-        frame = pd.DataFrame(rows)
+                rows.append({"time": float(t), "variable": name, **{names[q]: float(qs[k, i]) for k, q in enumerate(QUANTILES)}})
+        frame = pd.DataFrame(rows, columns=["time", "variable", "median", *(names[q] for q in QUANTILES if q != 0.5)])
         frame.insert(0, "subject_id", self.subject_id)
         return frame
 
@@ -173,9 +167,13 @@ class VirtualPatientModel:
             raise VPatientError("a model needs at least one member")
         self.members: list[LatentODE] = [m.eval() for m in members]
         self.data_source = data_source  # what it was trained on ("pbc2", a path), for finding patients
-        self.refine_steps = 60  # posterior refinement steps per forecast (0: amortised posterior only)
+        # The most posterior refinement steps per forecast (0: amortised posterior only); refinement
+        # stops earlier once the patient's ELBO has converged.
+        self.refine_steps = 60
+        self.refine_tolerance = 0.05  # converged: 5 steps gain less than this fraction of the ELBO gained so far
+        self.refine_steps_used = 0  # refinement steps the latest inference took (the members refine together)
         # Refined posteriors of recent histories: a what-if edited plan by plan re-infers nothing.
-        self._posteriors: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._posteriors: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = OrderedDict()
         self.config = config
         self.scalers = scalers
         self.layout = layout_from_config(config)
@@ -493,36 +491,31 @@ class VirtualPatientModel:
         seed: int,
         generator: torch.Generator,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Every member's q(z0) (mean, variance) of each history, refined by ``refine_steps`` steps.
+        """Every member's q(z0) (mean, variance) of each history, refined by at most ``refine_steps`` steps.
 
-        Each member starts from the same generator state, and the generator is left where
-        the first member's refinement left it, so identical members infer identically and a
-        single model draws exactly as before ensembles.
+        The members are refined together (one vectorised ELBO over their weights) with the
+        same draws, so identical members infer identically, as a single model would. The
+        steps taken are left in :attr:`refine_steps_used`; the result is cached with the
+        generator's state after it, so a hit gives the same numbers.
         """
-        start, after, out = generator.get_state(), None, []
-        for k, network in enumerate(self.members):
-            generator.set_state(start)
-            out.append(self._posterior(k, network, histories, batch, cutoff, refine_steps, seed, generator))
-            after = after if after is not None else generator.get_state()
-        generator.set_state(after)
-        return out
-
-    def _posterior(self, k, network, histories, batch, cutoff, refine_steps: int, seed: int, generator: torch.Generator):
-        """Member k's q(z0) of each history, refined; cached with the generator's state after it, so a hit gives the same numbers."""
+        amortised = [network.posterior(batch, cutoff) for network in self.members]
         if refine_steps == 0:
-            return network.posterior(batch, cutoff)
-        key = (k, tuple(h.model_dump_json() for h in histories), refine_steps, seed)
-        if key in self._posteriors:
-            self._posteriors.move_to_end(key)
-            mean, var, state = self._posteriors[key]
-            generator.set_state(state)
-            return mean, var
-        mean, var = network.posterior(batch, cutoff)
-        mean, var = network.refine_posterior(batch, mean, var, steps=refine_steps, generator=generator)
-        self._posteriors[key] = (mean, var, generator.get_state())
-        if len(self._posteriors) > _POSTERIOR_CACHE * self.n_members:
-            self._posteriors.popitem(last=False)
-        return mean, var
+            self.refine_steps_used = 0
+            return amortised
+        key = (tuple(h.model_dump_json() for h in histories), refine_steps, self.refine_tolerance, seed)
+        if key not in self._posteriors:
+            means, variances = (torch.stack(part) for part in zip(*amortised, strict=True))
+            means, variances, steps = self.network.refine_posterior(
+                batch, means, variances, refine_steps, generator=generator, tolerance=self.refine_tolerance, members=self.members
+            )
+            self._posteriors[key] = (means, variances, generator.get_state(), steps)
+            if len(self._posteriors) > _POSTERIOR_CACHE:
+                self._posteriors.popitem(last=False)
+        self._posteriors.move_to_end(key)
+        means, variances, state, steps = self._posteriors[key]
+        generator.set_state(state)
+        self.refine_steps_used = steps
+        return list(zip(means, variances, strict=True))
 
     def _decode(self, network, times, solution, offsets, cutoff, n, s) -> dict[str, torch.Tensor]:
         """One member's noise-free decodings of its samples, each (n, s, T, ...), standardised labs."""

@@ -211,13 +211,20 @@ def benchmark_training(
     config: ConfigOption = None,
     seed: SeedOption = 0,
     members: Annotated[int, typer.Option("--members", min=1, help="Ensemble members (1: a single model).")] = 1,
+    whatif_horizon: Annotated[
+        float, typer.Option("--whatif-horizon", help="Horizon of the timed what-ifs (the data's time unit).")
+    ] = 5.0,
     out_dir: OutDirOption = DEFAULT_OUT_DIR,
 ) -> None:
-    """Time the training of the world model (default settings, --members members) on all of a dataset."""
+    """Time the training of the world model (default settings, --members members) on all of a dataset.
+
+    With --members > 1 it also times two-plan what-ifs: for a new patient and after a plan edit.
+    """
     from vpatient.benchmarks.training import run_training_benchmark
     from vpatient.datasets import load_dataset
 
-    result, _ = run_training_benchmark(load_dataset(data, config, seed=seed), seed=seed, members=members)
+    cohort = load_dataset(data, config, seed=seed)
+    result, _ = run_training_benchmark(cohort, seed=seed, members=members, whatif_horizon=whatif_horizon)
     _report(result, result.write(out_dir))
 
 

@@ -4,28 +4,35 @@ Absolute seconds depend on the machine and its load; they are reported as contex
 the machine's core count, the epochs run and where early stopping chose the model.
 With ``members`` > 1 it times an ensemble (members trained in parallel processes) and
 also how long editing a what-if plan takes once the patient's posterior is cached (what
-the dashboard does on every edit), since every member then rolls the plans out.
+the dashboard does on every edit), since every member then rolls the plans out, and how
+long a what-if for a new patient takes (every member infers the posterior, then the plans
+roll out), with the posterior refinement steps it needed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
 import time
+from dataclasses import replace
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from vpatient.benchmarks.base import VersionedBenchmarkResult
 from vpatient.data.cohort import Cohort
+from vpatient.errors import VPatientError
 from vpatient.model.latent_ode import ModelSettings
 from vpatient.tables import markdown_table
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = ["TrainingBenchmarkResult", "run_training_benchmark"]
+
+_LATER_FIELDS = ("whatif_new_patient_ms", "refine_steps", "whatif_horizon")  # absent from results written before them
 
 
 class TrainingBenchmarkResult(VersionedBenchmarkResult):
@@ -43,11 +50,25 @@ class TrainingBenchmarkResult(VersionedBenchmarkResult):
     whatif_edit_ms: float | None = Field(
         None, description="Median milliseconds of a what-if after a plan edit (posterior cached), 200 sample paths."
     )
+    whatif_new_patient_ms: float | None = Field(
+        None,
+        description="Median milliseconds of a two-plan what-if for a new patient (posterior inferred, not cached), 200 sample paths.",
+    )
+    refine_steps: float | None = Field(
+        None, description="Median posterior refinement steps of those new-patient what-ifs (at most 60; members refine together)."
+    )
+    whatif_horizon: float | None = Field(None, description="Horizon of the timed what-ifs, in the data's time unit.")
     cpu_count: int
     torch_threads: int
     machine: str
     model_settings: dict
     train_settings: dict
+
+    @model_serializer(mode="wrap")
+    def _omit_unmeasured(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """Leave out the new-patient what-if fields when they were not measured, as results written before them did."""
+        data = handler(self)
+        return {k: v for k, v in data.items() if not (k in _LATER_FIELDS and v is None)}
 
     @property
     def stem(self) -> str:
@@ -66,6 +87,12 @@ class TrainingBenchmarkResult(VersionedBenchmarkResult):
         }
         if self.whatif_edit_ms is not None:
             rows["what-if edit, ms"] = round(self.whatif_edit_ms)
+        if self.whatif_new_patient_ms is not None:
+            rows["what-if for a new patient, ms"] = round(self.whatif_new_patient_ms)
+        if self.refine_steps is not None:
+            rows["posterior refinement steps (median)"] = self.refine_steps
+        if self.whatif_horizon is not None:
+            rows["what-if horizon"] = self.whatif_horizon
         import pandas as pd
 
         table = markdown_table(pd.DataFrame({"value": rows}).rename_axis("quantity"))
@@ -73,10 +100,19 @@ class TrainingBenchmarkResult(VersionedBenchmarkResult):
 
 
 def run_training_benchmark(
-    cohort: Cohort, seed: int = 0, members: int = 1
+    cohort: Cohort, seed: int = 0, members: int = 1, whatif_horizon: float = 5.0, epochs: int | None = None
 ) -> tuple[TrainingBenchmarkResult, VirtualPatientModel]:
-    """Train with the default settings (``members`` members) on every record of ``cohort`` and time it."""
-    settings, model_settings = TrainSettings(seed=seed, members=members), ModelSettings()
+    """Train with the default settings (``members`` members) on every record of ``cohort`` and time it.
+
+    With an ensemble and treatments it also times what-ifs of ``whatif_horizon`` (the
+    data's time unit). ``epochs`` caps training (tests); the default is the training default.
+    """
+    if not (math.isfinite(whatif_horizon) and whatif_horizon > 0):
+        raise VPatientError(f"whatif_horizon = {whatif_horizon!r}: the what-if horizon must be > 0")
+    settings = TrainSettings(seed=seed, members=members)
+    if epochs is not None:
+        settings = replace(settings, epochs=epochs)
+    model_settings = ModelSettings()
     started = time.perf_counter()
     model = VirtualPatientModel.fit(cohort.records, cohort.config, settings, model_settings, progress=False)
     seconds = time.perf_counter() - started
@@ -90,7 +126,7 @@ def run_training_benchmark(
         best_epoch=history.best_epoch,
         members=members,
         member_best_epochs=[h.best_epoch for h in model.member_histories],
-        whatif_edit_ms=_whatif_edit_ms(model, cohort, seed) if members > 1 and model.layout.treatments else None,
+        **(_whatif_timings(model, cohort, seed, whatif_horizon) if members > 1 and model.layout.treatments else {}),
         cpu_count=os.cpu_count() or 0,
         torch_threads=torch.get_num_threads(),
         machine=f"{platform.machine()} {platform.system()}",
@@ -100,23 +136,40 @@ def run_training_benchmark(
     return result, model
 
 
-def _whatif_edit_ms(model: VirtualPatientModel, cohort: Cohort, seed: int, edits: int = 5) -> float:
-    """Median time of a two-plan what-if after its first run (the posterior cached), as the dashboard edits a dose."""
+def _whatif_timings(model: VirtualPatientModel, cohort: Cohort, seed: int, horizon: float, repeats: int = 5) -> dict:
+    """Median times of two-plan what-ifs, as the result's fields: for new patients, and after a plan edit.
+
+    A new patient's what-if infers its posterior (every member refines it); the edits then
+    re-run one patient's what-if with another dose, its posterior cached, as the dashboard does.
+    """
     from vpatient.schemas import TreatmentExposure, TreatmentPlan
     from vpatient.simulation import Simulator
 
     sim = Simulator(model)
-    record = max(cohort.records, key=lambda r: len(r.visit_times()))
     treatment = model.layout.treatments[0]
 
-    def plans(dose: float) -> list[TreatmentPlan]:
+    def plans(record, dose: float) -> list[TreatmentPlan]:
         drug = TreatmentExposure(treatment=treatment, start=record.end_of_followup, dose=dose)
         return [TreatmentPlan(name="none"), TreatmentPlan(name="drug", exposures=[drug])]
 
-    sim.whatif(record, plans(1.0), horizon=5.0, n_samples=200, seed=seed)  # infers and caches the posterior
-    times = []
-    for k in range(edits):
+    def seconds(record, dose: float) -> float:
         started = time.perf_counter()
-        sim.whatif(record, plans(0.5 + 0.1 * k), horizon=5.0, n_samples=200, seed=seed)
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
+        sim.whatif(record, plans(record, dose), horizon=horizon, n_samples=200, seed=seed)
+        return time.perf_counter() - started
+
+    records = cohort.records
+    newcomers = [records[i] for i in sorted({round(k * (len(records) - 1) / repeats) for k in range(repeats + 1)})]
+    seconds(newcomers[0], 1.0)  # warms up (first calls allocate); its patient is not timed as new
+    new_times, steps = [], []
+    for record in newcomers[1:]:
+        new_times.append(seconds(record, 1.0))
+        steps.append(model.refine_steps_used)
+    record = max(records, key=lambda r: len(r.visit_times()))
+    seconds(record, 1.0)  # infers and caches the posterior
+    edit_times = [seconds(record, 0.5 + 0.1 * k) for k in range(repeats)]
+    return {
+        "whatif_edit_ms": 1000 * statistics.median(edit_times),
+        "whatif_new_patient_ms": 1000 * statistics.median(new_times),
+        "refine_steps": float(statistics.median(steps)),
+        "whatif_horizon": horizon,
+    }

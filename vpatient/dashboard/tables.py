@@ -95,7 +95,7 @@ def forecast_table(forecast, ahead: float | None = None) -> pd.DataFrame:
         {
             "variable": part["variable"].to_numpy(),
             "at t": t,
-            "median": part["q50"].to_numpy(),
+            "median": part["median"].to_numpy(),
             "50% range": [f"{a:.3g}-{b:.3g}" for a, b in zip(part["q25"], part["q75"], strict=True)],
             "90% range": [f"{a:.3g}-{b:.3g}" for a, b in zip(part["q05"], part["q95"], strict=True)],
             "unit": [units[v] for v in part["variable"]],

@@ -120,8 +120,10 @@ class Forecaster(Protocol):
         """Predict the queried cells from the histories.
 
         ``queries`` has columns subject_id, time, variable; the answer has the same rows
-        plus ``mean``, ``q05`` and ``q95`` (the 90% prediction interval) on the MODELLING
-        scale (transformed, not standardised).
+        plus ``mean`` (the method's point forecast, scored by MAE: the world model gives its
+        predictive median there), ``q05`` and ``q95`` (the 90% prediction interval) on the
+        MODELLING scale (transformed, not standardised). The column keeps its name so
+        committed predictions still load.
         """
         ...
 

@@ -50,7 +50,7 @@ class WhatIfResult:
         return self.plans[0].name
 
     def trajectories(self) -> pd.DataFrame:
-        """Per plan, variable and time: predictive mean and 5/25/50/75/95% quantiles (natural units)."""
+        """Per plan, variable and time: predictive median (the point forecast) and 5/25/75/95% quantiles (natural units)."""
         frames = [f.summary().assign(plan=name) for name, f in self.forecasts.items()]
         return pd.concat(frames, ignore_index=True)
 
