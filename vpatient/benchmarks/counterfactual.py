@@ -113,6 +113,7 @@ from tqdm.auto import tqdm
 
 from vpatient import transforms
 from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult
+from vpatient.data.batching import median_visit_gap
 from vpatient.data.synthetic import SyntheticCohort, SyntheticTruth, daily_cohort, synthetic_cohort
 from vpatient.data.timeline import truncate_record
 from vpatient.evaluate.baselines import LOCF
@@ -945,10 +946,9 @@ def _main_plans(split: DecisionSplit, decision_time: float) -> tuple[tuple[str, 
 
 def visit_step(records: Sequence[PatientRecord]) -> float:
     """One step of the step forecasts: the median gap between consecutive visits."""
-    gaps = [g for r in records for g in np.diff(r.visit_times())]
-    if not gaps:
+    if not any(len(r.visit_times()) > 1 for r in records):
         raise ProtocolError("no patient with two visits: no visit step")
-    return float(np.median(gaps))
+    return median_visit_gap(records)
 
 
 def _step_forecasts(

@@ -1271,7 +1271,14 @@ def daily_config(params: DailyParams | None = None) -> DatasetConfig:
         "Treatments start and stop in runs, more often started in patients with larger tumours (confounding)."
     )
     return DatasetConfig.model_validate(
-        {"name": "synthetic-daily", "description": description, "time_unit": "days", "variables": variables, "tests": tests}
+        {
+            "name": "synthetic-daily",
+            "description": description,
+            "time_unit": "days",
+            "horizon": 5.0,  # what-ifs look five daily visits ahead
+            "variables": variables,
+            "tests": tests,
+        }
     )
 
 
