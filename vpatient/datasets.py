@@ -48,6 +48,7 @@ class DatasetInfo:
     name: str
     description: str
     load: Callable[..., Cohort]
+    generated: bool = True  # False: a fixed dataset, which a size (n) cannot apply to
 
 
 EMBEDDED: dict[str, DatasetInfo] = {
@@ -55,6 +56,7 @@ EMBEDDED: dict[str, DatasetInfo] = {
         "pbc2",
         "Mayo Clinic PBC trial: 312 patients, 1,945 visits, D-penicillamine vs placebo (embedded).",
         lambda seed=0, n=None: load_pbc2(),
+        generated=False,
     ),
     "synthetic": DatasetInfo(
         "synthetic",
@@ -94,6 +96,8 @@ def load_dataset(
     if name in EMBEDDED:
         if config is not None:
             raise ConfigError(f"dataset {name!r} is embedded and brings its own config; --config is for MEDS paths")
+        if n is not None and not EMBEDDED[name].generated:
+            raise ConfigError(f"dataset {name!r} has a fixed size; a number of subjects (n) applies to generated datasets only")
         return EMBEDDED[name].load(seed=seed, n=n)
     path = Path(name)
     if not path.exists():

@@ -158,6 +158,10 @@ def benchmark_forecast(
             help="Recompute every (fold, method), ignoring the parts an earlier run kept in OUT_DIR/.forecast-<data>.parts.",
         ),
     ] = False,
+    n: Annotated[
+        int | None,
+        typer.Option("--n", min=20, help="Subjects to generate (generated datasets only; default: the dataset's own size)."),
+    ] = None,
     members: Annotated[
         int | None,
         typer.Option(
@@ -181,7 +185,7 @@ def benchmark_forecast(
     chosen = _methods(methods)
     if WORLD_MODEL in chosen:
         chosen[WORLD_MODEL] = _world_model(settings_file, members)
-    cohort = load_dataset(data, config, seed=seed)
+    cohort = load_dataset(data, config, seed=seed, n=n)
     truth = getattr(cohort, "truth", None)
     if truth is not None:  # synthetic data: score the ground truth too, as the noise floor
         from vpatient.evaluate.oracle import SyntheticOracle
