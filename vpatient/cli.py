@@ -193,7 +193,9 @@ def train(
     ] = None,
     step: Annotated[
         float | None,
-        typer.Option(help="Step of the ODE solver (default: the model's, ModelSettings.step)."),
+        typer.Option(
+            help="ODE solver step as a fraction of the time scale (the median gap between visits); default ModelSettings.step."
+        ),
     ] = None,
     members: MembersOption = DEFAULT_MEMBERS,
     workers: WorkersOption = None,

@@ -241,6 +241,12 @@ class VirtualPatientModel:
         return self.scalers.median_followup if self.scalers.median_followup is not None else 5.0
 
     @property
+    def grid_step(self) -> float:
+        """Resolution of forecast, what-if and simulated outputs, in the data's unit: a month, or a
+        quarter of the typical visit gap (the time scale) where visits are closer than four months."""
+        return min(self.config.time_unit.month, self.scalers.time_scale / 4)
+
+    @property
     def dataset_name(self) -> str:
         """The dataset the model was trained on (its data source, else its config's name): where its patients are."""
         return self.data_source or self.config.name
@@ -605,12 +611,12 @@ class VirtualPatientModel:
         Returns sample paths on a grid from 0 to until + horizon, every ``step``: the
         fitted past and the forecast, with predictive quantiles and survival curves. Times
         are in the data's unit; ``horizon`` defaults to :attr:`default_horizon` and ``step``
-        to a month.
+        to :attr:`grid_step`.
         """
         if until is None:
             until = max(record.visit_times(), default=0.0)
         horizon = self.default_horizon if horizon is None else horizon
-        step = self.config.time_unit.month if step is None else step
+        step = self.grid_step if step is None else step
         if not math.isfinite(until) or until < 0:
             raise VPatientError(f"subject {record.subject_id}: until = {until!r}: must be a time >= 0")
         if not (math.isfinite(horizon) and horizon > 0):

@@ -216,8 +216,13 @@ def benchmark_training(
     seed: SeedOption = 0,
     members: Annotated[int, typer.Option("--members", min=1, help="Ensemble members (1: a single model).")] = 1,
     whatif_horizon: Annotated[
-        float, typer.Option("--whatif-horizon", help="Horizon of the timed what-ifs (the data's time unit).")
-    ] = 5.0,
+        float | None,
+        typer.Option(
+            "--whatif-horizon",
+            help="Horizon of the timed what-ifs, in the data's time unit (default: the model's default horizon).",
+            show_default=False,
+        ),
+    ] = None,
     out_dir: OutDirOption = DEFAULT_OUT_DIR,
 ) -> None:
     """Time the training of the world model (default settings, --members members) on all of a dataset.
@@ -252,9 +257,15 @@ def benchmark_counterfactual(
 
     if data not in WORLDS:
         raise typer.BadParameter(f"{data!r}: only {' and '.join(WORLDS)} have a counterfactual truth", param_hint="--data")
-    train_settings = _training_settings(settings_file)[0]
+    train_settings, model_settings = _training_settings(settings_file)
     result = run_counterfactual_benchmark(
-        n=n, seed=seed, strengths=parse_strengths(strengths), data=data, train_settings=train_settings, progress=progress
+        n=n,
+        seed=seed,
+        strengths=parse_strengths(strengths),
+        data=data,
+        train_settings=train_settings,
+        model_settings=model_settings,
+        progress=progress,
     )
     _report(result, result.write(out_dir))
 

@@ -71,7 +71,7 @@ from vpatient.evaluate.protocol import (
 )
 from vpatient.schemas import DatasetConfig, PatientRecord, Transform
 from vpatient.tables import markdown_table
-from vpatient.version import __version__
+from vpatient.version import __version__, source_digest
 
 __all__ = [
     "PREDICTION_COLUMNS",
@@ -631,9 +631,9 @@ class ResultParts:
 
 
 def _run_key(records: Sequence[PatientRecord], cohort: Cohort, settings: ProtocolSettings) -> str:
-    """A hash of the data, config, protocol settings and vpatient version of a run."""
+    """A hash of the data, config, protocol settings and vpatient version and source code of a run."""
     digest = hashlib.sha256()
-    digest.update(f"{cohort.name}|{__version__}".encode())
+    digest.update(f"{cohort.name}|{__version__}|{source_digest()}".encode())
     digest.update(cohort.config.model_dump_json().encode())
     digest.update(settings.model_dump_json().encode())
     for record in records:

@@ -134,9 +134,7 @@ def _rollout(model: VirtualPatientModel, z0, static, dose_times, doses, years: f
     """Augmented states (latent, cumulative hazards, incidences) at monthly outputs: (n, G, D)."""
     import torch
 
-    from vpatient.simulation.sampling import GRID_STEP
-
-    grid = torch.arange(0.0, years + 1e-9, GRID_STEP, dtype=torch.float32)
+    grid = torch.arange(0.0, years + 1e-9, model.grid_step, dtype=torch.float32)
     world = model.network
     if reference:  # torchdiffeq itself, told where the doses jump, output at the monthly times
         from torchdiffeq import odeint
@@ -157,11 +155,9 @@ def _decode(model: VirtualPatientModel, z0, states):
     """Labs (standardised decoded means) and survival from states: (n, G, Dc), (n, G, E)."""
     import torch
 
-    from vpatient.simulation.sampling import GRID_STEP
-
     world = model.network
     latent, n_events = world.settings.latent_dim, len(model.layout.events)
-    times = (torch.arange(states.shape[1], dtype=torch.float32) * GRID_STEP).expand(len(z0), -1)
+    times = (torch.arange(states.shape[1], dtype=torch.float32) * model.grid_step).expand(len(z0), -1)
     labs = world.decoder.continuous_mean(states[..., :latent], world.offsets(z0), times)
     return labs, torch.exp(-states[..., latent : latent + n_events])
 
@@ -255,7 +251,6 @@ def run_simulate_speed_benchmark(
     import torch
 
     from vpatient.simulation import Simulator
-    from vpatient.simulation.sampling import GRID_STEP
 
     sim = Simulator.load(model_dir)
     if sim.population is None:
@@ -271,7 +266,7 @@ def run_simulate_speed_benchmark(
         model=str(model_dir),
         seed=seed,
         years=years,
-        output_step_years=GRID_STEP,
+        output_step_years=sim.model.grid_step,
         model_step_years=sim.model.network.solver_step,
         chunk_size=chunk_size,
         rows=rows,

@@ -19,7 +19,6 @@ import time
 from dataclasses import replace
 from typing import Literal
 
-import torch
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from vpatient.benchmarks.base import VersionedBenchmarkResult
@@ -27,7 +26,7 @@ from vpatient.data.cohort import Cohort
 from vpatient.errors import VPatientError
 from vpatient.model.latent_ode import ModelSettings
 from vpatient.tables import markdown_table
-from vpatient.train import TrainSettings
+from vpatient.train import TrainSettings, default_threads
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = ["TrainingBenchmarkResult", "run_training_benchmark"]
@@ -100,14 +99,15 @@ class TrainingBenchmarkResult(VersionedBenchmarkResult):
 
 
 def run_training_benchmark(
-    cohort: Cohort, seed: int = 0, members: int = 1, whatif_horizon: float = 5.0, epochs: int | None = None
+    cohort: Cohort, seed: int = 0, members: int = 1, whatif_horizon: float | None = None, epochs: int | None = None
 ) -> tuple[TrainingBenchmarkResult, VirtualPatientModel]:
     """Train with the default settings (``members`` members) on every record of ``cohort`` and time it.
 
     With an ensemble and treatments it also times what-ifs of ``whatif_horizon`` (the
-    data's time unit). ``epochs`` caps training (tests); the default is the training default.
+    data's time unit; default the model's default horizon). ``epochs`` caps training
+    (tests); the default is the training default.
     """
-    if not (math.isfinite(whatif_horizon) and whatif_horizon > 0):
+    if whatif_horizon is not None and not (math.isfinite(whatif_horizon) and whatif_horizon > 0):
         raise VPatientError(f"whatif_horizon = {whatif_horizon!r}: the what-if horizon must be > 0")
     settings = TrainSettings(seed=seed, members=members)
     if epochs is not None:
@@ -126,9 +126,13 @@ def run_training_benchmark(
         best_epoch=history.best_epoch,
         members=members,
         member_best_epochs=[h.best_epoch for h in model.member_histories],
-        **(_whatif_timings(model, cohort, seed, whatif_horizon) if members > 1 and model.layout.treatments else {}),
+        **(
+            _whatif_timings(model, cohort, seed, whatif_horizon or model.default_horizon)
+            if members > 1 and model.layout.treatments
+            else {}
+        ),
         cpu_count=os.cpu_count() or 0,
-        torch_threads=torch.get_num_threads(),
+        torch_threads=settings.threads or default_threads(),  # what training used (torch's own count is restored after)
         machine=f"{platform.machine()} {platform.system()}",
         model_settings=model_settings.to_dict(),
         train_settings=settings.to_dict(),

@@ -34,7 +34,7 @@ class VirtualPatientForecaster:
     ):
         self.name = name
         self.settings = settings or TrainSettings()
-        self.model_settings = model_settings
+        self.model_settings = model_settings or ModelSettings()  # the defaults, spelled out: they key resumed results
         self.n_samples = n_samples
         self.model: VirtualPatientModel | None = None
         self.progress = False

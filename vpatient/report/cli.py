@@ -49,8 +49,12 @@ def report_patient(
     config: ConfigOption = None,
     n_samples: Annotated[int, typer.Option(min=1, help="Posterior sample paths.")] = 200,
     next_visit: Annotated[
-        float, typer.Option(help=f"Time from the decision time to the visit the tests are for, {IN_TIME_UNIT}.")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            help=f"Time from the decision time to the visit the tests are for, {IN_TIME_UNIT}; "
+            "default half the typical gap between the training data's visits."
+        ),
+    ] = None,
     card: CardOption = None,
 ) -> None:
     """A patient's report: history, forecasts and survival per plan, effects, next tests, assumptions and limits."""
@@ -58,6 +62,7 @@ def report_patient(
     from vpatient.simulation.cli import load_whatif
 
     sim, plans, record = load_whatif(model, plan, patient, data, config)
+    next_visit = sim.model.scalers.time_scale / 2 if next_visit is None else next_visit
     report = patient_report(
         sim,
         record,
@@ -80,7 +85,10 @@ def report_trial(
     out: OutOption,
     pdf: PdfOption = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Virtual patients (each under every arm).")] = 1000,
-    years: Annotated[float, typer.Option(help=f"Follow-up, {IN_TIME_UNIT} (the name is historical).")] = 5.0,
+    years: Annotated[
+        float | None,
+        typer.Option(help=f"Follow-up, {IN_TIME_UNIT} (the name is historical); default the model's default horizon."),
+    ] = None,
     event: Annotated[str | None, typer.Option(help="Primary event (default: the config's first event).")] = None,
     seed: SeedOption = 0,
     draws_per_record: Annotated[int, typer.Option(min=1, help="Posterior draws per training patient for subgroups.")] = 4,
@@ -101,6 +109,7 @@ def report_trial(
     if adjustment is not None:
         load_adjustment(adjustment)  # refuse a wrong file before the model loads; the report reads it again (a few kB)
     sim = load_simulator(model)
+    years = sim.model.default_horizon if years is None else years
     arms = load_arms(arm, sim.model.config)
     report = trial_report(
         sim,

@@ -144,7 +144,10 @@ def simulate_cohort(
     model: ModelOption,
     n: Annotated[int, typer.Option("--n", min=1, help="Virtual patients to draw.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (MEDS under meds/, events under events/).")],
-    years: Annotated[float, typer.Option(help=f"Follow-up to simulate, {IN_TIME_UNIT} (the name is historical).")] = 5.0,
+    years: Annotated[
+        float | None,
+        typer.Option(help=f"Follow-up, {IN_TIME_UNIT} (the name is historical); default the model's default horizon."),
+    ] = None,
     schedule: Annotated[str, typer.Option(help="Visit schedule: as_observed, regular or random.")] = "as_observed",
     visit_interval: Annotated[
         float | None, typer.Option(help=f"Time between visits (regular) or mean gap (random), {IN_TIME_UNIT}.")
@@ -162,6 +165,7 @@ def simulate_cohort(
 ) -> None:
     """Draw new virtual patients from the learned population and write them as a MEDS directory plus an events table."""
     sim = load_simulator(model)
+    years = sim.model.default_horizon if years is None else years
     chosen = load_plan(plan, sim.model.config) if plan is not None else None
     result = sim.cohort(
         n,
@@ -190,7 +194,10 @@ def simulate_trial(
     arm: Annotated[list[str], typer.Option("--arm", help="NAME=PLAN.json; repeat per arm. The first arm is the reference.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory (tables, trial.json, trial.md, trial.png).")],
     n: Annotated[int, typer.Option("--n", min=1, help="Virtual patients (each is simulated under every arm).")] = 1000,
-    years: Annotated[float, typer.Option(help=f"Follow-up, {IN_TIME_UNIT} (the name is historical).")] = 5.0,
+    years: Annotated[
+        float | None,
+        typer.Option(help=f"Follow-up, {IN_TIME_UNIT} (the name is historical); default the model's default horizon."),
+    ] = None,
     event: Annotated[str | None, typer.Option(help="Primary event (default: the config's first event kind).")] = None,
     data: Annotated[
         str | None,
@@ -207,6 +214,7 @@ def simulate_trial(
     """An in-silico trial: the same patients under each arm (common random numbers), analysed like a real trial."""
 
     sim = load_simulator(model)
+    years = sim.model.default_horizon if years is None else years
     arms = load_arms(arm, sim.model.config)
     population = sim.model.patients(data, config).records if data else None
     result = sim.trial(

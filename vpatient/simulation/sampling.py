@@ -41,7 +41,6 @@ from vpatient.simulation.population import Population
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = [
-    "GRID_STEP",
     "Outcomes",
     "Schedule",
     "VirtualPatients",
@@ -50,9 +49,6 @@ __all__ = [
     "patients_from_records",
     "realise",
 ]
-
-#: A month in years: the resolution of survival curves, lab trajectories and event-time search is a month in the data's unit.
-GRID_STEP = 1.0 / 12
 
 
 class Schedule(StrEnum):
@@ -285,7 +281,7 @@ def realise(
     z0 = torch.as_tensor(patients.draws, dtype=torch.float32)
     static = torch.as_tensor(patients.static, dtype=torch.float32)
     solution = model.network.solve(z0, static, dose_times, doses, years)
-    grid = np.arange(0.0, years + 1e-9, model.config.time_unit.month)  # monthly in the data's unit (GRID_STEP in years)
+    grid = np.arange(0.0, years + 1e-9, model.grid_step)  # a month, or finer where visits are closer
     if grid[-1] < years - 1e-9:
         grid = np.append(grid, years)
     n = len(patients)

@@ -146,7 +146,7 @@ def whatif(
     The first plan is the reference every other plan is compared with. Plans are
     validated against the model's config (known treatments, allowed doses). Times are in
     the data's unit; ``horizon`` defaults to the model's :attr:`~VirtualPatientModel.default_horizon`,
-    ``step`` (of the output grid) to a month.
+    ``step`` (of the output grid) to its :attr:`~VirtualPatientModel.grid_step`.
     """
     plans = list(plans)
     if not plans:
@@ -161,7 +161,7 @@ def whatif(
     if not math.isfinite(at) or at < 0:
         raise VPatientError(f"subject {record.subject_id}: at = {at!r}: the decision time must be >= 0")
     horizon = model.default_horizon if horizon is None else horizon
-    step = model.config.time_unit.month if step is None else step
+    step = model.grid_step if step is None else step
     if not (math.isfinite(horizon) and horizon > 0):
         raise VPatientError(f"horizon = {horizon!r}: must be > 0 {model.time_unit}")
     in_unit = [model.config.time_unit.from_years(h) for h in DEFAULT_EFFECT_HORIZONS]
