@@ -38,6 +38,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from vpatient import transforms
+from vpatient.data.batching import median_visit_gap
 from vpatient.data.timeline import truncate_record
 from vpatient.evaluate.baselines import MeanOnly
 from vpatient.evaluate.protocol import MIN_VISITS, ProtocolError, landmark_split
@@ -67,9 +68,8 @@ class RidgeForecaster:
         self.variables_ = config.names(VariableKind.CONTINUOUS)
         self.treatments_ = config.names(VariableKind.TREATMENT)
         self.fallback_ = MeanOnly().fit(train, config, seed)
-        gaps = [g for r in train for g in np.diff(r.visit_times())]
         # carry-over window: five typical visit gaps unless given
-        self.window_ = self.carry_over if self.carry_over is not None else 5.0 * float(np.median(gaps) if gaps else 1.0)
+        self.window_ = self.carry_over if self.carry_over is not None else 5.0 * median_visit_gap(train)
         rng = np.random.default_rng(seed)
         frames = []
         for record in train:
