@@ -113,9 +113,8 @@ from tqdm.auto import tqdm
 
 from vpatient import transforms
 from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult
-from vpatient.data.batching import median_visit_gap
 from vpatient.data.synthetic import SyntheticCohort, SyntheticTruth, daily_cohort, synthetic_cohort
-from vpatient.data.timeline import truncate_record
+from vpatient.data.timeline import median_visit_gap, truncate_record
 from vpatient.evaluate.baselines import LOCF
 from vpatient.evaluate.protocol import Forecaster, ProtocolError, Standardiser, last_observations, survival_setup
 from vpatient.evaluate.ridge import RidgeForecaster

@@ -21,11 +21,12 @@ import torch
 from sklearn.preprocessing import StandardScaler
 
 from vpatient import transforms
+from vpatient.data.timeline import median_visit_gap
 from vpatient.model.batch import ExpertGroup, FeatureLayout, PatientBatch
 from vpatient.plans import dose_at
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, VariableKind
 
-__all__ = ["Scalers", "dose_tensors", "layout_from_config", "make_batch", "median_visit_gap"]
+__all__ = ["Scalers", "dose_tensors", "layout_from_config", "make_batch"]
 
 
 def layout_from_config(config: DatasetConfig) -> FeatureLayout:
@@ -122,16 +123,6 @@ class Scalers:
             time_scale=time_scale,
             median_followup=float(followup) if followup is not None else None,
         )
-
-
-def median_visit_gap(records: Sequence[PatientRecord]) -> float:
-    """The median gap between consecutive distinct visit times, pooled over ``records`` (1.0 when no one has two visits).
-
-    The network's time scale: a typical interval between measurements, in the data's own unit.
-    """
-    gaps = np.concatenate([np.diff(r.visit_times()) for r in records] or [np.zeros(0)])
-    gaps = gaps[gaps > 0]
-    return float(np.median(gaps)) if len(gaps) else 1.0
 
 
 def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ patient "as of" a landmark time s: nothing after s leaks in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ import pandas as pd
 from vpatient import transforms
 from vpatient.schemas import DatasetConfig, PatientRecord
 
-__all__ = ["observations_frame", "truncate_record"]
+__all__ = ["median_visit_gap", "observations_frame", "truncate_record"]
 
 
 def truncate_record(record: PatientRecord, until: float) -> PatientRecord:
@@ -55,3 +55,13 @@ def observations_frame(records: Iterable[PatientRecord], config: DatasetConfig, 
                 frame.loc[mask, "value"] = transforms.forward(frame.loc[mask, "value"].to_numpy(), var.transform)
     frame["value"] = frame["value"].astype(np.float64)
     return frame
+
+
+def median_visit_gap(records: Sequence[PatientRecord]) -> float:
+    """The median gap between consecutive distinct visit times, pooled over ``records`` (1.0 when no one has two visits).
+
+    The network's time scale: a typical interval between measurements, in the data's own unit.
+    """
+    gaps = np.concatenate([np.diff(r.visit_times()) for r in records] or [np.zeros(0)])
+    gaps = gaps[gaps > 0]
+    return float(np.median(gaps)) if len(gaps) else 1.0

@@ -38,8 +38,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from vpatient import transforms
-from vpatient.data.batching import median_visit_gap
-from vpatient.data.timeline import truncate_record
+from vpatient.data.timeline import median_visit_gap, truncate_record
 from vpatient.evaluate.baselines import MeanOnly
 from vpatient.evaluate.protocol import MIN_VISITS, ProtocolError, landmark_split
 from vpatient.plans import dose_at

@@ -44,8 +44,9 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
-from vpatient.data.batching import make_batch, median_visit_gap
+from vpatient.data.batching import make_batch
 from vpatient.data.cohort import arm_of
+from vpatient.data.timeline import median_visit_gap
 from vpatient.errors import VPatientError
 from vpatient.schemas import PatientRecord, TreatmentExposure
 from vpatient.virtual_patient import VirtualPatientModel
