@@ -75,3 +75,11 @@ def test_packaged_copy_equals_the_reference():
     packaged = (resources.files("vpatient.data") / "files" / "pbc2.csv").read_bytes()
     assert packaged == REFERENCE.read_bytes()
     assert load_pbc2(REFERENCE).records == load_pbc2().records
+
+
+def test_a_size_for_the_fixed_pbc_dataset_is_refused() -> None:
+    from vpatient.datasets import load_dataset
+    from vpatient.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fixed size"):
+        load_dataset("pbc2", n=50)
