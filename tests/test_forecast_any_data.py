@@ -210,3 +210,15 @@ def test_cells_with_too_few_events_are_noted(tmp_path):
         for c in (early, late)
     ]
     assert "## Notes\n\n- s=6 w=0.5: fewer than 5 death events" in (out / "forecast-clinic.md").read_text()
+
+
+def test_mae_by_visits_ahead_ranks_each_subjects_forecast_times() -> None:
+    from vpatient.benchmarks.forecast import mae_by_visits_ahead
+
+    rows = []
+    for subject, offset in (("a", 0.0), ("b", 10.0)):
+        for k, t in enumerate([1.0, 2.0, 4.0, 8.0], start=1):  # visits 1, 2, 3, 4 ahead (times differ by subject)
+            rows.append({"method": "m", "subject_id": subject, "time": offset + t, "observed": 0.0, "mean": float(k)})
+    table = pd.DataFrame(rows)
+    assert mae_by_visits_ahead(table) == {"m": {"1": 1.0, "2": 2.0, "3-5": 3.5}}
+    assert mae_by_visits_ahead(table.iloc[:0]) == {}

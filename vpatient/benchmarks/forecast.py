@@ -190,6 +190,11 @@ class ForecastBenchmarkResult(VersionedBenchmarkResult):
     notes: list[str] = Field(
         default_factory=list, exclude_if=_empty, description="Warnings about the run, e.g. survival cells with too few events."
     )
+    mae_by_visits_ahead: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        exclude_if=_empty,
+        description="Method -> visits ahead of the landmark (1, 2, 3-5, 6-10, 11+) -> MAE of those cells, all folds pooled.",
+    )
 
     @property
     def stem(self) -> str:
@@ -248,6 +253,13 @@ class ForecastBenchmarkResult(VersionedBenchmarkResult):
                 row["cells"] = f.n_cells
                 rows.append(row)
             lines += [markdown_table(pd.DataFrame(rows), index=False), ""]
+        if self.mae_by_visits_ahead:
+            lines += [
+                "MAE by how far ahead the forecast looks, in visits after the landmark (all folds pooled):",
+                "",
+                markdown_table(pd.DataFrame(self.mae_by_visits_ahead).T.rename_axis("method").reset_index(), index=False),
+                "",
+            ]
         if self.survival:
             cells = sorted({(x.landmark, x.window) for x in self.survival})
             header = {c: f"s={c[0]:g} w={c[1]:g}" for c in cells}
@@ -447,8 +459,35 @@ def run_forecast_benchmark(
         skipped_methods=skipped,
         survival_skipped=survival_skipped,
         notes=notes,
+        mae_by_visits_ahead=mae_by_visits_ahead(table),
     )
     return result, table
+
+
+#: Bins of visits ahead of the landmark: the step forecasts a user of daily data asks about, then longer ranges.
+VISITS_AHEAD_BINS = ((1, 1, "1"), (2, 2, "2"), (3, 5, "3-5"), (6, 10, "6-10"), (11, 10**9, "11+"))
+
+
+def mae_by_visits_ahead(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Method -> bin of visits ahead -> MAE over the predictions table's cells in it (bins with no cell left out).
+
+    A cell's visits ahead is the rank of its time among its subject's forecast times: the
+    first visit after the landmark is 1.
+    """
+    if table.empty:
+        return {}
+    ahead = table.groupby(["method", "subject_id"])["time"].rank(method="dense")
+    error = (table["mean"] - table["observed"]).abs()
+    out: dict[str, dict[str, float]] = {}
+    for method in table["method"].unique():
+        mine = table["method"] == method
+        row = {}
+        for lo, hi, label in VISITS_AHEAD_BINS:
+            cells = mine & ahead.between(lo, hi)
+            if cells.any():
+                row[label] = round(float(error[cells].mean()), 3)
+        out[str(method)] = row
+    return out
 
 
 def _applicable_methods(
