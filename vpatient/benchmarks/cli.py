@@ -25,6 +25,7 @@ from vpatient.benchmarks.options import (
     ProgressOption,
     SeedOption,
     SettingsFileOption,
+    SizeOption,
     TrialDataOption,
 )
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
@@ -158,10 +159,7 @@ def benchmark_forecast(
             help="Recompute every (fold, method), ignoring the parts an earlier run kept in OUT_DIR/.forecast-<data>.parts.",
         ),
     ] = False,
-    n: Annotated[
-        int | None,
-        typer.Option("--n", min=20, help="Subjects to generate (generated datasets only; default: the dataset's own size)."),
-    ] = None,
+    n: SizeOption = None,
     members: Annotated[
         int | None,
         typer.Option(
@@ -223,6 +221,15 @@ def benchmark_training(
             show_default=False,
         ),
     ] = None,
+    n: SizeOption = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--epochs",
+            min=1,
+            help="Cap on training epochs (default: the training default). A capped run times the what-ifs, not a full fit.",
+        ),
+    ] = None,
     out_dir: OutDirOption = DEFAULT_OUT_DIR,
 ) -> None:
     """Time the training of the world model (default settings, --members members) on all of a dataset.
@@ -232,8 +239,8 @@ def benchmark_training(
     from vpatient.benchmarks.training import run_training_benchmark
     from vpatient.datasets import load_dataset
 
-    cohort = load_dataset(data, config, seed=seed)
-    result, _ = run_training_benchmark(cohort, seed=seed, members=members, whatif_horizon=whatif_horizon)
+    cohort = load_dataset(data, config, seed=seed, n=n)
+    result, _ = run_training_benchmark(cohort, seed=seed, members=members, whatif_horizon=whatif_horizon, epochs=epochs)
     _report(result, result.write(out_dir))
 
 

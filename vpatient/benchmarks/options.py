@@ -49,6 +49,10 @@ OutDirOption = Annotated[
     Path, typer.Option("--out-dir", help="Directory of the results: JSON, markdown and, where the benchmark draws one, PNG.")
 ]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
+SizeOption = Annotated[
+    int | None,
+    typer.Option("--n", min=20, help="Subjects to generate (generated datasets only; default: the dataset's own size)."),
+]
 MembersOption = Annotated[
     int,
     typer.Option(
