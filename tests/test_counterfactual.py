@@ -182,7 +182,9 @@ def test_tiny_run_blind_model_predicts_no_effect_and_truth_has_one(tiny):
         if x.effect_true is None:
             continue
         if x.method == "vpatient-blind":  # it never sees the dose: every plan gives the same paths
-            assert all(v == [0.0] * 3 for v in x.effect_predicted.values()) and x.survival_effect_predicted == 0.0
+            # up to float32 rounding: a plan's dose changes still split the solver's steps where they fall
+            assert all(abs(e) < 1e-6 for v in x.effect_predicted.values() for e in v)
+            assert abs(x.survival_effect_predicted) < 1e-6
         direction = -1.0 if x.plan == "withdrawn" else 1.0  # withdrawing worsens, starting or doubling improves
         assert direction * x.effect_true["bilirubin"][-1] < 0 and direction * x.survival_effect_true > 0
 

@@ -83,7 +83,7 @@ def test_target_objects_are_built_checked_and_read_back(trained):
         Target.forecast("ascites", 1).check(model.config)
     with pytest.raises(OptionError, match="unknown target kind 'rsik'; choose one of 'latent', 'risk', 'forecast'"):
         Target("rsik", event="death", horizon=5.0)
-    with pytest.raises(OptionError, match="horizon must be > 0"):
+    with pytest.raises(OptionError, match="horizon must be a time > 0"):
         Target.risk("death", 0)
     with pytest.raises(OptionError, match="names an event"):
         Target("risk", variable="bilirubin", horizon=1.0)
