@@ -103,6 +103,10 @@ def run_chunks(
         bar.close()
 
 
+#: Text arguments longer than this are scattered to the workers once instead of travelling with each task.
+_SCATTER_CHARS = 10_000
+
+
 def _run_on_dask(task, work, scheduler, n_workers, bar, kwargs) -> list[Any]:
     try:
         from distributed import Client, LocalCluster, as_completed
@@ -123,7 +127,14 @@ def _run_on_dask(task, work, scheduler, n_workers, bar, kwargs) -> list[Any]:
         raise VPatientError(f"could not reach the Dask scheduler {scheduler or '(local cluster)'}: {exc}") from None
     try:
         log.info("dask: %d chunks on %s", len(work), client.dashboard_link if cluster is None else "a local cluster")
-        futures = client.map(task, list(work), pure=False, **kwargs)
+        # Large arguments (the population's JSON) are sent once to every worker: given to map
+        # as they are, Dask makes each a graph node named after the keyword, which it then
+        # fails to serialise ("Failed to serialize <TaskState 'population'>").
+        shared = {
+            name: client.scatter(value, broadcast=True) if isinstance(value, str) and len(value) > _SCATTER_CHARS else value
+            for name, value in kwargs.items()
+        }
+        futures = client.map(task, list(work), pure=False, **shared)
         position = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(work)
         for future in as_completed(futures):
