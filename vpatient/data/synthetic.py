@@ -507,6 +507,20 @@ def _stage_exceed(z: np.ndarray, p: SyntheticParams) -> np.ndarray:
 # --------------------------------------------------------------------------- config
 
 
+def _demographics() -> list[dict]:
+    """Age and sex, the static variables both synthetic worlds declare alike."""
+    return [
+        {"name": "age", "codes": ["STATIC//AGE"], "kind": "static", "unit": "years", "plausible_range": (0.0, 120.0)},
+        {
+            "name": "sex",
+            "codes": ["STATIC//SEX"],
+            "kind": "static",
+            "plausible_range": (0.0, 1.0),
+            "categories": {"female": 0.0, "male": 1.0},
+        },
+    ]
+
+
 def synthetic_config(imaging_dim: int = 32, params: SyntheticParams | None = None) -> DatasetConfig:
     """The dataset config of the synthetic world: every variable kind, and four tests."""
     p = params or SyntheticParams()
@@ -528,14 +542,7 @@ def synthetic_config(imaging_dim: int = 32, params: SyntheticParams | None = Non
         }
 
     variables = [
-        {"name": "age", "codes": ["STATIC//AGE"], "kind": "static", "unit": "years", "plausible_range": (0.0, 120.0)},
-        {
-            "name": "sex",
-            "codes": ["STATIC//SEX"],
-            "kind": "static",
-            "plausible_range": (0.0, 1.0),
-            "categories": {"female": 0.0, "male": 1.0},
-        },
+        *_demographics(),
         {
             "name": "subtype",
             "codes": ["STATIC//SUBTYPE"],
@@ -1225,14 +1232,7 @@ def daily_config(params: DailyParams | None = None) -> DatasetConfig:
         }
 
     variables = [
-        {"name": "age", "codes": ["STATIC//AGE"], "kind": "static", "unit": "years", "plausible_range": (0.0, 120.0)},
-        {
-            "name": "sex",
-            "codes": ["STATIC//SEX"],
-            "kind": "static",
-            "plausible_range": (0.0, 1.0),
-            "categories": {"female": 0.0, "male": 1.0},
-        },
+        *_demographics(),
         lab("volume", "IMG//TUMOUR_VOLUME", "cm^3", "scan", (1e-3, 1e5), "Tumour volume; log volume is the latent z1"),
         lab("marker", "LAB//MARKER", "ng/mL", "blood", (1e-3, 1e5), "Tumour marker, log-linear in log volume"),
         lab("neutrophils", "LAB//NEUTROPHILS", "10^9/L", "blood", (1e-3, 100.0), "Neutrophil count, falls with toxicity z2"),
