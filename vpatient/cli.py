@@ -210,7 +210,7 @@ def train(
 ) -> None:
     """Train the world model (an ensemble of --members) and write a checkpoint directory (weights, config, scalers, metrics)."""
     from vpatient.datasets import load_dataset
-    from vpatient.train import SettingsFile, build_settings
+    from vpatient.train import layered_settings
     from vpatient.virtual_patient import VirtualPatientModel
 
     options = {
@@ -222,9 +222,8 @@ def train(
     given = {
         name: value for name, value in options.items() if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
     }
-    from_file = SettingsFile.read(settings_file) if settings_file is not None else {}
-    # precedence: the command line, then the file, then these options' defaults; one set of rules checks them all
-    settings, model_settings = build_settings(SettingsFile.check(options | from_file | given))
+    # precedence: the command line, then the file, then these options' defaults
+    settings, model_settings = layered_settings(settings_file, options, given)
     cohort = load_dataset(data, config, seed=settings.seed)
     started = time.perf_counter()
     model = VirtualPatientModel.fit(cohort.records, cohort.config, settings, model_settings, progress=progress, workers=workers)

@@ -39,6 +39,7 @@ __all__ = [
     "default_threads",
     "fit_latent_ode",
     "forecast_cutoffs",
+    "layered_settings",
     "random_cutoffs",
     "torch_threads",
 ]
@@ -170,6 +171,18 @@ def build_settings(values: Mapping[str, Any], base: TrainSettings | None = None)
     train = replace(base or TrainSettings(), **{k: v for k, v in values.items() if k in train_keys})
     model = ModelSettings(**{k: v for k, v in values.items() if k in model_keys})
     return train, model
+
+
+def layered_settings(
+    settings_file: str | Path | None, defaults: Mapping[str, Any] | None = None, given: Mapping[str, Any] | None = None
+) -> tuple[TrainSettings, ModelSettings]:
+    """Settings in layers: ``defaults``, then the file's (``--settings``), then ``given`` options (None: not given).
+
+    One set of rules (:class:`SettingsFile`) checks the result, wherever each value came from.
+    """
+    from_file = SettingsFile.read(settings_file) if settings_file is not None else {}
+    chosen = {name: value for name, value in (given or {}).items() if value is not None}
+    return build_settings(SettingsFile.check(dict(defaults or {}) | from_file | chosen))
 
 
 def random_cutoffs(batch: PatientBatch, generator: torch.Generator, full_fraction: float) -> torch.Tensor:

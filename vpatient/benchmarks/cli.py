@@ -79,20 +79,12 @@ def _report(result: BenchmarkResult, paths: list[Path]) -> None:
         typer.echo(f"wrote {path}", err=True)
 
 
-def _training_settings(settings_file: Path | None, defaults: dict | None = None, **given):
-    """(TrainSettings, ModelSettings): ``defaults``, overridden by the file's, overridden by ``given`` options that were set."""
-    from vpatient.train import SettingsFile, build_settings
-
-    from_file = SettingsFile.read(settings_file) if settings_file else {}
-    chosen = {name: value for name, value in given.items() if value is not None}
-    return build_settings(SettingsFile.check((defaults or {}) | from_file | chosen))
-
-
 def _world_model(settings_file: Path | None, members: int | None):
     """The world model's factory, trained as `vpatient train` would with these settings (the seed is the fold's)."""
     from vpatient.evaluate.forecaster import VirtualPatientForecaster
+    from vpatient.train import layered_settings
 
-    settings, model_settings = _training_settings(settings_file, {"members": DEFAULT_MEMBERS}, members=members)
+    settings, model_settings = layered_settings(settings_file, {"members": DEFAULT_MEMBERS}, {"members": members})
     return lambda: VirtualPatientForecaster(settings, model_settings)
 
 
@@ -264,7 +256,9 @@ def benchmark_counterfactual(
 
     if data not in WORLDS:
         raise typer.BadParameter(f"{data!r}: only {' and '.join(WORLDS)} have a counterfactual truth", param_hint="--data")
-    train_settings, model_settings = _training_settings(settings_file)
+    from vpatient.train import layered_settings
+
+    train_settings, model_settings = layered_settings(settings_file)
     result = run_counterfactual_benchmark(
         n=n,
         seed=seed,
