@@ -60,5 +60,3 @@ def random_orders(tests: Sequence[str], generator: torch.Generator, limit: int =
     if math.factorial(len(tests)) <= limit:
         return [list(order) for order in itertools.permutations(tests)]
     return [[tests[i] for i in torch.randperm(len(tests), generator=generator).tolist()] for _ in range(limit)]
-
-

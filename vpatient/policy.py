@@ -43,11 +43,11 @@ import pandas as pd
 import torch
 
 from vpatient import transforms
+from vpatient.cost_curves import bought, random_orders, step_curve
 from vpatient.data.batching import make_batch
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import OptionError, VPatientError, choose
 from vpatient.model.batch import PatientBatch
-from vpatient.cost_curves import bought, random_orders, step_curve
 from vpatient.quasirandom import sobol_normal, sobol_uniform
 from vpatient.schemas import DatasetConfig, PatientRecord
 from vpatient.virtual_patient import VirtualPatientModel, member_slices
@@ -65,6 +65,7 @@ __all__ = [
     "draw_results",
     "eig_from_pool",
     "likelihood_log_factor",
+    "pool_entropy",
     "posterior_pool",
     "predictive_at",
     "recommend",
@@ -273,6 +274,12 @@ def eig_from_pool(
         if scale > 1e-30:
             gains = gains - float((spread * (gains - gains.mean())).sum()) / scale * control
     return float(gains.mean()), float(gains.std(unbiased=True) / math.sqrt(len(gains))) if len(gains) > 1 else math.nan
+
+
+def pool_entropy(pool: Pool, log_w: torch.Tensor | None = None) -> float:
+    """The target's entropy (nats) under the pool reweighted by ``log_w`` (default: the pool's own weights)."""
+    weights = _normalised((pool.log_w if log_w is None else log_w).double())
+    return float(_entropy(pool.target.double(), weights.unsqueeze(0), pool.target_kind, pool.noise_var)[0])
 
 
 def _expert_log_factor(means: torch.Tensor, precisions: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
@@ -702,8 +709,7 @@ def recommend(
     # A test listed twice is a second order with its own, independent, results.
     shared = draw_results(model, predictive, outer, generator)
     results = {
-        label: shared if label == test_of[label] else draw_results(model, predictive, outer, generator)
-        for label in open_labels
+        label: shared if label == test_of[label] else draw_results(model, predictive, outer, generator) for label in open_labels
     }
     factors = {}
     for label in open_labels:
@@ -739,13 +745,11 @@ def recommend(
     gains.sort(key=lambda g: (g.done, -g.eig_per_cost, g.test))
     costs = {label: catalogue[test_of[label]].cost for label in labels}
     sequence = _greedy(open_labels, costs, gain, budget, min_gain_per_cost)
-    prior = float(_entropy(pool.target.double(), weights.double().unsqueeze(0), pool.target_kind, pool.noise_var)[0])
+    prior = pool_entropy(pool)
     recommended = [step["test"] for step in sequence]
     curves = _curve_rows("recommended", [recommended], costs, lambda chosen: gain(chosen)[0], budget)
     curves += _curve_rows("random", random_orders(open_labels, generator), costs, lambda chosen: gain(chosen)[0], budget)
-    return Recommendation(
-        record.subject_id, float(at), chosen_target, n_samples, seed, ess, gains, sequence, prior, curves
-    )
+    return Recommendation(record.subject_id, float(at), chosen_target, n_samples, seed, ess, gains, sequence, prior, curves)
 
 
 def _curve_rows(name: str, orders: Sequence[Sequence[str]], costs, information, budget) -> list[dict]:

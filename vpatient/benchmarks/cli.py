@@ -20,6 +20,7 @@ from vpatient.benchmarks.options import (
     ConfigOption,
     DataOption,
     FoldsOption,
+    MembersOption,
     ModelOption,
     OutDirOption,
     ProgressOption,
@@ -381,19 +382,32 @@ def benchmark_simulate_speed(
 def benchmark_test_selection(
     seed: SeedOption = 0,
     folds: FoldsOption = 5,
-    synthetic_n: Annotated[int, typer.Option("--synthetic-n", min=20, help="Synthetic cohort size.")] = 200,
-    synthetic_folds: Annotated[int, typer.Option("--synthetic-folds", min=2, help="Folds over synthetic patients.")] = 2,
+    synthetic_n: Annotated[int, typer.Option("--synthetic-n", min=20, help="Synthetic cohort size.")] = 300,
+    synthetic_folds: Annotated[int, typer.Option("--synthetic-folds", min=2, help="Folds over synthetic patients.")] = 3,
+    members: MembersOption = DEFAULT_MEMBERS,
     n_samples: Annotated[int, typer.Option("--samples", min=16, help="Pool samples per patient for the curves.")] = 128,
-    n_random: Annotated[int, typer.Option("--random-orders", min=1, help="Random orders averaged per patient.")] = 20,
     n_train_patients: Annotated[
-        int, typer.Option("--train-patients", min=1, help="Training patients per fold that choose the fixed order.")
-    ] = 30,
+        int, typer.Option("--train-patients", min=1, help="Training patients per fold that choose the best fixed order.")
+    ] = 25,
     max_patients: Annotated[
         int | None, typer.Option("--max-patients", min=1, help="At most this many held-out patients per fold.")
     ] = None,
+    scenarios: Annotated[
+        str, typer.Option("--scenarios", help="Comma-separated scenarios: first_visit, after_gap, follow_up.")
+    ] = "first_visit,after_gap,follow_up",
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            help="A target of every dataset, repeatable: risk:<event>:<time> or forecast:<variable>:<time> "
+            "(default: death within 3 years and bilirubin, or the first lab, at 2 years).",
+        ),
+    ] = None,
     latency_patients: Annotated[int, typer.Option("--latency-patients", min=0, help="PBC patients timed.")] = 30,
-    truth_patients: Annotated[int, typer.Option("--truth-patients", min=0, help="Synthetic patients against the truth.")] = 20,
-    truth_samples: Annotated[int, typer.Option("--truth-samples", min=100, help="Nested-MC samples of the true EIG.")] = 2000,
+    truth_patients: Annotated[
+        int, typer.Option("--truth-patients", min=0, help="Synthetic patients per scenario and target against the truth.")
+    ] = 20,
+    truth_samples: Annotated[int, typer.Option("--truth-samples", min=100, help="Nested-MC samples of the true EIG.")] = 4096,
     truth_model_samples: Annotated[
         int, typer.Option("--truth-model-samples", min=16, help="recommend() samples compared with the truth.")
     ] = 1024,
@@ -402,17 +416,24 @@ def benchmark_test_selection(
     out_dir: OutDirOption = DEFAULT_OUT_DIR,
     progress: ProgressOption = True,
 ) -> None:
-    """Reveal a landmark visit's tests one at a time: EIG policy vs random, fixed order and oracle; calibration, latency, truth."""
-    from vpatient.benchmarks.next_test_selection import NextTestSelectionSettings, run_test_selection_benchmark
+    """Order the tests of a visit by expected information per cost, against random, best fixed, static-EIG and cheapest orders."""
+    from vpatient.benchmarks.next_test_selection import SCENARIOS, NextTestSelectionSettings, run_test_selection_benchmark
 
+    datasets = tuple(d.strip() for d in data.split(",") if d.strip())
+    chosen = tuple(s.strip() for s in scenarios.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown or not chosen:
+        raise typer.BadParameter(f"unknown scenario(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SCENARIOS)}")
     settings = NextTestSelectionSettings(
         seed=seed,
         n_folds=folds,
-        datasets=tuple(d.strip() for d in data.split(",") if d.strip()),
+        datasets=datasets,
         synthetic_n=synthetic_n,
         synthetic_folds=synthetic_folds,
+        targets={d: list(target) for d in datasets} if target else None,
+        scenarios=chosen,
+        members=members,
         n_samples=n_samples,
-        n_random=n_random,
         n_train_patients=n_train_patients,
         max_patients_per_fold=max_patients,
         latency_patients=latency_patients,

@@ -1,51 +1,46 @@
-"""``vpatient benchmark test-selection``: does the EIG policy of :mod:`vpatient.policy` pick useful tests?
+"""``vpatient benchmark test-selection``: does ordering tests by expected information per cost help?
 
-Protocol (one held-out patient at a time, fold models of the forecasting protocol's split):
+Protocol (held-out patients of the forecasting protocol's folds, each fold's own model;
+the cases, scenarios and losses are those of :mod:`vpatient.evaluate.test_selection`):
 
-- The landmark s is the ceil(n/2)-th visit (:func:`vpatient.evaluate.protocol.landmark_split`).
-  Every test of that visit is hidden: the history is the record truncated at s with the
-  measurements at s removed. The tests with at least one variable measured at s are the
-  *available* tests (their true results exist); a patient needs >= 2 of them, an outcome for
-  the target (the event by s + horizon observed, or follow-up past s + horizon without it;
-  patients censored before the horizon are left out) and no target event before s.
-- The model's belief about the target is the shared pool of :mod:`vpatient.policy`: S
-  posterior draws of z0 given the hidden history, weighted by being event-free up to s.
-  Revealing a test reweights the pool by the decoder likelihood of the test's TRUE values
-  (the variables actually measured), the same update rule the EIG estimator uses for
-  hypothetical results. The error after a set of revealed tests is the log-loss of the
-  observed outcome under the pool's risk. All 2^K subsets of the K available tests are
-  scored once, so every policy below is a walk through the same table.
-- Policies reveal the available tests one at a time (x axis = step, not cost; every
-  policy picks by gain per step, not per cost):
-  (a) ``eig``: adaptive greedy, at each step the test of largest EIG about the target given
-  the tests revealed so far (pool reweighted by their true values; the :mod:`vpatient.policy`
-  estimator with fresh outer draws); (b) ``random``: mean over random orders; (c) ``fixed``:
-  one global order, greedy on mean log-loss over a sample of the fold's *training*
-  patients; (d) ``oracle``: greedy on the realised log-loss of this patient.
-  Curves are padded with their final value (all available tests revealed) to the longest
-  patient; the area is the mean of the mean curve over steps 0..K_max (trapezoid / K_max).
-  Target: the EIG policy closes >= 50% of the area gap between random and oracle, and beats
-  the fixed order.
-- Calibration: at step 0, for every available test, the predicted EIG (of the variables
-  actually measured) against the realised information, the drop in the target's entropy
-  once its true values reweight the pool; binned by predicted EIG. Target: mean realised
-  within 20% of mean predicted.
-- Latency: :func:`vpatient.policy.recommend` (every test ranked, plus its greedy sequence)
-  for PBC patients at their hidden landmark, 256 samples, one torch thread; target median
-  < 250 ms (machine load reported).
-- Against the truth (synthetic): the true EIG of each test about the same target under the
-  generator (z0 from its prior, importance-weighted by the likelihood of the patient's
-  hidden history and of being event-free up to s under the true dynamics, observation
-  model and noise; nested Monte Carlo with the outer results drawn from the generator),
-  against the model's EIG from ``recommend``; Spearman over the tests, averaged over
-  patients. Target >= 0.9. (Visit scheduling, which depends on the state, is ignored by
-  both the truth's and the model's likelihood.)
+- **Scenarios**: ``first_visit`` (a new patient, static covariates and history codes
+  only), ``after_gap`` (the last measurements at least a year old) and ``follow_up`` (a
+  routine visit, everything before it known). The tests are those done at the decision
+  visit: their true results exist, so every order of them can be scored.
+- **Targets**: for each dataset, the risk of an event within a horizon (death within 3
+  years where the data have a death event) and the forecast of a lab at a horizon (the
+  first continuous variable, or the one named; PBC and synthetic: bilirubin at 2 years).
+  Loss: log-loss of the observed outcome (risk), negative log predictive density of the
+  observed value on the model's standardised scale (forecast).
+- **Cost-aware curves**: the x axis is the cumulative cost (the catalogue's costs); the
+  score of an order is the area under the loss-versus-cost step curve up to the budget
+  (the whole catalogue's cost), divided by the budget: a mean loss, lower is better.
+- **Policies**, on the same patients in the same run: ``eig`` (adaptive greedy on expected
+  information per cost, given the true results bought so far); ``static_eig`` (the same
+  greedy on a belief from the static covariates and history codes alone, at time 0: what a
+  feature-acquisition method for static data does, EDDI-style); ``fixed`` (the one
+  catalogue order with the least mean area over up to ``n_train_patients`` training
+  patients of the fold, same scenario and target); ``cheapest`` (cheapest first);
+  ``random`` (the mean over every order); ``clairvoyant`` (the least area of any order,
+  chosen knowing the outcome: context only, no honest policy can reach it).
+- **Paired differences** of area, comparator minus EIG (positive: EIG better), with 95%
+  percentile bootstrap intervals over patients.
+- **Calibration**: before any test, for each test done at the visit, the predicted EIG of
+  its measured variables against the realised information, the drop in the target's
+  entropy once its true results reweight the pool; by decile of predicted gain, and the
+  ratio of sums with a bootstrap interval over patients.
+- **Latency**: :func:`vpatient.policy.recommend` (every test ranked, its greedy sequence
+  and cost curves) for PBC patients at their follow-up decision point, 256 samples, as a
+  ratio to one :meth:`VirtualPatientModel.forecast` of the same patient in the same run.
+- **Against the truth** (synthetic): each test's true EIG under the generator (z0 from its
+  prior, importance-weighted by the likelihood of what is known and of being event-free up
+  to s under the true dynamics and observation model; the same nested estimator with the
+  true model in place of the learned one, many more draws), against ``recommend``'s;
+  Spearman over the tests of each patient, averaged, and pooled over (patient, test) pairs.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import logging
 import math
 import os
@@ -53,7 +48,7 @@ import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -71,45 +66,28 @@ if TYPE_CHECKING:  # torch-backed: imported when the benchmark runs, not when th
 
 __all__ = [
     "NextTestSelectionSettings",
-    "RevealCase",
     "TestSelectionBenchmarkResult",
-    "curve_area",
-    "eig_order",
-    "loss_curve",
-    "oracle_order",
-    "pad_curve",
-    "reveal_case",
+    "default_targets",
     "run_test_selection_benchmark",
 ]
 
 log = logging.getLogger(__name__)
 
-
-METHODS = ("eig", "random", "fixed", "oracle")
-DEFAULT_TARGETS = {"pbc2": "risk:death:3", "synthetic": "risk:progression:2"}
+POLICIES = ("eig", "static_eig", "fixed", "cheapest", "random", "clairvoyant")
+COMPARATORS = ("random", "fixed", "static_eig", "cheapest")
+SCENARIOS = ("first_visit", "after_gap", "follow_up")
 
 
 # --------------------------------------------------------------------------- result model
 
 
-class CurveSummary(StrictModel):
-    """Information curves of one dataset: mean target error after each reveal, per policy."""
+class PairedDifference(StrictModel):
+    """Mean area of a comparator minus the EIG order's, per patient; positive means the EIG order is better."""
 
-    data: str
-    target: str
-    error: str = "log-loss of the observed outcome (nats)"
-    n_folds: int
-    n_patients: int
-    n_candidates: int = Field(description="Held-out patients looked at before the eligibility rules.")
-    tests: list[str]
-    mean_available_tests: float
-    steps: list[int]
-    curves: dict[str, list[float]] = Field(description="method -> mean error at step 0..K_max (x = step).")
-    areas: dict[str, float] = Field(description="method -> mean of the mean curve over steps (trapezoid / K_max).")
-    gap_closed: float | None = Field(description="(area random - area eig) / (area random - area oracle).")
-    fixed_orders: list[list[str]] = Field(description="The global order of each fold (from training patients).")
-    eig_first_choice: dict[str, int] = Field(description="How often each test was the EIG policy's first pick.")
-    mean_pool_ess: float
+    comparator: str
+    difference: float
+    lower: float = Field(description="2.5% bootstrap quantile over patients.")
+    upper: float = Field(description="97.5% bootstrap quantile over patients.")
 
 
 class CalibrationBin(StrictModel):
@@ -118,17 +96,45 @@ class CalibrationBin(StrictModel):
     n: int
     mean_predicted: float
     mean_realised: float
+    lower: float | None = Field(description="Mean realised - 1.96 standard errors (None: one pair).")
+    upper: float | None = Field(description="Mean realised + 1.96 standard errors.")
 
 
 class CalibrationSummary(StrictModel):
-    data: str
-    target: str
     n_pairs: int
     mean_predicted: float
     mean_realised: float
-    se_realised: float = Field(description="Standard error of the mean realised information over pairs.")
-    ratio: float | None
-    bins: list[CalibrationBin]
+    ratio: float | None = Field(description="Sum of realised / sum of predicted information.")
+    lower: float | None = Field(description="2.5% bootstrap quantile of the ratio (patients resampled).")
+    upper: float | None
+    bins: list[CalibrationBin] = Field(description="By decile of predicted gain.")
+
+
+class ScenarioResult(StrictModel):
+    """One dataset, scenario and target: the policies' areas, paired differences, curves and calibration."""
+
+    data: str
+    scenario: str
+    target: str
+    loss: str
+    n_folds: int
+    n_patients: int
+    n_candidates: int = Field(description="Held-out patients looked at before the eligibility rules.")
+    tests: list[str]
+    costs: dict[str, float]
+    budget: float
+    mean_available_tests: float
+    areas: dict[str, float] = Field(description="policy -> mean area under the loss-versus-cost curve / budget.")
+    differences: list[PairedDifference]
+    cost_grid: list[float]
+    curves: dict[str, list[float]] = Field(description="policy -> mean loss at each cost of cost_grid.")
+    fixed_orders: list[list[str]] = Field(description="The best fixed order of each fold (training patients).")
+    eig_first_choice: dict[str, int]
+    mean_pool_ess: float
+    calibration: CalibrationSummary
+
+    def difference(self, comparator: str) -> PairedDifference:
+        return next(d for d in self.differences if d.comparator == comparator)
 
 
 class LatencySummary(StrictModel):
@@ -139,21 +145,24 @@ class LatencySummary(StrictModel):
     n_tests: int
     median_ms: float
     p95_ms: float
+    forecast_median_ms: float = Field(description="One VirtualPatientModel.forecast of the same patients, same run.")
+    ratio_to_forecast: float
     torch_threads: int
     load_average: list[float]
 
 
 class TruthSummary(StrictModel):
     data: str
+    scenario: str
     target: str
     n_patients: int
     n_model_samples: int
     n_true_samples: int
-    mean_spearman: float | None
-    se_spearman: float | None = Field(description="Standard error of the mean Spearman over patients.")
-    per_test: dict[str, dict[str, float]] = Field(description="test -> mean model EIG, mean true EIG (nats).")
+    spearman: float | None = Field(description="Spearman over each patient's tests, model vs true EIG, averaged.")
+    spearman_se: float | None
+    pooled_spearman: float | None = Field(description="Spearman over all (patient, test) pairs.")
+    per_test: dict[str, dict[str, float]] = Field(description="test -> mean model EIG, its MC error, mean true EIG (nats).")
     mean_true_ess: float
-    method: str
 
 
 class TargetCheck(StrictModel):
@@ -171,30 +180,28 @@ class TestSelectionBenchmarkResult(VersionedBenchmarkResult):
     benchmark: Literal["test-selection"] = "test-selection"
     seed: int
     n_samples: int
-    n_random_orders: int
     n_train_patients: int
     seconds: float
     cpu_count: int
     torch_threads: int
     machine: str
-    curves: list[CurveSummary]
-    calibration: list[CalibrationSummary]
+    scenarios: list[ScenarioResult]
     latency: LatencySummary | None
-    truth: TruthSummary | None
+    truth: list[TruthSummary]
     targets: list[TargetCheck]
     notes: list[str] = Field(default_factory=list)
 
     def plot(self, path: Path) -> Path:
-        """The result's figure, drawn by :func:`plot_test_selection`."""
+        """The cost-aware curves of every dataset, scenario and target (:func:`plot_test_selection`)."""
         return plot_test_selection(self, path)
 
     def to_markdown(self) -> str:
         out = [
             "# Test-selection benchmark",
             "",
-            f"vpatient {self.vpatient_version}, seed {self.seed}, {self.n_samples} pool samples, "
-            f"{self.n_random_orders} random orders, fixed order from {self.n_train_patients} training patients per fold; "
-            f"{self.seconds:.0f} s on {self.machine} ({self.cpu_count} cores, {self.torch_threads} torch thread(s)).",
+            f"vpatient {self.vpatient_version}, seed {self.seed}, {self.n_samples} pool samples, best fixed order from up "
+            f"to {self.n_train_patients} training patients per fold; {self.seconds:.0f} s on {self.machine} "
+            f"({self.cpu_count} cores, {self.torch_threads} torch thread(s)).",
             "",
             "## Targets",
             "",
@@ -202,72 +209,79 @@ class TestSelectionBenchmarkResult(VersionedBenchmarkResult):
                 ((t.name, t.value, t.goal, t.passed) for t in self.targets), ("check", "value", "goal", "result"), "MISS"
             ),
             "",
-            "## Information curves (x = step; mean log-loss of the target after each reveal)",
+            "## Areas under the loss-versus-cost curves (mean loss over the budget; lower is better)",
+            "",
+            "Paired differences are comparator minus EIG (positive: EIG better), mean over patients [95% bootstrap interval].",
             "",
         ]
-        for c in self.curves:
-            out += [
-                f"### {c.data}: {c.target}",
-                "",
-                f"{c.n_patients} held-out patients ({c.n_candidates} looked at, {c.n_folds} folds), "
-                f"{c.mean_available_tests:.2f} available tests on average; mean pool ESS {c.mean_pool_ess:.0f}. "
-                f"Gap closed by EIG: {_fmt(c.gap_closed)}.",
-                "",
+        rows = []
+        for r in self.scenarios:
+            row = {"data": r.data, "scenario": r.scenario, "target": r.target, "patients": r.n_patients}
+            row |= {p: r.areas[p] for p in POLICIES}
+            row |= {f"vs {d.comparator}": f"{d.difference:+.4f} [{d.lower:+.4f}, {d.upper:+.4f}]" for d in r.differences}
+            rows.append(row)
+        out += [markdown_table(pd.DataFrame(rows), index=False, digits=4), ""]
+        out += ["## Calibration of the gain (predicted EIG vs realised entropy drop, nats)", ""]
+        rows = [
+            {
+                "data": r.data,
+                "scenario": r.scenario,
+                "target": r.target,
+                "pairs": r.calibration.n_pairs,
+                "mean predicted": r.calibration.mean_predicted,
+                "mean realised": r.calibration.mean_realised,
+                "realised / predicted": _interval(r.calibration.ratio, r.calibration.lower, r.calibration.upper),
+            }
+            for r in self.scenarios
+        ]
+        out += [markdown_table(pd.DataFrame(rows), index=False, digits=4), ""]
+        if self.truth:
+            out += ["## Against the truth (synthetic generator)", ""]
+            rows = [
+                {
+                    "data": t.data,
+                    "scenario": t.scenario,
+                    "target": t.target,
+                    "patients": t.n_patients,
+                    "spearman (per patient, mean)": _interval(
+                        t.spearman,
+                        None if t.spearman is None or t.spearman_se is None else t.spearman - 1.96 * t.spearman_se,
+                        None if t.spearman is None or t.spearman_se is None else t.spearman + 1.96 * t.spearman_se,
+                    ),
+                    "spearman (pooled pairs)": _fmt(t.pooled_spearman),
+                    "true ESS": round(t.mean_true_ess),
+                }
+                for t in self.truth
             ]
-            frame = pd.DataFrame({m: c.curves[m] for m in METHODS}, index=pd.Index(c.steps, name="step"))
-            frame.loc["area"] = [c.areas[m] for m in METHODS]
-            out += [markdown_table(frame, digits=4), ""]
-            out += [
-                "Fixed orders per fold: " + "; ".join(" > ".join(o) for o in c.fixed_orders) + ".",
-                "",
-                "EIG first picks: " + ", ".join(f"{k} {v}" for k, v in sorted(c.eig_first_choice.items())) + ".",
-                "",
-            ]
-        out += ["## Calibration of the gain (step 0, predicted EIG vs realised entropy drop, nats)", ""]
-        for cal in self.calibration:
-            out += [
-                f"### {cal.data}: {cal.target}",
-                "",
-                f"{cal.n_pairs} (patient, test) pairs; mean predicted {cal.mean_predicted:.4f}, "
-                f"mean realised {cal.mean_realised:.4f} (standard error {cal.se_realised:.4f}), ratio {_fmt(cal.ratio)}.",
-                "",
-                markdown_table(pd.DataFrame([b.model_dump() for b in cal.bins]), index=False, digits=4),
-                "",
-            ]
+            out += [markdown_table(pd.DataFrame(rows), index=False, digits=3), ""]
         if self.latency is not None:
             lat = self.latency
             out += [
                 "## Latency of recommend()",
                 "",
-                markdown_table(
-                    pd.DataFrame(
-                        {
-                            "value": {
-                                "patients": lat.n_patients,
-                                "samples": lat.n_samples,
-                                "tests ranked": lat.n_tests,
-                                "median ms": round(lat.median_ms, 1),
-                                "p95 ms": round(lat.p95_ms, 1),
-                                "torch threads": lat.torch_threads,
-                                "load average (1, 5, 15 min)": ", ".join(f"{x:.2f}" for x in lat.load_average),
-                            }
-                        }
-                    ).rename_axis("quantity")
-                ),
+                f"{lat.data}, {lat.target}: median {lat.median_ms:.0f} ms (95th percentile {lat.p95_ms:.0f} ms) over "
+                f"{lat.n_patients} patients, {lat.n_tests} tests, {lat.n_samples} samples; one forecast of the same patients "
+                f"{lat.forecast_median_ms:.0f} ms, ratio {lat.ratio_to_forecast:.2f}; {lat.torch_threads} torch thread(s), "
+                f"load average {', '.join(f'{x:.2f}' for x in lat.load_average)}.",
                 "",
             ]
-        if self.truth is not None:
-            tr = self.truth
+        out += ["## Details per scenario", ""]
+        for r in self.scenarios:
             out += [
-                f"## Against the truth ({tr.data}: {tr.target})",
+                f"### {r.data}, {r.scenario}: {r.target}",
                 "",
-                f"{tr.n_patients} patients; model {tr.n_model_samples} samples, truth {tr.n_true_samples} samples "
-                f"(mean importance ESS {tr.mean_true_ess:.0f}); mean Spearman {_fmt(tr.mean_spearman)} "
-                f"(standard error {_fmt(tr.se_spearman)}). {tr.method}",
+                f"{r.n_patients} held-out patients ({r.n_candidates} looked at, {r.n_folds} folds), "
+                f"{r.mean_available_tests:.2f} tests done at the visit on average, budget {r.budget:g}; "
+                f"mean pool ESS {r.mean_pool_ess:.0f}. Loss: {r.loss}.",
                 "",
-                markdown_table(pd.DataFrame(tr.per_test).T.rename_axis("test"), digits=4),
+                "Fixed orders per fold: " + "; ".join(" > ".join(o) for o in r.fixed_orders) + ".",
+                "",
+                "EIG first picks: " + ", ".join(f"{k} {v}" for k, v in sorted(r.eig_first_choice.items())) + ".",
                 "",
             ]
+            cal = pd.DataFrame([b.model_dump() for b in r.calibration.bins])
+            if len(cal):
+                out += ["Calibration by decile of predicted gain:", "", markdown_table(cal, index=False, digits=4), ""]
         if self.notes:
             out += ["## Notes and cuts", "", *[f"- {n}" for n in self.notes], ""]
         return "\n".join(out)
@@ -277,341 +291,149 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
-# --------------------------------------------------------------------------- one patient
+def _interval(x: float | None, lo: float | None, hi: float | None) -> str:
+    return f"{_fmt(x)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
 def _derived(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0] % (2**31 - 1))
 
 
-def _outcome(record, s: float, target) -> int | None:
-    """1/0 for the target event in (s, s + horizon]; None when censored before the horizon or the event came first."""
-    hits = sorted(e.time for e in record.events if e.kind == target.event)
-    if any(t <= s for t in hits):
-        return None
-    if hits and hits[0] <= s + target.horizon:
-        return 1
-    return 0 if record.end_of_followup >= s + target.horizon else None
+# --------------------------------------------------------------------------- targets of a dataset
 
 
-def _hidden(record, s: float):
-    from vpatient.data.timeline import truncate_record
+def default_targets(config) -> list[str]:
+    """Death (or the first event) within 3 years, and the first continuous variable (bilirubin where present) at 2 years.
 
-    cut = truncate_record(record, s)
-    hidden = cut.model_copy(
-        update={
-            "observations": [o for o in cut.observations if o.time < s],
-            "imaging": [i for i in cut.imaging if i.time < s],
-        }
-    )
-    return cut, hidden
+    Horizons are converted into the config's time unit.
+    """
+    unit = config.time_unit
+    events = list(config.event_kinds)
+    continuous = [v.name for v in config.variables if v.kind.value == "continuous"]
+    out = []
+    if events:
+        event = "death" if "death" in events else events[0]
+        out.append(f"risk:{event}:{unit.from_years(3):g}")
+    if continuous:
+        variable = "bilirubin" if "bilirubin" in continuous else continuous[0]
+        out.append(f"forecast:{variable}:{unit.from_years(2):g}")
+    return out
 
 
-def _no_grad(fn):
-    """Run ``fn`` under torch.no_grad (imported lazily): the decoder's noise scales are parameters."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        import torch
-
-        with torch.no_grad():
-            return fn(*args, **kwargs)
-
-    return wrapper
+# --------------------------------------------------------------------------- one fold
 
 
 @dataclass
-class RevealCase:
-    """One patient at its hidden landmark: the pool, the realised factors, and the error of every subset."""
+class _Tally:
+    """Per-patient results of one (scenario, target), gathered over folds."""
 
-    subject_id: str
-    at: float
-    history: object  # hidden PatientRecord
-    available: list[str]
-    outcome: int
-    pool: object
-    predictive: object
-    realised: dict  # test -> (S,) log factor of its true values
-    groups: dict  # test -> ExpertGroup of the variables measured at the landmark
-    errors: dict  # frozenset -> log-loss
-    ess: float
+    areas: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in POLICIES})
+    curves: dict[str, list[np.ndarray]] = field(default_factory=lambda: {p: [] for p in POLICIES})
+    fixed_orders: list[list[str]] = field(default_factory=list)
+    first_choice: dict[str, int] = field(default_factory=dict)
+    pairs: list[tuple[float, float, str]] = field(default_factory=list)
+    ess: list[float] = field(default_factory=list)
+    available: list[int] = field(default_factory=list)
+    candidates: int = 0
 
 
-def _landmark(record):
-    from vpatient.evaluate.protocol import n_observed_visits
+def _cost_grid(costs: Mapping[str, float], budget: float) -> list[float]:
+    """Every cost where some order's curve can step: the sums of subsets of the tests' costs, up to the budget."""
+    sums = {0.0}
+    for c in costs.values():
+        sums |= {round(s + c, 9) for s in sums}
+    return sorted(s for s in sums if s <= budget + 1e-9)
 
-    visits = record.visit_times()
-    if len(visits) < 2:
-        return None
-    return visits[n_observed_visits(len(visits)) - 1]
+
+def _fold_cases(model, records, scenario, target, gap, n_samples, seed, keys, limit=None):
+    from vpatient.evaluate.test_selection import build_case
+
+    cases = []
+    looked = 0
+    for j, record in enumerate(records):
+        if limit is not None and len(cases) >= limit:
+            break
+        looked += 1
+        case = build_case(model, record, scenario, target, gap, n_samples, _derived(seed, *keys, j))
+        if case is not None:
+            cases.append((record, case))
+    return cases, looked
 
 
-@_no_grad
-def reveal_case(model, record, target, n_samples: int, seed: int) -> RevealCase | None:
-    """The patient's case, or None when not eligible (module docstring)."""
+def _score_fold(model, fold, scenario, target, settings, costs, budget, grid, tally: _Tally) -> None:
+    """Every policy's area and curve for the fold's held-out patients (module docstring), added to ``tally``."""
     import torch
 
-    from vpatient.data.batching import make_batch
-    from vpatient.model.batch import ExpertGroup
-    from vpatient.policy import HypotheticalResults, likelihood_log_factor, posterior_pool, predictive_at
+    from vpatient.cost_curves import random_orders, step_curve
+    from vpatient.evaluate.test_selection import (
+        belief_of,
+        best_fixed_order,
+        cheapest_order,
+        clairvoyant_order,
+        eig_order,
+        order_area,
+        predicted_gain,
+        static_record,
+    )
 
-    s = _landmark(record)
-    if s is None:
-        return None
-    y = _outcome(record, s, target)
-    if y is None:
-        return None
-    cut, hidden = _hidden(record, s)
-    layout = model.layout
-    full = make_batch([cut], model.config, model.scalers)
-    i = int(torch.nonzero(torch.isclose(full.times[0], torch.tensor(float(s)))).max())
-    groups = {}
-    for test in model.config.tests:
-        g = layout.group(test.name)
-        measured = ExpertGroup(
-            g.name,
-            tuple(j for j in g.continuous if full.continuous_mask[0, i, j] > 0),
-            tuple(j for j in g.binary if full.binary_mask[0, i, j] > 0),
-            tuple(j for j in g.ordinal if full.ordinal_mask[0, i, j] > 0),
-            tuple(j for j in g.imaging if full.imaging_mask[0, i, j] > 0),
+    seed = settings.seed
+    gap = model.config.time_unit.from_years(1)
+    index = SCENARIOS.index(scenario)
+    rng = np.random.default_rng(_derived(seed, fold.index, index, 7))
+    train = [fold.train[j] for j in rng.permutation(len(fold.train))]
+    train_cases, _ = _fold_cases(
+        model, train, scenario, target, gap, settings.n_samples, seed, (fold.index, index, 1), settings.n_train_patients
+    )
+    tests = list(costs)
+    fixed = best_fixed_order([c for _, c in train_cases], tests, costs, budget)
+    tally.fixed_orders.append(fixed)
+    held_out = fold.test
+    if settings.max_patients_per_fold is not None:
+        held_out = [held_out[j] for j in sorted(rng.permutation(len(held_out))[: settings.max_patients_per_fold])]
+    cases, looked = _fold_cases(model, held_out, scenario, target, gap, settings.n_samples, seed, (fold.index, index, 2))
+    tally.candidates += looked
+    for j, (record, case) in enumerate(cases):
+        key = (fold.index, index, j)
+        static = belief_of(
+            model, static_record(record), 0.0, target, case.truth, case.groups, settings.n_samples, _derived(seed, *key, 3)
         )
-        if measured.continuous or measured.binary or measured.ordinal or measured.imaging:
-            groups[test.name] = measured
-    if len(groups) < 2:
-        return None
-    generator = torch.Generator().manual_seed(seed)
-    pool = posterior_pool(model, hidden, s, target, n_samples, generator)
-    predictive = predictive_at(model, pool, s)
-    truth = HypotheticalResults(
-        continuous=full.continuous[:, i : i + 1],
-        binary=full.binary[:, i : i + 1],
-        ordinal=[full.ordinal[:, i, j : j + 1] for j in range(full.ordinal.shape[-1])],
-        imaging=full.imaging[:, i : i + 1],
-    )
-    realised = {name: likelihood_log_factor(model, g, truth, predictive)[0].double() for name, g in groups.items()}
-    base = pool.log_w.double()
-    values = pool.target.double()
-    names = list(groups)
-    errors = {}
-    for k in range(len(names) + 1):
-        for subset in itertools.combinations(names, k):
-            log_w = base + sum((realised[n] for n in subset), torch.zeros_like(base))
-            p = float((torch.softmax(log_w, 0) * values).sum().clamp(1e-6, 1 - 1e-6))
-            errors[frozenset(subset)] = -(y * math.log(p) + (1 - y) * math.log1p(-p))
-    w = torch.softmax(base, 0)
-    return RevealCase(record.subject_id, s, hidden, names, y, pool, predictive, realised, groups, errors, float(1 / (w**2).sum()))
+        orders = {
+            "eig": eig_order(model, case.belief, case.available, costs, _derived(seed, *key, 4)),
+            "static_eig": eig_order(model, static, case.available, costs, _derived(seed, *key, 4)),
+            "fixed": [t for t in fixed if t in case.available],
+            "cheapest": cheapest_order(case.available, costs),
+        }
+        orders["clairvoyant"] = clairvoyant_order(case, costs, budget)
+        for name, order in orders.items():
+            tally.areas[name].append(order_area(case, order, costs, budget))
+            tally.curves[name].append(step_curve(case.loss_points(order, costs), grid))
+        shuffled = random_orders(case.available, torch.Generator().manual_seed(_derived(seed, *key, 6)))
+        tally.areas["random"].append(float(np.mean([order_area(case, o, costs, budget) for o in shuffled])))
+        tally.curves["random"].append(np.mean([step_curve(case.loss_points(o, costs), grid) for o in shuffled], axis=0))
+        first = orders["eig"][0]
+        tally.first_choice[first] = tally.first_choice.get(first, 0) + 1
+        weights = torch.softmax(case.belief.pool.log_w.double(), 0)
+        tally.ess.append(float(1 / (weights**2).sum()))
+        tally.available.append(len(case.available))
+        prior = case.belief.entropy()
+        for name, group in case.groups.items():
+            predicted = predicted_gain(model, case.belief, group, _derived(seed, *key, 5))
+            tally.pairs.append((predicted, prior - case.belief.entropy([name]), f"{fold.index}:{case.subject_id}"))
 
 
-def loss_curve(case: RevealCase, order: Sequence[str]) -> list[float]:
-    """Log-loss of the target after revealing the tests in ``order``, one at a time (first entry: none revealed)."""
-    revealed: set[str] = set()
-    out = [case.errors[frozenset()]]
-    for name in order:
-        revealed.add(name)
-        out.append(case.errors[frozenset(revealed)])
-    return out
+def _calibration(pairs, seed: int) -> CalibrationSummary:
+    from vpatient.evaluate.test_selection import bootstrap_ratio
 
-
-def oracle_order(case: RevealCase) -> list[str]:
-    """The greedy order that knows the results: each step reveals the test that lowers the realised loss most."""
-    order: list[str] = []
-    remaining = list(case.available)
-    while remaining:
-        best = min(remaining, key=lambda n: (case.errors[frozenset([*order, n])], n))
-        order.append(best)
-        remaining.remove(best)
-    return order
-
-
-@_no_grad
-def eig_order(model, case: RevealCase, seed: int) -> list[str]:
-    """Adaptive greedy on EIG: the pool reweighted by the tests revealed so far, fresh outer draws each step."""
-    import torch
-
-    from vpatient.policy import draw_results, eig_from_pool, likelihood_log_factor, systematic_resample
-
-    generator = torch.Generator().manual_seed(seed)
-    order: list[str] = []
-    remaining = list(case.available)
-    base = case.pool.log_w.double()
-    while len(remaining) > 1:
-        log_w = base + sum((case.realised[n] for n in order), torch.zeros_like(base))
-        outer = systematic_resample(torch.softmax(log_w, 0).float(), generator)
-        results = draw_results(model, case.predictive, outer, generator)
-        gains = {}
-        for name in remaining:
-            factor = likelihood_log_factor(model, model.layout.group(name), results, case.predictive)
-            gains[name], _ = eig_from_pool(case.pool.target, log_w, factor, outer, case.pool.target_kind, case.pool.noise_var)
-        best = max(remaining, key=lambda n: (gains[n], n))
-        order.append(best)
-        remaining.remove(best)
-    return order + remaining
-
-
-@_no_grad
-def _calibration_pairs(model, case: RevealCase, seed: int) -> list[tuple[float, float]]:
-    """(predicted EIG, realised entropy drop) at step 0 for every available test (its measured variables)."""
-    import torch
-
-    from vpatient.policy import draw_results, eig_from_pool, likelihood_log_factor, systematic_resample
-
-    generator = torch.Generator().manual_seed(seed)
-    base = case.pool.log_w.double()
-    values = case.pool.target.double()
-    outer = systematic_resample(torch.softmax(base, 0).float(), generator)
-    results = draw_results(model, case.predictive, outer, generator)
-
-    def entropy(log_w: torch.Tensor) -> float:
-        p = float((torch.softmax(log_w, 0) * values).sum().clamp(1e-9, 1 - 1e-9))
-        return -(p * math.log(p) + (1 - p) * math.log1p(-p))
-
-    prior = entropy(base)
-    out = []
-    for name in case.available:
-        group = case.groups[name]
-        factor = likelihood_log_factor(model, group, results, case.predictive)
-        predicted, _ = eig_from_pool(values, base, factor, outer, "bernoulli")
-        out.append((predicted, prior - entropy(base + case.realised[name])))
-    return out
-
-
-# --------------------------------------------------------------------------- one dataset
-
-
-def _fixed_order(cases: Sequence[RevealCase], tests: Sequence[str]) -> list[str]:
-    order: list[str] = []
-    remaining = list(tests)
-    while remaining:
-
-        def score(name: str) -> float:
-            vals = [c.errors[frozenset(t for t in (*order, name) if t in c.available)] for c in cases]
-            return float(np.mean(vals)) if vals else 0.0
-
-        best = min(remaining, key=lambda n: (score(n), n))
-        order.append(best)
-        remaining.remove(best)
-    return order
-
-
-def pad_curve(curve: list[float], length: int) -> list[float]:
-    """``curve`` extended to ``length`` with its last value (a patient with fewer tests stays where it ended)."""
-    return curve + [curve[-1]] * (length - len(curve))
-
-
-def curve_area(curve: Sequence[float]) -> float:
-    """Mean of a curve by the trapezoid rule over its steps (lower is better for a loss curve)."""
-    y = np.asarray(curve, dtype=float)
-    if len(y) < 2:
-        return float(y[0]) if len(y) else math.nan
-    return float(((y[:-1] + y[1:]) / 2).sum() / (len(y) - 1))
-
-
-def _run_dataset(
-    cohort,
-    target_spec: str,
-    n_folds: int,
-    seed: int,
-    n_samples: int,
-    n_random: int,
-    n_train_patients: int,
-    max_patients_per_fold: int | None,
-    train_settings,
-    cache_dir,
-    progress: bool,
-    fold_limit: int | None = None,
-):
-    """Curves and calibration pairs of one dataset; also returns (fold model, cases) for later parts."""
-    from vpatient.evaluate.fold_models import TrainingRun, fold_model
-    from vpatient.evaluate.protocol import forecast_folds
-    from vpatient.policy import Target
-
-    config = cohort.config
-    target = Target.parse(target_spec, config)
-    tests = [t.name for t in config.tests]
-    folds = forecast_folds(cohort, n_folds, seed)[: fold_limit or n_folds]
-    run = TrainingRun(seed, cache_dir, train_settings)
-    curves: dict[str, list[list[float]]] = {m: [] for m in METHODS}
-    fixed_orders, first_choice, pairs, esses = [], {}, [], []
-    n_candidates = 0
-    n_avail = []
-    models = []
-    for fold in folds:
-        t0 = time.perf_counter()
-        model = fold_model(cohort, fold.index, n_folds, fold.train, run)
-        models.append((fold, model))
-        rng = np.random.default_rng(_derived(seed, fold.index, 7))
-        train_pick = rng.permutation(len(fold.train))
-        train_cases = []
-        for j in train_pick:
-            if len(train_cases) >= n_train_patients:
-                break
-            c = reveal_case(model, fold.train[j], target, n_samples, _derived(seed, fold.index, 1, int(j)))
-            if c is not None:
-                train_cases.append(c)
-        order = _fixed_order(train_cases, tests)
-        fixed_orders.append(order)
-        test_records = fold.test
-        if max_patients_per_fold is not None:
-            test_records = [test_records[j] for j in sorted(rng.permutation(len(test_records))[:max_patients_per_fold])]
-        for j, record in enumerate(test_records):
-            n_candidates += 1
-            case = reveal_case(model, record, target, n_samples, _derived(seed, fold.index, 2, j))
-            if case is None:
-                continue
-            esses.append(case.ess)
-            n_avail.append(len(case.available))
-            eig = eig_order(model, case, _derived(seed, fold.index, 3, j))
-            first_choice[eig[0]] = first_choice.get(eig[0], 0) + 1
-            curves["eig"].append(loss_curve(case, eig))
-            curves["oracle"].append(loss_curve(case, oracle_order(case)))
-            curves["fixed"].append(loss_curve(case, [t for t in order if t in case.available]))
-            prng = np.random.default_rng(_derived(seed, fold.index, 4, j))
-            randoms = [loss_curve(case, list(prng.permutation(case.available))) for _ in range(n_random)]
-            curves["random"].append(list(np.mean(randoms, axis=0)))
-            pairs += [(*p, record.subject_id) for p in _calibration_pairs(model, case, _derived(seed, fold.index, 5, j))]
-        if progress:
-            tqdm.write(
-                f"[test-selection] {cohort.name} fold {fold.index}: {len(curves['eig'])} patients so far, "
-                f"{time.perf_counter() - t0:.0f} s",
-                file=sys.stderr,
-            )
-    k_max = max((len(c) for c in curves["eig"]), default=1)
-    mean_curves = {
-        m: [float(x) for x in np.mean([pad_curve(c, k_max) for c in cs], axis=0)] if cs else [] for m, cs in curves.items()
-    }
-    areas = {m: curve_area(c) if c else math.nan for m, c in mean_curves.items()}
-    denom = areas["random"] - areas["oracle"]
-    gap = (areas["random"] - areas["eig"]) / denom if curves["eig"] and denom > 1e-12 else None
-    summary = CurveSummary(
-        data=cohort.name,
-        target=str(target),
-        n_folds=n_folds,
-        n_patients=len(curves["eig"]),
-        n_candidates=n_candidates,
-        tests=tests,
-        mean_available_tests=float(np.mean(n_avail)) if n_avail else 0.0,
-        steps=list(range(k_max)),
-        curves=mean_curves,
-        areas=areas,
-        gap_closed=gap,
-        fixed_orders=fixed_orders,
-        eig_first_choice=first_choice,
-        mean_pool_ess=float(np.mean(esses)) if esses else math.nan,
-    )
-    calibration = _calibration_summary(cohort.name, str(target), pairs)
-    return summary, calibration, models
-
-
-def _calibration_summary(data: str, target: str, pairs, n_bins: int = 5) -> CalibrationSummary:
     pred = np.array([p[0] for p in pairs], dtype=float)
     real = np.array([p[1] for p in pairs], dtype=float)
     bins = []
     if len(pred):
-        edges = np.unique(np.quantile(pred, np.linspace(0, 1, n_bins + 1)))
+        edges = np.unique(np.quantile(pred, np.linspace(0, 1, 11)))
         which = np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, max(len(edges) - 2, 0))
         for b in range(max(len(edges) - 1, 1)):
             m = which == b
             if m.any():
+                se = float(real[m].std(ddof=1) / math.sqrt(m.sum())) if m.sum() > 1 else math.nan
                 bins.append(
                     CalibrationBin(
                         lo=float(edges[b]),
@@ -619,19 +441,56 @@ def _calibration_summary(data: str, target: str, pairs, n_bins: int = 5) -> Cali
                         n=int(m.sum()),
                         mean_predicted=float(pred[m].mean()),
                         mean_realised=float(real[m].mean()),
+                        lower=float(real[m].mean() - 1.96 * se) if math.isfinite(se) else None,
+                        upper=float(real[m].mean() + 1.96 * se) if math.isfinite(se) else None,
                     )
                 )
-    mp = float(pred.mean()) if len(pred) else math.nan
-    mr = float(real.mean()) if len(real) else math.nan
+    ratio, lo, hi = bootstrap_ratio(real, pred, [p[2] for p in pairs], seed=seed)
+    finite = [x if math.isfinite(x) else None for x in (ratio, lo, hi)]
     return CalibrationSummary(
-        data=data,
-        target=target,
         n_pairs=len(pred),
-        mean_predicted=mp,
-        mean_realised=mr,
-        se_realised=float(real.std(ddof=1) / math.sqrt(len(real))) if len(real) > 1 else math.nan,
-        ratio=mr / mp if len(pred) and mp > 1e-12 else None,
+        mean_predicted=float(pred.mean()) if len(pred) else math.nan,
+        mean_realised=float(real.mean()) if len(real) else math.nan,
+        ratio=finite[0],
+        lower=finite[1],
+        upper=finite[2],
         bins=bins,
+    )
+
+
+def _summarise(data, scenario, target, n_folds, costs, budget, grid, tally: _Tally, seed: int) -> ScenarioResult:
+    from vpatient.evaluate.test_selection import paired_difference
+
+    n = len(tally.areas["eig"])
+    differences = []
+    for k, comparator in enumerate(COMPARATORS):
+        d, lo, hi = paired_difference(tally.areas[comparator], tally.areas["eig"], seed=_derived(seed, 11, k))
+        differences.append(PairedDifference(comparator=comparator, difference=d, lower=lo, upper=hi))
+    loss = (
+        "log-loss of the observed outcome (nats)"
+        if target.kind == "risk"
+        else "negative log predictive density of the observed value, on the model's standardised scale (nats)"
+    )
+    return ScenarioResult(
+        data=data,
+        scenario=scenario,
+        target=str(target),
+        loss=loss,
+        n_folds=n_folds,
+        n_patients=n,
+        n_candidates=tally.candidates,
+        tests=list(costs),
+        costs=dict(costs),
+        budget=budget,
+        mean_available_tests=float(np.mean(tally.available)) if tally.available else 0.0,
+        areas={p: float(np.mean(v)) if v else math.nan for p, v in tally.areas.items()},
+        differences=differences,
+        cost_grid=list(grid),
+        curves={p: [float(x) for x in np.mean(v, axis=0)] if v else [] for p, v in tally.curves.items()},
+        fixed_orders=tally.fixed_orders,
+        eig_first_choice=tally.first_choice,
+        mean_pool_ess=float(np.mean(tally.ess)) if tally.ess else math.nan,
+        calibration=_calibration(tally.pairs, _derived(seed, 12)),
     )
 
 
@@ -641,21 +500,26 @@ def _calibration_summary(data: str, target: str, pairs, n_bins: int = 5) -> Cali
 def _latency(model, records, target_spec: str, n_patients: int, n_samples: int, seed: int, data: str) -> LatencySummary:
     import torch
 
+    from vpatient.evaluate.test_selection import decision_point
     from vpatient.policy import recommend
 
-    times = []
+    times, forecasts = [], []
     for j, record in enumerate(records):
         if len(times) >= n_patients:
             break
-        s = _landmark(record)
-        if s is None:
+        point = decision_point(record, "follow_up", 0.0)
+        if point is None:
             continue
-        _, hidden = _hidden(record, s)
-        if j == 0:  # warm-up
-            recommend(model, hidden, target_spec, at=s, n_samples=n_samples, seed=seed)
+        s, known = point
+        if not times:  # warm-up
+            recommend(model, known, target_spec, at=s, n_samples=n_samples, seed=seed)
+            model.forecast(known, until=s, seed=seed)
         t0 = time.perf_counter()
-        recommend(model, hidden, target_spec, at=s, n_samples=n_samples, seed=_derived(seed, 9, j))
+        recommend(model, known, target_spec, at=s, n_samples=n_samples, seed=_derived(seed, 9, j))
         times.append(1000 * (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        model.forecast(known, until=s, seed=_derived(seed, 9, j))
+        forecasts.append(1000 * (time.perf_counter() - t0))
     arr = np.asarray(times)
     return LatencySummary(
         data=data,
@@ -665,6 +529,8 @@ def _latency(model, records, target_spec: str, n_patients: int, n_samples: int, 
         n_tests=len(model.config.tests),
         median_ms=float(np.median(arr)),
         p95_ms=float(np.quantile(arr, 0.95)),
+        forecast_median_ms=float(np.median(forecasts)),
+        ratio_to_forecast=float(np.median(arr) / np.median(forecasts)),
         torch_threads=torch.get_num_threads(),
         load_average=[float(x) for x in os.getloadavg()],
     )
@@ -673,79 +539,88 @@ def _latency(model, records, target_spec: str, n_patients: int, n_samples: int, 
 # --------------------------------------------------------------------------- against the truth (synthetic)
 
 
-def _true_eig(truth, record, s: float, target, tests, n_true: int, seed: int) -> tuple[dict[str, float], float]:
-    """True EIG of each test about ``target`` under the generator, given the hidden history (module docstring)."""
+def _true_eig(truth, known, s: float, target, tests, n_true: int, seed: int) -> tuple[dict[str, float], float]:
+    """True EIG of each test about ``target`` under the generator, given what is ``known`` (module docstring)."""
     import torch
 
     from vpatient import transforms
-    from vpatient.data.synthetic import CONTINUOUS_LABS
     from vpatient.policy import eig_from_pool, systematic_resample
+    from vpatient.quasirandom import sobol_normal
 
     config = truth.config
-    rng = np.random.default_rng(seed)
-    sid = record.subject_id
+    sid = known.subject_id
     mean, cov = truth.prior(sid)
-    z0 = rng.multivariate_normal(mean, cov, size=n_true)
-    _, hidden = _hidden(record, s)
-    visits = sorted({o.time for o in hidden.observations} | {i.time for i in hidden.imaging})
+    generator = torch.Generator().manual_seed(seed)
+    z0 = mean + sobol_normal(n_true, 2, generator, torch.float64).numpy() @ np.linalg.cholesky(cov).T
+    visits = sorted({o.time for o in known.observations} | {i.time for i in known.imaging})
     states = truth.states_from(sid, z0, np.asarray([*visits, s, s + target.horizon], dtype=float))
-
-    # the hidden history's likelihood
-    log_w = -(states[:, len(visits), 2] + states[:, len(visits), 3])  # event-free (death and progression) up to s
+    now = len(visits)
+    log_w = -sum(states[:, now, truth.hazard_column(e)] for e in truth.events)  # event-free up to s
     for k, t in enumerate(visits):
         z = states[:, k, :2]
-        for o in hidden.observations:
+        for o in known.observations:
             if o.time != t or not truth.observes(o.variable):
                 continue
             value = o.value
-            if o.variable in CONTINUOUS_LABS:  # on the modelling scale, as the generator draws them
+            if o.variable in truth.labs:  # on the modelling scale, as the generator draws them
                 value = float(transforms.forward(o.value, config.variable(o.variable).transform))
-            log_w += truth.log_likelihood(z, o.variable, value)
-        for study in hidden.imaging:
+            log_w = log_w + truth.log_likelihood(z, o.variable, value)
+        for study in known.imaging:
             if study.time == t:
-                log_w += truth.log_likelihood(z, "ct", np.asarray(study.embedding))
-    H = states[:, :, 3] if target.event == "progression" else states[:, :, 2]
-    values = 1.0 - np.exp(-np.clip(H[:, -1] - H[:, -2], 0, None))
-    z_now = states[:, len(visits), :2]
+                log_w = log_w + truth.log_likelihood(z, "ct", np.asarray(study.embedding))
+    if target.kind == "risk":
+        column = truth.hazard_column(target.event)
+        values = 1.0 - np.exp(-np.clip(states[:, -1, column] - states[:, -2, column], 0, None))
+        kind, noise = "bernoulli", 0.0
+    else:
+        j = truth.labs.index(target.variable)
+        values = truth.lab_means(states[:, -1, :2])[:, j : j + 1]
+        kind, noise = "gaussian", truth.lab_sd[j] ** 2
+    z_now = states[:, now, :2]
     lw = torch.as_tensor(log_w, dtype=torch.float64)
     w = torch.softmax(lw, 0)
-    ess = float(1 / (w**2).sum())
-    generator = torch.Generator().manual_seed(seed)
     outer = systematic_resample(w.float(), generator).numpy()
+    rng = np.random.default_rng(seed)
     out = {}
+    draws = truth.draw_results(z_now[outer], [v for t in config.tests for v in t.variables], rng)  # shared by the tests
     for test in tests:
-        spec = config.tests[[t.name for t in config.tests].index(test)]
+        spec = next(t for t in config.tests if t.name == test)
         factor = np.zeros((len(outer), n_true))
-        for v, y in truth.draw_results(z_now[outer], spec.variables, rng).items():
-            factor += truth.log_likelihood(z_now, v, y)
-        eig, _ = eig_from_pool(torch.as_tensor(values), lw, torch.as_tensor(factor), torch.as_tensor(outer), "bernoulli")
+        for v in spec.variables:
+            if v in draws:
+                factor += truth.log_likelihood(z_now, v, draws[v])
+        eig, _ = eig_from_pool(torch.as_tensor(values), lw, torch.as_tensor(factor), torch.as_tensor(outer), kind, noise)
         out[test] = eig
-    return out, ess
+    return out, float(1 / (w**2).sum())
 
 
-def _against_truth(cohort, fold_models_list, target_spec, n_patients, n_samples, n_true, seed) -> TruthSummary:
+def _against_truth(cohort, fold_models_list, scenario, target, settings) -> TruthSummary:
     from scipy.stats import spearmanr
 
-    from vpatient.policy import Target, recommend
+    from vpatient.evaluate.test_selection import decision_point
+    from vpatient.policy import recommend
 
     truth = cohort.truth
-    target = Target.parse(target_spec, cohort.config)
     tests = [t.name for t in cohort.config.tests]
-    rhos, model_eigs, true_eigs, esses, errs = [], [], [], [], []
-    per_fold = math.ceil(n_patients / max(len(fold_models_list), 1))
+    gap = cohort.config.time_unit.from_years(1)
+    rhos, model_eigs, true_eigs, errors, esses = [], [], [], [], []
+    per_fold = math.ceil(settings.truth_patients / max(len(fold_models_list), 1))
+    index = SCENARIOS.index(scenario)
     for fold, model in fold_models_list:
         taken = 0
         for j, record in enumerate(fold.test):
-            if taken >= per_fold or len(model_eigs) >= n_patients:
+            if taken >= per_fold or len(model_eigs) >= settings.truth_patients:
                 break
-            s = _landmark(record)
-            if s is None or any(e.kind == target.event and e.time <= s for e in record.events):
+            point = decision_point(record, scenario, gap)
+            if point is None or (target.kind == "risk" and any(e.time <= point[0] for e in record.events)):
                 continue
-            _, hidden = _hidden(record, s)
-            rec = recommend(model, hidden, target, at=s, n_samples=n_samples, seed=_derived(seed, fold.index, 6, j))
+            s, known = point
+            rec = recommend(
+                model, known, target, at=s, n_samples=settings.truth_model_samples, seed=_derived(settings.seed, 6, index, j)
+            )
             est = {g.test: g.eig for g in rec.gains}
-            errs.append([{g.test: g.mc_error for g in rec.gains}[t] for t in tests])
-            true, ess = _true_eig(truth, record, s, target, tests, n_true, _derived(seed, fold.index, 8, j))
+            errors.append([next(g.mc_error for g in rec.gains if g.test == t) for t in tests])
+            true, ess = _true_eig(truth, known, s, target, tests, settings.truth_samples, _derived(settings.seed, 8, index, j))
             a, b = [est[t] for t in tests], [true[t] for t in tests]
             rho = spearmanr(a, b).statistic if np.std(a) > 0 and np.std(b) > 0 else math.nan
             if math.isfinite(rho):
@@ -755,35 +630,28 @@ def _against_truth(cohort, fold_models_list, target_spec, n_patients, n_samples,
             esses.append(ess)
             taken += 1
     me, te = np.asarray(model_eigs), np.asarray(true_eigs)
-    per_test = (
-        {
+    pooled = spearmanr(me.ravel(), te.ravel()).statistic if me.size > 2 else math.nan
+    return TruthSummary(
+        data=cohort.name,
+        scenario=scenario,
+        target=str(target),
+        n_patients=len(me),
+        n_model_samples=settings.truth_model_samples,
+        n_true_samples=settings.truth_samples,
+        spearman=float(np.mean(rhos)) if rhos else None,
+        spearman_se=float(np.std(rhos, ddof=1) / math.sqrt(len(rhos))) if len(rhos) > 1 else None,
+        pooled_spearman=float(pooled) if math.isfinite(pooled) else None,
+        per_test={
             t: {
                 "model_eig": float(me[:, k].mean()),
-                "model_mc_error": float(np.mean(errs, axis=0)[k]),
+                "model_mc_error": float(np.mean(errors, axis=0)[k]),
                 "true_eig": float(te[:, k].mean()),
             }
             for k, t in enumerate(tests)
         }
         if len(me)
-        else {}
-    )
-    return TruthSummary(
-        data=cohort.name,
-        target=str(target),
-        n_patients=len(me),
-        n_model_samples=n_samples,
-        n_true_samples=n_true,
-        mean_spearman=float(np.mean(rhos)) if rhos else None,
-        se_spearman=float(np.std(rhos, ddof=1) / math.sqrt(len(rhos))) if len(rhos) > 1 else None,
-        per_test=per_test,
+        else {},
         mean_true_ess=float(np.mean(esses)) if esses else math.nan,
-        method=(
-            "True EIG: z0 from the generator's prior, self-normalised importance weights from the likelihood of the hidden "
-            "history (labs, ascites, stage, CT under the true observation model and noise) and of being event-free up to s "
-            "under the true dynamics; outer results drawn from the generator at s, inner leave-one-out reweighting "
-            "(the same nested estimator as the model's, with the true model in place of the learned one). "
-            "Spearman over the 4 tests per patient (patients with tied EIGs skipped), averaged."
-        ),
     )
 
 
@@ -797,27 +665,85 @@ class NextTestSelectionSettings:
     seed: int = 0
     n_folds: int = 5
     datasets: Sequence[str] = ("pbc2", "synthetic")
-    synthetic_n: int = 200
-    synthetic_folds: int = 2
-    #: dataset -> target spec; unset datasets take :data:`DEFAULT_TARGETS`.
-    targets: Mapping[str, str] | None = None
+    synthetic_n: int = 300
+    synthetic_folds: int = 3
+    #: dataset -> target specs; unset datasets take :func:`default_targets` of their config.
+    targets: Mapping[str, Sequence[str]] | None = None
+    scenarios: Sequence[str] = SCENARIOS
     n_samples: int = 128
-    n_random: int = 20
-    n_train_patients: int = 30
+    n_train_patients: int = 25
     max_patients_per_fold: int | None = None
     latency_patients: int = 30
     latency_samples: int = 256
     truth_patients: int = 20
-    truth_samples: int = 2000
+    truth_samples: int = 4096
     truth_model_samples: int = 1024
-    #: None: each fold model trains with the default TrainSettings (and is cached as such).
+    #: ensemble members of each fold's model (the default ``vpatient train`` makes)
+    members: int = 5
+    #: None: each fold model trains with the default TrainSettings (and ``members``), cached as such.
     train_settings: TrainSettings | None = None
     cache_dir: str | Path | None = DEFAULT_CACHE
     progress: bool = True
 
 
-def _check(name: str, value: float | None, goal: str, passed: bool) -> TargetCheck:
-    return TargetCheck(name=name, value=value, goal=goal, passed=passed)
+def _cohort(name: str, settings: NextTestSelectionSettings, cohorts: dict | None):
+    if cohorts and name in cohorts:
+        return cohorts[name]
+    if name == "synthetic":
+        from vpatient.data.synthetic import synthetic_cohort
+
+        return synthetic_cohort(settings.synthetic_n, settings.seed)
+    from vpatient.datasets import load_dataset
+
+    return load_dataset(name)
+
+
+def _checks(scenarios: list[ScenarioResult], truth: list[TruthSummary], latency: LatencySummary | None) -> list[TargetCheck]:
+    checks = []
+    for r in scenarios:
+        if r.scenario == "follow_up":
+            continue
+        for comparator in ("random", "fixed"):
+            d = r.difference(comparator)
+            checks.append(
+                TargetCheck(
+                    name=f"{r.data} {r.scenario} {r.target}: area of {comparator} minus EIG, 95% interval",
+                    value=d.difference,
+                    goal="lower bound > 0",
+                    passed=bool(math.isfinite(d.lower) and d.lower > 0),
+                )
+            )
+    for r in scenarios:
+        if r.data == "synthetic":
+            cal = r.calibration
+            checks.append(
+                TargetCheck(
+                    name=f"{r.data} {r.scenario} {r.target}: realised / predicted information "
+                    f"[{_fmt(cal.lower)}, {_fmt(cal.upper)}]",
+                    value=cal.ratio,
+                    goal="interval within 0.8-1.2",
+                    passed=bool(cal.lower is not None and cal.upper is not None and cal.lower >= 0.8 and cal.upper <= 1.2),
+                )
+            )
+    for t in truth:
+        checks.append(
+            TargetCheck(
+                name=f"{t.data} {t.scenario} {t.target}: Spearman of model vs true EIG (per patient, mean)",
+                value=t.spearman,
+                goal=">= 0.9",
+                passed=(t.spearman or 0) >= 0.9,
+            )
+        )
+    if latency is not None:
+        checks.append(
+            TargetCheck(
+                name=f"{latency.data}: recommend() median latency (ms)",
+                value=latency.median_ms,
+                goal="< 250",
+                passed=latency.median_ms < 250,
+            )
+        )
+    return checks
 
 
 def run_test_selection_benchmark(
@@ -827,159 +753,116 @@ def run_test_selection_benchmark(
 
     ``cohorts`` (name -> Cohort) replaces loading (tests).
     """
+    from dataclasses import replace
+
     import torch
+
+    from vpatient.evaluate.fold_models import TrainingRun, fold_model
+    from vpatient.evaluate.protocol import forecast_folds
+    from vpatient.policy import Target
+    from vpatient.train import TrainSettings
 
     settings = settings or NextTestSelectionSettings()
     started = time.perf_counter()
-    targets = {**DEFAULT_TARGETS, **(settings.targets or {})}
+    train_settings = replace(settings.train_settings or TrainSettings(), members=settings.members)
+    results: list[ScenarioResult] = []
+    truths: list[TruthSummary] = []
+    latency = None
     notes: list[str] = []
-    curves, calibrations = [], []
-    latency = truth = None
     for name in settings.datasets:
-        if cohorts and name in cohorts:
-            cohort = cohorts[name]
-        elif name == "synthetic":
-            from vpatient.data.synthetic import synthetic_cohort
-
-            cohort = synthetic_cohort(settings.synthetic_n, settings.seed)
-        else:
-            from vpatient.datasets import load_dataset
-
-            cohort = load_dataset(name)
-        folds = settings.synthetic_folds if name == "synthetic" else settings.n_folds
-        summary, cal, models = _run_dataset(
-            cohort,
-            targets[name],
-            folds,
-            settings.seed,
-            settings.n_samples,
-            settings.n_random,
-            settings.n_train_patients,
-            settings.max_patients_per_fold,
-            settings.train_settings,  # the fold models' TrainingRun sets the seed
-            settings.cache_dir,
-            settings.progress,
-        )
-        curves.append(summary)
-        calibrations.append(cal)
+        cohort = _cohort(name, settings, cohorts)
+        config = cohort.config
+        specs = (settings.targets or {}).get(name) or default_targets(config)
+        targets = [Target.parse(spec, config) for spec in specs]
+        costs = {t.name: t.cost for t in config.tests}
+        budget = float(sum(costs.values()))
+        grid = _cost_grid(costs, budget)
+        n_folds = settings.synthetic_folds if name == "synthetic" else settings.n_folds
+        folds = forecast_folds(cohort, n_folds, settings.seed)
+        run = TrainingRun(settings.seed, settings.cache_dir, train_settings)
+        models = []
+        tallies = {(sc, str(t)): _Tally() for sc in settings.scenarios for t in targets}
+        for fold in folds:
+            t0 = time.perf_counter()
+            model = fold_model(cohort, fold.index, n_folds, fold.train, run)
+            models.append((fold, model))
+            for scenario in settings.scenarios:
+                for target in targets:
+                    _score_fold(model, fold, scenario, target, settings, costs, budget, grid, tallies[(scenario, str(target))])
+            if settings.progress:
+                tqdm.write(f"[test-selection] {name} fold {fold.index}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        for scenario in settings.scenarios:
+            for target in targets:
+                tally = tallies[(scenario, str(target))]
+                results.append(_summarise(name, scenario, target, n_folds, costs, budget, grid, tally, settings.seed))
         if name != "synthetic" and latency is None and settings.latency_patients > 0:
             fold, model = models[0]
             latency = _latency(
-                model, fold.test, targets[name], settings.latency_patients, settings.latency_samples, settings.seed, name
+                model, fold.test, specs[0], settings.latency_patients, settings.latency_samples, settings.seed, name
             )
-        if name == "synthetic" and settings.truth_patients > 0 and getattr(cohort, "truth", None) is not None:
-            truth = _against_truth(
-                cohort,
-                models,
-                targets[name],
-                settings.truth_patients,
-                settings.truth_model_samples,
-                settings.truth_samples,
-                settings.seed,
-            )
+        if settings.truth_patients > 0 and getattr(cohort, "truth", None) is not None:
+            for scenario in settings.scenarios:
+                for target in targets:
+                    truths.append(_against_truth(cohort, models, scenario, target, settings))
             if settings.progress:
-                tqdm.write(f"[test-selection] truth done, {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        if name == "synthetic":
-            notes.append(
-                f"synthetic: a cohort of {len(cohort.records)} patients with {folds} folds (fold models trained with the "
-                "default settings), smaller than the default 500 patients / 5 folds, to keep training within the time budget."
-            )
-    checks = []
-    for c in curves:
-        checks.append(
-            _check(f"{c.data}: EIG closes the random-oracle area gap", c.gap_closed, ">= 0.5", (c.gap_closed or 0) >= 0.5)
-        )
-        eig_minus_fixed = c.areas["eig"] - c.areas["fixed"] if c.n_patients else None
-        checks.append(
-            _check(
-                f"{c.data}: EIG area minus fixed-order area", eig_minus_fixed, "< 0", bool(c.n_patients and eig_minus_fixed < 0)
-            )
-        )
-    for cal in calibrations:
-        ratio_ok = cal.ratio is not None and abs(cal.ratio - 1) <= 0.2
-        checks.append(_check(f"{cal.data}: mean realised / mean predicted information", cal.ratio, "0.8 to 1.2", ratio_ok))
-    if latency is not None:
-        checks.append(
-            _check(f"{latency.data}: recommend() median latency (ms)", latency.median_ms, "< 250", latency.median_ms < 250)
-        )
-    if truth is not None:
-        rho = truth.mean_spearman
-        checks.append(_check(f"{truth.data}: Spearman of model vs true EIG ranking", rho, ">= 0.9", (rho or 0) >= 0.9))
-    notes.append(
-        "Curves use x = step (one test per step); every policy picks by gain per step, not per cost. "
-        "The EIG policy uses the full test's variables for its hypothetical results; the realised update uses the "
-        "variables actually measured at the landmark visit."
-    )
-    notes.append(
-        "The oracle sees each patient's outcome and picks the reveal that moves the risk towards it (its curve can rise "
-        "again once only unhelpful tests remain); it bounds what any outcome-blind policy can reach. The EIG policy "
-        "maximises the expected entropy reduction of the target, not the log-loss of one outcome."
-    )
-    notes.append(
-        "Calibration: one realised result per (patient, test), so the realised drop is noisy; read the ratio together "
-        "with the standard error of the mean realised information."
-    )
-    notes.append(
-        "Targets: "
-        + ", ".join(f"{d} {targets[d]}" for d in settings.datasets)
-        + " (the event by the horizon after the landmark)."
-    )
+                tqdm.write(f"[test-selection] {name} truth done, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    notes += [
+        "Budget: the whole catalogue's cost; a patient's curve holds its last loss once the tests done at the visit are "
+        "all bought. Tests not done at the visit are skipped by every policy (their results do not exist).",
+        "The EIG and static-EIG policies draw hypothetical results of every variable of a test; the realised update uses "
+        "the variables actually measured at the visit.",
+        "The clairvoyant order sees the outcome: context only.",
+        "after_gap: the visits within a year before the decision visit are dropped from the history.",
+        "Latent-state targets have no observed outcome to score, so the curves use risk and forecast targets; "
+        "recommend() and the dashboard rank tests for the latent state too.",
+    ]
     if settings.max_patients_per_fold is not None:
         notes.append(f"At most {settings.max_patients_per_fold} held-out patients per fold were looked at (time budget).")
     return TestSelectionBenchmarkResult(
         seed=settings.seed,
         n_samples=settings.n_samples,
-        n_random_orders=settings.n_random,
         n_train_patients=settings.n_train_patients,
         seconds=time.perf_counter() - started,
         cpu_count=os.cpu_count() or 0,
         torch_threads=torch.get_num_threads(),
         machine=f"{platform.machine()} {platform.system()}",
-        curves=curves,
-        calibration=calibrations,
+        scenarios=results,
         latency=latency,
-        truth=truth,
-        targets=checks,
+        truth=truths,
+        targets=_checks(results, truths, latency),
         notes=notes,
     )
 
 
-# --------------------------------------------------------------------------- writing
+# --------------------------------------------------------------------------- the figure
 
 
 def plot_test_selection(result: TestSelectionBenchmarkResult, path: str | Path) -> Path:
+    """Mean loss against cumulative cost per policy: one panel per dataset, scenario and target."""
     # A bare Figure draws without pyplot, so no backend is selected behind the caller's back.
     from matplotlib.figure import Figure
 
-    panels = len(result.curves) + len(result.calibration)
-    fig = Figure(figsize=(4.2 * max(panels, 1), 3.4))
-    axes = fig.subplots(1, max(panels, 1), squeeze=False)
-    flat = axes.ravel()
-    k = 0
-    for c in result.curves:
-        ax = flat[k]
-        k += 1
-        for i, m in enumerate(METHODS):
-            if c.curves[m]:
-                ax.plot(c.steps, c.curves[m], marker="o", color=f"C{i}", label=f"{m} (area {c.areas[m]:.3f})")
-        ax.set_xlabel("tests revealed (step)")
-        ax.set_ylabel("mean log-loss")
-        ax.set_title(f"{c.data}: {c.target} (n={c.n_patients})", fontsize=9)
-        ax.legend(fontsize=7)
+    panels = result.scenarios
+    cols = min(3, max(len(panels), 1))
+    rows = math.ceil(max(len(panels), 1) / cols)
+    fig = Figure(figsize=(4.6 * cols, 3.6 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    styles = {"eig": ("C0", "-"), "static_eig": ("C4", "-."), "fixed": ("C2", "--"), "cheapest": ("C5", ":")}
+    styles |= {"random": ("C1", "-"), "clairvoyant": ("0.5", ":")}
+    for ax, r in zip(axes, panels, strict=False):
+        for policy in POLICIES:
+            if r.curves.get(policy):
+                color, line = styles[policy]
+                label = f"{policy} ({r.areas[policy]:.3f})"
+                ax.step(r.cost_grid, r.curves[policy], where="post", color=color, linestyle=line, label=label)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("cumulative cost (catalogue units)")
+        ax.set_ylabel("mean loss")
+        ax.set_title(f"{r.data} {r.scenario}: {r.target} (n={r.n_patients})", fontsize=9)
+        ax.legend(fontsize=6, title="policy (area)", title_fontsize=6)
         ax.grid(alpha=0.3)
-    for cal in result.calibration:
-        ax = flat[k]
-        k += 1
-        x = [b.mean_predicted for b in cal.bins]
-        y = [b.mean_realised for b in cal.bins]
-        ax.plot(x, y, marker="o", label="binned")
-        hi = max([*x, *y, 1e-3])
-        ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="y = x")
-        ax.set_xlabel("predicted EIG (nats)")
-        ax.set_ylabel("realised entropy drop (nats)")
-        ax.set_title(f"calibration {cal.data} (ratio {_fmt(cal.ratio)})", fontsize=9)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110, bbox_inches="tight")
