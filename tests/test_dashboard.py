@@ -20,6 +20,7 @@ from vpatient.dashboard import tables as vt
 from vpatient.datasets import load_dataset
 from vpatient.errors import RecordValidationError
 from vpatient.policy import Target, recommend
+from vpatient.report.patient import next_visit_gap
 from vpatient.schemas import VariableKind
 from vpatient.simulation import Simulator
 from vpatient.train import TrainSettings
@@ -397,8 +398,10 @@ def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, model
     assert sorted(table["test"]) == sorted(t.name for t in cohort.config.tests)
     # the widgets' target is a Target object, ranked as the library ranks it
     record = cohort.subject(at.selectbox(key="patient").value)
-    decided = round(max(record.visit_times()), 2)
-    expected = vt.recommendation_table(recommend(model, record, Target.risk("death", 5.0), decided, 256, 0))
+    # for the next visit, half the typical visit gap after the decision time (the patient report's default)
+    visit = round(max(record.visit_times()), 2) + next_visit_gap(model)
+    assert at.number_input(key="next_visit_after").value == pytest.approx(next_visit_gap(model))
+    expected = vt.recommendation_table(recommend(model, record, Target.risk("death", 5.0), visit, 256, 0))
     assert list(table["test"]) == list(expected["test"])
     np.testing.assert_allclose(table["EIG (bits)"].to_numpy(float), expected["EIG (bits)"].to_numpy(float), rtol=1e-5, atol=1e-9)
     open_rows = table[~table["done at t"].astype(bool)]
@@ -415,7 +418,7 @@ def test_next_test_panel_ranks_for_a_forecast_and_for_the_latent_state(model_dir
 
     at = app(model_dir, monkeypatch)
     record = cohort.subject(at.selectbox(key="patient").value)
-    decided = round(max(record.visit_times()), 2)
+    visit = round(max(record.visit_times()), 2) + next_visit_gap(model)
     panel = at.tabs[3]
     assert len(panel.image) == 1 and any(c.value == COST_CURVE_CAPTION for c in panel.caption)
 
@@ -424,10 +427,11 @@ def test_next_test_panel_ranks_for_a_forecast_and_for_the_latent_state(model_dir
     variable = at.selectbox(key="target_variable").value
     assert variable == model.config.names(VariableKind.CONTINUOUS)[0]
     assert at.number_input(key="target_ahead").value == 2.0  # two years: PBC's time unit is years
-    expected = vt.recommendation_table(recommend(model, record, Target.forecast(variable, 2.0), decided, 256, 0))
+    expected = vt.recommendation_table(recommend(model, record, Target.forecast(variable, 2.0), visit, 256, 0))
     table = table_with(at, "EIG per cost")
     assert list(table["test"]) == list(expected["test"])
     np.testing.assert_allclose(table["EIG (bits)"].to_numpy(float), expected["EIG (bits)"].to_numpy(float), rtol=1e-5, atol=1e-9)
+    assert not table["done at t"].astype(bool).any() and (table["EIG (bits)"] > 0).any()  # at the next visit all is open
     assert len(at.tabs[3].image) == 1
     chosen = table["test"].iloc[0]
     at.selectbox(key="next_test").set_value(chosen).run()

@@ -17,6 +17,7 @@ from vpatient.dashboard import tables as vt
 from vpatient.errors import RecordValidationError, VPatientError
 from vpatient.plots import COST_CURVE_CAPTION
 from vpatient.policy import Target, TargetKind
+from vpatient.report.patient import next_visit_gap
 from vpatient.schemas import VariableKind
 
 st.set_page_config(page_title="vpatient what-if", layout="wide")
@@ -151,7 +152,7 @@ with tab_whatif:
 
 # --------------------------------------------------------------------------- 5. next test
 with tab_next:
-    cols = st.columns(4)
+    cols = st.columns(5)
     kinds = vt.target_kinds(config)
     kind = kinds[cols[0].selectbox("Target", list(kinds), key="target_kind")]
     least, most, step = vt.target_horizon_bounds(default_horizon)
@@ -166,19 +167,23 @@ with tab_next:
         ahead = cols[2].number_input(f"{unit} after t", least, most, ahead, step, key="target_ahead")
         target = Target.forecast(variable, float(ahead))
     else:
-        cols[1].markdown(f"the patient's latent disease state at t = {at:.2f}")
+        cols[1].markdown("the patient's latent disease state at the visit")
         target = Target.latent()
-    next_request = vs.NextTestRequest(subject, target, at, 256, 0)
+    # the next visit, not the decision time itself: every test was usually just done then, leaving nothing to rank
+    gap = min(next_visit_gap(sess.model), most)
+    after = cols[3].number_input(f"for the visit ({unit} after t = {at:.2f})", 0.0, most, gap, step, key="next_visit_after")
+    test_at = at + float(after)
+    next_request = vs.NextTestRequest(subject, target, test_at, 256, 0)
     try:
         recommendation = sess.recommend(next_request)
     except VPatientError as exc:
         st.error(str(exc))
     else:
-        st.subheader(f"Tests at t = {at:.2f}, ranked by information per cost")
+        st.subheader(f"Tests for the visit at t = {test_at:.2f}, ranked by information per cost")
         st.table(vt.styled(vt.recommendation_table(recommendation)))
         st.image(sess.figure("cost_curve", next_request))
         st.caption(COST_CURVE_CAPTION)
-        chosen = cols[3].selectbox("Explain a test", [g.test for g in recommendation.gains], key="next_test")
+        chosen = cols[4].selectbox("Explain a test", [g.test for g in recommendation.gains], key="next_test")
         st.info(vt.test_explanation(recommendation, chosen, unit))
 
 # --------------------------------------------------------------------------- 6. model card

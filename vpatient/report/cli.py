@@ -66,11 +66,11 @@ def report_patient(
     ] = None,
 ) -> None:
     """A patient's report: history, forecasts and survival per plan, effects, next tests, assumptions and limits."""
-    from vpatient.report.patient import patient_report
+    from vpatient.report.patient import next_visit_gap, patient_report
     from vpatient.simulation.cli import load_whatif
 
     sim, plans, record = load_whatif(model, plan, patient, data, config)
-    next_visit = sim.model.scalers.time_scale / 2 if next_visit is None else next_visit
+    next_visit = next_visit_gap(sim.model) if next_visit is None else next_visit
     report = patient_report(
         sim,
         record,

@@ -20,7 +20,7 @@ from vpatient.schemas import PatientRecord, TreatmentPlan
 if TYPE_CHECKING:  # the policy brings in torch: imported where a report is made
     from vpatient.policy import Target
 
-__all__ = ["PatientReport", "next_test_target", "patient_report", "training_cohort"]
+__all__ = ["PatientReport", "next_test_target", "next_visit_gap", "patient_report", "training_cohort"]
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,14 @@ def patient_report(
         uncertainty_note=model.uncertainty_note(),
     )
     return PatientReport(html, result, recommendation, flags)
+
+
+def next_visit_gap(model) -> float:
+    """How long after the decision time the visit the tests are for comes, by default: half the typical visit gap.
+
+    At the decision time itself every test was usually just done, which leaves nothing to rank.
+    """
+    return model.scalers.time_scale / 2
 
 
 def next_test_target(model, target: Target | str | None, horizon: float | None = None) -> Target:
