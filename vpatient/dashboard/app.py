@@ -164,7 +164,7 @@ with tab_next:
     elif kind == TargetKind.FORECAST:
         variable = cols[1].selectbox("forecast of", config.names(VariableKind.CONTINUOUS), key="target_variable")
         ahead = vt.forecast_target_horizon(config.time_unit, default_horizon)
-        ahead = cols[2].number_input(f"{unit} after t", least, most, ahead, step, key="target_ahead")
+        ahead = cols[2].number_input(f"at ({unit} after the visit)", least, most, ahead, step, key="target_ahead")
         target = Target.forecast(variable, float(ahead))
     else:
         cols[1].markdown("the patient's latent disease state at the visit")
