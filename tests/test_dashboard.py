@@ -20,6 +20,8 @@ from vpatient.dashboard import tables as vt
 from vpatient.datasets import load_dataset
 from vpatient.errors import RecordValidationError
 from vpatient.policy import Target, recommend
+from vpatient.report.patient import next_visit_gap
+from vpatient.schemas import VariableKind
 from vpatient.simulation import Simulator
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
@@ -181,6 +183,105 @@ def test_plots_leave_the_backend_alone_and_draw_on_the_figure_given(cohort):
         plt.close("all")
 
 
+def _curves(ax) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The cost-aware curves drawn on ``ax`` by order ("recommended", "random"): cost and information."""
+    from vpatient.plots import COST_CURVE_ORDERS
+
+    by_label = {line.get_label(): line for line in ax.get_lines()}
+    drawn = {order: by_label[label] for order, label in COST_CURVE_ORDERS.items()}
+    assert all(line.get_drawstyle() == "steps-post" for line in drawn.values())
+    return {order: (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)) for order, line in drawn.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("target", "words"),
+    [(Target.latent(), "the latent disease state"), (Target.forecast("bilirubin", 2.0), "bilirubin in 2 years")],
+)
+def test_cost_curve_plot_draws_the_recommended_and_random_orders_as_steps(model, cohort, target, words):
+    import matplotlib.pyplot as plt
+
+    from vpatient.plots import plot_cost_curve
+
+    record = cohort.subject(PATIENT)
+    # half a year after the last visit: nothing measured yet, every test open
+    rec = recommend(model, record, target, max(record.visit_times()) + 0.5, 64, 0)
+    assert rec.sequence, "the greedy order bought nothing"
+    ax = plot_cost_curve(rec, unit="years")
+    try:
+        curves = _curves(ax)
+        cost, information = curves["recommended"]
+        # the recommended order rises at each test it buys, to its cumulative expected gain
+        assert list(cost[: len(rec.sequence) + 1]) == [0.0] + [s["cumulative_cost"] for s in rec.sequence]
+        assert information[-1] == pytest.approx(rec.sequence[-1]["cumulative_eig"], rel=1e-12)
+        random_cost, random_information = curves["random"]
+        assert (random_cost[0], random_information[0]) == (0.0, 0.0)
+        assert (np.diff(random_cost) >= 0).all() and random_cost[-1] == pytest.approx(sum(g.cost for g in rec.gains))
+        if len(rec.sequence) == len(rec.gains):  # both bought every test: the same joint gain at the end
+            assert random_information[-1] == pytest.approx(information[-1], rel=1e-9)
+        # each test bought is named beside its corner where the name has room (PBC's test names are short)
+        names = [t.get_text() for t in ax.texts]
+        assert names and names[0] == rec.sequence[0]["test"]
+        assert names == [s["test"] for s in rec.sequence if s["test"] in names]
+        for text in ax.texts:
+            step = next(s for s in rec.sequence if s["test"] == text.get_text())
+            assert text.xy == (step["cumulative_cost"], step["cumulative_eig"])
+        assert ax.get_xlabel() == "cumulative cost (relative units)"
+        assert " ".join(ax.get_ylabel().split()) == f"expected information about {words} (nats)"
+        assert len(ax.get_legend().get_texts()) == 2
+    finally:
+        plt.close("all")
+
+
+@pytest.mark.slow
+def test_cost_curve_of_a_patient_whose_tests_were_all_done_is_a_point_at_cost_zero(model, cohort):
+    import matplotlib.pyplot as plt
+
+    from vpatient.plots import plot_cost_curve
+
+    record = cohort.subject(PATIENT)
+    rec = recommend(model, record, Target.risk("death", 5.0), max(record.visit_times()), 32, 0)
+    assert all(g.done for g in rec.gains) and not rec.sequence
+    ax = plot_cost_curve(rec)
+    try:
+        for cost, information in _curves(ax).values():
+            assert set(cost) == {0.0} and set(information) == {0.0}
+        assert "within 5 time units" in ax.get_ylabel()  # no unit given: the horizon still reads
+    finally:
+        plt.close("all")
+
+
+def test_forecast_target_horizon_is_two_years_in_the_data_unit_where_the_panel_reaches_it():
+    from vpatient.schemas import TimeUnit
+
+    assert vt.forecast_target_horizon(TimeUnit.YEARS, 5.0) == 2.0
+    assert vt.forecast_target_horizon(TimeUnit.MONTHS, 60.0) == pytest.approx(24.0)
+    assert vt.forecast_target_horizon(TimeUnit.DAYS, 365.25) == pytest.approx(730.5)
+    # a daily world followed for a month: two years is beyond the panel's range (4 horizons), its own horizon stays
+    assert vt.forecast_target_horizon(TimeUnit.DAYS, 30.0) == 30.0
+    least, most, step = vt.target_horizon_bounds(30.0)
+    assert (least, most, step) == (3.0, 120.0, 3.0)
+
+
+def test_target_kinds_offered_follow_the_config(config):
+    assert list(vt.target_kinds(config).values()) == ["risk", "forecast", "latent"]
+    no_events = config.model_copy(update={"variables": [v for v in config.variables if v.kind.value != "event"]})
+    assert list(vt.target_kinds(no_events).values()) == ["forecast", "latent"]
+
+
+@pytest.mark.slow
+def test_next_test_requests_are_cached_by_their_target(model_dir, cohort):
+    session = vs.DashboardSession.load(model_dir)
+    at = max(cohort.subject(PATIENT).visit_times()) + 0.5
+    targets = [Target.risk("death", 5.0), Target.risk("death", 2.0), Target.forecast("bilirubin", 2.0), Target.latent()]
+    shown = [session.recommend(vs.NextTestRequest(PATIENT, t, at, 32, 0)) for t in targets]
+    assert [r.target for r in shown] == targets
+    again = session.recommend(vs.NextTestRequest(PATIENT, Target.forecast("bilirubin", 2.0), at, 32, 0))
+    assert again is shown[2]  # the same request is served from the cache
+    figures = {session.figure("cost_curve", vs.NextTestRequest(PATIENT, t, at, 32, 0)) for t in targets}
+    assert len(figures) == len(targets) and all(f.startswith(b"\x89PNG") for f in figures)
+
+
 def test_the_app_script_is_found_inside_the_package():
     import vpatient.dashboard
 
@@ -297,8 +398,10 @@ def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, model
     assert sorted(table["test"]) == sorted(t.name for t in cohort.config.tests)
     # the widgets' target is a Target object, ranked as the library ranks it
     record = cohort.subject(at.selectbox(key="patient").value)
-    decided = round(max(record.visit_times()), 2)
-    expected = vt.recommendation_table(recommend(model, record, Target.risk("death", 5.0), decided, 256, 0))
+    # for the next visit, half the typical visit gap after the decision time (the patient report's default)
+    visit = round(max(record.visit_times()), 2) + next_visit_gap(model)
+    assert at.number_input(key="next_visit_after").value == pytest.approx(next_visit_gap(model))
+    expected = vt.recommendation_table(recommend(model, record, Target.risk("death", 5.0), visit, 256, 0))
     assert list(table["test"]) == list(expected["test"])
     np.testing.assert_allclose(table["EIG (bits)"].to_numpy(float), expected["EIG (bits)"].to_numpy(float), rtol=1e-5, atol=1e-9)
     open_rows = table[~table["done at t"].astype(bool)]
@@ -307,6 +410,39 @@ def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, model
     chosen = table["test"].iloc[-1]
     at.selectbox(key="next_test").set_value(chosen).run()
     assert any(chosen in i.value for i in at.info)
+
+
+@pytest.mark.slow
+def test_next_test_panel_ranks_for_a_forecast_and_for_the_latent_state(model_dir, model, cohort, monkeypatch):
+    from vpatient.plots import COST_CURVE_CAPTION
+
+    at = app(model_dir, monkeypatch)
+    record = cohort.subject(at.selectbox(key="patient").value)
+    visit = round(max(record.visit_times()), 2) + next_visit_gap(model)
+    panel = at.tabs[3]
+    assert len(panel.image) == 1 and any(c.value == COST_CURVE_CAPTION for c in panel.caption)
+
+    at.selectbox(key="target_kind").set_value("forecast of a variable").run()
+    assert not at.exception, at.exception
+    variable = at.selectbox(key="target_variable").value
+    assert variable == model.config.names(VariableKind.CONTINUOUS)[0]
+    assert at.number_input(key="target_ahead").value == 2.0  # two years: PBC's time unit is years
+    expected = vt.recommendation_table(recommend(model, record, Target.forecast(variable, 2.0), visit, 256, 0))
+    table = table_with(at, "EIG per cost")
+    assert list(table["test"]) == list(expected["test"])
+    np.testing.assert_allclose(table["EIG (bits)"].to_numpy(float), expected["EIG (bits)"].to_numpy(float), rtol=1e-5, atol=1e-9)
+    assert not table["done at t"].astype(bool).any() and (table["EIG (bits)"] > 0).any()  # at the next visit all is open
+    assert len(at.tabs[3].image) == 1
+    chosen = table["test"].iloc[0]
+    at.selectbox(key="next_test").set_value(chosen).run()
+    assert any(chosen in i.value and f"{variable} in 2 years" in i.value for i in at.info)
+
+    at.selectbox(key="target_kind").set_value("latent disease state").run()
+    assert not at.exception, at.exception
+    assert not at.error
+    assert sorted(table_with(at, "EIG per cost")["test"]) == sorted(t.name for t in cohort.config.tests)
+    assert len(at.tabs[3].image) == 1 and any(c.value == COST_CURVE_CAPTION for c in at.tabs[3].caption)
+    assert any("the latent disease state" in i.value for i in at.info)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import html as html_text
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 
 import numpy as np
@@ -119,6 +120,10 @@ def test_next_tests_and_limits_are_shown(report):
     assert [r[1] for r in shown["tests"][1:]] == [num(x) for x in ranked["eig"]]
     assert "Assumptions and limits" in report.html and "Seed 3" in report.html
     assert "digest" in report.html
+    # the default target, named in words, and its cost-aware curve
+    assert str(report.recommendation.target) == "risk:death:5"
+    assert "Target: whether death happens within 5 years." in report.html
+    assert 'alt="expected information about whether death happens within 5 years against cumulative cost"' in report.html
 
 
 def test_unseen_dose_and_long_horizon_are_flagged(sim, pbc):
@@ -256,6 +261,40 @@ def test_cli_patient_report(model_dir, tmp_path):
     html = out.read_text()
     assert "Patient report: subject 4" in html and "effects" in html
     assert np.isfinite(float(tables(html)["effects"][1][4]))
+
+
+def test_cli_patient_report_ranks_the_tests_by_the_target_given(model_dir, tmp_path):
+    plan = tmp_path / "placebo.json"
+    plan.write_text(PLACEBO.model_dump_json())
+    out = tmp_path / "r.html"
+    result = _report_patient(model_dir, [plan], out, "--n-samples", "16", "--test-target", "forecast:albumin:2")
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    assert "Target: albumin in 2 years." in html and "(target forecast:albumin:2)" in html
+    curve = re.search(
+        r'<img class="fig" alt="expected information about albumin in 2 years against cumulative cost" src="([^"]+)"', html
+    )
+    assert curve and curve.group(1).startswith("data:image/png;base64,")
+    assert sorted(r[0] for r in tables(html)["tests"][1:]) == sorted(t.name for t in load_dataset("pbc2").config.tests)
+
+
+def test_cli_refuses_a_bad_test_target_in_one_line(model_dir, tmp_path):
+    plan = tmp_path / "placebo.json"
+    plan.write_text(PLACEBO.model_dump_json())
+    out = tmp_path / "r.html"
+    args = ["report", "patient", "--model", str(model_dir), "--patient", "4", "--plan", str(plan), "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "vpatient", *args, "--test-target", "forecast:ascites:2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: target 'forecast:ascites:2': 'ascites' is not a continuous variable; choose one of bilirubin, albumin, "
+        "alkaline_phosphatase, sgot, cholesterol, prothrombin, platelets"
+    ]
+    assert not out.exists()
 
 
 def test_cli_refuses_a_missing_plan(model_dir, tmp_path):

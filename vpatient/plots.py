@@ -21,13 +21,17 @@ from vpatient.data.cohort import Cohort, arm_of
 from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
 
 if TYPE_CHECKING:
+    from vpatient.policy import Recommendation, Target
     from vpatient.simulation.trial import TrialResult
     from vpatient.simulation.whatif import WhatIfResult
     from vpatient.virtual_patient import Forecast
 
 __all__ = [
+    "COST_CURVE_CAPTION",
+    "COST_CURVE_ORDERS",
     "kaplan_meier_by_arm",
     "panels",
+    "plot_cost_curve",
     "plot_forecast",
     "plot_km_by_arm",
     "plot_timeline",
@@ -35,6 +39,7 @@ __all__ = [
     "plot_whatif",
     "select_agg_backend",
     "survival_table",
+    "target_in_words",
 ]
 
 
@@ -309,3 +314,79 @@ def plot_trial(result: TrialResult, path=None, fig: plt.Figure | None = None) ->
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
     return fig
+
+
+def target_in_words(target: Target, unit: str | None = None) -> str:
+    """A next-test target as a sentence says it ("whether death happens within 5 years"); ``unit`` is the data's time unit."""
+    unit = unit or "time units"
+    if target.kind == "risk":
+        return f"whether {target.event} happens within {target.horizon:g} {unit}"
+    if target.kind == "forecast":
+        return f"{target.variable} in {target.horizon:g} {unit}"
+    return "the latent disease state"
+
+
+#: What :func:`plot_cost_curve` shows, in one line: the caption the dashboard and the patient report put under it.
+COST_CURVE_CAPTION = (
+    "Expected information bought as the cost adds up: the recommended order (greedy by information per cost) "
+    "against the average random order."
+)
+
+#: The cost-aware curves a recommendation carries, with their legend labels, in drawing order.
+COST_CURVE_ORDERS = {
+    "recommended": "recommended order (greedy by information per cost)",
+    "random": "random order (mean over orders)",
+}
+
+
+def plot_cost_curve(recommendation: Recommendation, ax: plt.Axes | None = None, unit: str | None = None) -> plt.Axes:
+    """Expected information bought as the cost adds up: the recommended order beside the mean random order.
+
+    Both are step functions of the cumulative cost (a test's information counts once it is
+    paid for), drawn to the cost where the longer one ends, the shorter holding its last
+    value. Each test the recommended order buys is marked, and named where the name has room.
+    ``unit`` is the data's time unit, for the target's horizon in the y label. A patient
+    whose tests were all done already has nothing to buy: both curves are a point at cost 0.
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4))
+    curve = recommendation.cost_curve()
+    right = float(curve["cost"].max()) if len(curve) else 0.0
+    for k, (order, label) in enumerate(COST_CURVE_ORDERS.items()):
+        part = curve[curve["order"] == order]
+        if part.empty:
+            continue
+        costs, information = [*part["cost"], right], [*part["information"], part["information"].iloc[-1]]
+        ax.plot(costs, information, drawstyle="steps-post", color=f"C{k}", lw=1.8, label=label)
+    bought = [(step["test"], step["cumulative_cost"], step["cumulative_eig"]) for step in recommendation.sequence]
+    points = [(cost, gain) for _, cost, gain in bought] or [(0.0, 0.0)]
+    ax.plot(*zip(*points, strict=True), "o", color="C0", ms=4, zorder=3)
+    ax.set_xlabel("cumulative cost (relative units)")
+    ax.set_ylabel(f"expected information about\n{target_in_words(recommendation.target, unit)} (nats)")
+    ax.set_xlim(left=0.0, right=right * 1.08 if right > 0 else 1.0)
+    ax.set_ylim(bottom=min(0.0, float(curve["information"].min()) if len(curve) else 0.0))
+    ax.set_title(f"subject {recommendation.subject_id}: tests at t = {recommendation.at:.2f}", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    _name_points(ax, bought)
+    return ax
+
+
+def _name_points(ax: plt.Axes, named: list[tuple[str, float, float]]) -> None:
+    """Write each (name, x, y) beside its point where it covers no name already written, else leave it out.
+
+    A step curve leaves room under each corner's level to its right, and above it: a name
+    goes below first, then above. Cheap tests bought one after another sit close together
+    on the cost axis, so some names may find no room. Call it once the axes' limits are
+    set: the overlap is measured on the canvas.
+    """
+    placed = []
+    for name, x, y in named:
+        short = name if len(name) <= 14 else name[:13] + "…"
+        for offset in ((4, -11), (4, 5)):
+            text = ax.annotate(short, (x, y), xytext=offset, textcoords="offset points", fontsize=7)
+            box = text.get_window_extent()
+            if not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            text.remove()

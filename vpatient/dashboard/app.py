@@ -15,7 +15,10 @@ import streamlit as st
 from vpatient.dashboard import session as vs
 from vpatient.dashboard import tables as vt
 from vpatient.errors import RecordValidationError, VPatientError
-from vpatient.policy import Target
+from vpatient.plots import COST_CURVE_CAPTION
+from vpatient.policy import Target, TargetKind
+from vpatient.report.patient import next_visit_gap
+from vpatient.schemas import VariableKind
 
 st.set_page_config(page_title="vpatient what-if", layout="wide")
 
@@ -149,23 +152,38 @@ with tab_whatif:
 
 # --------------------------------------------------------------------------- 5. next test
 with tab_next:
-    cols = st.columns(3)
-    events = config.event_kinds
-    event = cols[0].selectbox(
-        "Target: risk of", events, index=events.index("death") if "death" in events else 0, key="target_event"
-    )
-    within = cols[1].number_input(
-        f"within ({unit})", default_horizon / 10, default_horizon * 4, default_horizon, default_horizon / 10, key="target_years"
-    )
-    next_request = vs.NextTestRequest(subject, Target.risk(event, float(within)), at, 256, 0)
+    cols = st.columns(5)
+    kinds = vt.target_kinds(config)
+    kind = kinds[cols[0].selectbox("Target", list(kinds), key="target_kind")]
+    least, most, step = vt.target_horizon_bounds(default_horizon)
+    if kind == TargetKind.RISK:
+        events = config.event_kinds
+        event = cols[1].selectbox("risk of", events, index=events.index("death") if "death" in events else 0, key="target_event")
+        within = cols[2].number_input(f"within ({unit})", least, most, default_horizon, step, key="target_years")
+        target = Target.risk(event, float(within))
+    elif kind == TargetKind.FORECAST:
+        variable = cols[1].selectbox("forecast of", config.names(VariableKind.CONTINUOUS), key="target_variable")
+        ahead = vt.forecast_target_horizon(config.time_unit, default_horizon)
+        ahead = cols[2].number_input(f"at ({unit} after the visit)", least, most, ahead, step, key="target_ahead")
+        target = Target.forecast(variable, float(ahead))
+    else:
+        cols[1].markdown("the patient's latent disease state at the visit")
+        target = Target.latent()
+    # the next visit, not the decision time itself: every test was usually just done then, leaving nothing to rank
+    gap = min(next_visit_gap(sess.model), most)
+    after = cols[3].number_input(f"for the visit ({unit} after t = {at:.2f})", 0.0, most, gap, step, key="next_visit_after")
+    test_at = at + float(after)
+    next_request = vs.NextTestRequest(subject, target, test_at, 256, 0)
     try:
         recommendation = sess.recommend(next_request)
     except VPatientError as exc:
         st.error(str(exc))
     else:
-        st.subheader(f"Tests at t = {at:.2f}, ranked by information per cost")
+        st.subheader(f"Tests for the visit at t = {test_at:.2f}, ranked by information per cost")
         st.table(vt.styled(vt.recommendation_table(recommendation)))
-        chosen = cols[2].selectbox("Explain a test", [g.test for g in recommendation.gains], key="next_test")
+        st.image(sess.figure("cost_curve", next_request))
+        st.caption(COST_CURVE_CAPTION)
+        chosen = cols[4].selectbox("Explain a test", [g.test for g in recommendation.gains], key="next_test")
         st.info(vt.test_explanation(recommendation, chosen, unit))
 
 # --------------------------------------------------------------------------- 6. model card

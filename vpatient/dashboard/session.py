@@ -206,6 +206,8 @@ def _default_target() -> Target:
 
 @dataclass(frozen=True)
 class NextTestRequest:
+    """A next-test ranking to compute: the target (kind, event or variable, horizon) is part of the request, so of its cache key."""
+
     subject: str
     target: Target = field(default_factory=_default_target)
     at: float | None = None
@@ -387,7 +389,7 @@ class DashboardSession:
         )
 
     def figure(self, kind: str, request: Any) -> bytes:
-        """PNG bytes of one figure (timeline, forecast, whatif), cached with the result it draws."""
+        """PNG bytes of one figure (timeline, forecast, whatif, cost_curve), cached with the result it draws."""
         from vpatient import plots
 
         plots.select_agg_backend()  # Streamlit runs the script in worker threads: no GUI backend there
@@ -399,6 +401,8 @@ class DashboardSession:
                 fig = plots.plot_forecast(self.forecast(request), self.record(request.subject))
             elif kind == "whatif":
                 fig = plots.plot_whatif(self.whatif(request))
+            elif kind == "cost_curve":
+                fig = plots.plot_cost_curve(self.recommend(request), unit=self.config.time_unit.value).figure
             else:
                 raise ValueError(f"unknown figure {kind!r}")
             return _png(fig)

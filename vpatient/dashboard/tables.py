@@ -17,17 +17,21 @@ import numpy as np
 import pandas as pd
 
 from vpatient.errors import Problem, VPatientError
+from vpatient.plots import target_in_words
 from vpatient.policy import TargetKind
-from vpatient.schemas import VariableKind
+from vpatient.schemas import DatasetConfig, TimeUnit, VariableKind
 
 __all__ = [
     "AdjustmentView",
     "effect_table",
     "forecast_table",
+    "forecast_target_horizon",
     "model_card",
     "problems_table",
     "recommendation_table",
     "styled",
+    "target_horizon_bounds",
+    "target_kinds",
     "test_explanation",
     "trial_adjustment_view",
 ]
@@ -125,16 +129,43 @@ def recommendation_table(recommendation) -> pd.DataFrame:
     )
 
 
+#: Forecast targets look two years ahead by default: a usual span between a lab and the decision it informs.
+FORECAST_TARGET_YEARS = 2.0
+
+
+def target_kinds(config: DatasetConfig) -> dict[str, TargetKind]:
+    """The kinds of next-test target ``config`` allows, by the label the panel shows them with.
+
+    A risk needs an event and a forecast a continuous variable; the latent disease state is always there.
+    """
+    kinds = {}
+    if config.event_kinds:
+        kinds["risk of an event"] = TargetKind.RISK
+    if config.names(VariableKind.CONTINUOUS):
+        kinds["forecast of a variable"] = TargetKind.FORECAST
+    kinds["latent disease state"] = TargetKind.LATENT
+    return kinds
+
+
+def target_horizon_bounds(default_horizon: float) -> tuple[float, float, float]:
+    """Least, most and step of the panel's target horizon (data's time unit), scaled to the model's default horizon."""
+    return default_horizon / 10, default_horizon * 4, default_horizon / 10
+
+
+def forecast_target_horizon(time_unit: TimeUnit, default_horizon: float) -> float:
+    """A forecast target's default horizon: two years in the data's unit where the panel's input reaches it, else the model's default.
+
+    A model of days followed for weeks has a default horizon far below two years: it keeps its own.
+    """
+    least, most, _ = target_horizon_bounds(default_horizon)
+    years = time_unit.from_years(FORECAST_TARGET_YEARS)
+    return years if least <= years <= most else default_horizon
+
+
 def test_explanation(recommendation, test: str, unit: str = "years") -> str:
     """Plain words on how one test's result would shrink the target's uncertainty; ``unit`` is the data's time unit."""
     gain = next(g for g in recommendation.gains if g.test == test)
-    target = recommendation.target
-    if target.kind == TargetKind.RISK:
-        what = f"whether {target.event} happens within {target.horizon:g} {unit}"
-    elif target.kind == TargetKind.FORECAST:
-        what = f"{target.variable} in {target.horizon:g} {unit}"
-    else:
-        what = "the latent disease state"
+    what = target_in_words(recommendation.target, unit)
     if gain.done:
         return f"{test} was already done at t = {recommendation.at:.2f}: a repeat tells nothing new about {what}."
     bits = gain.eig / math.log(2)

@@ -56,13 +56,21 @@ def report_patient(
         ),
     ] = None,
     card: CardOption = None,
+    test_target: Annotated[
+        str | None,
+        typer.Option(
+            "--test-target",
+            help=f"What the next tests are ranked by: latent, risk:<event>:<horizon> or forecast:<variable>:<horizon>; "
+            f"horizon {IN_TIME_UNIT}. Default: risk of the first event within the horizon (the model's default at most).",
+        ),
+    ] = None,
 ) -> None:
     """A patient's report: history, forecasts and survival per plan, effects, next tests, assumptions and limits."""
-    from vpatient.report.patient import patient_report
+    from vpatient.report.patient import next_visit_gap, patient_report
     from vpatient.simulation.cli import load_whatif
 
     sim, plans, record = load_whatif(model, plan, patient, data, config)
-    next_visit = sim.model.scalers.time_scale / 2 if next_visit is None else next_visit
+    next_visit = next_visit_gap(sim.model) if next_visit is None else next_visit
     report = patient_report(
         sim,
         record,
@@ -74,6 +82,7 @@ def report_patient(
         next_visit=next_visit,
         card_link=card,
         command=_command(),
+        test_target=test_target,
     )
     _done(report.write(out, pdf))
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,10 @@ from vpatient.errors import VPatientError
 from vpatient.report.render import figure_png, model_version, render, write_outputs
 from vpatient.schemas import PatientRecord, TreatmentPlan
 
-__all__ = ["PatientReport", "patient_report", "training_cohort"]
+if TYPE_CHECKING:  # the policy brings in torch: imported where a report is made
+    from vpatient.policy import Target
+
+__all__ = ["PatientReport", "next_test_target", "next_visit_gap", "patient_report", "training_cohort"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ def patient_report(
     training: Cohort | bool | None = True,
     card_link: str | None = None,
     command: str | None = None,
+    test_target: Target | str | None = None,
 ) -> PatientReport:
     """Render the patient report of ``record`` under ``plans`` (the first is the reference).
 
@@ -69,20 +74,22 @@ def patient_report(
     own data source; None/False: skip those checks and say so). The recommended tests are
     those for the next visit, ``next_visit`` after the decision time (at the decision
     time itself every test has just been done). Times are in the data's unit; ``horizon``
-    defaults to the model's default horizon.
+    defaults to the model's default horizon. ``test_target`` is what the tests are ranked by
+    (a Target, or its text such as ``forecast:bilirubin:2``); by default the risk of the
+    config's first event within the horizon (capped at the model's default), else the latent state.
     """
-    from vpatient.plots import plot_forecast, plot_whatif
+    from vpatient.plots import COST_CURVE_CAPTION, plot_cost_curve, plot_forecast, plot_whatif, target_in_words
     from vpatient.policy import recommend
 
     model = sim.model
     plans = list(plans)
     if len(plans) < 1:
         raise VPatientError("a patient report needs at least one treatment plan (two to compare)")
+    target = next_test_target(model, test_target, horizon) if model.config.tests else None  # a bad one is refused before any work
     result = sim.whatif(record, plans, horizon=horizon, n_samples=n_samples, seed=seed, at=at)
     horizon, unit = result.horizon, model.time_unit
     cohort = training_cohort(model) if training is True else (training or None)
     events = list(model.layout.events)
-    event = events[0] if events else None
 
     # -- tables -----------------------------------------------------------------
     effects = result.effects()
@@ -105,25 +112,27 @@ def patient_report(
                         "upper": row["survival_q95"],
                     }
                 )
-    recommendation, test_rows, test_note = None, [], ""
-    if event is not None and model.config.tests:
+    recommendation, test_rows, test_note, target_words, cost_curve = None, [], "", "", None
+    if target is not None:
         test_at = result.at + next_visit
-        target = f"risk:{event}:{min(horizon, model.default_horizon):g}"
         recommendation = recommend(model, record, target=target, at=test_at, n_samples=recommend_samples, seed=seed)
         test_rows = recommendation.table().to_dict(orient="records")
+        target_words = target_in_words(target, unit)
         test_note = (
             f"Tests for the next visit at t = {test_at:.2f} {unit} ({next_visit:g} {unit} after the decision time), "
-            f"ranked by expected information gain (nats) per cost about the target {target}; "
+            f"ranked by expected information gain (nats) per cost about {target_words} (target {target}); "
             f"{recommend_samples} posterior samples, seed {seed}."
         )
+        cost_curve = figure_png(plot_cost_curve(recommendation, unit=unit).figure)
     else:
-        test_note = "The model's config declares no diagnostic tests (or no event): no test recommendation."
+        test_note = "The model's config declares no diagnostic tests: no test recommendation."
 
     # -- figures -----------------------------------------------------------------
     reference = result.forecasts[result.reference]
     figures = {
         "history": figure_png(plot_forecast(reference, record)),
         "whatif": figure_png(plot_whatif(result)),
+        "cost_curve": cost_curve,
     }
 
     flags = assumptions(model, record, plans, result, cohort)
@@ -139,6 +148,8 @@ def patient_report(
         survival_rows=surv_rows,
         tests=test_rows,
         test_note=test_note,
+        target_words=target_words,
+        cost_curve_caption=COST_CURVE_CAPTION,
         figures=figures,
         flags=flags,
         result=result,
@@ -158,6 +169,31 @@ def patient_report(
         uncertainty_note=model.uncertainty_note(),
     )
     return PatientReport(html, result, recommendation, flags)
+
+
+def next_visit_gap(model) -> float:
+    """How long after the decision time the visit the tests are for comes, by default: half the typical visit gap.
+
+    At the decision time itself every test was usually just done, which leaves nothing to rank.
+    """
+    return model.scalers.time_scale / 2
+
+
+def next_test_target(model, target: Target | str | None, horizon: float | None = None) -> Target:
+    """The target a patient report ranks tests by: ``target`` checked against the model's config, or the default.
+
+    The default is the risk of the config's first event within the forecast horizon (the
+    model's default horizon at most), else, for data without events, the latent disease state.
+    """
+    from vpatient.policy import Target
+
+    if target is None:
+        events = model.config.event_kinds
+        if not events:
+            return Target.latent()
+        horizon = model.default_horizon if horizon is None else horizon
+        return Target.risk(events[0], min(horizon, model.default_horizon))
+    return target.check(model.config) if isinstance(target, Target) else Target.parse(target, model.config)
 
 
 def _exposures(plan: TreatmentPlan) -> str:
