@@ -198,7 +198,8 @@ def test_train_settings_from_options_and_file_reach_the_checkpoint(tmp_path):
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     meta = json.loads((model_dir / "model.json").read_text())
-    assert meta["train_settings"] | {"validation_fraction": None, "weight_decay": None, "full_history_fraction": None} == {
+    unset = {"validation_fraction": None, "weight_decay": None, "full_history_fraction": None, "covariates_only_fraction": None}
+    assert meta["train_settings"] | unset == {
         "epochs": 3,  # from the file
         "learning_rate": 0.01,  # the command line overrides the file's 0.5
         "batch_size": 8,
@@ -211,6 +212,7 @@ def test_train_settings_from_options_and_file_reach_the_checkpoint(tmp_path):
         "validation_fraction": None,
         "weight_decay": None,
         "full_history_fraction": None,
+        "covariates_only_fraction": None,
     }
     assert meta["model_settings"]["step"] == 0.5 and meta["model_settings"]["hidden"] == 16
     history = json.loads((model_dir / "training.json").read_text())

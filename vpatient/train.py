@@ -59,6 +59,10 @@ class TrainSettings:
     patience: int = 40  # epochs without validation improvement before stopping
     lr_patience: int = 10  # epochs without improvement before the learning rate halves
     full_history_fraction: float = 0.2  # share of cut-offs placed at the last visit
+    # Share of cut-offs placed before the first visit, so that the posterior from covariates
+    # and history codes alone is trained to forecast every visit: the belief about a new
+    # patient, which next-test selection at a first visit starts from.
+    covariates_only_fraction: float = 0.1
     seed: int = 0
     # Ensemble members (model uncertainty): each trains on a bootstrap resample of the
     # training patients with its own seed (vpatient.ensemble); 1 is a single model.
@@ -101,6 +105,7 @@ SETTING_RANGES: dict[str, Any] = {
     "patience": Field(ge=1),
     "lr_patience": Field(ge=1),
     "full_history_fraction": Field(ge=0, le=1),
+    "covariates_only_fraction": Field(ge=0, le=1),
     "members": Field(ge=1),
     "max_minutes": Field(gt=0),
     "threads": Field(ge=1),
@@ -185,13 +190,24 @@ def layered_settings(
     return build_settings(SettingsFile.check(dict(defaults or {}) | from_file | chosen))
 
 
-def random_cutoffs(batch: PatientBatch, generator: torch.Generator, full_fraction: float) -> torch.Tensor:
-    """A cut-off per patient at one of its visits, uniformly; some at the last visit."""
+def random_cutoffs(
+    batch: PatientBatch, generator: torch.Generator, full_fraction: float, covariates_fraction: float = 0.0
+) -> torch.Tensor:
+    """A cut-off per patient at one of its visits, uniformly; some at the last visit, some just before the first.
+
+    A cut-off just before the first visit leaves only the covariates and history codes
+    (recorded before index) to infer from.
+    """
     n_visits = batch.visit_mask.sum(dim=1).long().clamp(min=1)
     pick = (torch.rand(len(batch), generator=generator) * n_visits).long().clamp(max=n_visits - 1)
     full = torch.rand(len(batch), generator=generator) < full_fraction
     pick = torch.where(full, n_visits - 1, pick)
-    return batch.times.gather(1, pick.unsqueeze(1)).squeeze(1)
+    cutoff = batch.times.gather(1, pick.unsqueeze(1)).squeeze(1)
+    if covariates_fraction > 0:
+        before = torch.rand(len(batch), generator=generator) < covariates_fraction
+        first = batch.times[:, 0]
+        cutoff = torch.where(before, torch.nextafter(first, torch.full_like(first, -math.inf)), cutoff)
+    return cutoff
 
 
 def forecast_cutoffs(batch: PatientBatch) -> torch.Tensor:
@@ -271,7 +287,7 @@ def _optimise(
         losses = []
         for chunk in perm.split(settings.batch_size):
             batch = train_batch.select(chunk)
-            cutoff = random_cutoffs(batch, generator, settings.full_history_fraction)
+            cutoff = random_cutoffs(batch, generator, settings.full_history_fraction, settings.covariates_only_fraction)
             loss = model.elbo(batch, cutoff, generator)["loss"]
             optimiser.zero_grad()
             loss.backward()

@@ -385,7 +385,7 @@ def benchmark_test_selection(
     synthetic_n: Annotated[int, typer.Option("--synthetic-n", min=20, help="Synthetic cohort size.")] = 300,
     synthetic_folds: Annotated[int, typer.Option("--synthetic-folds", min=2, help="Folds over synthetic patients.")] = 3,
     members: MembersOption = DEFAULT_MEMBERS,
-    n_samples: Annotated[int, typer.Option("--samples", min=16, help="Pool samples per patient for the curves.")] = 128,
+    n_samples: Annotated[int, typer.Option("--samples", min=16, help="Pool samples per patient for the curves.")] = 256,
     n_train_patients: Annotated[
         int, typer.Option("--train-patients", min=1, help="Training patients per fold that choose the best fixed order.")
     ] = 25,

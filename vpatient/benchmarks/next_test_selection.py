@@ -670,7 +670,7 @@ class NextTestSelectionSettings:
     #: dataset -> target specs; unset datasets take :func:`default_targets` of their config.
     targets: Mapping[str, Sequence[str]] | None = None
     scenarios: Sequence[str] = SCENARIOS
-    n_samples: int = 128
+    n_samples: int = 256
     n_train_patients: int = 25
     max_patients_per_fold: int | None = None
     latency_patients: int = 30
