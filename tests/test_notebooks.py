@@ -37,10 +37,10 @@ CASES = {
         3,
     ),
     "03_next_test_selection.ipynb": (
-        "EPOCHS = 2\nN_SAMPLES = 16\nN_PATIENTS = 2\nN_RANDOM = 2",
-        ["information_curve.png"],
-        ["liver_panel", "held-out patients on the curve", "tests revealed"],
-        1,
+        "EPOCHS = 2\nN_SAMPLES = 16\nN_PATIENTS = 2",
+        ["cost_curve.png", "information_curve.png"],
+        ["liver_panel", "remaining_entropy", "held-out patients on the curve", "clairvoyant", "minus EIG per cost"],
+        2,
     ),
 }
 
