@@ -385,6 +385,9 @@ def benchmark_test_selection(
     synthetic_n: Annotated[int, typer.Option("--synthetic-n", min=20, help="Synthetic cohort size.")] = 300,
     synthetic_folds: Annotated[int, typer.Option("--synthetic-folds", min=2, help="Folds over synthetic patients.")] = 3,
     members: MembersOption = DEFAULT_MEMBERS,
+    jobs: Annotated[
+        int, typer.Option("--jobs", min=1, help="Worker processes, each running whole datasets (one torch thread each).")
+    ] = 2,
     n_samples: Annotated[int, typer.Option("--samples", min=16, help="Pool samples per patient for the curves.")] = 256,
     n_train_patients: Annotated[
         int, typer.Option("--train-patients", min=1, help="Training patients per fold that choose the best fixed order.")
@@ -433,6 +436,7 @@ def benchmark_test_selection(
         targets={d: list(target) for d in datasets} if target else None,
         scenarios=chosen,
         members=members,
+        jobs=jobs,
         n_samples=n_samples,
         n_train_patients=n_train_patients,
         max_patients_per_fold=max_patients,

@@ -680,6 +680,8 @@ class NextTestSelectionSettings:
     truth_model_samples: int = 1024
     #: ensemble members of each fold's model (the default ``vpatient train`` makes)
     members: int = 5
+    #: worker processes, each running whole datasets (one torch thread each); 1 runs them in turn
+    jobs: int = 1
     #: None: each fold model trains with the default TrainSettings (and ``members``), cached as such.
     train_settings: TrainSettings | None = None
     cache_dir: str | Path | None = DEFAULT_CACHE
@@ -746,13 +748,10 @@ def _checks(scenarios: list[ScenarioResult], truth: list[TruthSummary], latency:
     return checks
 
 
-def run_test_selection_benchmark(
-    settings: NextTestSelectionSettings | None = None, *, cohorts: dict | None = None
-) -> TestSelectionBenchmarkResult:
-    """Run the protocol of the module docstring under ``settings`` (default: the defaults of :class:`NextTestSelectionSettings`).
-
-    ``cohorts`` (name -> Cohort) replaces loading (tests).
-    """
+def _dataset_part(
+    name: str, settings: NextTestSelectionSettings, cohort=None
+) -> tuple[list[ScenarioResult], list[TruthSummary], LatencySummary | None]:
+    """One dataset's scenario results, truth comparisons and (for real data) latency."""
     from dataclasses import replace
 
     import torch
@@ -762,50 +761,75 @@ def run_test_selection_benchmark(
     from vpatient.policy import Target
     from vpatient.train import TrainSettings
 
-    settings = settings or NextTestSelectionSettings()
+    if settings.jobs > 1:  # one core per worker process
+        torch.set_num_threads(1)
     started = time.perf_counter()
+    cohort = cohort if cohort is not None else _cohort(name, settings, None)
+    config = cohort.config
+    specs = (settings.targets or {}).get(name) or default_targets(config)
+    targets = [Target.parse(spec, config) for spec in specs]
+    costs = {t.name: t.cost for t in config.tests}
+    budget = float(sum(costs.values()))
+    grid = _cost_grid(costs, budget)
+    n_folds = settings.synthetic_folds if name == "synthetic" else settings.n_folds
+    folds = forecast_folds(cohort, n_folds, settings.seed)
     train_settings = replace(settings.train_settings or TrainSettings(), members=settings.members)
-    results: list[ScenarioResult] = []
-    truths: list[TruthSummary] = []
-    latency = None
-    notes: list[str] = []
-    for name in settings.datasets:
-        cohort = _cohort(name, settings, cohorts)
-        config = cohort.config
-        specs = (settings.targets or {}).get(name) or default_targets(config)
-        targets = [Target.parse(spec, config) for spec in specs]
-        costs = {t.name: t.cost for t in config.tests}
-        budget = float(sum(costs.values()))
-        grid = _cost_grid(costs, budget)
-        n_folds = settings.synthetic_folds if name == "synthetic" else settings.n_folds
-        folds = forecast_folds(cohort, n_folds, settings.seed)
-        run = TrainingRun(settings.seed, settings.cache_dir, train_settings)
-        models = []
-        tallies = {(sc, str(t)): _Tally() for sc in settings.scenarios for t in targets}
-        for fold in folds:
-            t0 = time.perf_counter()
-            model = fold_model(cohort, fold.index, n_folds, fold.train, run)
-            models.append((fold, model))
-            for scenario in settings.scenarios:
-                for target in targets:
-                    _score_fold(model, fold, scenario, target, settings, costs, budget, grid, tallies[(scenario, str(target))])
-            if settings.progress:
-                tqdm.write(f"[test-selection] {name} fold {fold.index}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    run = TrainingRun(settings.seed, settings.cache_dir, train_settings)
+    models = []
+    tallies = {(sc, str(t)): _Tally() for sc in settings.scenarios for t in targets}
+    for fold in folds:
+        t0 = time.perf_counter()
+        model = fold_model(cohort, fold.index, n_folds, fold.train, run)
+        models.append((fold, model))
         for scenario in settings.scenarios:
             for target in targets:
-                tally = tallies[(scenario, str(target))]
-                results.append(_summarise(name, scenario, target, n_folds, costs, budget, grid, tally, settings.seed))
-        if name != "synthetic" and latency is None and settings.latency_patients > 0:
-            fold, model = models[0]
-            latency = _latency(
-                model, fold.test, specs[0], settings.latency_patients, settings.latency_samples, settings.seed, name
-            )
-        if settings.truth_patients > 0 and getattr(cohort, "truth", None) is not None:
-            for scenario in settings.scenarios:
-                for target in targets:
-                    truths.append(_against_truth(cohort, models, scenario, target, settings))
-            if settings.progress:
-                tqdm.write(f"[test-selection] {name} truth done, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+                _score_fold(model, fold, scenario, target, settings, costs, budget, grid, tallies[(scenario, str(target))])
+        if settings.progress:
+            tqdm.write(f"[test-selection] {name} fold {fold.index}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    results = [
+        _summarise(name, sc, t, n_folds, costs, budget, grid, tallies[(sc, str(t))], settings.seed)
+        for sc in settings.scenarios
+        for t in targets
+    ]
+    latency = None
+    if getattr(cohort, "truth", None) is None and settings.latency_patients > 0:
+        fold, model = models[0]
+        latency = _latency(model, fold.test, specs[0], settings.latency_patients, settings.latency_samples, settings.seed, name)
+    truths = []
+    if settings.truth_patients > 0 and getattr(cohort, "truth", None) is not None:
+        truths = [_against_truth(cohort, models, sc, t, settings) for sc in settings.scenarios for t in targets]
+        if settings.progress:
+            tqdm.write(f"[test-selection] {name} truth done, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return results, truths, latency
+
+
+def run_test_selection_benchmark(
+    settings: NextTestSelectionSettings | None = None, *, cohorts: dict | None = None
+) -> TestSelectionBenchmarkResult:
+    """Run the protocol of the module docstring under ``settings`` (default: the defaults of :class:`NextTestSelectionSettings`).
+
+    ``cohorts`` (name -> Cohort) replaces loading (tests). With ``settings.jobs`` > 1 the
+    datasets run in that many worker processes, one torch thread each.
+    """
+    import torch
+
+    settings = settings or NextTestSelectionSettings()
+    started = time.perf_counter()
+    names = list(settings.datasets)
+    given = [(cohorts or {}).get(name) for name in names]
+    jobs = min(settings.jobs, len(names))
+    if jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_dataset_part, names, [settings] * len(names), given))
+    else:
+        parts = [_dataset_part(name, settings, cohort) for name, cohort in zip(names, given, strict=True)]
+    results = [r for part in parts for r in part[0]]
+    truths = [t for part in parts for t in part[1]]
+    latency = next((part[2] for part in parts if part[2] is not None), None)
+    notes: list[str] = []
     notes += [
         "Budget: the whole catalogue's cost; a patient's curve holds its last loss once the tests done at the visit are "
         "all bought. Tests not done at the visit are skipped by every policy (their results do not exist).",
@@ -824,7 +848,7 @@ def run_test_selection_benchmark(
         n_train_patients=settings.n_train_patients,
         seconds=time.perf_counter() - started,
         cpu_count=os.cpu_count() or 0,
-        torch_threads=torch.get_num_threads(),
+        torch_threads=1 if jobs > 1 else torch.get_num_threads(),
         machine=f"{platform.machine()} {platform.system()}",
         scenarios=results,
         latency=latency,
