@@ -82,8 +82,13 @@ def _row(sid: object, time: object, code: str, value: float | None = None, text:
 
 
 def _base_rows(sid: object, end: float = 2.0) -> list[dict]:
-    """Rows of a minimal valid subject."""
-    return [_row(sid, None, "SEX", text="female"), _row(sid, 0.0, "LAB//BILI", 1.0), _row(sid, end, "VPATIENT_END_OF_FOLLOWUP")]
+    """Rows of a minimal valid subject (born 60 years before the index)."""
+    return [
+        _row(sid, -60.0, MEDS_BIRTH),
+        _row(sid, None, "SEX", text="female"),
+        _row(sid, 0.0, "LAB//BILI", 1.0),
+        _row(sid, end, "VPATIENT_END_OF_FOLLOWUP"),
+    ]
 
 
 def _with(cfg: DatasetConfig, **changes: object) -> DatasetConfig:
