@@ -622,7 +622,9 @@ def birth_rows(n: int, born: int) -> pd.DataFrame:
 def test_every_birth_row_missing_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "unborn.parquet"
     birth_rows(4, born=0).to_parquet(path)
-    message = refused(lambda: read_meds(path, birth_config()), str(path), "4 of 4 subjects have no 'MEDS_BIRTH' row")
+    message = refused(
+        lambda: read_meds(path, birth_config()), str(path), "4 of 4 subjects have no 'MEDS_BIRTH' row", "(subjects 1, 2, 3, ...)"
+    )
     assert "static.age" in message
     report = validate_path(path, birth_config())
     assert not report.ok and report.errors[0].owner == str(path)
@@ -634,7 +636,7 @@ def test_some_birth_rows_missing_is_a_warning_counting_them(tmp_path: Path) -> N
     report = validate_path(path, birth_config())
     assert report.ok and report.n_subjects == 4
     assert [str(w) for w in report.warnings] == [
-        f"{path}: static.age = 'MEDS_BIRTH': 1 of 4 subjects have no 'MEDS_BIRTH' row, so no age (subjects 4)"
+        f"{path}: static.age = 'MEDS_BIRTH': 1 of 4 subjects have no 'MEDS_BIRTH' row, so no age (subject 4)"
     ]
 
 
@@ -692,6 +694,15 @@ def test_config_in_utf16_names_the_file(inputs: Inputs, tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_bytes(inputs.config.model_dump_json().encode("utf-16"))
     refused(lambda: DatasetConfig.load(path), str(path), "UTF-16")
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    """A "billion laughs" config: nine levels of nine aliases would expand to 387 million strings."""
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join([*lines, "name: x", "variables: *a8"]) + "\n", encoding="utf-8")
+    refused(lambda: DatasetConfig.load(path), str(path), "expands to more than")
 
 
 def test_stored_config_damaged_names_the_file(meds_dir: Path) -> None:

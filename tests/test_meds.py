@@ -252,7 +252,8 @@ def test_unknown_codes_are_reported_once_with_counts(cfg):
         frame_to_records(_frame(rows), cfg)
     unknown = [p for p in caught.value.problems if p.field == "code"]
     assert [(p.subject_id, p.value) for p in unknown] == [(None, "LAB//XYZ"), (None, "ODD")]
-    assert "3 rows in 2 subjects" in str(caught.value) and "'LAB//XYZ'" in str(caught.value)
+    assert "'LAB//XYZ': unknown code: 3 rows in 2 subjects (subjects 1, 2)" in str(caught.value)
+    assert "'ODD': unknown code: 1 row in 1 subject (subject 2)" in str(caught.value)
 
     warned: list[Problem] = []
     records = frame_to_records(_frame(rows), _with(cfg, unknown_codes="warn"), warnings_out=warned)

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_INPUT_MB",
     "MAX_INPUT_MB_ENV",
     "MAX_NESTING",
+    "check_shape",
     "max_input_bytes",
     "parse_json_text",
     "read_json_file",
@@ -65,8 +66,8 @@ def read_text_file(path: str | Path, what: str, max_bytes: int | None = None) ->
         size = path.stat().st_size
         if size > limit:
             raise DataFormatError(
-                f"{path}: {what} file is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB limit for JSON and YAML inputs; "
-                f"many patients belong in a MEDS directory, or raise the limit with {MAX_INPUT_MB_ENV}=N"
+                f"{path}: {what} file is {size / 1e6:.1f} MB, over the {limit / 1e6:g} MB limit for JSON and YAML inputs "
+                f"(set {MAX_INPUT_MB_ENV}=N to change it; many patients belong in a MEDS directory)"
             )
         data = path.read_bytes()
     except OSError as exc:
@@ -96,26 +97,31 @@ def parse_json_text(text: str, source: str) -> Any:
         raise DataFormatError(f"{source} nests lists or objects too deeply (at most {MAX_NESTING} levels)") from None
     except ValueError as exc:  # json's own refusals: an integer of over 4,300 digits, a NaN literal
         raise DataFormatError(f"{source} is not usable JSON: {exc}") from None
-    if _depth(data) > MAX_NESTING:
-        raise DataFormatError(f"{source} nests lists or objects too deeply (at most {MAX_NESTING} levels)")
+    return check_shape(data, source, len(text))
+
+
+def check_shape(data: Any, source: str, max_items: int) -> Any:
+    """``data`` (parsed JSON or YAML) when it nests at most MAX_NESTING levels and holds at most ``max_items`` values.
+
+    Walked without recursion, since the point is to survive hostile input. A JSON text
+    cannot hold more values than it has characters; a YAML text can, through aliases
+    (a "billion laughs" document), which is what ``max_items`` stops.
+    """
+    items = 0
+    stack = [(data, 1)]
+    while stack:
+        item, level = stack.pop()
+        items += 1
+        if items > max_items:
+            raise DataFormatError(f"{source} expands to more than {max_items:,} values (YAML aliases?)")
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if level > MAX_NESTING:
+                raise DataFormatError(f"{source} nests lists or objects too deeply (at most {MAX_NESTING} levels)")
+            stack.extend((child, level + 1) for child in item)
     return data
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not standard JSON; write null or a finite number")
-
-
-def _depth(data: Any) -> int:
-    """How deeply lists and dicts nest in ``data``, found without recursion (the point is to survive deep input)."""
-    deepest = 0
-    stack = [(data, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, list):
-            deepest = max(deepest, level)
-            if level > MAX_NESTING:
-                return level
-            stack.extend((child, level + 1) for child in item)
-    return deepest

@@ -40,7 +40,7 @@ from pydantic import (
 )
 
 from vpatient.errors import ConfigError, DataFormatError, Problem, RecordValidationError
-from vpatient.inputs import parse_json_text, read_text_file
+from vpatient.inputs import check_shape, parse_json_text, read_text_file
 
 __all__ = [
     "BOUNDARY_TYPES",
@@ -388,7 +388,8 @@ class DatasetConfig(_Strict):
             else:
                 import yaml
 
-                data = yaml.safe_load(text)
+                # Anchors may repeat a few values, but not expand a small file into millions of them.
+                data = check_shape(yaml.safe_load(text), f"{path}: config file", 10 * len(text) + 100_000)
         except DataFormatError as exc:
             raise ConfigError(str(exc)) from None
         except Exception as exc:  # YAML's own message says where

@@ -213,13 +213,13 @@ def _missing_birth_problems(frame: pd.DataFrame, book: CodeBook, source: str) ->
     if not lacking:
         return []
     name = birth.spec.name
-    shown = ", ".join(lacking[:5]) + (", ..." if len(lacking) > 5 else "")
     return [
         Problem(
             None,
             f"static.{name}",
             MEDS_BIRTH,
-            f"{len(lacking)} of {_plural(len(subjects), 'subject')} have no {MEDS_BIRTH!r} row, so no {name} (subjects {shown})",
+            f"{len(lacking)} of {_plural(len(subjects), 'subject')} have no {MEDS_BIRTH!r} row, so no {name} "
+            f"({_subjects_shown(lacking[:_SHOWN_SUBJECTS], len(lacking))})",
             "error" if len(lacking) == len(subjects) else "warning",
             owner=source,
         )
@@ -527,6 +527,7 @@ class _UnknownCodes:
         self.config = config
         self.rows: Counter[str] = Counter()
         self.subjects: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = {}  # the first few subjects per code, for the message
 
     def add(self, rows: pd.DataFrame) -> None:
         if self.config.unknown_codes == UnknownCodePolicy.IGNORE or rows.empty:
@@ -536,6 +537,9 @@ class _UnknownCodes:
         # Subjects never span two calls (read_meds converts once; iter_meds checks
         # contiguity), so per-call distinct counts add up.
         self.subjects.update(grouped.nunique().to_dict())
+        for code, ids in grouped.unique().items():
+            shown = self.examples.setdefault(code, [])
+            shown += [str(sid) for sid in ids[: _SHOWN_SUBJECTS - len(shown)]]
 
     def problems(self) -> list[Problem]:
         policy = self.config.unknown_codes
@@ -545,12 +549,23 @@ class _UnknownCodes:
                 None,
                 CODE,
                 code,
-                f"unknown code: {_plural(self.rows[code], 'row')} in {_plural(self.subjects[code], 'subject')}; "
+                f"unknown code: {_plural(self.rows[code], 'row')} in {_plural(self.subjects[code], 'subject')} "
+                f"({_subjects_shown(self.examples[code], self.subjects[code])}); "
                 f"no variable of config {self.config.name!r} reads it (unknown_codes={policy!s})",
                 severity,
             )
             for code in sorted(self.rows)
         ]
+
+
+#: How many subjects a problem about many names, so that a user can find the rows.
+_SHOWN_SUBJECTS = 3
+
+
+def _subjects_shown(first: Sequence[str], total: int) -> str:
+    """Say "subject 7" or "subjects 1, 4, 9, ..." for a problem about ``total`` subjects whose first ones are ``first``."""
+    listed = ", ".join(first) + (", ..." if total > len(first) else "")
+    return f"subject {listed}" if total == 1 else f"subjects {listed}"
 
 
 def _plural(n: int, word: str) -> str:
