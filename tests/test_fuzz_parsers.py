@@ -599,6 +599,19 @@ def test_streamed_rows_are_numbered_through_the_file(inputs: Inputs, tmp_path: P
     refused(lambda: list(iter_meds(path, inputs.config, batch_size=10)), str(path), f"row {len(frame)} ")
 
 
+def test_shards_mixing_numbers_and_timestamps_are_named(inputs: Inputs, meds_dir: Path) -> None:
+    numeric = first_shard(meds_dir)
+    stamped = meds_dir / "data" / "stamped.parquet"
+    frame = pd.read_parquet(numeric).assign(subject_id=lambda f: f["subject_id"] + "b")
+    frame["time"] = pd.Timestamp("2020-01-01") + pd.to_timedelta(frame["time"], unit="D")
+    frame.to_parquet(stamped)
+    refused(
+        lambda: read_meds(meds_dir, inputs.config),
+        "numeric times and others timestamps",
+        f"({numeric} has numbers, {stamped} timestamps)",
+    )
+
+
 def birth_config() -> DatasetConfig:
     return DatasetConfig.model_validate(
         {

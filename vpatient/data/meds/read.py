@@ -317,8 +317,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def _read_frame(path: Path) -> pd.DataFrame:
     """The whole input as one normalised frame."""
     if path.is_dir():
-        frames = [_normalise(_read_parquet(shard), str(shard)) for shard in _shards(path)]
-        return _concat(frames, str(path))
+        shards = _shards(path)
+        frames = [_normalise(_read_parquet(shard), str(shard)) for shard in shards]
+        return _concat(frames, str(path), [str(shard) for shard in shards])
     if _file_kind(path) == "csv":
         return _normalise(_read_csv(path), str(path))
     return _normalise(_read_parquet(path), str(path))
@@ -491,13 +492,19 @@ def _normalise_time(df: pd.DataFrame, source: str) -> pd.Series:
     return parsed.dt.tz_localize(None).astype("datetime64[us]")
 
 
-def _concat(frames: Sequence[pd.DataFrame], source: str) -> pd.DataFrame:
-    """Concatenate normalised frames whose time columns must agree (an all-null one adapts)."""
+def _concat(frames: Sequence[pd.DataFrame], source: str, parts: Sequence[str] | None = None) -> pd.DataFrame:
+    """Concatenate normalised frames whose time columns must agree (an all-null one adapts).
+
+    ``parts`` names each frame's file, for the message when they disagree.
+    """
     stamped = [pd.api.types.is_datetime64_dtype(f[TIME]) for f in frames]
     if any(stamped) and not all(stamped):
-        numeric = [f for f, s in zip(frames, stamped, strict=True) if not s]
-        if any(f[TIME].notna().any() for f in numeric):
-            raise DataFormatError(f"{source}: some parts have numeric times and others timestamps; use one or the other")
+        numeric = [i for i, s in enumerate(stamped) if not s and frames[i][TIME].notna().any()]
+        if numeric:
+            which = ""
+            if parts is not None:
+                which = f" ({parts[numeric[0]]} has numbers, {parts[stamped.index(True)]} timestamps)"
+            raise DataFormatError(f"{source}: some parts have numeric times and others timestamps{which}; use one or the other")
         frames = [f if s else f.assign(**{TIME: f[TIME].astype("datetime64[us]")}) for f, s in zip(frames, stamped, strict=True)]
     return pd.concat(frames, ignore_index=True)
 
