@@ -82,8 +82,13 @@ def _row(sid: object, time: object, code: str, value: float | None = None, text:
 
 
 def _base_rows(sid: object, end: float = 2.0) -> list[dict]:
-    """Rows of a minimal valid subject."""
-    return [_row(sid, None, "SEX", text="female"), _row(sid, 0.0, "LAB//BILI", 1.0), _row(sid, end, "VPATIENT_END_OF_FOLLOWUP")]
+    """Rows of a minimal valid subject (born 60 years before the index)."""
+    return [
+        _row(sid, -60.0, MEDS_BIRTH),
+        _row(sid, None, "SEX", text="female"),
+        _row(sid, 0.0, "LAB//BILI", 1.0),
+        _row(sid, end, "VPATIENT_END_OF_FOLLOWUP"),
+    ]
 
 
 def _with(cfg: DatasetConfig, **changes: object) -> DatasetConfig:
@@ -247,7 +252,8 @@ def test_unknown_codes_are_reported_once_with_counts(cfg):
         frame_to_records(_frame(rows), cfg)
     unknown = [p for p in caught.value.problems if p.field == "code"]
     assert [(p.subject_id, p.value) for p in unknown] == [(None, "LAB//XYZ"), (None, "ODD")]
-    assert "3 rows in 2 subjects" in str(caught.value) and "'LAB//XYZ'" in str(caught.value)
+    assert "'LAB//XYZ': unknown code: 3 rows in 2 subjects (subjects 1, 2)" in str(caught.value)
+    assert "'ODD': unknown code: 1 row in 1 subject (subject 2)" in str(caught.value)
 
     warned: list[Problem] = []
     records = frame_to_records(_frame(rows), _with(cfg, unknown_codes="warn"), warnings_out=warned)

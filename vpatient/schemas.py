@@ -39,7 +39,8 @@ from pydantic import (
     model_validator,
 )
 
-from vpatient.errors import ConfigError, Problem, RecordValidationError
+from vpatient.errors import ConfigError, DataFormatError, Problem, RecordValidationError
+from vpatient.inputs import check_shape, parse_json_text, read_text_file
 
 __all__ = [
     "BOUNDARY_TYPES",
@@ -151,6 +152,22 @@ class TimeUnit(StrEnum):
     def month(self) -> float:
         """Length of a month (a twelfth of a year) in this unit: the default resolution of forecast and simulation grids."""
         return TimeUnit.MONTHS.days / self.days
+
+
+#: Longest span from the index that a time in a record or plan may have: longer than any life, so
+#: a time beyond it is a typo or garbage (1e308), refused before it reaches the solver.
+MAX_SPAN_YEARS = 200.0
+
+
+def time_bound(config: DatasetConfig | None) -> tuple[float, str]:
+    """The largest |time| accepted in a record or plan, and how to say it in a message.
+
+    Without a config the unit is unknown, so the bound is the most lenient: the span in days.
+    """
+    unit = config.time_unit if config is not None else TimeUnit.DAYS
+    bound = unit.from_years(MAX_SPAN_YEARS)
+    in_unit = "" if unit == TimeUnit.YEARS else f" ({bound:g} {unit.value})"
+    return bound, f"more than {MAX_SPAN_YEARS:g} years{in_unit} from the index"
 
 
 class _Strict(BaseModel):
@@ -364,15 +381,18 @@ class DatasetConfig(_Strict):
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
         try:
-            if path.suffix.lower() in {".yaml", ".yml"}:
+            text = read_text_file(path, "config")
+            if path.suffix.lower() not in {".yaml", ".yml"}:
+                data = parse_json_text(text, f"{path}: config file")
+            else:
                 import yaml
 
-                data = yaml.safe_load(text)
-            else:
-                data = json.loads(text)
-        except Exception as exc:  # the parser's own message says where
+                # Anchors may repeat a few values, but not expand a small file into millions of them.
+                data = check_shape(yaml.safe_load(text), f"{path}: config file", 10 * len(text) + 100_000)
+        except DataFormatError as exc:
+            raise ConfigError(str(exc)) from None
+        except Exception as exc:  # YAML's own message says where
             raise ConfigError(f"cannot parse config {path}: {exc}") from None
         try:
             return cls.model_validate(data)
@@ -536,6 +556,7 @@ def record_problems(record: PatientRecord, config: DatasetConfig | None = None) 
     """Every problem with one record; checks against ``config`` too when one is given."""
     sid = record.subject_id
     out: list[Problem] = []
+    bound, beyond = time_bound(config)
 
     def times(items: Sequence[Any], label: str, allow_negative: bool = False) -> None:
         previous = -math.inf
@@ -544,6 +565,9 @@ def record_problems(record: PatientRecord, config: DatasetConfig | None = None) 
             where = f"{label}[{i}].time"
             if not math.isfinite(t):
                 out.append(Problem(sid, where, t, "not a finite time"))
+                continue
+            if abs(t) > bound:
+                out.append(Problem(sid, where, t, beyond))
                 continue
             if t < 0 and not allow_negative:
                 out.append(Problem(sid, where, t, "negative time: times are measured from the index (t=0)"))
@@ -555,6 +579,8 @@ def record_problems(record: PatientRecord, config: DatasetConfig | None = None) 
 
     if not math.isfinite(record.end_of_followup) or record.end_of_followup < 0:
         out.append(Problem(sid, "end_of_followup", record.end_of_followup, "must be a finite, non-negative time"))
+    elif record.end_of_followup > bound:
+        out.append(Problem(sid, "end_of_followup", record.end_of_followup, beyond))
     times(record.observations, "observations")
     times(record.imaging, "imaging")
     times(record.history, "history", allow_negative=True)
@@ -592,10 +618,15 @@ def exposure_problems(
     """Problems with treatment exposures (shared by records and plans)."""
     out: list[Problem] = []
     known = {v.name: v for v in config.of_kind(VariableKind.TREATMENT)} if config else None
+    bound, beyond = time_bound(config)
     for i, exp in enumerate(exposures):
         where = f"{label}[{i}]"
         if not math.isfinite(exp.start) or exp.start < 0:
             out.append(Problem(subject_id, f"{where}.start", exp.start, "must be a finite, non-negative time"))
+        elif exp.start > bound:
+            out.append(Problem(subject_id, f"{where}.start", exp.start, beyond))
+        if exp.stop is not None and math.isfinite(exp.stop) and exp.stop > bound:
+            out.append(Problem(subject_id, f"{where}.stop", exp.stop, beyond))
         if exp.stop is not None and not (exp.stop > exp.start):
             out.append(Problem(subject_id, f"{where}.stop", exp.stop, f"stops before it starts (start {exp.start:g})"))
         if end is not None and exp.start > end:

@@ -6,11 +6,11 @@ that validates here also loads.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vpatient.errors import ConfigError, DataFormatError, DatasetNotFoundError, Problem, RecordValidationError
+from vpatient.errors import ConfigError, DatasetNotFoundError, Problem, RecordValidationError
+from vpatient.inputs import read_json_file
 from vpatient.schemas import DatasetConfig, parse_records
 
 __all__ = ["ValidationReport", "validate_path"]
@@ -80,8 +80,5 @@ def _config_for(path: Path, config: str | Path | DatasetConfig | None) -> Datase
 
 
 def _json_items(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json_file(path, "patient record")
     return data if isinstance(data, list) else [data]

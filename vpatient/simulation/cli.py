@@ -19,7 +19,7 @@ from vpatient.benchmarks.options import (
     SeedOption,
     TrialDataOption,
 )
-from vpatient.errors import VPatientError
+from vpatient.errors import RecordValidationError, VPatientError
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 
 __all__ = ["simulate_app", "trial_app", "whatif_command"]
@@ -39,15 +39,15 @@ ChunkOption = Annotated[int, typer.Option(min=1, help="Patients per chunk (memor
 
 def load_plan(path: Path, config) -> object:
     """A treatment plan from a JSON file, validated against the model's config."""
+    from vpatient.inputs import read_json_file
     from vpatient.schemas import parse_plan
 
     if not path.is_file():
         raise VPatientError(f"plan file {path} does not exist")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise VPatientError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    return parse_plan(data, config)
+        return parse_plan(read_json_file(path, "treatment plan"), config)
+    except RecordValidationError as exc:
+        raise RecordValidationError(exc.problems, header=f"invalid treatment plan {path}") from None
 
 
 def load_arms(specs: list[str], config) -> dict:

@@ -8,18 +8,22 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vpatient.data.meds.codes import (
     CODE,
+    CODES_FILE,
     CONFIG_FILE,
     DATA_DIR,
     MEDS_BIRTH,
@@ -48,6 +52,7 @@ from vpatient.errors import (
     Problem,
     RecordValidationError,
     UnknownCodeWarning,
+    VPatientError,
 )
 from vpatient.schemas import (
     DEFAULT_DOSE,
@@ -92,7 +97,21 @@ def read_meds(
     path = _existing(path)
     config = _resolve_config(path, config)
     frame = _read_frame(path)
-    records = frame_to_records(frame, config, splits=_read_splits(path), warnings_out=warnings_out)
+    if frame.empty:
+        raise DataFormatError(f"{path}: no data rows (a header or an empty table only); MEDS data needs at least one row")
+    splits = _read_splits(path)
+    _check_codes_metadata(path)
+    missing_birth = _missing_birth_problems(frame, CodeBook(config), str(path))
+    birth_errors = [p for p in missing_birth if p.severity == "error"]
+    try:
+        records = frame_to_records(frame, config, splits=splits, warnings_out=warnings_out, source=str(path))
+    except RecordValidationError as exc:
+        if not birth_errors:
+            raise
+        raise RecordValidationError(birth_errors + exc.problems, header=f"invalid MEDS data in {path}") from None
+    if birth_errors:
+        raise RecordValidationError(birth_errors, header=f"invalid MEDS data in {path}")
+    _report_warnings(missing_birth, warnings_out, UserWarning)
     log.info("read %d subjects (%d rows) from %s", len(records), len(frame), path)
     return records
 
@@ -117,6 +136,8 @@ def iter_meds(
     config = _resolve_config(path, config)
     book = CodeBook(config)
     splits = _read_splits(path)
+    _check_codes_metadata(path)
+    rows_read = 0
     unknown = _UnknownCodes(config)
     finished: set[str] = set()
     carry: pd.DataFrame | None = None
@@ -133,6 +154,7 @@ def iter_meds(
         return records
 
     for raw, source in _iter_raw_batches(path, batch_size):
+        rows_read += len(raw)
         batch = _normalise(raw, source)
         if carry is not None:
             batch = _concat([carry, batch], source)
@@ -146,6 +168,8 @@ def iter_meds(
             finished.update(ready[SUBJECT_ID].unique())
     if carry is not None and not carry.empty:
         yield from complete(carry)
+    if not rows_read:
+        raise DataFormatError(f"{path}: no data rows (a header or an empty table only); MEDS data needs at least one row")
     _report_warnings(unknown.problems(), warnings_out)
 
 
@@ -155,13 +179,14 @@ def frame_to_records(
     *,
     splits: Mapping[str, str] | None = None,
     warnings_out: list[Problem] | None = None,
+    source: str = "data frame",
 ) -> list[PatientRecord]:
     """Convert a MEDS long table (any row order) into validated records, one per subject.
 
-    ``splits`` maps subject id (as str) to its MEDS split. Raises one
-    RecordValidationError listing every problem of every subject.
+    ``splits`` maps subject id (as str) to its MEDS split; ``source`` names the input in
+    problems. Raises one RecordValidationError listing every problem of every subject.
     """
-    frame = _normalise(df, "data frame")
+    frame = _normalise(df, source)
     book = CodeBook(config)
     unknown = _UnknownCodes(config)
     records, problems = _convert(frame, book, splits or {}, warnings_out, unknown)
@@ -171,6 +196,34 @@ def frame_to_records(
     if problems:
         raise RecordValidationError(problems, header=f"invalid MEDS data for config {config.name!r}")
     return records
+
+
+def _missing_birth_problems(frame: pd.DataFrame, book: CodeBook, source: str) -> list[Problem]:
+    """The static variable read from MEDS_BIRTH rows, where subjects have no such row.
+
+    Some subjects without one is a warning (their age is unknown); every subject without
+    one is an error, since it means the rows were dropped or coded otherwise.
+    """
+    birth = book.lookup(MEDS_BIRTH)
+    if birth is None or birth.role != Role.BIRTH or frame.empty:
+        return []
+    subjects = _subjects_in_order(frame[SUBJECT_ID].unique().tolist())
+    born = set(frame.loc[frame[CODE].eq(MEDS_BIRTH), SUBJECT_ID])
+    lacking = [sid for sid in subjects if sid not in born]
+    if not lacking:
+        return []
+    name = birth.spec.name
+    return [
+        Problem(
+            None,
+            f"static.{name}",
+            MEDS_BIRTH,
+            f"{len(lacking)} of {_plural(len(subjects), 'subject')} have no {MEDS_BIRTH!r} row, so no {name} "
+            f"({_subjects_shown(lacking[:_SHOWN_SUBJECTS], len(lacking))})",
+            "error" if len(lacking) == len(subjects) else "warning",
+            owner=source,
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- input files
@@ -212,19 +265,63 @@ def _file_kind(path: Path) -> str:
     raise DataFormatError(f"{path}: unsupported MEDS input; expected a .csv or .parquet file, or a MEDS directory")
 
 
+@contextmanager
+def _reading(path: Path, kind: str) -> Iterator[None]:
+    """Turn what pyarrow and pandas raise on a damaged or foreign file into a DataFormatError naming it.
+
+    ``kind`` is "parquet file" or "CSV file". Our own errors pass through.
+    """
+    try:
+        yield
+    except VPatientError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(
+            f"{path}: {kind} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise DataFormatError(f"{path}: {kind} is empty; MEDS needs a header row ({', '.join(REQUIRED_COLUMNS)})") from None
+    except (pa.ArrowException, ValueError, OSError, EOFError, zlib.error) as exc:
+        # pandas' ParserError is a ValueError; gzip's BadGzipFile an OSError.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataFormatError(f"{path}: not a readable {kind} ({reason}){_delimiter_hint(path, kind)}") from None
+
+
+def _delimiter_hint(path: Path, kind: str) -> str:
+    """A hint when a CSV file looks separated by something other than commas (say, ';' with decimal commas)."""
+    if kind != "CSV file":
+        return ""
+    try:
+        with path.open("rb") as handle:
+            header = handle.readline(4096).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    for separator in (";", "\t", "|"):
+        if separator in header and "," not in header:
+            return f"; MEDS CSV files are comma-separated, and this one looks {separator!r}-separated"
+    return ""
+
+
 def _read_parquet(path: Path) -> pd.DataFrame:
-    present = pq.read_schema(path).names
-    _check_columns(present, str(path))
-    return pq.read_table(path, columns=[c for c in MEDS_COLUMNS if c in present]).to_pandas()
+    with _reading(path, "parquet file"):
+        present = pq.read_schema(path).names
+        _check_columns(present, str(path))
+        return pq.read_table(path, columns=[c for c in MEDS_COLUMNS if c in present]).to_pandas()
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    with _reading(path, "CSV file"):
+        return pd.read_csv(path, dtype=_CSV_DTYPES)
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
     """The whole input as one normalised frame."""
     if path.is_dir():
-        frames = [_normalise(_read_parquet(shard), str(shard)) for shard in _shards(path)]
-        return _concat(frames, str(path))
+        shards = _shards(path)
+        frames = [_normalise(_read_parquet(shard), str(shard)) for shard in shards]
+        return _concat(frames, str(path), [str(shard) for shard in shards])
     if _file_kind(path) == "csv":
-        return _normalise(pd.read_csv(path, dtype=_CSV_DTYPES), str(path))
+        return _normalise(_read_csv(path), str(path))
     return _normalise(_read_parquet(path), str(path))
 
 
@@ -232,18 +329,29 @@ def _iter_raw_batches(path: Path, batch_size: int) -> Iterator[tuple[pd.DataFram
     """Raw row batches of the input and the file each came from, without reading it all."""
     files = _shards(path) if path.is_dir() else [path]
     for file in files:
-        if _file_kind(file) == "csv":
-            header = pd.read_csv(file, nrows=0).columns
-            _check_columns(list(header), str(file))
-            for chunk in pd.read_csv(file, dtype=_CSV_DTYPES, chunksize=batch_size):
-                yield chunk, str(file)
-            continue
-        parquet = pq.ParquetFile(file)
-        present = parquet.schema_arrow.names
-        _check_columns(present, str(file))
-        columns = [c for c in MEDS_COLUMNS if c in present]
-        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-            yield batch.to_pandas(), str(file)
+        csv = _file_kind(file) == "csv"
+        batches = _csv_batches(file, batch_size) if csv else _parquet_batches(file, batch_size)
+        first_row = 0
+        with _reading(file, "CSV file" if csv else "parquet file"):
+            for batch in batches:
+                # Numbered through the file, so that a problem's row number is the file's.
+                batch.index = pd.RangeIndex(first_row, first_row + len(batch))
+                first_row += len(batch)
+                yield batch, str(file)
+
+
+def _csv_batches(file: Path, batch_size: int) -> Iterator[pd.DataFrame]:
+    _check_columns(list(pd.read_csv(file, nrows=0).columns), str(file))
+    yield from pd.read_csv(file, dtype=_CSV_DTYPES, chunksize=batch_size)
+
+
+def _parquet_batches(file: Path, batch_size: int) -> Iterator[pd.DataFrame]:
+    parquet = pq.ParquetFile(file)
+    present = parquet.schema_arrow.names
+    _check_columns(present, str(file))
+    columns = [c for c in MEDS_COLUMNS if c in present]
+    for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+        yield batch.to_pandas()
 
 
 def _read_splits(path: Path) -> dict[str, str]:
@@ -251,12 +359,28 @@ def _read_splits(path: Path) -> dict[str, str]:
     file = path / METADATA_DIR / SPLITS_FILE
     if not path.is_dir() or not file.is_file():
         return {}
-    table = pd.read_parquet(file)
+    with _reading(file, "parquet file"):
+        table = pq.read_table(file).to_pandas()
     missing = [c for c in (SUBJECT_ID, "split") if c not in table.columns]
     if missing:
         raise DataFormatError(f"{file}: missing column(s) {', '.join(map(repr, missing))}; expected subject_id, split")
-    ids = _ids_as_str(table[SUBJECT_ID], str(file))
+    ids = _ids_as_str(table, str(file))
     return dict(zip(ids.tolist(), table["split"].astype(str).tolist(), strict=True))
+
+
+def _check_codes_metadata(path: Path) -> None:
+    """A MEDS directory's metadata/codes.parquet, when there is one, must be a readable table of codes.
+
+    vpatient maps codes with the config and does not need it, but a damaged one means a
+    damaged copy, and other MEDS tools will fail on it.
+    """
+    file = path / METADATA_DIR / CODES_FILE
+    if not path.is_dir() or not file.exists():
+        return
+    with _reading(file, "parquet file"):
+        present = pq.read_table(file).column_names
+    if CODE not in present:
+        raise DataFormatError(f"{file}: MEDS codes metadata has no {CODE!r} column (found: {', '.join(present) or 'none'})")
 
 
 # --------------------------------------------------------------------------- normalising
@@ -265,55 +389,81 @@ def _read_splits(path: Path) -> dict[str, str]:
 def _check_columns(present: Sequence[str], source: str) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in present]
     if missing:
+        hint = ""
+        if len(present) == 1 and any(sep in str(present[0]) for sep in ";\t|"):
+            hint = "; the file looks separated by something other than commas, and MEDS CSV files are comma-separated"
         raise DataFormatError(
             f"{source}: missing required MEDS column(s) {', '.join(map(repr, missing))} "
-            f"(found: {', '.join(map(str, present)) or 'none'}; MEDS needs {', '.join(REQUIRED_COLUMNS)})"
+            f"(found: {', '.join(map(str, present)) or 'none'}; MEDS needs {', '.join(REQUIRED_COLUMNS)}){hint}"
         )
+
+
+def _first_rows(df: pd.DataFrame, bad: pd.Series | np.ndarray, limit: int = 3) -> str:
+    """Where the first offending rows are: "row 12 (subject 5), row 40 (subject 7), ...".
+
+    Rows count from 1 in the table read (the first data row after a CSV header is row 1).
+    """
+    positions = np.flatnonzero(np.asarray(bad, dtype=bool))
+    numbers = df.index.to_numpy()[positions] if pd.api.types.is_integer_dtype(df.index) else positions
+    ids = df[SUBJECT_ID].to_numpy()[positions] if SUBJECT_ID in df.columns else [None] * len(positions)
+    shown = [
+        f"row {int(n) + 1}" + ("" if sid is None or (isinstance(sid, float) and math.isnan(sid)) else f" (subject {sid})")
+        for n, sid in zip(numbers[:limit], ids[:limit], strict=True)
+    ]
+    return ", ".join(shown) + (", ..." if len(positions) > limit else "")
 
 
 def _normalise(df: pd.DataFrame, source: str) -> pd.DataFrame:
     """The MEDS columns with one dtype each: ids and codes str, time float or datetime64[us]."""
     _check_columns(list(df.columns), source)
     for column in (SUBJECT_ID, CODE):
-        nulls = int(df[column].isna().sum())
-        if nulls:
-            raise DataFormatError(f"{source}: {nulls} row(s) have no {column}")
+        nulls = df[column].isna()
+        if nulls.any():
+            raise DataFormatError(f"{source}: {int(nulls.sum())} row(s) have no {column}: {_first_rows(df, nulls)}")
     text = df[TEXT_VALUE] if TEXT_VALUE in df.columns else pd.Series(None, index=df.index, dtype=object)
     out = pd.DataFrame(
         {
-            SUBJECT_ID: _ids_as_str(df[SUBJECT_ID], source),
-            TIME: _normalise_time(df[TIME], source),
+            SUBJECT_ID: _ids_as_str(df, source),
+            TIME: _normalise_time(df, source),
             CODE: df[CODE].astype(str),
-            NUMERIC_VALUE: _as_float(df[NUMERIC_VALUE], NUMERIC_VALUE, source),
+            NUMERIC_VALUE: _as_float(df, NUMERIC_VALUE, source),
             TEXT_VALUE: text.astype(object).where(text.notna(), None),
         }
     )
     return out.reset_index(drop=True)
 
 
-def _ids_as_str(ids: pd.Series, source: str) -> pd.Series:
+def _ids_as_str(df: pd.DataFrame, source: str) -> pd.Series:
     """Subject ids as str; integral floats (a CSV column with gaps) lose their '.0'."""
+    ids = df[SUBJECT_ID]
     if pd.api.types.is_float_dtype(ids):
-        if not np.all(np.mod(ids.dropna(), 1) == 0):
-            raise DataFormatError(f"{source}: subject_id holds non-integer numbers such as {ids[np.mod(ids, 1) != 0].iat[0]!r}")
+        bad = ~(np.isfinite(ids) & (np.mod(ids, 1) == 0))
+        if bad.any():
+            raise DataFormatError(
+                f"{source}: subject_id holds non-integer numbers such as {ids[bad].iat[0]!r}: {_first_rows(df, bad)}"
+            )
         return ids.astype("int64").astype(str)
     if pd.api.types.is_object_dtype(ids) and not all(isinstance(x, str) for x in ids):
         return ids.map(str)
     return ids.astype(str)
 
 
-def _as_float(values: pd.Series, column: str, source: str) -> pd.Series:
+def _as_float(df: pd.DataFrame, column: str, source: str) -> pd.Series:
+    values = df[column]
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.astype("float64")
     converted = pd.to_numeric(values, errors="coerce")
     bad = converted.isna() & values.notna()
     if bad.any():
-        raise DataFormatError(f"{source}: {column} holds non-numbers, such as {values[bad].iat[0]!r} ({int(bad.sum())} rows)")
+        raise DataFormatError(
+            f"{source}: {column} holds non-numbers, such as {values[bad].iat[0]!r} ({_plural(int(bad.sum()), 'row')}: {_first_rows(df, bad)})"
+        )
     return converted.astype("float64")
 
 
-def _normalise_time(times: pd.Series, source: str) -> pd.Series:
+def _normalise_time(df: pd.DataFrame, source: str) -> pd.Series:
     """Float times since index, or naive datetime64[us] (UTC when the input had a zone)."""
+    times = df[TIME]
     if isinstance(times.dtype, pd.DatetimeTZDtype):
         times = times.dt.tz_convert("UTC").dt.tz_localize(None)
     if pd.api.types.is_datetime64_dtype(times):
@@ -327,24 +477,34 @@ def _normalise_time(times: pd.Series, source: str) -> pd.Series:
     if numbers.notna().all():
         return pd.to_numeric(times, errors="coerce").astype("float64")
     if numbers.notna().any():
+        stamps = times.notna() & pd.to_numeric(times, errors="coerce").isna()
         raise DataFormatError(
             f"{source}: time mixes numbers ({present[numbers.notna()].iat[0]!r}) and timestamps "
-            f"({present[numbers.isna()].iat[0]!r}); use one or the other"
+            f"({present[numbers.isna()].iat[0]!r}, {_first_rows(df, stamps)}); use one or the other"
         )
     try:
         parsed = pd.to_datetime(times, format="ISO8601", utc=True)
-    except (ValueError, TypeError) as exc:
-        raise DataFormatError(f"{source}: time column is neither numbers nor ISO 8601 timestamps: {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        unparsed = times.notna() & pd.to_datetime(times, format="ISO8601", utc=True, errors="coerce").isna()
+        where = f" ({_first_rows(df, unparsed)})" if unparsed.any() else ""
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataFormatError(f"{source}: time column is neither numbers nor ISO 8601 timestamps{where}: {reason}") from None
     return parsed.dt.tz_localize(None).astype("datetime64[us]")
 
 
-def _concat(frames: Sequence[pd.DataFrame], source: str) -> pd.DataFrame:
-    """Concatenate normalised frames whose time columns must agree (an all-null one adapts)."""
+def _concat(frames: Sequence[pd.DataFrame], source: str, parts: Sequence[str] | None = None) -> pd.DataFrame:
+    """Concatenate normalised frames whose time columns must agree (an all-null one adapts).
+
+    ``parts`` names each frame's file, for the message when they disagree.
+    """
     stamped = [pd.api.types.is_datetime64_dtype(f[TIME]) for f in frames]
     if any(stamped) and not all(stamped):
-        numeric = [f for f, s in zip(frames, stamped, strict=True) if not s]
-        if any(f[TIME].notna().any() for f in numeric):
-            raise DataFormatError(f"{source}: some parts have numeric times and others timestamps; use one or the other")
+        numeric = [i for i, s in enumerate(stamped) if not s and frames[i][TIME].notna().any()]
+        if numeric:
+            which = ""
+            if parts is not None:
+                which = f" ({parts[numeric[0]]} has numbers, {parts[stamped.index(True)]} timestamps)"
+            raise DataFormatError(f"{source}: some parts have numeric times and others timestamps{which}; use one or the other")
         frames = [f if s else f.assign(**{TIME: f[TIME].astype("datetime64[us]")}) for f, s in zip(frames, stamped, strict=True)]
     return pd.concat(frames, ignore_index=True)
 
@@ -374,6 +534,7 @@ class _UnknownCodes:
         self.config = config
         self.rows: Counter[str] = Counter()
         self.subjects: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = {}  # the first few subjects per code, for the message
 
     def add(self, rows: pd.DataFrame) -> None:
         if self.config.unknown_codes == UnknownCodePolicy.IGNORE or rows.empty:
@@ -383,6 +544,9 @@ class _UnknownCodes:
         # Subjects never span two calls (read_meds converts once; iter_meds checks
         # contiguity), so per-call distinct counts add up.
         self.subjects.update(grouped.nunique().to_dict())
+        for code, ids in grouped.unique().items():
+            shown = self.examples.setdefault(code, [])
+            shown += [str(sid) for sid in ids[: _SHOWN_SUBJECTS - len(shown)]]
 
     def problems(self) -> list[Problem]:
         policy = self.config.unknown_codes
@@ -392,7 +556,8 @@ class _UnknownCodes:
                 None,
                 CODE,
                 code,
-                f"unknown code: {_plural(self.rows[code], 'row')} in {_plural(self.subjects[code], 'subject')}; "
+                f"unknown code: {_plural(self.rows[code], 'row')} in {_plural(self.subjects[code], 'subject')} "
+                f"({_subjects_shown(self.examples[code], self.subjects[code])}); "
                 f"no variable of config {self.config.name!r} reads it (unknown_codes={policy!s})",
                 severity,
             )
@@ -400,18 +565,30 @@ class _UnknownCodes:
         ]
 
 
+#: How many subjects a problem about many names, so that a user can find the rows.
+_SHOWN_SUBJECTS = 3
+
+
+def _subjects_shown(first: Sequence[str], total: int) -> str:
+    """Say "subject 7" or "subjects 1, 4, 9, ..." for a problem about ``total`` subjects whose first ones are ``first``."""
+    listed = ", ".join(first) + (", ..." if total > len(first) else "")
+    return f"subject {listed}" if total == 1 else f"subjects {listed}"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _report_warnings(problems: list[Problem], warnings_out: list[Problem] | None) -> None:
+def _report_warnings(
+    problems: list[Problem], warnings_out: list[Problem] | None, category: type[Warning] = UnknownCodeWarning
+) -> None:
     for problem in problems:
         if problem.severity != "warning":
             continue
         if warnings_out is not None:
             warnings_out.append(problem)
         else:
-            warnings.warn(str(problem), UnknownCodeWarning, stacklevel=3)
+            warnings.warn(str(problem), category, stacklevel=3)
 
 
 def _convert(
