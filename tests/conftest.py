@@ -132,3 +132,26 @@ def none_plan() -> TreatmentPlan:
 def drug_plan() -> TreatmentPlan:
     """The synthetic cohort's treatment plan: the drug at dose 1 from t = 0."""
     return TreatmentPlan(name="drug", exposures=[TreatmentExposure(treatment="drug", start=0.0, dose=1.0)])
+
+
+@pytest.fixture(scope="session")
+def untrained_model_dir(tmp_path_factory):
+    """A PBC model with seeded, untrained weights, saved in about a second.
+
+    For tests of what happens before any modelling (checks of options, of checkpoint files):
+    its forecasts are meaningless, its files and shapes are a real model's.
+    """
+    import torch
+
+    from vpatient.data.batching import Scalers, layout_from_config
+    from vpatient.datasets import load_dataset
+    from vpatient.model.latent_ode import LatentODE, ModelSettings
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    cohort = load_dataset("pbc2")
+    scalers = Scalers.fit(cohort.records, cohort.config)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        network = LatentODE(layout_from_config(cohort.config), ModelSettings(), time_scale=scalers.time_scale)
+    model = VirtualPatientModel(network, cohort.config, scalers, data_source="pbc2")
+    return model.save(tmp_path_factory.mktemp("untrained-model"))

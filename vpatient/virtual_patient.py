@@ -19,9 +19,9 @@ beside the patient's latent state and the measurement noise.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -37,7 +37,8 @@ from vpatient import transforms
 from vpatient.data.batching import Scalers, dose_tensors, layout_from_config, make_batch
 from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import truncate_record
-from vpatient.errors import VPatientError, choose
+from vpatient.errors import CheckpointError, VPatientError, choose
+from vpatient.manifest import MANIFEST_FILE, sha256_of, verify_manifest, write_manifest
 from vpatient.model.batch import FeatureLayout, PatientBatch
 from vpatient.model.dynamics import DenseSolution
 from vpatient.model.latent_ode import LatentODE, ModelSettings
@@ -48,13 +49,12 @@ from vpatient.version import __version__
 
 __all__ = ["CheckpointError", "Forecast", "Scale", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
 
+log = logging.getLogger(__name__)
+
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 _POSTERIOR_CACHE = 64  # histories whose refined posterior is kept
 _FILES = ("config.json", "model.json", "scalers.json")
-
-
-class CheckpointError(VPatientError, ValueError):
-    """A checkpoint directory that is incomplete, corrupted, or not safe to load."""
+_OPTIONAL_FILES = ("training.json", "members.json")  # read when present
 
 
 class Scale(StrEnum):
@@ -300,7 +300,8 @@ class VirtualPatientModel:
 
         Member 0's weights are ``weights.pt`` (a single model is exactly that); member k's
         are ``weights-k.pt``. ``model.json`` lists them with their SHA-256, so a damaged
-        member is refused by name.
+        member is refused by name, and ``manifest.json`` (written last) records the SHA-256
+        of every file :meth:`load` reads, so a changed or missing file is refused by name.
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -308,7 +309,7 @@ class VirtualPatientModel:
         for k, network in enumerate(self.members):
             name = _member_file(k)
             torch.save(network.state_dict(), out / name)
-            files.append({"file": name, "sha256": _sha256(out / name)})
+            files.append({"file": name, "sha256": sha256_of(out / name)})
         self.config.save(out / "config.json")
         meta = {
             "vpatient_version": __version__,
@@ -316,6 +317,7 @@ class VirtualPatientModel:
             "train_settings": self.train_settings.to_dict() if self.train_settings else None,
             "data_source": self.data_source,
             "members": files,
+            "manifest": MANIFEST_FILE,  # a checkpoint that names one and lacks it was not completely saved or copied
         }
         (out / "scalers.json").write_text(json.dumps(self.scalers.to_dict()) + "\n")
         if self.history is not None:
@@ -323,7 +325,9 @@ class VirtualPatientModel:
             _plot_training_curve(self.history, out / "training_curve.png")
         if len(self.member_histories) > 1:
             (out / "members.json").write_text(json.dumps([h.to_dict() for h in self.member_histories], indent=2) + "\n")
-        (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: its presence marks a complete save
+        (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        read = [f["file"] for f in files] + [*_FILES, *(n for n in _OPTIONAL_FILES if (out / n).is_file())]
+        write_manifest(out, read)  # last: its presence marks a complete save
         return out
 
     @classmethod
@@ -335,6 +339,7 @@ class VirtualPatientModel:
         missing = [name for name in _FILES if not (path / name).is_file()]
         if missing:
             raise CheckpointError(f"{path} is not a complete vpatient checkpoint: missing {', '.join(missing)}")
+        checked = verify_manifest(path)
         try:
             meta = json.loads((path / "model.json").read_text())
             settings = ModelSettings(**meta["model_settings"])
@@ -354,6 +359,10 @@ class VirtualPatientModel:
             files = [(str(f["file"]), f.get("sha256")) for f in files]
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: unreadable checkpoint metadata ({exc})") from None
+        if not checked and meta.get("manifest"):
+            raise CheckpointError(f"{path} is not a complete vpatient checkpoint: {meta['manifest']} is missing")
+        if not checked:
+            log.info("%s was saved without a manifest (an older checkpoint): its files are not checked against digests", path)
         config = DatasetConfig.load(path / "config.json")
         layout = layout_from_config(config)
         members = [
@@ -665,10 +674,6 @@ def _member_file(k: int) -> str:
     return "weights.pt" if k == 0 else f"weights-{k}.pt"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _load_member(
     path: Path,
     name: str,
@@ -684,7 +689,7 @@ def _load_member(
     file = path / name
     if Path(name).name != name or not file.is_file():
         raise CheckpointError(f"{path} is not a complete vpatient checkpoint: {which} is missing")
-    if digest is not None and _sha256(file) != digest:
+    if digest is not None and sha256_of(file) != digest:
         raise CheckpointError(f"{path}: {which} is corrupted (its SHA-256 differs from the one recorded when it was saved)")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)

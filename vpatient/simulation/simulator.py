@@ -22,6 +22,7 @@ import pandas as pd
 
 from vpatient.data.meds import move_into_place, write_meds_metadata
 from vpatient.errors import OutputExistsError, VPatientError, choose
+from vpatient.manifest import add_to_manifest
 from vpatient.schemas import PatientRecord, TreatmentPlan
 from vpatient.simulation.engine import Engine, chunks, run_chunks
 from vpatient.simulation.population import POPULATION_FILE, Population
@@ -65,6 +66,7 @@ class Simulator:
         self.population = Population.fit(self.model, records, seed=seed)
         if save and self.model_dir is not None:
             self.population.save(self.model_dir / POPULATION_FILE)
+            add_to_manifest(self.model_dir, POPULATION_FILE)
         return self.population
 
     # -- one patient -----------------------------------------------------------
