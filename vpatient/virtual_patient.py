@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vpatient import transforms
+from vpatient import limits, transforms
 from vpatient.data.batching import Scalers, dose_tensors, layout_from_config, make_batch
 from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import truncate_record
@@ -47,7 +47,7 @@ from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
 from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
 from vpatient.version import __version__
 
-__all__ = ["CheckpointError", "Forecast", "Scale", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
+__all__ = ["CheckpointError", "Forecast", "NumericalError", "Scale", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 _POSTERIOR_CACHE = 64  # histories whose refined posterior is kept
 _FILES = ("config.json", "model.json", "scalers.json")
 _OPTIONAL_FILES = ("training.json", "members.json")  # read when present
+
+
+class NumericalError(VPatientError, ArithmeticError):
+    """A simulation whose numbers are not finite: the model's dynamics blew up for a patient."""
 
 
 class Scale(StrEnum):
@@ -246,6 +250,49 @@ class VirtualPatientModel:
         quarter of the typical visit gap (the time scale) where visits are closer than four months."""
         return min(self.config.time_unit.month, self.scalers.time_scale / 4)
 
+    def check_work(self, start: float, span: float, start_option: str, span_option: str, step: float | None = None) -> None:
+        """Refuse a forecast from ``start`` over ``span`` that runs past the horizon limit or needs too many grid points.
+
+        The limits are :mod:`vpatient.limits`' (horizon: a multiple of the training data's median
+        follow-up); the message names the option at fault (``start_option`` or ``span_option``).
+        """
+        followup = self.scalers.median_followup or self.default_horizon
+        step = self.grid_step if step is None else step
+        if not (math.isfinite(step) and step > 0):
+            raise VPatientError(f"step = {step!r}: must be > 0 {self.time_unit}")
+        for option, value, end in ((start_option, start, start), (span_option, span, start + span)):
+            limits.check_time_span(option, value, end, followup, self.time_unit)
+            grid = f"the grid to {option} = {limits.number(value)} {self.time_unit} (a point every {step:.3g} {self.time_unit})"
+            limits.check_at_most(limits.GRID_POINTS, grid, end / step)
+
+    def followup_warning(self, end: float, cohort: Cohort | None = None) -> str | None:
+        """The warning a forecast that runs to time ``end`` needs against the training data's follow-up, or None.
+
+        ``cohort`` is the training data (default: :attr:`data_source`, when it can be loaded).
+        Past the longest follow-up the dynamics are extrapolated; past the 90th percentile few
+        patients inform them. Patient reports and the command line show the same words.
+        """
+        if cohort is None and self.data_source:
+            try:
+                cohort = self.patients()
+            except (VPatientError, OSError) as exc:
+                log.warning("training data %s could not be loaded to check the horizon: %s", self.data_source, exc)
+        follow = [r.end_of_followup for r in cohort.records] if cohort is not None else []
+        if not follow:
+            return None
+        longest, q90, unit = float(np.max(follow)), float(np.quantile(follow, 0.9)), self.time_unit
+        if end > longest + 1e-9:
+            return (
+                f"The forecast runs to t = {end:.1f} {unit}, beyond the longest training "
+                f"follow-up ({longest:.1f} {unit}): the dynamics there are extrapolated."
+            )
+        if end > q90:
+            return (
+                f"The forecast runs to t = {end:.1f} {unit}, past the follow-up of 90% "
+                f"of training patients ({q90:.1f} {unit}): few patients inform this part."
+            )
+        return None
+
     @property
     def dataset_name(self) -> str:
         """The dataset the model was trained on (its data source, else its config's name): where its patients are."""
@@ -421,8 +468,10 @@ class VirtualPatientModel:
             raise VPatientError(
                 f"n_samples = {n_samples!r}: at least one posterior sample path per ensemble member ({self.n_members}) is needed"
             )
+        limits.check_at_most(limits.SAMPLES, "n_samples", n_samples)
         if len(times) != len(histories):
             raise VPatientError(f"{len(histories)} histories but {len(times)} time grids: give one grid per history")
+        limits.check_at_most(limits.GRID_POINTS, "the time points of one patient's grid", max(len(t) for t in times))
         for per_history in alternatives:
             if per_history is not None and len(per_history) != len(histories):
                 raise VPatientError(f"{len(histories)} histories but {len(per_history)} plans: give one plan per history")
@@ -493,6 +542,7 @@ class VirtualPatientModel:
                 else:  # the factual solve already holds these paths: keep the resampled rows
                     solution = _select_solution(factual, flat)
                 decoded.append(self._decode(network, times, solution, network.offsets(z0), cutoff, n, s_k))
+                _check_finite(decoded[-1], histories)
             generator.set_state(noise_state)
             out.append(self._combine(histories, decoded, blocks, cutoff, generator, ess))
         return out
@@ -632,6 +682,7 @@ class VirtualPatientModel:
             raise VPatientError(f"horizon = {horizon!r}: must be > 0 {self.time_unit}")
         if not (math.isfinite(step) and step > 0):
             raise VPatientError(f"step = {step!r}: must be > 0 {self.time_unit}")
+        self.check_work(until, horizon, "until", "horizon", step)
         history = truncate_record(record, until)
         # The past on a grid from 0, the future on a grid from ``until``: "k steps ahead" is a grid point.
         grid = np.unique(
@@ -708,6 +759,21 @@ def _load_member(
             f"{path}: {which}: weights do not fit the model described by its config ({str(exc).splitlines()[0]})"
         ) from None
     return network
+
+
+def _check_finite(decoded: dict[str, torch.Tensor], histories: Sequence[PatientRecord]) -> None:
+    """Refuse a rollout whose outputs are not finite (the dynamics blew up), naming the first patient it happened to."""
+    for name in ("expected", "binary", "imaging", "survival", "incidence"):
+        values = decoded[name]  # (n, s, T, ...)
+        if values.numel() == 0:
+            continue
+        finite = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+        if not bool(finite.all()):
+            subject = histories[int((~finite).nonzero()[0])].subject_id
+            raise NumericalError(
+                f"subject {subject}: the simulation produced non-finite values ({name}): the model's dynamics blew up "
+                "for this patient; try a shorter horizon, check the record's values, or retrain the model"
+            )
 
 
 def _resample(log_w: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vpatient import limits
 from vpatient.data.meds import move_into_place, write_meds_metadata
 from vpatient.errors import OutputExistsError, VPatientError, choose
 from vpatient.manifest import add_to_manifest
@@ -111,8 +112,8 @@ class Simulator:
         Each gets the treatment of a training patient of its arm, or ``plan`` for all.
         Same seed and chunk size, same cohort, whatever the engine.
         """
+        _check_size(self.model, n, years, [plan] if plan else [])
         population = self._population()
-        _check_years(years)
         schedule = choose(Schedule, schedule, "visit schedule")
         if out is None:
             if n > MAX_IN_MEMORY:
@@ -202,7 +203,7 @@ class Simulator:
         """
         if len(arms) < 2:
             raise VPatientError(f"a trial needs at least two arms, got {len(arms)}: {', '.join(arms) or '(none)'}")
-        _check_years(years)
+        _check_size(self.model, n, years, list(arms.values()))
         plans = {name: plan.check(self.model.config) for name, plan in arms.items()}
         event = event or (self.model.layout.events[0] if self.model.layout.events else None)
         if event not in self.model.layout.events:
@@ -272,9 +273,14 @@ class Simulator:
         return str(self.model_dir.resolve())
 
 
-def _check_years(years: float) -> None:
+def _check_size(model: VirtualPatientModel, n: int, years: float, plans: Sequence[TreatmentPlan]) -> None:
+    """Refuse a cohort or trial over the limits of :mod:`vpatient.limits` before any patient is drawn."""
     if not (math.isfinite(years) and years > 0):
         raise VPatientError(f"years = {years!r}: the follow-up to simulate must be > 0")
+    limits.check_at_most(limits.COHORT_PATIENTS, "n", n)
+    model.check_work(0.0, years, "the start", "years")
+    for plan in plans:
+        limits.check_at_most(limits.PLAN_EXPOSURES, f"the exposures of plan {plan.name!r}", len(plan.exposures))
 
 
 def _fresh_dir(path: Path) -> Path:
