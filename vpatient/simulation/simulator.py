@@ -31,6 +31,7 @@ from vpatient.simulation.sampling import Schedule, patients_from_records
 from vpatient.simulation.trial import AGGREGATES_DIR, PATIENTS_DIR, TrialResult, arm_outcomes, trial_chunk
 from vpatient.simulation.virtual_cohort import MEDS_DIR, CohortResult, cohort_chunk
 from vpatient.simulation.whatif import WhatIfResult, whatif
+from vpatient.staging import staging_dir
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = ["Simulator"]
@@ -138,8 +139,7 @@ class Simulator:
         checked = plan.check(self.model.config) if plan else None
         # Everything is written beside ``out`` and renamed into place at the end, so an
         # interrupted run never leaves half a cohort behind (as write_meds does).
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        staging = staging_dir(out)
         try:
             write_meds_metadata(self.model.config, staging / MEDS_DIR, dataset_name=f"virtual cohort of {self.model.config.name}")
             counts = run_chunks(
