@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from vpatient.errors import CheckpointError
+from vpatient.staging import staging_file
 
 __all__ = ["MANIFEST_FILE", "add_to_manifest", "sha256_of", "verify_manifest", "write_manifest"]
 
@@ -95,7 +96,7 @@ def _read(directory: Path) -> dict[str, dict[str, str]] | None:
 def _write(directory: Path, manifest: dict[str, dict[str, str]]) -> Path:
     """Write the manifest atomically (a temporary file, then a rename): a reader never sees half of one."""
     path = directory / MANIFEST_FILE
-    tmp = path.with_name(f".{MANIFEST_FILE}.{os.getpid()}.tmp")
+    tmp = staging_file(path)
     tmp.write_text(json.dumps({"algorithm": "sha256", **manifest}, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
