@@ -1,8 +1,10 @@
-"""Shared fixtures: a small config with every variable kind, and a valid record for it."""
+"""Shared fixtures (a small config with every variable kind, a valid record for it, an untrained model), and a
+session-end check that no process a test started is still running."""
 
 from __future__ import annotations
 
 import numpy as np
+import psutil
 import pytest
 
 from vpatient.schemas import DatasetConfig, TreatmentExposure, TreatmentPlan
@@ -132,3 +134,70 @@ def none_plan() -> TreatmentPlan:
 def drug_plan() -> TreatmentPlan:
     """The synthetic cohort's treatment plan: the drug at dose 1 from t = 0."""
     return TreatmentPlan(name="drug", exposures=[TreatmentExposure(treatment="drug", start=0.0, dose=1.0)])
+
+
+@pytest.fixture(scope="session")
+def untrained_model_dir(tmp_path_factory):
+    """A PBC model with seeded, untrained weights, saved in about a second.
+
+    For tests of what happens before any modelling (checks of options, of checkpoint files):
+    its forecasts are meaningless, its files and shapes are a real model's.
+    """
+    import torch
+
+    from vpatient.data.batching import Scalers, layout_from_config
+    from vpatient.datasets import load_dataset
+    from vpatient.model.latent_ode import LatentODE, ModelSettings
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    cohort = load_dataset("pbc2")
+    scalers = Scalers.fit(cohort.records, cohort.config)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        network = LatentODE(layout_from_config(cohort.config), ModelSettings(), time_scale=scalers.time_scale)
+    model = VirtualPatientModel(network, cohort.config, scalers, data_source="pbc2")
+    return model.save(tmp_path_factory.mktemp("untrained-model"))
+
+
+# Children Python itself keeps for the life of the interpreter (multiprocessing's helpers), not started by a test.
+_INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _leftover_children() -> list[psutil.Process]:
+    """Running descendants of this pytest process, apart from the interpreter's own helpers."""
+    left = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if any(helper in " ".join(child.cmdline()) for helper in _INTERPRETER_HELPERS):
+                continue
+            left.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return left
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a test left a process running (a server, a browser, a worker), after killing it.
+
+    Processes get a few seconds to finish exiting first: a test that stopped its server may
+    still be waiting for it to go.
+    """
+    _, alive = psutil.wait_procs(_leftover_children(), timeout=5)
+    if not alive:
+        return
+    described = []
+    for process in alive:
+        try:
+            described.append(f"{process.pid}: {' '.join(process.cmdline())[:200]}")
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write("\n")
+        reporter.write_line(f"ERROR: tests left {len(described)} process(es) running (now killed):", red=True)
+        for line in described:
+            reporter.write_line(f"  {line}", red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

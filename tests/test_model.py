@@ -236,10 +236,11 @@ def test_pickled_or_corrupted_checkpoints_are_refused(small_model, tmp_path):
     torch.save({"weights": _Payload()}, weights)
     with pytest.raises(CheckpointError, match=r"weights\.pt is corrupted"):
         VirtualPatientModel.load(tmp_path / "m")
-    # A checkpoint written before ensembles records no digest: torch's weights_only loader is the guard.
+    # A checkpoint written before ensembles and manifests records no digest: torch's weights_only loader is the guard.
+    (tmp_path / "m" / "manifest.json").unlink()
     meta_path = tmp_path / "m" / "model.json"
     meta = json.loads(meta_path.read_text())
-    del meta["members"]
+    del meta["members"], meta["manifest"]
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="never unpickles"):
         VirtualPatientModel.load(tmp_path / "m")
@@ -388,7 +389,12 @@ def test_time_scale_is_the_median_visit_gap_and_round_trips_through_a_checkpoint
     loaded = VirtualPatientModel.load(tmp_path / "m")
     assert loaded.network.time_scale == model.network.time_scale
     assert loaded.network.dynamics.time_scale == loaded.network.decoder.time_scale == model.network.time_scale
-    # A checkpoint from before the time scale: its network keeps the data's unit as its own, so its numbers do not change.
+    # A checkpoint from before the time scale (and before manifests): its network keeps the data's unit as its own,
+    # so its numbers do not change.
+    (tmp_path / "m" / "manifest.json").unlink()
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    del meta["manifest"]
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
     saved = json.loads((tmp_path / "m" / "scalers.json").read_text())
     del saved["time_scale"], saved["median_followup"]
     (tmp_path / "m" / "scalers.json").write_text(json.dumps(saved))

@@ -243,6 +243,17 @@ def test_model_card_reads_the_benchmarks(sim):
     assert "Intended use" in card.html and "Missing data" in card.html and "data:image/png;base64," in card.html
 
 
+def test_model_card_without_benchmarks_renders_and_says_they_were_not_given(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no benchmarks/results here nor above the model: none are found
+    out = tmp_path / "card.html"
+    result = CliRunner().invoke(report_app, ["model", "--model", str(model_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    assert "Benchmark results were not given" in html and "no <code>--benchmarks</code> folder given" in html
+    assert {"forecast", "survival", "trial-calibration"}.isdisjoint(tables(html))
+    assert "Intended use" in html and "Missing data" in html
+
+
 def _report_patient(model_dir, plans, out, *options: str):
     """``vpatient report patient`` of subject 4 under ``plans``, written to ``out``."""
     args = ["patient", "--model", str(model_dir), "--patient", "4", "--out", str(out)]

@@ -36,6 +36,23 @@ def test_examples_validate_against_exported_schema_and_model(name):
     assert BOUNDARY_TYPES[name].model_validate(example) == examples()[name]
 
 
+def test_every_committed_example_fits_the_config_it_belongs_to():
+    """The examples are of the PBC config (the DatasetConfig example): the record and the plan validate against it."""
+    from vpatient.schemas import DatasetConfig, TreatmentPlan
+    from vpatient.validation import validate_path
+
+    folder = COMMITTED / "examples"
+    config = DatasetConfig.load(folder / "DatasetConfig.example.json")
+    report = validate_path(folder / "PatientRecord.example.json", config)
+    assert report.problems == [] and report.n_subjects == 1
+    TreatmentPlan.model_validate_json((folder / "TreatmentPlan.example.json").read_text()).check(config)
+    variable = json.loads((folder / "VariableSpec.example.json").read_text())
+    test = json.loads((folder / "DiagnosticTest.example.json").read_text())
+    assert config.variable(variable["name"]).model_dump(mode="json") == variable
+    assert config.test(test["name"]).model_dump(mode="json") == test
+    assert {p.name for p in folder.iterdir()} == {f"{name}.example.json" for name in BOUNDARY_TYPES}  # none left unchecked
+
+
 def test_schema_rejects_what_the_model_rejects():
     schema = json.loads(rendered_files()["PatientRecord.schema.json"])
     with pytest.raises(jsonschema.ValidationError):

@@ -29,7 +29,7 @@ from vpatient.benchmarks.options import (
 from vpatient.dashboard.command import dashboard_command
 from vpatient.errors import Problem, RecordValidationError, VPatientError
 from vpatient.report.cli import report_app
-from vpatient.simulation.cli import simulate_app, trial_app, whatif_command
+from vpatient.simulation.cli import simulate_app, trial_app, warn_if_extrapolated, whatif_command
 from vpatient.version import __version__
 
 app = typer.Typer(help="vpatient: a virtual-patient disease-progression simulator.", no_args_is_help=True, add_completion=False)
@@ -282,9 +282,11 @@ def forecast(
     from vpatient.virtual_patient import VirtualPatientModel
 
     vpm = VirtualPatientModel.load(model)
-    record = vpm.patients(data, config, seed).subject(patient)
+    cohort = vpm.patients(data, config, seed)
+    record = cohort.subject(patient)
     horizon = vpm.default_horizon if horizon is None else horizon
     result = vpm.forecast(record, until=until, horizon=horizon, n_samples=n_samples, seed=seed)
+    warn_if_extrapolated(vpm, result.until + horizon, cohort if data is None else None)
     summary = result.summary()
     survival = result.survival_summary()
     # Six rows per variable: the forecast time and every fifth of the horizon (yearly for 5 years), at their grid points.

@@ -76,6 +76,10 @@ class OutputExistsError(VPatientError, FileExistsError):
     """An output directory already holds files and overwriting was not asked for."""
 
 
+class CheckpointError(VPatientError, ValueError):
+    """A checkpoint directory that is incomplete, corrupted, or not safe to load."""
+
+
 class OptionError(VPatientError, ValueError):
     """An option given a value outside its choices (a misspelt scale, update rule, target kind, ...)."""
 

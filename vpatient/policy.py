@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vpatient import transforms
+from vpatient import limits, transforms
 from vpatient.cost_curves import bought, random_orders, step_curve
 from vpatient.data.batching import make_batch
 from vpatient.data.timeline import truncate_record
@@ -682,6 +682,9 @@ def recommend(
         raise VPatientError(f"at = {at!r}: the decision time must be >= 0 {config.time_unit.value}")
     if n_samples < 16:
         raise VPatientError(f"n_samples = {n_samples}: the estimator needs at least 16 posterior samples")
+    limits.check_at_most(limits.SAMPLES, "n_samples", n_samples)
+    if chosen_target.horizon > 0:
+        model.check_work(at, chosen_target.horizon, "at", f"the horizon of target {chosen_target}")
     catalogue = {t.name: t for t in config.tests}
     names = list(tests) if tests is not None else list(catalogue)
     unknown = [n for n in names if n not in catalogue]

@@ -21,8 +21,10 @@ _SCHEMA_BASE = "https://vpatient.dev/schemas/"
 def examples() -> dict[str, BaseModel]:
     """One valid example instance of each boundary type.
 
-    Config, variable and test come from the embedded PBC config; the record shows
-    every modality a record can hold (so it has imaging and history that PBC lacks).
+    Every example belongs to the embedded PBC config (itself the ``DatasetConfig``
+    example): the record and the plan validate against it, and a test checks they do.
+    PBC has no imaging or history variables, so the record's ``imaging`` and ``history``
+    are empty; ``PatientRecord.schema.json`` documents their fields.
     """
     from vpatient.data.pbc import pbc2_config
 
@@ -39,8 +41,8 @@ def examples() -> dict[str, BaseModel]:
                 {"time": 1.02, "variable": "bilirubin", "value": 2.1},
                 {"time": 1.02, "variable": "albumin", "value": 3.3},
             ],
-            "imaging": [{"time": 0.5, "modality": "ct", "embedding": [0.12, -0.4, 0.88, 0.05]}],
-            "history": [{"time": -3.5, "code": "hypertension"}],
+            "imaging": [],
+            "history": [],
             "treatments": [{"treatment": "d_penicillamine", "start": 0.0, "stop": None, "dose": 1.0}],
             "events": [{"time": 4.2, "kind": "death"}],
             "end_of_followup": 4.2,

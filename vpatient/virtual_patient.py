@@ -19,9 +19,9 @@ beside the patient's latent state and the measurement noise.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -33,11 +33,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vpatient import transforms
+from vpatient import limits, transforms
 from vpatient.data.batching import Scalers, dose_tensors, layout_from_config, make_batch
 from vpatient.data.cohort import Cohort
 from vpatient.data.timeline import truncate_record
-from vpatient.errors import VPatientError, choose
+from vpatient.errors import CheckpointError, VPatientError, choose
+from vpatient.manifest import MANIFEST_FILE, sha256_of, verify_manifest, write_manifest
 from vpatient.model.batch import FeatureLayout, PatientBatch
 from vpatient.model.dynamics import DenseSolution
 from vpatient.model.latent_ode import LatentODE, ModelSettings
@@ -46,15 +47,18 @@ from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
 from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
 from vpatient.version import __version__
 
-__all__ = ["CheckpointError", "Forecast", "Scale", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
+__all__ = ["CheckpointError", "Forecast", "NumericalError", "Scale", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
+
+log = logging.getLogger(__name__)
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 _POSTERIOR_CACHE = 64  # histories whose refined posterior is kept
 _FILES = ("config.json", "model.json", "scalers.json")
+_OPTIONAL_FILES = ("training.json", "members.json")  # read when present
 
 
-class CheckpointError(VPatientError, ValueError):
-    """A checkpoint directory that is incomplete, corrupted, or not safe to load."""
+class NumericalError(VPatientError, ArithmeticError):
+    """A simulation whose numbers are not finite: the model's dynamics blew up for a patient."""
 
 
 class Scale(StrEnum):
@@ -246,6 +250,49 @@ class VirtualPatientModel:
         quarter of the typical visit gap (the time scale) where visits are closer than four months."""
         return min(self.config.time_unit.month, self.scalers.time_scale / 4)
 
+    def check_work(self, start: float, span: float, start_option: str, span_option: str, step: float | None = None) -> None:
+        """Refuse a forecast from ``start`` over ``span`` that runs past the horizon limit or needs too many grid points.
+
+        The limits are :mod:`vpatient.limits`' (horizon: a multiple of the training data's median
+        follow-up); the message names the option at fault (``start_option`` or ``span_option``).
+        """
+        followup = self.scalers.median_followup or self.default_horizon
+        step = self.grid_step if step is None else step
+        if not (math.isfinite(step) and step > 0):
+            raise VPatientError(f"step = {step!r}: must be > 0 {self.time_unit}")
+        for option, value, end in ((start_option, start, start), (span_option, span, start + span)):
+            limits.check_time_span(option, value, end, followup, self.time_unit)
+            grid = f"the grid to {option} = {limits.number(value)} {self.time_unit} (a point every {step:.3g} {self.time_unit})"
+            limits.check_at_most(limits.GRID_POINTS, grid, end / step)
+
+    def followup_warning(self, end: float, cohort: Cohort | None = None) -> str | None:
+        """The warning a forecast that runs to time ``end`` needs against the training data's follow-up, or None.
+
+        ``cohort`` is the training data (default: :attr:`data_source`, when it can be loaded).
+        Past the longest follow-up the dynamics are extrapolated; past the 90th percentile few
+        patients inform them. Patient reports and the command line show the same words.
+        """
+        if cohort is None and self.data_source:
+            try:
+                cohort = self.patients()
+            except (VPatientError, OSError) as exc:
+                log.warning("training data %s could not be loaded to check the horizon: %s", self.data_source, exc)
+        follow = [r.end_of_followup for r in cohort.records] if cohort is not None else []
+        if not follow:
+            return None
+        longest, q90, unit = float(np.max(follow)), float(np.quantile(follow, 0.9)), self.time_unit
+        if end > longest + 1e-9:
+            return (
+                f"The forecast runs to t = {end:.1f} {unit}, beyond the longest training "
+                f"follow-up ({longest:.1f} {unit}): the dynamics there are extrapolated."
+            )
+        if end > q90:
+            return (
+                f"The forecast runs to t = {end:.1f} {unit}, past the follow-up of 90% "
+                f"of training patients ({q90:.1f} {unit}): few patients inform this part."
+            )
+        return None
+
     @property
     def dataset_name(self) -> str:
         """The dataset the model was trained on (its data source, else its config's name): where its patients are."""
@@ -300,7 +347,8 @@ class VirtualPatientModel:
 
         Member 0's weights are ``weights.pt`` (a single model is exactly that); member k's
         are ``weights-k.pt``. ``model.json`` lists them with their SHA-256, so a damaged
-        member is refused by name.
+        member is refused by name, and ``manifest.json`` (written last) records the SHA-256
+        of every file :meth:`load` reads, so a changed or missing file is refused by name.
         """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -308,7 +356,7 @@ class VirtualPatientModel:
         for k, network in enumerate(self.members):
             name = _member_file(k)
             torch.save(network.state_dict(), out / name)
-            files.append({"file": name, "sha256": _sha256(out / name)})
+            files.append({"file": name, "sha256": sha256_of(out / name)})
         self.config.save(out / "config.json")
         meta = {
             "vpatient_version": __version__,
@@ -316,6 +364,7 @@ class VirtualPatientModel:
             "train_settings": self.train_settings.to_dict() if self.train_settings else None,
             "data_source": self.data_source,
             "members": files,
+            "manifest": MANIFEST_FILE,  # a checkpoint that names one and lacks it was not completely saved or copied
         }
         (out / "scalers.json").write_text(json.dumps(self.scalers.to_dict()) + "\n")
         if self.history is not None:
@@ -323,7 +372,9 @@ class VirtualPatientModel:
             _plot_training_curve(self.history, out / "training_curve.png")
         if len(self.member_histories) > 1:
             (out / "members.json").write_text(json.dumps([h.to_dict() for h in self.member_histories], indent=2) + "\n")
-        (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: its presence marks a complete save
+        (out / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        read = [f["file"] for f in files] + [*_FILES, *(n for n in _OPTIONAL_FILES if (out / n).is_file())]
+        write_manifest(out, read)  # last: its presence marks a complete save
         return out
 
     @classmethod
@@ -335,6 +386,7 @@ class VirtualPatientModel:
         missing = [name for name in _FILES if not (path / name).is_file()]
         if missing:
             raise CheckpointError(f"{path} is not a complete vpatient checkpoint: missing {', '.join(missing)}")
+        checked = verify_manifest(path)
         try:
             meta = json.loads((path / "model.json").read_text())
             settings = ModelSettings(**meta["model_settings"])
@@ -354,6 +406,10 @@ class VirtualPatientModel:
             files = [(str(f["file"]), f.get("sha256")) for f in files]
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: unreadable checkpoint metadata ({exc})") from None
+        if not checked and meta.get("manifest"):
+            raise CheckpointError(f"{path} is not a complete vpatient checkpoint: {meta['manifest']} is missing")
+        if not checked:
+            log.info("%s was saved without a manifest (an older checkpoint): its files are not checked against digests", path)
         config = DatasetConfig.load(path / "config.json")
         layout = layout_from_config(config)
         members = [
@@ -412,8 +468,10 @@ class VirtualPatientModel:
             raise VPatientError(
                 f"n_samples = {n_samples!r}: at least one posterior sample path per ensemble member ({self.n_members}) is needed"
             )
+        limits.check_at_most(limits.SAMPLES, "n_samples", n_samples)
         if len(times) != len(histories):
             raise VPatientError(f"{len(histories)} histories but {len(times)} time grids: give one grid per history")
+        limits.check_at_most(limits.GRID_POINTS, "the time points of one patient's grid", max(len(t) for t in times))
         for per_history in alternatives:
             if per_history is not None and len(per_history) != len(histories):
                 raise VPatientError(f"{len(histories)} histories but {len(per_history)} plans: give one plan per history")
@@ -484,6 +542,7 @@ class VirtualPatientModel:
                 else:  # the factual solve already holds these paths: keep the resampled rows
                     solution = _select_solution(factual, flat)
                 decoded.append(self._decode(network, times, solution, network.offsets(z0), cutoff, n, s_k))
+                _check_finite(decoded[-1], histories)
             generator.set_state(noise_state)
             out.append(self._combine(histories, decoded, blocks, cutoff, generator, ess))
         return out
@@ -623,6 +682,7 @@ class VirtualPatientModel:
             raise VPatientError(f"horizon = {horizon!r}: must be > 0 {self.time_unit}")
         if not (math.isfinite(step) and step > 0):
             raise VPatientError(f"step = {step!r}: must be > 0 {self.time_unit}")
+        self.check_work(until, horizon, "until", "horizon", step)
         history = truncate_record(record, until)
         # The past on a grid from 0, the future on a grid from ``until``: "k steps ahead" is a grid point.
         grid = np.unique(
@@ -665,10 +725,6 @@ def _member_file(k: int) -> str:
     return "weights.pt" if k == 0 else f"weights-{k}.pt"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _load_member(
     path: Path,
     name: str,
@@ -684,7 +740,7 @@ def _load_member(
     file = path / name
     if Path(name).name != name or not file.is_file():
         raise CheckpointError(f"{path} is not a complete vpatient checkpoint: {which} is missing")
-    if digest is not None and _sha256(file) != digest:
+    if digest is not None and sha256_of(file) != digest:
         raise CheckpointError(f"{path}: {which} is corrupted (its SHA-256 differs from the one recorded when it was saved)")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
@@ -703,6 +759,21 @@ def _load_member(
             f"{path}: {which}: weights do not fit the model described by its config ({str(exc).splitlines()[0]})"
         ) from None
     return network
+
+
+def _check_finite(decoded: dict[str, torch.Tensor], histories: Sequence[PatientRecord]) -> None:
+    """Refuse a rollout whose outputs are not finite (the dynamics blew up), naming the first patient it happened to."""
+    for name in ("expected", "binary", "imaging", "survival", "incidence"):
+        values = decoded[name]  # (n, s, T, ...)
+        if values.numel() == 0:
+            continue
+        finite = torch.isfinite(values.reshape(values.shape[0], -1)).all(dim=1)
+        if not bool(finite.all()):
+            subject = histories[int((~finite).nonzero()[0])].subject_id
+            raise NumericalError(
+                f"subject {subject}: the simulation produced non-finite values ({name}): the model's dynamics blew up "
+                "for this patient; try a shorter horizon, check the record's values, or retrain the model"
+            )
 
 
 def _resample(log_w: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

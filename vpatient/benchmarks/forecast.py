@@ -70,6 +70,7 @@ from vpatient.evaluate.protocol import (
     target_frame,
 )
 from vpatient.schemas import DatasetConfig, PatientRecord, Transform
+from vpatient.staging import staging_file
 from vpatient.tables import markdown_table
 from vpatient.version import __version__, source_digest
 
@@ -663,7 +664,7 @@ class ResultParts:
         """Write ``part`` atomically (a temporary file, then ``os.replace``)."""
         path = self.path(fold, name, method)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp = staging_file(path)
         tmp.write_text(part.to_json(), encoding="utf-8")
         os.replace(tmp, path)
         return path

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from vpatient.errors import DataFormatError, Problem, RecordValidationError, VPatientError
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, TreatmentPlan, parse_record
+from vpatient.staging import staging_dir
 
 if TYPE_CHECKING:  # the policy brings in torch, which `vpatient dashboard` and `vpatient --help` must start without
     from vpatient.policy import Target
@@ -109,8 +110,7 @@ def ensure_demo_model(
     cohort = load_dataset("pbc2")
     model = VirtualPatientModel.fit(cohort.records, cohort.config, TrainSettings(epochs=epochs, seed=seed), progress=True)
     model.data_source = "pbc2"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".pbc2-model-", dir=target.parent))
+    scratch = staging_dir(target)
     model.save(scratch)
     if target.exists():
         shutil.rmtree(target)

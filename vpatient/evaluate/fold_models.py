@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 from vpatient.data.cohort import Cohort
 from vpatient.evaluate.protocol import Fold, forecast_folds
 from vpatient.schemas import DatasetConfig, PatientRecord
+from vpatient.staging import staging_dir
 from vpatient.version import __version__
 
 if TYPE_CHECKING:  # torch-backed: imported where a model is trained, not when the CLI starts
@@ -122,8 +122,7 @@ def trained_model(records: Sequence[PatientRecord], config: DatasetConfig, tag: 
         log.info("%s: training on %d patients (cache %s)", tag, len(records), target)
         started = time.perf_counter()
         model = VirtualPatientModel.fit(records, config, settings, model_settings, progress=run.progress)
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = staging_dir(target)
         model.save(tmp)
         shutil.rmtree(target, ignore_errors=True)  # a partial folder left by a crash
         tmp.rename(target)

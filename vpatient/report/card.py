@@ -126,7 +126,8 @@ def model_card(
                     }
                 )
 
-    figures = {}
+    # every figure the template may show, None when its benchmark result was not found (the template is strict)
+    figures: dict[str, str | None] = {"calibration": None, "trial": None, "training": None}
     predictions = folder / f"forecast-{data}-predictions.parquet" if folder is not None else None
     if predictions is not None and predictions.is_file():
         figures["calibration"] = _calibration_figure(pd.read_parquet(predictions), forecast)

@@ -273,13 +273,9 @@ def assumptions(model, record: PatientRecord, plans, result, cohort: Cohort | No
         )
         return items
     seen: dict[str, set[float]] = {}
-    follow = []
     for r in cohort.records:
-        follow.append(r.end_of_followup)
         for e in r.treatments:
             seen.setdefault(e.treatment, set()).add(round(float(e.dose), 6))
-    max_follow = float(np.max(follow)) if follow else 0.0
-    q90 = float(np.quantile(follow, 0.9)) if follow else 0.0
     for plan in plans:
         for e in plan.exposures:
             if e.treatment not in seen:
@@ -299,23 +295,9 @@ def assumptions(model, record: PatientRecord, plans, result, cohort: Cohort | No
                         f"training data hold only dose(s) {doses}: the effect at this dose is extrapolated.",
                     }
                 )
-    end = result.at + result.horizon
-    if end > max_follow + 1e-9:
-        items.append(
-            {
-                "flag": True,
-                "text": f"The forecast runs to t = {end:.1f} {model.time_unit}, beyond the longest training "
-                f"follow-up ({max_follow:.1f} {model.time_unit}): the dynamics there are extrapolated.",
-            }
-        )
-    elif end > q90:
-        items.append(
-            {
-                "flag": True,
-                "text": f"The forecast runs to t = {end:.1f} {model.time_unit}, past the follow-up of 90% "
-                f"of training patients ({q90:.1f} {model.time_unit}): few patients inform this part.",
-            }
-        )
+    warning = model.followup_warning(result.at + result.horizon, cohort)
+    if warning:
+        items.append({"flag": True, "text": warning})
     for name, value in record.static.items():
         values = [r.static[name] for r in cohort.records if name in r.static]
         if values and isinstance(value, int | float) and not (min(values) <= value <= max(values)):

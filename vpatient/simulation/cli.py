@@ -22,7 +22,7 @@ from vpatient.benchmarks.options import (
 from vpatient.errors import RecordValidationError, VPatientError
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 
-__all__ = ["simulate_app", "trial_app", "whatif_command"]
+__all__ = ["simulate_app", "trial_app", "warn_if_extrapolated", "whatif_command"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,13 @@ def load_simulator(model: Path):
     return sim
 
 
+def warn_if_extrapolated(vpm, end: float, training=None) -> None:
+    """Print the patient report's warning when a forecast runs past the training data's follow-up (``training``: default, the model's)."""
+    warning = vpm.followup_warning(end, training)
+    if warning:
+        typer.secho(f"WARNING: {warning}", err=True, fg="yellow")
+
+
 def load_whatif(model: Path, plan: list[Path], patient: str, data: str | None, config: Path | None = None):
     """What a what-if command reads: the checkpoint's simulator, the plans (validated) and the patient's record.
 
@@ -121,6 +128,7 @@ def whatif_command(
 
     sim, plans, record = load_whatif(model, plan, patient, data, config)
     result = sim.whatif(record, plans, horizon=horizon, n_samples=n_samples, seed=seed, at=at)
+    warn_if_extrapolated(sim.model, result.at + result.horizon, None)
     if json_flag:
         typer.echo(json.dumps(result.to_dict(), indent=1))
     else:

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vpatient import limits
 from vpatient.data.meds import move_into_place, write_meds_metadata
 from vpatient.errors import OutputExistsError, VPatientError, choose
+from vpatient.manifest import add_to_manifest
 from vpatient.schemas import PatientRecord, TreatmentPlan
 from vpatient.simulation.engine import Engine, chunks, run_chunks
 from vpatient.simulation.population import POPULATION_FILE, Population
@@ -29,6 +31,7 @@ from vpatient.simulation.sampling import Schedule, patients_from_records
 from vpatient.simulation.trial import AGGREGATES_DIR, PATIENTS_DIR, TrialResult, arm_outcomes, trial_chunk
 from vpatient.simulation.virtual_cohort import MEDS_DIR, CohortResult, cohort_chunk
 from vpatient.simulation.whatif import WhatIfResult, whatif
+from vpatient.staging import staging_dir
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = ["Simulator"]
@@ -65,6 +68,7 @@ class Simulator:
         self.population = Population.fit(self.model, records, seed=seed)
         if save and self.model_dir is not None:
             self.population.save(self.model_dir / POPULATION_FILE)
+            add_to_manifest(self.model_dir, POPULATION_FILE)
         return self.population
 
     # -- one patient -----------------------------------------------------------
@@ -109,8 +113,8 @@ class Simulator:
         Each gets the treatment of a training patient of its arm, or ``plan`` for all.
         Same seed and chunk size, same cohort, whatever the engine.
         """
+        _check_size(self.model, n, years, [plan] if plan else [])
         population = self._population()
-        _check_years(years)
         schedule = choose(Schedule, schedule, "visit schedule")
         if out is None:
             if n > MAX_IN_MEMORY:
@@ -135,8 +139,7 @@ class Simulator:
         checked = plan.check(self.model.config) if plan else None
         # Everything is written beside ``out`` and renamed into place at the end, so an
         # interrupted run never leaves half a cohort behind (as write_meds does).
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        staging = staging_dir(out)
         try:
             write_meds_metadata(self.model.config, staging / MEDS_DIR, dataset_name=f"virtual cohort of {self.model.config.name}")
             counts = run_chunks(
@@ -200,7 +203,7 @@ class Simulator:
         """
         if len(arms) < 2:
             raise VPatientError(f"a trial needs at least two arms, got {len(arms)}: {', '.join(arms) or '(none)'}")
-        _check_years(years)
+        _check_size(self.model, n, years, list(arms.values()))
         plans = {name: plan.check(self.model.config) for name, plan in arms.items()}
         event = event or (self.model.layout.events[0] if self.model.layout.events else None)
         if event not in self.model.layout.events:
@@ -270,9 +273,14 @@ class Simulator:
         return str(self.model_dir.resolve())
 
 
-def _check_years(years: float) -> None:
+def _check_size(model: VirtualPatientModel, n: int, years: float, plans: Sequence[TreatmentPlan]) -> None:
+    """Refuse a cohort or trial over the limits of :mod:`vpatient.limits` before any patient is drawn."""
     if not (math.isfinite(years) and years > 0):
         raise VPatientError(f"years = {years!r}: the follow-up to simulate must be > 0")
+    limits.check_at_most(limits.COHORT_PATIENTS, "n", n)
+    model.check_work(0.0, years, "the start", "years")
+    for plan in plans:
+        limits.check_at_most(limits.PLAN_EXPOSURES, f"the exposures of plan {plan.name!r}", len(plan.exposures))
 
 
 def _fresh_dir(path: Path) -> Path:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vpatient import transforms
+from vpatient import limits, transforms
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError
 from vpatient.schemas import PatientRecord, TreatmentPlan, parse_record
@@ -155,6 +155,8 @@ def whatif(
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise VPatientError(f"plan names must be unique, but {', '.join(map(repr, duplicated))} appears more than once")
+    for plan in plans:  # before validating them: a plan of a million exposures is refused at once
+        limits.check_at_most(limits.PLAN_EXPOSURES, f"the exposures of plan {plan.name!r}", len(plan.exposures))
     _check_plans(model, plans)
     if at is None:
         at = max(record.visit_times(), default=0.0)
@@ -164,6 +166,7 @@ def whatif(
     step = model.grid_step if step is None else step
     if not (math.isfinite(horizon) and horizon > 0):
         raise VPatientError(f"horizon = {horizon!r}: must be > 0 {model.time_unit}")
+    model.check_work(at, horizon, "at", "horizon", step)
     in_unit = [model.config.time_unit.from_years(h) for h in DEFAULT_EFFECT_HORIZONS]
     defaults = [h for h in in_unit if h <= horizon + 1e-9]
     chosen = tuple(float(h) for h in (effect_horizons or defaults or [horizon]))

@@ -55,6 +55,7 @@ from vpatient.data.meds.codes import (
 )
 from vpatient.errors import DataFormatError, OutputExistsError, RecordValidationError
 from vpatient.schemas import DatasetConfig, PatientRecord, duplicate_id_problems, record_problems
+from vpatient.staging import staging_dir
 
 __all__ = [
     "meds_order",
@@ -118,8 +119,7 @@ def write_meds(
     frame = records_to_frame(records, config)
     splits = {r.subject_id: r.split for r in records if r.split is not None}
     _check_split_names(splits)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = staging_dir(out_dir)
     try:
         _write_shards(frame, splits, tmp / DATA_DIR, subjects_per_shard)
         write_meds_metadata(config, tmp, dataset_name)
