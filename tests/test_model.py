@@ -372,9 +372,10 @@ def test_the_same_cohort_in_days_and_in_years_gives_the_same_forecasts(cohort):
     a = years.forecast(record, until=1.0, n_samples=16, seed=7)
     b = days.forecast(_in_days(record), until=DAYS_PER_YEAR, n_samples=16, seed=7)
     np.testing.assert_allclose(b.times, a.times * DAYS_PER_YEAR, rtol=1e-6)
-    # Measured: they agree to 5e-7 (float32 rounding of times 365.25 times larger); 1e-5 leaves room for other CPUs.
-    np.testing.assert_allclose(b.paths.predictive, a.paths.predictive, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(b.paths.survival, a.paths.survival, rtol=0, atol=1e-5)
+    # Measured: they agree to 3.5e-5 (float32 rounding of times 365.25 times larger, grown over training; 5e-7
+    # without the covariates-only cut-offs, whose wide posteriors roll out further); 2e-4 leaves room for other CPUs.
+    np.testing.assert_allclose(b.paths.predictive, a.paths.predictive, rtol=0, atol=2e-4)
+    np.testing.assert_allclose(b.paths.survival, a.paths.survival, rtol=0, atol=2e-4)
 
 
 def test_time_scale_is_the_median_visit_gap_and_round_trips_through_a_checkpoint(cohort, tmp_path):
