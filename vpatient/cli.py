@@ -228,10 +228,13 @@ def train(
     started = time.perf_counter()
     model = VirtualPatientModel.fit(cohort.records, cohort.config, settings, model_settings, progress=progress, workers=workers)
     model.data_source = data
-    model.save(out)
+    from vpatient.atomic import staged_dir
     from vpatient.simulation import Simulator
 
-    Simulator(model, model_dir=out).fit_population(cohort.records, seed=settings.seed)
+    # staged beside --out and renamed into place: a killed run leaves the previous checkpoint or none
+    with staged_dir(out, marker="model.json") as staging:
+        model.save(staging)
+        Simulator(model, model_dir=staging).fit_population(cohort.records, seed=settings.seed)
     typer.echo(f"{_training_summary(model, time.perf_counter() - started)}; wrote {out}")
 
 

@@ -217,23 +217,26 @@ def simulate_trial(
     years = sim.model.default_horizon if years is None else years
     arms = load_arms(arm, sim.model.config)
     population = sim.model.patients(data, config).records if data else None
-    result = sim.trial(
-        arms,
-        n=n,
-        seed=seed,
-        years=years,
-        event=event,
-        population=population,
-        chunk_size=chunk_size,
-        engine=_choice(engine, ("local", "dask"), "--engine"),
-        scheduler=scheduler,
-        n_workers=workers,
-        out=out,
-        progress=progress,
-    )
+    from vpatient.atomic import staged_dir
     from vpatient.plots import plot_trial
 
-    plot_trial(result, out / "trial.png")
+    # staged beside --out and renamed into place: a killed run leaves the previous trial or none
+    with staged_dir(out, marker="trial.json") as staging:
+        result = sim.trial(
+            arms,
+            n=n,
+            seed=seed,
+            years=years,
+            event=event,
+            population=population,
+            chunk_size=chunk_size,
+            engine=_choice(engine, ("local", "dask"), "--engine"),
+            scheduler=scheduler,
+            n_workers=workers,
+            out=staging,
+            progress=progress,
+        )
+        plot_trial(result, staging / "trial.png")
     typer.echo(result.to_markdown())
     typer.echo(f"wrote tables, trial.json, trial.md and trial.png to {out}", err=True)
 
