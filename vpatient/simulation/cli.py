@@ -133,9 +133,11 @@ def whatif_command(
         effects = result.effects()
         typer.echo(markdown_table(effects.drop(columns=["subject_id", "reference", "kind"]), index=False))
     if plot is not None:
+        from vpatient.atomic import staged_file
         from vpatient.plots import plot_whatif
 
-        plot_whatif(result).savefig(plot, dpi=110, bbox_inches="tight")
+        with staged_file(plot) as staging:
+            plot_whatif(result).savefig(staging, dpi=110, bbox_inches="tight")
         typer.echo(f"wrote {plot}", err=True)
 
 
