@@ -15,6 +15,7 @@ POSIX only (process groups and SIGKILL).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -67,6 +68,13 @@ class Inputs:
     @property
     def plans(self) -> tuple[Path, Path]:
         return self.root / "none.json", self.root / "drug.json"
+
+    @functools.cached_property
+    def patient(self) -> str:
+        """The first subject of the tiny dataset, whose report is written."""
+        from vpatient.data.meds import read_meds
+
+        return read_meds(self.data)[0].subject_id
 
 
 @dataclass(frozen=True)
@@ -151,7 +159,7 @@ COMMANDS: dict[str, WritingCommand] = {
         WritingCommand(
             "report-patient",
             lambda i, out, seed: ["report", "patient", "--model", str(i.model), "--data", str(i.data), "--patient",
-                                  "syn00001", "--plan", str(i.plans[1]), "--n-samples", "8", "--seed", str(seed),
+                                  i.patient, "--plan", str(i.plans[1]), "--n-samples", "8", "--seed", str(seed),
                                   "--out", str(out)],
             _html_complete, "patient.html",
         ),
