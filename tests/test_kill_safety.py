@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vpatient.atomic import staged_dir, staged_file, write_text_atomic
+from vpatient.atomic import staged_dir, staged_file, staged_files, write_text_atomic
 from vpatient.benchmarks.kill_safety import COMMANDS, CommandKills, KillSafetyResult, kill_loop, make_inputs
 from vpatient.cli import app
 from vpatient.errors import OutputExistsError
@@ -86,3 +86,16 @@ def test_three_random_kills_of_schemas_export_leave_no_corrupt_output(tmp_path):
     assert COMMANDS["schemas-export"].is_complete(scratch / "schemas")
     next((scratch / "schemas").glob("*.schema.json")).unlink()  # a half set of schemas is not complete
     assert not COMMANDS["schemas-export"].is_complete(scratch / "schemas")
+
+
+def test_a_set_of_files_in_a_new_folder_appears_whole_or_not_at_all(tmp_path):
+    root = tmp_path / "schemas"
+    paths = [root / "a.json", root / "examples" / "b.json"]
+    with pytest.raises(RuntimeError), staged_files(paths, root=root) as staged:
+        staged[0].write_text("{}")
+        raise RuntimeError("killed between the two files")
+    assert _entries(tmp_path) == []  # no folder, no staging left
+    with staged_files(paths, root=root) as staged:
+        for staging in staged:
+            staging.write_text("{}")
+    assert [p.read_text() for p in paths] == ["{}", "{}"] and _entries(tmp_path) == ["schemas"]

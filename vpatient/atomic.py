@@ -37,15 +37,21 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_files(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
+def staged_files(paths: Sequence[str | Path], root: str | Path | None = None) -> Iterator[list[Path]]:
     """Temporary paths beside each of ``paths`` to write to; on success all are renamed into place together, on failure removed.
 
-    Every staged file is fsynced before the first rename, so the renames follow one another
-    within microseconds: a kill leaves the previous set or the new one, short of landing in
-    that instant. A writer with nothing for one of the paths deletes its staged file: that
-    target is left as it was.
+    When ``root``, the folder holding every path, does not exist yet, the whole folder is
+    built beside it and renamed into place at once: a kill leaves no folder or all of it.
+    Otherwise every staged file is fsynced before the first rename, so the renames follow
+    one another closely: a kill leaves the previous set or the new one, unless it lands
+    between two renames (each file is then still whole). A writer with nothing for one of
+    the paths deletes its staged file: that target is left as it was.
     """
     targets = [Path(p) for p in paths]
+    if root is not None and not Path(root).exists():
+        with _staged_new_folder(Path(root), targets) as staged:
+            yield staged
+        return
     staged: list[Path] = []
     try:
         for target in targets:
@@ -69,6 +75,27 @@ def staged_files(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
         raise
     for folder in {target.parent for target in targets}:
         _fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def _staged_new_folder(root: Path, targets: list[Path]) -> Iterator[list[Path]]:
+    """``targets`` (all under ``root``, which does not exist) staged in a new folder beside ``root``, renamed into place at the end."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        staged = [folder / target.relative_to(root) for target in targets]
+        for staging in staged:
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            staging.touch()
+        yield staged
+        for staging in staged:
+            if staging.exists():  # else the writer had nothing for it
+                with open(staging, "rb+") as f:
+                    os.fsync(f.fileno())
+        move_into_place(folder, root)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -76,13 +76,13 @@ def rendered_files() -> dict[str, str]:
 def export_schemas(out_dir: str | Path) -> list[Path]:
     """Write every schema and example under ``out_dir``; returns the paths written.
 
-    Every file is staged first and all are renamed into place at the end
-    (:func:`vpatient.atomic.staged_files`), so a killed export leaves the previous files
-    (or none), not a mixture.
+    Every file is staged first and all are renamed into place at the end (a new folder
+    whole; :func:`vpatient.atomic.staged_files`), so a killed export leaves the previous
+    files or none.
     """
     out = Path(out_dir)
     files = {out / rel: text for rel, text in rendered_files().items()}
-    with staged_files(list(files)) as staged:
+    with staged_files(list(files), root=out) as staged:
         for staging, text in zip(staged, files.values(), strict=True):
             staging.write_text(text, encoding="utf-8")
     return list(files)

@@ -52,11 +52,11 @@ class BenchmarkResult(StrictModel):
     def write(self, out_dir: str | Path = DEFAULT_OUT_DIR, *, json_path: str | Path | None = None) -> list[Path]:
         """Write ``out_dir/<stem>.json`` (or ``json_path``), ``.md`` and, when :meth:`plot` draws one, ``.png``; returns their paths."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         paths = [Path(json_path) if json_path is not None else out / f"{self.stem}.json", out / f"{self.stem}.md"]
         figure = out / f"{self.stem}.png"
         # every file is staged, then all are renamed into place: a killed write leaves the previous result or none
-        with staged_files([*paths, figure]) as (json_file, markdown_file, figure_file):
+        root = out if paths[0].parent == out else None  # a new results folder is written whole
+        with staged_files([*paths, figure], root=root) as (json_file, markdown_file, figure_file):
             json_file.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
             markdown_file.write_text(self.to_markdown(), encoding="utf-8")
             drawn = self.plot(figure_file)
