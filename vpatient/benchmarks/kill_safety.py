@@ -315,10 +315,14 @@ def _run_and_kill(args: Sequence[str], cwd: Path, delay: float) -> bool:
 
 
 def _outcome(command: WritingCommand, out: Path, before: dict[str, str] | None) -> str:
-    if _snapshot(out) == before:
+    """previous, new, or corrupt with what was found (for the result's examples)."""
+    after = _snapshot(out)
+    if after == before:
         return "previous"
     try:
-        return "new" if command.is_complete(out) else "corrupt"
+        if command.is_complete(out):
+            return "new"
+        return f"corrupt: incomplete ({len(after or {})} files, {len(before or {})} before)"
     except Exception as exc:  # any failure to read it back is what corrupt means here
         return f"corrupt: {type(exc).__name__}: {str(exc)[:200]}"
 
