@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import sys
 import time
@@ -44,7 +45,7 @@ import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from vpatient.atomic import staged_file, write_text_atomic
+from vpatient.atomic import staged_file
 from vpatient.benchmarks.base import DEFAULT_OUT_DIR, StrictModel, VersionedBenchmarkResult
 from vpatient.data.cohort import Cohort
 from vpatient.evaluate.imaging import imaging_targets, reference_forecasts, score_imaging, training_moments
@@ -660,9 +661,13 @@ class ResultParts:
         return FoldPart.from_json(path.read_text(encoding="utf-8"))
 
     def save(self, fold: int, name: str, method: Forecaster, part: FoldPart) -> Path:
-        """Write ``part`` kill-safely (:func:`vpatient.atomic.write_text_atomic`)."""
+        """Write ``part`` atomically (a temporary file, then ``os.replace``)."""
         path = self.path(fold, name, method)
-        return write_text_atomic(path, part.to_json())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(part.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
 
 
 def _run_key(records: Sequence[PatientRecord], cohort: Cohort, settings: ProtocolSettings) -> str:

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vpatient.atomic import move_into_place
-from vpatient.data.meds import write_meds_metadata
+from vpatient.data.meds import move_into_place, write_meds_metadata
 from vpatient.errors import OutputExistsError, VPatientError, choose
 from vpatient.schemas import PatientRecord, TreatmentPlan
 from vpatient.simulation.engine import Engine, chunks, run_chunks
