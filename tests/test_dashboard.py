@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -18,7 +19,7 @@ from vpatient.dashboard import command
 from vpatient.dashboard import session as vs
 from vpatient.dashboard import tables as vt
 from vpatient.datasets import load_dataset
-from vpatient.errors import RecordValidationError
+from vpatient.errors import RecordValidationError, VPatientError
 from vpatient.policy import Target, recommend
 from vpatient.report.patient import next_visit_gap
 from vpatient.schemas import VariableKind
@@ -503,3 +504,101 @@ def test_model_card_shows_the_precomputed_trial_adjustment(model_dir, monkeypatc
     assert precision_sentence(result.survival) in words and se_change in words
     assert "cross-fitted" in words and "baseline data only" in words
     assert not [c for c in at.caption if ADJUSTMENT_FILE in c.value]  # the hint is gone
+
+
+# --------------------------------------------------------------------------- hardening (issue 17)
+
+HOSTILE_ID = "<script>alert(1)</script>"
+HOSTILE_PLAN = "<img src=x onerror=alert(1)>"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("garbage.parquet", b"garbage\x00\x01" * 10, "garbage.parquet: not a readable parquet file"),
+        ("empty.parquet", b"", "empty.parquet: not a readable parquet file"),
+        ("latin1.csv", "subject_id,time,code\n1,0,caf\xe9\n".encode("latin-1"), "latin1.csv: CSV file is not UTF-8"),
+        ("deep.json", b"[" * 100_000, "deep.json: patient record file nests lists or objects too deeply"),
+        ("utf16.json", "{}".encode("utf-16"), "utf16.json: patient record file is UTF-16"),
+        ("none.json", b"[]", "none.json: holds 0 records"),
+    ],
+)
+def test_a_garbage_upload_is_refused_with_the_parsers_message_naming_the_file(cohort, name, data, message):
+    with pytest.raises(vs.UploadError) as info:
+        vs.parse_upload(name, data, cohort.config)
+    text = str(info.value)
+    assert text.startswith(message), text
+    assert "vpatient-upload-" not in text and "Arrow" not in text  # neither the scratch copy nor pyarrow's raw text
+
+
+def test_serving_beyond_localhost_needs_a_token_unless_insecure(tmp_path, monkeypatch):
+    monkeypatch.delenv(vs.TOKEN_ENV, raising=False)
+    for local in ("localhost", "127.0.0.1", "::1"):
+        assert vs.access_token(local, None, insecure=False) is None
+    with pytest.raises(VPatientError, match=r"--address 0\.0\.0\.0 serves the dashboard beyond this machine"):
+        vs.access_token("0.0.0.0", None, insecure=False)
+    assert vs.access_token("0.0.0.0", None, insecure=True) is None
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-0123456789\n")
+    assert vs.access_token("0.0.0.0", token_file, insecure=False) == "s3cret-token-0123456789"
+    token_file.write_text("short\n")
+    with pytest.raises(VPatientError, match="5 characters; use at least 16"):
+        vs.access_token("0.0.0.0", token_file, insecure=False)
+    monkeypatch.setenv(vs.TOKEN_ENV, "from-the-environment-42")
+    assert vs.access_token("example.org", None, insecure=False) == "from-the-environment-42"
+    assert vs.token_matches("from-the-environment-42 ", "from-the-environment-42")
+    assert not vs.token_matches("from-the-environment-4", "from-the-environment-42") and not vs.token_matches(None, "x")
+
+
+def test_the_dashboard_command_refuses_an_open_address_before_loading_anything(tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    from typer.testing import CliRunner
+
+    from vpatient.cli import app as cli_app
+
+    monkeypatch.delenv(vs.TOKEN_ENV, raising=False)
+    result = CliRunner().invoke(cli_app, ["dashboard", "--host", "0.0.0.0", "--model", str(tmp_path / "no-such-model")])
+    assert result.exit_code != 0
+    assert "--token-file" in str(result.exception) and "no-such-model" not in str(result.exception)
+
+
+def test_with_a_token_the_app_shows_nothing_until_it_is_given(tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv(vs.TOKEN_ENV, "the-right-token-0123")
+    monkeypatch.setenv(vs.MODEL_ENV, str(tmp_path / "never-loaded"))  # the gate comes before the model is read
+    at = AppTest.from_file(str(APP), default_timeout=30).run()
+    assert not at.exception, at.exception
+    assert not at.title and not at.error
+    at.text_input(key="access_token").set_value("a-wrong-token-01234").run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == ["Wrong access token."] and not at.title
+
+
+def _shown_text(at) -> list[str]:
+    """Every piece of markdown-rendered text on the page (main area and sidebar)."""
+    kinds = ("title", "header", "subheader", "markdown", "caption", "error", "warning", "success", "info")
+    return [e.value for kind in kinds for e in getattr(at, kind)]
+
+
+@pytest.mark.slow
+def test_hostile_ids_and_garbage_uploads_reach_the_page_only_as_plain_text(model_dir, cohort, monkeypatch, caplog):
+    caplog.set_level("DEBUG")
+    at = app(model_dir, monkeypatch)
+    at.sidebar.file_uploader(key="upload").upload("garbage.parquet", b"garbage\x00" * 10, "application/octet-stream").run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.sidebar.error] == [
+        "garbage.parquet: not a readable parquet file (Parquet magic bytes not found in footer. Either the file is "
+        "corrupted or this is not a parquet file.)"
+    ]
+    hostile = cohort.subject(PATIENT).model_dump(mode="json") | {"subject_id": HOSTILE_ID}
+    at.sidebar.file_uploader(key="upload").upload("hostile.json", json.dumps(hostile).encode(), "application/json").run()
+    at.text_input(key="plan0_name").set_value(HOSTILE_PLAN).run()
+    assert not at.exception, at.exception
+    shown = _shown_text(at)
+    assert r"Record of subject \<script\>alert(1)\</script\>" in shown
+    assert r"Effects against plan '\<img src=x onerror=alert(1)\>' (90% intervals)" in shown
+    assert not [text for text in shown if re.search(r"(?<!\\)<(script|img)", text)]  # never as markup
+    assert not any(m.proto.allow_html for m in at.markdown)
+    assert HOSTILE_ID not in caplog.text and "hostile" not in caplog.text  # no patient data in the logs

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from vpatient.atomic import staged_dir, staged_file, write_text_atomic
 from vpatient.benchmarks.cli import benchmark_app
 from vpatient.benchmarks.options import (
     DEFAULT_MEMBERS,
@@ -228,10 +229,12 @@ def train(
     started = time.perf_counter()
     model = VirtualPatientModel.fit(cohort.records, cohort.config, settings, model_settings, progress=progress, workers=workers)
     model.data_source = data
-    model.save(out)
     from vpatient.simulation import Simulator
 
-    Simulator(model, model_dir=out).fit_population(cohort.records, seed=settings.seed)
+    # staged beside --out and renamed into place: a killed run leaves the previous checkpoint or none
+    with staged_dir(out, marker="model.json") as staging:
+        model.save(staging)
+        Simulator(model, model_dir=staging).fit_population(cohort.records, seed=settings.seed)
     typer.echo(f"{_training_summary(model, time.perf_counter() - started)}; wrote {out}")
 
 
@@ -301,7 +304,8 @@ def forecast(
     surv = survival[survival["time"].isin(future["time"].unique())]
     typer.echo(markdown_table(surv[["time", "event", "survival", "survival_q05", "survival_q95"]], index=False))
     if json_out is not None:
-        json_out.write_text(
+        write_text_atomic(
+            json_out,
             json.dumps(
                 {
                     "subject_id": patient,
@@ -312,13 +316,14 @@ def forecast(
                     "survival": survival.to_dict(orient="records"),
                 },
                 indent=1,
-            )
+            ),
         )
         typer.echo(f"wrote {json_out}")
     if plot is not None:
         from vpatient.plots import plot_forecast
 
-        plot_forecast(result, record).savefig(plot, dpi=110, bbox_inches="tight")
+        with staged_file(plot) as staging:
+            plot_forecast(result, record).savefig(staging, dpi=110, bbox_inches="tight")
         typer.echo(f"wrote {plot}")
 
 

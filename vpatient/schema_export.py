@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from vpatient.atomic import staged_files
 from vpatient.schemas import BOUNDARY_TYPES, PatientRecord, TreatmentPlan
 
 __all__ = ["drifted_files", "examples", "export_schemas", "rendered_files"]
@@ -75,15 +76,18 @@ def rendered_files() -> dict[str, str]:
 
 
 def export_schemas(out_dir: str | Path) -> list[Path]:
-    """Write every schema and example under ``out_dir``; returns the paths written."""
+    """Write every schema and example under ``out_dir``; returns the paths written.
+
+    Every file is staged first and all are renamed into place at the end (a new folder
+    whole; :func:`vpatient.atomic.staged_files`), so a killed export leaves the previous
+    files or none.
+    """
     out = Path(out_dir)
-    written = []
-    for rel, text in rendered_files().items():
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
-    return written
+    files = {out / rel: text for rel, text in rendered_files().items()}
+    with staged_files(list(files), root=out) as staged:
+        for staging, text in zip(staged, files.values(), strict=True):
+            staging.write_text(text, encoding="utf-8")
+    return list(files)
 
 
 def drifted_files(out_dir: str | Path) -> list[str]:

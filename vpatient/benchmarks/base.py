@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from vpatient.atomic import staged_files
 from vpatient.version import __version__
 
 __all__ = ["DEFAULT_OUT_DIR", "BenchmarkResult", "StrictModel", "VersionedBenchmarkResult", "targets_table"]
@@ -51,14 +52,18 @@ class BenchmarkResult(StrictModel):
     def write(self, out_dir: str | Path = DEFAULT_OUT_DIR, *, json_path: str | Path | None = None) -> list[Path]:
         """Write ``out_dir/<stem>.json`` (or ``json_path``), ``.md`` and, when :meth:`plot` draws one, ``.png``; returns their paths."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         paths = [Path(json_path) if json_path is not None else out / f"{self.stem}.json", out / f"{self.stem}.md"]
-        paths[0].parent.mkdir(parents=True, exist_ok=True)
-        paths[0].write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        paths[1].write_text(self.to_markdown(), encoding="utf-8")
-        figure = self.plot(out / f"{self.stem}.png")
-        if figure is not None:
-            paths.append(Path(figure))
+        figure = out / f"{self.stem}.png"
+        # every file is staged, then all are renamed into place: a killed write leaves the previous result or none
+        root = out if paths[0].parent == out else None  # a new results folder is written whole
+        with staged_files([*paths, figure], root=root) as (json_file, markdown_file, figure_file):
+            json_file.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+            markdown_file.write_text(self.to_markdown(), encoding="utf-8")
+            drawn = self.plot(figure_file)
+            if drawn is None:
+                figure_file.unlink()  # no figure: any earlier one stays as it was
+        if drawn is not None:
+            paths.append(figure)
         for path in paths:
             log.info("wrote %s", path)
         return paths

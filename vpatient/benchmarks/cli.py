@@ -378,6 +378,26 @@ def benchmark_simulate_speed(
     _report(result, result.write(out_dir))
 
 
+@benchmark_app.command("kill-safety")
+def benchmark_kill_safety(
+    kills: Annotated[int, typer.Option("--kills", min=1, help="SIGKILLs per command, each at a random moment.")] = 50,
+    commands: Annotated[
+        str | None,
+        typer.Option("--commands", help="Comma-separated writing commands (default: all of them).", show_default=False),
+    ] = None,
+    seed: SeedOption = 0,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
+) -> None:
+    """Every command that writes, SIGKILLed at random moments: the output must be the previous one or a complete new one."""
+    from vpatient.benchmarks.kill_safety import COMMANDS, run_kill_safety
+
+    names = None if commands is None else [c.strip() for c in commands.split(",") if c.strip()]
+    if names is not None and (not names or any(n not in COMMANDS for n in names)):
+        raise typer.BadParameter(f"{commands!r}: expected some of {', '.join(COMMANDS)}", param_hint="--commands")
+    result = run_kill_safety(names, kills, seed, progress=lambda line: log.info("%s", line))
+    _report(result, result.write(out_dir))
+
+
 @benchmark_app.command("test-selection")
 def benchmark_test_selection(
     seed: SeedOption = 0,

@@ -45,6 +45,7 @@ import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
+from vpatient.atomic import staged_file
 from vpatient.benchmarks.base import DEFAULT_OUT_DIR, StrictModel, VersionedBenchmarkResult
 from vpatient.data.cohort import Cohort
 from vpatient.evaluate.imaging import imaging_targets, reference_forecasts, score_imaging, training_moments
@@ -216,8 +217,8 @@ class ForecastBenchmarkResult(VersionedBenchmarkResult):
         paths = super().write(out_dir, json_path=json_path)
         if predictions_path is not None:
             paths.append(Path(predictions_path))
-            paths[-1].parent.mkdir(parents=True, exist_ok=True)
-            predictions.to_parquet(paths[-1], index=False)
+            with staged_file(paths[-1]) as staging:
+                predictions.to_parquet(staging, index=False)
             log.info("wrote %s", paths[-1])
         return paths
 

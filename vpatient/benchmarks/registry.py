@@ -14,6 +14,7 @@ from vpatient.benchmarks.cohort_fidelity import CohortFidelityBenchmarkResult
 from vpatient.benchmarks.counterfactual import CounterfactualBenchmarkResult
 from vpatient.benchmarks.effect_calibration import EffectCalibrationResult
 from vpatient.benchmarks.forecast import ForecastBenchmarkResult
+from vpatient.benchmarks.kill_safety import KillSafetyResult
 from vpatient.benchmarks.next_test_selection import TestSelectionBenchmarkResult
 from vpatient.benchmarks.pbc_trial import PbcTrialBenchmarkResult
 from vpatient.benchmarks.simulate_speed import SimulateSpeedResult
@@ -33,6 +34,7 @@ BENCHMARKS: dict[str, type[BenchmarkResult]] = {
     "test-selection": TestSelectionBenchmarkResult,
     "trial-adjustment": TrialAdjustmentResult,
     "effect-calibration": EffectCalibrationResult,
+    "kill-safety": KillSafetyResult,
 }
 
 

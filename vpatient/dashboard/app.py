@@ -23,6 +23,23 @@ from vpatient.schemas import VariableKind
 st.set_page_config(page_title="vpatient what-if", layout="wide")
 
 
+def require_access_token() -> None:
+    """Ask for the access token when the server has one (``vpatient dashboard --token-file``); stop until it is given."""
+    expected = os.environ.get(vs.TOKEN_ENV)
+    if not expected or st.session_state.get("token_ok"):
+        return
+    given = st.text_input("Access token", type="password", key="access_token")
+    if vs.token_matches(given, expected):
+        st.session_state["token_ok"] = True
+        return
+    if given:
+        st.error("Wrong access token.")
+    st.stop()
+
+
+require_access_token()  # before the model is loaded: nothing about it or its patients is shown without the token
+
+
 @st.cache_resource(show_spinner="Loading the model (training the demo model the first time, a few minutes) ...")
 def load_session(model_dir: str) -> vs.DashboardSession:
     return vs.DashboardSession.load(vs.resolve_model_dir(model_dir or None))
@@ -52,14 +69,14 @@ with st.sidebar:
     if upload is not None:
         try:
             upload_key = sess.add_upload(upload.name, upload.getvalue())
-            st.success(f"uploaded {upload.name}: valid record")
+            st.success(f"uploaded {vt.plain_markdown(upload.name)}: valid record")
             if st.session_state.get("last_upload") != upload_key:  # a new upload becomes the patient shown
                 st.session_state["last_upload"] = upload_key
                 st.session_state["patient"] = upload_key
         except RecordValidationError as exc:
-            show_problems(exc, f"{upload.name} is not a valid record")
+            show_problems(exc, f"{vt.plain_markdown(upload.name)} is not a valid record")
         except VPatientError as exc:
-            st.error(str(exc))
+            st.error(vt.plain_markdown(exc))
     options = ([upload_key] if upload_key else []) + ids
     if not options:
         st.warning("No patient matches; clear the search or upload a record.")
@@ -80,7 +97,7 @@ tab_timeline, tab_forecast, tab_whatif, tab_next, tab_card = st.tabs(
 
 # --------------------------------------------------------------------------- 2. timeline
 with tab_timeline:
-    st.subheader(f"Record of subject {record.subject_id}")
+    st.subheader(f"Record of subject {vt.plain_markdown(record.subject_id)}")
     st.image(sess.figure("timeline", subject), width="stretch")
 
 # --------------------------------------------------------------------------- 3. forecast
@@ -102,7 +119,7 @@ with tab_forecast:
     )
     n_samples = cols[2].select_slider("Sample paths", [50, 100, 200, 400], value=200, key="n_samples")
     forecast_request = vs.ForecastRequest(subject, float(until), horizon=float(horizon), n_samples=int(n_samples), seed=0)
-    st.subheader(f"Forecast of subject {record.subject_id} from t = {until:.2f}")
+    st.subheader(f"Forecast of subject {vt.plain_markdown(record.subject_id)} from t = {until:.2f}")
     with st.spinner("Forecasting ..."):
         st.image(sess.figure("forecast", forecast_request), width="stretch")
     with st.expander(f"Forecast {horizon:g} {unit} ahead, in numbers"):
@@ -141,9 +158,9 @@ with tab_whatif:
     except RecordValidationError as exc:
         show_problems(exc, "The plans cannot be simulated")
     except VPatientError as exc:
-        st.error(str(exc))
+        st.error(vt.plain_markdown(exc))
     else:
-        st.subheader(f"Effects against plan '{result.reference}' (90% intervals)")
+        st.subheader(f"Effects against plan '{vt.plain_markdown(result.reference)}' (90% intervals)")
         st.table(vt.styled(vt.effect_table(result)))
         st.caption(sess.model.uncertainty_note())
         with st.expander("Effects on labs (typical value, natural units)"):
@@ -177,7 +194,7 @@ with tab_next:
     try:
         recommendation = sess.recommend(next_request)
     except VPatientError as exc:
-        st.error(str(exc))
+        st.error(vt.plain_markdown(exc))
     else:
         st.subheader(f"Tests for the visit at t = {test_at:.2f}, ranked by information per cost")
         st.table(vt.styled(vt.recommendation_table(recommendation)))

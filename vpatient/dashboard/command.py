@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from vpatient.dashboard.session import MAX_UPLOAD_BYTES, MODEL_ENV, resolve_model_dir
+from vpatient.dashboard.session import MAX_UPLOAD_BYTES, MODEL_ENV, TOKEN_ENV, access_token, resolve_model_dir
 from vpatient.errors import VPatientError
 
 __all__ = ["APP_PATH", "dashboard_command"]
@@ -29,8 +29,22 @@ def dashboard_command(
         typer.Option("--model", help="Checkpoint directory (default: $VPATIENT_MODEL_DIR, else the demo PBC model)."),
     ] = None,
     port: Annotated[int, typer.Option("--port", help="Port to serve on (0: a free one).")] = 8501,
-    address: Annotated[str, typer.Option("--address", help="Address to listen on.")] = "localhost",
+    address: Annotated[
+        str, typer.Option("--address", "--host", help="Address to listen on (beyond localhost: give --token-file).")
+    ] = "localhost",
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser window.")] = False,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            dir_okay=False,
+            help=f"File whose first line is the access token the app asks for (else ${TOKEN_ENV}); "
+            "needed to serve beyond localhost.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Serve beyond localhost without an access token (anyone reaching the port).")
+    ] = False,
 ) -> None:
     """Start the clinician what-if dashboard (Streamlit) on a trained model."""
     try:
@@ -39,6 +53,7 @@ def dashboard_command(
         raise VPatientError("the dashboard needs Streamlit: pip install 'vpatient[dashboard]'") from None
     if not APP_PATH.is_file():
         raise VPatientError(f"dashboard app not found at {APP_PATH}: the vpatient installation is incomplete; reinstall it")
+    token = access_token(address, token_file, insecure)  # refused before any model is trained or loaded
     model_dir = resolve_model_dir(model, train_demo=True).resolve()
     from vpatient.virtual_patient import VirtualPatientModel
 
@@ -49,7 +64,9 @@ def dashboard_command(
         with socket.socket() as sock:
             sock.bind((address, 0))
             port = sock.getsockname()[1]
-    env = os.environ | {MODEL_ENV: str(model_dir)}
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV} | {MODEL_ENV: str(model_dir)}
+    if token is not None:
+        env[TOKEN_ENV] = token
     command = [
         sys.executable,
         "-m",

@@ -15,8 +15,9 @@ trained once and cached under ``$VPATIENT_HOME/pbc2-model`` (default
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
-import json
+import ipaddress
 import os
 import shutil
 import sys
@@ -40,7 +41,9 @@ __all__ = [
     "HOME_ENV",
     "MAX_PLANS",
     "MAX_UPLOAD_BYTES",
+    "MIN_TOKEN_CHARS",
     "MODEL_ENV",
+    "TOKEN_ENV",
     "DashboardSession",
     "ForecastRequest",
     "NextTestRequest",
@@ -48,13 +51,17 @@ __all__ = [
     "RolloutSettings",
     "UploadError",
     "WhatIfRequest",
+    "access_token",
     "demo_model_dir",
     "ensure_demo_model",
     "parse_upload",
     "resolve_model_dir",
+    "token_matches",
 ]
 
 MODEL_ENV = "VPATIENT_MODEL_DIR"  # checkpoint the app serves (set by `vpatient dashboard`)
+TOKEN_ENV = "VPATIENT_DASHBOARD_TOKEN"  # access token the app asks for (set by `vpatient dashboard --token-file`)
+MIN_TOKEN_CHARS = 16  # a token short enough to guess is no protection
 HOME_ENV = "VPATIENT_HOME"  # where the demo model is cached (default ~/.cache/vpatient)
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024  # one patient's record is a few kB; refuse anything over 5 MB
 MAX_PLANS = 3
@@ -215,6 +222,52 @@ class NextTestRequest:
     seed: int = 0
 
 
+# --------------------------------------------------------------------------- access
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` (a host name or IP) only accepts connections from this machine."""
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # another host name: it may resolve to anything
+        return False
+
+
+def access_token(address: str, token_file: Path | None, insecure: bool) -> str | None:
+    """The token the dashboard asks for: ``token_file``'s first line, else ``$VPATIENT_DASHBOARD_TOKEN``, else None.
+
+    Serving beyond this machine without a token is refused unless ``insecure``: anyone who
+    can reach the port would see the dataset's patients. A token is the minimum; a real
+    deployment belongs behind a reverse proxy with TLS and proper authentication.
+    """
+    if token_file is not None:
+        try:
+            lines = token_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VPatientError(f"{token_file}: cannot read the access token ({exc})") from None
+        token: str | None = lines[0].strip() if lines else ""
+        if not token:
+            raise VPatientError(f"{token_file}: the token file is empty; write the token on its first line")
+    else:
+        token = os.environ.get(TOKEN_ENV) or None
+    source = str(token_file) if token_file is not None else f"${TOKEN_ENV}"
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise VPatientError(f"{source}: the access token has {len(token)} characters; use at least {MIN_TOKEN_CHARS}")
+    if token is None and not insecure and not is_loopback(address):
+        raise VPatientError(
+            f"--address {address} serves the dashboard beyond this machine: give --token-file FILE (or set {TOKEN_ENV}) "
+            "so it asks for an access token, or --insecure to serve it open"
+        )
+    return token
+
+
+def token_matches(given: str | None, expected: str) -> bool:
+    """Whether ``given`` is the access token, compared in constant time (no timing hint of how much matched)."""
+    return given is not None and hmac.compare_digest(given.strip().encode("utf-8"), expected.encode("utf-8"))
+
+
 # --------------------------------------------------------------------------- uploads
 
 
@@ -224,35 +277,38 @@ def parse_upload(name: str, data: bytes, config: DatasetConfig) -> PatientRecord
     Raises UploadError (size, type, not exactly one subject), DataFormatError (bad MEDS
     layout) or RecordValidationError (the schemas' problems: subject, field, value).
     """
+    # the size is checked before any parser sees a byte (Streamlit's own limit, --server.maxUploadSize, comes first)
     if len(data) > MAX_UPLOAD_BYTES:
         raise UploadError(f"{name}: {len(data) / 1e6:.1f} MB is over the {MAX_UPLOAD_BYTES / 1e6:.0f} MB limit for one record")
     suffix = Path(name).suffix.lower()
-    if suffix == ".json":
+    if suffix not in (".json", ".csv", ".parquet"):
+        raise UploadError(f"{name}: unknown file type {suffix or '(none)'}; upload MEDS .csv / .parquet or a record's .json")
+    with tempfile.TemporaryDirectory(prefix="vpatient-upload-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
         try:
-            payload = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UploadError(f"{name}: not valid JSON ({exc})") from None
-        if isinstance(payload, list):
-            if len(payload) != 1:
-                raise UploadError(f"{name}: holds {len(payload)} records; upload one patient's record")
-            payload = payload[0]
-        return parse_record(payload, config)
-    if suffix in (".csv", ".parquet"):
-        from vpatient.data.meds import read_meds
+            records = _read_upload(path, config)
+        except DataFormatError as exc:  # the parsers' own message, naming the user's file rather than the scratch copy
+            raise UploadError(str(exc).replace(str(path), name)) from None
+        except (RecordValidationError, UploadError):
+            raise
+        except Exception as exc:  # a parser bug: say so plainly, without its raw text (it may quote the file)
+            raise UploadError(f"{name}: cannot read it as a {suffix[1:]} record ({type(exc).__name__})") from None
+    if len(records) != 1:
+        raise UploadError(f"{name}: holds {len(records)} records; upload one patient's record")
+    return records[0]
 
-        with tempfile.TemporaryDirectory(prefix="vpatient-upload-") as tmp:
-            path = Path(tmp) / f"upload{suffix}"
-            path.write_bytes(data)
-            try:
-                records = read_meds(path, config, warnings_out=[])
-            except (RecordValidationError, DataFormatError, UploadError):
-                raise
-            except Exception as exc:  # a file pandas / pyarrow cannot read at all
-                raise UploadError(f"{name}: cannot read it as MEDS {suffix[1:]} ({type(exc).__name__}: {exc})") from None
-        if len(records) != 1:
-            raise UploadError(f"{name}: holds {len(records)} subjects; upload one patient's record")
-        return records[0]
-    raise UploadError(f"{name}: unknown file type {suffix or '(none)'}; upload MEDS .csv / .parquet or a record's .json")
+
+def _read_upload(path: Path, config: DatasetConfig) -> list[PatientRecord]:
+    """The records of an uploaded file saved at ``path``: a record's JSON (or a list of them), or MEDS CSV / parquet."""
+    if path.suffix == ".json":
+        from vpatient.inputs import read_json_file
+
+        payload = read_json_file(path, "patient record", max_bytes=MAX_UPLOAD_BYTES)
+        return [parse_record(item, config) for item in (payload if isinstance(payload, list) else [payload])]
+    from vpatient.data.meds import read_meds
+
+    return read_meds(path, config, warnings_out=[])
 
 
 # --------------------------------------------------------------------------- the session

@@ -27,6 +27,7 @@ __all__ = [
     "forecast_table",
     "forecast_target_horizon",
     "model_card",
+    "plain_markdown",
     "problems_table",
     "recommendation_table",
     "styled",
@@ -37,6 +38,16 @@ __all__ = [
 ]
 
 #: Benchmark results beside a source checkout (absent from an installed package: the card says so).
+#: Characters that would format, link or open HTML in Streamlit markdown when a user's text (a subject id, a plan
+#: or file name) is put in it: backslash-escaped, they show as themselves ($ opens LaTeX, : with [ a colour directive).
+MARKDOWN_SPECIALS = frozenset("\\`*_[]<>~|$")
+
+
+def plain_markdown(text: object) -> str:
+    """``text`` escaped for Streamlit markdown, so a hostile id such as ``<script>`` shows as written and never as markup."""
+    return "".join(f"\\{c}" if c in MARKDOWN_SPECIALS else c for c in str(text))
+
+
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from vpatient.atomic import staged_file, write_text_atomic
 from vpatient.errors import VPatientError
 from vpatient.plots import select_agg_backend
 
@@ -98,17 +99,14 @@ def write_outputs(html: str, out: str | Path | None, pdf: str | Path | None) -> 
     """Write the HTML to ``out`` and, when asked, the PDF to ``pdf``; returns the paths written."""
     written = []
     if out is not None:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(html, encoding="utf-8")
-        written.append(path)
+        written.append(write_text_atomic(out, html))
     if pdf is not None:
         try:
             from weasyprint import HTML
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise VPatientError(f"PDF output needs WeasyPrint: pip install 'vpatient[report]' ({exc})") from None
         path = Path(pdf)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        HTML(string=html, base_url=str(path.parent)).write_pdf(path)
+        with staged_file(path) as staging:
+            HTML(string=html, base_url=str(path.parent)).write_pdf(staging)
         written.append(path)
     return written

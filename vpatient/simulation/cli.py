@@ -141,9 +141,11 @@ def whatif_command(
         effects = result.effects()
         typer.echo(markdown_table(effects.drop(columns=["subject_id", "reference", "kind"]), index=False))
     if plot is not None:
+        from vpatient.atomic import staged_file
         from vpatient.plots import plot_whatif
 
-        plot_whatif(result).savefig(plot, dpi=110, bbox_inches="tight")
+        with staged_file(plot) as staging:
+            plot_whatif(result).savefig(staging, dpi=110, bbox_inches="tight")
         typer.echo(f"wrote {plot}", err=True)
 
 
@@ -225,23 +227,26 @@ def simulate_trial(
     years = sim.model.default_horizon if years is None else years
     arms = load_arms(arm, sim.model.config)
     population = sim.model.patients(data, config).records if data else None
-    result = sim.trial(
-        arms,
-        n=n,
-        seed=seed,
-        years=years,
-        event=event,
-        population=population,
-        chunk_size=chunk_size,
-        engine=_choice(engine, ("local", "dask"), "--engine"),
-        scheduler=scheduler,
-        n_workers=workers,
-        out=out,
-        progress=progress,
-    )
+    from vpatient.atomic import staged_dir
     from vpatient.plots import plot_trial
 
-    plot_trial(result, out / "trial.png")
+    # staged beside --out and renamed into place: a killed run leaves the previous trial or none
+    with staged_dir(out, marker="trial.json") as staging:
+        result = sim.trial(
+            arms,
+            n=n,
+            seed=seed,
+            years=years,
+            event=event,
+            population=population,
+            chunk_size=chunk_size,
+            engine=_choice(engine, ("local", "dask"), "--engine"),
+            scheduler=scheduler,
+            n_workers=workers,
+            out=staging,
+            progress=progress,
+        )
+        plot_trial(result, staging / "trial.png")
     typer.echo(result.to_markdown())
     typer.echo(f"wrote tables, trial.json, trial.md and trial.png to {out}", err=True)
 

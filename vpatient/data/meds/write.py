@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vpatient.atomic import move_into_place
 from vpatient.data.meds.codes import (
     CODE,
     CODES_FILE,
@@ -388,19 +388,3 @@ def _write_dataset_json(file: Path, dataset_name: str) -> None:
         "extension_columns": [],
     }
     file.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
-
-
-def move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished folder into place; an old one is moved aside first, then removed."""
-    if not out_dir.exists():
-        os.rename(tmp, out_dir)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-    os.rmdir(aside)
-    os.rename(out_dir, aside)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(aside, out_dir)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
