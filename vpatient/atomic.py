@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from vpatient.errors import OutputExistsError
+from vpatient.staging import staging_dir, staging_file
 
 __all__ = ["move_into_place", "staged_dir", "staged_file", "staged_files", "write_bytes_atomic", "write_text_atomic"]
 
@@ -56,9 +57,7 @@ def staged_files(paths: Sequence[str | Path], root: str | Path | None = None) ->
     try:
         for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent)
-            os.close(fd)
-            staged.append(Path(name))
+            staged.append(staging_file(target, keep_suffix=True))
         yield staged
         written = []
         for staging, target in zip(staged, targets, strict=True):
@@ -81,7 +80,7 @@ def staged_files(paths: Sequence[str | Path], root: str | Path | None = None) ->
 def _staged_new_folder(root: Path, targets: list[Path]) -> Iterator[list[Path]]:
     """``targets`` (all under ``root``, which does not exist) staged in a new folder beside ``root``, renamed into place at the end."""
     root.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    folder = staging_dir(root)
     try:
         staged = [folder / target.relative_to(root) for target in targets]
         for staging in staged:
@@ -157,7 +156,7 @@ def staged_dir(path: str | Path, marker: str) -> Iterator[Path]:
             f"{target} exists and is not an earlier output of this command (no {marker}); choose another path"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging = staging_dir(target)
     try:
         yield staging
         move_into_place(staging, target)

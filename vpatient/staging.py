@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 STALE_AFTER_SECONDS = 3600.0
 _SUFFIX = ".tmp"
 _RANDOM = r"[a-z0-9_]{8}"  # tempfile's random part
-_NAMED = re.compile(rf"(\d+)\.{_RANDOM}\.tmp")  # <pid>.<random>.tmp
-_UNNAMED = re.compile(rf"{_RANDOM}\.tmp")  # <random>.tmp, from before process ids were recorded
+# <pid>.<random>.tmp, optionally followed by the target's own suffix (``.tmp.png``: plotting
+# libraries choose the format by the last suffix of the path they are given)
+_NAMED = re.compile(rf"(\d+)\.{_RANDOM}\.tmp(\.\w+)?")
+_UNNAMED = re.compile(rf"{_RANDOM}\.tmp(\.\w+)?")  # from before process ids were recorded
 
 
 def staging_dir(target: str | Path) -> Path:
@@ -40,12 +42,17 @@ def staging_dir(target: str | Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=_prefix(target) + f"{os.getpid()}.", suffix=_SUFFIX, dir=target.parent))
 
 
-def staging_file(target: str | Path) -> Path:
-    """A new, empty staging file beside ``target`` (to be renamed over it), after removing stale ones of the same target."""
+def staging_file(target: str | Path, keep_suffix: bool = False) -> Path:
+    """A new, empty staging file beside ``target`` (to be renamed over it), after removing stale ones of the same target.
+
+    ``keep_suffix`` ends its name with the target's suffix too (``.tmp.png``), for writers
+    that choose a format by it.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(target)
-    handle, name = tempfile.mkstemp(prefix=_prefix(target) + f"{os.getpid()}.", suffix=_SUFFIX, dir=target.parent)
+    suffix = _SUFFIX + (target.suffix if keep_suffix else "")
+    handle, name = tempfile.mkstemp(prefix=_prefix(target) + f"{os.getpid()}.", suffix=suffix, dir=target.parent)
     os.close(handle)
     return Path(name)
 
@@ -55,7 +62,7 @@ def remove_stale_staging(target: str | Path) -> list[Path]:
     target = Path(target)
     prefix = _prefix(target)
     removed = []
-    for path in Path(target.parent).glob(glob.escape(prefix) + "*" + _SUFFIX):
+    for path in Path(target.parent).glob(glob.escape(prefix) + "*" + _SUFFIX + "*"):
         if not _abandoned(path, path.name[len(prefix) :]):
             continue
         if path.is_dir() and not path.is_symlink():

@@ -12,7 +12,6 @@ import logging
 import math
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
