@@ -50,8 +50,8 @@ def staged_files(paths: Sequence[str | Path], root: str | Path | None = None) ->
     """
     targets = [Path(p) for p in paths]
     if root is not None and not Path(root).exists():
-        with _staged_new_folder(Path(root), targets) as staged:
-            yield staged
+        with _staged_new_folder(Path(root), targets) as in_new_folder:
+            yield in_new_folder
         return
     staged: list[Path] = []
     try:
