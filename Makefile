@@ -29,7 +29,7 @@ poppler:
 	command -v pdftoppm >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq poppler-utils)
 
 test: $(STAMP) chromium poppler
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # For development: the tests not marked slow (model training, notebooks, the browser, benchmarks at
 # small size). CI runs `make test`, which still runs everything.

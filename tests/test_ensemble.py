@@ -168,6 +168,9 @@ def test_trials_cohorts_and_test_selection_draw_from_every_member(cohort, member
         VirtualPatientModel([worlds[0], worlds[0]], cohort.config, scalers), cohort.records[0], n_samples=64, seed=0
     )
     assert [g.test for g in twice.gains] == [g.test for g in single.gains]
-    np.testing.assert_allclose([g.eig for g in twice.gains], [g.eig for g in single.gains], rtol=1e-4, atol=1e-6)
+    # Each member draws its own quasi-random sequence, so a member listed twice gives the single
+    # member's gains within Monte Carlo error, no longer to the last digit.
+    for a, b in zip(twice.gains, single.gains, strict=True):
+        assert abs(a.eig - b.eig) <= 4 * math.hypot(a.mc_error, b.mc_error) + 1e-6, (a, b)
     both = recommend(model, cohort.records[0], n_samples=64, seed=0)
     assert all(math.isfinite(g.eig) for g in both.gains)
