@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from vpatient.atomic import staged_files
 from vpatient.version import __version__
 
-__all__ = ["DEFAULT_OUT_DIR", "BenchmarkResult", "StrictModel", "VersionedBenchmarkResult", "targets_table"]
+__all__ = ["DEFAULT_OUT_DIR", "BenchmarkResult", "StrictModel", "VersionedBenchmarkResult", "derived_seed", "targets_table"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,16 @@ class VersionedBenchmarkResult(BenchmarkResult):
     """A result that records the vpatient version that produced it (every benchmark but effect calibration)."""
 
     vpatient_version: str = __version__
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """A seed for one part of a run (a fold, a patient, a step), derived from the run's ``seed`` and the part's keys.
+
+    Parts draw independent streams, and a part's numbers do not change when others are added or skipped.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0] % (2**31 - 1))
 
 
 def targets_table(

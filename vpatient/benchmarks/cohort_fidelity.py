@@ -65,7 +65,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from vpatient import transforms
-from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult, targets_table
+from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult, derived_seed, targets_table
 from vpatient.benchmarks.pbc_trial import (
     StepOrLinearCurve,
     integrated_abs_difference,
@@ -528,10 +528,6 @@ def _opt(x: float | None) -> float | None:
 # --------------------------------------------------------------------------- the run
 
 
-def _derived(seed: int, *keys: int) -> int:
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0] % (2**31 - 1))
-
-
 @dataclass(frozen=True)
 class CohortFidelitySettings:
     """What ``run_cohort_fidelity_benchmark`` runs (protocol: module docstring)."""
@@ -626,12 +622,12 @@ def _virtual_cohort(cohort: Cohort, p: _Protocol, fold: Fold, train: list[Patien
     s, k = p.settings, fold.index
     model = fold_model(cohort, k, s.n_folds, fold.train, p.run)
     sim = Simulator(model)
-    sim.fit_population(train, seed=_derived(s.seed, k, 0))
+    sim.fit_population(train, seed=derived_seed(s.seed, k, 0))
     n_virtual = max(1, round(s.virtual_multiple * len(train)))
     with tempfile.TemporaryDirectory(prefix="vpatient-fidelity-") as tmp:
         return sim.cohort(
             n_virtual,
-            seed=_derived(s.seed, k, 1),
+            seed=derived_seed(s.seed, k, 1),
             years=p.years,
             schedule="as_observed",
             out=Path(tmp) / "cohort",
@@ -644,7 +640,7 @@ def _classifier_scores(
 ) -> tuple[float, float]:
     """(a) AUC of real held-out vs virtual, and of real held-out vs real training (the reference)."""
     s = p.settings
-    rng = np.random.default_rng(_derived(s.seed, k, 2))
+    rng = np.random.default_rng(derived_seed(s.seed, k, 2))
     real_x, virtual_x, train_x = (patient_features(r, p.config) for r in (test, virtual, train))
     pooled.features = list(real_x.columns)
     n = len(test)

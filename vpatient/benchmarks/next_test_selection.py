@@ -57,7 +57,7 @@ import pandas as pd
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult, targets_table
+from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult, derived_seed, targets_table
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 from vpatient.tables import markdown_table
 
@@ -295,10 +295,6 @@ def _interval(x: float | None, lo: float | None, hi: float | None) -> str:
     return f"{_fmt(x)} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def _derived(seed: int, *keys: int) -> int:
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0] % (2**31 - 1))
-
-
 # --------------------------------------------------------------------------- targets of a dataset
 
 
@@ -354,7 +350,7 @@ def _fold_cases(model, records, scenario, target, gap, n_samples, seed, keys, li
         if limit is not None and len(cases) >= limit:
             break
         looked += 1
-        case = build_case(model, record, scenario, target, gap, n_samples, _derived(seed, *keys, j))
+        case = build_case(model, record, scenario, target, gap, n_samples, derived_seed(seed, *keys, j))
         if case is not None:
             cases.append((record, case))
     return cases, looked
@@ -379,7 +375,7 @@ def _score_fold(model, fold, scenario, target, settings, costs, budget, grid, ta
     seed = settings.seed
     gap = model.config.time_unit.from_years(1)
     index = SCENARIOS.index(scenario)
-    rng = np.random.default_rng(_derived(seed, fold.index, index, 7))
+    rng = np.random.default_rng(derived_seed(seed, fold.index, index, 7))
     train = [fold.train[j] for j in rng.permutation(len(fold.train))]
     train_cases, _ = _fold_cases(
         model, train, scenario, target, gap, settings.n_samples, seed, (fold.index, index, 1), settings.n_train_patients
@@ -395,11 +391,11 @@ def _score_fold(model, fold, scenario, target, settings, costs, budget, grid, ta
     for j, (record, case) in enumerate(cases):
         key = (fold.index, index, j)
         static = belief_of(
-            model, static_record(record), 0.0, target, case.truth, case.groups, settings.n_samples, _derived(seed, *key, 3)
+            model, static_record(record), 0.0, target, case.truth, case.groups, settings.n_samples, derived_seed(seed, *key, 3)
         )
         orders = {
-            "eig": eig_order(model, case.belief, case.available, costs, _derived(seed, *key, 4)),
-            "static_eig": eig_order(model, static, case.available, costs, _derived(seed, *key, 4)),
+            "eig": eig_order(model, case.belief, case.available, costs, derived_seed(seed, *key, 4)),
+            "static_eig": eig_order(model, static, case.available, costs, derived_seed(seed, *key, 4)),
             "fixed": [t for t in fixed if t in case.available],
             "cheapest": cheapest_order(case.available, costs),
         }
@@ -407,7 +403,7 @@ def _score_fold(model, fold, scenario, target, settings, costs, budget, grid, ta
         for name, order in orders.items():
             tally.areas[name].append(order_area(case, order, costs, budget))
             tally.curves[name].append(step_curve(case.loss_points(order, costs), grid))
-        shuffled = random_orders(case.available, torch.Generator().manual_seed(_derived(seed, *key, 6)))
+        shuffled = random_orders(case.available, torch.Generator().manual_seed(derived_seed(seed, *key, 6)))
         tally.areas["random"].append(float(np.mean([order_area(case, o, costs, budget) for o in shuffled])))
         tally.curves["random"].append(np.mean([step_curve(case.loss_points(o, costs), grid) for o in shuffled], axis=0))
         first = orders["eig"][0]
@@ -417,7 +413,7 @@ def _score_fold(model, fold, scenario, target, settings, costs, budget, grid, ta
         tally.available.append(len(case.available))
         prior = case.belief.entropy()
         for name, group in case.groups.items():
-            predicted = predicted_gain(model, case.belief, group, _derived(seed, *key, 5))
+            predicted = predicted_gain(model, case.belief, group, derived_seed(seed, *key, 5))
             tally.pairs.append((predicted, prior - case.belief.entropy([name]), f"{fold.index}:{case.subject_id}"))
 
 
@@ -464,7 +460,7 @@ def _summarise(data, scenario, target, n_folds, costs, budget, grid, tally: _Tal
     n = len(tally.areas["eig"])
     differences = []
     for k, comparator in enumerate(COMPARATORS):
-        d, lo, hi = paired_difference(tally.areas[comparator], tally.areas["eig"], seed=_derived(seed, 11, k))
+        d, lo, hi = paired_difference(tally.areas[comparator], tally.areas["eig"], seed=derived_seed(seed, 11, k))
         differences.append(PairedDifference(comparator=comparator, difference=d, lower=lo, upper=hi))
     loss = (
         "log-loss of the observed outcome (nats)"
@@ -490,7 +486,7 @@ def _summarise(data, scenario, target, n_folds, costs, budget, grid, tally: _Tal
         fixed_orders=tally.fixed_orders,
         eig_first_choice=tally.first_choice,
         mean_pool_ess=float(np.mean(tally.ess)) if tally.ess else math.nan,
-        calibration=_calibration(tally.pairs, _derived(seed, 12)),
+        calibration=_calibration(tally.pairs, derived_seed(seed, 12)),
     )
 
 
@@ -515,10 +511,10 @@ def _latency(model, records, target_spec: str, n_patients: int, n_samples: int, 
             recommend(model, known, target_spec, at=s, n_samples=n_samples, seed=seed)
             model.forecast(known, until=s, seed=seed)
         t0 = time.perf_counter()
-        recommend(model, known, target_spec, at=s, n_samples=n_samples, seed=_derived(seed, 9, j))
+        recommend(model, known, target_spec, at=s, n_samples=n_samples, seed=derived_seed(seed, 9, j))
         times.append(1000 * (time.perf_counter() - t0))
         t0 = time.perf_counter()
-        model.forecast(known, until=s, seed=_derived(seed, 9, j))
+        model.forecast(known, until=s, seed=derived_seed(seed, 9, j))
         forecasts.append(1000 * (time.perf_counter() - t0))
     arr = np.asarray(times)
     return LatencySummary(
@@ -616,11 +612,13 @@ def _against_truth(cohort, fold_models_list, scenario, target, settings) -> Trut
                 continue
             s, known = point
             rec = recommend(
-                model, known, target, at=s, n_samples=settings.truth_model_samples, seed=_derived(settings.seed, 6, index, j)
+                model, known, target, at=s, n_samples=settings.truth_model_samples, seed=derived_seed(settings.seed, 6, index, j)
             )
             est = {g.test: g.eig for g in rec.gains}
             errors.append([next(g.mc_error for g in rec.gains if g.test == t) for t in tests])
-            true, ess = _true_eig(truth, known, s, target, tests, settings.truth_samples, _derived(settings.seed, 8, index, j))
+            true, ess = _true_eig(
+                truth, known, s, target, tests, settings.truth_samples, derived_seed(settings.seed, 8, index, j)
+            )
             a, b = [est[t] for t in tests], [true[t] for t in tests]
             rho = spearmanr(a, b).statistic if np.std(a) > 0 and np.std(b) > 0 else math.nan
             if math.isfinite(rho):
