@@ -17,7 +17,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["bought", "random_orders", "step_area", "step_curve"]
+__all__ = ["MAX_ORDERS", "bought", "cost_grid", "random_orders", "step_area", "step_curve"]
+
+#: Orders of a set of tests enumerated exhaustively up to this many (six tests); beyond, sampled or built greedily.
+MAX_ORDERS = 720
 
 
 def bought(order: Sequence[str], costs: Mapping[str, float], budget: float | None) -> list[tuple[str, float]]:
@@ -55,7 +58,15 @@ def step_area(points: Sequence[tuple[float, float]], budget: float) -> float:
     return area / budget
 
 
-def random_orders(tests: Sequence[str], generator: torch.Generator, limit: int = 720) -> list[list[str]]:
+def cost_grid(costs: Mapping[str, float], budget: float | None = None) -> list[float]:
+    """Every cost where some order's curve can step: the sums of subsets of the tests' costs (up to ``budget``)."""
+    sums = {0.0}
+    for c in costs.values():
+        sums |= {round(s + c, 9) for s in sums}
+    return sorted(s for s in sums if budget is None or s <= budget + 1e-9)
+
+
+def random_orders(tests: Sequence[str], generator: torch.Generator, limit: int = MAX_ORDERS) -> list[list[str]]:
     """Every order of ``tests`` when there are at most ``limit`` orders, else ``limit`` random ones (seeded by ``generator``)."""
     if math.factorial(len(tests)) <= limit:
         return [list(order) for order in itertools.permutations(tests)]

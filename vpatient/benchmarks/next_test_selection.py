@@ -333,14 +333,6 @@ class _Tally:
     candidates: int = 0
 
 
-def _cost_grid(costs: Mapping[str, float], budget: float) -> list[float]:
-    """Every cost where some order's curve can step: the sums of subsets of the tests' costs, up to the budget."""
-    sums = {0.0}
-    for c in costs.values():
-        sums |= {round(s + c, 9) for s in sums}
-    return sorted(s for s in sums if s <= budget + 1e-9)
-
-
 def _fold_cases(model, records, scenario, target, gap, n_samples, seed, keys, limit=None):
     from vpatient.evaluate.test_selection import build_case
 
@@ -754,6 +746,7 @@ def _dataset_part(
 
     import torch
 
+    from vpatient.cost_curves import cost_grid
     from vpatient.evaluate.fold_models import TrainingRun, fold_model
     from vpatient.evaluate.protocol import forecast_folds
     from vpatient.policy import Target
@@ -768,7 +761,7 @@ def _dataset_part(
     targets = [Target.parse(spec, config) for spec in specs]
     costs = {t.name: t.cost for t in config.tests}
     budget = float(sum(costs.values()))
-    grid = _cost_grid(costs, budget)
+    grid = cost_grid(costs, budget)
     n_folds = settings.synthetic_folds if name == "synthetic" else settings.n_folds
     folds = forecast_folds(cohort, n_folds, settings.seed)
     train_settings = replace(settings.train_settings or TrainSettings(), members=settings.members)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from vpatient import transforms
-from vpatient.cost_curves import bought, step_area
+from vpatient.cost_curves import MAX_ORDERS, bought, step_area
 from vpatient.data.batching import make_batch
 from vpatient.data.timeline import truncate_record
 from vpatient.evaluate.protocol import n_observed_visits
@@ -72,9 +72,6 @@ __all__ = [
     "predicted_gain",
     "static_record",
 ]
-
-#: Orders enumerated exhaustively up to this many (6 tests); beyond, sampled or greedy.
-MAX_ORDERS = 720
 
 
 class Scenario(StrEnum):
