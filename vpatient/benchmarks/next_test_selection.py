@@ -360,7 +360,7 @@ def _score_fold(model, fold, scenario, target, settings, costs, budget, grid, ta
         clairvoyant_order,
         eig_order,
         order_area,
-        predicted_gain,
+        predicted_gains,
         static_record,
     )
 
@@ -404,9 +404,9 @@ def _score_fold(model, fold, scenario, target, settings, costs, budget, grid, ta
         tally.ess.append(float(1 / (weights**2).sum()))
         tally.available.append(len(case.available))
         prior = case.belief.entropy()
-        for name, group in case.groups.items():
-            predicted = predicted_gain(model, case.belief, group, derived_seed(seed, *key, 5))
-            tally.pairs.append((predicted, prior - case.belief.entropy([name]), f"{fold.index}:{case.subject_id}"))
+        predicted = predicted_gains(model, case.belief, case.groups, derived_seed(seed, *key, 5))
+        for name in case.groups:
+            tally.pairs.append((predicted[name], prior - case.belief.entropy([name]), f"{fold.index}:{case.subject_id}"))
 
 
 def _calibration(pairs, seed: int) -> CalibrationSummary:

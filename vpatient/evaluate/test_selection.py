@@ -69,7 +69,7 @@ __all__ = [
     "eig_order",
     "order_area",
     "paired_difference",
-    "predicted_gain",
+    "predicted_gains",
     "static_record",
 ]
 
@@ -199,6 +199,29 @@ class Belief:
         var = var.double() if isinstance(var, torch.Tensor) else torch.full_like(weights, float(var))
         log_density = -0.5 * ((outcome - values[:, 0]) ** 2 / var + torch.log(2 * math.pi * var))
         return -float(torch.logsumexp(torch.log(weights.clamp_min(1e-300)) + log_density, 0))
+
+    def gains(
+        self, model: VirtualPatientModel, groups: Mapping[str, ExpertGroup], revealed: Sequence[str], generator: torch.Generator
+    ) -> dict[str, float]:
+        """EIG (nats) about the target of each group's variables, once the true results of ``revealed`` are known.
+
+        One draw of hypothetical results serves every group (common random numbers).
+        """
+        log_w = self.log_weights(revealed)
+        outer = systematic_resample(torch.softmax(log_w, 0).float(), generator)
+        results = draw_results(model, self.predictive, outer, generator)
+        pool = self.pool
+        return {
+            name: eig_from_pool(
+                pool.target,
+                log_w,
+                likelihood_log_factor(model, group, results, self.predictive),
+                outer,
+                pool.target_kind,
+                pool.noise_var,
+            )[0]
+            for name, group in groups.items()
+        }
 
     def entropy(self, revealed: Sequence[str] = ()) -> float:
         """The target's entropy (nats) once ``revealed`` are known."""
@@ -366,30 +389,18 @@ def eig_order(
     generator = torch.Generator().manual_seed(seed)
     order: list[str] = []
     remaining = list(tests)
-    pool = belief.pool
     while len(remaining) > 1:
-        log_w = belief.log_weights(order)
-        outer = systematic_resample(torch.softmax(log_w, 0).float(), generator)
-        results = draw_results(model, belief.predictive, outer, generator)
-        gains = {}
-        for name in remaining:
-            factor = likelihood_log_factor(model, model.layout.group(name), results, belief.predictive)
-            gains[name] = eig_from_pool(pool.target, log_w, factor, outer, pool.target_kind, pool.noise_var)[0] / costs[name]
-        best = max(remaining, key=lambda n: (gains[n], n))
+        gains = belief.gains(model, {name: model.layout.group(name) for name in remaining}, order, generator)
+        best = max(remaining, key=lambda n: (gains[n] / costs[n], n))
         order.append(best)
         remaining.remove(best)
     return order + remaining
 
 
 @torch.no_grad()
-def predicted_gain(model: VirtualPatientModel, belief: Belief, group: ExpertGroup, seed: int) -> float:
-    """EIG (nats) about the target of the variables of ``group``, before any test is revealed."""
-    generator = torch.Generator().manual_seed(seed)
-    pool = belief.pool
-    outer = systematic_resample(torch.softmax(pool.log_w.double(), 0).float(), generator)
-    results = draw_results(model, belief.predictive, outer, generator)
-    factor = likelihood_log_factor(model, group, results, belief.predictive)
-    return eig_from_pool(pool.target, pool.log_w, factor, outer, pool.target_kind, pool.noise_var)[0]
+def predicted_gains(model: VirtualPatientModel, belief: Belief, groups: Mapping[str, ExpertGroup], seed: int) -> dict[str, float]:
+    """EIG (nats) about the target of each group's variables, before any test is revealed."""
+    return belief.gains(model, groups, (), torch.Generator().manual_seed(seed))
 
 
 # --------------------------------------------------------------------------- paired comparisons
