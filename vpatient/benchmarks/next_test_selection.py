@@ -58,6 +58,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from vpatient.benchmarks.base import StrictModel, VersionedBenchmarkResult, derived_seed, targets_table
+from vpatient.errors import VPatientError
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 from vpatient.tables import markdown_table
 
@@ -759,6 +760,10 @@ def _dataset_part(
     config = cohort.config
     specs = (settings.targets or {}).get(name) or default_targets(config)
     targets = [Target.parse(spec, config) for spec in specs]
+    if len(config.tests) < 2:
+        raise VPatientError(
+            f"{name}: its config {config.name!r} declares {len(config.tests)} diagnostic test(s); ordering tests needs two or more"
+        )
     costs = {t.name: t.cost for t in config.tests}
     budget = float(sum(costs.values()))
     grid = cost_grid(costs, budget)
