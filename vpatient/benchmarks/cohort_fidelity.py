@@ -175,6 +175,7 @@ def classifier_auc(a: pd.DataFrame, b: pd.DataFrame, seed: int, n_splits: int = 
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
 
     x = pd.concat([a, b], ignore_index=True).to_numpy(float)
     y = np.concatenate([np.zeros(len(a), int), np.ones(len(b), int)])
@@ -182,12 +183,16 @@ def classifier_auc(a: pd.DataFrame, b: pd.DataFrame, seed: int, n_splits: int = 
     if splits < 2:
         raise ProtocolError(f"too few patients for a cross-validated classifier ({len(a)} vs {len(b)})")
     aucs = []
-    for r in range(n_repeats):
-        oof = np.zeros(len(y))
-        for train, test in StratifiedKFold(splits, shuffle=True, random_state=seed + r).split(x, y):
-            clf = HistGradientBoostingClassifier(random_state=seed + r).fit(x[train], y[train])
-            oof[test] = clf.predict_proba(x[test])[:, 1]
-        aucs.append(roc_auc_score(y, oof))
+    # One OpenMP thread: with torch's own OpenMP runtime loaded in the process, the two runtimes' spinning threads
+    # fight over the cores and a fit that takes 30 ms takes seconds (the test suite's fidelity fixture: 4 s -> 235 s
+    # on 2 busy cores). These patient tables have hundreds of rows, where one thread is as fast as many.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        for r in range(n_repeats):
+            oof = np.zeros(len(y))
+            for train, test in StratifiedKFold(splits, shuffle=True, random_state=seed + r).split(x, y):
+                clf = HistGradientBoostingClassifier(random_state=seed + r).fit(x[train], y[train])
+                oof[test] = clf.predict_proba(x[test])[:, 1]
+            aucs.append(roc_auc_score(y, oof))
     return float(np.mean(aucs))
 
 
