@@ -73,3 +73,79 @@ def test_a_model_saved_before_manifests_still_loads(model_copy):
     assert VirtualPatientModel.load(model_copy).n_members == 1
     add_to_manifest(model_copy, "model.json")  # adding to an old checkpoint leaves it without a manifest
     assert not (model_copy / MANIFEST_FILE).exists()
+
+
+# ---------------------------------------------------------------- without a manifest, every file is parsed with care
+# Cases the checkpoint fuzzing found (tests/test_fuzz_parsers.py): each was a raw exception, a silent acceptance of
+# garbage, or gigabytes allocated, before the refusal that names the file.
+
+
+def _as_legacy(model_copy, edit_meta=lambda meta: None):
+    (model_copy / MANIFEST_FILE).unlink()
+    meta = json.loads((model_copy / "model.json").read_text())
+    del meta["manifest"]
+    edit_meta(meta)
+    (model_copy / "model.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(("setting", "value"), [("latent_dim", 10**9), ("hidden", 0), ("step", "fast"), ("solver", "euler-ish")])
+def test_model_settings_out_of_range_are_refused_before_building_the_network(model_copy, setting, value):
+    _as_legacy(model_copy, lambda meta: meta["model_settings"].update({setting: value}))
+    with pytest.raises(CheckpointError, match=rf"model\.json: settings: {setting} = "):
+        VirtualPatientModel.load(model_copy)
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (
+            lambda s: s.update(continuous_std=[0.0] * len(s["continuous_std"])),
+            "continuous_std must be a list of finite numbers, all > 0",
+        ),
+        (lambda s: s.update(static_mean=s["static_mean"][:-1]), "static_mean and static_std differ in length"),
+        (lambda s: s.update(median_followup=-1.0), "median_followup = -1.0 is not a positive time"),
+        (lambda s: s.update(continuous_mean=[], continuous_std=[]), "does not match the variables of"),
+    ],
+)
+def test_damaged_scalers_are_refused_naming_the_file(model_copy, edit, reason):
+    _as_legacy(model_copy)
+    scalers = json.loads((model_copy / "scalers.json").read_text())
+    edit(scalers)
+    (model_copy / "scalers.json").write_text(json.dumps(scalers))
+    with pytest.raises(CheckpointError, match=r"scalers\.json: .*" + re.escape(reason)):
+        VirtualPatientModel.load(model_copy)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '{"train_loss": "many"', '{"best_epoch": 1, "unknown": 2}'])
+def test_a_damaged_training_history_is_refused_naming_it(model_copy, text):
+    _as_legacy(model_copy)
+    (model_copy / "training.json").write_text(text)
+    with pytest.raises(CheckpointError, match=r"training\.json"):
+        VirtualPatientModel.load(model_copy)
+
+
+def test_a_population_model_with_a_huge_integer_or_wrong_shapes_is_refused_naming_it(tmp_path):
+    from vpatient.errors import VPatientError
+    from vpatient.simulation import Population
+
+    good = {
+        "posterior_dim": 1, "static": [], "static_low": [], "static_high": [], "static_categories": {}, "arms": {"none": 1.0},
+        "mixtures": [{"*": {"weights": [1.0], "means": [[0.0]], "covariances": [[[1.0]]]}}],
+        "exposure_templates": {"none": [[]]}, "visit_templates": [[0.0, 1.0]], "template_followup": [1.0],
+        "resolution": {}, "median_visit_gap": 0.5, "visits_per_year": 2.0, "observed_share": {},
+        "censoring_times": [], "censoring_survival": [], "max_followup": 1.0, "n_training_patients": 10, "seed": 0,
+    }  # fmt: skip
+    path = tmp_path / "population.json"
+    path.write_text(json.dumps(good))
+    assert Population.load(path).posterior_dim == 1
+    bad = [
+        ('"seed": 0', '"seed": 1' + "0" * 4400, "not usable JSON"),
+        ('"covariances": [[[1.0]]]', '"covariances": [[[-1.0]]]', "not positive definite"),
+        ('"means": [[0.0]]', '"means": [[0.0, 1.0]]', "does not have 1 dimensions"),
+        ('"weights": [1.0]', '"weights": ["heavy"]', "mixtures.0.*.weights.0"),
+        ('"exposure_templates": {"none": [[]]}', '"exposure_templates": {"none": [[{"dose": 1}]]}', "not a treatment"),
+    ]
+    for old, new, reason in bad:
+        path.write_text(json.dumps(good).replace(old, new))
+        with pytest.raises(VPatientError, match=re.escape(str(path)) + ".*" + re.escape(reason)):
+            Population.load(path)

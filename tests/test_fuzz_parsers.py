@@ -14,6 +14,7 @@ marked slow; the regression tests at the end (one per case found, issue 17) are 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import shutil
 import sys
@@ -49,17 +50,19 @@ FUZZ_EXAMPLES = {
     "meds_csv": 1000,
     "meds_parquet": 800,
     "meds_dir": 300,
+    "checkpoint": 250,
+    "upload": 600,
 }
 
 
-def fuzz_settings(name: str) -> settings:
+def fuzz_settings(name: str, deadline_seconds: float = 3.0) -> settings:
     """Reproducible settings: a fixed example count, no example database, and a deadline that catches a hang."""
     return settings(
         max_examples=FUZZ_EXAMPLES[name],
         derandomize=True,
         database=None,
         # Generous for a loaded 2-core CI machine; a hang (the 64 MB plan took minutes) is far beyond it.
-        deadline=timedelta(seconds=3),
+        deadline=timedelta(seconds=deadline_seconds),
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     )
 
@@ -730,3 +733,145 @@ def test_data_format_error_is_what_the_readers_raise(inputs: Inputs, tmp_path: P
     path.write_bytes(b"")
     with pytest.raises(DataFormatError):
         read_meds(path, inputs.config)
+
+
+# --------------------------------------------------------------------------- checkpoint directories
+
+
+@pytest.fixture(scope="module")
+def checkpoint(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small untrained model of the tiny cohort's config, with its population model, saved as a checkpoint."""
+    import torch
+
+    from vpatient.data.batching import Scalers, layout_from_config
+    from vpatient.model.latent_ode import LatentODE, ModelSettings
+    from vpatient.simulation import Simulator
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    records = synthetic_cohort(n=12, seed=1).records
+    scalers = Scalers.fit(records, inputs.config)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        network = LatentODE(layout_from_config(inputs.config), ModelSettings(latent_dim=4, hidden=16), scalers.time_scale)
+    directory = VirtualPatientModel(network, inputs.config, scalers).save(tmp_path_factory.mktemp("checkpoint") / "model")
+    Simulator(VirtualPatientModel.load(directory), model_dir=directory).fit_population(records)
+    return directory
+
+
+def as_legacy(directory: Path) -> None:
+    """Make ``directory`` a checkpoint saved before manifests and member digests: every parser then reads what it is given."""
+    (directory / "manifest.json").unlink()
+    meta = json.loads((directory / "model.json").read_text())
+    meta.pop("manifest")
+    meta["members"] = [{"file": m["file"]} for m in meta["members"]]
+    (directory / "model.json").write_text(json.dumps(meta))
+
+
+@st.composite
+def mutated_json(draw: st.DrawFn, data: bytes) -> bytes:
+    """``data`` (a JSON document) with one value somewhere inside replaced by another, or one key removed."""
+    document = json.loads(data)
+    parent: Any = None
+    key: Any = None
+    node = document
+    while isinstance(node, (dict, list)) and node and draw(st.booleans()):
+        parent, key = node, draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
+        node = node[key]
+    if parent is None:
+        return dumps(draw(json_values))
+    if isinstance(parent, dict) and draw(st.booleans()):
+        del parent[key]
+    else:
+        parent[key] = draw(st.one_of(json_values, odd_numbers, st.just(10**9), st.just(-1)))
+    return dumps(document)
+
+
+@pytest.mark.slow
+def test_fuzz_checkpoint_directory(inputs: Inputs, checkpoint: Path) -> None:
+    """One file of a checkpoint damaged, with its manifest (refused naming the file) or as an older checkpoint without one.
+
+    Without the manifest every parser reads the damaged file: it loads, or the error names the file; a model that
+    loads forecasts a patient or says why not.
+    """
+    from vpatient.simulation import Simulator
+
+    files = sorted(p.name for p in checkpoint.iterdir() if p.is_file() and p.suffix in (".json", ".pt"))
+    target_dir = inputs.scratch / "checkpoint"
+
+    @fuzz_settings("checkpoint", deadline_seconds=10.0)  # a load and a forecast, where the others parse one file
+    @given(name=st.sampled_from(files), legacy=st.booleans(), damage=st.data())
+    def check(name: str, legacy: bool, damage: st.DataObject) -> None:
+        shutil.rmtree(target_dir, ignore_errors=True)
+        shutil.copytree(checkpoint, target_dir)
+        if legacy:
+            as_legacy(target_dir)
+        file = target_dir / name
+        if not file.exists():  # the manifest of a legacy checkpoint: nothing to damage
+            return
+        original = file.read_bytes()
+        structured = name.endswith(".json") and damage.draw(st.booleans())
+        put(file, damage.draw(mutated_json(original) if structured else corrupted_bytes(original)))
+        result = outcome(lambda: Simulator.load(target_dir), file)
+        if isinstance(result, VPatientError):
+            return
+        if not legacy:
+            assert file.read_bytes() == original or name == "manifest.json", "a changed file passed the manifest check"
+        with contextlib.suppress(VPatientError):  # a forecast's own refusal names the patient, not the file
+            result.model.forecast(inputs.records[0], horizon=1.0, n_samples=2)
+        if result.population is not None:  # a population that loads draws virtual patients
+            rng = np.random.default_rng(0)
+            arms = result.population.draw_arms(4, rng)
+            states, statics = result.population.draw_states(arms, rng)
+            assert np.isfinite(states).all() and np.isfinite(statics).all()
+            result.population.draw_exposures(arms, rng)
+            result.population.visits_for(np.full(4, 1.0), rng.uniform(size=4))
+            result.population.draw_censoring(4, rng)
+
+    check()
+
+
+# --------------------------------------------------------------------------- dashboard uploads
+
+
+@pytest.mark.slow
+def test_fuzz_dashboard_upload(inputs: Inputs) -> None:
+    """What a clinician may drop on the upload box: a record, or a clean refusal naming the uploaded file.
+
+    The upload parser's catch-all for unexpected exceptions ("cannot read it as ...") counts as a failure here: it
+    keeps the page up, but it means a parser let through an error it should have explained.
+    """
+    from vpatient.dashboard.session import parse_upload
+
+    record_json = dumps(inputs.record)
+    one = inputs.frame[inputs.frame["subject_id"] == inputs.frame["subject_id"].iloc[0]]
+    originals = {".json": record_json, ".csv": one.to_csv(index=False).encode()}
+    write_parquet(one, inputs.scratch / "upload.parquet")
+    originals[".parquet"] = (inputs.scratch / "upload.parquet").read_bytes()
+
+    @fuzz_settings("upload")
+    @given(suffix=st.sampled_from([*originals, ".txt", ""]), name=st.text(min_size=1, max_size=20), damage=st.data())
+    def check(suffix: str, name: str, damage: st.DataObject) -> None:
+        upload = f"{name}{suffix}"
+        original = originals.get(suffix, record_json)
+        if suffix == ".json":
+            data = damage.draw(st.one_of(json_file(records(inputs)), mutated_json(original), corrupted_bytes(original)))
+        elif suffix == ".csv":
+            frame = damage.draw(corrupted_frames(one))
+            data = damage.draw(corrupted_bytes(frame.to_csv(index=False).encode()))
+        else:
+            data = damage.draw(corrupted_bytes(original))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                record = parse_upload(upload, data, inputs.config)
+        except RecordValidationError as exc:
+            assert exc.problems and all(p.field for p in exc.problems), str(exc)
+            return
+        except VPatientError as exc:
+            assert str(exc).startswith(f"{upload}:"), f"the error does not start with the uploaded file's name: {exc}"
+            assert "cannot read it as" not in str(exc), f"a parser raised something unexplained: {exc}"
+            assert "vpatient-upload-" not in str(exc), f"the error shows the scratch path: {exc}"
+            return
+        assert isinstance(record, PatientRecord) and (record.observations or record.imaging or record.static)
+
+    check()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import os
@@ -106,11 +107,12 @@ SETTING_RANGES: dict[str, Any] = {
     "lr_patience": Field(ge=1),
     "full_history_fraction": Field(ge=0, le=1),
     "covariates_only_fraction": Field(ge=0, le=1),
-    "members": Field(ge=1),
     "max_minutes": Field(gt=0),
     "threads": Field(ge=1),
-    "latent_dim": Field(ge=1),
-    "hidden": Field(ge=1),
+    "members": Field(ge=1, le=256),
+    # upper bounds so that a typo, or a damaged checkpoint's model.json, fails at once instead of allocating gigabytes
+    "latent_dim": Field(ge=1, le=1024),
+    "hidden": Field(ge=1, le=8192),
     "step": Field(gt=0),
 }
 
@@ -132,7 +134,7 @@ class SettingsFileBase(BaseModel):
     out keep their defaults.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     @classmethod
     def read(cls, path: str | Path) -> dict[str, Any]:
@@ -144,9 +146,15 @@ class SettingsFileBase(BaseModel):
             raise ConfigError(f"settings file {path}: {_first_problem(exc)}") from None
 
     @classmethod
-    def check(cls, values: Mapping[str, Any], source: str = "training settings") -> dict[str, Any]:
-        """``values`` (from options, say) checked by the same rules; a bad one is a :class:`ConfigError` from ``source``."""
+    def check(cls, values: Mapping[str, Any], source: str = "training settings", parsed_json: bool = False) -> dict[str, Any]:
+        """``values`` (from options, say) checked by the same rules; a bad one is a :class:`ConfigError` from ``source``.
+
+        ``parsed_json``: the values were read from JSON (a checkpoint's ``model.json``), where a setting
+        such as the solver is its plain string, and are checked as the file would be.
+        """
         try:
+            if parsed_json:
+                return cls.model_validate_json(json.dumps(dict(values))).model_dump(exclude_unset=True)
             return cls.model_validate(dict(values)).model_dump(exclude_unset=True)
         except ValidationError as exc:
             raise ConfigError(f"{source}: {_first_problem(exc)}") from None

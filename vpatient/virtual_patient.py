@@ -24,10 +24,11 @@ import json
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 _POSTERIOR_CACHE = 64  # histories whose refined posterior is kept
+T = TypeVar("T")
+
 _FILES = ("config.json", "model.json", "scalers.json")
 _OPTIONAL_FILES = ("training.json", "members.json")  # read when present
 
@@ -387,36 +390,30 @@ class VirtualPatientModel:
         if missing:
             raise CheckpointError(f"{path} is not a complete vpatient checkpoint: missing {', '.join(missing)}")
         checked = verify_manifest(path)
-        try:
-            meta = json.loads((path / "model.json").read_text())
-            settings = ModelSettings(**meta["model_settings"])
-            scalers = Scalers.from_dict(json.loads((path / "scalers.json").read_text()))
-            history = (
-                TrainingHistory(**json.loads((path / "training.json").read_text()))
-                if (path / "training.json").is_file()
-                else None
-            )
-            member_histories = (
-                [TrainingHistory(**h) for h in json.loads((path / "members.json").read_text())]
-                if (path / "members.json").is_file()
-                else None
-            )
-            train_settings = TrainSettings(**meta["train_settings"]) if meta.get("train_settings") else None
-            files = meta.get("members") or [{"file": "weights.pt", "sha256": None}]  # before ensembles: one member
-            files = [(str(f["file"]), f.get("sha256")) for f in files]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path}: unreadable checkpoint metadata ({exc})") from None
-        if not checked and meta.get("manifest"):
-            raise CheckpointError(f"{path} is not a complete vpatient checkpoint: {meta['manifest']} is missing")
+        meta = _read_part(path, "model.json", _Meta.parse)
+        scalers = _read_part(path, "scalers.json", Scalers.from_dict)
+        history = (
+            _read_part(path, "training.json", lambda h: TrainingHistory(**h)) if (path / "training.json").is_file() else None
+        )
+        member_histories = (
+            _read_part(path, "members.json", lambda hs: [TrainingHistory(**h) for h in hs])
+            if (path / "members.json").is_file()
+            else None
+        )
+        if not checked and meta.manifest:
+            raise CheckpointError(f"{path} is not a complete vpatient checkpoint: {meta.manifest} is missing")
         if not checked:
             log.info("%s was saved without a manifest (an older checkpoint): its files are not checked against digests", path)
         config = DatasetConfig.load(path / "config.json")
         layout = layout_from_config(config)
+        widths = (len(scalers.continuous_mean), len(scalers.imaging_mean), len(scalers.static_mean))
+        if widths != (len(layout.continuous), sum(d for _, d in layout.imaging), len(layout.static)):
+            raise CheckpointError(f"{path / 'scalers.json'}: does not match the variables of {path / 'config.json'}")
         members = [
-            _load_member(path, name, digest, k, len(files), layout, settings, scalers.time_scale)
-            for k, (name, digest) in enumerate(files)
+            _load_member(path, name, digest, k, len(meta.files), layout, meta.settings, scalers.time_scale)
+            for k, (name, digest) in enumerate(meta.files)
         ]
-        return cls(members, config, scalers, history, train_settings, meta.get("data_source"), member_histories)
+        return cls(members, config, scalers, history, meta.train_settings, meta.data_source, member_histories)
 
     # -- simulation ------------------------------------------------------------
 
@@ -723,6 +720,58 @@ def member_slices(n_samples: int, n_members: int) -> list[slice]:
 
 def _member_file(k: int) -> str:
     return "weights.pt" if k == 0 else f"weights-{k}.pt"
+
+
+def _read_part(path: Path, name: str, parse: Callable[[Any], T]) -> T:
+    """``parse`` of the JSON file ``name`` of the checkpoint at ``path``; any problem is a CheckpointError naming the file."""
+    from vpatient.inputs import read_json_file
+
+    file = path / name
+    try:
+        return parse(read_json_file(file, "checkpoint"))
+    except CheckpointError:
+        raise
+    except VPatientError as exc:  # the reader's and the settings' own messages name the file
+        raise CheckpointError(str(exc) if str(file) in str(exc) else f"{file}: {exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{file}: unreadable checkpoint file ({type(exc).__name__}: {exc})") from None
+
+
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"a JSON object is expected, not {type(data).__name__}")
+    return data
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What ``model.json`` says: the settings, the member weight files and their digests, the manifest's name."""
+
+    settings: ModelSettings
+    train_settings: TrainSettings | None
+    files: list[tuple[str, str | None]]  # (weights file, its SHA-256 or None) per member
+    data_source: str | None
+    manifest: str | None
+
+    @classmethod
+    def parse(cls, data: Any) -> _Meta:
+        """Checked as a settings file is checked (types and ranges); a checkpoint from before ensembles has one member."""
+        from vpatient.train import SettingsFile, build_settings
+
+        meta = _object(data)
+        train_values = meta.get("train_settings")
+        values = SettingsFile.check(_object(meta["model_settings"]) | _object(train_values or {}), "settings", parsed_json=True)
+        train, model = build_settings(values)
+        members = meta.get("members") or [{"file": "weights.pt"}]
+        if not isinstance(members, list) or not all(isinstance(m, dict) and isinstance(m.get("file"), str) for m in members):
+            raise TypeError("members must list objects with a file name")
+        files = [(m["file"], m.get("sha256")) for m in members]
+        if not all(d is None or isinstance(d, str) for _, d in files):
+            raise TypeError("a member's sha256 must be a string")
+        strings = [meta.get(k) for k in ("data_source", "manifest")]
+        if not all(v is None or isinstance(v, str) for v in strings):
+            raise TypeError("data_source and manifest must be strings")
+        return cls(model, train if train_values else None, files, *strings)
 
 
 def _load_member(

@@ -113,11 +113,20 @@ class Scalers:
 
     @classmethod
     def from_dict(cls, data: dict) -> Scalers:
+        """The scalers ``to_dict`` wrote, checked: finite vectors, positive spreads, a positive time scale (else ValueError)."""
         arrays = {name: np.asarray(data[name], dtype=np.float64) for name in _ARRAYS}
+        for name, values in arrays.items():
+            if values.ndim != 1 or not np.isfinite(values).all() or (name.endswith("_std") and (values <= 0).any()):
+                raise ValueError(f"{name} must be a list of finite numbers{', all > 0' if name.endswith('_std') else ''}")
+        for kind in ("continuous", "imaging", "static"):
+            if len(arrays[f"{kind}_mean"]) != len(arrays[f"{kind}_std"]):
+                raise ValueError(f"{kind}_mean and {kind}_std differ in length")
         followup = data.get("median_followup")
         time_scale = float(data.get("time_scale", 1.0))
         if not (np.isfinite(time_scale) and time_scale > 0):
             raise ValueError(f"time_scale = {time_scale!r} is not a positive time")
+        if followup is not None and not (np.isfinite(float(followup)) and float(followup) > 0):
+            raise ValueError(f"median_followup = {followup!r} is not a positive time")
         return cls(
             **arrays,
             time_scale=time_scale,

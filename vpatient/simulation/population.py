@@ -39,9 +39,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from sklearn.mixture import GaussianMixture
 
 from vpatient.data.batching import make_batch
@@ -62,6 +64,8 @@ _MAX_TEMPLATES = 500
 @dataclass
 class ArmMixture:
     """A Gaussian mixture over [posterior draw (P), standardised statics (S)] of one arm."""
+
+    __pydantic_config__ = ConfigDict(allow_inf_nan=False)
 
     weights: list[float]
     means: list[list[float]]
@@ -93,6 +97,9 @@ class ArmMixture:
 @dataclass
 class Population:
     """Everything needed to draw new virtual patients like the training cohort (module docstring)."""
+
+    # read back from files by pydantic (from_dict): every number finite
+    __pydantic_config__ = ConfigDict(allow_inf_nan=False)
 
     posterior_dim: int
     static: list[str]
@@ -257,19 +264,58 @@ class Population:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def from_dict(cls, data: dict) -> Population:
+    def from_dict(cls, data: Any) -> Population:
+        """The population a ``to_dict`` wrote, checked: types, finite numbers, and shapes that fit one another."""
+        if isinstance(data, dict) and isinstance(data.get("mixtures"), dict):
+            data = {**data, "mixtures": [data["mixtures"]]}  # fitted before ensembles: one member's mixtures by arm
         try:
-            values = dict(data)
-            # A population fitted before ensembles holds one member's mixtures by arm.
-            per_member = [data["mixtures"]] if isinstance(data["mixtures"], dict) else data["mixtures"]
-            values["mixtures"] = [{k: ArmMixture(**v) for k, v in member.items()} for member in per_member]
-            values["observed_share"] = {k: tuple(v) for k, v in data["observed_share"].items()}
-            return cls(**values)
-        except (KeyError, TypeError) as exc:
-            raise VPatientError(
-                f"unreadable or outdated population model ({exc}); delete population.json beside the checkpoint "
-                "and it is fitted again from the training data"
-            ) from None
+            population = _POPULATION_FILE.validate_python(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the file"
+            raise VPatientError(f"unreadable or outdated population model ({where}: {first['msg']}){_REFIT}") from None
+        problem = population._inconsistency()
+        if problem:
+            raise VPatientError(f"unreadable or outdated population model ({problem}){_REFIT}")
+        return population
+
+    def _inconsistency(self) -> str | None:
+        """What does not fit together in a population read from a file (None when all does)."""
+        width = self.posterior_dim + len(self.static)
+        if self.posterior_dim < 1 or not self.mixtures or not self.arms or min(self.arms.values()) < 0:
+            return "no posterior dimensions, no mixtures or no arms"
+        if len(self.static_low) != len(self.static) or len(self.static_high) != len(self.static):
+            return "static bounds do not match the static variables"
+        for by_arm in self.mixtures:
+            if "*" not in by_arm:
+                return "a member without its pooled mixture '*'"
+            for arm, mix in by_arm.items():
+                weights, means, cov = (np.asarray(v, dtype=float) for v in (mix.weights, mix.means, mix.covariances))
+                k = len(weights)
+                if (
+                    k == 0
+                    or weights.min() < 0
+                    or weights.sum() <= 0
+                    or means.shape != (k, width)
+                    or cov.shape != (k, width, width)
+                ):
+                    return f"mixture {arm!r} does not have {width} dimensions with non-negative weights"
+                try:
+                    np.linalg.cholesky(cov)
+                except np.linalg.LinAlgError:
+                    return f"mixture {arm!r} has a covariance that is not positive definite"
+        for arm, templates in self.exposure_templates.items():
+            for template in templates:
+                for exposure in template:
+                    try:
+                        TreatmentExposure.model_validate(exposure)
+                    except ValidationError:
+                        return f"arm {arm!r} has an exposure that is not a treatment exposure"
+        if not self.visit_templates or len(self.visit_templates) != len(self.template_followup):
+            return "visit templates do not match their follow-up times"
+        if np.any(np.diff(self.template_followup) < 0) or len(self.censoring_times) != len(self.censoring_survival):
+            return "follow-up times out of order, or censoring times without their survival"
+        return None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -278,10 +324,18 @@ class Population:
 
     @classmethod
     def load(cls, path: str | Path) -> Population:
+        """The population model saved at ``path``; every refusal names the file."""
+        from vpatient.inputs import read_json_file
+
+        data = read_json_file(path, "population model")
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as exc:
-            raise VPatientError(f"{path}: not a population model ({exc})") from None
+            return cls.from_dict(data)
+        except VPatientError as exc:
+            raise VPatientError(f"{path}: {exc}") from None
+
+
+_REFIT = "; delete population.json beside the checkpoint and it is fitted again from the training data"
+_POPULATION_FILE = TypeAdapter(Population)
 
 
 def _observed_share(records: Sequence[PatientRecord], model: VirtualPatientModel) -> dict[str, tuple[float, float]]:
