@@ -11,12 +11,12 @@ import base64
 import datetime as _dt
 import hashlib
 import io
-import math
 from importlib import resources
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from vpatient import formatting
 from vpatient.atomic import staged_file, write_text_atomic
 from vpatient.errors import VPatientError
 from vpatient.plots import select_agg_backend
@@ -30,17 +30,9 @@ TEMPLATE_PACKAGE = "vpatient.report"
 
 
 def num(value, digits: int = 3) -> str:
-    """A number as displayed in every report: ``digits`` significant digits, '–' when missing."""
-    if value is None:
-        return "–"
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if not math.isfinite(x):
-        return "–"
-    text = f"{x:.{digits}g}"
-    return "0" if text in ("-0", "0") else text
+    """A value as displayed in every report (:func:`vpatient.formatting.value`): numbers to ``digits`` significant
+    digits in plain notation, whole numbers whole, '–' when missing, a boolean as yes/no, text as it is."""
+    return formatting.value(value, digits)
 
 
 def interval(lower, upper, digits: int = 3) -> str:
