@@ -16,10 +16,12 @@ import pandas as pd
 import pytest
 
 from vpatient.dashboard import command
+from vpatient.dashboard import headlines as vh
 from vpatient.dashboard import session as vs
 from vpatient.dashboard import tables as vt
 from vpatient.datasets import load_dataset
 from vpatient.errors import RecordValidationError, VPatientError
+from vpatient.formatting import SCIENTIFIC, number, percent, span, with_unit
 from vpatient.policy import Target, recommend
 from vpatient.report.patient import next_visit_gap
 from vpatient.schemas import VariableKind
@@ -395,7 +397,7 @@ def test_invalid_plan_shows_problems_and_app_keeps_working(model_dir, monkeypatc
 def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, model, cohort, monkeypatch):
     at = app(model_dir, monkeypatch)
     assert not at.exception, at.exception
-    table = table_with(at, "EIG per cost")
+    table = table_with(at, "gain per cost")
     assert sorted(table["test"]) == sorted(t.name for t in cohort.config.tests)
     # the widgets' target is a Target object, ranked as the library ranks it
     record = cohort.subject(at.selectbox(key="patient").value)
@@ -404,9 +406,11 @@ def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, model
     assert at.number_input(key="next_visit_after").value == pytest.approx(next_visit_gap(model))
     expected = vt.recommendation_table(recommend(model, record, Target.risk("death", 5.0), visit, 256, 0))
     assert list(table["test"]) == list(expected["test"])
-    np.testing.assert_allclose(table["EIG (bits)"].to_numpy(float), expected["EIG (bits)"].to_numpy(float), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        table[vt.GAIN_COLUMN].to_numpy(float), expected[vt.GAIN_COLUMN].to_numpy(float), rtol=1e-5, atol=1e-9
+    )
     open_rows = table[~table["done at t"].astype(bool)]
-    ratios = open_rows["EIG per cost"].to_numpy(float)
+    ratios = open_rows["gain per cost"].to_numpy(float)
     assert (np.diff(ratios) <= 1e-12).all(), ratios
     chosen = table["test"].iloc[-1]
     at.selectbox(key="next_test").set_value(chosen).run()
@@ -429,10 +433,12 @@ def test_next_test_panel_ranks_for_a_forecast_and_for_the_latent_state(model_dir
     assert variable == model.config.names(VariableKind.CONTINUOUS)[0]
     assert at.number_input(key="target_ahead").value == 2.0  # two years: PBC's time unit is years
     expected = vt.recommendation_table(recommend(model, record, Target.forecast(variable, 2.0), visit, 256, 0))
-    table = table_with(at, "EIG per cost")
+    table = table_with(at, "gain per cost")
     assert list(table["test"]) == list(expected["test"])
-    np.testing.assert_allclose(table["EIG (bits)"].to_numpy(float), expected["EIG (bits)"].to_numpy(float), rtol=1e-5, atol=1e-9)
-    assert not table["done at t"].astype(bool).any() and (table["EIG (bits)"] > 0).any()  # at the next visit all is open
+    np.testing.assert_allclose(
+        table[vt.GAIN_COLUMN].to_numpy(float), expected[vt.GAIN_COLUMN].to_numpy(float), rtol=1e-5, atol=1e-9
+    )
+    assert not table["done at t"].astype(bool).any() and (table[vt.GAIN_COLUMN] > 0).any()  # at the next visit all is open
     assert len(at.tabs[3].image) == 1
     chosen = table["test"].iloc[0]
     at.selectbox(key="next_test").set_value(chosen).run()
@@ -441,7 +447,7 @@ def test_next_test_panel_ranks_for_a_forecast_and_for_the_latent_state(model_dir
     at.selectbox(key="target_kind").set_value("latent disease state").run()
     assert not at.exception, at.exception
     assert not at.error
-    assert sorted(table_with(at, "EIG per cost")["test"]) == sorted(t.name for t in cohort.config.tests)
+    assert sorted(table_with(at, "gain per cost")["test"]) == sorted(t.name for t in cohort.config.tests)
     assert len(at.tabs[3].image) == 1 and any(c.value == COST_CURVE_CAPTION for c in at.tabs[3].caption)
     assert any("the latent disease state" in i.value for i in at.info)
 
@@ -602,3 +608,155 @@ def test_hostile_ids_and_garbage_uploads_reach_the_page_only_as_plain_text(model
     assert not [text for text in shown if re.search(r"(?<!\\)<(script|img)", text)]  # never as markup
     assert not any(m.proto.allow_html for m in at.markdown)
     assert HOSTILE_ID not in caplog.text and "hostile" not in caplog.text  # no patient data in the logs
+
+
+# --------------------------------------------------------------------------- headline answers (issue 18)
+
+
+def whatif_of(model, record, at: float, dose: float = 1.0):
+    """The app's default plans (treat at ``dose`` from the decision time, or stop), rolled out by the library."""
+    plans = [
+        vs.PlanSpec("treat", "dose", model.config.treatments[0], 0.0, dose).to_plan(record, at, model.config),
+        vs.PlanSpec("no treatment", "stop", model.config.treatments[0]).to_plan(record, at, model.config),
+    ]
+    return Simulator(model).whatif(record, plans, model.default_horizon, 200, 0, at)
+
+
+def test_forecast_headlines_are_the_library_s_numbers_at_the_horizon(model, cohort):
+    record = cohort.subject(PATIENT)
+    forecast = model.forecast(record, max(record.visit_times()), 5.0, 100, 0)
+    shown = vh.forecast_headlines(forecast)
+    labs = model.config.names(VariableKind.CONTINUOUS)[:2]
+    assert [h.label for h in shown] == [f"{v} in 5 years" for v in labs] + [
+        f"free of {e} in 5 years" for e in model.config.event_kinds
+    ]
+    end = forecast.times.max()
+    summary = forecast.summary()
+    for h, lab in zip(shown, labs, strict=False):
+        row = summary[(summary["variable"] == lab) & np.isclose(summary["time"], end)].iloc[0]
+        unit = model.config.variable(lab).unit
+        assert (h.value, h.delta) == (
+            with_unit(number(row["median"]), unit),
+            f"90% range {with_unit(span(row['q05'], row['q95']), unit)}",
+        )
+    survival = forecast.survival_summary()
+    for h, event in zip(shown[len(labs) :], model.config.event_kinds, strict=True):
+        row = survival[(survival["event"] == event) & np.isclose(survival["time"], end)].iloc[0]
+        assert h.value == percent(row["survival"]) and h.value.endswith("%")
+    assert vh.forecast_headlines(forecast, labs=[labs[-1]])[0].label == f"{labs[-1]} in 5 years"
+
+
+def test_whatif_headlines_give_survival_per_plan_and_differences_worded_by_their_interval(model, cohort):
+    record = cohort.subject(PATIENT)
+    result = whatif_of(model, record, max(record.visit_times()))
+    shown = vh.whatif_headlines(result)
+    assert shown.horizons == ["1 year", "2 years", "5 years"]  # PBC's unit is years: the 1-, 2- and 5-year marks
+    survival, effects = result.survival(), result.effects()
+    for event, rows in shown.by_event.items():
+        for h, row in zip(result.effect_horizons, rows, strict=True):
+            reference, other = row
+            s = survival[
+                (survival["plan"] == "treat") & (survival["event"] == event) & np.isclose(survival["time"], result.at + h)
+            ]
+            assert reference.value.startswith(percent(s["survival"].iloc[0])) and reference.delta is None
+            e = effects[(effects["quantity"] == f"survival:{event}") & np.isclose(effects["horizon"], h)].iloc[0]
+            assert other.delta.startswith(f"{vh.percentage_points(e['difference'])} vs treat")
+            assert other.tone == ("off" if e["lower"] <= 0 <= e["upper"] else "normal")
+        assert len(shown.verdicts[event]) == 1
+    # the verdict follows the interval: spanning zero, it says the model cannot tell the plans apart
+    assert "no difference the model can tell apart" in vh.verdict("b", "a", "death", "5 years", 0.01, -0.02, 0.04)
+    assert "higher chance than a" in vh.verdict("b", "a", "death", "5 years", 0.03, 0.01, 0.05)
+    assert "lower chance than a" in vh.verdict("b", "a", "death", "5 years", -0.03, -0.05, -0.01)
+    assert "(-3 pp, 90% interval -5 to -1 pp)" in vh.verdict("b", "a", "death", "5 years", -0.03, -0.05, -0.01)
+
+
+def test_horizons_read_in_years_from_a_year_on():
+    from vpatient.schemas import TimeUnit
+
+    assert vh.horizon_words(5.0, TimeUnit.YEARS) == "5 years" and vh.horizon_words(1.0, TimeUnit.YEARS) == "1 year"
+    assert vh.horizon_words(0.5, TimeUnit.YEARS) == "0.5 years"
+    assert vh.horizon_words(730.5, TimeUnit.DAYS) == "2 years" and vh.horizon_words(30.0, TimeUnit.DAYS) == "30 days"
+    assert vh.horizon_words(24.0, TimeUnit.MONTHS) == "2 years"
+
+
+def test_next_test_headline_names_the_best_test_and_how_far_its_result_could_move_the_risk(model, cohort):
+    record = cohort.subject(PATIENT)
+    rec = recommend(model, record, Target.risk("death", 5.0), max(record.visit_times()) + 0.5, 64, 0)
+    shown = vh.next_test_headlines(rec, model.config.time_unit)
+    informative = [g for g in rec.gains if not g.done and not vt.within_mc_error(g)]
+    assert shown.metrics[0].label == "risk of death within 5 years, now" and shown.metrics[0].value == percent(rec.risk_now)
+    if informative:
+        assert shown.sentence.startswith(
+            f"{informative[0].test} is the most informative test per cost for this patient's risk of death"
+        )
+    for g, metric in zip(informative, shown.metrics[1:], strict=True):
+        lower, upper = g.updated_risk
+        # the likelihood update keeps the expected posterior at the prior: the risk now lies inside the spread of the
+        # updated risks (the slack is the leave-one-out estimate's: one pool draw in 64 left out of each result's weights)
+        assert lower - 0.01 <= rec.risk_now <= upper + 0.01
+        assert metric.value == vh.risk_range(lower, upper)
+    # a test within Monte Carlo error says so, not a signed number
+    unclear = vt.within_mc_error(type(rec.gains[0])("x", 1.0, -1e-4, 2e-4, False))
+    assert unclear and not vt.within_mc_error(type(rec.gains[0])("x", 1.0, 1e-2, 2e-4, False))
+    latent = vh.next_test_headlines(
+        recommend(model, record, Target.latent(), max(record.visit_times()) + 0.5, 32, 0), model.config.time_unit
+    )
+    assert all(m.value.endswith(" nats") for m in latent.metrics)
+
+
+def displayed_cells(table) -> list[str]:
+    """What a table shows: the Styler's display values where it is styled, else the data."""
+    from streamlit import dataframe_util
+
+    styler = table.proto.arrow_data.styler
+    frame = dataframe_util.convert_arrow_bytes_to_pandas_df(styler.display_values) if styler.display_values else table.value
+    return [str(v) for v in frame.to_numpy().ravel()]
+
+
+@pytest.mark.slow
+def test_each_tab_opens_with_the_library_s_headline_numbers_in_plain_notation(model_dir, model, cohort, monkeypatch):
+    at = app(model_dir, monkeypatch)
+    assert not at.exception, at.exception
+    record = cohort.subject(at.selectbox(key="patient").value)
+    last = round(max(record.visit_times()), 2)
+    horizon = model.default_horizon
+
+    def shown(tab) -> list[tuple[str, str, str]]:
+        return [(m.label, m.value, m.delta) for m in tab.metric]
+
+    def expected(headlines) -> list[tuple[str, str, str]]:
+        return [(h.label, h.value, h.delta or "") for h in headlines]
+
+    forecast = model.forecast(record, last, horizon, 200, 0)
+    assert shown(at.tabs[1]) == expected(vh.forecast_headlines(forecast))
+    whatif = vh.whatif_headlines(whatif_of(model, record, last))
+    assert shown(at.tabs[2]) == expected([h for rows in whatif.by_event.values() for row in rows for h in row])
+    words = " ".join(m.value for m in at.tabs[2].markdown)
+    assert all(vt.plain_markdown(v) in words for verdicts in whatif.verdicts.values() for v in verdicts)
+    rec = recommend(model, record, Target.risk("death", 5.0), last + next_visit_gap(model), 256, 0)
+    nexttest = vh.next_test_headlines(rec, model.config.time_unit)
+    assert shown(at.tabs[3]) == expected(nexttest.metrics)
+    assert any(m.value == vt.plain_markdown(nexttest.sentence) for m in at.tabs[3].markdown)
+    # a headline lab chosen by the user
+    lab = model.config.names(VariableKind.CONTINUOUS)[-1]
+    at.multiselect(key="headline_labs").set_value([lab]).run()
+    assert shown(at.tabs[1])[0][0] == f"{lab} in 5 years"
+    # nothing a clinician reads, in the headlines or the tables, is in scientific notation
+    texts = [t for m in at.metric for t in (m.label, m.value, m.delta)]
+    texts += [cell for tab in at.tabs[1:4] for table in tab.table for cell in displayed_cells(table)]
+    assert texts and not [t for t in texts if SCIENTIFIC.search(t)]
+    assert at.tabs[2].get("download_button"), "the what-if's effects are offered as CSV"
+
+
+def test_the_dose_box_names_its_unit_and_allowed_range(cohort):
+    config = cohort.config
+    assert vt.dose_hint(config, "d_penicillamine") == " (relative dose, 0-1 allowed)"  # PBC states no dose unit
+    in_mg = config.model_copy(
+        update={
+            "variables": [
+                v.model_copy(update={"unit": "mg", "plausible_range": (0.0, 2500.0)}) if v.name == "d_penicillamine" else v
+                for v in config.variables
+            ]
+        }
+    )
+    assert vt.dose_hint(in_mg, "d_penicillamine") == " (mg, 0-2,500 allowed)" and vt.dose_hint(in_mg, None) == ""

@@ -47,6 +47,7 @@ from vpatient.cost_curves import bought, random_orders, step_curve
 from vpatient.data.batching import make_batch
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import OptionError, VPatientError, choose
+from vpatient.formatting import percent, span, with_unit
 from vpatient.model.batch import PatientBatch
 from vpatient.quasirandom import sobol_normal, sobol_uniform
 from vpatient.schemas import DatasetConfig, PatientRecord
@@ -70,6 +71,7 @@ __all__ = [
     "predictive_at",
     "recommend",
     "systematic_resample",
+    "updated_risk_range",
 ]
 
 _LOG_2PI_E = math.log(2 * math.pi * math.e)
@@ -276,6 +278,19 @@ def eig_from_pool(
     return float(gains.mean()), float(gains.std(unbiased=True) / math.sqrt(len(gains))) if len(gains) > 1 else math.nan
 
 
+def updated_risk_range(pool: Pool, log_factor: torch.Tensor, outer: torch.Tensor) -> tuple[float, float]:
+    """5% and 95% over hypothetical results of a risk target's estimate once the result is known.
+
+    The estimate after result r is the pool's event probabilities averaged with the weights the
+    result gives them (the draw that produced r left out, as in :func:`eig_from_pool`).
+    """
+    log_w = pool.log_w.double().unsqueeze(0) + log_factor.double()
+    log_w[torch.arange(len(outer)), outer] = -math.inf
+    risks = _normalised(log_w) @ pool.target.double()
+    lower, upper = np.quantile(risks.numpy(), [0.05, 0.95])
+    return float(lower), float(upper)
+
+
 def pool_entropy(pool: Pool, log_w: torch.Tensor | None = None) -> float:
     """The target's entropy (nats) under the pool reweighted by ``log_w`` (default: the pool's own weights)."""
     weights = _normalised((pool.log_w if log_w is None else log_w).double())
@@ -301,6 +316,9 @@ class TestGain:
     mc_error: float  # Monte Carlo standard error of eig
     done: bool  # already measured at the decision time
     predicted: dict[str, str] = field(default_factory=dict)  # variable -> predictive 5-95% range, in words
+    #: A risk target only: 5% and 95% of the risk as it would be estimated once the result is known, over the
+    #: test's hypothetical results; how far the result could move the estimate. None for other targets and done tests.
+    updated_risk: tuple[float, float] | None = None
 
     @property
     def eig_per_cost(self) -> float:
@@ -320,6 +338,7 @@ class Recommendation:
     gains: list[TestGain]  # ranked by EIG per cost, done tests last
     sequence: list[dict]  # greedy order: test, marginal EIG, cumulative EIG, cumulative cost
     prior_entropy: float = math.nan  # nats: the target's entropy before any test
+    risk_now: float = math.nan  # a risk target only: the risk estimated from what is known at ``at``
     #: Cost-aware curves: rows of order ("recommended" or "random"), cumulative cost and the
     #: expected information bought by then (nats); see :meth:`cost_curve`.
     curves: list[dict] = field(default_factory=list)
@@ -642,10 +661,9 @@ def _natural_results(model: VirtualPatientModel, group, continuous, binary, ordi
 def _describe(name: str, values: np.ndarray, model: VirtualPatientModel) -> str:
     spec = model.config.variable(name)
     if spec.kind.value == "binary":
-        return f"P(positive) {values.mean():.2f}"
+        return f"positive with probability {percent(values.mean())}"
     lo, hi = np.quantile(values, [0.05, 0.95])
-    unit = f" {spec.unit}" if spec.unit else ""
-    return f"{lo:.3g}-{hi:.3g}{unit}"
+    return with_unit(span(lo, hi), spec.unit)
 
 
 # --------------------------------------------------------------------------- the public call
@@ -744,7 +762,8 @@ def recommend(
         r = results[label]
         natural = _natural_results(model, model.layout.group(test.name), r.continuous, r.binary, r.ordinal)
         predicted = {v: _describe(v, x, model) for v, x in natural.items()}
-        gains.append(TestGain(label, test.cost, eig, err, False, predicted))
+        moved = updated_risk_range(pool, factors[label], outer) if chosen_target.kind == TargetKind.RISK else None
+        gains.append(TestGain(label, test.cost, eig, err, False, predicted, moved))
     gains.sort(key=lambda g: (g.done, -g.eig_per_cost, g.test))
     costs = {label: catalogue[test_of[label]].cost for label in labels}
     sequence = _greedy(open_labels, costs, gain, budget, min_gain_per_cost)
@@ -752,7 +771,10 @@ def recommend(
     recommended = [step["test"] for step in sequence]
     curves = _curve_rows("recommended", [recommended], costs, lambda chosen: gain(chosen)[0], budget)
     curves += _curve_rows("random", random_orders(open_labels, generator), costs, lambda chosen: gain(chosen)[0], budget)
-    return Recommendation(record.subject_id, float(at), chosen_target, n_samples, seed, ess, gains, sequence, prior, curves)
+    risk_now = float(weights.double() @ pool.target.double()) if chosen_target.kind == TargetKind.RISK else math.nan
+    return Recommendation(
+        record.subject_id, float(at), chosen_target, n_samples, seed, ess, gains, sequence, prior, risk_now, curves
+    )
 
 
 def _curve_rows(name: str, orders: Sequence[Sequence[str]], costs, information, budget) -> list[dict]:

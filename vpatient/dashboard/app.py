@@ -12,6 +12,7 @@ import os
 
 import streamlit as st
 
+from vpatient.dashboard import headlines as vh
 from vpatient.dashboard import session as vs
 from vpatient.dashboard import tables as vt
 from vpatient.errors import RecordValidationError, VPatientError
@@ -48,6 +49,13 @@ def load_session(model_dir: str) -> vs.DashboardSession:
 def show_problems(exc: RecordValidationError, what: str) -> None:
     st.error(f"{what}: {sum(p.severity == 'error' for p in exc.problems)} problem(s) to fix")
     st.table(vt.problems_table(exc.problems))
+
+
+def show_headlines(headlines: list[vh.Headline], per_row: int = 4) -> None:
+    """Headline numbers as metrics, ``per_row`` to a row."""
+    for start in range(0, len(headlines), per_row):
+        for col, h in zip(st.columns(per_row), headlines[start : start + per_row], strict=False):
+            col.metric(h.label, h.value, h.delta, delta_color=h.tone, delta_arrow="auto" if h.tone == "normal" else "off")
 
 
 sess = load_session(os.environ.get(vs.MODEL_ENV, ""))
@@ -120,6 +128,10 @@ with tab_forecast:
     n_samples = cols[2].select_slider("Sample paths", [50, 100, 200, 400], value=200, key="n_samples")
     forecast_request = vs.ForecastRequest(subject, float(until), horizon=float(horizon), n_samples=int(n_samples), seed=0)
     st.subheader(f"Forecast of subject {vt.plain_markdown(record.subject_id)} from t = {until:.2f}")
+    labs = config.names(VariableKind.CONTINUOUS)
+    chosen_labs = st.multiselect("Headline labs", labs, default=vh.default_labs(config), key="headline_labs")
+    with st.spinner("Forecasting ..."):
+        show_headlines(vh.forecast_headlines(sess.forecast(forecast_request), chosen_labs))
     with st.spinner("Forecasting ..."):
         st.image(sess.figure("forecast", forecast_request), width="stretch")
     with st.expander(f"Forecast {horizon:g} {unit} ahead, in numbers"):
@@ -149,7 +161,9 @@ with tab_whatif:
             start = st.number_input(
                 f"Plan {i + 1} from ({unit} after t)", 0.0, default_horizon * 4, 0.0, default_horizon / 20, key=f"plan{i}_start"
             )
-            dose = st.number_input(f"Plan {i + 1} dose", value=1.0, step=0.1, key=f"plan{i}_dose")
+            dose = st.number_input(
+                f"Plan {i + 1} dose{vt.dose_hint(config, treatment)}", value=1.0, step=0.1, key=f"plan{i}_dose"
+            )
             specs.append(vs.PlanSpec(name, vs.ACTIONS[action], treatment, float(start), float(dose)))
     whatif_request = vs.WhatIfRequest(subject, tuple(specs), at, horizon=float(horizon), n_samples=int(n_samples), seed=0)
     try:
@@ -161,8 +175,18 @@ with tab_whatif:
         st.error(vt.plain_markdown(exc))
     else:
         st.subheader(f"Effects against plan '{vt.plain_markdown(result.reference)}' (90% intervals)")
-        st.table(vt.styled(vt.effect_table(result)))
+        headlines = vh.whatif_headlines(result)
+        for event, rows in headlines.by_event.items():
+            st.markdown(f"**Chance of being free of {vt.plain_markdown(event)}** (90% interval)")
+            show_headlines([h for row in rows for h in row], per_row=len(rows[0]))
+            for sentence in headlines.verdicts[event]:
+                st.markdown(vt.plain_markdown(sentence))
         st.caption(sess.model.uncertainty_note())
+        with st.expander("All effects, in numbers"):
+            st.table(vt.styled(vt.effect_table(result)))
+            st.download_button(
+                "Download every effect (CSV)", result.effects().to_csv(index=False), "whatif-effects.csv", "text/csv"
+            )
         with st.expander("Effects on labs (typical value, natural units)"):
             st.table(vt.styled(vt.effect_table(result, kinds=("lab",))))
         st.image(sess.figure("whatif", whatif_request), width="stretch")
@@ -197,6 +221,11 @@ with tab_next:
         st.error(vt.plain_markdown(exc))
     else:
         st.subheader(f"Tests for the visit at t = {test_at:.2f}, ranked by information per cost")
+        next_headlines = vh.next_test_headlines(recommendation, config.time_unit)
+        st.markdown(vt.plain_markdown(next_headlines.sentence))
+        show_headlines(next_headlines.metrics)
+        for note in next_headlines.notes:
+            st.caption(vt.plain_markdown(note))
         st.table(vt.styled(vt.recommendation_table(recommendation)))
         st.image(sess.figure("cost_curve", next_request))
         st.caption(COST_CURVE_CAPTION)

@@ -8,7 +8,6 @@ unrounded; :func:`styled` formats them for display), so the app only draws.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +16,20 @@ import numpy as np
 import pandas as pd
 
 from vpatient.errors import Problem, VPatientError
+from vpatient.formatting import INFORMATION_UNIT, number, span, value
 from vpatient.plots import target_in_words
 from vpatient.policy import TargetKind
 from vpatient.schemas import DatasetConfig, TimeUnit, VariableKind
 
 __all__ = [
+    "GAIN_COLUMN",
+    "MC_ERRORS",
     "AdjustmentView",
+    "dose_hint",
     "effect_table",
     "forecast_table",
     "forecast_target_horizon",
+    "forecast_time",
     "model_card",
     "plain_markdown",
     "problems_table",
@@ -35,6 +39,7 @@ __all__ = [
     "target_kinds",
     "test_explanation",
     "trial_adjustment_view",
+    "within_mc_error",
 ]
 
 #: Benchmark results beside a source checkout (absent from an installed package: the card says so).
@@ -98,12 +103,17 @@ def effect_table(result, kinds: Sequence[str] = ("probability", "time")) -> pd.D
     return table.reset_index(drop=True)
 
 
+def forecast_time(forecast, ahead: float | None = None) -> float:
+    """The time of the forecast's grid nearest ``ahead`` (data's time unit) after the forecast time; default: its horizon."""
+    times = forecast.times
+    wanted = forecast.until + (ahead if ahead is not None else float(times.max()) - forecast.until)
+    return float(times[np.argmin(np.abs(times - wanted))])
+
+
 def forecast_table(forecast, ahead: float | None = None) -> pd.DataFrame:
     """Each lab's forecast ``ahead`` (data's time unit) after the forecast time (default: the horizon): median, 50% and 90% ranges."""
     summary = forecast.summary()
-    times = np.unique(summary["time"].to_numpy())
-    wanted = forecast.until + (ahead if ahead is not None else float(times.max()) - forecast.until)
-    t = float(times[np.argmin(np.abs(times - wanted))])
+    t = forecast_time(forecast, ahead)
     part = summary[np.isclose(summary["time"], t)]
     units = {v.name: v.unit or "" for v in forecast.config.variables}
     return pd.DataFrame(
@@ -111,33 +121,56 @@ def forecast_table(forecast, ahead: float | None = None) -> pd.DataFrame:
             "variable": part["variable"].to_numpy(),
             "at t": t,
             "median": part["median"].to_numpy(),
-            "50% range": [f"{a:.3g}-{b:.3g}" for a, b in zip(part["q25"], part["q75"], strict=True)],
-            "90% range": [f"{a:.3g}-{b:.3g}" for a, b in zip(part["q05"], part["q95"], strict=True)],
+            "50% range": [span(a, b) for a, b in zip(part["q25"], part["q75"], strict=True)],
+            "90% range": [span(a, b) for a, b in zip(part["q05"], part["q95"], strict=True)],
             "unit": [units[v] for v in part["variable"]],
         }
     )
 
 
 def styled(table: pd.DataFrame, digits: int = 3):
-    """A Styler showing floats to ``digits`` significant digits (tiny effects stay readable); data unchanged."""
-    floats = [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
-    return table.style.format({c: f"{{:.{digits}g}}" for c in floats}).hide(axis="index")
+    """A Styler showing every cell as people read it (:func:`vpatient.formatting.value`: ``digits`` significant
+    digits, never scientific notation, whole numbers whole, yes/no for booleans); the data stay unrounded."""
+    return table.style.format(lambda cell: value(cell, digits)).hide(axis="index")
+
+
+#: The column of a ranked test's expected information gain, in the one unit every surface uses.
+GAIN_COLUMN = f"expected gain ({INFORMATION_UNIT})"
 
 
 def recommendation_table(recommendation) -> pd.DataFrame:
-    """The ranked tests (best EIG per cost first), EIG in bits for reading."""
+    """The ranked tests (best expected information gain per cost first), gains in nats as everywhere else."""
     table = recommendation.table()
     return pd.DataFrame(
         {
             "test": table["test"],
-            "EIG (bits)": table["eig"] / math.log(2),
-            "± MC error": table["mc_error"] / math.log(2),
+            GAIN_COLUMN: table["eig"],
+            "± MC error": table["mc_error"],
             "cost": table["cost"],
-            "EIG per cost": table["eig_per_cost"] / math.log(2),
+            "gain per cost": table["eig_per_cost"],
             "done at t": table["done_at_t"],
             "predicted results (5-95%)": table["predicted_results"],
         }
     )
+
+
+def dose_hint(config: DatasetConfig, treatment: str | None) -> str:
+    """What the dose box's label adds: the treatment's unit and allowed range (`` (mg, 0-2 allowed)``), or nothing."""
+    if not treatment:
+        return ""
+    spec = config.variable(treatment)
+    unit = spec.unit or "relative dose"  # a config without a dose unit states doses relative to the default dose, 1
+    allowed = f", {span(*spec.plausible_range)} allowed" if spec.plausible_range else ""
+    return f" ({unit}{allowed})"
+
+
+#: A gain within this many Monte Carlo standard errors of zero cannot be told from no gain (about 95% one-sided).
+MC_ERRORS = 2.0
+
+
+def within_mc_error(gain) -> bool:
+    """Whether a test's expected gain is too small for its Monte Carlo estimate to tell from zero (or negative)."""
+    return not gain.done and gain.eig <= MC_ERRORS * gain.mc_error
 
 
 #: Forecast targets look two years ahead by default: a usual span between a lab and the decision it informs.
@@ -179,11 +212,19 @@ def test_explanation(recommendation, test: str, unit: str = "years") -> str:
     what = target_in_words(recommendation.target, unit)
     if gain.done:
         return f"{test} was already done at t = {recommendation.at:.2f}: a repeat tells nothing new about {what}."
-    bits = gain.eig / math.log(2)
     ranges = "; ".join(f"{k}: {v}" for k, v in gain.predicted.items()) or "no prediction"
+    if within_mc_error(gain):
+        expected = (
+            f"is not expected to reduce the uncertainty about {what} by more than the estimate's Monte Carlo error "
+            f"(± {number(gain.mc_error, 2)} {INFORMATION_UNIT}) can tell apart"
+        )
+    else:
+        expected = (
+            f"is expected to reduce the uncertainty about {what} by {number(gain.eig, 2)} {INFORMATION_UNIT} "
+            f"(Monte Carlo error ± {number(gain.mc_error, 2)})"
+        )
     return (
-        f"Ordering {test} (cost {gain.cost:g}) is expected to reduce the uncertainty about {what} by "
-        f"{bits:.4f} bits (Monte Carlo error ± {gain.mc_error / math.log(2):.4f}). "
+        f"Ordering {test} (cost {number(gain.cost)}) {expected}. "
         f"Its results are predicted to fall in: {ranges}. A wide predicted range that the model "
         "would read differently at each end is what makes a test informative."
     )
