@@ -127,6 +127,7 @@ def test_dashboard_in_a_browser(tmp_path):
                 page.get_by_text(f"Forecast of subject {PATIENT}").first.wait_for(state="attached", timeout=60_000)
                 # The what-if tab: read the effect table, edit a plan, and see the table change.
                 page.get_by_role("tab", name="What-if").click()
+                page.get_by_text("All effects, in numbers").click()  # the full table sits under the headline numbers
                 before = _effect_table_text(page)
                 dose = page.get_by_label("Plan 1 dose")
                 dose.fill("0.5")
