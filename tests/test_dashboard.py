@@ -663,6 +663,12 @@ def test_whatif_headlines_give_survival_per_plan_and_differences_worded_by_their
             assert other.delta.startswith(f"{vh.percentage_points(e['difference'])} vs treat")
             assert other.tone == ("off" if e["lower"] <= 0 <= e["upper"] else "normal")
         assert len(shown.verdicts[event]) == 1
+    # the full table: chances in percentage points (the library's probabilities times 100), times in the data's unit
+    table = vt.effect_table(result)
+    chances = effects[effects["kind"] == "probability"]
+    in_table = table[table["unit"] == "percentage points"]
+    np.testing.assert_allclose(in_table["difference"].to_numpy(float), 100 * chances["difference"].to_numpy(float))
+    assert list(in_table["quantity"]) == [f"chance free of {q.removeprefix('survival:')}" for q in chances["quantity"]]
     # the verdict follows the interval: spanning zero, it says the model cannot tell the plans apart
     assert "no difference the model can tell apart" in vh.verdict("b", "a", "death", "5 years", 0.01, -0.02, 0.04)
     assert "higher chance than a" in vh.verdict("b", "a", "death", "5 years", 0.03, 0.01, 0.05)

@@ -79,25 +79,28 @@ def problems_table(problems: Sequence[Problem]) -> pd.DataFrame:
 def effect_table(result, kinds: Sequence[str] = ("probability", "time")) -> pd.DataFrame:
     """The what-if's effects against the reference plan, for display.
 
-    ``kinds``: ``probability`` (difference in event-free probability at each effect horizon),
-    ``time`` (difference in restricted mean event-free time), ``lab`` (typical lab
-    values). Times are in the data's unit. Numbers are the library's own (``WhatIfResult.effects``), unrounded.
+    ``kinds``: ``probability`` (difference in the chance of being event-free at each effect horizon, in
+    percentage points), ``time`` (difference in mean event-free time within the horizon, the RMST), ``lab``
+    (typical lab values, natural units). Times are in the data's unit. Numbers are the library's own
+    (``WhatIfResult.effects``, probabilities times 100), unrounded; the CSV download keeps them as the library gives them.
     """
     effects = result.effects()
     part = effects[effects["kind"].isin(kinds)]
     unit = next(iter(result.forecasts.values())).config.time_unit.value
+    chance = (part["kind"] == "probability").to_numpy()
+    scale = np.where(chance, 100.0, 1.0)
     table = pd.DataFrame(
         {
             "plan": part["plan"],
             "vs": part["reference"],
             "quantity": part["quantity"]
-            .str.replace("survival:", "free of ", regex=False)
-            .str.replace("rmst:", f"{unit} free of ", regex=False),
+            .str.replace(r"^survival:(.*)$", r"chance free of \1", regex=True)
+            .str.replace(r"^rmst:(.*)$", rf"{unit} free of \1 (mean within the horizon)", regex=True),
             f"horizon ({unit})": part["horizon"],
-            "difference": part["difference"],
-            "90% lower": part["lower"],
-            "90% upper": part["upper"],
-            "unit": part["unit"],
+            "difference": part["difference"] * scale,
+            "90% lower": part["lower"] * scale,
+            "90% upper": part["upper"] * scale,
+            "unit": np.where(chance, "percentage points", part["unit"]),
         }
     )
     return table.reset_index(drop=True)
@@ -148,6 +151,7 @@ def recommendation_table(recommendation) -> pd.DataFrame:
             "± MC error": table["mc_error"],
             "cost": table["cost"],
             "gain per cost": table["eig_per_cost"],
+            "beyond Monte Carlo error": [not (g.done or within_mc_error(g)) for g in recommendation.gains],
             "done at t": table["done_at_t"],
             "predicted results (5-95%)": table["predicted_results"],
         }
