@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vpatient.dashboard import charts as vc
 from vpatient.dashboard import command
 from vpatient.dashboard import headlines as vh
 from vpatient.dashboard import session as vs
@@ -323,6 +324,180 @@ def test_an_installed_package_ships_the_app_script(tmp_path):
     assert found.stdout.split() == [str((site / "vpatient" / "dashboard" / "app.py").resolve()), "True"], found.stdout
 
 
+# --------------------------------------------------------------------------- interactive charts and static figures (issue 18)
+
+TREATED = "1"  # a PBC patient with a recorded treatment period (patient 5 has none)
+
+
+def _layers(spec: dict, mark: str) -> list[dict]:
+    return [layer for layer in spec["layer"] if layer["mark"]["type"] == mark]
+
+
+@pytest.fixture(scope="module")
+def untrained(untrained_model_dir) -> VirtualPatientModel:
+    """The session's untrained PBC model (a second to build): its forecasts are meaningless, their shapes real.
+
+    The charts and figures are checked against the library's own numbers, whatever they are.
+    """
+    model = VirtualPatientModel.load(untrained_model_dir)
+    model.refine_steps = 0  # the amortised posterior as it is: refining an untrained model's would only take time
+    return model
+
+
+@pytest.fixture(scope="module")
+def treated_forecast(untrained, cohort):
+    record = cohort.subject(TREATED)
+    return untrained.forecast(record, max(record.visit_times()), 5.0, 50, 0), record
+
+
+@pytest.fixture(scope="module")
+def identical_plans(untrained, cohort):
+    """A what-if of two plans that are the same (both as recorded) under different names."""
+    record = cohort.subject(TREATED)
+    at = max(record.visit_times())
+    plans = [vs.PlanSpec(name).to_plan(record, at, untrained.config) for name in ("plan A", "plan B")]
+    return Simulator(untrained).whatif(record, plans, 5.0, 50, 0, at), record
+
+
+def test_forecast_charts_carry_the_history_the_median_both_bands_and_the_treatment(treated_forecast):
+
+    forecast, record = treated_forecast
+    labs = vc.default_labs(forecast.config)
+    assert labs == forecast.config.names(VariableKind.CONTINUOUS)[: vc.DEFAULT_LAB_COUNT]
+    specs = vc.forecast_lab_charts(forecast, record, labs)
+    summary = forecast.summary()
+    for name, spec in zip(labs, specs, strict=True):
+        unit = forecast.config.variable(name).unit
+        assert spec["title"] == f"{name} ({unit})"
+        data = spec["datasets"]
+        seen = sorted((o.time, o.value) for o in record.observations if o.variable == name)
+        assert seen and list(zip(data["history"]["time"], data["history"]["value"], strict=True)) == seen
+        assert set(data["history"]["series"]) == {"observed"}  # forecast from the last visit: nothing held out
+        lab = summary[summary["variable"] == name]
+        np.testing.assert_array_equal(data["line"]["median"], lab["median"])
+        for band, (low, high, _) in vc.BAND_LABELS.items():
+            part = data["bands"][data["bands"]["band"] == band]
+            np.testing.assert_array_equal(part["lower"], lab[low])
+            np.testing.assert_array_equal(part["upper"], lab[high])
+        assert list(vc.BAND_LABELS) == ["90% band", "50% band"]
+        # the treatment period as recorded, the reference range and the forecast time, every one named in the legend
+        exposure = record.treatments[0]
+        assert data["periods"][["start", "series"]].values.tolist() == [[exposure.start, f"{exposure.treatment} (treatment)"]]
+        assert (data["reference"][["low", "high"]].to_numpy() == forecast.config.variable(name).reference_range).all()
+        assert data["forecast_time"]["time"].tolist() == [forecast.until]
+        domain = _layers(spec, "line")[0]["encoding"]["color"]["scale"]["domain"]
+        assert domain == ["median forecast", "observed", "reference range", "forecast time", f"{exposure.treatment} (treatment)"]
+        (area,) = _layers(spec, "area")
+        assert area["encoding"]["opacity"]["scale"]["domain"] == ["90% band", "50% band"]
+        hover = _layers(spec, "circle")[0]["encoding"]["tooltip"]
+        assert [t["field"] for t in hover] == ["series", "time", "median", "q05", "q25", "q75", "q95"]
+        assert all(t["format"] == ".3~r" for t in hover[2:])  # three significant digits, never an exponent
+    survival = vc.forecast_survival_chart(forecast)
+    line = survival["datasets"]["line"]
+    expected = forecast.survival_summary()
+    expected = expected[expected["time"] >= forecast.until - 1e-9]
+    np.testing.assert_array_equal(line["survival"], expected["survival"])
+    assert set(line["series"]) == {f"free of {kind}" for kind in forecast.config.event_kinds}
+
+
+def test_identical_plans_are_both_drawn_each_in_its_own_colour_and_dash(identical_plans):
+
+    result, record = identical_plans
+    lab_specs = vc.whatif_lab_charts(result, record, ["bilirubin"])
+    survival_specs = vc.whatif_survival_charts(result)
+    assert [s["title"] for s in survival_specs] == [f"free of {kind}" for kind in result.forecasts["plan A"].config.event_kinds]
+    for spec in [*lab_specs, *survival_specs]:
+        line = spec["datasets"]["line"]
+        a, b = (
+            line[line["series"] == name].drop(columns=["series", "band"], errors="ignore").to_numpy(float)
+            for name in ("plan A", "plan B")
+        )
+        np.testing.assert_array_equal(a, b)  # the same forecast: drawn alike, one line would hide the other
+        (drawn,) = _layers(spec, "line")
+        colour, dash = drawn["encoding"]["color"]["scale"], drawn["encoding"]["strokeDash"]["scale"]
+        assert colour["domain"][:2] == dash["domain"][:2] == ["plan A", "plan B"]
+        assert colour["domain"] == dash["domain"]  # one domain: Vega-Lite merges them into one legend
+        assert colour["range"][0] != colour["range"][1] and dash["range"][0] != dash["range"][1]
+        assert line["time"].min() >= result.at - 1e-9  # plans from the decision time
+    history = lab_specs[0]["datasets"]["history"]
+    assert len(history) == sum(o.variable == "bilirubin" for o in record.observations)  # the history beside the plans
+    periods = lab_specs[0]["datasets"]["periods"]
+    # the treatment as recorded up to the decision time, then as each plan gives it
+    recorded = periods[periods["label"].str.endswith("(as recorded)")]
+    assert len(recorded) and (recorded["stop"] <= result.at + 1e-9).all()
+    for name in ("plan A", "plan B"):
+        planned = periods[periods["label"].str.endswith(f"(plan {name})")]
+        assert len(planned) == len(result.plans[0].exposures) and (planned["start"] >= result.at - 1e-9).all()
+
+
+def test_band_captions_say_whether_the_model_own_uncertainty_is_included():
+
+    assert "measurement noise" in vc.band_caption(1) and "not the model's own uncertainty" in vc.band_caption(1)
+    assert "5 ensemble members" in vc.band_caption(5) and "not the model's" not in vc.band_caption(5)
+    assert "single trained model" in vc.survival_caption(1) and "5 ensemble members" in vc.survival_caption(5)
+
+
+def _visible_axes(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def _assert_tidy(fig, unit: str) -> None:
+    """No empty panel, the time unit under every one, linear axes with plain tick labels."""
+    fig.canvas.draw()
+    for ax in _visible_axes(fig):
+        assert ax.lines or ax.collections or ax.patches, f"empty panel {ax.get_title()!r}"
+        assert ax.get_xlabel() == f"{unit} since index", ax.get_title()
+        assert ax.get_yscale() == "linear"
+        for axis in (ax.xaxis, ax.yaxis):
+            assert axis.get_offset_text().get_text() == "", ax.get_title()
+            ticks = [t.get_text() for t in axis.get_ticklabels()]
+            assert not [t for t in ticks if re.search(r"e[+-]|10\^|×|\$", t)], (ax.get_title(), ticks)
+
+
+def _legend_labels(fig) -> list[str]:
+    return [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+
+
+def test_static_forecast_figure_has_no_empty_panel_and_names_every_element(treated_forecast):
+    import matplotlib.pyplot as plt
+
+    from vpatient.plots import plot_forecast
+
+    forecast, record = treated_forecast
+    fig = plot_forecast(forecast, record)
+    try:
+        # seven labs and the survival panel in a 3 x 3 grid: the ninth is hidden, not an empty 0-1 frame
+        assert len(fig.axes) == 9 and len(_visible_axes(fig)) == 8
+        _assert_tidy(fig, "years")
+        labels = _legend_labels(fig)
+        for name in ("90% band", "50% band", "median forecast", "observed", "reference range", "forecast time"):
+            assert name in labels
+        assert "free of death" in labels and "free of death: 90% band" in labels
+    finally:
+        plt.close("all")
+
+
+def test_static_whatif_and_timeline_figures_are_tidy_and_tell_identical_plans_apart(identical_plans, cohort):
+    import matplotlib.pyplot as plt
+
+    from vpatient.plots import plot_timeline, plot_whatif
+
+    result, record = identical_plans
+    try:
+        fig = plot_whatif(result, record=record)
+        _assert_tidy(fig, "years")
+        labels = _legend_labels(fig)
+        for name in ("plan A", "plan B", "plan A: 90% band", "plan B: 90% band", "observed", "reference range", "decision time"):
+            assert name in labels
+        styles = {line.get_label(): line.get_linestyle() for ax in fig.axes for line in ax.lines}
+        assert styles["plan A"] != styles["plan B"]
+        fig = plot_timeline(record, cohort.config)
+        _assert_tidy(fig, "years")
+        assert {"measured", "reference range"} <= set(_legend_labels(fig))
+    finally:
+        plt.close("all")
+
+
 # --------------------------------------------------------------------------- the app (AppTest)
 
 
@@ -379,6 +554,39 @@ def test_editing_a_plan_moves_the_effects_as_the_model_does(model_dir, model, co
     assert np.abs(change).max() > 0, "editing the plan left the effect table unchanged"
     moved = np.abs(lib_change) > 1e-9
     assert (np.sign(change[moved]) == np.sign(lib_change[moved])).all()
+
+
+def _chart_titles(panel) -> list[str]:
+    return [json.loads(chart.proto.spec)["title"] for chart in panel.get("vega_lite_chart")]
+
+
+@pytest.mark.slow
+def test_forecast_and_whatif_tabs_draw_interactive_charts_of_the_labs_picked(model_dir, model, monkeypatch):
+
+    at = app(model_dir, monkeypatch)
+    assert not at.exception, at.exception
+    forecast_tab, whatif_tab = at.tabs[1], at.tabs[2]
+    config = model.config
+    titles = [f"{name} ({config.variable(name).unit})" for name in vc.default_labs(config)]
+    assert _chart_titles(forecast_tab) == [*titles, "survival from the forecast time"]
+    assert _chart_titles(whatif_tab) == [*(f"free of {kind}" for kind in config.event_kinds), *titles]
+    assert not forecast_tab.image and not whatif_tab.image  # the static figures stay for the reports
+    captions = [c.value for c in forecast_tab.caption]
+    assert vc.band_caption(model.n_members) in captions and vc.survival_caption(model.n_members) in captions
+    assert vc.band_caption(model.n_members) in [c.value for c in whatif_tab.caption]
+    # the plans are drawn in their own colours and dashes, the data sent beside the spec (as Arrow)
+    chart = whatif_tab.get("vega_lite_chart")[0]
+    line = next(layer for layer in json.loads(chart.proto.spec)["layer"] if layer["mark"]["type"] == "line")
+    assert line["encoding"]["strokeDash"]["scale"]["domain"][:2] == ["treat", "no treatment"]
+    assert {d.name for d in chart.proto.datasets} == {"line", "forecast_time"}
+
+    at.multiselect(key="forecast_labs").set_value(["platelets", "albumin"]).run()
+    assert not at.exception, at.exception
+    picked = [f"{name} ({config.variable(name).unit})" for name in ("platelets", "albumin")]
+    assert _chart_titles(at.tabs[1]) == [*picked, "survival from the forecast time"]
+    assert _chart_titles(at.tabs[2])[-len(titles) :] == titles  # the what-if tab keeps its own pick
+    at.multiselect(key="whatif_labs").set_value([]).run()
+    assert _chart_titles(at.tabs[2]) == [f"free of {kind}" for kind in config.event_kinds]
 
 
 @pytest.mark.slow
@@ -625,8 +833,8 @@ def whatif_of(model, record, at: float, dose: float = 1.0):
 def test_forecast_headlines_are_the_library_s_numbers_at_the_horizon(model, cohort):
     record = cohort.subject(PATIENT)
     forecast = model.forecast(record, max(record.visit_times()), 5.0, 100, 0)
-    shown = vh.forecast_headlines(forecast)
     labs = model.config.names(VariableKind.CONTINUOUS)[:2]
+    shown = vh.forecast_headlines(forecast, labs)
     assert [h.label for h in shown] == [f"{v} in 5 years" for v in labs] + [
         f"free of {e} in 5 years" for e in model.config.event_kinds
     ]
@@ -734,7 +942,7 @@ def test_each_tab_opens_with_the_library_s_headline_numbers_in_plain_notation(mo
         return [(h.label, h.value, h.delta or "") for h in headlines]
 
     forecast = model.forecast(record, last, horizon, 200, 0)
-    assert shown(at.tabs[1]) == expected(vh.forecast_headlines(forecast))
+    assert shown(at.tabs[1]) == expected(vh.forecast_headlines(forecast, vc.default_labs(model.config)))
     whatif = vh.whatif_headlines(whatif_of(model, record, last))
     assert shown(at.tabs[2]) == expected([h for rows in whatif.by_event.values() for row in rows for h in row])
     words = " ".join(m.value for m in at.tabs[2].markdown)
@@ -745,7 +953,7 @@ def test_each_tab_opens_with_the_library_s_headline_numbers_in_plain_notation(mo
     assert any(m.value == vt.plain_markdown(nexttest.sentence) for m in at.tabs[3].markdown)
     # a headline lab chosen by the user
     lab = model.config.names(VariableKind.CONTINUOUS)[-1]
-    at.multiselect(key="headline_labs").set_value([lab]).run()
+    at.multiselect(key="forecast_labs").set_value([lab]).run()
     assert shown(at.tabs[1])[0][0] == f"{lab} in 5 years"
     # nothing a clinician reads, in the headlines or the tables, is in scientific notation
     texts = [t for m in at.metric for t in (m.label, m.value, m.delta)]

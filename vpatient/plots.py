@@ -16,6 +16,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 from lifelines import KaplanMeierFitter
+from matplotlib.ticker import ScalarFormatter
 
 from vpatient.data.cohort import Cohort, arm_of
 from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
@@ -41,6 +42,13 @@ __all__ = [
     "survival_table",
     "target_in_words",
 ]
+
+
+#: Legend label of a lab's reference range, shaded in its panels.
+REFERENCE_LABEL = "reference range"
+#: Line styles of plans in turn: plans differ in style as well as colour, so identical plans are both seen.
+PLAN_LINE_STYLES = ("-", "--", ":", "-.")
+LEGEND_RIGHT = 0.84  # the panels' share of a figure's width when its legend sits to their right
 
 
 def select_agg_backend() -> None:
@@ -81,12 +89,14 @@ def survival_table(cohort: Cohort, event: str = "death") -> tuple[np.ndarray, np
 def panels(n_panels: int, fig: plt.Figure | None = None, height: float = 2.9, cols: int = 3) -> tuple[plt.Figure, np.ndarray]:
     """A figure of small multiples, ``cols`` to a row, and its axes (flat); ``fig`` is filled when given.
 
-    There are ``cols`` x rows axes: the caller hides those beyond ``n_panels``.
+    There are ``cols`` x rows axes; those beyond ``n_panels`` are hidden, so no empty panel shows.
     """
     rows = int(np.ceil(n_panels / cols))
     if fig is None:
         fig = plt.figure(figsize=(4.2 * cols, height * rows))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
     return fig, axes
 
 
@@ -131,7 +141,7 @@ def plot_timeline(record: PatientRecord, config: DatasetConfig, fig: plt.Figure 
     def context(ax) -> None:
         for k, exp in enumerate(record.treatments):
             stop = exp.stop if exp.stop is not None else end
-            ax.axvspan(exp.start, stop, color=f"C{k + 1}", alpha=0.08, label=f"{exp.treatment} (dose {exp.dose:g})")
+            ax.axvspan(exp.start, stop, color=f"C{k + 1}", alpha=0.08, label=f"{exp.treatment} (dose {exp.dose:g}) period")
         for event in record.events:
             ax.axvline(event.time, color="crimson", ls="-", lw=1.5, label=event.kind)
         ax.set_xlim(min(0.0, *[o.time for o in record.observations]) - 0.1, end + 0.1)
@@ -141,13 +151,11 @@ def plot_timeline(record: PatientRecord, config: DatasetConfig, fig: plt.Figure 
         seen = sorted((o.time, o.value) for o in record.observations if o.variable == spec.name)
         if seen:
             t, v = zip(*seen, strict=True)
-            ax.plot(t, v, "o-", color="black", ms=3.5, lw=1)
+            ax.plot(t, v, "o-", color="black", ms=3.5, lw=1, label="measured")
         else:
             ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", color="grey")
         if spec.reference_range:
-            ax.axhspan(*spec.reference_range, color="green", alpha=0.08)
-        if spec.transform.value == "log" and seen:
-            ax.set_yscale("log")
+            ax.axhspan(*spec.reference_range, color="green", alpha=0.08, label=REFERENCE_LABEL)
         ax.set_title(f"{spec.name} ({spec.unit})" if spec.unit else spec.name, fontsize=10)
         context(ax)
     if signs:
@@ -165,18 +173,9 @@ def plot_timeline(record: PatientRecord, config: DatasetConfig, fig: plt.Figure 
         ax.set_ylim(-0.7, len(signs) - 0.3)
         ax.set_title("clinical signs (darker: present / worse)", fontsize=10)
         context(ax)
-    for ax in axes[n_panels:]:
-        ax.set_visible(False)
-    handles, labels = [], []
-    for ax in axes[:n_panels]:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="upper right", fontsize=8)
+    _label_time(axes[:n_panels], config.time_unit.value)
     fig.suptitle(f"subject {record.subject_id}: record up to t = {record.end_of_followup:.2f} {config.time_unit.value}")
-    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    _figure_legend(fig, axes[:n_panels])
     return fig
 
 
@@ -196,30 +195,13 @@ def plot_forecast(
     for ax, name in zip(axes, names, strict=False):
         spec = forecast.config.variable(name)
         part = summary[summary["variable"] == name]
-        ax.fill_between(part["time"], part["q05"], part["q95"], color="C0", alpha=0.18, label="90%")
-        ax.fill_between(part["time"], part["q25"], part["q75"], color="C0", alpha=0.35, label="50%")
-        ax.plot(part["time"], part["median"], color="C0", lw=1.5, label="median")
-        if record is not None:
-            seen = [(o.time, o.value) for o in record.observations if o.variable == name]
-            if seen:
-                t, v = zip(*seen, strict=True)
-                past = np.asarray(t) <= forecast.until
-                ax.scatter(np.asarray(t)[past], np.asarray(v)[past], s=14, color="black", zorder=3, label="observed")
-                if (~past).any():
-                    ax.scatter(
-                        np.asarray(t)[~past],
-                        np.asarray(v)[~past],
-                        s=16,
-                        facecolors="none",
-                        edgecolors="crimson",
-                        zorder=3,
-                        label="later (held out)",
-                    )
+        ax.fill_between(part["time"], part["q05"], part["q95"], color="C0", alpha=0.18, label="90% band")
+        ax.fill_between(part["time"], part["q25"], part["q75"], color="C0", alpha=0.35, label="50% band")
+        ax.plot(part["time"], part["median"], color="C0", lw=1.5, label="median forecast")
+        _measurements(ax, record, name, forecast.until)
         if spec.reference_range:
-            ax.axhspan(*spec.reference_range, color="green", alpha=0.07)
-        if spec.transform.value == "log":
-            ax.set_yscale("log")
-        ax.axvline(forecast.until, color="grey", ls="--", lw=1)
+            ax.axhspan(*spec.reference_range, color="green", alpha=0.07, label=REFERENCE_LABEL)
+        ax.axvline(forecast.until, color="grey", ls="--", lw=1, label="forecast time")
         ax.set_title(f"{name} ({spec.unit})" if spec.unit else name, fontsize=10)
         ax.grid(alpha=0.3)
     if len(survival):
@@ -227,20 +209,26 @@ def plot_forecast(
         future = survival[survival["time"] >= forecast.until]
         for k, (kind, part) in enumerate(future.groupby("event", sort=False)):
             ax.plot(part["time"], part["survival"], color=f"C{k + 1}", label=f"free of {kind}")
-            ax.fill_between(part["time"], part["survival_q05"], part["survival_q95"], color=f"C{k + 1}", alpha=0.2)
+            band = f"free of {kind}: 90% band"
+            ax.fill_between(part["time"], part["survival_q05"], part["survival_q95"], color=f"C{k + 1}", alpha=0.2, label=band)
         ax.set_ylim(0, 1.02)
         ax.set_title("survival from the forecast time", fontsize=10)
-        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
     _label_time(axes[:n_panels], forecast.config.time_unit.value)
     fig.suptitle(f"subject {forecast.subject_id}: forecast from t = {forecast.until:.2f} {forecast.config.time_unit.value}")
-    fig.tight_layout()
+    _figure_legend(fig, axes[:n_panels])
     return fig
 
 
-def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: plt.Figure | None = None) -> plt.Figure:
-    """One panel per lab with each plan's median and 90% band from the decision time, and survival per plan."""
+def plot_whatif(
+    result: WhatIfResult, variables: list[str] | None = None, fig: plt.Figure | None = None, record: PatientRecord | None = None
+) -> plt.Figure:
+    """One panel per lab with each plan's median and 90% band from the decision time, and survival per plan.
+
+    Plans differ in colour and in line style, so two plans with the same forecast are both seen.
+    With ``record``, the patient's measurements are drawn too: those known at the decision time
+    filled, later ones hollow.
+    """
     trajectories = result.trajectories()
     survival = result.survival()
     layout = next(iter(result.forecasts.values())).layout
@@ -249,16 +237,17 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
     n_panels = len(names) + len(layout.events)
     fig, axes = panels(n_panels, fig)
     future = trajectories[trajectories["time"] >= result.at - 1e-9]
+    styles = [PLAN_LINE_STYLES[k % len(PLAN_LINE_STYLES)] for k in range(len(result.plans))]
     for ax, name in zip(axes, names, strict=False):
         spec = config.variable(name)
         for k, plan in enumerate(result.plans):
             part = future[(future["variable"] == name) & (future["plan"] == plan.name)]
-            ax.fill_between(part["time"], part["q05"], part["q95"], color=f"C{k}", alpha=0.15)
-            ax.plot(part["time"], part["median"], color=f"C{k}", lw=1.5, label=plan.name)
+            ax.fill_between(part["time"], part["q05"], part["q95"], color=f"C{k}", alpha=0.15, label=f"{plan.name}: 90% band")
+            ax.plot(part["time"], part["median"], color=f"C{k}", ls=styles[k], lw=1.5, label=plan.name)
+        _measurements(ax, record, name, result.at)
         if spec.reference_range:
-            ax.axhspan(*spec.reference_range, color="green", alpha=0.07)
-        if spec.transform.value == "log":
-            ax.set_yscale("log")
+            ax.axhspan(*spec.reference_range, color="green", alpha=0.07, label=REFERENCE_LABEL)
+        ax.axvline(result.at, color="grey", ls="--", lw=1, label="decision time")
         ax.set_title(f"{name} ({spec.unit})" if spec.unit else name, fontsize=10)
         ax.grid(alpha=0.3)
     for i, kind in enumerate(layout.events):
@@ -267,23 +256,64 @@ def plot_whatif(result: WhatIfResult, variables: list[str] | None = None, fig: p
             part = survival[
                 (survival["event"] == kind) & (survival["plan"] == plan.name) & (survival["time"] >= result.at - 1e-9)
             ]
-            ax.plot(part["time"], part["survival"], color=f"C{k}", label=plan.name)
-            ax.fill_between(part["time"], part["survival_q05"], part["survival_q95"], color=f"C{k}", alpha=0.15)
+            ax.plot(part["time"], part["survival"], color=f"C{k}", ls=styles[k], label=plan.name)
+            ax.fill_between(
+                part["time"],
+                part["survival_q05"],
+                part["survival_q95"],
+                color=f"C{k}",
+                alpha=0.15,
+                label=f"{plan.name}: 90% band",
+            )
         ax.set_ylim(0, 1.02)
         ax.set_title(f"free of {kind}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
     unit = config.time_unit.value
     _label_time(axes[:n_panels], unit)
     fig.suptitle(f"subject {result.subject_id}: what-if from t = {result.at:.2f} {unit} (median and 90% band per plan)")
-    fig.tight_layout()
+    _figure_legend(fig, axes[:n_panels])
     return fig
 
 
+def _measurements(ax: plt.Axes, record: PatientRecord | None, name: str, until: float) -> None:
+    """The record's measurements of ``name``: those known at ``until`` filled black, later ones hollow red."""
+    seen = [(o.time, o.value) for o in record.observations if o.variable == name] if record is not None else []
+    if not seen:
+        return
+    t, v = (np.asarray(x) for x in zip(*seen, strict=True))
+    past = t <= until
+    ax.scatter(t[past], v[past], s=14, color="black", zorder=3, label="observed")
+    if (~past).any():
+        ax.scatter(t[~past], v[~past], s=16, facecolors="none", edgecolors="crimson", zorder=3, label="later (held out)")
+
+
 def _label_time(axes, unit: str) -> None:
-    """Name the data's time unit under every panel in use."""
+    """Name the data's time unit under every panel in use, and write its ticks as plain numbers."""
     for ax in axes:
         ax.set_xlabel(f"{unit} since index", fontsize=8)
+        _plain_ticks(ax)
+
+
+def _plain_ticks(ax: plt.Axes) -> None:
+    """Ticks as plain numbers on linear axes: no offset ("+1e3") and no scientific notation ("1.25 x 10^1")."""
+    for axis in (ax.xaxis, ax.yaxis):
+        formatter = axis.get_major_formatter()
+        if isinstance(formatter, ScalarFormatter):  # not named ticks (a panel of clinical signs)
+            formatter.set_useOffset(False)
+            formatter.set_scientific(False)
+
+
+def _figure_legend(fig: plt.Figure, axes) -> None:
+    """One legend for the figure, right of the panels, naming every line, band, point set and shaded range drawn once."""
+    named: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            named.setdefault(label, handle)
+    right = 0.98
+    if named:
+        fig.legend(list(named.values()), list(named), loc="center right", fontsize=8, frameon=False)
+        right = LEGEND_RIGHT
+    fig.tight_layout(rect=(0, 0, right, 0.97))
 
 
 def plot_trial(result: TrialResult, path=None, fig: plt.Figure | None = None) -> plt.Figure:
@@ -308,6 +338,7 @@ def plot_trial(result: TrialResult, path=None, fig: plt.Figure | None = None) ->
             ax.fill_between(part["time"], part["lower"], part["upper"], color=f"C{k}", alpha=0.2)
         ax.set_title(f"mean {name}", fontsize=10)
         ax.grid(alpha=0.3)
+    _label_time(axes[: 1 + len(labs)], result.time_unit.value)
     fig.suptitle(f"in-silico trial, {result.n_patients} patients per arm")
     fig.tight_layout()
     if path is not None:

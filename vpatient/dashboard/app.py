@@ -12,6 +12,7 @@ import os
 
 import streamlit as st
 
+from vpatient.dashboard import charts as vc
 from vpatient.dashboard import headlines as vh
 from vpatient.dashboard import session as vs
 from vpatient.dashboard import tables as vt
@@ -44,6 +45,21 @@ require_access_token()  # before the model is loaded: nothing about it or its pa
 @st.cache_resource(show_spinner="Loading the model (training the demo model the first time, a few minutes) ...")
 def load_session(model_dir: str) -> vs.DashboardSession:
     return vs.DashboardSession.load(vs.resolve_model_dir(model_dir or None))
+
+
+def show_charts(specs: list[dict], caption: str, per_row: int = 2) -> None:
+    """Interactive charts, ``per_row`` to a row, with the one line saying what their bands include under them."""
+    for first in range(0, len(specs), per_row):
+        for col, spec in zip(st.columns(per_row), specs[first : first + per_row], strict=False):
+            col.vega_lite_chart(spec=spec, width="stretch")
+    if specs:
+        st.caption(caption)
+
+
+def pick_labs(key: str) -> tuple[str, ...]:
+    """The labs to chart, chosen by the user (the config's first few at first)."""
+    labs = config.names(VariableKind.CONTINUOUS)
+    return tuple(st.multiselect("Labs to chart", labs, default=vc.default_labs(config), key=key))
 
 
 def show_problems(exc: RecordValidationError, what: str) -> None:
@@ -128,18 +144,15 @@ with tab_forecast:
     n_samples = cols[2].select_slider("Sample paths", [50, 100, 200, 400], value=200, key="n_samples")
     forecast_request = vs.ForecastRequest(subject, float(until), horizon=float(horizon), n_samples=int(n_samples), seed=0)
     st.subheader(f"Forecast of subject {vt.plain_markdown(record.subject_id)} from t = {until:.2f}")
-    labs = config.names(VariableKind.CONTINUOUS)
-    chosen_labs = st.multiselect("Headline labs", labs, default=vh.default_labs(config), key="headline_labs")
+    forecast_labs = pick_labs("forecast_labs")  # the headline numbers and the charts show the same labs
     with st.spinner("Forecasting ..."):
-        show_headlines(vh.forecast_headlines(sess.forecast(forecast_request), chosen_labs))
+        show_headlines(vh.forecast_headlines(sess.forecast(forecast_request), forecast_labs))
     with st.spinner("Forecasting ..."):
-        st.image(sess.figure("forecast", forecast_request), width="stretch")
+        lab_charts, survival_charts = sess.charts("forecast", forecast_request, forecast_labs)
+    show_charts(lab_charts, vc.band_caption(sess.model.n_members))
+    show_charts(survival_charts, vc.survival_caption(sess.model.n_members))
     with st.expander(f"Forecast {horizon:g} {unit} ahead, in numbers"):
         st.table(vt.styled(vt.forecast_table(sess.forecast(forecast_request))))
-    st.caption(
-        "Median, 50% and 90% prediction bands per lab; survival from the forecast time per event, with 90% bands. "
-        + sess.model.uncertainty_note()
-    )
 
 # --------------------------------------------------------------------------- 4. what-if
 with tab_whatif:
@@ -189,7 +202,10 @@ with tab_whatif:
             )
         with st.expander("Effects on labs (typical value, natural units)"):
             st.table(vt.styled(vt.effect_table(result, kinds=("lab",))))
-        st.image(sess.figure("whatif", whatif_request), width="stretch")
+        whatif_labs = pick_labs("whatif_labs")
+        lab_charts, survival_charts = sess.charts("whatif", whatif_request, whatif_labs)
+        show_charts(survival_charts, vc.survival_caption(sess.model.n_members))
+        show_charts(lab_charts, vc.band_caption(sess.model.n_members))
 
 # --------------------------------------------------------------------------- 5. next test
 with tab_next:

@@ -10,20 +10,19 @@ scientific notation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from vpatient.dashboard.tables import forecast_time, within_mc_error
 from vpatient.formatting import INFORMATION_UNIT, number, percent, percentage_points, span, with_unit
-from vpatient.schemas import DatasetConfig, TimeUnit, VariableKind
+from vpatient.schemas import TimeUnit
 
 __all__ = [
-    "HEADLINE_LABS",
     "Headline",
     "NextTestHeadlines",
     "WhatIfHeadlines",
-    "default_labs",
     "forecast_headlines",
     "horizon_words",
     "next_test_headlines",
@@ -32,9 +31,6 @@ __all__ = [
     "verdict",
     "whatif_headlines",
 ]
-
-#: How many labs the forecast headline shows unless a user picks: the first continuous variables of the config.
-HEADLINE_LABS = 2
 
 
 @dataclass(frozen=True)
@@ -52,11 +48,6 @@ class Headline:
     tone: str = "off"
 
 
-def default_labs(config: DatasetConfig, n: int = HEADLINE_LABS) -> list[str]:
-    """The labs the forecast headline shows by default: the config's first ``n`` continuous variables."""
-    return config.names(VariableKind.CONTINUOUS)[:n]
-
-
 def horizon_words(horizon: float, time_unit: TimeUnit) -> str:
     """A time ahead as a clinician says it: in years from a year on (``5 years``), else in the data's unit (``30 days``)."""
     years = horizon * time_unit.days / TimeUnit.YEARS.days
@@ -69,15 +60,18 @@ def horizon_words(horizon: float, time_unit: TimeUnit) -> str:
 # --------------------------------------------------------------------------- forecast
 
 
-def forecast_headlines(forecast, labs: list[str] | None = None, ahead: float | None = None) -> list[Headline]:
-    """Each lab's median ``ahead`` (default: the horizon) with its 90% range, then each event's survival with its interval."""
+def forecast_headlines(forecast, labs: Sequence[str], ahead: float | None = None) -> list[Headline]:
+    """Each of ``labs``' median ``ahead`` (default: the horizon) with its 90% range, then each event's survival with its interval.
+
+    The dashboard passes the labs its charts show (the user's pick), so headline and chart agree.
+    """
     config = forecast.config
     t = forecast_time(forecast, ahead)
     when = horizon_words(t - forecast.until, config.time_unit)
     summary = forecast.summary()
     at_t = summary[np.isclose(summary["time"], t)].set_index("variable")
     headlines = []
-    for lab in default_labs(config) if labs is None else labs:
+    for lab in labs:
         row = at_t.loc[lab]
         unit = config.variable(lab).unit
         headlines.append(

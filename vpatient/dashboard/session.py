@@ -456,7 +456,7 @@ class DashboardSession:
             elif kind == "forecast":
                 fig = plots.plot_forecast(self.forecast(request), self.record(request.subject))
             elif kind == "whatif":
-                fig = plots.plot_whatif(self.whatif(request))
+                fig = plots.plot_whatif(self.whatif(request), self.record(request.subject))
             elif kind == "cost_curve":
                 fig = plots.plot_cost_curve(self.recommend(request), unit=self.config.time_unit.value).figure
             else:
@@ -464,6 +464,27 @@ class DashboardSession:
             return _png(fig)
 
         return self._cached(("figure", kind, request), draw)
+
+    def charts(self, kind: str, request: Any, labs: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+        """Interactive charts of a forecast or a what-if (``kind``), cached with the result they draw.
+
+        Vega-Lite specifications (:mod:`vpatient.dashboard.charts`): one per lab in ``labs``,
+        and the survival chart(s). Cached because the library's summaries they are drawn from
+        take longer than the charts themselves.
+        """
+        from vpatient.dashboard import charts
+
+        def draw() -> tuple[list[dict], list[dict]]:
+            if kind == "forecast":
+                forecast = self.forecast(request)
+                survival = charts.forecast_survival_chart(forecast)
+                return charts.forecast_lab_charts(forecast, self.record(request.subject), labs), [survival] if survival else []
+            if kind == "whatif":
+                result = self.whatif(request)
+                return charts.whatif_lab_charts(result, self.record(request.subject), labs), charts.whatif_survival_charts(result)
+            raise ValueError(f"unknown chart {kind!r}")
+
+        return self._cached(("charts", kind, request, labs), draw)
 
 
 def _png(fig) -> bytes:

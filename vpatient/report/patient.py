@@ -131,7 +131,7 @@ def patient_report(
     reference = result.forecasts[result.reference]
     figures = {
         "history": figure_png(plot_forecast(reference, record)),
-        "whatif": figure_png(plot_whatif(result)),
+        "whatif": figure_png(plot_whatif(result, record=record)),
         "cost_curve": cost_curve,
     }
 

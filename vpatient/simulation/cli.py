@@ -145,7 +145,7 @@ def whatif_command(
         from vpatient.plots import plot_whatif
 
         with staged_file(plot) as staging:
-            plot_whatif(result).savefig(staging, dpi=110, bbox_inches="tight")
+            plot_whatif(result, record=record).savefig(staging, dpi=110, bbox_inches="tight")
         typer.echo(f"wrote {plot}", err=True)
 
 
