@@ -40,12 +40,16 @@ NON_COLLAPSIBLE_NOTE = (
 _MAX_PROBLEMS = 3  # validation problems quoted in the refusal; a wrong file usually has many
 
 
-def load_adjustment(path: str | Path) -> TrialAdjustmentResult:
-    """The adjustment result saved at ``path``; VPatientError naming the file when it is missing or not valid."""
+def load_adjustment(path: str | Path, shown_as: str | None = None) -> TrialAdjustmentResult:
+    """The adjustment result saved at ``path``; VPatientError naming the file when it is missing or not valid.
+
+    ``shown_as`` names the file in those messages instead of its path (a web page shows no server path).
+    """
     path = Path(path)
+    name = shown_as or str(path)
     if not path.is_file():
         raise VPatientError(
-            f"adjustment file {path} does not exist (vpatient trial adjust --out DIR writes DIR/{ADJUSTMENT_FILE})"
+            f"adjustment file {name} does not exist (vpatient trial adjust --out DIR writes DIR/{ADJUSTMENT_FILE})"
         )
     try:
         return TrialAdjustmentResult.model_validate_json(path.read_bytes())
@@ -54,7 +58,7 @@ def load_adjustment(path: str | Path) -> TrialAdjustmentResult:
         shown = "; ".join(f"{'.'.join(str(part) for part in p['loc']) or 'file'}: {p['msg']}" for p in problems[:_MAX_PROBLEMS])
         more = f" (and {len(problems) - _MAX_PROBLEMS} more)" if len(problems) > _MAX_PROBLEMS else ""
         raise VPatientError(
-            f"{path} is not a valid trial adjustment result (the {ADJUSTMENT_FILE} that vpatient trial adjust writes): "
+            f"{name} is not a valid trial adjustment result (the {ADJUSTMENT_FILE} that vpatient trial adjust writes): "
             f"{shown}{more}"
         ) from None
 
