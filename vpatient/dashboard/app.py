@@ -100,8 +100,8 @@ default_horizon = sess.model.default_horizon
 
 # the decision time, horizon and sample paths, shared by the forecast, what-if and next-test views: above the tabs
 shared_settings = st.container()
-# only the open tab's view runs (vv.when_open): a rerun computes what is on the screen
 vv.keep_view_inputs(st.session_state)  # a plan edited under What-if stays edited while another view is open
+# only the open tab's view runs (vv.when_open): a rerun computes what is on the screen
 tab_timeline, tab_forecast, tab_whatif, tab_next, tab_card = st.tabs(list(vv.VIEWS), on_change="rerun", key=vv.VIEW_KEY)
 
 # --------------------------------------------------------------------------- 2. timeline
