@@ -241,6 +241,21 @@ def test_the_html_card_shows_the_same_training_facts_and_marks_the_training_benc
         assert 'id="recipe">Not measured on this checkpoint.' in html
 
 
+def test_the_html_card_and_the_dashboard_say_the_same_of_the_adjustment_beside_the_checkpoint(
+    tiny_dir, tmp_path, simulated_trial_adjustment
+):
+    import html as html_text
+
+    from vpatient.report import model_card
+
+    own = shutil.copytree(tiny_dir, tmp_path / "model")  # a copy: the adjustment file stays out of the other tests' model
+    simulated_trial_adjustment(with_lab=False).write(own)
+    view = vt.trial_adjustment_view(own, "pbc2")
+    assert len(view.sentences) == 2 and not view.problem  # the survival effect, then how the score was made
+    card = html_text.unescape(model_card(Simulator.load(own), training=False).html)
+    assert all(f"<p>{sentence}</p>" in card for sentence in view.sentences)
+
+
 def test_plots_leave_the_backend_alone_and_draw_on_the_figure_given(cohort):
     probe = "import matplotlib, vpatient.plots; print(matplotlib.get_backend(auto_select=False))"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -289,12 +289,10 @@ def trial_adjustment_view(model_dir: Path, data: str | None = None) -> Adjustmen
         ADJUSTMENT_FILE,
         SECTION_TITLE,
         adjusted_effects,
-        effect_sentence,
+        adjustment_sentences,
         estimate_text,
         load_adjustment,
         percent,
-        precision_sentence,
-        scoring_sentence,
     )
 
     path = Path(model_dir) / ADJUSTMENT_FILE
@@ -309,7 +307,6 @@ def trial_adjustment_view(model_dir: Path, data: str | None = None) -> Adjustmen
     except VPatientError as exc:
         return AdjustmentView(SECTION_TITLE, [], pd.DataFrame(), hint=f"To write it anew, run {command}.", problem=str(exc))
     effects = adjusted_effects(result)
-    sentences = [f"{effect_sentence(result, e)} {precision_sentence(e)}" for e in effects]
     table = pd.DataFrame(
         {
             "outcome": [e.outcome for e in effects],
@@ -320,4 +317,4 @@ def trial_adjustment_view(model_dir: Path, data: str | None = None) -> Adjustmen
             "sample-size saving": [percent(e.sample_size_saving, signed=True) for e in effects],
         }
     )
-    return AdjustmentView(SECTION_TITLE, [*sentences, scoring_sentence(result)], table)
+    return AdjustmentView(SECTION_TITLE, adjustment_sentences(result), table)

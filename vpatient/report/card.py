@@ -25,6 +25,7 @@ from vpatient.report.render import figure_png, model_version, render, write_outp
 __all__ = [
     "ModelCard",
     "RecipeNote",
+    "checkpoint_adjustment",
     "data_name",
     "default_recipe",
     "find_benchmarks",
@@ -128,6 +129,21 @@ def training_facts(model) -> dict[str, str]:
     if first.validation_loss:
         facts["final validation loss"] = ", ".join(f"{h.validation_loss[-1]:.4g}" for h in histories if h.validation_loss)
     return facts
+
+
+def checkpoint_adjustment(model_dir: str | Path | None) -> dict[str, Any] | None:
+    """The real trial's prognostic-score adjustment saved beside the checkpoint (``vpatient trial adjust --out``), in words; None without one."""
+    from vpatient.errors import VPatientError
+    from vpatient.report.procova import ADJUSTMENT_FILE, SECTION_TITLE, adjustment_sentences, load_adjustment
+
+    if model_dir is None or not (Path(model_dir) / ADJUSTMENT_FILE).is_file():
+        return None
+    section = {"title": SECTION_TITLE, "file": ADJUSTMENT_FILE, "sentences": [], "problem": ""}
+    try:
+        section["sentences"] = adjustment_sentences(load_adjustment(Path(model_dir) / ADJUSTMENT_FILE, ADJUSTMENT_FILE))
+    except VPatientError as exc:
+        section["problem"] = str(exc)
+    return section
 
 
 def default_recipe() -> dict[str, Any]:
@@ -270,6 +286,7 @@ def model_card(
         recipe=recipe_note(model),
         trial_recipe=recipe_note(model, (trial or {}).get("train_settings"), "the trial figures below") if trial else None,
         training_run=training_run,
+        adjustment=checkpoint_adjustment(sim.model_dir),
         overview=overview,
         arms=arms,
         events=events,

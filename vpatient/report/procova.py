@@ -21,6 +21,7 @@ __all__ = [
     "NON_COLLAPSIBLE_NOTE",
     "SECTION_TITLE",
     "adjusted_effects",
+    "adjustment_sentences",
     "effect_sentence",
     "estimate_text",
     "load_adjustment",
@@ -119,6 +120,13 @@ def precision_sentence(effect: AdjustedEffect) -> str:
         f"Adjusting for the model's prognostic score changed the standard error of the {effect.effect} by "
         f"{percent(-effect.se_reduction, signed=True)}: the same precision would need {need}."
     )
+
+
+def adjustment_sentences(result: TrialAdjustmentResult) -> list[str]:
+    """The adjustment in plain words, as the dashboard's and the HTML card's model card say it: each effect, then the score."""
+    return [f"{effect_sentence(result, e)} {precision_sentence(e)}" for e in adjusted_effects(result)] + [
+        scoring_sentence(result)
+    ]
 
 
 def scoring_sentence(result: TrialAdjustmentResult) -> str:
