@@ -20,6 +20,7 @@ from vpatient.dashboard import command
 from vpatient.dashboard import headlines as vh
 from vpatient.dashboard import session as vs
 from vpatient.dashboard import tables as vt
+from vpatient.dashboard import views as vv
 from vpatient.datasets import load_dataset
 from vpatient.errors import RecordValidationError, VPatientError
 from vpatient.formatting import SCIENTIFIC, number, percent, span, with_unit
@@ -58,6 +59,12 @@ def app(model_dir: Path, monkeypatch):
 
     monkeypatch.setenv(vs.MODEL_ENV, str(model_dir))
     at = AppTest.from_file(str(APP), default_timeout=180)
+    return at.run()
+
+
+def show(at, view: str):
+    """Open one of the app's views (a tab) and rerun: only the open view computes and draws."""
+    at.session_state[vv.VIEW_KEY] = view
     return at.run()
 
 
@@ -159,12 +166,97 @@ def test_whatif_after_a_plan_edit_is_fast(model_dir):
 
 @pytest.mark.slow
 def test_model_card(model, model_dir):
-    card = vt.model_card(model, model_dir)
+    card = vt.model_card(model)
     assert card["training"]["trained on"] == "pbc2"
     assert "Intended use" in card["intended_use"] and "Limits" in card["limits"]
     assert card["notes"]
-    empty = vt.model_card(model, model_dir, results_dir=model_dir / "nowhere")
-    assert len(empty["benchmarks"]) == 0 and "No benchmark results" in empty["notes"][0]
+    empty = vt.model_card(model, results_dir=model_dir / "nowhere")
+    assert len(empty["benchmarks"]) == 0 and "No benchmark results" in empty["notes"][0] and empty["recipe"] is None
+
+
+# --------------------------------------------------------------------------- the model card describes this checkpoint (issue 18)
+
+TINY_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, cohort) -> Path:
+    """A model of 30 PBC patients trained for TINY_EPOCHS epochs (about a second), saved and so read back as a checkpoint is."""
+    records = cohort.records[:30]
+    model = VirtualPatientModel.fit(records, cohort.config, TrainSettings(epochs=TINY_EPOCHS, seed=0), progress=False)
+    model.data_source = "pbc2"
+    return model.save(tmp_path_factory.mktemp("tiny-card-model"))
+
+
+def test_the_card_states_the_training_measured_on_this_checkpoint(tiny_dir):
+    from vpatient.report.card import training_facts
+    from vpatient.version import __version__
+
+    model = VirtualPatientModel.load(tiny_dir)
+    facts = vt.model_card(model)["training"]
+    assert facts == training_facts(model) | {k: facts[k] for k in ("latent state dimension", "variables", "treatments", "events")}
+    history = json.loads((tiny_dir / "training.json").read_text())  # what the checkpoint recorded of its own training
+    assert facts["epochs run (best epoch)"] == f"{TINY_EPOCHS} ({history['best_epoch']})"
+    assert facts["most epochs allowed"] == str(TINY_EPOCHS) and facts["stopped by"] == f"the epoch limit ({TINY_EPOCHS})"
+    assert facts["patients (training / validation)"] == f"{history['n_train']} / {history['n_validation']}"
+    assert facts["training time"] == f"{history['seconds']:.0f} s"
+    assert facts["trained with"] == f"vpatient {__version__}" and facts["ensemble members"] == "1 (a single model)"
+    # a model trained on a folder of data names the data by its config: the folder's path is the server's
+    model.data_source = str(tiny_dir / "meds")
+    assert training_facts(model)["trained on"] == model.config.name
+    assert str(tiny_dir) not in vt.model_caption(model) and model.config.name in vt.model_caption(model)
+
+
+def test_benchmark_figures_are_marked_as_the_default_recipes_when_this_checkpoint_was_trained_otherwise(tiny_dir, tmp_path):
+    from vpatient.benchmarks.options import DEFAULT_MEMBERS
+    from vpatient.report.card import recipe_note
+
+    model = VirtualPatientModel.load(tiny_dir)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "forecast-pbc2.json").write_text(json.dumps({"vpatient_version": "0.1.0", "forecast": [], "survival": []}))
+    recipe = vt.model_card(model, results_dir=results)["recipe"]
+    assert recipe.differs and recipe == recipe_note(model)  # the dashboard's words are the HTML card's
+    assert recipe.text.startswith("Not measured on this checkpoint.")
+    assert f"This checkpoint: {TINY_EPOCHS} epochs, 1 member; the benchmark figures below: the default recipe" in recipe.text
+    assert f"up to 400 epochs with early stopping, {DEFAULT_MEMBERS} members" in recipe.text
+    assert f"epochs {TINY_EPOCHS} (there 400), members 1 (there {DEFAULT_MEMBERS})" in recipe.text
+    # trained as the recipe says (another seed, other threads: the same recipe), the figures are that recipe's
+    model.train_settings = TrainSettings(members=DEFAULT_MEMBERS, seed=7, threads=1)
+    same = recipe_note(model)
+    assert not same.differs and "was trained with the default recipe" in same.text
+    # figures whose benchmark recorded its own settings are compared with those
+    recorded = recipe_note(model, {"epochs": 400, "members": 1}, "the trial figures below")
+    assert recorded.differs and f"members {DEFAULT_MEMBERS} (there 1)" in recorded.text and "recorded" in recorded.text
+
+
+def test_the_html_card_shows_the_same_training_facts_and_marks_the_training_benchmark(tiny_dir):
+    from vpatient.report import model_card
+    from vpatient.report.card import training_facts
+
+    sim = Simulator.load(tiny_dir)
+    html = model_card(sim, training=False).html
+    for label, value in training_facts(sim.model).items():
+        assert f"<th>training: {label}</th><td>{value}</td>" in html
+    if (vt.RESULTS_DIR / "training-pbc2.json").is_file():  # the training benchmark's run is another model's, and says so
+        assert "The training benchmark (training-pbc2.json: another model" in html and "not this checkpoint" in html
+    if (vt.RESULTS_DIR / "forecast-pbc2.json").is_file():
+        assert 'id="recipe">Not measured on this checkpoint.' in html
+
+
+def test_the_html_card_and_the_dashboard_say_the_same_of_the_adjustment_beside_the_checkpoint(
+    tiny_dir, tmp_path, simulated_trial_adjustment
+):
+    import html as html_text
+
+    from vpatient.report import model_card
+
+    own = shutil.copytree(tiny_dir, tmp_path / "model")  # a copy: the adjustment file stays out of the other tests' model
+    simulated_trial_adjustment(with_lab=False).write(own)
+    view = vt.trial_adjustment_view(own, "pbc2")
+    assert len(view.sentences) == 2 and not view.problem  # the survival effect, then how the score was made
+    card = html_text.unescape(model_card(Simulator.load(own), training=False).html)
+    assert all(f"<p>{sentence}</p>" in card for sentence in view.sentences)
 
 
 def test_plots_leave_the_backend_alone_and_draw_on_the_figure_given(cohort):
@@ -515,6 +607,7 @@ def test_selecting_a_patient_shows_its_forecast(model_dir, model, cohort, monkey
     at = app(model_dir, monkeypatch)
     at.sidebar.text_input(key="patient_query").set_value(PATIENT).run()
     at.selectbox(key="patient").set_value(PATIENT).run()
+    show(at, "Forecast")
     assert not at.exception, at.exception
     assert any(f"Forecast of subject {PATIENT}" in h.value for h in at.subheader)
     record = cohort.subject(PATIENT)
@@ -529,6 +622,7 @@ def test_selecting_a_patient_shows_its_forecast(model_dir, model, cohort, monkey
 def test_editing_a_plan_moves_the_effects_as_the_model_does(model_dir, model, cohort, monkeypatch):
     at = app(model_dir, monkeypatch)
     at.selectbox(key="patient").set_value(PATIENT).run()
+    show(at, "What-if")
     before = table_with(at, "difference")
     # it says in plain words what the intervals include (a single model: not its own uncertainty)
     assert any("This is a single trained model" in c.value for c in at.caption)
@@ -591,7 +685,7 @@ def test_forecast_and_whatif_tabs_draw_interactive_charts_of_the_labs_picked(mod
 
 @pytest.mark.slow
 def test_invalid_plan_shows_problems_and_app_keeps_working(model_dir, monkeypatch):
-    at = app(model_dir, monkeypatch)
+    at = show(app(model_dir, monkeypatch), "What-if")
     at.number_input(key="plan0_dose").set_value(3.0).run()
     assert not at.exception, at.exception
     assert any("cannot be simulated" in e.value for e in at.error)
@@ -603,7 +697,7 @@ def test_invalid_plan_shows_problems_and_app_keeps_working(model_dir, monkeypatc
 
 @pytest.mark.slow
 def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, model, cohort, monkeypatch):
-    at = app(model_dir, monkeypatch)
+    at = show(app(model_dir, monkeypatch), "Next test")
     assert not at.exception, at.exception
     table = table_with(at, "gain per cost")
     assert sorted(table["test"]) == sorted(t.name for t in cohort.config.tests)
@@ -629,7 +723,7 @@ def test_next_test_table_ranks_the_config_tests_by_eig_per_cost(model_dir, model
 def test_next_test_panel_ranks_for_a_forecast_and_for_the_latent_state(model_dir, model, cohort, monkeypatch):
     from vpatient.plots import COST_CURVE_CAPTION
 
-    at = app(model_dir, monkeypatch)
+    at = show(app(model_dir, monkeypatch), "Next test")
     record = cohort.subject(at.selectbox(key="patient").value)
     visit = round(max(record.visit_times()), 2) + next_visit_gap(model)
     panel = at.tabs[3]
@@ -673,12 +767,15 @@ def test_invalid_upload_shows_the_problems_and_the_app_still_works(model_dir, co
     assert (problems["subject"] == "bad-1").any() and problems["field"].str.contains("observations").any()
     # The rest of the app works on the dataset's patients.
     at.selectbox(key="patient").set_value(PATIENT).run()
+    show(at, "Forecast")
     assert not at.exception
     assert any(f"Forecast of subject {PATIENT}" in h.value for h in at.subheader)
+    show(at, "What-if")
     table_with(at, "difference")
     # A valid upload becomes the patient shown.
     good = cohort.subject(PATIENT).model_dump(mode="json") | {"subject_id": "uploaded-7"}
     at.sidebar.file_uploader(key="upload").upload("good.json", json.dumps(good).encode(), "application/json").run()
+    show(at, "Forecast")
     assert not at.exception, at.exception
     assert any("Forecast of subject uploaded-7" in h.value for h in at.subheader)
 
@@ -692,16 +789,17 @@ def test_model_card_shows_the_precomputed_trial_adjustment(model_dir, monkeypatc
 
     own = tmp_path / "model"  # a copy: the adjustment file must not leak into the other tests' model
     shutil.copytree(model_dir, own)
-    at = app(own, monkeypatch)
+    at = show(app(own, monkeypatch), "Model card")
     assert not at.exception, at.exception
-    # no result beside the model: a one-line hint with the command that writes it
+    # no result beside the model: a one-line hint with the command that writes it (no server path on the page)
     hint = [c.value for c in at.caption if ADJUSTMENT_FILE in c.value]
-    assert hint and f"vpatient trial adjust --data pbc2 --out {own}" in hint[0]
+    assert hint and "vpatient trial adjust --data pbc2 --out MODEL_DIR" in hint[0]
 
     (own / ADJUSTMENT_FILE).write_text('{"data": "pbc2"}')
     at.run()
     assert not at.exception, at.exception
-    assert any(f"{own / ADJUSTMENT_FILE} is not a valid trial adjustment result" in w.value for w in at.warning)
+    assert any(f"{ADJUSTMENT_FILE} beside this model is not a valid trial adjustment result" in w.value for w in at.warning)
+    assert not [text for text in _shown_text(at) if str(own) in text]
 
     result = simulated_trial_adjustment(with_lab=False)
     result.write(own)
@@ -808,9 +906,10 @@ def test_hostile_ids_and_garbage_uploads_reach_the_page_only_as_plain_text(model
     ]
     hostile = cohort.subject(PATIENT).model_dump(mode="json") | {"subject_id": HOSTILE_ID}
     at.sidebar.file_uploader(key="upload").upload("hostile.json", json.dumps(hostile).encode(), "application/json").run()
-    at.text_input(key="plan0_name").set_value(HOSTILE_PLAN).run()
+    shown = _shown_text(at)  # the timeline, shown first
+    show(at, "What-if").text_input(key="plan0_name").set_value(HOSTILE_PLAN).run()
     assert not at.exception, at.exception
-    shown = _shown_text(at)
+    shown += _shown_text(at)
     assert r"Record of subject \<script\>alert(1)\</script\>" in shown
     assert r"Effects against plan '\<img src=x onerror=alert(1)\>' (90% intervals)" in shown
     assert not [text for text in shown if re.search(r"(?<!\\)<(script|img)", text)]  # never as markup
@@ -941,25 +1040,36 @@ def test_each_tab_opens_with_the_library_s_headline_numbers_in_plain_notation(mo
     def expected(headlines) -> list[tuple[str, str, str]]:
         return [(h.label, h.value, h.delta or "") for h in headlines]
 
+    texts = []  # what a clinician reads in each view: headlines and the cells of its tables
+
+    def read(tab) -> None:
+        texts.extend(t for m in tab.metric for t in (m.label, m.value, m.delta))
+        texts.extend(cell for table in tab.table for cell in displayed_cells(table))
+
     forecast = model.forecast(record, last, horizon, 200, 0)
+    show(at, "Forecast")
     assert shown(at.tabs[1]) == expected(vh.forecast_headlines(forecast, vc.default_labs(model.config)))
+    read(at.tabs[1])
+    show(at, "What-if")
     whatif = vh.whatif_headlines(whatif_of(model, record, last))
     assert shown(at.tabs[2]) == expected([h for rows in whatif.by_event.values() for row in rows for h in row])
     words = " ".join(m.value for m in at.tabs[2].markdown)
     assert all(vt.plain_markdown(v) in words for verdicts in whatif.verdicts.values() for v in verdicts)
+    read(at.tabs[2])
+    assert at.tabs[2].get("download_button"), "the what-if's effects are offered as CSV"
+    show(at, "Next test")
     rec = recommend(model, record, Target.risk("death", 5.0), last + next_visit_gap(model), 256, 0)
     nexttest = vh.next_test_headlines(rec, model.config.time_unit)
     assert shown(at.tabs[3]) == expected(nexttest.metrics)
     assert any(m.value == vt.plain_markdown(nexttest.sentence) for m in at.tabs[3].markdown)
+    read(at.tabs[3])
+    # nothing a clinician reads, in the headlines or the tables, is in scientific notation
+    assert texts and not [t for t in texts if SCIENTIFIC.search(t)]
     # a headline lab chosen by the user
+    show(at, "Forecast")
     lab = model.config.names(VariableKind.CONTINUOUS)[-1]
     at.multiselect(key="forecast_labs").set_value([lab]).run()
     assert shown(at.tabs[1])[0][0] == f"{lab} in 5 years"
-    # nothing a clinician reads, in the headlines or the tables, is in scientific notation
-    texts = [t for m in at.metric for t in (m.label, m.value, m.delta)]
-    texts += [cell for tab in at.tabs[1:4] for table in tab.table for cell in displayed_cells(table)]
-    assert texts and not [t for t in texts if SCIENTIFIC.search(t)]
-    assert at.tabs[2].get("download_button"), "the what-if's effects are offered as CSV"
 
 
 def test_the_dose_box_names_its_unit_and_allowed_range(cohort):
@@ -974,3 +1084,72 @@ def test_the_dose_box_names_its_unit_and_allowed_range(cohort):
         }
     )
     assert vt.dose_hint(in_mg, "d_penicillamine") == " (mg, 0-2,500 allowed)" and vt.dose_hint(in_mg, None) == ""
+
+
+# --------------------------------------------------------------------------- only what is shown; nothing of the server (issue 18)
+
+
+def _page_text(at) -> str:
+    """Everything the page shows as text: markdown-rendered elements, tables' cells, widgets' labels and values."""
+    tables = [t.value.to_string() for t in [*at.table, *at.sidebar.table]]
+    widgets = [
+        f"{w.label} {w.value}"
+        for kind in ("selectbox", "number_input", "text_input", "slider", "select_slider")
+        for w in getattr(at, kind)
+    ]
+    return "\n".join([*_shown_text(at), *tables, *widgets, *(t.label for t in at.tabs)])
+
+
+def _app_with_its_session(model_dir: Path, monkeypatch, tmp_path: Path):
+    """The app on a copy of ``model_dir`` (its own server-wide session, not one cached by another test) and that session."""
+    own = shutil.copytree(model_dir, tmp_path / "served-model")
+    loaded: list[vs.DashboardSession] = []
+    load = vs.DashboardSession.load
+
+    def load_and_keep(directory):
+        loaded.append(load(directory))
+        return loaded[-1]
+
+    monkeypatch.setattr(vs.DashboardSession, "load", load_and_keep)
+    at = app(own, monkeypatch)
+    assert not at.exception, at.exception
+    assert len(loaded) == 1
+    return at, loaded[0], own
+
+
+@pytest.mark.slow
+def test_a_rerun_after_a_plan_edit_computes_only_the_view_shown(model_dir, monkeypatch, tmp_path):
+    at, session, _ = _app_with_its_session(model_dir, monkeypatch, tmp_path)
+    assert set(session.computed) == {"timeline figure"}  # the first view, the timeline: no forecast, what-if or ranking
+    at.select_slider(key="n_samples").set_value(50).run()  # fewer sample paths: the same work to count, done faster
+    assert set(session.computed) == {"timeline figure"}
+    show(at, "What-if")
+    assert session.computed["whatif"] == 1
+    session.computed.clear()
+    at.number_input(key="plan0_dose").set_value(0.5).run()
+    assert not at.exception, at.exception
+    assert session.computed["whatif"] == 1 and set(session.computed) <= {"whatif", "whatif figure"}, session.computed
+    # the edited plan is kept while another view is open, and served from the cache when its view returns
+    show(at, "Forecast")
+    assert set(session.computed) - {"whatif", "whatif figure"} <= {"forecast", "forecast figure"}
+    session.computed.clear()
+    show(at, "What-if")
+    assert at.number_input(key="plan0_dose").value == 0.5 and not session.computed
+    # switching patients computes the open view for the new patient, and nothing else
+    at.selectbox(key="patient").set_value("32").run()
+    assert not at.exception, at.exception
+    assert session.computed["whatif"] == 1 and set(session.computed) <= {"whatif", "whatif figure"}, session.computed
+
+
+@pytest.mark.slow
+def test_no_view_shows_a_path_of_the_server(model_dir, monkeypatch, tmp_path):
+    from vpatient.version import __version__
+
+    at, _, served = _app_with_its_session(model_dir, monkeypatch, tmp_path)
+    caption = at.caption[0].value
+    assert "pbc2" in caption and f"trained with vpatient {__version__}" in caption and "a single model" in caption
+    for view in vv.VIEWS:
+        text = _page_text(show(at, view)).replace("\\", "")  # markdown escapes dropped: \_ reads _ on the page
+        assert not at.exception, (view, at.exception)
+        for path in {served, served.resolve(), tmp_path}:
+            assert str(path) not in text, f"{view} shows the server path {path}"

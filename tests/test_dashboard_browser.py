@@ -124,9 +124,10 @@ def test_dashboard_in_a_browser(tmp_path):
                 page.locator('[data-testid="stSelectbox"]').filter(has_text="Patient").first.click()
                 page.get_by_role("option", name=PATIENT, exact=True).click()
                 _settled(page)
-                page.get_by_text(f"Forecast of subject {PATIENT}").first.wait_for(state="attached", timeout=60_000)
-                # The what-if tab: read the effect table, edit a plan, and see the table change.
+                page.get_by_text(f"Record of subject {PATIENT}").first.wait_for(state="attached", timeout=60_000)
+                # The what-if tab (each tab computes when opened): read the effect table, edit a plan, see the table change.
                 page.get_by_role("tab", name="What-if").click()
+                _settled(page)
                 page.get_by_text("All effects, in numbers").click()  # the full table sits under the headline numbers
                 before = _effect_table_text(page)
                 dose = page.get_by_label("Plan 1 dose")

@@ -187,6 +187,7 @@ class VirtualPatientModel:
         self.history = history if history is not None else (member_histories[0] if member_histories else None)
         self.member_histories = list(member_histories) if member_histories else ([history] if history else [])
         self.train_settings = train_settings
+        self.trained_with = __version__  # the vpatient version that trained it; a loaded checkpoint's says its own
 
     @property
     def network(self) -> LatentODE:
@@ -413,7 +414,9 @@ class VirtualPatientModel:
             _load_member(path, name, digest, k, len(meta.files), layout, meta.settings, scalers.time_scale)
             for k, (name, digest) in enumerate(meta.files)
         ]
-        return cls(members, config, scalers, history, meta.train_settings, meta.data_source, member_histories)
+        model = cls(members, config, scalers, history, meta.train_settings, meta.data_source, member_histories)
+        model.trained_with = meta.vpatient_version
+        return model
 
     # -- simulation ------------------------------------------------------------
 
@@ -752,6 +755,7 @@ class _Meta:
     files: list[tuple[str, str | None]]  # (weights file, its SHA-256 or None) per member
     data_source: str | None
     manifest: str | None
+    vpatient_version: str | None = None  # None: a checkpoint saved before the version was recorded
 
     @classmethod
     def parse(cls, data: Any) -> _Meta:
@@ -768,9 +772,9 @@ class _Meta:
         files = [(m["file"], m.get("sha256")) for m in members]
         if not all(d is None or isinstance(d, str) for _, d in files):
             raise TypeError("a member's sha256 must be a string")
-        strings = [meta.get(k) for k in ("data_source", "manifest")]
+        strings = [meta.get(k) for k in ("data_source", "manifest", "vpatient_version")]
         if not all(v is None or isinstance(v, str) for v in strings):
-            raise TypeError("data_source and manifest must be strings")
+            raise TypeError("data_source, manifest and vpatient_version must be strings")
         return cls(model, train if train_values else None, files, *strings)
 
 

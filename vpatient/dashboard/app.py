@@ -8,6 +8,7 @@ shown, and this file only draws. The model is loaded once per server
 
 from __future__ import annotations
 
+import logging
 import os
 
 import streamlit as st
@@ -16,6 +17,7 @@ from vpatient.dashboard import charts as vc
 from vpatient.dashboard import headlines as vh
 from vpatient.dashboard import session as vs
 from vpatient.dashboard import tables as vt
+from vpatient.dashboard import views as vv
 from vpatient.errors import RecordValidationError, VPatientError
 from vpatient.plots import COST_CURVE_CAPTION
 from vpatient.policy import Target, TargetKind
@@ -74,10 +76,15 @@ def show_headlines(headlines: list[vh.Headline], per_row: int = 4) -> None:
             col.metric(h.label, h.value, h.delta, delta_color=h.tone, delta_arrow="auto" if h.tone == "normal" else "off")
 
 
-sess = load_session(os.environ.get(vs.MODEL_ENV, ""))
+try:
+    sess = load_session(os.environ.get(vs.MODEL_ENV, ""))
+except VPatientError as exc:  # its message names server paths: they go to the server's log, not to the page
+    logging.getLogger(__name__).error("the dashboard's model could not be loaded: %s", exc)
+    st.error("The model could not be loaded; the server's log says why.")
+    st.stop()
 config = sess.config
 st.title("Virtual patient: forecast, what-if and next test")
-st.caption(f"Model trained on {sess.model.data_source or config.name} · checkpoint {sess.model_dir}")
+st.caption(vt.plain_markdown(vt.model_caption(sess.model)))  # its name and versions; no path of the server's
 
 # --------------------------------------------------------------------------- 1. patient
 with st.sidebar:
@@ -115,17 +122,19 @@ visits = record.visit_times() or [0.0]
 unit = config.time_unit.value
 default_horizon = sess.model.default_horizon
 
-tab_timeline, tab_forecast, tab_whatif, tab_next, tab_card = st.tabs(
-    ["Timeline", "Forecast", "What-if", "Next test", "Model card"]
-)
+# the decision time, horizon and sample paths, shared by the forecast, what-if and next-test views: above the tabs
+shared_settings = st.container()
+vv.keep_view_inputs(st.session_state)  # a plan edited under What-if stays edited while another view is open
+# only the open tab's view runs (vv.when_open): a rerun computes what is on the screen
+tab_timeline, tab_forecast, tab_whatif, tab_next, tab_card = st.tabs(list(vv.VIEWS), on_change="rerun", key=vv.VIEW_KEY)
 
 # --------------------------------------------------------------------------- 2. timeline
-with tab_timeline:
+for _ in vv.when_open(tab_timeline):
     st.subheader(f"Record of subject {vt.plain_markdown(record.subject_id)}")
     st.image(sess.figure("timeline", subject), width="stretch")
 
 # --------------------------------------------------------------------------- 3. forecast
-with tab_forecast:
+with shared_settings:
     cols = st.columns(3)
     until = cols[0].select_slider(
         f"Forecast from ({unit} since enrolment; what was known then)",
@@ -143,11 +152,12 @@ with tab_forecast:
     )
     n_samples = cols[2].select_slider("Sample paths", [50, 100, 200, 400], value=200, key="n_samples")
     forecast_request = vs.ForecastRequest(subject, float(until), horizon=float(horizon), n_samples=int(n_samples), seed=0)
+    at = float(until)
+for _ in vv.when_open(tab_forecast):
     st.subheader(f"Forecast of subject {vt.plain_markdown(record.subject_id)} from t = {until:.2f}")
     forecast_labs = pick_labs("forecast_labs")  # the headline numbers and the charts show the same labs
     with st.spinner("Forecasting ..."):
         show_headlines(vh.forecast_headlines(sess.forecast(forecast_request), forecast_labs))
-    with st.spinner("Forecasting ..."):
         lab_charts, survival_charts = sess.charts("forecast", forecast_request, forecast_labs)
     show_charts(lab_charts, vc.band_caption(sess.model.n_members))
     show_charts(survival_charts, vc.survival_caption(sess.model.n_members))
@@ -155,8 +165,7 @@ with tab_forecast:
         st.table(vt.styled(vt.forecast_table(sess.forecast(forecast_request))))
 
 # --------------------------------------------------------------------------- 4. what-if
-with tab_whatif:
-    at = float(until)
+for _ in vv.when_open(tab_whatif):
     st.markdown(f"Plans take over at the forecast time **t = {at:.2f}** (what was given before stays as recorded).")
     treatments = config.treatments
     labels = list(vs.ACTIONS)
@@ -208,7 +217,7 @@ with tab_whatif:
         show_charts(lab_charts, vc.band_caption(sess.model.n_members))
 
 # --------------------------------------------------------------------------- 5. next test
-with tab_next:
+for _ in vv.when_open(tab_next):
     cols = st.columns(5)
     kinds = vt.target_kinds(config)
     kind = kinds[cols[0].selectbox("Target", list(kinds), key="target_kind")]
@@ -249,11 +258,13 @@ with tab_next:
         st.info(vt.test_explanation(recommendation, chosen, unit))
 
 # --------------------------------------------------------------------------- 6. model card
-with tab_card:
-    card = vt.model_card(sess.model, sess.model_dir)
-    st.subheader("What the model was trained on")
+for _ in vv.when_open(tab_card):
+    card = vt.model_card(sess.model)
+    st.subheader("How this model was trained")
     st.table({"": list(card["training"]), "value": [str(v) for v in card["training"].values()]})
     st.subheader("Benchmarks")
+    if card["recipe"] is not None:
+        st.info(card["recipe"].text)
     if len(card["benchmarks"]):
         st.table(card["benchmarks"])
     for note in card["notes"]:

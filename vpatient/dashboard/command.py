@@ -85,6 +85,9 @@ def dashboard_command(
         "false",
         "--client.toolbarMode",
         "viewer",
+        # views.keep_view_inputs writes the views' inputs back on purpose (to keep them across tabs), not by mistake
+        "--global.disableWidgetStateDuplicationWarning",
+        "true",
     ]
     typer.echo(f"vpatient dashboard on http://{address}:{port} (model {model_dir}); Ctrl+C stops it", err=True)
     if os.name == "posix":

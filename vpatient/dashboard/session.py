@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,6 +344,9 @@ class DashboardSession:
     uploads: OrderedDict[str, PatientRecord] = field(default_factory=OrderedDict)
     _cache: _LRU = field(default_factory=lambda: _LRU(64))
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    # What was computed rather than served from the cache, by kind ("whatif", "forecast figure", ...):
+    # shows which work a page view caused (a view computes only what it shows).
+    computed: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def load(cls, model_dir: str | Path) -> DashboardSession:
@@ -396,8 +399,14 @@ class DashboardSession:
     # -- computing -------------------------------------------------------------
 
     def _cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        kind = f"{key[1]} figure" if key[0] == "figure" else key[0]
+
+        def counted() -> Any:
+            self.computed[kind] += 1
+            return compute()
+
         with self._lock:
-            return self._cache.get(key, compute)
+            return self._cache.get(key, counted)
 
     def forecast(self, request: ForecastRequest):
         record = self.record(request.subject)

@@ -30,6 +30,7 @@ __all__ = [
     "forecast_table",
     "forecast_target_horizon",
     "forecast_time",
+    "model_caption",
     "model_card",
     "plain_markdown",
     "problems_table",
@@ -234,19 +235,26 @@ def test_explanation(recommendation, test: str, unit: str = "years") -> str:
     )
 
 
-def model_card(model, model_dir: Path, results_dir: Path | None = None) -> dict:
-    """What the model is, in plain words: training data, settings, benchmark figures, intended use and limits."""
+def model_caption(model) -> str:
+    """The line under the dashboard's title: the model's name and versions, and the vpatient serving it; no server path."""
+    from vpatient.report.card import model_identity
+    from vpatient.version import __version__
+
+    return f"{model_identity(model)} · dashboard: vpatient {__version__}"
+
+
+def model_card(model, results_dir: Path | None = None) -> dict:
+    """What the model is, in plain words: how this checkpoint was trained, benchmark figures marked by the recipe they measure, use and limits.
+
+    The training facts and the recipe note are the HTML/PDF card's own (:mod:`vpatient.report.card`).
+    """
+    from vpatient.report.card import data_name, recipe_note, training_facts
+
     history = model.history
-    settings = model.train_settings
-    source = model.dataset_name
-    training = {
-        "trained on": source,
-        "checkpoint": str(model_dir),
-        "patients (training / validation)": f"{history.n_train} / {history.n_validation}" if history else "unknown",
-        "epochs run (best)": f"{len(history.train_loss)} ({history.best_epoch})" if history else "unknown",
-        "training time": f"{history.seconds:.0f} s" if history else "unknown",
-        "most epochs allowed": settings.epochs if settings else "unknown",
-        "latent state dimension": model.network.settings.latent_dim,
+    source = model.dataset_name  # names the benchmark files; data_name(model) is what the page shows
+    shown = data_name(model)
+    training = training_facts(model) | {
+        "latent state dimension": str(model.network.settings.latent_dim),
         "variables": ", ".join(model.config.names(VariableKind.CONTINUOUS, VariableKind.BINARY, VariableKind.ORDINAL)),
         "treatments": ", ".join(model.config.treatments) or "none",
         "events": ", ".join(model.config.event_kinds) or "none",
@@ -254,9 +262,11 @@ def model_card(model, model_dir: Path, results_dir: Path | None = None) -> dict:
     results_dir = results_dir or RESULTS_DIR
     benchmarks: list[dict] = []
     notes: list[str] = []
+    recipe = None
     path = results_dir / f"forecast-{source}.json"
     if path.is_file():
         data = json.loads(path.read_text())
+        recipe = recipe_note(model)
         for row in data.get("forecast", []):
             benchmarks.append(
                 {
@@ -272,12 +282,9 @@ def model_card(model, model_dir: Path, results_dir: Path | None = None) -> dict:
                 f"death within {row['window']:g} y of landmark {row['landmark']:g} y: C-index {row['c_index_mean']:.3f}"
                 f" ± {row['c_index_std']:.3f}"
             )
-        notes.append(
-            f"Benchmark of the default training recipe on {source} (vpatient {data.get('vpatient_version')}); "
-            "this checkpoint's own training may differ."
-        )
+        notes.append(f"Benchmark run with vpatient {data.get('vpatient_version')}.")
     else:
-        notes.append(f"No benchmark results for {source} found beside this installation (benchmarks/results).")
+        notes.append(f"No benchmark results for {shown} found beside this installation (benchmarks/results).")
     intended = (
         "Intended use: exploring how a patient's labs and event risks might evolve, and how treatment plans and "
         "diagnostic tests compare, for research and teaching. It is a model of the training cohort, not a validated "
@@ -285,7 +292,7 @@ def model_card(model, model_dir: Path, results_dir: Path | None = None) -> dict:
     )
     limits = (
         "Limits: it learned from "
-        f"{history.n_train + history.n_validation if history else 'an unknown number of'} patients of {source}; "
+        f"{history.n_train + history.n_validation if history else 'an unknown number of'} patients of {shown}; "
         "predictions for patients unlike them (other diseases, eras, treatments, doses outside the trained range) "
         "are extrapolations. What-if effects assume the treatment effect the model learned from the data is causal "
         "(true for a randomised trial such as PBC, not in general). Intervals are the model's uncertainty given its "
@@ -293,6 +300,7 @@ def model_card(model, model_dir: Path, results_dir: Path | None = None) -> dict:
     )
     return {
         "training": training,
+        "recipe": recipe,  # a RecipeNote when there are benchmark figures: whose training they measure
         "benchmarks": pd.DataFrame(benchmarks),
         "notes": notes,
         "intended_use": intended,
@@ -326,25 +334,24 @@ def trial_adjustment_view(model_dir: Path, data: str | None = None) -> Adjustmen
         ADJUSTMENT_FILE,
         SECTION_TITLE,
         adjusted_effects,
-        effect_sentence,
+        adjustment_sentences,
         estimate_text,
         load_adjustment,
         percent,
-        precision_sentence,
-        scoring_sentence,
     )
 
     path = Path(model_dir) / ADJUSTMENT_FILE
-    command = f"`vpatient trial adjust --data {data or 'pbc2'} --out {model_dir}` (it cross-fits 5 fold models: minutes)"
+    # MODEL_DIR (and DATA for data read from a folder), not paths: the page shows nothing of the server's file system
+    data = "DATA" if data and ("/" in data or "\\" in data) else data or "pbc2"
+    command = f"`vpatient trial adjust --data {data} --out MODEL_DIR` (it cross-fits 5 fold models: minutes)"
     if not path.is_file():
         hint = f"No {ADJUSTMENT_FILE} beside this model; to show the adjustment, run {command}."
         return AdjustmentView(SECTION_TITLE, [], pd.DataFrame(), hint=hint)
     try:
-        result = load_adjustment(path)
+        result = load_adjustment(path, shown_as=f"{ADJUSTMENT_FILE} beside this model")
     except VPatientError as exc:
         return AdjustmentView(SECTION_TITLE, [], pd.DataFrame(), hint=f"To write it anew, run {command}.", problem=str(exc))
     effects = adjusted_effects(result)
-    sentences = [f"{effect_sentence(result, e)} {precision_sentence(e)}" for e in effects]
     table = pd.DataFrame(
         {
             "outcome": [e.outcome for e in effects],
@@ -355,4 +362,4 @@ def trial_adjustment_view(model_dir: Path, data: str | None = None) -> Adjustmen
             "sample-size saving": [percent(e.sample_size_saving, signed=True) for e in effects],
         }
     )
-    return AdjustmentView(SECTION_TITLE, [*sentences, scoring_sentence(result)], table)
+    return AdjustmentView(SECTION_TITLE, adjustment_sentences(result), table)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,18 @@ from vpatient.data.cohort import Cohort
 from vpatient.report.patient import training_cohort
 from vpatient.report.render import figure_png, model_version, render, write_outputs
 
-__all__ = ["ModelCard", "find_benchmarks", "model_card"]
+__all__ = [
+    "ModelCard",
+    "RecipeNote",
+    "checkpoint_adjustment",
+    "data_name",
+    "default_recipe",
+    "find_benchmarks",
+    "model_card",
+    "model_identity",
+    "recipe_note",
+    "training_facts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +65,125 @@ def _read(folder: Path | None, name: str) -> dict | None:
     except (OSError, json.JSONDecodeError) as exc:
         log.warning("could not read %s: %s", folder / name, exc)
         return None
+
+
+# --------------------------------------------------------------------------- what this checkpoint is
+# One source for the dashboard's Model card tab and the HTML/PDF card: both show these rows and
+# sentences, so the two can never describe different trainings.
+
+#: Settings that change where or how fast training runs, not the model it makes: left out of a recipe comparison.
+NOT_THE_RECIPE = frozenset({"threads", "seed"})
+
+
+def data_name(model) -> str:
+    """The training data's name as a page shows it: the dataset's, or the config's where the model was trained on a folder (no path)."""
+    source = model.dataset_name
+    return model.config.name if "/" in source or "\\" in source else source
+
+
+def model_identity(model) -> str:
+    """The model's name for a page: its data, its members and the vpatient version that trained it (no path)."""
+    members = "a single model" if model.n_members == 1 else f"an ensemble of {model.n_members}"
+    trained_with = f"vpatient {model.trained_with}" if model.trained_with else "an unrecorded vpatient version"
+    return f"vpatient world model of {data_name(model)} ({members}), trained with {trained_with}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _histories(model) -> list:
+    return list(model.member_histories or ([model.history] if model.history is not None else []))
+
+
+def _stopped_by(history, settings) -> str:
+    """Why one member's training ended: the time limit, the epoch limit, or early stopping."""
+    if history.stopped_on_time:
+        return f"the {settings.max_minutes:g}-minute time limit" if settings and settings.max_minutes else "the time limit"
+    if settings is not None and len(history.train_loss) >= settings.epochs:
+        return f"the epoch limit ({settings.epochs})"
+    patience = f" (no validation improvement for {settings.patience} epochs)" if settings is not None else ""
+    return f"early stopping{patience}"
+
+
+def training_facts(model) -> dict[str, str]:
+    """How this checkpoint was trained, as measured when it was trained (its training.json, members.json and model.json)."""
+    histories, settings = _histories(model), model.train_settings
+    facts = {
+        "trained on": data_name(model),
+        "trained with": f"vpatient {model.trained_with}" if model.trained_with else "unrecorded vpatient version",
+        "ensemble members": "1 (a single model)" if model.n_members == 1 else str(model.n_members),
+    }
+    if not histories:
+        return facts | {"training history": "not saved with this checkpoint"}
+    first = histories[0]
+    each = "" if len(histories) == 1 else " per member"
+    seconds = [h.seconds for h in histories]
+    facts |= {
+        "patients (training / validation)": f"{first.n_train} / {first.n_validation}",
+        f"epochs run{each} (best epoch)": ", ".join(f"{len(h.train_loss)} ({h.best_epoch})" for h in histories),
+        "most epochs allowed": str(settings.epochs) if settings else "unrecorded",
+        "stopped by": ", ".join(dict.fromkeys(_stopped_by(h, settings) for h in histories)),
+        f"training time{each}": f"{min(seconds):.0f} s" if len(set(seconds)) == 1 else f"{min(seconds):.0f}-{max(seconds):.0f} s",
+    }
+    if first.validation_loss:
+        facts["final validation loss"] = ", ".join(f"{h.validation_loss[-1]:.4g}" for h in histories if h.validation_loss)
+    return facts
+
+
+def checkpoint_adjustment(model_dir: str | Path | None) -> dict[str, Any] | None:
+    """The real trial's prognostic-score adjustment saved beside the checkpoint (``vpatient trial adjust --out``), in words; None without one."""
+    from vpatient.errors import VPatientError
+    from vpatient.report.procova import ADJUSTMENT_FILE, SECTION_TITLE, adjustment_sentences, load_adjustment
+
+    if model_dir is None or not (Path(model_dir) / ADJUSTMENT_FILE).is_file():
+        return None
+    section = {"title": SECTION_TITLE, "file": ADJUSTMENT_FILE, "sentences": [], "problem": ""}
+    try:
+        section["sentences"] = adjustment_sentences(load_adjustment(Path(model_dir) / ADJUSTMENT_FILE, ADJUSTMENT_FILE))
+    except VPatientError as exc:
+        section["problem"] = str(exc)
+    return section
+
+
+def default_recipe() -> dict[str, Any]:
+    """The training `vpatient train` does when told nothing (TrainSettings' defaults, DEFAULT_MEMBERS members): the benchmarks' recipe."""
+    from vpatient.benchmarks.options import DEFAULT_MEMBERS
+    from vpatient.train import TrainSettings
+
+    return TrainSettings(members=DEFAULT_MEMBERS).to_dict()
+
+
+@dataclass(frozen=True)
+class RecipeNote:
+    """How the training behind some benchmark figures compares with this checkpoint's."""
+
+    text: str
+    differs: bool  # the figures were not measured on a model trained as this one was
+
+
+def recipe_note(model, recorded: Mapping[str, Any] | None = None, figures: str = "the benchmark figures below") -> RecipeNote:
+    """Say whether ``figures`` describe this checkpoint's training: ``recorded`` is the settings the benchmark saved, else the default recipe."""
+    from vpatient.train import TrainSettings
+
+    recipe = TrainSettings().to_dict() | dict(recorded) if recorded else default_recipe()
+    name = "the recipe they recorded" if recorded else "the default recipe"
+    theirs = f"{name}, up to {recipe['epochs']} epochs with early stopping, {_plural(recipe['members'], 'member')}"
+    histories = _histories(model)
+    epochs = ", ".join(str(len(h.train_loss)) for h in histories) or "an unrecorded number of"
+    this = f"this checkpoint: {epochs} epochs, {_plural(model.n_members, 'member')}"
+    settings = model.train_settings.to_dict() if model.train_settings is not None else None
+    if settings is None:
+        return RecipeNote(
+            f"Not measured on this checkpoint, which saved no training settings ({this}); {figures}: {theirs}.", True
+        )
+    differing = [k for k in recipe if k not in NOT_THE_RECIPE and k in settings and settings[k] != recipe[k]]
+    if not differing:
+        return RecipeNote(f"This checkpoint was trained with {theirs}: {figures} measure that recipe (on held-out folds).", False)
+    changes = ", ".join(f"{k.replace('_', ' ')} {settings[k]} (there {recipe[k]})" for k in differing)
+    return RecipeNote(
+        f"Not measured on this checkpoint. {this[0].upper()}{this[1:]}; {figures}: {theirs}. It differs in {changes}.", True
+    )
 
 
 def model_card(
@@ -140,13 +272,6 @@ def model_card(
             (Path(model_dir) / "training_curve.png").read_bytes()
         ).decode("ascii")
 
-    history = model.history.to_dict() if model.history is not None else {}
-    history.pop("validation_ids", None)
-    for key in ("train_loss", "validation_loss"):
-        values = history.pop(key, None)
-        if values:
-            history[f"final {key.replace('_', ' ')}"] = values[-1]
-            history["epochs run"] = len(values)
     config = model.config
     html = render(
         "model.html.j2",
@@ -156,8 +281,12 @@ def model_card(
         layout=model.layout,
         world_settings=_settings(getattr(model.network, "settings", None)),
         train_settings=_settings(model.train_settings),
-        history=history,
+        model_identity=model_identity(model),
+        training=training_facts(model),
+        recipe=recipe_note(model),
+        trial_recipe=recipe_note(model, (trial or {}).get("train_settings"), "the trial figures below") if trial else None,
         training_run=training_run,
+        adjustment=checkpoint_adjustment(sim.model_dir),
         overview=overview,
         arms=arms,
         events=events,

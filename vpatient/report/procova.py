@@ -21,6 +21,7 @@ __all__ = [
     "NON_COLLAPSIBLE_NOTE",
     "SECTION_TITLE",
     "adjusted_effects",
+    "adjustment_sentences",
     "effect_sentence",
     "estimate_text",
     "load_adjustment",
@@ -40,12 +41,16 @@ NON_COLLAPSIBLE_NOTE = (
 _MAX_PROBLEMS = 3  # validation problems quoted in the refusal; a wrong file usually has many
 
 
-def load_adjustment(path: str | Path) -> TrialAdjustmentResult:
-    """The adjustment result saved at ``path``; VPatientError naming the file when it is missing or not valid."""
+def load_adjustment(path: str | Path, shown_as: str | None = None) -> TrialAdjustmentResult:
+    """The adjustment result saved at ``path``; VPatientError naming the file when it is missing or not valid.
+
+    ``shown_as`` names the file in those messages instead of its path (a web page shows no server path).
+    """
     path = Path(path)
+    name = shown_as or str(path)
     if not path.is_file():
         raise VPatientError(
-            f"adjustment file {path} does not exist (vpatient trial adjust --out DIR writes DIR/{ADJUSTMENT_FILE})"
+            f"adjustment file {name} does not exist (vpatient trial adjust --out DIR writes DIR/{ADJUSTMENT_FILE})"
         )
     try:
         return TrialAdjustmentResult.model_validate_json(path.read_bytes())
@@ -54,7 +59,7 @@ def load_adjustment(path: str | Path) -> TrialAdjustmentResult:
         shown = "; ".join(f"{'.'.join(str(part) for part in p['loc']) or 'file'}: {p['msg']}" for p in problems[:_MAX_PROBLEMS])
         more = f" (and {len(problems) - _MAX_PROBLEMS} more)" if len(problems) > _MAX_PROBLEMS else ""
         raise VPatientError(
-            f"{path} is not a valid trial adjustment result (the {ADJUSTMENT_FILE} that vpatient trial adjust writes): "
+            f"{name} is not a valid trial adjustment result (the {ADJUSTMENT_FILE} that vpatient trial adjust writes): "
             f"{shown}{more}"
         ) from None
 
@@ -115,6 +120,13 @@ def precision_sentence(effect: AdjustedEffect) -> str:
         f"Adjusting for the model's prognostic score changed the standard error of the {effect.effect} by "
         f"{percent(-effect.se_reduction, signed=True)}: the same precision would need {need}."
     )
+
+
+def adjustment_sentences(result: TrialAdjustmentResult) -> list[str]:
+    """The adjustment in plain words, as the dashboard's and the HTML card's model card say it: each effect, then the score."""
+    return [f"{effect_sentence(result, e)} {precision_sentence(e)}" for e in adjusted_effects(result)] + [
+        scoring_sentence(result)
+    ]
 
 
 def scoring_sentence(result: TrialAdjustmentResult) -> str:
