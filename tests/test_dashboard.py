@@ -657,16 +657,18 @@ def _chart_titles(panel) -> list[str]:
 @pytest.mark.slow
 def test_forecast_and_whatif_tabs_draw_interactive_charts_of_the_labs_picked(model_dir, model, monkeypatch):
 
-    at = app(model_dir, monkeypatch)
+    at = show(app(model_dir, monkeypatch), "Forecast")
     assert not at.exception, at.exception
-    forecast_tab, whatif_tab = at.tabs[1], at.tabs[2]
     config = model.config
     titles = [f"{name} ({config.variable(name).unit})" for name in vc.default_labs(config)]
+    forecast_tab = at.tabs[1]
     assert _chart_titles(forecast_tab) == [*titles, "survival from the forecast time"]
-    assert _chart_titles(whatif_tab) == [*(f"free of {kind}" for kind in config.event_kinds), *titles]
-    assert not forecast_tab.image and not whatif_tab.image  # the static figures stay for the reports
     captions = [c.value for c in forecast_tab.caption]
     assert vc.band_caption(model.n_members) in captions and vc.survival_caption(model.n_members) in captions
+    assert not forecast_tab.image  # the static figures stay for the reports
+    whatif_tab = show(at, "What-if").tabs[2]
+    assert _chart_titles(whatif_tab) == [*(f"free of {kind}" for kind in config.event_kinds), *titles]
+    assert not whatif_tab.image
     assert vc.band_caption(model.n_members) in [c.value for c in whatif_tab.caption]
     # the plans are drawn in their own colours and dashes, the data sent beside the spec (as Arrow)
     chart = whatif_tab.get("vega_lite_chart")[0]
@@ -674,11 +676,11 @@ def test_forecast_and_whatif_tabs_draw_interactive_charts_of_the_labs_picked(mod
     assert line["encoding"]["strokeDash"]["scale"]["domain"][:2] == ["treat", "no treatment"]
     assert {d.name for d in chart.proto.datasets} == {"line", "forecast_time"}
 
-    at.multiselect(key="forecast_labs").set_value(["platelets", "albumin"]).run()
+    show(at, "Forecast").multiselect(key="forecast_labs").set_value(["platelets", "albumin"]).run()
     assert not at.exception, at.exception
     picked = [f"{name} ({config.variable(name).unit})" for name in ("platelets", "albumin")]
     assert _chart_titles(at.tabs[1]) == [*picked, "survival from the forecast time"]
-    assert _chart_titles(at.tabs[2])[-len(titles) :] == titles  # the what-if tab keeps its own pick
+    assert _chart_titles(show(at, "What-if").tabs[2])[-len(titles) :] == titles  # the what-if tab keeps its own pick
     at.multiselect(key="whatif_labs").set_value([]).run()
     assert _chart_titles(at.tabs[2]) == [f"free of {kind}" for kind in config.event_kinds]
 
@@ -1128,17 +1130,17 @@ def test_a_rerun_after_a_plan_edit_computes_only_the_view_shown(model_dir, monke
     session.computed.clear()
     at.number_input(key="plan0_dose").set_value(0.5).run()
     assert not at.exception, at.exception
-    assert session.computed["whatif"] == 1 and set(session.computed) <= {"whatif", "whatif figure"}, session.computed
+    assert session.computed["whatif"] == 1 and set(session.computed) <= {"whatif", "charts"}, session.computed
     # the edited plan is kept while another view is open, and served from the cache when its view returns
     show(at, "Forecast")
-    assert set(session.computed) - {"whatif", "whatif figure"} <= {"forecast", "forecast figure"}
+    assert set(session.computed) - {"whatif", "charts"} <= {"forecast", "charts"}
     session.computed.clear()
     show(at, "What-if")
     assert at.number_input(key="plan0_dose").value == 0.5 and not session.computed
     # switching patients computes the open view for the new patient, and nothing else
     at.selectbox(key="patient").set_value("32").run()
     assert not at.exception, at.exception
-    assert session.computed["whatif"] == 1 and set(session.computed) <= {"whatif", "whatif figure"}, session.computed
+    assert session.computed["whatif"] == 1 and set(session.computed) <= {"whatif", "charts"}, session.computed
 
 
 @pytest.mark.slow
