@@ -87,3 +87,13 @@ def test_every_probability_reads_as_a_percentage(p):
     assert shown.endswith("%") and not SCIENTIFIC.search(shown)
     if 0 < p < 1:
         assert shown not in ("0%", "100%")  # "certain" only when it is
+
+
+def test_research_tables_read_plainly_but_keep_tiny_magnitudes():
+    from vpatient.tables import format_number
+
+    assert [format_number(v) for v in (5990.4, 12570.0, 312.0, True, None, float("nan"), float("inf"))] == [
+        "5,990", "12,570", "312", "yes", "-", "-", "inf"
+    ]  # fmt: skip
+    assert format_number(4.174e-07) == "4.17e-07"  # a Monte Carlo error this small is not zero
+    assert not any(SCIENTIFIC.search(format_number(v)) for v in (0.001, 0.5, 1e3, 5.99e3, 1e5, 1e15))

@@ -6,20 +6,23 @@ import math
 
 import pandas as pd
 
+from vpatient import formatting
+
 __all__ = ["format_number", "markdown_table"]
 
 
 def format_number(value: object, digits: int = 3) -> str:
-    """A number as a person reads it: integers plain, floats to ``digits`` significant digits."""
+    """A number in a benchmark or command-line table: :func:`vpatient.formatting.value`, except tiny magnitudes.
+
+    Below 0.001 a research table keeps ``digits`` significant digits (``4.17e-07``), where the
+    clinician's formatter would round to six decimals: a Monte Carlo error or a p-value that
+    small still has to be told apart from zero. Missing values show as ``-``, infinities as ``inf``.
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e15):
-        return f"{int(value):,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    return str(value)
+    if isinstance(value, float) and (0 < abs(value) < 1e-3 or math.isinf(value)):
+        return f"{value:.{digits}g}"
+    return formatting.value(value, digits)
 
 
 def markdown_table(frame: pd.DataFrame, index: bool = True, digits: int = 3) -> str:
