@@ -1155,3 +1155,169 @@ def test_no_view_shows_a_path_of_the_server(model_dir, monkeypatch, tmp_path):
         assert not at.exception, (view, at.exception)
         for path in {served, served.resolve(), tmp_path}:
             assert str(path) not in text, f"{view} shows the server path {path}"
+
+
+# --------------------------------------------------------------------------- cohort and trial view (issue 18)
+
+TRIAL_N = 60  # two chunks of the dashboard's trial (vs.TRIAL_CHUNK_SIZE = 50): a second on the tiny model
+
+
+def trial_arms_of(config) -> tuple[vs.PlanSpec, ...]:
+    """The trial view's default arms: the treatment at dose 1 from enrolment against none."""
+    treatment = config.treatments[0]
+    return (vs.PlanSpec("treat", "dose", treatment, 0.0, 1.0), vs.PlanSpec("no treatment", "stop", treatment))
+
+
+def library_trial(model, cohort, arms: tuple[vs.PlanSpec, ...], n: int, years: float = 5.0, seed: int = 0):
+    """The library's own trial of ``arms``: a Simulator with the population fitted on the training data, as the CLI does."""
+    simulator = Simulator(model)
+    simulator.fit_population(cohort.records, save=False)
+    plans = {spec.name: spec.to_plan(None, 0.0, model.config) for spec in arms}
+    return simulator.trial(plans, n=n, seed=seed, years=years, chunk_size=vs.TRIAL_CHUNK_SIZE, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trial_session(model_dir) -> vs.DashboardSession:
+    return vs.DashboardSession.load(model_dir)
+
+
+def test_a_trial_runs_in_chunks_reports_its_progress_is_cached_and_equals_the_library_s(trial_session, model, cohort):
+    request = vs.TrialRequest(trial_arms_of(model.config), n=TRIAL_N, years=5.0, seed=3)
+    assert trial_session.cached_trial(request) is None
+    stop_after_first = []
+
+    def stop(done: int, total: int) -> None:  # what Streamlit does when Stop is pressed: raise at the next update
+        stop_after_first.append((done, total))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trial_session.trial(request, on_chunk=stop)
+    assert stop_after_first == [(1, 2)] and trial_session.cached_trial(request) is None  # stopped between chunks, nothing kept
+    progress = []
+    result = trial_session.trial(request, on_chunk=lambda done, total: progress.append((done, total)))
+    assert progress == [(1, 2), (2, 2)]
+    assert trial_session.cached_trial(request) is result and trial_session.trial(request) is result
+    assert trial_session.computed["trial"] == 2 and trial_session.computed["population"] == 1  # the population fitted once
+    expected = library_trial(model, cohort, request.arms, TRIAL_N, seed=3)
+    pd.testing.assert_frame_equal(result.hazard_ratios, expected.hazard_ratios)
+    pd.testing.assert_frame_equal(result.rmst, expected.rmst)
+    pd.testing.assert_frame_equal(result.kaplan_meier, expected.kaplan_meier)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n": 0}, "0 patients per arm: simulate between 1 and 2,000"),
+        ({"n": vs.TRIAL_PATIENTS[1] + 1}, "2,001 patients per arm"),
+        ({"years": 0.0}, "follow-up 0 years: it must be more than 0"),
+        ({"arms": "one"}, "a trial needs at least two arms to compare, got 1"),
+        ({"arms": "same names"}, "two plans share this name"),
+    ],
+)
+def test_a_trial_request_that_cannot_run_is_refused_in_words_before_anything_runs(trial_session, model, change, message):
+    arms = trial_arms_of(model.config)
+    if change.get("arms") == "one":
+        change = {"arms": arms[:1]}
+    elif change.get("arms") == "same names":
+        change = {"arms": (arms[0], vs.PlanSpec("treat", "stop", arms[1].treatment))}
+    request = vs.TrialRequest(**{"arms": arms, "n": 10, **change})
+    before = dict(trial_session.computed)
+    with pytest.raises(VPatientError) as info:
+        trial_session.trial(request)
+    shown = str(info.value) + " ".join(p.message for p in getattr(info.value, "problems", []))
+    assert message in shown and "Traceback" not in shown
+    assert dict(trial_session.computed) == before
+
+
+@pytest.fixture(scope="module")
+def small_trial(model, cohort):
+    """The library's trial of the view's default arms, TRIAL_N virtual patients per arm, 5 years, seed 0."""
+    return library_trial(model, cohort, trial_arms_of(model.config), TRIAL_N)
+
+
+def test_trial_headlines_are_the_library_s_hazard_ratio_and_rmst_worded_by_their_intervals(small_trial):
+    result = small_trial
+    shown = vh.trial_headlines(result)
+    km = result.survival_at([5.0]).set_index("arm")
+    hr, rmst = result.hazard_ratios.iloc[0], result.rmst.iloc[0]
+    assert [(h.label, h.value) for h in shown.metrics] == [
+        ("treat: free of death in 5 years", percent(km.loc["treat", "survival"])),
+        ("no treatment: free of death in 5 years", percent(km.loc["no treatment", "survival"])),
+        ("hazard ratio of death, no treatment vs treat", number(hr["hazard_ratio"])),
+        (
+            "years free of death within 5 years (RMST), no treatment vs treat",
+            f"{number(rmst['difference'], 2, signed=True)} years",
+        ),
+    ]
+    assert shown.metrics[2].delta == f"95% interval {span(hr['lower'], hr['upper'])}"
+    assert shown.metrics[3].delta == f"95% interval {span(rmst['lower'], rmst['upper'], lambda d: number(d, 2, signed=True))}"
+    hr_side = "higher hazard" if hr["lower"] > 1 else "lower hazard" if hr["upper"] < 1 else vh.NO_DIFFERENCE
+    rmst_side = "more time" if rmst["lower"] > 0 else "less time" if rmst["upper"] < 0 else vh.NO_DIFFERENCE
+    assert hr_side in shown.verdicts[0] and rmst_side in shown.verdicts[1]
+    assert not [t for h in shown.metrics for t in (h.value, h.delta) if SCIENTIFIC.search(t)]
+
+
+def test_a_trial_without_events_says_so_instead_of_a_hazard_ratio(small_trial):
+    import dataclasses
+
+    none = small_trial.hazard_ratios.assign(hazard_ratio=np.nan, lower=np.nan, upper=np.nan)  # what lifelines leaves then
+    shown = vh.trial_headlines(dataclasses.replace(small_trial, hazard_ratios=none))
+    assert shown.metrics[2].delta == "no death simulated"
+    assert shown.verdicts[0] == "no treatment against treat: no death in the simulated trial, so no hazard ratio."
+
+
+def test_verdicts_are_worded_by_which_side_of_no_effect_the_interval_lies():
+    words = ("above", "below", "neither")
+    assert vh.by_interval(0.1, 0.3, *words) == "above" and vh.by_interval(-0.3, -0.1, *words) == "below"
+    assert vh.by_interval(-0.1, 0.3, *words) == "neither" and vh.by_interval(np.nan, np.nan, *words) == "neither"
+    assert vh.by_interval(0.8, 0.95, *words, null=1.0) == "below" and vh.by_interval(0.9, 1.1, *words, null=1.0) == "neither"
+    assert vh.NO_DIFFERENCE in vh.verdict("B", "A", "death", "5 years", 0.01, -0.02, 0.04)
+
+
+def test_the_trial_chart_draws_each_arm_s_kaplan_meier_steps_and_band(small_trial):
+    result = small_trial
+    spec = vc.trial_survival_chart(result)
+    line = spec["datasets"]["line"]
+    assert list(dict.fromkeys(line["series"])) == result.arms  # one series per arm, nothing else
+    np.testing.assert_array_equal(line["survival"], result.kaplan_meier["survival"])
+    np.testing.assert_array_equal(line["survival_q05"], result.kaplan_meier["lower"])
+    area, centre = _layers(spec, "area")[0], _layers(spec, "line")[0]
+    assert area["mark"]["interpolate"] == centre["mark"]["interpolate"] == "step-after"
+    assert centre["encoding"]["strokeDash"]["scale"]["domain"] == result.arms  # arms differ in colour and dash; no forecast time
+    assert "forecast_time" not in spec["datasets"] and not _layers(spec, "rule")
+    assert set(line["band"]) == {"95% interval"}
+
+
+@pytest.mark.slow
+def test_the_trial_view_runs_only_when_asked_and_shows_the_library_s_answer(model_dir, small_trial, monkeypatch, tmp_path):
+    at, session, _ = _app_with_its_session(model_dir, monkeypatch, tmp_path)
+    tab = show(at, "Cohort & trial").tabs[vv.VIEWS.index("Cohort & trial")]
+    assert not at.exception, at.exception
+    assert not tab.metric and not tab.get("vega_lite_chart") and at.button(key="run_trial")
+    assert not {"trial", "population"} & set(session.computed)  # nothing computed before Run
+    at.number_input(key="trial_n").set_value(TRIAL_N).run()
+    assert not {"trial", "population"} & set(session.computed)
+    at.button(key="run_trial").click().run()
+    assert not at.exception, at.exception
+    tab = at.tabs[vv.VIEWS.index("Cohort & trial")]
+    expected = vh.trial_headlines(small_trial)
+    assert [(m.label, m.value, m.delta) for m in tab.metric] == [(h.label, h.value, h.delta) for h in expected.metrics]
+    assert all(vt.plain_markdown(v) in [m.value for m in tab.markdown] for v in expected.verdicts)
+    charts = tab.get("vega_lite_chart")
+    assert _chart_titles(tab) == ["free of death (Kaplan-Meier)"]
+    line = next(layer for layer in json.loads(charts[0].proto.spec)["layer"] if layer["mark"]["type"] == "line")
+    assert line["encoding"]["strokeDash"]["scale"]["domain"] == ["treat", "no treatment"]
+    # kept for these inputs: a rerun, or a look at another view and back, shows it without running again
+    show(at, "Forecast")
+    tab = show(at, "Cohort & trial").tabs[vv.VIEWS.index("Cohort & trial")]
+    assert session.computed["trial"] == 1 and len(tab.metric) == len(expected.metrics)
+    # bad input: a clear error on the page, no traceback, nothing run
+    for key, bad in (("trial_n", 0), ("trial_arm_count", 1)):
+        at.number_input(key=key).set_value(bad).run()
+        assert not at.exception and at.error, (key, at.exception)
+        assert not at.tabs[vv.VIEWS.index("Cohort & trial")].metric
+        at.number_input(key=key).set_value(TRIAL_N if key == "trial_n" else 2).run()
+    at.text_input(key="trial_arm1_name").set_value("treat").run()
+    assert not at.exception and "The arms cannot be simulated" in at.error[0].value
+    assert any("share this name" in t.value.to_string() for t in at.table)
+    assert session.computed["trial"] == 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 import streamlit as st
 
@@ -69,6 +71,36 @@ def show_problems(exc: RecordValidationError, what: str) -> None:
     st.table(vt.problems_table(exc.problems))
 
 
+def plan_editor(i: int, what: str, key: str, default: tuple[str, str], actions: dict[str, str], start: str) -> vs.PlanSpec:
+    """The inputs of plan ``i`` (a what-if's plan or a trial's arm, ``what``), in the current column: name, action,
+    treatment, start (``start`` says from when) and dose; their keys are ``{key}{i}_name`` and so on."""
+    labels = list(actions)
+    name = st.text_input(f"{what} {i + 1} name", value=default[0], key=f"{key}{i}_name")
+    action = st.selectbox(f"{what} {i + 1} action", labels, index=labels.index(default[1]), key=f"{key}{i}_action")
+    treatment = (
+        st.selectbox(f"{what} {i + 1} treatment", config.treatments, key=f"{key}{i}_treatment") if config.treatments else None
+    )
+    begin = st.number_input(
+        f"{what} {i + 1} from ({start})", 0.0, default_horizon * 4, 0.0, default_horizon / 20, key=f"{key}{i}_start"
+    )
+    dose = st.number_input(f"{what} {i + 1} dose{vt.dose_hint(config, treatment)}", value=1.0, step=0.1, key=f"{key}{i}_dose")
+    return vs.PlanSpec(name, actions[action], treatment, float(begin), float(dose))
+
+
+def trial_progress(n_patients: int) -> tuple[Any, Callable[[int, int], None]]:
+    """A progress bar for a trial of ``n_patients`` per arm, and the ``on_chunk`` callback that moves it.
+
+    Each move is where Streamlit stops the run when Stop (or any other input) is pressed: between chunks.
+    """
+    bar = st.progress(0.0, text="Drawing virtual patients (the first trial also fits the population model) ...")
+
+    def moved(done: int, total: int) -> None:
+        patients = min(done * vs.TRIAL_CHUNK_SIZE, n_patients)
+        bar.progress(done / total, text=f"{patients:,} of {n_patients:,} virtual patients simulated under every arm")
+
+    return bar, moved
+
+
 def show_headlines(headlines: list[vh.Headline], per_row: int = 4) -> None:
     """Headline numbers as metrics, ``per_row`` to a row."""
     for start in range(0, len(headlines), per_row):
@@ -126,7 +158,9 @@ default_horizon = sess.model.default_horizon
 shared_settings = st.container()
 vv.keep_view_inputs(st.session_state)  # a plan edited under What-if stays edited while another view is open
 # only the open tab's view runs (vv.when_open): a rerun computes what is on the screen
-tab_timeline, tab_forecast, tab_whatif, tab_next, tab_card = st.tabs(list(vv.VIEWS), on_change="rerun", key=vv.VIEW_KEY)
+tab_timeline, tab_forecast, tab_whatif, tab_next, tab_card, tab_trial = st.tabs(
+    list(vv.VIEWS), on_change="rerun", key=vv.VIEW_KEY
+)
 
 # --------------------------------------------------------------------------- 2. timeline
 for _ in vv.when_open(tab_timeline):
@@ -167,8 +201,6 @@ for _ in vv.when_open(tab_forecast):
 # --------------------------------------------------------------------------- 4. what-if
 for _ in vv.when_open(tab_whatif):
     st.markdown(f"Plans take over at the forecast time **t = {at:.2f}** (what was given before stays as recorded).")
-    treatments = config.treatments
-    labels = list(vs.ACTIONS)
     defaults = [("treat", "start or change dose"), ("no treatment", "stop"), ("as recorded", "as recorded")]
     specs = []
     plan_cols = st.columns(vs.MAX_PLANS)
@@ -177,16 +209,7 @@ for _ in vv.when_open(tab_whatif):
             enabled = i < 2 or st.checkbox("Add a third plan", value=False, key=f"plan{i}_enabled")
             if not enabled:
                 continue
-            name = st.text_input(f"Plan {i + 1} name", value=defaults[i][0], key=f"plan{i}_name")
-            action = st.selectbox(f"Plan {i + 1} action", labels, index=labels.index(defaults[i][1]), key=f"plan{i}_action")
-            treatment = st.selectbox(f"Plan {i + 1} treatment", treatments, key=f"plan{i}_treatment") if treatments else None
-            start = st.number_input(
-                f"Plan {i + 1} from ({unit} after t)", 0.0, default_horizon * 4, 0.0, default_horizon / 20, key=f"plan{i}_start"
-            )
-            dose = st.number_input(
-                f"Plan {i + 1} dose{vt.dose_hint(config, treatment)}", value=1.0, step=0.1, key=f"plan{i}_dose"
-            )
-            specs.append(vs.PlanSpec(name, vs.ACTIONS[action], treatment, float(start), float(dose)))
+            specs.append(plan_editor(i, "Plan", "plan", defaults[i], vs.ACTIONS, f"{unit} after t"))
     whatif_request = vs.WhatIfRequest(subject, tuple(specs), at, horizon=float(horizon), n_samples=int(n_samples), seed=0)
     try:
         with st.spinner("Simulating the plans ..."):
@@ -283,3 +306,72 @@ for _ in vv.when_open(tab_card):
     st.subheader("Intended use and limits")
     st.markdown(card["intended_use"])
     st.markdown(card["limits"])
+
+# --------------------------------------------------------------------------- 7. cohort and trial
+for _ in vv.when_open(tab_trial):
+    st.markdown(
+        "An in-silico trial: virtual patients drawn from the population the model learned, each simulated under every "
+        "arm from enrolment (the same patients in every arm, so the arms differ only by treatment); the first arm is the reference."
+    )
+    if not config.event_kinds:
+        st.info("This model has no events: there is no survival to compare.")
+        continue
+    cols = st.columns(5)
+    n_arms = cols[0].number_input("Arms", 1, vs.MAX_PLANS, 2, key="trial_arm_count")
+    most = vs.TRIAL_PATIENTS[1]
+    # from 0, not 1: a 0 typed in is answered by the session's check in words, not silently replaced by the default
+    n_patients = cols[1].number_input(f"Virtual patients per arm (≤ {most:,})", 0, most, vs.TRIAL_PATIENTS[0], 50, key="trial_n")
+    years = cols[2].number_input(
+        f"Follow-up ({unit})", default_horizon / 5, default_horizon * 2, default_horizon, default_horizon / 10, key="trial_years"
+    )
+    seed = cols[3].number_input("Seed", 0, 2**31 - 1, 0, key="trial_seed")
+    event = cols[4].selectbox("Primary event", config.event_kinds, key="trial_event")
+    arm_defaults = [("treat", "treat"), ("no treatment", "no treatment"), ("arm 3", "treat")]
+    arms = []
+    for i, col in enumerate(st.columns(vs.MAX_PLANS)):
+        if i < n_arms:
+            with col:
+                arms.append(plan_editor(i, "Arm", "trial_arm", arm_defaults[i], vs.TRIAL_ACTIONS, f"{unit} after enrolment"))
+    trial_request = vs.TrialRequest(tuple(arms), int(n_patients), float(years), int(seed), event)
+    try:
+        sess.trial_arms(trial_request)  # the inputs checked before anything runs
+    except RecordValidationError as exc:
+        show_problems(exc, "The arms cannot be simulated")
+        continue
+    except VPatientError as exc:
+        st.error(vt.plain_markdown(exc))
+        continue
+    # buttons' keys outside vv.VIEW_INPUTS: a button's value cannot be carried across runs
+    run = st.button("Run the trial", key="run_trial", type="primary")
+    trial = sess.cached_trial(trial_request)
+    if run and trial is None:
+        stop = st.empty()
+        stop.button("Stop", key="stop_trial", help="Stops the simulation after the chunk of patients it is on")
+        bar, show_progress = trial_progress(trial_request.n)
+        try:
+            trial = sess.trial(trial_request, on_chunk=show_progress)
+        except VPatientError as exc:
+            st.error(vt.plain_markdown(exc))
+        bar.empty()
+        stop.empty()
+    if trial is None:
+        st.info("Press **Run the trial** to simulate it; the result is kept for these inputs.")
+        continue
+    st.subheader(
+        f"{trial.n_patients:,} virtual patients per arm, followed {vh.horizon_words(trial.years, config.time_unit)} (seed {trial.seed})"
+    )
+    trial_headlines = vh.trial_headlines(trial)
+    show_headlines(trial_headlines.metrics[: len(trial.arms)], per_row=len(trial.arms))
+    show_headlines(trial_headlines.metrics[len(trial.arms) :], per_row=2)
+    for sentence in trial_headlines.verdicts:
+        st.markdown(vt.plain_markdown(sentence))
+    st.caption(sess.model.uncertainty_note(trial=True))
+    show_charts([vc.trial_survival_chart(trial)], vc.TRIAL_CAPTION, per_row=1)
+    with st.expander("The trial in numbers"):
+        st.table(vt.styled(trial.hazard_ratios[["arm", "reference", "hazard_ratio", "lower", "upper", "p"]]))
+        st.table(
+            vt.styled(trial.rmst[["arm", "reference", "horizon", "arm_rmst", "reference_rmst", "difference", "lower", "upper"]])
+        )
+        st.download_button(
+            "Download the Kaplan-Meier curves (CSV)", trial.kaplan_meier.to_csv(index=False), "trial-kaplan-meier.csv", "text/csv"
+        )

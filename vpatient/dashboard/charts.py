@@ -1,10 +1,11 @@
-"""Interactive charts of a forecast and a what-if for the dashboard: Vega-Lite specifications.
+"""Interactive charts of a forecast, a what-if and an in-silico trial for the dashboard: Vega-Lite specifications.
 
 One chart per lab: the patient's measurements, the forecast median and its 50% and 90%
 bands (one median and band pair per plan in a what-if), treatment periods shaded, the
 reference range, the forecast (decision) time, tooltips with the values, and zoom along time. One chart of
 event-free probability for all event kinds (a forecast) or per event kind (a what-if, one
-curve per plan). One legend names every element; plans differ in colour and in dash, so two
+curve per plan). Kaplan-Meier curves of a trial's arms, as steps with their 95% intervals.
+One legend names every element; plans differ in colour and in dash, so two
 identical plans are both seen. The charts are drawn from the library's own result tables
 (``Forecast.summary`` / ``survival_summary``, ``WhatIfResult.trajectories`` / ``survival``).
 
@@ -35,12 +36,14 @@ from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, Va
 __all__ = [
     "BAND_LABELS",
     "DEFAULT_LAB_COUNT",
+    "TRIAL_CAPTION",
     "band_caption",
     "default_labs",
     "forecast_lab_charts",
     "forecast_survival_chart",
     "plan_styles",
     "survival_caption",
+    "trial_survival_chart",
     "whatif_lab_charts",
     "whatif_survival_charts",
 ]
@@ -67,6 +70,15 @@ LINE_SYMBOLS = {"symbolType": "stroke", "symbolStrokeWidth": 3, "symbolSize": 30
 SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"
 LAB_COLUMNS = ["time", "series", "median", "q05", "q25", "q75", "q95"]  # what a lab chart carries of a summary
 SURVIVAL_COLUMNS = ["time", "series", "survival", "survival_q05", "survival_q95"]
+#: A survival chart's band: its legend label and the tooltip titles of its lower and upper bounds.
+PREDICTIVE_BAND = ("90% band", "5%", "95%")
+KAPLAN_MEIER_BAND = ("95% interval", "95% interval from", "to")
+BAND_OPACITY = 0.15  # of a band not in BAND_LABELS
+#: The line under a trial's Kaplan-Meier chart.
+TRIAL_CAPTION = (
+    "Steps: the Kaplan-Meier estimate of each arm's virtual patients (another event ends a patient's follow-up for the "
+    "primary one); band: its 95% interval. The same virtual patients are in every arm."
+)
 
 
 def default_labs(config: DatasetConfig, count: int = DEFAULT_LAB_COUNT) -> list[str]:
@@ -259,23 +271,54 @@ def whatif_survival_charts(result) -> list[Spec]:
     ]
 
 
-def _survival_chart(survival: pd.DataFrame, series: list[str], at: float, unit: str, title: str) -> Spec:
-    colour, dash = _series_scales([*series, FORECAST_TIME], series)
+def trial_survival_chart(result) -> Spec:
+    """Kaplan-Meier curves of a :class:`~vpatient.simulation.trial.TrialResult`'s primary event, one step curve and 95%
+    band per arm (each arm in its own colour and dash, as a what-if's plans), from enrolment."""
+    km = result.kaplan_meier.rename(columns={"arm": "series", "lower": "survival_q05", "upper": "survival_q95"})
+    return _survival_chart(
+        km,
+        list(result.arms),
+        None,
+        result.time_unit.value,
+        f"free of {result.event} (Kaplan-Meier)",
+        KAPLAN_MEIER_BAND,
+        step=True,
+    )
+
+
+def _survival_chart(
+    survival: pd.DataFrame,
+    series: list[str],
+    at: float | None,
+    unit: str,
+    title: str,
+    band: tuple[str, str, str] = PREDICTIVE_BAND,
+    step: bool = False,
+) -> Spec:
+    """Event-free probability per series with its band (``band``: legend label, bound titles); the forecast time at
+    ``at`` (None: no rule); ``step``: drawn as steps (Kaplan-Meier), else joined by lines."""
+    label, low_title, high_title = band
+    colour, dash = _series_scales([*series, *([FORECAST_TIME] if at is not None else [])], series)
     line = survival[SURVIVAL_COLUMNS].reset_index(drop=True)
     y = {"type": "quantitative", "title": "probability free of the event", "scale": {"domain": [0, 1]}, "axis": {"format": "%"}}
-    opacity = {"field": "band", "type": "nominal", "scale": _opacity_scale(["90% band"]), "legend": _legend(orient="top")}
+    opacity = {"field": "band", "type": "nominal", "scale": _opacity_scale([label]), "legend": _legend(orient="top")}
     tooltip = [
         {"field": "series", "type": "nominal", "title": "line"},
         _tip("time", unit, ".2f"),
         _tip("survival", "event-free", ".0%"),
-        _tip("survival_q05", "5%", ".0%"),
-        _tip("survival_q95", "95%", ".0%"),
+        _tip("survival_q05", low_title, ".0%"),
+        _tip("survival_q95", high_title, ".0%"),
     ]
     layers = _band_and_line(
         ("line", "survival_q05", "survival_q95"), ("line", "survival"), unit, y, (colour, dash, opacity), tooltip
     )
-    layers.append(_time_rule(colour, unit))
-    datasets = {"line": line.assign(band="90% band"), "forecast_time": pd.DataFrame({"time": [at], "series": [FORECAST_TIME]})}
+    if step:
+        for layer in layers[:2]:  # the band and the line: a Kaplan-Meier estimate holds until the next event
+            layer["mark"]["interpolate"] = "step-after"
+    datasets = {"line": line.assign(band=label)}
+    if at is not None:
+        layers.append(_time_rule(colour, unit))
+        datasets["forecast_time"] = pd.DataFrame({"time": [at], "series": [FORECAST_TIME]})
     return _chart(title, layers, datasets)
 
 
@@ -376,7 +419,7 @@ def _series_scales(series: list[str], plans: list[str]) -> tuple[Spec, Spec]:
 
 def _opacity_scale(bands: list[str]) -> Spec:
     # ordinal: each band its own opacity (opacity's default scale for a nominal field spreads over a range instead)
-    return {"type": "ordinal", "domain": bands, "range": [BAND_LABELS[b][2] for b in bands]}
+    return {"type": "ordinal", "domain": bands, "range": [BAND_LABELS[b][2] if b in BAND_LABELS else BAND_OPACITY for b in bands]}
 
 
 def _legend(**settings: Any) -> Spec:

@@ -1,7 +1,8 @@
 """The answer each dashboard tab opens with, in words and numbers a clinician reads at a glance.
 
 Pure functions of the library's results (a :class:`~vpatient.virtual_patient.Forecast`, a
-:class:`~vpatient.simulation.whatif.WhatIfResult`, a :class:`~vpatient.policy.Recommendation`):
+:class:`~vpatient.simulation.whatif.WhatIfResult`, a :class:`~vpatient.policy.Recommendation`, a
+:class:`~vpatient.simulation.trial.TrialResult`):
 the app shows each :class:`Headline` as an ``st.metric``, and a test computes the same
 headlines from the library's own call with the same seed. Every number goes through
 :mod:`vpatient.formatting`: percentages for probabilities, natural units for labs, no
@@ -20,14 +21,18 @@ from vpatient.formatting import INFORMATION_UNIT, number, percent, percentage_po
 from vpatient.schemas import TimeUnit
 
 __all__ = [
+    "NO_DIFFERENCE",
     "Headline",
     "NextTestHeadlines",
+    "TrialHeadlines",
     "WhatIfHeadlines",
+    "by_interval",
     "forecast_headlines",
     "horizon_words",
     "next_test_headlines",
     "risk_range",
     "target_phrase",
+    "trial_headlines",
     "verdict",
     "whatif_headlines",
 ]
@@ -109,16 +114,32 @@ class WhatIfHeadlines:
     verdicts: dict[str, list[str]] = field(default_factory=dict)
 
 
+#: What a verdict says of an effect whose interval holds "no effect".
+NO_DIFFERENCE = "no difference the model can tell apart"
+
+
+def by_interval(lower: float, upper: float, above: str, below: str, neither: str, null: float = 0.0) -> str:
+    """The sentence an effect's interval supports: ``above`` when it lies wholly above ``null`` (no effect), ``below``
+    when wholly below, else ``neither`` (a missing bound too: an interval not known excludes nothing)."""
+    if lower > null:
+        return above
+    if upper < null:
+        return below
+    return neither
+
+
 def verdict(plan: str, reference: str, event: str, when: str, difference: float, lower: float, upper: float) -> str:
     """One sentence on a plan's effect on staying free of ``event``, worded by its 90% interval."""
     interval = (
         f"{percentage_points(difference)}, 90% interval {span(lower, upper, lambda d: percentage_points(d, unit=False))} pp"
     )
-    if lower > 0:
-        return f"{plan}: a higher chance than {reference} of being free of {event} in {when} ({interval})."
-    if upper < 0:
-        return f"{plan}: a lower chance than {reference} of being free of {event} in {when} ({interval})."
-    return f"{plan} against {reference}, free of {event} in {when}: no difference the model can tell apart ({interval})."
+    return by_interval(
+        lower,
+        upper,
+        f"{plan}: a higher chance than {reference} of being free of {event} in {when} ({interval}).",
+        f"{plan}: a lower chance than {reference} of being free of {event} in {when} ({interval}).",
+        f"{plan} against {reference}, free of {event} in {when}: {NO_DIFFERENCE} ({interval}).",
+    )
 
 
 def whatif_headlines(result) -> WhatIfHeadlines:
@@ -160,6 +181,77 @@ def whatif_headlines(result) -> WhatIfHeadlines:
 def _effect(effects, plan: str, quantity: str, horizon: float):
     rows = effects[(effects["plan"] == plan) & (effects["quantity"] == quantity) & np.isclose(effects["horizon"], horizon)]
     return rows.iloc[0]
+
+
+# --------------------------------------------------------------------------- in-silico trial
+
+
+@dataclass
+class TrialHeadlines:
+    """An in-silico trial's answer: per arm its Kaplan-Meier event-free chance at the end of follow-up, per arm compared
+    with the reference its hazard ratio and RMST difference (95% intervals), and a verdict on each."""
+
+    metrics: list[Headline]
+    verdicts: list[str]
+
+
+def trial_headlines(result) -> TrialHeadlines:
+    """The answer of a :class:`~vpatient.simulation.trial.TrialResult` in headline numbers and sentences worded by their
+    intervals (:func:`by_interval`): the hazard ratio against 1, the difference in restricted mean event-free time against 0."""
+    event, reference, unit = result.event, result.reference, result.time_unit.value
+    when = horizon_words(result.years, result.time_unit)
+    metrics = [
+        Headline(
+            f"{row['arm']}: free of {event} in {when}",
+            percent(row["survival"]),
+            f"95% interval {span(row['lower'], row['upper'], percent)} (Kaplan-Meier)",
+        )
+        for _, row in result.survival_at([result.years]).iterrows()
+    ]
+    verdicts = []
+    rmst = result.rmst.set_index("arm")
+    for _, hr in result.hazard_ratios.iterrows():
+        arm, gain = hr["arm"], rmst.loc[hr["arm"]]
+        has_ratio = bool(np.isfinite(hr["hazard_ratio"]))  # not without events of the kind
+        hr_interval = f"95% interval {span(hr['lower'], hr['upper'])}" if has_ratio else f"no {event} simulated"
+        gain_interval = f"95% interval {span(gain['lower'], gain['upper'], _signed)}"
+        metrics += [
+            Headline(f"hazard ratio of {event}, {arm} vs {reference}", number(hr["hazard_ratio"]), hr_interval),
+            Headline(
+                f"{unit} free of {event} within {when} (RMST), {arm} vs {reference}",
+                with_unit(_signed(gain["difference"]), unit),
+                gain_interval,
+            ),
+        ]
+        ratio = f"hazard ratio {number(hr['hazard_ratio'])}, {hr_interval}"
+        verdicts.append(
+            by_interval(
+                hr["lower"],
+                hr["upper"],
+                f"{arm}: a higher hazard of {event} than {reference} ({ratio}).",
+                f"{arm}: a lower hazard of {event} than {reference} ({ratio}).",
+                f"{arm} against {reference}, hazard of {event}: {NO_DIFFERENCE} ({ratio}).",
+                null=1.0,
+            )
+            if has_ratio
+            else f"{arm} against {reference}: no {event} in the simulated trial, so no hazard ratio."
+        )
+        difference = f"{with_unit(_signed(gain['difference']), unit)} on average, {gain_interval}"
+        verdicts.append(
+            by_interval(
+                gain["lower"],
+                gain["upper"],
+                f"{arm}: more time free of {event} within {when} than {reference} ({difference}).",
+                f"{arm}: less time free of {event} within {when} than {reference} ({difference}).",
+                f"{arm} against {reference}, time free of {event} within {when}: {NO_DIFFERENCE} ({difference}).",
+            )
+        )
+    return TrialHeadlines(metrics, verdicts)
+
+
+def _signed(difference: float) -> str:
+    """A difference of times to two significant digits, signed: ``+0.25``."""
+    return number(difference, 2, signed=True)
 
 
 # --------------------------------------------------------------------------- next test

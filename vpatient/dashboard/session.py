@@ -2,7 +2,7 @@
 
 The Streamlit app (:mod:`vpatient.dashboard.app`) is thin: its widgets build the
 request objects defined here (:class:`PlanSpec`, :class:`ForecastRequest`,
-:class:`WhatIfRequest`, :class:`NextTestRequest`) and one :class:`DashboardSession` per
+:class:`WhatIfRequest`, :class:`NextTestRequest`, :class:`TrialRequest`) and one :class:`DashboardSession` per
 server computes them (the model, its dataset and a small cache of results, shared by
 every browser session). Nothing here imports Streamlit, so all of it is testable
 without a browser.
@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import io
 import ipaddress
+import math
 import os
 import shutil
 import sys
@@ -44,11 +45,15 @@ __all__ = [
     "MIN_TOKEN_CHARS",
     "MODEL_ENV",
     "TOKEN_ENV",
+    "TRIAL_ACTIONS",
+    "TRIAL_CHUNK_SIZE",
+    "TRIAL_PATIENTS",
     "DashboardSession",
     "ForecastRequest",
     "NextTestRequest",
     "PlanSpec",
     "RolloutSettings",
+    "TrialRequest",
     "UploadError",
     "WhatIfRequest",
     "access_token",
@@ -74,6 +79,19 @@ ACTIONS = {
     "start or change dose": "dose",
     "stop": "stop",
 }
+
+#: Actions a trial arm can take, by label: an arm assigns its treatment at enrolment (t = 0), when nothing was given
+#: before, so "as recorded" would mean no treatment and is not offered.
+TRIAL_ACTIONS = {
+    "treat": "dose",
+    "no treatment": "stop",
+}
+#: Virtual patients per arm a dashboard trial may simulate: (default, most). The default took 2 s on the tests' 2-epoch
+#: PBC model (two arms, 5 years, its population model fitted first; AppTest on 2 busy cores).
+TRIAL_PATIENTS = (200, 2_000)
+#: Virtual patients per chunk of a dashboard trial: between chunks it shows its progress and can be stopped. The library
+#: gives the same trial for the same seed and chunk size (``Simulator.trial(..., chunk_size=TRIAL_CHUNK_SIZE)``).
+TRIAL_CHUNK_SIZE = 50
 
 
 class UploadError(VPatientError, ValueError):
@@ -154,13 +172,17 @@ class PlanSpec:
     start: float = 0.0
     dose: float = 1.0
 
-    def to_plan(self, record: PatientRecord, at: float, config: DatasetConfig) -> TreatmentPlan:
-        """The TreatmentPlan this describes for ``record`` decided at ``at``, validated against ``config``."""
+    def to_plan(self, record: PatientRecord | None, at: float, config: DatasetConfig) -> TreatmentPlan:
+        """The TreatmentPlan this describes for ``record`` decided at ``at``, validated against ``config``.
+
+        ``record`` None: nothing was given before (a trial arm, assigned at enrolment, ``at`` = 0).
+        """
         if self.action not in ACTIONS.values():
             raise VPatientError(
                 f"plan {self.name!r}: unknown action {self.action!r}; choose one of {', '.join(ACTIONS.values())}"
             )
-        ongoing = [e.model_copy(update={"start": max(e.start, at)}) for e in record.treatments if e.stop is None or e.stop > at]
+        recorded = record.treatments if record is not None else []
+        ongoing = [e.model_copy(update={"start": max(e.start, at)}) for e in recorded if e.stop is None or e.stop > at]
         exposures: list[TreatmentExposure] = ongoing
         description = "treatments as recorded"
         if self.action != "continue":
@@ -220,6 +242,20 @@ class NextTestRequest:
     at: float | None = None
     n_samples: int = 256
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """An in-silico trial to simulate: the arms (the first is the reference), virtual patients per arm, follow-up, seed.
+
+    ``years`` is in the data's time unit (the library's name); ``event`` None: the model's first event kind.
+    """
+
+    arms: tuple[PlanSpec, ...]
+    n: int = TRIAL_PATIENTS[0]
+    years: float = 5.0
+    seed: int = 0
+    event: str | None = None
 
 
 # --------------------------------------------------------------------------- access
@@ -319,6 +355,10 @@ class _LRU:
         self.size = size
         self.items: OrderedDict[Any, Any] = OrderedDict()
 
+    def peek(self, key: Any) -> Any:
+        """The value kept for ``key``, or None; computes nothing."""
+        return self.items.get(key)
+
     def get(self, key: Any, compute: Callable[[], Any]) -> Any:
         if key in self.items:
             self.items.move_to_end(key)
@@ -347,6 +387,7 @@ class DashboardSession:
     # What was computed rather than served from the cache, by kind ("whatif", "forecast figure", ...):
     # shows which work a page view caused (a view computes only what it shows).
     computed: Counter[str] = field(default_factory=Counter)
+    _simulator: Any = None  # Simulator with its population model, made on the first trial
 
     @classmethod
     def load(cls, model_dir: str | Path) -> DashboardSession:
@@ -419,13 +460,17 @@ class DashboardSession:
         """The request's plans as validated TreatmentPlans (RecordValidationError lists every problem)."""
         record = self.record(request.subject)
         at = self.last_visit(request.subject) if request.at is None else request.at
-        names = [p.name for p in request.plans]
+        return self._validated_plans(request.plans, record, at)
+
+    def _validated_plans(self, specs: tuple[PlanSpec, ...], record: PatientRecord | None, at: float) -> list[TreatmentPlan]:
+        """``specs`` as TreatmentPlans for ``record`` from ``at``; one RecordValidationError lists every problem (shared names too)."""
+        names = [p.name for p in specs]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         problems = [
             Problem(None, "name", n, "two plans share this name; give each plan its own", owner=f"plan {n!r}") for n in duplicated
         ]
         plans = []
-        for spec in request.plans:
+        for spec in specs:
             try:
                 plans.append(spec.to_plan(record, at, self.config))
             except RecordValidationError as exc:
@@ -452,6 +497,74 @@ class DashboardSession:
             ("recommend", request),
             lambda: recommend(self.model, record, request.target, request.at, request.n_samples, request.seed),
         )
+
+    # -- trials --------------------------------------------------------------
+
+    def trial_arms(self, request: TrialRequest) -> dict[str, TreatmentPlan]:
+        """The request's arms as validated plans from enrolment, by name; a clear VPatientError for a request that cannot run.
+
+        Cheap (nothing is simulated): the app checks the inputs with it on every rerun, before offering to run.
+        """
+        least, most = 1, TRIAL_PATIENTS[1]
+        if not least <= request.n <= most:
+            raise VPatientError(f"{request.n:,} patients per arm: simulate between {least} and {most:,}")
+        if not (math.isfinite(request.years) and request.years > 0):
+            raise VPatientError(f"follow-up {request.years:g} {self.config.time_unit.value}: it must be more than 0")
+        if len(request.arms) < 2:
+            raise VPatientError(f"a trial needs at least two arms to compare, got {len(request.arms)}: add an arm")
+        return {plan.name: plan for plan in self._validated_plans(request.arms, None, 0.0)}
+
+    def simulator(self):
+        """A :class:`~vpatient.simulation.Simulator` of the model with its population model, made once per session.
+
+        The population model is the checkpoint's ``population.json`` when it has a current one; else it is fitted on
+        the session's dataset (the model's training data, as ``vpatient simulate`` does) and kept in memory only: the
+        dashboard does not write into the checkpoint it serves.
+        """
+        from vpatient.simulation.population import POPULATION_FILE, Population
+        from vpatient.simulation.simulator import Simulator
+
+        with self._lock:
+            if self._simulator is None:
+                path = self.model_dir / POPULATION_FILE
+                population = Population.load(path) if path.is_file() else None
+                simulator = Simulator(self.model, population, self.model_dir)
+                if population is None or population.n_members != self.model.n_members:
+                    if self.cohort is None:
+                        raise VPatientError(
+                            f"this model has no population model and its training data ({self.model.dataset_name}) is not "
+                            "available here: run `vpatient simulate trial` once where it is"
+                        )
+                    self.computed["population"] += 1
+                    simulator.fit_population(self.cohort.records, save=False)
+                self._simulator = simulator
+            return self._simulator
+
+    def trial(self, request: TrialRequest, on_chunk: Callable[[int, int], None] | None = None):
+        """The in-silico trial of ``request`` (a :class:`~vpatient.simulation.trial.TrialResult`), cached by the request.
+
+        Virtual patients are simulated in chunks of :data:`TRIAL_CHUNK_SIZE`; ``on_chunk(done, total)`` after each
+        (a progress bar; raising from it stops the trial, and nothing is cached).
+        """
+        arms = self.trial_arms(request)
+        return self._cached(
+            ("trial", request),
+            lambda: self.simulator().trial(
+                arms,
+                n=request.n,
+                seed=request.seed,
+                years=request.years,
+                event=request.event,
+                chunk_size=TRIAL_CHUNK_SIZE,
+                progress=False,
+                on_chunk=on_chunk,
+            ),
+        )
+
+    def cached_trial(self, request: TrialRequest):
+        """The trial of ``request`` when it was run before (kept in the cache), else None: shown without running again."""
+        with self._lock:
+            return self._cache.peek(("trial", request))
 
     def figure(self, kind: str, request: Any) -> bytes:
         """PNG bytes of one figure (timeline, forecast, whatif, cost_curve), cached with the result it draws."""

@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["VIEWS", "VIEW_INPUTS", "VIEW_KEY", "keep_view_inputs", "when_open"]
 
 #: The views, in the order of their tabs.
-VIEWS = ("Timeline", "Forecast", "What-if", "Next test", "Model card")
+VIEWS = ("Timeline", "Forecast", "What-if", "Next test", "Model card", "Cohort & trial")
 #: The session-state key of the open view (a view's label): a test or a link can choose it.
 VIEW_KEY = "view"
 
@@ -34,8 +34,9 @@ def when_open(tab: Any) -> Iterator[None]:
 
 #: Key prefixes of the inputs inside the views (plan editors, next-test target). Streamlit forgets a widget's
 #: value on a run that does not draw it, so without this a plan edited under What-if would be reset by a look
-#: at the forecast. A new input inside a view keeps its value across tab switches when its key starts with one of these.
-VIEW_INPUTS = ("plan", "target_", "next_", "forecast_", "whatif_")
+#: at the forecast. A new input inside a view keeps its value across tab switches when its key starts with one of these
+#: (never a button's key: Streamlit refuses to have a button's value set).
+VIEW_INPUTS = ("plan", "target_", "next_", "forecast_", "whatif_", "trial_")
 
 
 def keep_view_inputs(state: Any) -> None:

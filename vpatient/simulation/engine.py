@@ -81,9 +81,13 @@ def run_chunks(
     n_workers: int = 2,
     progress: bool = True,
     description: str = "simulating",
+    on_chunk: Callable[[int, int], None] | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """``task(chunk, **kwargs)`` for every chunk; results in chunk order.
+
+    ``on_chunk(done, total)`` is called after each chunk: a progress display, and the point
+    where a caller may stop the run by raising (an app interrupting it between chunks).
 
     ``engine="dask"`` submits the chunks to the cluster at ``scheduler``
     (tcp://host:port) or, without one, to a LocalCluster of ``n_workers`` single-threaded
@@ -97,8 +101,10 @@ def run_chunks(
             for chunk in work:
                 results.append(task(chunk, **kwargs))
                 bar.update()
+                if on_chunk is not None:
+                    on_chunk(len(results), len(work))
             return results
-        return _run_on_dask(task, work, scheduler, n_workers, bar, kwargs)
+        return _run_on_dask(task, work, scheduler, n_workers, bar, on_chunk, kwargs)
     finally:
         bar.close()
 
@@ -107,7 +113,7 @@ def run_chunks(
 _SCATTER_CHARS = 10_000
 
 
-def _run_on_dask(task, work, scheduler, n_workers, bar, kwargs) -> list[Any]:
+def _run_on_dask(task, work, scheduler, n_workers, bar, on_chunk, kwargs) -> list[Any]:
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:  # pragma: no cover - a dependency, but say what to do if it was removed
@@ -137,9 +143,11 @@ def _run_on_dask(task, work, scheduler, n_workers, bar, kwargs) -> list[Any]:
         futures = client.map(task, list(work), pure=False, **shared)
         position = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(work)
-        for future in as_completed(futures):
+        for done, future in enumerate(as_completed(futures), start=1):
             results[position[future.key]] = future.result()
             bar.update()
+            if on_chunk is not None:
+                on_chunk(done, len(work))
         return results
     finally:
         client.close()

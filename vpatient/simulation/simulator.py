@@ -14,7 +14,7 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +191,7 @@ class Simulator:
         n_workers: int = 2,
         out: str | Path | None = None,
         progress: bool = True,
+        on_chunk: Callable[[int, int], None] | None = None,
     ) -> TrialResult:
         """Every patient under every arm's plan from t=0; the first arm is the reference.
 
@@ -199,7 +200,9 @@ class Simulator:
         enrolment (t=0), ``draws_per_record`` posterior draws each (default: one per
         ensemble member, so every member replays every patient). ``out`` receives the
         result's tables, ``trial.json`` and ``trial.md`` (:meth:`TrialResult.save`); its
-        figure is :func:`vpatient.plots.plot_trial`.
+        figure is :func:`vpatient.plots.plot_trial`. ``on_chunk(done, total)`` is called after
+        each chunk of virtual patients (:func:`~vpatient.simulation.engine.run_chunks`): a
+        progress display, which may stop the trial between chunks by raising.
         """
         if len(arms) < 2:
             raise VPatientError(f"a trial needs at least two arms, got {len(arms)}: {', '.join(arms) or '(none)'}")
@@ -237,6 +240,7 @@ class Simulator:
                 n_workers,
                 progress,
                 "in-silico trial",
+                on_chunk=on_chunk,
                 model=self._model_ref(engine),
                 population=pop.to_json(),
                 arms=json.dumps({name: p.model_dump(mode="json") for name, p in plans.items()}),
