@@ -599,7 +599,7 @@ def test_app_starts(model_dir, monkeypatch):
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert at.title[0].value.startswith("Virtual patient")
-    assert [t.label for t in at.tabs] == ["Timeline", "Forecast", "What-if", "Next test", "Model card"]
+    assert [t.label for t in at.tabs] == ["Timeline", "Forecast", "What-if", "Next test", "Model card", "Cohort & trial"]
 
 
 @pytest.mark.slow
