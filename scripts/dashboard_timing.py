@@ -73,11 +73,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the demo PBC model)")
     parser.add_argument("--runs", type=int, default=5, help="patients switched to, per view")
+    parser.add_argument(
+        "--switch-to", nargs="+", default=None, help="patients switched to (default: --runs spread over the data)"
+    )
     parser.add_argument("--edit-patients", nargs="+", default=["1", "32"], help="patients whose plan is edited")
     args = parser.parse_args()
     os.environ[vs.MODEL_ENV] = str(vs.resolve_model_dir(args.model, train_demo=False))
     ids = vs.DashboardSession.load(os.environ[vs.MODEL_ENV]).subject_ids()
-    patients = ids[1 :: max(1, len(ids) // args.runs)][: args.runs]  # spread over the dataset; the first is shown at start
+    patients = args.switch_to or ids[1 :: max(1, len(ids) // args.runs)][: args.runs]  # spread; the first is shown at start
     print(f"patients switched to: {', '.join(patients)}", flush=True)
 
     starts, switches = [], {}
