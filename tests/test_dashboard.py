@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vpatient import virtual_patient as vp
 from vpatient.dashboard import charts as vc
 from vpatient.dashboard import command
 from vpatient.dashboard import headlines as vh
@@ -683,6 +684,29 @@ def test_forecast_and_whatif_tabs_draw_interactive_charts_of_the_labs_picked(mod
     assert _chart_titles(show(at, "What-if").tabs[2])[-len(titles) :] == titles  # the what-if tab keeps its own pick
     at.multiselect(key="whatif_labs").set_value([]).run()
     assert _chart_titles(at.tabs[2]) == [f"free of {kind}" for kind in config.event_kinds]
+
+
+@pytest.mark.slow
+def test_a_view_summarises_a_forecast_once_and_a_plan_edit_only_what_its_charts_draw(model_dir, model, cohort, monkeypatch):
+    """What keeps a rerun fast (scripts/dashboard_timing.py times it): the predictive quantiles, the slow part of a
+    summary, are computed once per forecast shown, and after a plan edit only from the decision time, for the labs charted."""
+    st = pytest.importorskip("streamlit")
+    st.cache_resource.clear()  # a fresh server: nothing computed by the tests before
+    shapes = []
+    real = vp.mixture_quantiles
+    monkeypatch.setattr(vp, "mixture_quantiles", lambda means, *rest: shapes.append(means.shape) or real(means, *rest))
+    at = show(app(model_dir, monkeypatch), "Forecast")
+    assert not at.exception, at.exception
+    assert len(shapes) == 1, shapes  # the headline numbers, the charts and the table share one summary
+    show(at, "What-if")
+    shapes.clear()
+    at.number_input(key="plan0_dose").set_value(0.5).run()
+    assert not at.exception, at.exception
+    record = cohort.subject(at.selectbox(key="patient").value)
+    times = whatif_of(model, record, round(max(record.visit_times()), 2), dose=0.5).forecasts["treat"].times
+    from_decision = int((times >= round(max(record.visit_times()), 2) - 1e-9).sum())
+    assert from_decision < len(times)  # the history's grid times are left out
+    assert [shape[1:] for shape in shapes] == [(from_decision, len(vc.default_labs(model.config)))] * 2  # one per plan
 
 
 @pytest.mark.slow

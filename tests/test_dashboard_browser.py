@@ -11,15 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from vpatient.dashboard import session as vs
+from vpatient.dashboard import browser as vb
 from vpatient.datasets import load_dataset
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
@@ -29,32 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 PATIENT = "5"
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_server(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the dashboard exited with code {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"the dashboard did not answer on {url} within {timeout:.0f} s")
-
-
-def _settled(page, timeout_ms: int = 60_000) -> None:
-    """Wait until the app has finished running its script (after a short grace for a rerun to start)."""
-    page.wait_for_timeout(400)
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout_ms)
 
 
 def _effect_table_text(page) -> str:
@@ -74,66 +45,26 @@ def test_dashboard_in_a_browser(tmp_path):
     model.data_source = "pbc2"
     model_dir = model.save(tmp_path / "model")
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    launcher = "import typer; from vpatient.dashboard.command import dashboard_command; typer.run(dashboard_command)"
-    env = os.environ | {"OMP_NUM_THREADS": "1", vs.HOME_ENV: str(tmp_path / "home")}
     log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            launcher,
-            "--model",
-            str(model_dir),
-            "--port",
-            str(port),
-            "--address",
-            "127.0.0.1",
-            "--no-browser",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     try:
-        _wait_for_server(url, server)
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=CHROMIUM,
-                headless=True,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                ],
-            )
+        with vb.served(model_dir, home=tmp_path / "home", log=log) as url, sync_api.sync_playwright() as pw:
+            port = int(url.rsplit(":", 1)[1])
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=vb.CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1500, "height": 1000})
                 page.goto(url)
                 page.wait_for_selector('[data-testid="stApp"]', timeout=60_000)
-                _settled(page, 120_000)
-                # Select a patient: search by id, then pick it in the list.
-                search = page.get_by_label("Search by subject id")
-                search.fill(PATIENT)
-                search.press("Enter")
-                _settled(page)
-                page.locator('[data-testid="stSelectbox"]').filter(has_text="Patient").first.click()
-                page.get_by_role("option", name=PATIENT, exact=True).click()
-                _settled(page)
+                vb.settled(page, 120_000)
+                vb.select_patient(page, PATIENT)  # search by id, then pick it in the list
                 page.get_by_text(f"Record of subject {PATIENT}").first.wait_for(state="attached", timeout=60_000)
                 # The what-if tab (each tab computes when opened): read the effect table, edit a plan, see the table change.
-                page.get_by_role("tab", name="What-if").click()
-                _settled(page)
+                vb.open_view(page, "What-if")
                 page.get_by_text("All effects, in numbers").click()  # the full table sits under the headline numbers
                 before = _effect_table_text(page)
                 dose = page.get_by_label("Plan 1 dose")
                 dose.fill("0.5")
                 dose.press("Enter")
-                _settled(page)
+                vb.settled(page)
                 deadline = time.monotonic() + 60
                 after = _effect_table_text(page)
                 while after == before and time.monotonic() < deadline:
@@ -141,9 +72,7 @@ def test_dashboard_in_a_browser(tmp_path):
                     after = _effect_table_text(page)
                 assert after != before, "the effect table did not update after the plan edit"
                 assert page.locator('[data-testid="stException"]').count() == 0
-                # Streamlit scrolls inside its main container: a tall viewport shows the whole what-if tab.
-                page.set_viewport_size({"width": 1500, "height": 2900})
-                page.wait_for_timeout(800)
+                vb.show_whole_page(page, 1500)  # Streamlit scrolls inside its main container
                 shot = tmp_path / "dashboard-whatif.png"
                 page.screenshot(path=str(shot), full_page=True)
                 assert shot.stat().st_size > 10_000
@@ -152,11 +81,6 @@ def test_dashboard_in_a_browser(tmp_path):
             finally:
                 browser.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
         log.close()
     # stopping `vpatient dashboard` stopped the Streamlit server too: nothing listens any more
     with socket.socket() as probe:

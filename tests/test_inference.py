@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import norm
 
+from vpatient import virtual_patient as vp
 from vpatient.data.batching import Scalers, layout_from_config, make_batch
 from vpatient.data.synthetic import synthetic_cohort
+from vpatient.errors import VPatientError
 from vpatient.model.latent_ode import LatentODE
 from vpatient.virtual_patient import Forecast, SimulatedPaths
 
@@ -18,15 +21,15 @@ def cohort():
     return synthetic_cohort(n=20, seed=3)
 
 
-def _forecast_of(cohort, centres: np.ndarray, noise_sd: float) -> Forecast:
-    """A forecast whose paths are given: every continuous lab's decoder mean is ``centres`` (S,) at both times, model scale."""
+def _forecast_of(cohort, centres: np.ndarray, noise_sd: float, times: tuple[float, ...] = (0.0, 1.0)) -> Forecast:
+    """A forecast whose paths are given: every continuous lab's decoder mean is ``centres`` (S,) at every time, model scale."""
     layout = layout_from_config(cohort.config)
-    n_c, s = len(layout.continuous), len(centres)
-    expected = np.broadcast_to(centres[None, :, None, None], (1, s, 2, n_c)).copy()
-    empty = np.zeros((1, s, 2, 0))
+    n_c, s, n_t = len(layout.continuous), len(centres), len(times)
+    expected = np.broadcast_to(centres[None, :, None, None], (1, s, n_t, n_c)).copy()
+    empty = np.zeros((1, s, n_t, 0))
     paths = SimulatedPaths(
         subject_ids=["p"],
-        times=np.array([[0.0, 1.0]]),
+        times=np.array([times], dtype=float),
         predictive=expected.copy(),
         expected=expected,
         binary_probability=empty,
@@ -61,6 +64,52 @@ def test_point_forecast_of_a_log_lab_is_the_predictive_median(cohort):
     np.testing.assert_allclose(cdf_q05, 0.05, atol=1e-6)
     model_scale = _forecast_of(cohort, centres, noise_sd=1.5).summary(scale="model")
     np.testing.assert_allclose(np.exp(model_scale.loc[rows.index, "median"]), rows["median"], rtol=1e-9)
+
+
+def test_a_summary_is_computed_once_and_since_computes_only_the_times_it_keeps(cohort, monkeypatch):
+    """The dashboard's headline numbers, charts and table share one summary; a what-if's charts skip the history's times."""
+    forecast = _forecast_of(cohort, np.zeros(30), noise_sd=0.4, times=tuple(np.linspace(0.0, 3.0, 13)))
+    forecast.paths.expected[:] = np.random.default_rng(0).normal(size=forecast.paths.expected.shape)  # differs by time
+    shapes = []
+    real = vp.mixture_quantiles
+    monkeypatch.setattr(vp, "mixture_quantiles", lambda means, *rest: shapes.append(means.shape) or real(means, *rest))
+    whole = forecast.summary()
+    labs = list(forecast.layout.continuous)
+    part = forecast.summary(since=1.0, variables=[labs[-1], labs[0]])  # a grid point: it and the 8 after it are kept
+    assert shapes == [(30, 13, len(labs)), (30, 9, 2)]  # the second computed only the 9 times and 2 labs it returns
+    # the rows kept are the whole summary's, to the last bit, in its order
+    kept = whole[(whole["time"] >= 1.0) & whole["variable"].isin([labs[0], labs[-1]])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(part, kept, check_exact=True)
+    whole.loc[:, "median"] = -1.0  # a caller's edit of its copy ...
+    again = forecast.summary()
+    assert len(shapes) == 2  # ... served from the one computed, not recomputed
+    assert (again["median"] != -1.0).all()  # ... and untouched by that edit
+    pd.testing.assert_frame_equal(again, fresh(forecast).summary(), check_exact=True)
+    with pytest.raises(VPatientError, match=r"\['weight'\] are not continuous variables of this model"):
+        forecast.summary(variables=["weight"])
+
+
+def test_survival_summary_gives_each_time_s_mean_and_90_percent_interval_of_the_draws(cohort):
+    forecast = _forecast_of(cohort, np.zeros(40), noise_sd=0.4, times=tuple(np.linspace(0.0, 3.0, 7)))
+    rng = np.random.default_rng(1)
+    kinds = forecast.layout.events
+    assert kinds
+    forecast.paths.survival = np.sort(rng.uniform(size=(1, 40, 7, len(kinds))), axis=2)[:, :, ::-1]
+    forecast.paths.incidence = 1.0 - forecast.paths.survival
+    summary = forecast.survival_summary()
+    assert summary is not forecast.survival_summary()  # a copy each time, of the one computed
+    for k, kind in enumerate(kinds):
+        rows = summary[summary["event"] == kind]
+        draws = forecast.paths.survival[0, :, :, k]
+        for i, (_, row) in enumerate(rows.iterrows()):
+            assert row["survival"] == draws[:, i].mean()
+            assert (row["survival_q05"], row["survival_q95"]) == (np.quantile(draws[:, i], 0.05), np.quantile(draws[:, i], 0.95))
+            assert row["incidence"] == forecast.paths.incidence[0, :, i, k].mean()
+
+
+def fresh(forecast: Forecast) -> Forecast:
+    """A new forecast of the same paths (nothing kept from the summaries of ``forecast``)."""
+    return Forecast(forecast.subject_id, forecast.until, forecast.config, forecast.layout, forecast.paths)
 
 
 def _prior_only_patient(cohort):

@@ -25,7 +25,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -95,23 +95,33 @@ class SimulatedPaths:
 
 @dataclass
 class Forecast:
-    """One patient's forecast: sample paths and their summaries."""
+    """One patient's forecast: sample paths and their summaries.
+
+    Its paths are not changed once it is made: each summary is computed once and kept, so the
+    several views of one forecast (a dashboard's headline numbers, charts and table) share it.
+    """
 
     subject_id: str
     until: float
     config: DatasetConfig
     layout: FeatureLayout
     paths: SimulatedPaths  # a batch of one
+    _summaries: dict[tuple[str, ...], pd.DataFrame] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def times(self) -> np.ndarray:
         return self.paths.times[0]
 
-    def summary(self, scale: Scale | str = Scale.NATURAL) -> pd.DataFrame:
+    def summary(
+        self, scale: Scale | str = Scale.NATURAL, since: float | None = None, variables: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         """Per continuous variable and time: the point forecast ``median`` and 5/25/75/95% predictive quantiles.
 
         ``scale="natural"`` reports lab units (mg/dl); ``"model"`` the transformed scale;
         any other value is refused (an OptionError, a ValueError, listing the scales).
+        ``since`` keeps the times from it on (a what-if's plans, from the decision time) and
+        ``variables`` those continuous variables (default: all; a name not among them is refused);
+        nothing is computed for the rest, and the rows kept are those of the whole summary.
         Quantiles are those of the predictive mixture, every posterior path's mean with
         the measurement noise around it (exact, so bands are smooth rather than the
         quantiles of one noisy draw per path). They are computed on the model's scale and
@@ -119,13 +129,29 @@ class Forecast:
         averaging exp of noisy log draws lands far above the typical value of a noisy lab.
         """
         scale = choose(Scale, scale, "scale")
-        rows = []
-        mixture = mixture_quantiles(self.paths.expected[0], self.paths.noise_sd[:, None, :], QUANTILES)  # (Q, T, Dc)
+        names = list(self.layout.continuous)
+        unknown = sorted(set(variables or ()) - set(names))
+        if unknown:
+            raise VPatientError(f"variables {unknown} are not continuous variables of this model; choose from {names}")
+        chosen = tuple(n for n in names if variables is None or n in variables)  # in the layout's order, as the whole
+        key = (scale.value, "all" if since is None else repr(float(since)), *chosen)
+        if key not in self._summaries:
+            self._summaries[key] = self._summary(scale, since, chosen)
+        return self._summaries[key].copy()  # a copy: a caller's edits never reach the next caller
+
+    def _summary(self, scale: Scale, since: float | None, variables: tuple[str, ...]) -> pd.DataFrame:
+        # each time's and variable's quantiles are computed alone (a bisection per cell), so leaving some out changes none kept
+        kept = slice(None) if since is None else slice(int(np.searchsorted(self.times, since - 1e-9)), None)
+        columns = [self.layout.continuous.index(name) for name in variables]
+        times = self.times[kept]
+        means = self.paths.expected[0][:, kept][..., columns]
+        mixture = mixture_quantiles(means, self.paths.noise_sd[:, None, columns], QUANTILES)  # (Q, T, len(variables))
         names = {q: "median" if q == 0.5 else f"q{int(q * 100):02d}" for q in QUANTILES}
-        for j, name in enumerate(self.layout.continuous):
+        rows = []
+        for j, name in enumerate(variables):
             transform = self.config.variable(name).transform
             qs = mixture[..., j] if scale == Scale.MODEL else transforms.inverse(mixture[..., j], transform)  # (Q, T)
-            for i, t in enumerate(self.times):
+            for i, t in enumerate(times):
                 rows.append({"time": float(t), "variable": name, **{names[q]: float(qs[k, i]) for k, q in enumerate(QUANTILES)}})
         frame = pd.DataFrame(rows, columns=["time", "variable", "median", *(names[q] for q in QUANTILES if q != 0.5)])
         frame.insert(0, "subject_id", self.subject_id)
@@ -133,10 +159,16 @@ class Forecast:
 
     def survival_summary(self) -> pd.DataFrame:
         """Per event kind and time: probability of being free of it (given free at ``until``), with 90% interval."""
+        if ("survival",) not in self._summaries:
+            self._summaries[("survival",)] = self._survival_summary()
+        return self._summaries[("survival",)].copy()
+
+    def _survival_summary(self) -> pd.DataFrame:
         rows = []
         for k, kind in enumerate(self.layout.events):
             surv = self.paths.survival[0, :, :, k]  # (S, T)
             inc = self.paths.incidence[0, :, :, k]
+            low, high = np.quantile(surv, [0.05, 0.95], axis=0)  # (T,) each: the same numbers as time by time, at once
             for i, t in enumerate(self.times):
                 rows.append(
                     {
@@ -144,8 +176,8 @@ class Forecast:
                         "time": float(t),
                         "event": kind,
                         "survival": float(surv[:, i].mean()),
-                        "survival_q05": float(np.quantile(surv[:, i], 0.05)),
-                        "survival_q95": float(np.quantile(surv[:, i], 0.95)),
+                        "survival_q05": float(low[i]),
+                        "survival_q95": float(high[i]),
                         "incidence": float(inc[:, i].mean()),
                     }
                 )

@@ -131,8 +131,8 @@ def forecast_lab_charts(forecast, record: PatientRecord | None, labs: Sequence[s
 def whatif_lab_charts(result, record: PatientRecord | None, labs: Sequence[str]) -> list[Spec]:
     """One chart per lab of a :class:`~vpatient.simulation.whatif.WhatIfResult`: the history, then each plan from its time."""
     plans = [p.name for p in result.plans]
-    trajectories = result.trajectories().rename(columns={"plan": "series"})
-    future = trajectories[trajectories["time"] >= result.at - 1e-9]
+    # the plans from the decision time, of the labs drawn: nothing else is computed
+    future = result.trajectories(since=result.at, variables=labs).rename(columns={"plan": "series"})
     end = float(future["time"].max())
     # before the decision time the record's treatments were given; from it, each plan's
     before = [(e.model_copy(update={"stop": min(e.stop, result.at) if e.stop is not None else result.at}), "as recorded")

@@ -49,9 +49,13 @@ class WhatIfResult:
     def reference(self) -> str:
         return self.plans[0].name
 
-    def trajectories(self) -> pd.DataFrame:
-        """Per plan, variable and time: predictive median (the point forecast) and 5/25/75/95% quantiles (natural units)."""
-        frames = [f.summary().assign(plan=name) for name, f in self.forecasts.items()]
+    def trajectories(self, since: float | None = None, variables: Sequence[str] | None = None) -> pd.DataFrame:
+        """Per plan, variable and time: predictive median (the point forecast) and 5/25/75/95% quantiles (natural units).
+
+        ``since`` keeps the times from it on (e.g. ``result.at``: the plans only) and ``variables``
+        those variables (default: all), computing nothing for the rest (:meth:`Forecast.summary`).
+        """
+        frames = [f.summary(since=since, variables=variables).assign(plan=name) for name, f in self.forecasts.items()]
         return pd.concat(frames, ignore_index=True)
 
     def survival(self) -> pd.DataFrame:
