@@ -28,6 +28,8 @@ from vpatient.dashboard.views import VIEWS
 
 CHROMIUM = "/usr/bin/chromium"
 WIDTH = 1400  # pixels: the width of a laptop screen; the height follows the page
+#: Views that compute only when a button is pressed: the screenshot shows their result, not the empty form.
+RUN_BUTTONS = {"Cohort & trial": "Run the trial"}
 
 
 def file_name(patient: str, view: str) -> str:
@@ -65,6 +67,9 @@ def main() -> None:
                     page.set_viewport_size({"width": WIDTH, "height": 1000})
                     start = time.perf_counter()
                     vb.open_view(page, view)
+                    if view in RUN_BUTTONS:
+                        page.get_by_role("button", name=RUN_BUTTONS[view]).click()
+                        vb.settled(page, 300_000)
                     shown = time.perf_counter() - start
                     if page.locator('[data-testid="stException"]').count():
                         raise RuntimeError(f"patient {patient}, {view}: the app raised an exception")
