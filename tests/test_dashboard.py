@@ -688,7 +688,7 @@ def test_forecast_and_whatif_tabs_draw_interactive_charts_of_the_labs_picked(mod
 
 @pytest.mark.slow
 def test_a_view_summarises_a_forecast_once_and_a_plan_edit_only_what_its_charts_draw(model_dir, model, cohort, monkeypatch):
-    """What keeps a rerun fast (scripts/dashboard_timing.py times it): the predictive quantiles, the slow part of a
+    """What keeps a rerun fast (`vpatient benchmark dashboard-speed` times it): the predictive quantiles, the slow part of a
     summary, are computed once per forecast shown, and after a plan edit only from the decision time, for the labs charted."""
     st = pytest.importorskip("streamlit")
     st.cache_resource.clear()  # a fresh server: nothing computed by the tests before
@@ -1345,3 +1345,25 @@ def test_the_trial_view_runs_only_when_asked_and_shows_the_library_s_answer(mode
     assert not at.exception and "The arms cannot be simulated" in at.error[0].value
     assert any("share this name" in t.value.to_string() for t in at.table)
     assert session.computed["trial"] == 1
+
+
+def test_dashboard_speed_result_renders_its_targets_and_ratios():
+    from vpatient.benchmarks.dashboard_speed import DashboardSpeedResult, TimingRow
+    from vpatient.benchmarks.registry import BENCHMARKS
+
+    rows = [
+        TimingRow(measurement="rerun after a plan edit, What-if, patient 1", median_seconds=0.4, max_seconds=0.5,
+                  runs=[0.4, 0.5, 0.3], forecasts=2.0, target_seconds=1.0),
+        TimingRow(measurement="switching patients, Forecast open", median_seconds=3.5, max_seconds=4.0, runs=[3.5],
+                  forecasts=17.5, target_seconds=3.0),
+        TimingRow(measurement="server start", median_seconds=1.4, max_seconds=1.4, runs=[1.4], forecasts=7.0,
+                  target_seconds=None),
+    ]  # fmt: skip
+    result = DashboardSpeedResult(
+        model="m", seed=0, switched_to=["2"], edited=["1"], reference_forecast_seconds=0.2, rows=rows, runtime_seconds=9.0
+    )
+    assert BENCHMARKS["dashboard-speed"] is DashboardSpeedResult and not result.passed
+    md = result.to_markdown()
+    assert md.count("| pass |") == 1 and md.count("| miss |") == 1  # the server start has no target
+    assert "| 17.5 |" in md and "one forecast of a patient takes 0.200 s" in md
+    assert DashboardSpeedResult.model_validate_json(result.model_dump_json()) == result

@@ -378,6 +378,29 @@ def benchmark_simulate_speed(
     _report(result, result.write(out_dir))
 
 
+@benchmark_app.command("dashboard-speed")
+def benchmark_dashboard_speed(
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Checkpoint directory (default: the demo PBC model of `vpatient dashboard`).")
+    ] = None,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Patients switched to per view, and new sessions timed.")] = 5,
+    edit_patients: Annotated[
+        str, typer.Option("--edit-patients", help="Comma-separated patients whose plan is edited.")
+    ] = "1,32",
+    seed: SeedOption = 0,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
+) -> None:
+    """Seconds a clinician waits: a rerun after a plan edit, the first patient view, switching patients (AppTest)."""
+    from vpatient.benchmarks.dashboard_speed import run_dashboard_speed_benchmark
+    from vpatient.dashboard.session import resolve_model_dir
+
+    patients = [p.strip() for p in edit_patients.split(",") if p.strip()]
+    result = run_dashboard_speed_benchmark(
+        resolve_model_dir(model, train_demo=False), runs, None, patients, seed, progress=lambda line: typer.echo(line, err=True)
+    )
+    _report(result, result.write(out_dir))
+
+
 @benchmark_app.command("kill-safety")
 def benchmark_kill_safety(
     kills: Annotated[int, typer.Option("--kills", min=1, help="SIGKILLs per command, each at a random moment.")] = 50,

@@ -12,6 +12,7 @@ from pathlib import Path
 from vpatient.benchmarks.base import BenchmarkResult
 from vpatient.benchmarks.cohort_fidelity import CohortFidelityBenchmarkResult
 from vpatient.benchmarks.counterfactual import CounterfactualBenchmarkResult
+from vpatient.benchmarks.dashboard_speed import DashboardSpeedResult
 from vpatient.benchmarks.effect_calibration import EffectCalibrationResult
 from vpatient.benchmarks.forecast import ForecastBenchmarkResult
 from vpatient.benchmarks.kill_safety import KillSafetyResult
@@ -35,6 +36,7 @@ BENCHMARKS: dict[str, type[BenchmarkResult]] = {
     "trial-adjustment": TrialAdjustmentResult,
     "effect-calibration": EffectCalibrationResult,
     "kill-safety": KillSafetyResult,
+    "dashboard-speed": DashboardSpeedResult,
 }
 
 
