@@ -1386,6 +1386,7 @@ def test_the_trial_view_runs_only_when_asked_and_shows_the_library_s_answer(mode
     assert [(m.label, m.value, m.delta) for m in tab.metric] == [(h.label, h.value, h.delta) for h in cohort_alone.metrics]
     assert not [m for m in tab.metric if "hazard" in m.label or "RMST" in m.label] and not tab.table
     assert vt.plain_markdown(cohort_alone.verdicts[0]) in [m.value for m in tab.markdown]
+    assert tab.subheader[0].value == f"{TRIAL_N} virtual patients, followed 5 years (seed 0)"
     line = next(
         layer for layer in json.loads(tab.get("vega_lite_chart")[0].proto.spec)["layer"] if layer["mark"]["type"] == "line"
     )

@@ -359,7 +359,8 @@ for _ in vv.when_open(tab_trial):
         st.info("Press **Run the trial** to simulate it; the result is kept for these inputs.")
         continue
     st.subheader(
-        f"{trial.n_patients:,} virtual patients per arm, followed {vh.horizon_words(trial.years, config.time_unit)} (seed {trial.seed})"
+        f"{trial.n_patients:,} virtual patients{' per arm' if len(trial.arms) > 1 else ''}, "
+        f"followed {vh.horizon_words(trial.years, config.time_unit)} (seed {trial.seed})"
     )
     trial_headlines = vh.trial_headlines(trial)
     show_headlines(trial_headlines.metrics[: len(trial.arms)], per_row=len(trial.arms))
