@@ -1234,15 +1234,13 @@ def test_a_trial_runs_in_chunks_reports_its_progress_is_cached_and_equals_the_li
         ({"n": 0}, "0 patients per arm: simulate between 1 and 2,000"),
         ({"n": vs.TRIAL_PATIENTS[1] + 1}, "2,001 patients per arm"),
         ({"years": 0.0}, "follow-up 0 years: it must be more than 0"),
-        ({"arms": "one"}, "a trial needs at least two arms to compare, got 1"),
+        ({"arms": ()}, "a trial needs at least one arm: add an arm"),
         ({"arms": "same names"}, "two plans share this name"),
     ],
 )
 def test_a_trial_request_that_cannot_run_is_refused_in_words_before_anything_runs(trial_session, model, change, message):
     arms = trial_arms_of(model.config)
-    if change.get("arms") == "one":
-        change = {"arms": arms[:1]}
-    elif change.get("arms") == "same names":
+    if change.get("arms") == "same names":
         change = {"arms": (arms[0], vs.PlanSpec("treat", "stop", arms[1].treatment))}
     request = vs.TrialRequest(**{"arms": arms, "n": 10, **change})
     before = dict(trial_session.computed)
@@ -1279,6 +1277,45 @@ def test_trial_headlines_are_the_library_s_hazard_ratio_and_rmst_worded_by_their
     rmst_side = "more time" if rmst["lower"] > 0 else "less time" if rmst["upper"] < 0 else vh.NO_DIFFERENCE
     assert hr_side in shown.verdicts[0] and rmst_side in shown.verdicts[1]
     assert not [t for h in shown.metrics for t in (h.value, h.delta) if SCIENTIFIC.search(t)]
+
+
+def test_one_arm_is_a_virtual_cohort_whose_survival_and_median_equal_the_library_s(trial_session, model, cohort):
+    request = vs.TrialRequest(trial_arms_of(model.config)[:1], n=TRIAL_N, years=5.0, seed=4)
+    progress = []
+    result = trial_session.trial(request, on_chunk=lambda done, total: progress.append((done, total)))
+    assert progress == [(1, 2), (2, 2)] and trial_session.cached_trial(request) is result  # as a trial: chunks, cache
+    expected = library_trial(model, cohort, request.arms, TRIAL_N, seed=4)
+    pd.testing.assert_frame_equal(result.kaplan_meier, expected.kaplan_meier)
+    shown = vh.trial_headlines(result)
+    km = expected.survival_at([5.0]).iloc[0]
+    median, lower, upper = expected.median_time("treat")
+    assert [(h.label, h.value) for h in shown.metrics] == [
+        ("treat: free of death in 5 years", percent(km["survival"])),
+        ("treat: median time free of death", f"{number(median, 2)} years" if np.isfinite(median) else "not reached in 5 years"),
+    ]
+    assert shown.metrics[0].delta == f"95% interval {span(km['lower'], km['upper'], percent)} (Kaplan-Meier)"
+    if np.isfinite(lower) and np.isfinite(upper):
+        assert shown.metrics[1].delta == f"95% interval {span(lower, upper, lambda t: number(t, 2))} years"
+    assert shown.verdicts == [
+        "One arm: a virtual cohort under treat, with no arm to compare (no hazard ratio, no RMST difference)."
+    ]
+    assert not [h for h in shown.metrics if "hazard" in h.label or "RMST" in h.label]
+    line = vc.trial_survival_chart(result)["datasets"]["line"]
+    assert list(dict.fromkeys(line["series"])) == ["treat"]  # one series: the cohort's curve
+    np.testing.assert_array_equal(line["survival"], expected.kaplan_meier["survival"])
+
+
+def test_a_median_not_reached_is_said_in_words(small_trial):
+    import dataclasses
+
+    free = small_trial.kaplan_meier.assign(survival=0.9, lower=0.8, upper=0.95)  # more than half free throughout
+    one = dataclasses.replace(small_trial, arms=["treat"], kaplan_meier=free[free["arm"] == "treat"])
+    median = vh.trial_headlines(one).metrics[1]
+    assert (median.value, median.delta) == ("not reached in 5 years", "95% interval: not reached in 5 years")
+    half = free.assign(lower=np.where(free["time"] >= 2.0, 0.4, 0.8))  # only the band's lower bound falls to one half
+    one = dataclasses.replace(one, kaplan_meier=half[half["arm"] == "treat"])
+    median = vh.trial_headlines(one).metrics[1]
+    assert median.value == "not reached in 5 years" and median.delta == "95% interval: from 2 years"
 
 
 def test_a_trial_without_events_says_so_instead_of_a_hazard_ratio(small_trial):
@@ -1336,15 +1373,29 @@ def test_the_trial_view_runs_only_when_asked_and_shows_the_library_s_answer(mode
     tab = show(at, "Cohort & trial").tabs[vv.VIEWS.index("Cohort & trial")]
     assert session.computed["trial"] == 1 and len(tab.metric) == len(expected.metrics)
     # bad input: a clear error on the page, no traceback, nothing run
-    for key, bad in (("trial_n", 0), ("trial_arm_count", 1)):
-        at.number_input(key=key).set_value(bad).run()
-        assert not at.exception and at.error, (key, at.exception)
-        assert not at.tabs[vv.VIEWS.index("Cohort & trial")].metric
-        at.number_input(key=key).set_value(TRIAL_N if key == "trial_n" else 2).run()
+    at.number_input(key="trial_n").set_value(0).run()
+    assert not at.exception and at.error, at.exception
+    assert not at.tabs[vv.VIEWS.index("Cohort & trial")].metric
+    at.number_input(key="trial_n").set_value(TRIAL_N).run()
+    # one arm: a virtual cohort under its plan, its survival and median, no hazard ratio or RMST, one curve
+    at.number_input(key="trial_arm_count").set_value(1).run()
+    at.button(key="run_trial").click().run()
+    assert not at.exception, at.exception
+    tab = at.tabs[vv.VIEWS.index("Cohort & trial")]
+    cohort_alone = vh.trial_headlines(library_trial(session.model, session.cohort, trial_arms_of(session.config)[:1], TRIAL_N))
+    assert [(m.label, m.value, m.delta) for m in tab.metric] == [(h.label, h.value, h.delta) for h in cohort_alone.metrics]
+    assert not [m for m in tab.metric if "hazard" in m.label or "RMST" in m.label] and not tab.table
+    assert vt.plain_markdown(cohort_alone.verdicts[0]) in [m.value for m in tab.markdown]
+    assert tab.subheader[0].value == f"{TRIAL_N} virtual patients, followed 5 years (seed 0)"
+    line = next(
+        layer for layer in json.loads(tab.get("vega_lite_chart")[0].proto.spec)["layer"] if layer["mark"]["type"] == "line"
+    )
+    assert line["encoding"]["strokeDash"]["scale"]["domain"] == ["treat"]
+    at.number_input(key="trial_arm_count").set_value(2).run()
     at.text_input(key="trial_arm1_name").set_value("treat").run()
     assert not at.exception and "The arms cannot be simulated" in at.error[0].value
     assert any("share this name" in t.value.to_string() for t in at.table)
-    assert session.computed["trial"] == 1
+    assert session.computed["trial"] == 2  # the two-arm trial and the one-arm cohort
 
 
 def test_dashboard_speed_result_renders_its_targets_and_ratios():

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from vpatient import plots
 from vpatient.cli import app
 from vpatient.data.meds import read_meds, records_to_frame, write_meds
 from vpatient.data.synthetic import synthetic_cohort
@@ -234,8 +235,29 @@ def test_trial_on_real_records_and_its_files(sim, cohort, tmp_path, none_plan, d
     assert (surv["survival"].between(0, 1)).all()
     for name in ("trial.json", "trial.md", "kaplan_meier.csv", "trajectories.csv"):
         assert (tmp_path / "t" / name).stat().st_size > 0
-    with pytest.raises(VPatientError, match="at least two arms"):
-        sim.trial({"none": none_plan}, n=10, progress=False)
+    with pytest.raises(VPatientError, match="at least one arm"):
+        sim.trial({}, n=10, progress=False)
+
+
+def test_a_one_arm_trial_is_a_virtual_cohort_s_survival_without_a_comparison(sim, none_plan, drug_plan, tmp_path):
+    one = sim.trial({"none": none_plan}, n=40, years=4.0, seed=2, chunk_size=20, progress=False)
+    two = sim.trial({"none": none_plan, "drug": drug_plan}, n=40, years=4.0, seed=2, chunk_size=20, progress=False)
+    # the same virtual patients as the first arm of a trial with the same seed: the arm's curve, not a new cohort's
+    pd.testing.assert_frame_equal(one.kaplan_meier, two.kaplan_meier[two.kaplan_meier["arm"] == "none"].reset_index(drop=True))
+    assert one.arms == ["none"] and one.n_patients == 40
+    assert one.hazard_ratios.empty and one.rmst.empty and list(one.rmst.columns) == list(two.rmst.columns)
+    assert "no arm to compare" in one.to_markdown() and "Hazard ratios" not in one.to_markdown()
+    median, lower, upper = one.median_time("none")
+    km = one.kaplan_meier
+    if np.isfinite(median):  # the first month the curve is at one half or below
+        assert km.loc[km["time"] == median, "survival"].iloc[0] <= 0.5 < km.loc[km["time"] < median, "survival"].min()
+    assert not (lower > median or median > upper)  # NaN (not reached) compares False
+    with pytest.raises(VPatientError, match="unknown arm 'drug'"):
+        one.median_time("drug")
+    one.save(tmp_path)  # what `vpatient simulate trial` writes with one --arm
+    assert json.loads((tmp_path / "trial.json").read_text())["hazard_ratios"] == []
+    plots.plot_trial(one, tmp_path / "trial.png")
+    assert (tmp_path / "trial.png").stat().st_size > 0
 
 
 # --------------------------------------------------------------------------- command line

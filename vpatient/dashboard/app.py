@@ -311,7 +311,8 @@ for _ in vv.when_open(tab_card):
 for _ in vv.when_open(tab_trial):
     st.markdown(
         "An in-silico trial: virtual patients drawn from the population the model learned, each simulated under every "
-        "arm from enrolment (the same patients in every arm, so the arms differ only by treatment); the first arm is the reference."
+        "arm from enrolment (the same patients in every arm, so the arms differ only by treatment); the first arm is the reference. "
+        "One arm simulates a virtual cohort under its plan: its survival, with nothing to compare."
     )
     if not config.event_kinds:
         st.info("This model has no events: there is no survival to compare.")
@@ -358,7 +359,8 @@ for _ in vv.when_open(tab_trial):
         st.info("Press **Run the trial** to simulate it; the result is kept for these inputs.")
         continue
     st.subheader(
-        f"{trial.n_patients:,} virtual patients per arm, followed {vh.horizon_words(trial.years, config.time_unit)} (seed {trial.seed})"
+        f"{trial.n_patients:,} virtual patients{' per arm' if len(trial.arms) > 1 else ''}, "
+        f"followed {vh.horizon_words(trial.years, config.time_unit)} (seed {trial.seed})"
     )
     trial_headlines = vh.trial_headlines(trial)
     show_headlines(trial_headlines.metrics[: len(trial.arms)], per_row=len(trial.arms))
@@ -368,10 +370,13 @@ for _ in vv.when_open(tab_trial):
     st.caption(sess.model.uncertainty_note(trial=True))
     show_charts([vc.trial_survival_chart(trial)], vc.TRIAL_CAPTION, per_row=1)
     with st.expander("The trial in numbers"):
-        st.table(vt.styled(trial.hazard_ratios[["arm", "reference", "hazard_ratio", "lower", "upper", "p"]]))
-        st.table(
-            vt.styled(trial.rmst[["arm", "reference", "horizon", "arm_rmst", "reference_rmst", "difference", "lower", "upper"]])
-        )
+        if len(trial.arms) > 1:  # one arm compares nothing: its hazard ratio and RMST tables are empty
+            st.table(vt.styled(trial.hazard_ratios[["arm", "reference", "hazard_ratio", "lower", "upper", "p"]]))
+            st.table(
+                vt.styled(
+                    trial.rmst[["arm", "reference", "horizon", "arm_rmst", "reference_rmst", "difference", "lower", "upper"]]
+                )
+            )
         st.download_button(
             "Download the Kaplan-Meier curves (CSV)", trial.kaplan_meier.to_csv(index=False), "trial-kaplan-meier.csv", "text/csv"
         )

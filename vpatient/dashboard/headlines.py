@@ -189,7 +189,8 @@ def _effect(effects, plan: str, quantity: str, horizon: float):
 @dataclass
 class TrialHeadlines:
     """An in-silico trial's answer: per arm its Kaplan-Meier event-free chance at the end of follow-up, per arm compared
-    with the reference its hazard ratio and RMST difference (95% intervals), and a verdict on each."""
+    with the reference its hazard ratio and RMST difference (95% intervals), and a verdict on each. One arm (a virtual
+    cohort under a plan): its event-free chance and median event-free time, and a line saying there is no comparison."""
 
     metrics: list[Headline]
     verdicts: list[str]
@@ -208,6 +209,11 @@ def trial_headlines(result) -> TrialHeadlines:
         )
         for _, row in result.survival_at([result.years]).iterrows()
     ]
+    if len(result.arms) == 1:
+        return TrialHeadlines(
+            [*metrics, _median_headline(result, reference, when)],
+            [f"One arm: a virtual cohort under {reference}, with no arm to compare (no hazard ratio, no RMST difference)."],
+        )
     verdicts = []
     rmst = result.rmst.set_index("arm")
     for _, hr in result.hazard_ratios.iterrows():
@@ -247,6 +253,24 @@ def trial_headlines(result) -> TrialHeadlines:
             )
         )
     return TrialHeadlines(metrics, verdicts)
+
+
+def _median_headline(result, arm: str, when: str) -> Headline:
+    """An arm's median time free of the trial's event with its 95% interval (:meth:`TrialResult.median_time`); "not
+    reached" when more than half are still free of it at the end of follow-up."""
+    unit = result.time_unit.value
+    median, lower, upper = result.median_time(arm)
+
+    def shown(t: float) -> str:
+        return with_unit(number(t, 2), unit) if np.isfinite(t) else f"not reached in {when}"
+
+    if not np.isfinite(lower):
+        interval = f"95% interval: not reached in {when}"
+    elif not np.isfinite(upper):
+        interval = f"95% interval: from {shown(lower)}"
+    else:
+        interval = f"95% interval {span(lower, upper, lambda t: number(t, 2))} {unit}"
+    return Headline(f"{arm}: median time free of {result.event}", shown(median), interval)
 
 
 def _signed(difference: float) -> str:

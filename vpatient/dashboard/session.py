@@ -246,7 +246,8 @@ class NextTestRequest:
 
 @dataclass(frozen=True)
 class TrialRequest:
-    """An in-silico trial to simulate: the arms (the first is the reference), virtual patients per arm, follow-up, seed.
+    """An in-silico trial to simulate: the arms (the first is the reference; one arm: a virtual cohort under its plan),
+    virtual patients per arm, follow-up, seed.
 
     ``years`` is in the data's time unit (the library's name); ``event`` None: the model's first event kind.
     """
@@ -510,8 +511,8 @@ class DashboardSession:
             raise VPatientError(f"{request.n:,} patients per arm: simulate between {least} and {most:,}")
         if not (math.isfinite(request.years) and request.years > 0):
             raise VPatientError(f"follow-up {request.years:g} {self.config.time_unit.value}: it must be more than 0")
-        if len(request.arms) < 2:
-            raise VPatientError(f"a trial needs at least two arms to compare, got {len(request.arms)}: add an arm")
+        if not request.arms:  # one arm is a virtual cohort under its plan (no comparison)
+            raise VPatientError("a trial needs at least one arm: add an arm")
         return {plan.name: plan for plan in self._validated_plans(request.arms, None, 0.0)}
 
     def simulator(self):

@@ -5,6 +5,7 @@ sim.whatif(record, [plan_a, plan_b])               # one patient, several plans
 sim.cohort(10_000, seed=0, out="out/cohort")       # new patients, MEDS + events
 sim.trial({"placebo": none, "drug": drug}, n=2000) # the same patients under each arm
 sim.trial(arms, population=records)                # ... or real patients at enrolment
+sim.trial({"drug": drug}, n=2000)                  # one arm: a cohort's survival under a plan
 """
 
 from __future__ import annotations
@@ -195,6 +196,9 @@ class Simulator:
     ) -> TrialResult:
         """Every patient under every arm's plan from t=0; the first arm is the reference.
 
+        One arm is a virtual cohort under that plan: its Kaplan-Meier and model survival
+        curves and lab trajectories, with no comparison (empty hazard ratio and RMST tables).
+
         Patients are ``n`` virtual ones from the learned population, or, when
         ``population`` is a list of records, those real patients as known at
         enrolment (t=0), ``draws_per_record`` posterior draws each (default: one per
@@ -204,8 +208,8 @@ class Simulator:
         each chunk of virtual patients (:func:`~vpatient.simulation.engine.run_chunks`): a
         progress display, which may stop the trial between chunks by raising.
         """
-        if len(arms) < 2:
-            raise VPatientError(f"a trial needs at least two arms, got {len(arms)}: {', '.join(arms) or '(none)'}")
+        if not arms:
+            raise VPatientError("a trial needs at least one arm (one arm: a virtual cohort under its plan, no comparison)")
         _check_size(self.model, n, years, list(arms.values()))
         plans = {name: plan.check(self.model.config) for name, plan in arms.items()}
         event = event or (self.model.layout.events[0] if self.model.layout.events else None)

@@ -15,6 +15,9 @@ is the one a trial statistician would run on the simulated data:
 - the mean model survival curve and mean lab trajectories per arm (typical values,
   as if event-free), with 95% CIs of the mean across patients.
 
+One arm is a virtual cohort under its plan: the curves and the median event-free
+time only; with nothing to compare, the hazard ratio and RMST tables are empty.
+
 What the HR and RMST intervals include:
 
 - the sampling error of the virtual trial. When real patients are replayed with
@@ -207,7 +210,7 @@ class TrialResult:
             kaplan_meier=pd.concat(km_rows, ignore_index=True),
             model_survival=model_survival,
             hazard_ratios=pd.DataFrame(hr_rows, columns=["arm", "reference", "hazard_ratio", "lower", "upper", "p", *_SPREAD]),
-            rmst=pd.DataFrame(rmst_rows),
+            rmst=pd.DataFrame(rmst_rows, columns=list(_RMST_COLUMNS)),
             trajectories=labs,
             settings=settings or {},
         )
@@ -224,6 +227,24 @@ class TrialResult:
                 rows.append({"arm": arm, "time": t, "survival": row["survival"], "lower": row["lower"], "upper": row["upper"]})
         return pd.DataFrame(rows)
 
+    def median_time(self, arm: str) -> tuple[float, float, float]:
+        """An arm's median time free of the event and its 95% interval, from its Kaplan-Meier curve and band.
+
+        The first time on the curve's grid where the curve (the band's lower, upper bound) falls to one half or
+        below; NaN where it does not within the follow-up ("not reached"). The interval inverts the pointwise band
+        (Brookmeyer-Crowley in spirit), so it is as coarse as the grid (monthly).
+        """
+        part = self.kaplan_meier[self.kaplan_meier["arm"] == arm]
+        if part.empty:
+            raise VPatientError(f"unknown arm {arm!r}; the trial's arms are {', '.join(self.arms)}")
+        time = part["time"].to_numpy()
+
+        def crossing(curve: pd.Series) -> float:
+            below = np.flatnonzero(curve.to_numpy() <= 0.5)
+            return float(time[below[0]]) if len(below) else np.nan
+
+        return crossing(part["survival"]), crossing(part["lower"]), crossing(part["upper"])
+
     @property
     def time_unit(self) -> TimeUnit:
         """The unit of ``years`` and of every time in the tables: the model's (years for results saved before it was recorded)."""
@@ -236,13 +257,19 @@ class TrialResult:
         # "S(5y)" in years, "S(1826.25 days)" otherwise
         label = (lambda t: f"S({t:g}y)") if unit == TimeUnit.YEARS else (lambda t: f"S({t:g} {unit.value})")
         surv = self.survival_at(marks).pivot(index="arm", columns="time", values="survival").rename(columns=label)
-        hr = self.hazard_ratios.set_index("arm")
-        rmst = self.rmst.set_index("arm")
-        return (
+        head = (
             f"# In-silico trial: {', '.join(self.arms)} ({self.n_patients} patients per arm, {self.years:g} {unit.value}, "
             f"event {self.event})\n\n"
             f"Kaplan-Meier survival free of {self.event}:\n\n{markdown_table(surv.reindex(self.arms))}\n\n"
-            f"Hazard ratios against {self.reference} (Cox, 95% CI):\n\n{markdown_table(hr)}\n\n"
+        )
+        if len(self.arms) < 2:
+            return (
+                head + "One arm: a virtual cohort under its plan, with no arm to compare (no hazard ratio, no RMST difference).\n"
+            )
+        hr = self.hazard_ratios.set_index("arm")
+        rmst = self.rmst.set_index("arm")
+        return (
+            head + f"Hazard ratios against {self.reference} (Cox, 95% CI):\n\n{markdown_table(hr)}\n\n"
             f"Restricted mean {self.event}-free {unit.value} to {self.years:g} {unit.value} (paired, 95% CI):\n\n{markdown_table(rmst)}\n"
         )
 
@@ -286,6 +313,7 @@ def _kaplan_meier(data: pd.DataFrame, arm: str, grid: np.ndarray) -> pd.DataFram
 
 #: Columns that say what an effect's interval is made of (see the module docstring).
 _SPREAD = ("se", "sampling_se", "between_member_sd", "members", "df")
+_RMST_COLUMNS = ("arm", "reference", "horizon", "arm_rmst", "reference_rmst", "difference", "lower", "upper", *_SPREAD)
 
 
 def _spread(estimate: PooledEstimate | None) -> dict[str, float]:
