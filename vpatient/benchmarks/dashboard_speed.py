@@ -6,7 +6,8 @@ loaded anew, nothing cached) and is timed on the same patients, each shown for t
 
 - server start: the first run of the script (loads the model, shows the first patient's timeline);
 - first patient view: a new session's first run on a running server;
-- switching patients with the Timeline, the Forecast and the What-if view open;
+- switching patients with the Timeline, the Forecast and the What-if view open, and switching to the
+  patient with the most visits (the hardest case: refining a long history's posterior is the slow part);
 - a full rerun after a plan edit in the What-if view (plan 1's dose, five edits per patient).
 
 Targets (issue 18): a rerun after a plan edit under 1 s, the first patient view and a switch of
@@ -184,7 +185,10 @@ def run_dashboard_speed_benchmark(
     os.environ[vs.MODEL_ENV] = str(model_dir)
     logging.disable(logging.WARNING)  # AppTest warns of a missing browser session on every run; errors still raise
     try:
-        ids = vs.DashboardSession.load(str(model_dir)).subject_ids()
+        session = vs.DashboardSession.load(str(model_dir))
+        ids = session.subject_ids()
+        # the hardest switch: the patient with the most visits (refining a long history's posterior is the slow part)
+        longest = max(ids[1:], key=lambda p: len(session.record(p).visit_times()))
         unknown = [p for p in [*(switch_to or []), *edit_patients] if p not in ids]
         if unknown:
             raise VPatientError(f"dashboard-speed: no patient {', '.join(unknown)} in the model's data")
@@ -201,6 +205,12 @@ def run_dashboard_speed_benchmark(
             rows.append(_row(f"switching patients, {view} open", switches, reference, TARGET_VIEW_SECONDS))
             if progress is not None:
                 progress(rows[-1].model_dump_json())
+        for view in ("Forecast", "What-if"):
+            at, _ = _fresh_server()
+            _open_view(at, view)
+            to_longest = [_timed(lambda at=at: at.selectbox(key="patient").set_value(longest).run())]
+            rows.append(_row(f"switching to the patient with the most visits ({longest}), {view} open", to_longest,
+                             reference, TARGET_VIEW_SECONDS))  # fmt: skip
         first = [_timed(AppTest.from_file(str(APP_PATH), default_timeout=600).run) for _ in range(runs)]
         rows[:0] = [
             _row("server start (loads the model, first patient's timeline)", starts, reference, None),
