@@ -265,9 +265,7 @@ def eig_from_pool(
     base = base_log_w.double()
     prior_weights = _normalised(base)
     prior = _entropy(values, prior_weights.unsqueeze(0), kind, noise_var)[0]
-    log_w = base.unsqueeze(0) + log_factor.double()
-    log_w[torch.arange(len(outer)), outer] = -math.inf
-    weights = _normalised(log_w)
+    weights = _weights_after_results(base, log_factor, outer)
     gains = prior - _entropy(values, weights, kind, noise_var)
     if control_variate and len(gains) > 2:
         control = (weights - prior_weights) @ _entropy_gradient(values, prior_weights, kind, noise_var)
@@ -278,15 +276,20 @@ def eig_from_pool(
     return float(gains.mean()), float(gains.std(unbiased=True) / math.sqrt(len(gains))) if len(gains) > 1 else math.nan
 
 
+def _weights_after_results(base_log_w: torch.Tensor, log_factor: torch.Tensor, outer: torch.Tensor) -> torch.Tensor:
+    """(R, S) pool weights once each hypothetical result r is known, the draw that produced r left out of its own sum."""
+    log_w = base_log_w.double().unsqueeze(0) + log_factor.double()
+    log_w[torch.arange(len(outer)), outer] = -math.inf
+    return _normalised(log_w)
+
+
 def updated_risk_range(pool: Pool, log_factor: torch.Tensor, outer: torch.Tensor) -> tuple[float, float]:
     """5% and 95% over hypothetical results of a risk target's estimate once the result is known.
 
     The estimate after result r is the pool's event probabilities averaged with the weights the
     result gives them (the draw that produced r left out, as in :func:`eig_from_pool`).
     """
-    log_w = pool.log_w.double().unsqueeze(0) + log_factor.double()
-    log_w[torch.arange(len(outer)), outer] = -math.inf
-    risks = _normalised(log_w) @ pool.target.double()
+    risks = _weights_after_results(pool.log_w, log_factor, outer) @ pool.target.double()
     lower, upper = np.quantile(risks.numpy(), [0.05, 0.95])
     return float(lower), float(upper)
 
