@@ -385,7 +385,7 @@ class DashboardSession:
     uploads: OrderedDict[str, PatientRecord] = field(default_factory=OrderedDict)
     _cache: _LRU = field(default_factory=lambda: _LRU(64))
     _lock: threading.RLock = field(default_factory=threading.RLock)
-    # What was computed rather than served from the cache, by kind ("whatif", "forecast figure", ...):
+    # What was computed rather than served from the cache, by kind ("whatif", "charts", "timeline figure", ...):
     # shows which work a page view caused (a view computes only what it shows).
     computed: Counter[str] = field(default_factory=Counter)
     _simulator: Any = None  # Simulator with its population model, made on the first trial
@@ -568,7 +568,11 @@ class DashboardSession:
             return self._cache.peek(("trial", request))
 
     def figure(self, kind: str, request: Any) -> bytes:
-        """PNG bytes of one figure (timeline, forecast, whatif, cost_curve), cached with the result it draws."""
+        """PNG bytes of one figure (timeline, cost_curve), cached with the result it draws.
+
+        The forecast and what-if views draw interactive charts (:meth:`charts`); their static
+        figures are the reports' (:mod:`vpatient.plots`).
+        """
         from vpatient import plots
 
         plots.select_agg_backend()  # Streamlit runs the script in worker threads: no GUI backend there
@@ -576,10 +580,6 @@ class DashboardSession:
         def draw() -> bytes:
             if kind == "timeline":
                 fig = plots.plot_timeline(self.record(request), self.config)
-            elif kind == "forecast":
-                fig = plots.plot_forecast(self.forecast(request), self.record(request.subject))
-            elif kind == "whatif":
-                fig = plots.plot_whatif(self.whatif(request), self.record(request.subject))
             elif kind == "cost_curve":
                 fig = plots.plot_cost_curve(self.recommend(request), unit=self.config.time_unit.value).figure
             else:

@@ -43,7 +43,6 @@ __all__ = [
     "within_mc_error",
 ]
 
-#: Benchmark results beside a source checkout (absent from an installed package: the card says so).
 #: Characters that would format, link or open HTML in Streamlit markdown when a user's text (a subject id, a plan
 #: or file name) is put in it: backslash-escaped, they show as themselves ($ opens LaTeX, : with [ a colour directive).
 MARKDOWN_SPECIALS = frozenset("\\`*_[]<>~|$")
@@ -54,6 +53,7 @@ def plain_markdown(text: object) -> str:
     return "".join(f"\\{c}" if c in MARKDOWN_SPECIALS else c for c in str(text))
 
 
+#: Benchmark results beside a source checkout (absent from an installed package: the card says so).
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
