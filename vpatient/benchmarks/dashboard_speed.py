@@ -36,6 +36,8 @@ from vpatient.tables import markdown_table
 if TYPE_CHECKING:
     from streamlit.testing.v1 import AppTest
 
+    from vpatient.dashboard.session import DashboardSession
+
 __all__ = ["DashboardSpeedResult", "TimingRow", "run_dashboard_speed_benchmark"]
 
 #: Seconds a clinician should wait at most (issue 18).
@@ -150,11 +152,8 @@ def _open_view(at: AppTest, view: str) -> AppTest:
     return at.run()
 
 
-def _reference_forecast(model_dir: Path, patient: str) -> float:
+def _reference_forecast(session: DashboardSession, patient: str) -> float:
     """Seconds of one forecast of ``patient`` (the dashboard's defaults: 200 paths, seed 0), the best of three."""
-    from vpatient.dashboard.session import DashboardSession
-
-    session = DashboardSession.load(str(model_dir))
     record = session.record(patient)
     until = session.last_visit(patient)
     seconds = []
@@ -195,7 +194,7 @@ def run_dashboard_speed_benchmark(
         if switch_to is None:  # not the first patient: it is shown at start
             rng = np.random.default_rng(seed)
             switch_to = [str(p) for p in rng.choice(ids[1:], size=min(runs, len(ids) - 1), replace=False)]
-        reference = _reference_forecast(model_dir, switch_to[0])
+        reference = _reference_forecast(session, switch_to[0])  # the session read above: the model is loaded once here
         rows, starts = [], []
         for view in SWITCH_VIEWS:
             at, start = _fresh_server()
