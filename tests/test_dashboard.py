@@ -1418,3 +1418,38 @@ def test_dashboard_speed_result_renders_its_targets_and_ratios():
     assert md.count("| pass |") == 1 and md.count("| miss |") == 1  # the server start has no target
     assert "| 17.5 |" in md and "one forecast of a patient takes 0.200 s" in md
     assert DashboardSpeedResult.model_validate_json(result.model_dump_json()) == result
+
+
+def test_headlines_and_charts_of_a_model_without_events_in_days(config, record_data):
+    """A user's config with no events and another time unit: the forecast and what-if views still answer (the forecast's
+    survival table was a frame without columns, and the forecast headline raised KeyError on it)."""
+    import torch
+
+    from vpatient.data.batching import Scalers, layout_from_config
+    from vpatient.model.latent_ode import LatentODE, ModelSettings
+    from vpatient.schemas import TimeUnit, TreatmentExposure, TreatmentPlan, parse_record
+    from vpatient.simulation import Simulator
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    days = config.model_copy(
+        update={"time_unit": TimeUnit.DAYS, "variables": [v for v in config.variables if v.kind != VariableKind.EVENT]}
+    )
+    record = parse_record({**record_data, "events": []}, days)
+    scalers = Scalers.fit([record, record], days)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        network = LatentODE(layout_from_config(days), ModelSettings(latent_dim=4, hidden=16), scalers.time_scale)
+    model = VirtualPatientModel(network, days, scalers)
+    at = record.visit_times()[-1]
+    forecast = model.forecast(record, at, 30.0, 20, 0)
+    assert list(forecast.survival_summary().columns)[:3] == ["subject_id", "time", "event"]
+    shown = vh.forecast_headlines(forecast, ["bilirubin"])
+    assert [h.label for h in shown] == ["bilirubin in 30 days"]  # no event, so no survival headline
+    assert vc.forecast_survival_chart(forecast) is None and len(vc.forecast_lab_charts(forecast, record, ["bilirubin"])) == 1
+    plans = [
+        TreatmentPlan(name="drug", exposures=[TreatmentExposure(treatment="drug", start=at, dose=1.0)]),
+        TreatmentPlan(name="none"),
+    ]
+    whatif = Simulator(model).whatif(record, plans, 30.0, 20, 0, at)
+    assert vh.whatif_headlines(whatif).by_event == {} and vc.whatif_survival_charts(whatif) == []
+    assert len(vc.whatif_lab_charts(whatif, record, ["bilirubin", "albumin"])) == 2

@@ -56,6 +56,7 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 _POSTERIOR_CACHE = 64  # histories whose refined posterior is kept
 T = TypeVar("T")
 
+_SURVIVAL_COLUMNS = ("subject_id", "time", "event", "survival", "survival_q05", "survival_q95", "incidence")
 _FILES = ("config.json", "model.json", "scalers.json")
 _OPTIONAL_FILES = ("training.json", "members.json")  # read when present
 
@@ -181,7 +182,8 @@ class Forecast:
                         "incidence": float(inc[:, i].mean()),
                     }
                 )
-        return pd.DataFrame(rows)
+        # its columns also without events (a config without any): callers select by them
+        return pd.DataFrame(rows, columns=list(_SURVIVAL_COLUMNS))
 
 
 class VirtualPatientModel:
