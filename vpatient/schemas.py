@@ -310,6 +310,12 @@ class DatasetConfig(_Strict):
         description="Code marking the end of a subject's follow-up (censoring time). Absent: the subject's last timed row.",
     )
     unknown_codes: UnknownCodePolicy = UnknownCodePolicy.ERROR
+    code_systems: dict[str, str] = Field(
+        default_factory=dict,
+        description="FHIR only: vocabulary prefixes of this config's codes and their code-system URIs, beside the "
+        "standard ones (LOINC, SNOMED, ICD10, ...): {'MYLAB': 'http://hospital.example/labs'} reads "
+        "Coding(system='http://hospital.example/labs', code='42') as MEDS code 'MYLAB/42'.",
+    )
     variables: list[VariableSpec] = Field(min_length=1)
     tests: list[DiagnosticTest] = Field(default_factory=list)
 

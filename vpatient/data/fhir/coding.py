@@ -1,0 +1,65 @@
+"""MEDS codes <-> FHIR codings: the one table of vocabularies both directions use.
+
+MEDS datasets spell a code from a standard vocabulary as ``VOCAB/value`` (``LOINC/1975-2``,
+``ICD10CM/K74.3``); FHIR carries the same code as a ``Coding`` with the vocabulary's URI as
+its ``system``. Codes of no known vocabulary (vpatient's own ``LAB//BILIRUBIN``, a site's
+local codes) travel under :data:`LOCAL_SYSTEM`, unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from vpatient.schemas import DatasetConfig
+
+__all__ = ["LOCAL_SYSTEM", "RELATIVE_EPOCH", "RELATIVE_TIME_TAG", "VOCABULARIES", "from_coding", "to_coding"]
+
+#: FHIR code system of codes that belong to no vocabulary below (kept verbatim).
+LOCAL_SYSTEM = "urn:vpatient:code"
+
+#: Where records without calendar time (times since an unknown index) are placed when a
+#: format needs dates; the tag below marks them, so they read back as relative times.
+RELATIVE_EPOCH = datetime(2000, 1, 1)
+RELATIVE_TIME_TAG = {"system": "urn:vpatient:tag", "code": "relative-time"}
+
+#: MEDS vocabulary prefix -> FHIR system URI (HL7 terminology, terminology.hl7.org).
+VOCABULARIES: Mapping[str, str] = {
+    "LOINC": "http://loinc.org",
+    "SNOMED": "http://snomed.info/sct",
+    "ICD10": "http://hl7.org/fhir/sid/icd-10",
+    "ICD10CM": "http://hl7.org/fhir/sid/icd-10-cm",
+    "ICD9CM": "http://hl7.org/fhir/sid/icd-9-cm",
+    "RXNORM": "http://www.nlm.nih.gov/research/umls/rxnorm",
+    "ATC": "http://www.whocc.no/atc",
+    "CPT4": "http://www.ama-assn.org/go/cpt",
+    "NDC": "http://hl7.org/fhir/sid/ndc",
+}
+
+
+def _systems(config: DatasetConfig | None) -> dict[str, str]:
+    """Prefix -> system: the standard vocabularies, then the config's own (which may override)."""
+    own = dict(config.code_systems) if config is not None else {}
+    return {**VOCABULARIES, **own}
+
+
+def to_coding(code: str, config: DatasetConfig | None = None) -> tuple[str, str]:
+    """The ``(system, code)`` of a FHIR Coding for a MEDS code."""
+    prefix, sep, value = code.partition("/")
+    if sep and value and not value.startswith("/"):
+        system = _systems(config).get(prefix)
+        if system is not None:
+            return system, value
+    return LOCAL_SYSTEM, code
+
+
+def from_coding(system: str | None, code: str, config: DatasetConfig | None = None) -> str:
+    """The MEDS code of a FHIR Coding: ``VOCAB/code`` for a known system, the code itself for
+    :data:`LOCAL_SYSTEM` or a coding without system, and ``system|code`` otherwise (FHIR's own
+    token spelling, so an unknown code is still named unambiguously in messages)."""
+    if system is None or system == LOCAL_SYSTEM:
+        return code
+    for prefix, uri in _systems(config).items():
+        if uri == system:
+            return f"{prefix}/{code}"
+    return f"{system}|{code}"
