@@ -43,6 +43,7 @@ __all__ = [
     "VariableSpec",
     "VirtualPatientModel",
     "__version__",
+    "iter_fhir",
     "iter_meds",
     "list_datasets",
     "load_dataset",
@@ -50,6 +51,7 @@ __all__ = [
     "parse_plan",
     "parse_record",
     "parse_records",
+    "read_fhir",
     "read_meds",
     "summarize",
     "synthetic_cohort",
@@ -60,6 +62,8 @@ __all__ = [
 # `vpatient --version` must not pay for pydantic, pandas or torch they do not use.
 _EXPORTS = {
     "Cohort": "vpatient.data.cohort",
+    "iter_fhir": "vpatient.data.fhir",
+    "read_fhir": "vpatient.data.fhir",
     "iter_meds": "vpatient.data.meds",
     "read_meds": "vpatient.data.meds",
     "write_meds": "vpatient.data.meds",

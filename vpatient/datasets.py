@@ -85,9 +85,9 @@ def load_dataset(
     n: int | None = None,
     default_config: DatasetConfig | None = None,
 ) -> Cohort:
-    """Load an embedded dataset by name, or MEDS data (file or directory) by path.
+    """Load an embedded dataset by name, or MEDS or FHIR data (file or directory) by path.
 
-    For a path, ``config`` is the dataset config (JSON or YAML); a MEDS directory
+    For a path, ``config`` is the dataset config (JSON or YAML; FHIR needs one); a MEDS directory
     written by vpatient carries its own, used when ``config`` is None, and
     ``default_config`` (a trained model's own config, say) is the last resort. ``seed``
     and ``n`` apply to generated datasets.
@@ -103,12 +103,13 @@ def load_dataset(
     if not path.exists():
         known = ", ".join(EMBEDDED)
         raise DatasetNotFoundError(f"no dataset {name!r}: not an embedded dataset ({known}) and no such file or directory")
-    from vpatient.data.meds import load_config_for, read_meds
+    from vpatient.data.meds import load_config_for
+    from vpatient.data.sources import read_records
 
     cfg = _resolve_config(config) if config is not None else (load_config_for(path) or default_config)
     if cfg is None:
         raise ConfigError(f"{path} carries no vpatient config: pass one with --config CONFIG.json")
-    return Cohort(name=path.stem, records=read_meds(path, cfg), config=cfg, citation=cfg.citation)
+    return Cohort(name=path.stem, records=read_records(path, cfg), config=cfg, citation=cfg.citation)
 
 
 def _resolve_config(config: str | Path | DatasetConfig) -> DatasetConfig:

@@ -43,7 +43,7 @@ class ValidationReport:
 
 
 def validate_path(path: str | Path, config: str | Path | DatasetConfig | None) -> ValidationReport:
-    """Validate MEDS data (file or directory) or JSON record(s) at ``path``."""
+    """Validate MEDS or FHIR data (file or directory) or JSON record(s) at ``path``."""
     path = Path(path)
     if not path.exists():
         raise DatasetNotFoundError(f"no such file or directory: {path}")
@@ -51,12 +51,12 @@ def validate_path(path: str | Path, config: str | Path | DatasetConfig | None) -
     report = ValidationReport(source=str(path))
     warnings: list[Problem] = []
     try:
-        if path.suffix.lower() == ".json":
+        from vpatient.data.sources import is_fhir, read_records
+
+        if path.suffix.lower() == ".json" and not is_fhir(path):
             records = parse_records(_json_items(path), cfg, warnings)
         else:
-            from vpatient.data.meds import read_meds
-
-            records = read_meds(path, cfg, warnings_out=warnings)
+            records = read_records(path, cfg, warnings_out=warnings)
         report.n_subjects = len(records)
     except RecordValidationError as exc:
         report.problems += exc.problems

@@ -124,8 +124,8 @@ with st.sidebar:
     query = st.text_input("Search by subject id", key="patient_query")
     ids = sess.subject_ids(query)
     upload = st.file_uploader(
-        f"... or upload one patient's record (MEDS CSV / parquet, or record JSON; ≤ {vs.MAX_UPLOAD_BYTES // 2**20} MB)",
-        type=["csv", "parquet", "json"],
+        f"... or upload one patient's record (MEDS CSV / parquet, FHIR Bundle JSON / NDJSON, or record JSON; ≤ {vs.MAX_UPLOAD_BYTES // 2**20} MB)",
+        type=["csv", "parquet", "json", "ndjson"],
         key="upload",
     )
     upload_key = None

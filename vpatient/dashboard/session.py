@@ -309,7 +309,7 @@ def token_matches(given: str | None, expected: str) -> bool:
 
 
 def parse_upload(name: str, data: bytes, config: DatasetConfig) -> PatientRecord:
-    """One patient's record from an uploaded file: MEDS CSV/parquet, or a PatientRecord's JSON.
+    """One patient's record from an uploaded file: MEDS CSV/parquet, FHIR (a Bundle's JSON, NDJSON), or a PatientRecord's JSON.
 
     Raises UploadError (size, type, not exactly one subject), DataFormatError (bad MEDS
     layout) or RecordValidationError (the schemas' problems: subject, field, value).
@@ -318,8 +318,11 @@ def parse_upload(name: str, data: bytes, config: DatasetConfig) -> PatientRecord
     if len(data) > MAX_UPLOAD_BYTES:
         raise UploadError(f"{name}: {len(data) / 1e6:.1f} MB is over the {MAX_UPLOAD_BYTES / 1e6:.0f} MB limit for one record")
     suffix = Path(name).suffix.lower()
-    if suffix not in (".json", ".csv", ".parquet"):
-        raise UploadError(f"{name}: unknown file type {suffix or '(none)'}; upload MEDS .csv / .parquet or a record's .json")
+    if suffix not in (".json", ".ndjson", ".csv", ".parquet"):
+        raise UploadError(
+            f"{name}: unknown file type {suffix or '(none)'}; upload MEDS .csv / .parquet, a FHIR Bundle .json or "
+            ".ndjson, or a record's .json"
+        )
     with tempfile.TemporaryDirectory(prefix="vpatient-upload-") as tmp:
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
@@ -337,15 +340,15 @@ def parse_upload(name: str, data: bytes, config: DatasetConfig) -> PatientRecord
 
 
 def _read_upload(path: Path, config: DatasetConfig) -> list[PatientRecord]:
-    """The records of an uploaded file saved at ``path``: a record's JSON (or a list of them), or MEDS CSV / parquet."""
-    if path.suffix == ".json":
+    """The records of an uploaded file saved at ``path``: a record's JSON (or a list of them), FHIR, or MEDS CSV / parquet."""
+    from vpatient.data.sources import is_fhir, read_records
+
+    if path.suffix == ".json" and not is_fhir(path):
         from vpatient.inputs import read_json_file
 
         payload = read_json_file(path, "patient record", max_bytes=MAX_UPLOAD_BYTES)
         return [parse_record(item, config) for item in (payload if isinstance(payload, list) else [payload])]
-    from vpatient.data.meds import read_meds
-
-    return read_meds(path, config, warnings_out=[])
+    return read_records(path, config, warnings_out=[])
 
 
 # --------------------------------------------------------------------------- the session

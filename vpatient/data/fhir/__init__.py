@@ -46,3 +46,7 @@ event reading MEDS_DEATH   ``Patient.deceasedDateTime``.
 other events               ``Condition`` with ``onsetDateTime``; ``Procedure`` is read too.
 =========================  =================================================================
 """
+
+from vpatient.data.fhir.read import is_fhir, iter_fhir, read_fhir
+
+__all__ = ["is_fhir", "iter_fhir", "read_fhir"]

@@ -1,0 +1,341 @@
+"""FHIR in: Bundles or NDJSON (one file, or a folder such as a Bulk Data export) -> validated records.
+
+The input is read once, resource by resource, and each resource becomes the MEDS rows it
+stands for (:mod:`vpatient.data.fhir.rows`). The rows are staged on disk in buckets by
+subject (a hash of the Patient id), so that a patient whose resources are spread over a
+Bulk Data export's files (Patient.ndjson, Observation.ndjson, ...) lands in one bucket;
+then each bucket is turned into records by the MEDS reader's
+:func:`~vpatient.data.meds.frame_to_records`. Memory holds one bucket, not the input.
+
+Problems of the resources themselves (malformed JSON, a resource its FHIR model refuses,
+unknown codes, missing units, references to absent Patients, duplicated ids) are all
+found in that first pass and raised together before any record is made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import warnings
+import zlib
+from array import array
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vpatient.data.fhir.rows import ResourceReader, Row, Where
+from vpatient.data.meds.codes import MEDS_BIRTH, is_integer_ids
+from vpatient.data.meds.read import frame_to_records
+from vpatient.errors import DataFormatError, DatasetNotFoundError, Problem, RecordValidationError
+from vpatient.schemas import DatasetConfig, PatientRecord, UnknownCodePolicy
+
+__all__ = ["BUNDLE_TYPES", "is_fhir", "iter_fhir", "read_fhir"]
+
+log = logging.getLogger(__name__)
+
+#: Bundle types read (their entries are resources); a document or a message is not a set of records.
+BUNDLE_TYPES = frozenset({"collection", "transaction", "searchset", "batch"})
+#: Input bytes per staging bucket: a bucket's rows are what memory holds at a time.
+BUCKET_INPUT_BYTES = 256 * 2**20
+#: Rows a bucket keeps in memory before they are written to its parquet file.
+_FLUSH_ROWS = 50_000
+_SUFFIXES = (".json", ".ndjson")
+_SCHEMA = pa.schema(
+    [
+        ("subject_id", pa.string()),
+        ("time", pa.timestamp("us")),
+        ("code", pa.string()),
+        ("numeric_value", pa.float64()),
+        ("text_value", pa.string()),
+    ]
+)
+#: How far into a .json file to look for "resourceType" when telling FHIR from a patient record's JSON.
+_SNIFF_BYTES = 4096
+
+
+# --------------------------------------------------------------------------- public
+
+
+def is_fhir(path: str | Path) -> bool:
+    """Whether ``path`` holds FHIR: an ``.ndjson`` file, a ``.json`` file whose object has a
+    ``resourceType``, or a folder of those (and not a MEDS directory)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "data").is_dir():
+            return False
+        files = _fhir_files(path)
+        return bool(files) and all(_looks_fhir(f) for f in files[:1])
+    return path.is_file() and _looks_fhir(path)
+
+
+def read_fhir(
+    path: str | Path, config: DatasetConfig, warnings_out: list[Problem] | None = None, *, buckets: int | None = None
+) -> list[PatientRecord]:
+    """Read FHIR (a Bundle or NDJSON file, or a folder of them) into validated records, one per Patient.
+
+    Records come back sorted by subject id (numerically when every id is an integer), as
+    :func:`~vpatient.data.meds.read_meds` returns them. Every problem of the input is
+    raised together as one RecordValidationError; warnings go to ``warnings_out`` when
+    given, else through :mod:`warnings`. ``buckets`` overrides how many parts the input is
+    staged in (default: one per 256 MB of input).
+    """
+    records: list[PatientRecord] = []
+    problems: list[Problem] = []
+    for batch, batch_problems in _batches(path, config, warnings_out, buckets):
+        records += batch
+        problems += batch_problems
+    if problems:
+        raise RecordValidationError(problems, header=f"invalid FHIR data in {path}")
+    ids = [r.subject_id for r in records]
+    if is_integer_ids(ids):
+        return sorted(records, key=lambda r: int(r.subject_id))
+    return sorted(records, key=lambda r: r.subject_id)
+
+
+def iter_fhir(
+    path: str | Path, config: DatasetConfig, warnings_out: list[Problem] | None = None, *, buckets: int | None = None
+) -> Iterator[PatientRecord]:
+    """Stream the records of FHIR input, one staging bucket at a time (sorted within a bucket).
+
+    For inputs too big to hold as records: memory holds one bucket's rows and records.
+    Problems of the resources are raised before the first record; problems a bucket's
+    records show stop the stream at that bucket (:func:`read_fhir` lists them all).
+    """
+    for batch, problems in _batches(path, config, warnings_out, buckets):
+        if problems:
+            raise RecordValidationError(problems, header=f"invalid FHIR data in {path} (streaming stops at the first bad part)")
+        yield from batch
+
+
+# --------------------------------------------------------------------------- the two passes
+
+
+def _batches(
+    path: str | Path, config: DatasetConfig, warnings_out: list[Problem] | None, buckets: int | None
+) -> Iterator[tuple[list[PatientRecord], list[Problem]]]:
+    """The records of each staging bucket and their problems, after a first pass that checks every resource."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetNotFoundError(f"FHIR input not found: {path}")
+    files = _fhir_files(path) if path.is_dir() else [path]
+    if not files:
+        raise DataFormatError(f"{path}: no FHIR files (.json Bundles or .ndjson) in this folder")
+    size = sum(f.stat().st_size for f in files)
+    count = buckets or max(1, math.ceil(size / BUCKET_INPUT_BYTES))
+    reader = ResourceReader(config)
+    with tempfile.TemporaryDirectory(prefix="vpatient-fhir-") as scratch:
+        staged = _Buckets(Path(scratch), count)
+        keys = array("q")  # a hash of each Type/id, to find duplicated ids without keeping the ids
+        for raw, where, full_urls in _resources(files, reader.problems):
+            if where.id is not None:
+                keys.append(hash(where.label))
+            rows = reader.rows(raw, where, full_urls)
+            if rows:
+                staged.add(rows)
+        staged.close()
+        problems = reader.problems + reader.finish() + _duplicate_problems(keys, files)
+        if any(p.severity == "error" for p in problems):
+            raise RecordValidationError(problems, header=f"invalid FHIR data in {path}")
+        _report(problems, warnings_out)
+        if reader.skipped:
+            kinds = ", ".join(f"{kind} ({n})" for kind, n in sorted(reader.skipped.items()))
+            log.info("%s: skipped %d resources of types no variable reads: %s", path, reader.skipped.total(), kinds)
+        # Unknown codes were reported above, by resource; their rows stay, to place subjects in follow-up.
+        quiet = config.model_copy(update={"unknown_codes": UnknownCodePolicy.IGNORE})
+        made: set[str] = set()  # subjects with a record, or with problems reported
+        for frame in staged.frames():
+            made.update(frame["subject_id"].unique().tolist())
+            try:
+                records = frame_to_records(frame, quiet, warnings_out=warnings_out, source=str(path))
+            except RecordValidationError as exc:
+                yield [], exc.problems
+                continue
+            yield [_relative(r) if r.subject_id in reader.relative else r for r in records], []
+        empty = sorted(reader.patients - made)
+        if empty:
+            shown = ", ".join(f"Patient/{sid}" for sid in empty[:3]) + (", ..." if len(empty) > 3 else "")
+            message = f"{len(empty)} Patient(s) have no dated resource any variable reads, and are left out ({shown})"
+            _report([Problem(None, "Patient", None, message, "warning", owner=str(path))], warnings_out)
+
+
+def _relative(record: PatientRecord) -> PatientRecord:
+    """A record written without calendar time (tagged): its times stay relative, with no index_time."""
+    return record.model_copy(update={"index_time": None})
+
+
+def _report(problems: list[Problem], warnings_out: list[Problem] | None) -> None:
+    for problem in problems:
+        if problem.severity != "warning":
+            continue
+        if warnings_out is not None:
+            warnings_out.append(problem)
+        else:
+            warnings.warn(str(problem), UserWarning, stacklevel=4)
+
+
+def _duplicate_problems(keys: array, files: list[Path]) -> list[Problem]:
+    """One problem per resource id given twice (same type and id); a second look at the input names them."""
+    hashes, counts = np.unique(np.frombuffer(keys, dtype=np.int64), return_counts=True)
+    repeated = set(hashes[counts > 1].tolist())
+    if not repeated:
+        return []
+    places: dict[str, list[str]] = {}
+    for _raw, where, _urls in _resources(files, []):
+        if where.id is not None and hash(where.label) in repeated:
+            places.setdefault(where.label, []).append(where.source)
+    return [
+        Problem(
+            None,
+            f"{label.partition('/')[0]}.id",
+            label.partition("/")[2],
+            f"the same resource id {len(seen)} times ({', '.join(seen[:3])})",
+            owner=label,
+        )
+        for label, seen in places.items()
+        if len(seen) > 1
+    ]
+
+
+# --------------------------------------------------------------------------- input files
+
+
+def _fhir_files(folder: Path) -> list[Path]:
+    """The FHIR files of a folder (not its subfolders), in name order."""
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _SUFFIXES)
+
+
+def _looks_fhir(file: Path) -> bool:
+    if file.suffix.lower() == ".ndjson":
+        return True
+    if file.suffix.lower() != ".json":
+        return False
+    try:
+        with file.open("rb") as handle:
+            head = handle.read(_SNIFF_BYTES).lstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{") and b'"resourceType"' in head
+
+
+def _resources(files: list[Path], problems: list[Problem]) -> Iterator[tuple[Mapping[str, Any], Where, Mapping[str, str]]]:
+    """Every resource of the files (Bundles unpacked), where it is, and its Bundle's entry URLs."""
+    for file in files:
+        if file.suffix.lower() == ".ndjson":
+            with file.open("rb") as handle:
+                for number, line in enumerate(handle, 1):
+                    if line.strip():
+                        source = f"{file.name} line {number}"
+                        yield from _unpack(_parse_json(line, source, problems), source, problems)
+        else:
+            try:
+                text = file.read_bytes()
+            except OSError as exc:
+                raise DataFormatError(f"{file}: cannot read it ({exc.strerror or exc})") from None
+            yield from _unpack(_parse_json(text, file.name, problems), file.name, problems)
+
+
+def _parse_json(text: bytes, source: str, problems: list[Problem]) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}" if "line" not in source else f"column {exc.colno}"
+        problems.append(Problem(None, "JSON", None, f"malformed JSON ({exc.msg} at {where})", owner=source))
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        problems.append(Problem(None, "JSON", None, f"unreadable JSON ({type(exc).__name__}: {exc})", owner=source))
+    return None
+
+
+def _unpack(item: Any, source: str, problems: list[Problem]) -> Iterator[tuple[Mapping[str, Any], Where, Mapping[str, str]]]:
+    """The resources of one parsed JSON value: itself, or a Bundle's entries."""
+    if item is None:
+        return
+    kind = item.get("resourceType") if isinstance(item, dict) else None
+    if not isinstance(kind, str):
+        problems.append(
+            Problem(None, "resourceType", None, "not a FHIR resource (a JSON object with a resourceType)", owner=source)
+        )
+        return
+    raw_id = item.get("id")
+    where = Where(kind, None if raw_id is None else str(raw_id), source)
+    if kind != "Bundle":
+        yield item, where, {}
+        return
+    if item.get("type") not in BUNDLE_TYPES:
+        allowed = ", ".join(sorted(BUNDLE_TYPES))
+        problems.append(where.problem("type", item.get("type"), f"a Bundle of this type is not read (one of {allowed} expected)"))
+        return
+    entries = item.get("entry") or []
+    if not isinstance(entries, list):
+        problems.append(where.problem("entry", None, "not a list of entries"))
+        return
+    full_urls = {
+        e["fullUrl"]: f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}"
+        for e in entries
+        if isinstance(e, dict) and isinstance(e.get("fullUrl"), str) and isinstance(e.get("resource"), dict)
+    }
+    for number, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if resource is None:
+            continue  # a transaction's DELETE, say: no resource
+        for inner, inner_where, inner_urls in _unpack(resource, f"{source} entry {number}", problems):
+            yield inner, inner_where, inner_urls or full_urls
+
+
+# --------------------------------------------------------------------------- staging
+
+
+class _Buckets:
+    """MEDS rows staged in parquet files, one per bucket of subjects (all of a subject's rows in one)."""
+
+    def __init__(self, folder: Path, count: int):
+        self.folder = folder
+        self.count = count
+        self.pending: list[list[Row]] = [[] for _ in range(count)]
+        self.writers: list[pq.ParquetWriter | None] = [None] * count
+
+    def add(self, rows: list[Row]) -> None:
+        """Stage one resource's rows (all of one subject)."""
+        bucket = zlib.crc32(rows[0][0].encode()) % self.count if self.count > 1 else 0
+        pending = self.pending[bucket]
+        pending += rows
+        if len(pending) >= _FLUSH_ROWS:
+            self._flush(bucket)
+
+    def _flush(self, bucket: int) -> None:
+        rows = self.pending[bucket]
+        if not rows:
+            return
+        columns = list(zip(*rows, strict=True))
+        table = pa.table([pa.array(c, type=f.type) for c, f in zip(columns, _SCHEMA, strict=True)], schema=_SCHEMA)
+        writer = self.writers[bucket]
+        if writer is None:
+            writer = self.writers[bucket] = pq.ParquetWriter(self.folder / f"bucket{bucket}.parquet", _SCHEMA)
+        writer.write_table(table)
+        self.pending[bucket] = []
+
+    def close(self) -> None:
+        for bucket in range(self.count):
+            self._flush(bucket)
+            writer = self.writers[bucket]
+            if writer is not None:
+                writer.close()
+
+    def frames(self) -> Iterator[pd.DataFrame]:
+        """Each bucket's rows as a MEDS frame, less the subjects with no dated row (they have no time axis)."""
+        for bucket in range(self.count):
+            file = self.folder / f"bucket{bucket}.parquet"
+            if not file.exists():
+                continue
+            frame = pq.read_table(file).to_pandas()
+            file.unlink()
+            dated = frame["time"].notna().to_numpy() & (frame["code"].to_numpy() != MEDS_BIRTH)
+            frame = frame[frame["subject_id"].isin(frame["subject_id"].to_numpy()[dated])]
+            if not frame.empty:
+                yield frame

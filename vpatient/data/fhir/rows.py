@@ -1,0 +1,466 @@
+"""FHIR resources -> MEDS rows: what each resource the reader takes stands for.
+
+One :class:`ResourceReader` sees every resource of an input once, validates it with its
+``fhir.resources`` R4B model and returns the MEDS rows it stands for (the mapping table
+of :mod:`vpatient.data.fhir`). What can only be judged over the whole input (references
+to Patients never given, unknown codes, Patients without a birth date) is gathered on
+the way, in memory bounded by the number of patients and codes, not of resources.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+import pydantic
+
+from vpatient.data.fhir.coding import RELATIVE_TIME_TAG, from_coding
+from vpatient.data.fhir.units import UCUM_SYSTEM, UnitMismatch, convert
+from vpatient.data.meds.codes import MEDS_BIRTH, MEDS_DEATH, CodeBook, Role, component_code, start_code, stop_code
+from vpatient.errors import Problem
+from vpatient.schemas import DatasetConfig, UnknownCodePolicy, VariableSpec
+
+__all__ = ["BIRTH_TIME_URL", "GENDER", "ResourceReader", "Row", "Where", "pydantic_problems"]
+
+#: MEDS code under which ``Patient.gender`` is read (text value: the gender), when a variable lists it.
+GENDER = "GENDER"
+#: The standard extension giving the time of day of ``Patient.birthDate``.
+BIRTH_TIME_URL = "http://hl7.org/fhir/StructureDefinition/patient-birthTime"
+
+#: One MEDS row: subject, time (microseconds since 1970, UTC; None: a static row), code, numeric and text value.
+Row = tuple[str, int | None, str, float | None, str | None]
+
+#: Resources in these states say nothing happened, and are passed over.
+_VOID_STATUSES = frozenset({"entered-in-error", "not-taken", "cancelled"})
+_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
+_PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+#: How many resources a problem about many of them names.
+_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class Where:
+    """A resource's type, id and place in the input, for problems."""
+
+    type: str
+    id: str | None
+    source: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.type}/{self.id if self.id is not None else '(no id)'}"
+
+    def problem(self, field: str, value: Any, message: str, severity: Literal["error", "warning"] = "error") -> Problem:
+        """A problem with this resource's ``field`` (a path below the resource, e.g. ``valueQuantity.unit``)."""
+        path = f"{self.type}.{field}" if field else self.type
+        return Problem(None, path, value, message, severity, owner=f"{self.label} ({self.source})")
+
+
+def pydantic_problems(exc: pydantic.ValidationError, where: Where) -> list[Problem]:
+    """The errors of a resource's FHIR model, one problem each, naming the resource and the field."""
+    out = []
+    for error in exc.errors():
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+        message = str(error["msg"]).removeprefix("Value error, ")
+        out.append(where.problem(path, error.get("input"), f"not valid FHIR R4B: {message}"))
+    return out
+
+
+def micros(value: Any) -> int | None:
+    """A FHIR date or dateTime as microseconds since 1970 in UTC (time-zone-aware values converted; a
+    date, or a partial date such as ``2020-03``, is its first moment); None for None."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # a partial date the model keeps as text: 2020, 2020-03
+        year, _, month = value.partition("-")
+        value = date(int(year), int(month or 1), 1)
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+    else:
+        value = datetime(value.year, value.month, value.day)
+    return (value - _EPOCH) // _MICROSECOND
+
+
+@dataclass
+class _Unknown:
+    """Resources whose codes no variable reads, by code."""
+
+    field: str
+    count: int = 0
+    examples: tuple[str, ...] = ()
+
+
+class ResourceReader:
+    """Turns FHIR resources (parsed JSON) into MEDS rows, and gathers the problems of the input."""
+
+    def __init__(self, config: DatasetConfig):
+        self.config = config
+        self.book = CodeBook(config)
+        self.problems: list[Problem] = []
+        self.patients: set[str] = set()
+        self.relative: set[str] = set()  # Patients tagged as having no calendar time
+        self.referenced: dict[str, str] = {}  # subject -> the first resource referring to it
+        self.unborn: list[str] = []  # Patients without birthDate, where a variable reads MEDS_BIRTH
+        self.skipped: Counter[str] = Counter()
+        self.unknown: dict[str, _Unknown] = {}
+        self._handlers: dict[str, Callable[[Any, Where, Mapping[str, str]], list[Row]]] = {
+            "Patient": self._patient,
+            "EpisodeOfCare": self._episode,
+            "Observation": self._observation,
+            "ImagingStudy": self._imaging_study,
+            "Condition": self._condition,
+            "Procedure": self._procedure,
+            "MedicationStatement": self._medication_statement,
+            "MedicationRequest": self._medication_request,
+            "MedicationAdministration": self._medication_administration,
+        }
+        self._reads_gender = self.book.lookup(GENDER) is not None
+        self._birth = self.book.lookup(MEDS_BIRTH)
+        self._reads_death = self.book.lookup(MEDS_DEATH) is not None
+
+    # ------------------------------------------------------------------ entry point
+
+    def rows(self, raw: Mapping[str, Any], where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        """The rows of one resource; its problems go to :attr:`problems`.
+
+        ``full_urls`` maps a Bundle's entry URLs (``urn:uuid:...``) to ``Type/id``, for references
+        written as such.
+        """
+        handler = self._handlers.get(where.type)
+        if handler is None:
+            self.skipped[where.type] += 1
+            return []
+        from fhir.resources.R4B import get_fhir_model_class
+
+        try:
+            resource = get_fhir_model_class(where.type).model_validate(raw)
+        except pydantic.ValidationError as exc:
+            self.problems += pydantic_problems(exc, where)
+            return []
+        if getattr(resource, "status", None) in _VOID_STATUSES:
+            return []
+        return handler(resource, where, full_urls)
+
+    def finish(self) -> list[Problem]:
+        """The problems only the whole input shows (missing Patients, unknown codes, birth dates), once read."""
+        problems = [
+            Problem(
+                None,
+                "subject.reference",
+                f"Patient/{sid}",
+                f"refers to Patient {sid!r}, which the input does not hold",
+                owner=first,
+            )
+            for sid, first in self.referenced.items()
+            if sid not in self.patients
+        ]
+        problems += self._unknown_problems()
+        if self.unborn and self._birth is not None:
+            shown = ", ".join(f"Patient/{sid}" for sid in self.unborn[:_SHOWN]) + (", ..." if len(self.unborn) > _SHOWN else "")
+            name = self._birth.spec.name
+            everyone = len(self.unborn) == len(self.patients)
+            problems.append(
+                Problem(
+                    None,
+                    "Patient.birthDate",
+                    None,
+                    f"{len(self.unborn)} of {len(self.patients)} Patients have no birthDate, so no {name} ({shown})",
+                    "error" if everyone else "warning",
+                    owner="Patient",
+                )
+            )
+        return problems
+
+    def _unknown_problems(self) -> list[Problem]:
+        policy = self.config.unknown_codes
+        if policy == UnknownCodePolicy.IGNORE:
+            return []
+        severity: Literal["error", "warning"] = "error" if policy == UnknownCodePolicy.ERROR else "warning"
+        out = []
+        for code, seen in sorted(self.unknown.items()):
+            more = ", ..." if seen.count > len(seen.examples) else ""
+            out.append(
+                Problem(
+                    None,
+                    seen.field,
+                    code,
+                    f"unknown code in {seen.count} resource(s) ({', '.join(seen.examples)}{more}); no variable of config "
+                    f"{self.config.name!r} reads it (unknown_codes={policy!s})",
+                    severity,
+                    owner=seen.examples[0],
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ shared parts
+
+    def _subject(self, reference: Any, where: Where, full_urls: Mapping[str, str], field: str = "subject") -> str | None:
+        """The Patient id a reference points to; None (and a problem) when it points to none."""
+        text = getattr(reference, "reference", None)
+        if text is None:
+            self.problems.append(where.problem(field, None, "no reference to the Patient it is about"))
+            return None
+        found = _PATIENT_REF.search(full_urls.get(text, text))
+        if found is None:
+            self.problems.append(where.problem(f"{field}.reference", text, "does not refer to a Patient"))
+            return None
+        sid = found.group(1)
+        self.referenced.setdefault(sid, f"{where.label} ({where.source})")
+        return sid
+
+    def _code(self, concept: Any, where: Where, field: str, reads: Callable[[str], bool]) -> str | None:
+        """The MEDS code of a CodeableConcept: its first coding some variable reads, else its first coding.
+
+        A code no variable reads is counted as unknown (the config's unknown_codes policy)
+        and still returned, so that its row places the subject in follow-up, as in MEDS.
+        """
+        codes = [from_coding(c.system, c.code, self.config) for c in (getattr(concept, "coding", None) or []) if c.code]
+        if not codes:
+            self.problems.append(where.problem(field, getattr(concept, "text", None), "no coding with a code"))
+            return None
+        code = next((c for c in codes if reads(c)), None)
+        if code is None:
+            code = codes[0]
+            seen = self.unknown.setdefault(code, _Unknown(f"{where.type}.{field}"))
+            seen.count += 1
+            if len(seen.examples) < _SHOWN:
+                seen.examples += (where.label,)
+        return code
+
+    def _reads(self, code: str) -> bool:
+        return self.book.lookup(code) is not None or code in self.book.imaging
+
+    def _reads_treatment(self, code: str) -> bool:
+        found = self.book.lookup(start_code(code))
+        return found is not None and found.role == Role.START
+
+    def _time(self, value: Any, where: Where, field: str) -> int | None:
+        stamp = micros(value)
+        if stamp is None:
+            self.problems.append(where.problem(field, None, "no time given"))
+        return stamp
+
+    def _quantity(self, quantity: Any, spec: VariableSpec | None, where: Where, field: str) -> float | None:
+        """A Quantity's value in the variable's unit (None, and a problem, when it has no value or cannot be converted)."""
+        if quantity.value is None:
+            self.problems.append(where.problem(f"{field}.value", None, "a Quantity without a value"))
+            return None
+        value = float(quantity.value)
+        if spec is None or spec.unit is None:
+            return value
+        target = spec.unit
+        unit = quantity.code if quantity.system == UCUM_SYSTEM and quantity.code else quantity.unit
+        if unit is None:
+            self.problems.append(where.problem(f"{field}.unit", None, f"no unit; {spec.name} is in {target!r}"))
+            return None
+        try:
+            return convert(value, unit, target)
+        except UnitMismatch as exc:
+            self.problems.append(where.problem(f"{field}.unit", unit, f"{spec.name}: {exc}"))
+            return None
+
+    # ------------------------------------------------------------------ resource types
+
+    def _patient(self, patient: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        sid = patient.id
+        if sid is None:
+            self.problems.append(where.problem("id", None, "a Patient needs an id; other resources refer to it"))
+            return []
+        self.patients.add(sid)
+        tags = (patient.meta.tag or []) if patient.meta is not None else []
+        if any(t.system == RELATIVE_TIME_TAG["system"] and t.code == RELATIVE_TIME_TAG["code"] for t in tags):
+            self.relative.add(sid)
+        rows: list[Row] = []
+        if self._birth is not None:
+            born = _birth_time(patient)
+            if born is None:
+                self.unborn.append(sid)
+            else:
+                rows.append((sid, micros(born), MEDS_BIRTH, None, None))
+        if self._reads_gender and patient.gender is not None:
+            rows.append((sid, None, GENDER, None, patient.gender))
+        if self._reads_death and patient.deceasedDateTime is not None:
+            rows.append((sid, micros(patient.deceasedDateTime), MEDS_DEATH, None, None))
+        return rows
+
+    def _episode(self, episode: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        sid = self._subject(episode.patient, where, full_urls, "patient")
+        period = episode.period
+        start = self._time(period.start if period is not None else None, where, "period.start")
+        if sid is None or start is None:
+            return []
+        rows: list[Row] = [(sid, start, self.book.index_code, None, None)]
+        if period.end is not None:
+            rows.append((sid, micros(period.end), self.book.eof_code, None, None))
+        return rows
+
+    def _observation(self, observation: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        sid = self._subject(observation.subject, where, full_urls)
+        code = self._code(observation.code, where, "code", self._reads)
+        if sid is None or code is None:
+            return []
+        when = observation.effectiveDateTime or observation.effectiveInstant
+        if when is None and observation.effectivePeriod is not None:
+            when = observation.effectivePeriod.start
+        if code in self.book.imaging:
+            return self._embedding(observation, sid, code, when, where)
+        found = self.book.lookup(code)
+        static = found is not None and found.role == Role.STATIC
+        if when is None and not static:
+            self.problems.append(where.problem("effective[x]", None, "no time given (only static variables may go without)"))
+            return []
+        stamp = micros(when)
+        if found is None or found.role not in (Role.STATIC, Role.OBSERVED):
+            return [(sid, stamp, code, None, None)]
+        value, text = self._value(observation, found.spec, where)
+        if value is None and text is None:
+            return []
+        return [(sid, stamp, code, value, text)]
+
+    def _value(self, observation: Any, spec: VariableSpec, where: Where) -> tuple[float | None, str | None]:
+        """An Observation's value as (number, text); (None, None) with a problem when it has none."""
+        if observation.valueQuantity is not None:
+            return self._quantity(observation.valueQuantity, spec, where, "valueQuantity"), None
+        if observation.valueInteger is not None:
+            return float(observation.valueInteger), None
+        if observation.valueBoolean is not None:
+            return float(observation.valueBoolean), None
+        if observation.valueString is not None:
+            return None, observation.valueString
+        text = _category(observation.valueCodeableConcept, spec) if observation.valueCodeableConcept is not None else None
+        if text is not None:
+            return None, text
+        self.problems.append(where.problem("value[x]", None, f"no value for {spec.name}"))
+        return None, None
+
+    def _embedding(self, observation: Any, sid: str, code: str, when: Any, where: Where) -> list[Row]:
+        """An imaging embedding: valueSampledData's vector, one row per component."""
+        sampled = observation.valueSampledData
+        if sampled is None or sampled.data is None:
+            self.problems.append(
+                where.problem("valueSampledData", None, "no vector (valueSampledData.data) for an imaging embedding")
+            )
+            return []
+        if when is None:
+            self.problems.append(where.problem("effectiveDateTime", None, "no time given for the imaging study's embedding"))
+            return []
+        try:
+            vector = [float(x) for x in sampled.data.split()]
+        except ValueError:
+            self.problems.append(where.problem("valueSampledData.data", sampled.data, "not a list of decimal numbers"))
+            return []
+        origin = float(sampled.origin.value or 0) if sampled.origin is not None else 0.0
+        factor = float(sampled.factor) if sampled.factor is not None else 1.0
+        if origin != 0.0 or factor != 1.0:  # the stored numbers are the values themselves otherwise (kept bit for bit)
+            vector = [origin + factor * x for x in vector]
+        stamp = micros(when)
+        return [(sid, stamp, component_code(code, j), x, None) for j, x in enumerate(vector)]
+
+    def _imaging_study(self, study: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        # The study carries no value: its embedding Observation does. Its subject must still exist.
+        self._subject(study.subject, where, full_urls)
+        return []
+
+    def _dated(self, resource: Any, where: Where, full_urls: Mapping[str, str], field: str, when: Any) -> list[Row]:
+        """A coded resource at one time (Condition, Procedure): one row of its code."""
+        sid = self._subject(resource.subject, where, full_urls)
+        code = self._code(resource.code, where, "code", self._reads)
+        stamp = self._time(when, where, field)
+        if sid is None or code is None or stamp is None:
+            return []
+        return [(sid, stamp, code, None, None)]
+
+    def _condition(self, condition: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        when = condition.onsetDateTime or (condition.onsetPeriod.start if condition.onsetPeriod is not None else None)
+        return self._dated(condition, where, full_urls, "onsetDateTime", when or condition.recordedDate)
+
+    def _procedure(self, procedure: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        period = procedure.performedPeriod
+        when = procedure.performedDateTime or (period.start if period is not None else None)
+        return self._dated(procedure, where, full_urls, "performedDateTime", when)
+
+    def _exposure(
+        self,
+        resource: Any,
+        where: Where,
+        full_urls: Mapping[str, str],
+        period: Any,
+        period_field: str,
+        dose: Any,
+        dose_field: str,
+    ) -> list[Row]:
+        """A treatment exposure: START (with the dose) at the period's start, STOP at its end when it has one."""
+        sid = self._subject(resource.subject, where, full_urls)
+        if resource.medicationCodeableConcept is None:
+            self.problems.append(
+                where.problem("medicationCodeableConcept", None, "no medication code (a medicationReference is not read)")
+            )
+            return []
+        code = self._code(resource.medicationCodeableConcept, where, "medicationCodeableConcept", self._reads_treatment)
+        if sid is None or code is None:
+            return []
+        start = micros(period.start) if period is not None else None
+        if start is None:
+            what = "a dose" if dose is not None else "an exposure"
+            self.problems.append(where.problem(f"{period_field}.start", None, f"{what} without a period (its start)"))
+            return []
+        treatment = self.book.lookup(start_code(code))
+        if treatment is None or treatment.role != Role.START:
+            return [(sid, start, code, None, None)]  # unknown: counted, and still places the subject in follow-up
+        spec = treatment.spec
+        amount = None if dose is None else self._quantity(dose, spec, where, dose_field)
+        if dose is not None and amount is None:
+            return []
+        rows: list[Row] = [(sid, start, start_code(code), amount, None)]
+        if period.end is not None:
+            rows.append((sid, micros(period.end), stop_code(code), None, None))
+        return rows
+
+    def _medication_statement(self, statement: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        dose = _first_dose(statement.dosage)
+        field = "dosage[0].doseAndRate[0].doseQuantity"
+        return self._exposure(statement, where, full_urls, statement.effectivePeriod, "effectivePeriod", dose, field)
+
+    def _medication_request(self, request: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        instructions = request.dosageInstruction or []
+        repeat = instructions[0].timing.repeat if instructions and instructions[0].timing is not None else None
+        period = repeat.boundsPeriod if repeat is not None else None
+        field = "dosageInstruction[0].timing.repeat.boundsPeriod"
+        dose = _first_dose(instructions)
+        return self._exposure(request, where, full_urls, period, field, dose, "dosageInstruction[0].doseAndRate[0].doseQuantity")
+
+    def _medication_administration(self, given: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        dose = given.dosage.dose if given.dosage is not None else None
+        return self._exposure(given, where, full_urls, given.effectivePeriod, "effectivePeriod", dose, "dosage.dose")
+
+
+def _first_dose(dosages: Sequence[Any] | None) -> Any:
+    """The doseQuantity of a Dosage list's first dose, or None."""
+    for dosage in dosages or []:
+        for rate in dosage.doseAndRate or []:
+            if rate.doseQuantity is not None:
+                return rate.doseQuantity
+    return None
+
+
+def _birth_time(patient: Any) -> Any:
+    """The patient-birthTime extension's dateTime (on birthDate, or on the Patient), else birthDate."""
+    birth_ext = patient.birthDate__ext
+    for extension in [*(birth_ext.extension or [] if birth_ext is not None else []), *(patient.extension or [])]:
+        if extension.url == BIRTH_TIME_URL and extension.valueDateTime is not None:
+            return extension.valueDateTime
+    return patient.birthDate
+
+
+def _category(concept: Any, spec: VariableSpec) -> str | None:
+    """The text of a coded value: the first of its codes, displays or text that is a category of the
+    variable; else its first code (or text), which the MEDS rules then report as no category."""
+    categories = spec.categories or {}
+    candidates = [x for c in concept.coding or [] for x in (c.code, c.display) if x] + ([concept.text] if concept.text else [])
+    return next((x for x in candidates if x in categories), candidates[0] if candidates else None)
