@@ -35,7 +35,10 @@ continuous, binary,        ``Observation`` (status ``final``), ``effectiveDateTi
 ordinal                    ``valueQuantity`` with the UCUM unit; values in another unit of the
                            same dimension are converted (:mod:`vpatient.data.fhir.units`).
 imaging_embedding          ``ImagingStudy`` (``started``) plus an ``Observation`` with
-                           ``partOf`` the study and ``valueSampledData`` (the vector, in order).
+                           ``partOf`` the study and ``valueSampledData`` (the vector, in order;
+                           ``origin`` 0 and no ``factor``: the numbers are the values). The
+                           Observation's ``effectiveDateTime`` (= ``started``) is the study's
+                           time: the reader takes it from there.
 history                    ``Condition`` (``onsetDateTime``); ``Procedure`` is read too.
 treatment                  ``MedicationStatement``: ``medicationCodeableConcept``,
                            ``effectivePeriod`` (no end: still given), dose in
@@ -45,6 +48,27 @@ treatment                  ``MedicationStatement``: ``medicationCodeableConcept`
 event reading MEDS_DEATH   ``Patient.deceasedDateTime``.
 other events               ``Condition`` with ``onsetDateTime``; ``Procedure`` is read too.
 =========================  =================================================================
+
+Reading (:mod:`~vpatient.data.fhir.read`, :mod:`~vpatient.data.fhir.rows`): a Bundle
+(``collection``, ``transaction``, ``searchset`` or ``batch``) as a ``.json`` file, NDJSON (one
+resource or one Bundle a line), or a folder of either such as a Bulk Data export (one
+``Type.ndjson`` per resource type). Each resource is validated by its ``fhir.resources`` R4B
+model. References are ``Patient/{id}`` (also at the end of an absolute URL) or a Bundle
+entry's ``fullUrl`` (``urn:uuid:...``). Times: ``effectiveDateTime`` (else ``effectiveInstant``,
+``effectivePeriod.start``), ``onsetDateTime`` (else ``onsetPeriod.start``, ``recordedDate``),
+``performedDateTime`` (else ``performedPeriod.start``); time-zone-aware times are made UTC,
+a date is its first moment. Treatment periods: ``MedicationStatement.effectivePeriod``,
+``MedicationRequest.dosageInstruction[0].timing.repeat.boundsPeriod``,
+``MedicationAdministration.effectivePeriod`` (dose: ``dosage.dose``); a medication without a
+period start is refused ("a dose without a period"), and one without a dose gets the default
+dose 1. Quantities take their unit from ``code`` when ``system`` is UCUM, else from ``unit``,
+and are converted to the variable's unit (:mod:`~vpatient.data.fhir.units`). Codes no
+variable reads follow ``unknown_codes`` (reported by code, naming the resources) and their rows
+still place the subject in follow-up, as in MEDS. ``Patient.gender``, ``birthDate`` and
+``deceasedDateTime`` are read only when a variable reads ``GENDER``, ``MEDS_BIRTH`` or
+``MEDS_DEATH``. Resources ``entered-in-error``, ``not-taken`` or ``cancelled`` are passed over;
+other resource types (Encounter, Practitioner, ...) are skipped and counted in one log line.
+A Patient with no dated resource that a variable reads is left out, with a warning.
 """
 
 from vpatient.data.fhir.read import is_fhir, iter_fhir, read_fhir

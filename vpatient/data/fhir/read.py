@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 #: Bundle types read (their entries are resources); a document or a message is not a set of records.
 BUNDLE_TYPES = frozenset({"collection", "transaction", "searchset", "batch"})
 #: Input bytes per staging bucket: a bucket's rows are what memory holds at a time.
-BUCKET_INPUT_BYTES = 256 * 2**20
+BUCKET_INPUT_BYTES = 64 * 2**20
 #: Rows a bucket keeps in memory before they are written to its parquet file.
 _FLUSH_ROWS = 50_000
 _SUFFIXES = (".json", ".ndjson")
@@ -84,7 +84,7 @@ def read_fhir(
     :func:`~vpatient.data.meds.read_meds` returns them. Every problem of the input is
     raised together as one RecordValidationError; warnings go to ``warnings_out`` when
     given, else through :mod:`warnings`. ``buckets`` overrides how many parts the input is
-    staged in (default: one per 256 MB of input).
+    staged in (default: one per 64 MB of input).
     """
     records: list[PatientRecord] = []
     problems: list[Problem] = []
