@@ -254,10 +254,10 @@ def test_bulk_export_folder_reads_as_the_single_bundle(tmp_path, fhir_config):
     assert from_bulk == from_bundle
 
 
-def test_streaming_equals_reading_all(tmp_path, fhir_config):
+def test_streaming_in_worker_processes_equals_reading_all(tmp_path, fhir_config):
     resources = [r for i in range(300) for r in patient_resources(f"s{i:03d}", shift=i % 7)]
     folder = write_bulk(tmp_path / "bulk", resources)
-    streamed = sorted(iter_fhir(folder, fhir_config, [], buckets=7), key=lambda r: r.subject_id)
+    streamed = sorted(iter_fhir(folder, fhir_config, [], buckets=7, workers=2), key=lambda r: r.subject_id)
     assert len(streamed) == 300
     assert streamed == read_fhir(folder, fhir_config, [])
     assert not list(tmp_path.glob("vpatient-fhir-*"))

@@ -14,14 +14,19 @@ found in that first pass and raised together before any record is made.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import multiprocessing
+import os
 import tempfile
 import warnings
 import zlib
 from array import array
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vpatient.data.fhir.rows import ResourceReader, Row, Where
+from vpatient.data.fhir.rows import Findings, ResourceReader, Row, Where
 from vpatient.data.meds.codes import MEDS_BIRTH, is_integer_ids
 from vpatient.data.meds.read import frame_to_records
 from vpatient.errors import DataFormatError, DatasetNotFoundError, Problem, RecordValidationError
@@ -46,6 +51,8 @@ BUNDLE_TYPES = frozenset({"collection", "transaction", "searchset", "batch"})
 BUCKET_INPUT_BYTES = 64 * 2**20
 #: Rows a bucket keeps in memory before they are written to its parquet file.
 _FLUSH_ROWS = 50_000
+#: NDJSON lines per unit of work of the first pass.
+_CHUNK_LINES = 2_000
 _SUFFIXES = (".json", ".ndjson")
 _SCHEMA = pa.schema(
     [
@@ -76,7 +83,12 @@ def is_fhir(path: str | Path) -> bool:
 
 
 def read_fhir(
-    path: str | Path, config: DatasetConfig, warnings_out: list[Problem] | None = None, *, buckets: int | None = None
+    path: str | Path,
+    config: DatasetConfig,
+    warnings_out: list[Problem] | None = None,
+    *,
+    buckets: int | None = None,
+    workers: int | None = None,
 ) -> list[PatientRecord]:
     """Read FHIR (a Bundle or NDJSON file, or a folder of them) into validated records, one per Patient.
 
@@ -84,11 +96,12 @@ def read_fhir(
     :func:`~vpatient.data.meds.read_meds` returns them. Every problem of the input is
     raised together as one RecordValidationError; warnings go to ``warnings_out`` when
     given, else through :mod:`warnings`. ``buckets`` overrides how many parts the input is
-    staged in (default: one per 64 MB of input).
+    staged in (default: one per 64 MB of input); ``workers`` how many processes check the
+    resources (default: one below 64 MB of input, else all cores but one, at most eight).
     """
     records: list[PatientRecord] = []
     problems: list[Problem] = []
-    for batch, batch_problems in _batches(path, config, warnings_out, buckets):
+    for batch, batch_problems in _batches(path, config, warnings_out, buckets, workers):
         records += batch
         problems += batch_problems
     if problems:
@@ -100,15 +113,21 @@ def read_fhir(
 
 
 def iter_fhir(
-    path: str | Path, config: DatasetConfig, warnings_out: list[Problem] | None = None, *, buckets: int | None = None
+    path: str | Path,
+    config: DatasetConfig,
+    warnings_out: list[Problem] | None = None,
+    *,
+    buckets: int | None = None,
+    workers: int | None = None,
 ) -> Iterator[PatientRecord]:
     """Stream the records of FHIR input, one staging bucket at a time (sorted within a bucket).
 
     For inputs too big to hold as records: memory holds one bucket's rows and records.
     Problems of the resources are raised before the first record; problems a bucket's
-    records show stop the stream at that bucket (:func:`read_fhir` lists them all).
+    records show stop the stream at that bucket (:func:`read_fhir` lists them all). ``buckets``
+    and ``workers`` as for :func:`read_fhir`.
     """
-    for batch, problems in _batches(path, config, warnings_out, buckets):
+    for batch, problems in _batches(path, config, warnings_out, buckets, workers):
         if problems:
             raise RecordValidationError(problems, header=f"invalid FHIR data in {path} (streaming stops at the first bad part)")
         yield from batch
@@ -118,7 +137,7 @@ def iter_fhir(
 
 
 def _batches(
-    path: str | Path, config: DatasetConfig, warnings_out: list[Problem] | None, buckets: int | None
+    path: str | Path, config: DatasetConfig, warnings_out: list[Problem] | None, buckets: int | None, workers: int | None
 ) -> Iterator[tuple[list[PatientRecord], list[Problem]]]:
     """The records of each staging bucket and their problems, after a first pass that checks every resource."""
     path = Path(path)
@@ -129,24 +148,24 @@ def _batches(
         raise DataFormatError(f"{path}: no FHIR files (.json Bundles or .ndjson) in this folder")
     size = sum(f.stat().st_size for f in files)
     count = buckets or max(1, math.ceil(size / BUCKET_INPUT_BYTES))
-    reader = ResourceReader(config)
+    reader = ResourceReader(config)  # judges the whole input on what its parts found, merged
+    found = reader.found
     with tempfile.TemporaryDirectory(prefix="vpatient-fhir-") as scratch:
         staged = _Buckets(Path(scratch), count)
         keys = array("q")  # a hash of each Type/id, to find duplicated ids without keeping the ids
-        for raw, where, full_urls in _resources(files, reader.problems):
-            if where.id is not None:
-                keys.append(hash(where.label))
-            rows = reader.rows(raw, where, full_urls)
-            if rows:
-                staged.add(rows)
+        for rows, part_keys, part in _first_pass(files, config, workers or _default_workers(size)):
+            for resource_rows in rows:
+                staged.add(resource_rows)
+            keys.extend(part_keys)
+            found.merge(part)
         staged.close()
-        problems = reader.problems + reader.finish() + _duplicate_problems(keys, files)
+        problems = found.problems + reader.finish() + _duplicate_problems(keys, files)
         if any(p.severity == "error" for p in problems):
             raise RecordValidationError(problems, header=f"invalid FHIR data in {path}")
         _report(problems, warnings_out)
-        if reader.skipped:
-            kinds = ", ".join(f"{kind} ({n})" for kind, n in sorted(reader.skipped.items()))
-            log.info("%s: skipped %d resources of types no variable reads: %s", path, reader.skipped.total(), kinds)
+        if found.skipped:
+            kinds = ", ".join(f"{kind} ({n})" for kind, n in sorted(found.skipped.items()))
+            log.info("%s: skipped %d resources of types no variable reads: %s", path, found.skipped.total(), kinds)
         # Unknown codes were reported above, by resource; their rows stay, to place subjects in follow-up.
         quiet = config.model_copy(update={"unknown_codes": UnknownCodePolicy.IGNORE})
         made: set[str] = set()  # subjects with a record, or with problems reported
@@ -157,8 +176,8 @@ def _batches(
             except RecordValidationError as exc:
                 yield [], exc.problems
                 continue
-            yield [_relative(r) if r.subject_id in reader.relative else r for r in records], []
-        empty = sorted(reader.patients - made)
+            yield [_relative(r) if r.subject_id in found.relative else r for r in records], []
+        empty = sorted(found.patients - made)
         if empty:
             shown = ", ".join(f"Patient/{sid}" for sid in empty[:3]) + (", ..." if len(empty) > 3 else "")
             message = f"{len(empty)} Patient(s) have no dated resource any variable reads, and are left out ({shown})"
@@ -187,8 +206,8 @@ def _duplicate_problems(keys: array, files: list[Path]) -> list[Problem]:
     if not repeated:
         return []
     places: dict[str, list[str]] = {}
-    for _raw, where, _urls in _resources(files, []):
-        if where.id is not None and hash(where.label) in repeated:
+    for _raw, where, _urls in (entry for chunk in _chunks(files) for entry in _entries(chunk, [])):
+        if where.id is not None and _key(where.label) in repeated:
             places.setdefault(where.label, []).append(where.source)
     return [
         Problem(
@@ -224,21 +243,79 @@ def _looks_fhir(file: Path) -> bool:
     return head.startswith(b"{") and b'"resourceType"' in head
 
 
-def _resources(files: list[Path], problems: list[Problem]) -> Iterator[tuple[Mapping[str, Any], Where, Mapping[str, str]]]:
-    """Every resource of the files (Bundles unpacked), where it is, and its Bundle's entry URLs."""
+def _chunks(files: list[Path]) -> Iterator[list[tuple[bytes, str]]]:
+    """The input as pieces of JSON text, each with where it is: NDJSON lines by the thousand, a .json file whole."""
     for file in files:
-        if file.suffix.lower() == ".ndjson":
-            with file.open("rb") as handle:
-                for number, line in enumerate(handle, 1):
-                    if line.strip():
-                        source = f"{file.name} line {number}"
-                        yield from _unpack(_parse_json(line, source, problems), source, problems)
-        else:
+        if file.suffix.lower() != ".ndjson":
             try:
-                text = file.read_bytes()
+                yield [(file.read_bytes(), file.name)]
             except OSError as exc:
                 raise DataFormatError(f"{file}: cannot read it ({exc.strerror or exc})") from None
-            yield from _unpack(_parse_json(text, file.name, problems), file.name, problems)
+            continue
+        chunk: list[tuple[bytes, str]] = []
+        with file.open("rb") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    chunk.append((line, f"{file.name} line {number}"))
+                if len(chunk) >= _CHUNK_LINES:
+                    yield chunk
+                    chunk = []
+        if chunk:
+            yield chunk
+
+
+def _entries(
+    chunk: list[tuple[bytes, str]], problems: list[Problem]
+) -> Iterator[tuple[Mapping[str, Any], Where, Mapping[str, str]]]:
+    """The resources of a chunk (Bundles unpacked), where each is, and its Bundle's entry URLs."""
+    for text, source in chunk:
+        yield from _unpack(_parse_json(text, source, problems), source, problems)
+
+
+def _read_chunk(config: DatasetConfig, chunk: list[tuple[bytes, str]]) -> tuple[list[list[Row]], list[int], Findings]:
+    """One chunk's rows (a list per resource), the keys of its resource ids, and what it found."""
+    reader = ResourceReader(config)
+    rows: list[list[Row]] = []
+    keys: list[int] = []
+    for raw, where, full_urls in _entries(chunk, reader.found.problems):
+        if where.id is not None:
+            keys.append(_key(where.label))
+        resource_rows = reader.rows(raw, where, full_urls)
+        if resource_rows:
+            rows.append(resource_rows)
+    return rows, keys, reader.found
+
+
+def _first_pass(files: list[Path], config: DatasetConfig, workers: int) -> Iterator[tuple[list[list[Row]], list[int], Findings]]:
+    """:func:`_read_chunk` over the input, in order; in ``workers`` processes when more than one.
+
+    At most two chunks per worker are in flight, so a big input is never all in memory.
+    """
+    if workers <= 1:
+        for chunk in _chunks(files):
+            yield _read_chunk(config, chunk)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque[Future[tuple[list[list[Row]], list[int], Findings]]] = deque()
+        for chunk in _chunks(files):
+            pending.append(pool.submit(_read_chunk, config, chunk))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _default_workers(size: int) -> int:
+    """Processes for the first pass: one for inputs below a bucket's size (starting more costs seconds), else
+    all cores but one, at most eight."""
+    if size < BUCKET_INPUT_BYTES:
+        return 1
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
+
+
+def _key(label: str) -> int:
+    """A 64-bit hash of a resource's Type/id, the same in every process (unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(label.encode(), digest_size=8).digest(), "little", signed=True)
 
 
 def _parse_json(text: bytes, source: str, problems: list[Problem]) -> Any:

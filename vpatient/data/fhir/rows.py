@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from vpatient.data.meds.codes import MEDS_BIRTH, MEDS_DEATH, CodeBook, Role, com
 from vpatient.errors import Problem
 from vpatient.schemas import DatasetConfig, UnknownCodePolicy, VariableSpec
 
-__all__ = ["BIRTH_TIME_URL", "GENDER", "ResourceReader", "Row", "Where", "pydantic_problems"]
+__all__ = ["BIRTH_TIME_URL", "GENDER", "Findings", "ResourceReader", "Row", "Where", "pydantic_problems"]
 
 #: MEDS code under which ``Patient.gender`` is read (text value: the gender), when a variable lists it.
 GENDER = "GENDER"
@@ -96,19 +96,41 @@ class _Unknown:
     examples: tuple[str, ...] = ()
 
 
+@dataclass
+class Findings:
+    """What reading resources found that the whole input must be judged on; parts read apart (by worker
+    processes) merge into one."""
+
+    problems: list[Problem] = field(default_factory=list)
+    patients: set[str] = field(default_factory=set)
+    relative: set[str] = field(default_factory=set)  # Patients tagged as having no calendar time
+    referenced: dict[str, str] = field(default_factory=dict)  # subject -> the first resource referring to it
+    unborn: list[str] = field(default_factory=list)  # Patients without birthDate, where a variable reads MEDS_BIRTH
+    skipped: Counter[str] = field(default_factory=Counter)  # resources of types no variable reads, by type
+    unknown: dict[str, _Unknown] = field(default_factory=dict)  # resources of codes no variable reads, by code
+
+    def merge(self, other: Findings) -> None:
+        """Add what another part of the input found (read after this one)."""
+        self.problems += other.problems
+        self.patients |= other.patients
+        self.relative |= other.relative
+        for sid, first in other.referenced.items():
+            self.referenced.setdefault(sid, first)
+        self.unborn += other.unborn
+        self.skipped.update(other.skipped)
+        for code, seen in other.unknown.items():
+            mine = self.unknown.setdefault(code, _Unknown(seen.field))
+            mine.count += seen.count
+            mine.examples = (mine.examples + seen.examples)[:_SHOWN]
+
+
 class ResourceReader:
     """Turns FHIR resources (parsed JSON) into MEDS rows, and gathers the problems of the input."""
 
     def __init__(self, config: DatasetConfig):
         self.config = config
         self.book = CodeBook(config)
-        self.problems: list[Problem] = []
-        self.patients: set[str] = set()
-        self.relative: set[str] = set()  # Patients tagged as having no calendar time
-        self.referenced: dict[str, str] = {}  # subject -> the first resource referring to it
-        self.unborn: list[str] = []  # Patients without birthDate, where a variable reads MEDS_BIRTH
-        self.skipped: Counter[str] = Counter()
-        self.unknown: dict[str, _Unknown] = {}
+        self.found = Findings()
         self._handlers: dict[str, Callable[[Any, Where, Mapping[str, str]], list[Row]]] = {
             "Patient": self._patient,
             "EpisodeOfCare": self._episode,
@@ -134,14 +156,14 @@ class ResourceReader:
         """
         handler = self._handlers.get(where.type)
         if handler is None:
-            self.skipped[where.type] += 1
+            self.found.skipped[where.type] += 1
             return []
         from fhir.resources.R4B import get_fhir_model_class
 
         try:
             resource = get_fhir_model_class(where.type).model_validate(raw)
         except pydantic.ValidationError as exc:
-            self.problems += pydantic_problems(exc, where)
+            self.found.problems += pydantic_problems(exc, where)
             return []
         if getattr(resource, "status", None) in _VOID_STATUSES:
             return []
@@ -157,20 +179,22 @@ class ResourceReader:
                 f"refers to Patient {sid!r}, which the input does not hold",
                 owner=first,
             )
-            for sid, first in self.referenced.items()
-            if sid not in self.patients
+            for sid, first in self.found.referenced.items()
+            if sid not in self.found.patients
         ]
         problems += self._unknown_problems()
-        if self.unborn and self._birth is not None:
-            shown = ", ".join(f"Patient/{sid}" for sid in self.unborn[:_SHOWN]) + (", ..." if len(self.unborn) > _SHOWN else "")
+        if self.found.unborn and self._birth is not None:
+            shown = ", ".join(f"Patient/{sid}" for sid in self.found.unborn[:_SHOWN]) + (
+                ", ..." if len(self.found.unborn) > _SHOWN else ""
+            )
             name = self._birth.spec.name
-            everyone = len(self.unborn) == len(self.patients)
+            everyone = len(self.found.unborn) == len(self.found.patients)
             problems.append(
                 Problem(
                     None,
                     "Patient.birthDate",
                     None,
-                    f"{len(self.unborn)} of {len(self.patients)} Patients have no birthDate, so no {name} ({shown})",
+                    f"{len(self.found.unborn)} of {len(self.found.patients)} Patients have no birthDate, so no {name} ({shown})",
                     "error" if everyone else "warning",
                     owner="Patient",
                 )
@@ -183,7 +207,7 @@ class ResourceReader:
             return []
         severity: Literal["error", "warning"] = "error" if policy == UnknownCodePolicy.ERROR else "warning"
         out = []
-        for code, seen in sorted(self.unknown.items()):
+        for code, seen in sorted(self.found.unknown.items()):
             more = ", ..." if seen.count > len(seen.examples) else ""
             out.append(
                 Problem(
@@ -204,14 +228,14 @@ class ResourceReader:
         """The Patient id a reference points to; None (and a problem) when it points to none."""
         text = getattr(reference, "reference", None)
         if text is None:
-            self.problems.append(where.problem(field, None, "no reference to the Patient it is about"))
+            self.found.problems.append(where.problem(field, None, "no reference to the Patient it is about"))
             return None
         found = _PATIENT_REF.search(full_urls.get(text, text))
         if found is None:
-            self.problems.append(where.problem(f"{field}.reference", text, "does not refer to a Patient"))
+            self.found.problems.append(where.problem(f"{field}.reference", text, "does not refer to a Patient"))
             return None
         sid = found.group(1)
-        self.referenced.setdefault(sid, f"{where.label} ({where.source})")
+        self.found.referenced.setdefault(sid, f"{where.label} ({where.source})")
         return sid
 
     def _code(self, concept: Any, where: Where, field: str, reads: Callable[[str], bool]) -> str | None:
@@ -222,12 +246,12 @@ class ResourceReader:
         """
         codes = [from_coding(c.system, c.code, self.config) for c in (getattr(concept, "coding", None) or []) if c.code]
         if not codes:
-            self.problems.append(where.problem(field, getattr(concept, "text", None), "no coding with a code"))
+            self.found.problems.append(where.problem(field, getattr(concept, "text", None), "no coding with a code"))
             return None
         code = next((c for c in codes if reads(c)), None)
         if code is None:
             code = codes[0]
-            seen = self.unknown.setdefault(code, _Unknown(f"{where.type}.{field}"))
+            seen = self.found.unknown.setdefault(code, _Unknown(f"{where.type}.{field}"))
             seen.count += 1
             if len(seen.examples) < _SHOWN:
                 seen.examples += (where.label,)
@@ -243,13 +267,13 @@ class ResourceReader:
     def _time(self, value: Any, where: Where, field: str) -> int | None:
         stamp = micros(value)
         if stamp is None:
-            self.problems.append(where.problem(field, None, "no time given"))
+            self.found.problems.append(where.problem(field, None, "no time given"))
         return stamp
 
     def _quantity(self, quantity: Any, spec: VariableSpec | None, where: Where, field: str) -> float | None:
         """A Quantity's value in the variable's unit (None, and a problem, when it has no value or cannot be converted)."""
         if quantity.value is None:
-            self.problems.append(where.problem(f"{field}.value", None, "a Quantity without a value"))
+            self.found.problems.append(where.problem(f"{field}.value", None, "a Quantity without a value"))
             return None
         value = float(quantity.value)
         if spec is None or spec.unit is None:
@@ -257,12 +281,12 @@ class ResourceReader:
         target = spec.unit
         unit = quantity.code if quantity.system == UCUM_SYSTEM and quantity.code else quantity.unit
         if unit is None:
-            self.problems.append(where.problem(f"{field}.unit", None, f"no unit; {spec.name} is in {target!r}"))
+            self.found.problems.append(where.problem(f"{field}.unit", None, f"no unit; {spec.name} is in {target!r}"))
             return None
         try:
             return convert(value, unit, target)
         except UnitMismatch as exc:
-            self.problems.append(where.problem(f"{field}.unit", unit, f"{spec.name}: {exc}"))
+            self.found.problems.append(where.problem(f"{field}.unit", unit, f"{spec.name}: {exc}"))
             return None
 
     # ------------------------------------------------------------------ resource types
@@ -270,17 +294,17 @@ class ResourceReader:
     def _patient(self, patient: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
         sid = patient.id
         if sid is None:
-            self.problems.append(where.problem("id", None, "a Patient needs an id; other resources refer to it"))
+            self.found.problems.append(where.problem("id", None, "a Patient needs an id; other resources refer to it"))
             return []
-        self.patients.add(sid)
+        self.found.patients.add(sid)
         tags = (patient.meta.tag or []) if patient.meta is not None else []
         if any(t.system == RELATIVE_TIME_TAG["system"] and t.code == RELATIVE_TIME_TAG["code"] for t in tags):
-            self.relative.add(sid)
+            self.found.relative.add(sid)
         rows: list[Row] = []
         if self._birth is not None:
             born = _birth_time(patient)
             if born is None:
-                self.unborn.append(sid)
+                self.found.unborn.append(sid)
             else:
                 rows.append((sid, micros(born), MEDS_BIRTH, None, None))
         if self._reads_gender and patient.gender is not None:
@@ -313,7 +337,9 @@ class ResourceReader:
         found = self.book.lookup(code)
         static = found is not None and found.role == Role.STATIC
         if when is None and not static:
-            self.problems.append(where.problem("effective[x]", None, "no time given (only static variables may go without)"))
+            self.found.problems.append(
+                where.problem("effective[x]", None, "no time given (only static variables may go without)")
+            )
             return []
         stamp = micros(when)
         if found is None or found.role not in (Role.STATIC, Role.OBSERVED):
@@ -336,24 +362,26 @@ class ResourceReader:
         text = _category(observation.valueCodeableConcept, spec) if observation.valueCodeableConcept is not None else None
         if text is not None:
             return None, text
-        self.problems.append(where.problem("value[x]", None, f"no value for {spec.name}"))
+        self.found.problems.append(where.problem("value[x]", None, f"no value for {spec.name}"))
         return None, None
 
     def _embedding(self, observation: Any, sid: str, code: str, when: Any, where: Where) -> list[Row]:
         """An imaging embedding: valueSampledData's vector, one row per component."""
         sampled = observation.valueSampledData
         if sampled is None or sampled.data is None:
-            self.problems.append(
+            self.found.problems.append(
                 where.problem("valueSampledData", None, "no vector (valueSampledData.data) for an imaging embedding")
             )
             return []
         if when is None:
-            self.problems.append(where.problem("effectiveDateTime", None, "no time given for the imaging study's embedding"))
+            self.found.problems.append(
+                where.problem("effectiveDateTime", None, "no time given for the imaging study's embedding")
+            )
             return []
         try:
             vector = [float(x) for x in sampled.data.split()]
         except ValueError:
-            self.problems.append(where.problem("valueSampledData.data", sampled.data, "not a list of decimal numbers"))
+            self.found.problems.append(where.problem("valueSampledData.data", sampled.data, "not a list of decimal numbers"))
             return []
         origin = float(sampled.origin.value or 0) if sampled.origin is not None else 0.0
         factor = float(sampled.factor) if sampled.factor is not None else 1.0
@@ -398,7 +426,7 @@ class ResourceReader:
         """A treatment exposure: START (with the dose) at the period's start, STOP at its end when it has one."""
         sid = self._subject(resource.subject, where, full_urls)
         if resource.medicationCodeableConcept is None:
-            self.problems.append(
+            self.found.problems.append(
                 where.problem("medicationCodeableConcept", None, "no medication code (a medicationReference is not read)")
             )
             return []
@@ -408,7 +436,7 @@ class ResourceReader:
         start = micros(period.start) if period is not None else None
         if start is None:
             what = "a dose" if dose is not None else "an exposure"
-            self.problems.append(where.problem(f"{period_field}.start", None, f"{what} without a period (its start)"))
+            self.found.problems.append(where.problem(f"{period_field}.start", None, f"{what} without a period (its start)"))
             return []
         treatment = self.book.lookup(start_code(code))
         if treatment is None or treatment.role != Role.START:
