@@ -84,7 +84,7 @@ def datasets_list() -> None:
 
 @datasets_app.command("show")
 def datasets_show(
-    name: Annotated[str, typer.Argument(help="Embedded dataset name (pbc2, synthetic, synthetic-daily) or a MEDS path.")],
+    name: Annotated[str, typer.Argument(help="Embedded dataset name (pbc2, synthetic, synthetic-daily) or a MEDS or FHIR path.")],
     config: ConfigOption = None,
     seed: SeedOption = 0,
     n: Annotated[int | None, typer.Option(help="Subjects to generate (synthetic only).")] = None,
@@ -101,7 +101,7 @@ def datasets_show(
 
 @datasets_app.command("export")
 def datasets_export(
-    name: Annotated[str, typer.Argument(help="Embedded dataset name or a MEDS path.")],
+    name: Annotated[str, typer.Argument(help="Embedded dataset name or a MEDS or FHIR path.")],
     out: Annotated[Path, typer.Argument(help="Directory to write the MEDS dataset to.")],
     config: ConfigOption = None,
     seed: SeedOption = 0,
@@ -122,7 +122,7 @@ def datasets_export(
 
 @app.command()
 def validate(
-    path: Annotated[Path, typer.Argument(help="MEDS file or directory, or JSON patient record(s).")],
+    path: Annotated[Path, typer.Argument(help="MEDS or FHIR file or directory, or JSON patient record(s).")],
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the problems as JSON.")] = False,
 ) -> None:
@@ -175,7 +175,7 @@ def schemas_export(
 def train(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Checkpoint directory to write.")],
-    data: Annotated[str, typer.Option(help="pbc2, synthetic, or a MEDS path.")] = "pbc2",
+    data: Annotated[str, typer.Option(help="pbc2, synthetic, or a MEDS or FHIR path.")] = "pbc2",
     config: ConfigOption = None,
     settings_file: SettingsFileOption = None,
     epochs: Annotated[int, typer.Option(min=1, help="Most epochs; early stopping usually ends sooner.")] = 400,

@@ -26,14 +26,16 @@ __all__ = [
     "TrialDataOption",
 ]
 
-DataOption = Annotated[str, typer.Option("--data", help="Embedded dataset (pbc2, synthetic) or a MEDS path.")]
-TrialDataOption = Annotated[str, typer.Option("--data", help="The randomised trial: an embedded dataset (pbc2) or a MEDS path.")]
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS paths.")]
+DataOption = Annotated[str, typer.Option("--data", help="Embedded dataset (pbc2, synthetic) or a MEDS or FHIR path.")]
+TrialDataOption = Annotated[
+    str, typer.Option("--data", help="The randomised trial: an embedded dataset (pbc2) or a MEDS or FHIR path.")
+]
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="Dataset config (JSON or YAML) for MEDS or FHIR paths.")]
 PatientDataOption = Annotated[
     str | None,
     typer.Option(
         "--data",
-        help="Dataset holding the patient: embedded (pbc2, synthetic) or a MEDS path, read with --config, else its own "
+        help="Dataset holding the patient: embedded (pbc2, synthetic) or a MEDS or FHIR path, read with --config, else its own "
         "config, else the model's (default: the dataset the model was trained on).",
     ),
 ]

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import multiprocessing
-import os
 import tempfile
 import warnings
 import zlib
@@ -88,7 +87,7 @@ def read_fhir(
     warnings_out: list[Problem] | None = None,
     *,
     buckets: int | None = None,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> list[PatientRecord]:
     """Read FHIR (a Bundle or NDJSON file, or a folder of them) into validated records, one per Patient.
 
@@ -96,8 +95,9 @@ def read_fhir(
     :func:`~vpatient.data.meds.read_meds` returns them. Every problem of the input is
     raised together as one RecordValidationError; warnings go to ``warnings_out`` when
     given, else through :mod:`warnings`. ``buckets`` overrides how many parts the input is
-    staged in (default: one per 64 MB of input); ``workers`` how many processes check the
-    resources (default: one below 64 MB of input, else all cores but one, at most eight).
+    staged in (default: one per 64 MB of input). ``workers`` above 1 checks the resources in
+    that many processes (started afresh, so a script calling this needs the
+    ``if __name__ == "__main__":`` guard); the resources' checks are most of the time taken.
     """
     records: list[PatientRecord] = []
     problems: list[Problem] = []
@@ -118,7 +118,7 @@ def iter_fhir(
     warnings_out: list[Problem] | None = None,
     *,
     buckets: int | None = None,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> Iterator[PatientRecord]:
     """Stream the records of FHIR input, one staging bucket at a time (sorted within a bucket).
 
@@ -137,7 +137,7 @@ def iter_fhir(
 
 
 def _batches(
-    path: str | Path, config: DatasetConfig, warnings_out: list[Problem] | None, buckets: int | None, workers: int | None
+    path: str | Path, config: DatasetConfig, warnings_out: list[Problem] | None, buckets: int | None, workers: int
 ) -> Iterator[tuple[list[PatientRecord], list[Problem]]]:
     """The records of each staging bucket and their problems, after a first pass that checks every resource."""
     path = Path(path)
@@ -147,26 +147,10 @@ def _batches(
     if not files:
         raise DataFormatError(f"{path}: no FHIR files (.json Bundles or .ndjson) in this folder")
     size = sum(f.stat().st_size for f in files)
-    count = buckets or max(1, math.ceil(size / BUCKET_INPUT_BYTES))
-    reader = ResourceReader(config)  # judges the whole input on what its parts found, merged
-    found = reader.found
     with tempfile.TemporaryDirectory(prefix="vpatient-fhir-") as scratch:
-        staged = _Buckets(Path(scratch), count)
-        keys = array("q")  # a hash of each Type/id, to find duplicated ids without keeping the ids
-        for rows, part_keys, part in _first_pass(files, config, workers or _default_workers(size)):
-            for resource_rows in rows:
-                staged.add(resource_rows)
-            keys.extend(part_keys)
-            found.merge(part)
-        staged.close()
-        problems = found.problems + reader.finish() + _duplicate_problems(keys, files)
-        if any(p.severity == "error" for p in problems):
-            raise RecordValidationError(problems, header=f"invalid FHIR data in {path}")
-        _report(problems, warnings_out)
-        if found.skipped:
-            kinds = ", ".join(f"{kind} ({n})" for kind, n in sorted(found.skipped.items()))
-            log.info("%s: skipped %d resources of types no variable reads: %s", path, found.skipped.total(), kinds)
-        # Unknown codes were reported above, by resource; their rows stay, to place subjects in follow-up.
+        staged = _Buckets(Path(scratch), buckets or max(1, math.ceil(size / BUCKET_INPUT_BYTES)))
+        found = _stage(files, config, staged, workers, path, warnings_out)
+        # Unknown codes were reported by resource; their rows stay, to place subjects in follow-up as in MEDS.
         quiet = config.model_copy(update={"unknown_codes": UnknownCodePolicy.IGNORE})
         made: set[str] = set()  # subjects with a record, or with problems reported
         for frame in staged.frames():
@@ -182,6 +166,29 @@ def _batches(
             shown = ", ".join(f"Patient/{sid}" for sid in empty[:3]) + (", ..." if len(empty) > 3 else "")
             message = f"{len(empty)} Patient(s) have no dated resource any variable reads, and are left out ({shown})"
             _report([Problem(None, "Patient", None, message, "warning", owner=str(path))], warnings_out)
+
+
+def _stage(
+    files: list[Path], config: DatasetConfig, staged: _Buckets, workers: int, path: Path, warnings_out: list[Problem] | None
+) -> Findings:
+    """The first pass: every resource checked and staged as rows; raises every problem of the resources at once."""
+    reader = ResourceReader(config)  # judges the whole input on what its parts found, merged into its findings
+    keys = array("q")  # a hash of each Type/id, to find duplicated ids without keeping the ids
+    for rows, part_keys, part in _first_pass(files, config, workers):
+        for resource_rows in rows:
+            staged.add(resource_rows)
+        keys.extend(part_keys)
+        reader.found.merge(part)
+    staged.close()
+    found = reader.found
+    problems = found.problems + reader.finish() + _duplicate_problems(keys, files)
+    if any(p.severity == "error" for p in problems):
+        raise RecordValidationError(problems, header=f"invalid FHIR data in {path}")
+    _report(problems, warnings_out)
+    if found.skipped:
+        kinds = ", ".join(f"{kind} ({n})" for kind, n in sorted(found.skipped.items()))
+        log.info("%s: skipped %d resources of types no variable reads: %s", path, found.skipped.total(), kinds)
+    return found
 
 
 def _relative(record: PatientRecord) -> PatientRecord:
@@ -303,14 +310,6 @@ def _first_pass(files: list[Path], config: DatasetConfig, workers: int) -> Itera
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def _default_workers(size: int) -> int:
-    """Processes for the first pass: one for inputs below a bucket's size (starting more costs seconds), else
-    all cores but one, at most eight."""
-    if size < BUCKET_INPUT_BYTES:
-        return 1
-    return max(1, min(8, (os.cpu_count() or 1) - 1))
 
 
 def _key(label: str) -> int:
