@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
@@ -254,13 +255,30 @@ def test_bulk_export_folder_reads_as_the_single_bundle(tmp_path, fhir_config):
     assert from_bulk == from_bundle
 
 
-def test_streaming_in_worker_processes_equals_reading_all(tmp_path, fhir_config):
+def test_folder_of_bundles_reads_as_one_bundle(tmp_path, fhir_config):
+    folder = tmp_path / "bundles"
+    folder.mkdir()
+    for sid in ("a", "b"):
+        write_json(folder / f"{sid}.json", bundle(patient_resources(sid)))
+    together = bundle(patient_resources("a") + patient_resources("b"))
+    assert read_fhir(folder, fhir_config, []) == read_fhir(write_json(tmp_path / "ab.json", together), fhir_config, [])
+
+
+def test_streaming_in_worker_processes_equals_reading_all(tmp_path, fhir_config, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the staging buckets go
     resources = [r for i in range(300) for r in patient_resources(f"s{i:03d}", shift=i % 7)]
     folder = write_bulk(tmp_path / "bulk", resources)
     streamed = sorted(iter_fhir(folder, fhir_config, [], buckets=7, workers=2), key=lambda r: r.subject_id)
     assert len(streamed) == 300
     assert streamed == read_fhir(folder, fhir_config, [])
-    assert not list(tmp_path.glob("vpatient-fhir-*"))
+    assert not list(scratch.iterdir())  # the staging folder is gone
+    with (folder / "Observation.ndjson").open("a", encoding="utf-8") as handle:
+        handle.write("{not json\n")
+    with pytest.raises(RecordValidationError, match="malformed JSON"):
+        next(iter_fhir(folder, fhir_config, [], buckets=3))
+    assert not list(scratch.iterdir())  # ... also after an error
 
 
 def test_skipped_types_and_unread_patient_fields_are_no_problem(tmp_path, fhir_config, caplog):
@@ -271,6 +289,13 @@ def test_skipped_types_and_unread_patient_fields_are_no_problem(tmp_path, fhir_c
         (record,) = read_fhir(write_json(tmp_path / "p.json", bundle(patient_resources())), config, [])
     assert "age" not in record.static and not [e for e in record.events if e.kind == "death"]
     assert "Encounter (1)" in caplog.text
+    lonely = [
+        {"resourceType": "Patient", "id": "p2"},
+        {"resourceType": "Encounter", "id": "e2", "status": "finished", "class": {"code": "AMB"}},
+    ]
+    warned: list[Problem] = []
+    (record,) = read_fhir(write_json(tmp_path / "q.json", bundle(patient_resources() + lonely)), config, warned)
+    assert record.subject_id == "p1" and ["Patient/p2" in p.message and "left out" in p.message for p in warned] == [True]
 
 
 # --------------------------------------------------------------------------- units
