@@ -340,7 +340,7 @@ def test_bad_resources_each_named_by_type_id_and_field(tmp_path, fhir_config):
     assert _about(problems, "Observation/p1-o1", "Observation.code").value == "LOINC/9999-9"
     assert "molar mass" in _about(problems, "Observation/p1-o2", "Observation.valueQuantity.unit").message
     assert "no unit; albumin is in 'g/dL'" in _about(problems, "Observation/p1-o3", "Observation.valueQuantity.unit").message
-    assert "'nobody'" in _about(problems, "Observation/p1-o4", "subject.reference").message
+    assert "'nobody'" in _about(problems, "Observation/p1-o4", "Observation.subject.reference").message
     assert (
         "without a period" in _about(problems, "MedicationStatement/p1-m1", "MedicationStatement.effectivePeriod.start").message
     )

@@ -46,10 +46,11 @@ log = logging.getLogger(__name__)
 
 #: Bundle types read (their entries are resources); a document or a message is not a set of records.
 BUNDLE_TYPES = frozenset({"collection", "transaction", "searchset", "batch"})
-#: Input bytes per staging bucket: a bucket's rows are what memory holds at a time.
-BUCKET_INPUT_BYTES = 64 * 2**20
-#: Rows a bucket keeps in memory before they are written to its parquet file.
-_FLUSH_ROWS = 50_000
+#: Input bytes per staging bucket: a bucket's rows and records are what memory holds at a time
+#: (some 3,000 patients of a typical export; 100-150 MB).
+BUCKET_INPUT_BYTES = 16 * 2**20
+#: Rows all buckets together keep in memory before writing them to their parquet files.
+_PENDING_ROWS = 400_000
 #: NDJSON lines per unit of work of the first pass.
 _CHUNK_LINES = 2_000
 _SUFFIXES = (".json", ".ndjson")
@@ -95,7 +96,7 @@ def read_fhir(
     :func:`~vpatient.data.meds.read_meds` returns them. Every problem of the input is
     raised together as one RecordValidationError; warnings go to ``warnings_out`` when
     given, else through :mod:`warnings`. ``buckets`` overrides how many parts the input is
-    staged in (default: one per 64 MB of input). ``workers`` above 1 checks the resources in
+    staged in (default: one per 16 MB of input). ``workers`` above 1 checks the resources in
     that many processes (started afresh, so a script calling this needs the
     ``if __name__ == "__main__":`` guard); the resources' checks are most of the time taken.
     """
@@ -321,7 +322,8 @@ def _parse_json(text: bytes, source: str, problems: list[Problem]) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno}, column {exc.colno}" if "line" not in source else f"column {exc.colno}"
+        # an NDJSON line is one line: say where in it (its end, for a line cut short)
+        where = f"character {exc.pos + 1} of the line" if " line " in source else f"line {exc.lineno}, column {exc.colno}"
         problems.append(Problem(None, "JSON", None, f"malformed JSON ({exc.msg} at {where})", owner=source))
     except (UnicodeDecodeError, RecursionError, ValueError) as exc:
         problems.append(Problem(None, "JSON", None, f"unreadable JSON ({type(exc).__name__}: {exc})", owner=source))
@@ -374,6 +376,7 @@ class _Buckets:
         self.folder = folder
         self.count = count
         self.pending: list[list[Row]] = [[] for _ in range(count)]
+        self.flush_at = max(5_000, _PENDING_ROWS // count)
         self.writers: list[pq.ParquetWriter | None] = [None] * count
 
     def add(self, rows: list[Row]) -> None:
@@ -381,7 +384,7 @@ class _Buckets:
         bucket = zlib.crc32(rows[0][0].encode()) % self.count if self.count > 1 else 0
         pending = self.pending[bucket]
         pending += rows
-        if len(pending) >= _FLUSH_ROWS:
+        if len(pending) >= self.flush_at:
             self._flush(bucket)
 
     def _flush(self, bucket: int) -> None:

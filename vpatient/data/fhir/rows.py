@@ -104,7 +104,9 @@ class Findings:
     problems: list[Problem] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
     relative: set[str] = field(default_factory=set)  # Patients tagged as having no calendar time
-    referenced: dict[str, str] = field(default_factory=dict)  # subject -> the first resource referring to it
+    referenced: dict[str, tuple[str, str]] = field(
+        default_factory=dict
+    )  # subject -> the first resource and field referring to it
     unborn: list[str] = field(default_factory=list)  # Patients without birthDate, where a variable reads MEDS_BIRTH
     skipped: Counter[str] = field(default_factory=Counter)  # resources of types no variable reads, by type
     unknown: dict[str, _Unknown] = field(default_factory=dict)  # resources of codes no variable reads, by code
@@ -172,14 +174,8 @@ class ResourceReader:
     def finish(self) -> list[Problem]:
         """The problems only the whole input shows (missing Patients, unknown codes, birth dates), once read."""
         problems = [
-            Problem(
-                None,
-                "subject.reference",
-                f"Patient/{sid}",
-                f"refers to Patient {sid!r}, which the input does not hold",
-                owner=first,
-            )
-            for sid, first in self.found.referenced.items()
+            Problem(None, path, f"Patient/{sid}", f"refers to Patient {sid!r}, which the input does not hold", owner=first)
+            for sid, (first, path) in self.found.referenced.items()
             if sid not in self.found.patients
         ]
         problems += self._unknown_problems()
@@ -235,7 +231,7 @@ class ResourceReader:
             self.found.problems.append(where.problem(f"{field}.reference", text, "does not refer to a Patient"))
             return None
         sid = found.group(1)
-        self.found.referenced.setdefault(sid, f"{where.label} ({where.source})")
+        self.found.referenced.setdefault(sid, (f"{where.label} ({where.source})", f"{where.type}.{field}.reference"))
         return sid
 
     def _code(self, concept: Any, where: Where, field: str, reads: Callable[[str], bool]) -> str | None:
