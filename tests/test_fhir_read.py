@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from vpatient.cli import app
 from vpatient.data.fhir import is_fhir, iter_fhir, read_fhir
 from vpatient.data.fhir.units import UnitMismatch, canonical_unit, convert
 from vpatient.datasets import load_dataset
-from vpatient.errors import Problem, RecordValidationError
+from vpatient.errors import DataFormatError, Problem, RecordValidationError
 from vpatient.schemas import DatasetConfig
 
 LOINC, SNOMED, RXNORM, UCUM = (
@@ -424,3 +425,66 @@ def test_dashboard_upload_of_a_bundle(fhir_config):
     two = json.dumps(bundle(patient_resources("a") + patient_resources("b"))).encode()
     with pytest.raises(UploadError, match="holds 2 records"):
         parse_upload("two.json", two, fhir_config)
+
+
+# --------------------------------------------------------------------------- corrupted input
+
+
+_ODD_VALUES = [
+    None,
+    "",
+    "x",
+    0,
+    -1,
+    1e308,
+    -0.0,
+    [],
+    {},
+    True,
+    "2020-13-45",
+    "Patient/zzz",
+    {"reference": "Patient/p1"},
+    [{"code": "1"}],
+]
+
+
+def _corrupt(node: object, rng: random.Random) -> object:
+    """``node`` (parsed JSON) with one thing changed somewhere inside: a key dropped, a value replaced, an item doubled."""
+    if isinstance(node, dict) and node and rng.random() < 0.7:
+        key = rng.choice(sorted(node))
+        action = rng.random()
+        if action < 0.25:
+            return {k: v for k, v in node.items() if k != key}
+        if action < 0.5:
+            return node | {key: rng.choice(_ODD_VALUES)}
+        return node | {key: _corrupt(node[key], rng)}
+    if isinstance(node, list) and node and rng.random() < 0.7:
+        i = rng.randrange(len(node))
+        if rng.random() < 0.2:
+            return [*node, node[i]]
+        return [*node[:i], _corrupt(node[i], rng), *node[i + 1 :]]
+    return rng.choice(_ODD_VALUES)
+
+
+def test_corrupted_bundles_give_our_errors_only(tmp_path, fhir_config):
+    """Whatever is broken, the reader returns records or raises its own errors (naming a resource or file), never another."""
+    rng = random.Random(0)
+    outcomes = {"read": 0, "refused": 0}
+    for i in range(150):
+        resources = patient_resources()
+        for _ in range(rng.randint(1, 3)):  # mostly inside a resource, where the reader's own code runs
+            j = rng.randrange(len(resources))
+            resources[j] = _corrupt(resources[j], rng)  # type: ignore[assignment]
+        data = _corrupt(bundle(resources), rng) if rng.random() < 0.1 else bundle(resources)
+        text = json.dumps(data)
+        if rng.random() < 0.15:
+            text = text[: rng.randrange(len(text))]  # cut short
+        file = tmp_path / f"case{i}.json"
+        file.write_text(text, encoding="utf-8")
+        try:
+            read_fhir(file, fhir_config, [])
+            outcomes["read"] += 1
+        except (RecordValidationError, DataFormatError) as exc:
+            assert "Traceback" not in str(exc)
+            outcomes["refused"] += 1
+    assert outcomes["read"] >= 1 and outcomes["refused"] > 100, outcomes

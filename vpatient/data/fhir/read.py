@@ -345,7 +345,7 @@ def _unpack(item: Any, source: str, problems: list[Problem]) -> Iterator[tuple[M
     if kind != "Bundle":
         yield item, where, {}
         return
-    if item.get("type") not in BUNDLE_TYPES:
+    if not isinstance(item.get("type"), str) or item["type"] not in BUNDLE_TYPES:
         allowed = ", ".join(sorted(BUNDLE_TYPES))
         problems.append(where.problem("type", item.get("type"), f"a Bundle of this type is not read (one of {allowed} expected)"))
         return

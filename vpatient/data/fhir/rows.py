@@ -151,7 +151,7 @@ class ResourceReader:
     # ------------------------------------------------------------------ entry point
 
     def rows(self, raw: Mapping[str, Any], where: Where, full_urls: Mapping[str, str]) -> list[Row]:
-        """The rows of one resource; its problems go to :attr:`problems`.
+        """The rows of one resource; its problems go to ``found.problems``.
 
         ``full_urls`` maps a Bundle's entry URLs (``urn:uuid:...``) to ``Type/id``, for references
         written as such.
