@@ -488,3 +488,28 @@ def test_corrupted_bundles_give_our_errors_only(tmp_path, fhir_config):
             assert "Traceback" not in str(exc)
             outcomes["refused"] += 1
     assert outcomes["read"] >= 1 and outcomes["refused"] > 100, outcomes
+
+
+def test_forecast_takes_a_fhir_bundle_for_the_models_own_config(tmp_path, untrained_model_dir):
+    """A Bundle in the PBC model's own (local) codes, read with the model's config: ``forecast --data`` takes FHIR."""
+    local = "urn:vpatient:code"
+    ref = {"reference": "Patient/p1"}
+    resources = [
+        {"resourceType": "Patient", "id": "p1", "birthDate": "1950-03-01"},
+        {
+            "resourceType": "EpisodeOfCare",
+            "id": "e",
+            "status": "finished",
+            "patient": ref,
+            "period": {"start": "1980-01-01", "end": "1983-01-01"},
+        },
+        obs("sex", "p1", concept(local, "SEX"), "1980-01-01", valueString="female"),
+        obs("b1", "p1", concept(local, "LAB//BILIRUBIN"), "1980-01-01", valueQuantity=qty(1.4, "mg/dL")),
+        obs("b2", "p1", concept(local, "LAB//BILIRUBIN"), "1981-01-01", valueQuantity={"value": 21.0, "unit": "mg/L"}),
+        obs("a1", "p1", concept(local, "LAB//ALBUMIN"), "1980-01-01", valueQuantity=qty(35.0, "g/L")),
+    ]
+    file = write_json(tmp_path / "p1.json", bundle(resources))
+    args = ["forecast", "--model", str(untrained_model_dir), "--data", str(file), "--patient", "p1", "--n-samples", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "subject p1: forecast from t = 1.00 years" in result.output
