@@ -228,6 +228,16 @@ def test_relative_time_tag_reads_back_without_index_time(tmp_path, fhir_config):
     assert record.observations[0].time == 0.0
 
 
+def test_an_embedding_without_a_time_takes_its_studys(tmp_path, fhir_config):
+    resources = patient_resources()
+    del resources[9]["effectiveDateTime"]  # the embedding Observation, partOf ImagingStudy/p1-s1 (started 2020-02-01)
+    (record,) = read_fhir(write_bulk(tmp_path / "bulk", resources), fhir_config, [])
+    assert [(s.time, s.embedding) for s in record.imaging] == [(31.0, [0.5, -1.25, 0.003])]
+    del resources[8]["started"]
+    problems = problems_of(write_json(tmp_path / "b.json", bundle(resources)), fhir_config)
+    assert [(p.subject_id, p.field, p.value) for p in problems] == [("p1", "Observation.effectiveDateTime", "ImagingStudy/p1-s1")]
+
+
 def test_ndjson_of_bundles_and_urn_references(tmp_path, fhir_config):
     """A transaction Bundle per NDJSON line, whose references are the entries' fullUrls (as Synthea writes them)."""
     lines = []

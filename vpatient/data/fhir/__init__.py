@@ -38,7 +38,7 @@ imaging_embedding          ``ImagingStudy`` (``started``) plus an ``Observation`
                            ``partOf`` the study and ``valueSampledData`` (the vector, in order;
                            ``origin`` 0 and no ``factor``: the numbers are the values). The
                            Observation's ``effectiveDateTime`` (= ``started``) is the study's
-                           time: the reader takes it from there.
+                           time; without one, the reader takes the study's ``started``.
 history                    ``Condition`` (``onsetDateTime``); ``Procedure`` is read too.
 treatment                  ``MedicationStatement``: ``medicationCodeableConcept``,
                            ``effectivePeriod`` (no end: still given), dose in

@@ -34,8 +34,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vpatient.data.fhir.rows import Findings, ResourceReader, Row, Where
-from vpatient.data.meds.codes import MEDS_BIRTH, is_integer_ids
+from vpatient.data.fhir.rows import IMAGING_STUDY, Findings, ResourceReader, Row, Where
+from vpatient.data.meds.codes import MEDS_BIRTH, CodeBook, Role, is_integer_ids
 from vpatient.data.meds.read import frame_to_records
 from vpatient.errors import DataFormatError, DatasetNotFoundError, Problem, RecordValidationError
 from vpatient.schemas import DatasetConfig, PatientRecord, UnknownCodePolicy
@@ -154,12 +154,17 @@ def _batches(
         # Unknown codes were reported by resource; their rows stay, to place subjects in follow-up as in MEDS.
         quiet = config.model_copy(update={"unknown_codes": UnknownCodePolicy.IGNORE})
         made: set[str] = set()  # subjects with a record, or with problems reported
-        for frame in staged.frames():
-            made.update(frame["subject_id"].unique().tolist())
+        book = CodeBook(config)
+        for staged_frame in staged.frames():
+            made.update(staged_frame["subject_id"].unique().tolist())
+            frame, problems = _place_embeddings(staged_frame, book)
+            frame = _dated_subjects(frame)
             try:
-                records = frame_to_records(frame, quiet, warnings_out=warnings_out, source=str(path))
+                records = frame_to_records(frame, quiet, warnings_out=warnings_out, source=str(path)) if len(frame) else []
             except RecordValidationError as exc:
-                yield [], exc.problems
+                problems += exc.problems
+            if problems:
+                yield [], problems
                 continue
             yield [_relative(r) if r.subject_id in found.relative else r for r in records], []
         empty = sorted(found.patients - made)
@@ -190,6 +195,37 @@ def _stage(
         kinds = ", ".join(f"{kind} ({n})" for kind, n in sorted(found.skipped.items()))
         log.info("%s: skipped %d resources of types no variable reads: %s", path, found.skipped.total(), kinds)
     return found
+
+
+def _place_embeddings(frame: pd.DataFrame, book: CodeBook) -> tuple[pd.DataFrame, list[Problem]]:
+    """Embedding rows staged without a time take their study's ``started`` (their text names the study); the
+    studies' own rows go. An embedding whose study is absent or has no ``started`` is a problem."""
+    marker = frame["code"].eq(IMAGING_STUDY)
+    imaging = [c for c in frame["code"].unique() if (role := book.lookup(c)) is not None and role.role == Role.IMAGING]
+    waiting = frame["time"].isna() & frame["text_value"].notna() & frame["code"].isin(imaging)
+    if not (marker.any() or waiting.any()):
+        return frame, []
+    started = frame[marker].drop_duplicates("text_value").set_index("text_value")["time"]
+    frame = frame.copy()
+    frame.loc[waiting, "time"] = frame.loc[waiting, "text_value"].map(started)
+    unplaced = waiting & frame["time"].isna()
+    problems = [
+        Problem(
+            sid,
+            "Observation.effectiveDateTime",
+            study,
+            f"an imaging embedding with no time, part of {study}, which is not in the input or has no started time",
+        )
+        for sid, study in frame.loc[unplaced, ["subject_id", "text_value"]].drop_duplicates().itertuples(index=False)
+    ]
+    frame.loc[waiting, "text_value"] = None
+    return frame[~marker & ~unplaced], problems
+
+
+def _dated_subjects(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of subjects with a dated row other than birth (others have no time axis, and are left out)."""
+    dated = frame["time"].notna().to_numpy() & (frame["code"].to_numpy() != MEDS_BIRTH)
+    return frame[frame["subject_id"].isin(frame["subject_id"].to_numpy()[dated])]
 
 
 def _relative(record: PatientRecord) -> PatientRecord:
@@ -407,14 +443,11 @@ class _Buckets:
                 writer.close()
 
     def frames(self) -> Iterator[pd.DataFrame]:
-        """Each bucket's rows as a MEDS frame, less the subjects with no dated row (they have no time axis)."""
+        """Each bucket's rows as a MEDS frame (and the bucket's file removed)."""
         for bucket in range(self.count):
             file = self.folder / f"bucket{bucket}.parquet"
             if not file.exists():
                 continue
             frame = pq.read_table(file).to_pandas()
             file.unlink()
-            dated = frame["time"].notna().to_numpy() & (frame["code"].to_numpy() != MEDS_BIRTH)
-            frame = frame[frame["subject_id"].isin(frame["subject_id"].to_numpy()[dated])]
-            if not frame.empty:
-                yield frame
+            yield frame

@@ -24,12 +24,16 @@ from vpatient.data.meds.codes import MEDS_BIRTH, MEDS_DEATH, CodeBook, Role, com
 from vpatient.errors import Problem
 from vpatient.schemas import DatasetConfig, UnknownCodePolicy, VariableSpec
 
-__all__ = ["BIRTH_TIME_URL", "GENDER", "Findings", "ResourceReader", "Row", "Where", "pydantic_problems"]
+__all__ = ["BIRTH_TIME_URL", "GENDER", "IMAGING_STUDY", "Findings", "ResourceReader", "Row", "Where", "pydantic_problems"]
 
 #: MEDS code under which ``Patient.gender`` is read (text value: the gender), when a variable lists it.
 GENDER = "GENDER"
 #: The standard extension giving the time of day of ``Patient.birthDate``.
 BIRTH_TIME_URL = "http://hl7.org/fhir/StructureDefinition/patient-birthTime"
+
+#: Internal code of a staged row giving an ImagingStudy's ``started`` (text value: ``ImagingStudy/{id}``), for
+#: embedding Observations without a time of their own; the reader removes these rows before making records.
+IMAGING_STUDY = "VPATIENT_FHIR_IMAGING_STUDY"
 
 #: One MEDS row: subject, time (microseconds since 1970, UTC; None: a static row), code, numeric and text value.
 Row = tuple[str, int | None, str, float | None, str | None]
@@ -39,6 +43,7 @@ _VOID_STATUSES = frozenset({"entered-in-error", "not-taken", "cancelled"})
 _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+_STUDY_REF = re.compile(r"(?:^|/)ImagingStudy/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 #: How many resources a problem about many of them names.
 _SHOWN = 3
 
@@ -329,7 +334,7 @@ class ResourceReader:
         if when is None and observation.effectivePeriod is not None:
             when = observation.effectivePeriod.start
         if code in self.book.imaging:
-            return self._embedding(observation, sid, code, when, where)
+            return self._embedding(observation, sid, code, when, where, full_urls)
         found = self.book.lookup(code)
         static = found is not None and found.role == Role.STATIC
         if when is None and not static:
@@ -361,19 +366,30 @@ class ResourceReader:
         self.found.problems.append(where.problem("value[x]", None, f"no value for {spec.name}"))
         return None, None
 
-    def _embedding(self, observation: Any, sid: str, code: str, when: Any, where: Where) -> list[Row]:
-        """An imaging embedding: valueSampledData's vector, one row per component."""
+    def _embedding(
+        self, observation: Any, sid: str, code: str, when: Any, where: Where, full_urls: Mapping[str, str]
+    ) -> list[Row]:
+        """An imaging embedding: valueSampledData's vector, one row per component.
+
+        Without a time of its own, it takes its study's ``started``: its rows are staged
+        untimed with the study's key as text, and placed when the subject's rows meet.
+        """
         sampled = observation.valueSampledData
         if sampled is None or sampled.data is None:
             self.found.problems.append(
                 where.problem("valueSampledData", None, "no vector (valueSampledData.data) for an imaging embedding")
             )
             return []
+        study = None
         if when is None:
-            self.found.problems.append(
-                where.problem("effectiveDateTime", None, "no time given for the imaging study's embedding")
-            )
-            return []
+            study = self._study(observation.partOf, full_urls)
+            if study is None:
+                self.found.problems.append(
+                    where.problem(
+                        "effectiveDateTime", None, "an imaging embedding with no time, and no partOf ImagingStudy to take it from"
+                    )
+                )
+                return []
         try:
             vector = [float(x) for x in sampled.data.split()]
         except ValueError:
@@ -384,12 +400,24 @@ class ResourceReader:
         if origin != 0.0 or factor != 1.0:  # the stored numbers are the values themselves otherwise (kept bit for bit)
             vector = [origin + factor * x for x in vector]
         stamp = micros(when)
-        return [(sid, stamp, component_code(code, j), x, None) for j, x in enumerate(vector)]
+        return [(sid, stamp, component_code(code, j), x, study) for j, x in enumerate(vector)]
+
+    @staticmethod
+    def _study(part_of: Sequence[Any] | None, full_urls: Mapping[str, str]) -> str | None:
+        """The ``ImagingStudy/{id}`` an Observation is part of, or None."""
+        for reference in part_of or []:
+            text = reference.reference or ""
+            found = _STUDY_REF.search(full_urls.get(text, text))
+            if found is not None:
+                return f"ImagingStudy/{found.group(1)}"
+        return None
 
     def _imaging_study(self, study: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
-        # The study carries no value: its embedding Observation does. Its subject must still exist.
-        self._subject(study.subject, where, full_urls)
-        return []
+        # The study carries no value (its embedding Observation does), only the time an embedding may take.
+        sid = self._subject(study.subject, where, full_urls)
+        if sid is None or study.id is None or study.started is None:
+            return []
+        return [(sid, micros(study.started), IMAGING_STUDY, None, f"ImagingStudy/{study.id}")]
 
     def _dated(self, resource: Any, where: Where, full_urls: Mapping[str, str], field: str, when: Any) -> list[Row]:
         """A coded resource at one time (Condition, Procedure): one row of its code."""
