@@ -392,10 +392,13 @@ def test_values_out_of_range_are_refused_as_in_meds(tmp_path, fhir_config):
 # --------------------------------------------------------------------------- wiring
 
 
-def test_detection_by_content(tmp_path):
+def test_detection_by_content(tmp_path, fhir_config):
     assert is_fhir(write_json(tmp_path / "b.json", bundle(patient_resources())))
     assert not is_fhir(write_json(tmp_path / "r.json", {"subject_id": "1", "end_of_followup": 1.0}))
     assert is_fhir(write_bulk(tmp_path / "bulk", patient_resources()))
+    with_bom = tmp_path / "bom.json"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(bundle(patient_resources())).encode())
+    assert is_fhir(with_bom) and len(read_fhir(with_bom, fhir_config, [])) == 1
 
 
 def test_load_dataset_and_cli_validate_take_fhir(tmp_path, fhir_config):

@@ -9,7 +9,9 @@ then each bucket is turned into records by the MEDS reader's
 
 Problems of the resources themselves (malformed JSON, a resource its FHIR model refuses,
 unknown codes, missing units, references to absent Patients, duplicated ids) are all
-found in that first pass and raised together before any record is made.
+found in that first pass and raised together before any record is made. What only a
+patient's rows together show (an embedding's study, the MEDS rules' checks of a record)
+is found bucket by bucket.
 """
 
 from __future__ import annotations
@@ -281,7 +283,7 @@ def _looks_fhir(file: Path) -> bool:
         return False
     try:
         with file.open("rb") as handle:
-            head = handle.read(_SNIFF_BYTES).lstrip()
+            head = handle.read(_SNIFF_BYTES).removeprefix(b"\xef\xbb\xbf").lstrip()  # a UTF-8 byte-order mark is allowed
     except OSError:
         return False
     return head.startswith(b"{") and b'"resourceType"' in head
