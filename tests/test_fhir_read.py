@@ -370,6 +370,38 @@ def test_unknown_code_policy_warn_keeps_the_rest(tmp_path, fhir_config):
     assert len([o for o in record.observations if o.variable == "bilirubin"]) == 1
 
 
+def test_resources_no_variable_reads_need_no_time_or_period(tmp_path, fhir_config):
+    """An export's other resources (unknown codes, a drug by reference) need none of what the config's own do."""
+    ref = {"reference": "Patient/p1"}
+    other = [
+        {"resourceType": "Observation", "id": "x1", "status": "final", "code": concept(LOINC, "8867-4"), "subject": ref},
+        {"resourceType": "Condition", "id": "x2", "code": concept(SNOMED, "38341003"), "subject": ref},
+        {
+            "resourceType": "MedicationRequest",
+            "id": "x3",
+            "status": "active",
+            "intent": "order",
+            "subject": ref,
+            "medicationCodeableConcept": concept(RXNORM, "197361"),
+        },
+        {
+            "resourceType": "MedicationStatement",
+            "id": "x4",
+            "status": "active",
+            "subject": ref,
+            "medicationReference": {"reference": "Medication/m1"},
+        },
+    ]
+    file = write_json(tmp_path / "b.json", bundle(patient_resources() + other))
+    ignoring = fhir_config.model_copy(update={"unknown_codes": "ignore"})
+    assert read_fhir(file, ignoring, []) == read_fhir(
+        write_json(tmp_path / "a.json", bundle(patient_resources())), fhir_config, []
+    )
+    refused = {p.value: p for p in problems_of(file, fhir_config)}
+    assert set(refused) == {"LOINC/8867-4", "SNOMED/38341003", "RXNORM/197361", "(a Medication resource, by medicationReference)"}
+    assert "MedicationStatement/x4" in str(refused["(a Medication resource, by medicationReference)"])
+
+
 def test_malformed_json_names_file_and_line(tmp_path, fhir_config):
     folder = write_bulk(tmp_path / "bulk", patient_resources())
     with (folder / "Observation.ndjson").open("a", encoding="utf-8") as handle:

@@ -44,6 +44,8 @@ _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 _STUDY_REF = re.compile(r"(?:^|/)ImagingStudy/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+#: What an unknown medication given by reference (to a Medication resource, not read) is reported as.
+_REFERENCED_MEDICATION = "(a Medication resource, by medicationReference)"
 #: How many resources a problem about many of them names.
 _SHOWN = 3
 
@@ -252,11 +254,15 @@ class ResourceReader:
         code = next((c for c in codes if reads(c)), None)
         if code is None:
             code = codes[0]
-            seen = self.found.unknown.setdefault(code, _Unknown(f"{where.type}.{field}"))
-            seen.count += 1
-            if len(seen.examples) < _SHOWN:
-                seen.examples += (where.label,)
+            self._unknown(code, where, field)
         return code
+
+    def _unknown(self, code: str, where: Where, field: str) -> None:
+        """Count a resource whose code no variable reads (reported by code, per the unknown_codes policy)."""
+        seen = self.found.unknown.setdefault(code, _Unknown(f"{where.type}.{field}"))
+        seen.count += 1
+        if len(seen.examples) < _SHOWN:
+            seen.examples += (where.label,)
 
     def _reads(self, code: str) -> bool:
         return self.book.lookup(code) is not None or code in self.book.imaging
@@ -336,14 +342,15 @@ class ResourceReader:
         if code in self.book.imaging:
             return self._embedding(observation, sid, code, when, where, full_urls)
         found = self.book.lookup(code)
-        static = found is not None and found.role == Role.STATIC
-        if when is None and not static:
+        if found is None:  # unknown (counted): its time only places the subject in follow-up
+            return [(sid, micros(when), code, None, None)] if when is not None else []
+        if when is None and found.role != Role.STATIC:
             self.found.problems.append(
                 where.problem("effective[x]", None, "no time given (only static variables may go without)")
             )
             return []
         stamp = micros(when)
-        if found is None or found.role not in (Role.STATIC, Role.OBSERVED):
+        if found.role not in (Role.STATIC, Role.OBSERVED):
             return [(sid, stamp, code, None, None)]
         value, text = self._value(observation, found.spec, where)
         if value is None and text is None:
@@ -423,10 +430,12 @@ class ResourceReader:
         """A coded resource at one time (Condition, Procedure): one row of its code."""
         sid = self._subject(resource.subject, where, full_urls)
         code = self._code(resource.code, where, "code", self._reads)
-        stamp = self._time(when, where, field)
-        if sid is None or code is None or stamp is None:
+        if sid is None or code is None:
             return []
-        return [(sid, stamp, code, None, None)]
+        if when is None and not self._reads(code):
+            return []  # unknown (counted), and no time to place the subject with
+        stamp = self._time(when, where, field)
+        return [] if stamp is None else [(sid, stamp, code, None, None)]
 
     def _condition(self, condition: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
         when = condition.onsetDateTime or (condition.onsetPeriod.start if condition.onsetPeriod is not None else None)
@@ -450,21 +459,20 @@ class ResourceReader:
         """A treatment exposure: START (with the dose) at the period's start, STOP at its end when it has one."""
         sid = self._subject(resource.subject, where, full_urls)
         if resource.medicationCodeableConcept is None:
-            self.found.problems.append(
-                where.problem("medicationCodeableConcept", None, "no medication code (a medicationReference is not read)")
-            )
+            # A medicationReference points at a Medication resource, which is not read: the drug is unknown.
+            self._unknown(_REFERENCED_MEDICATION, where, "medicationReference")
             return []
         code = self._code(resource.medicationCodeableConcept, where, "medicationCodeableConcept", self._reads_treatment)
         if sid is None or code is None:
             return []
         start = micros(period.start) if period is not None else None
+        treatment = self.book.lookup(start_code(code))
+        if treatment is None or treatment.role != Role.START:  # unknown (counted): its start places the subject
+            return [(sid, start, code, None, None)] if start is not None else []
         if start is None:
             what = "a dose" if dose is not None else "an exposure"
             self.found.problems.append(where.problem(f"{period_field}.start", None, f"{what} without a period (its start)"))
             return []
-        treatment = self.book.lookup(start_code(code))
-        if treatment is None or treatment.role != Role.START:
-            return [(sid, start, code, None, None)]  # unknown: counted, and still places the subject in follow-up
         spec = treatment.spec
         amount = None if dose is None else self._quantity(dose, spec, where, dose_field)
         if dose is not None and amount is None:
