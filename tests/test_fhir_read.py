@@ -220,6 +220,24 @@ def test_every_resource_type_becomes_its_record_part(tmp_path, fhir_config):
     ]
 
 
+def test_panel_components_are_read_by_their_own_codes(tmp_path, fhir_config):
+    """A blood-pressure panel: its components' codes are variables; the panel's own code is then no unknown code."""
+    variables = [
+        *fhir_config.variables,
+        {"name": "systolic", "codes": ["LOINC/8480-6"], "kind": "continuous", "unit": "mm[Hg]"},
+        {"name": "diastolic", "codes": ["LOINC/8462-4"], "kind": "continuous", "unit": "mmHg"},
+    ]
+    config = DatasetConfig.model_validate(fhir_config.model_dump() | {"variables": variables})
+    panel = obs("bp", "p1", concept(LOINC, "85354-9"), "2020-02-01T00:00:00Z")
+    panel["component"] = [
+        {"code": concept(LOINC, "8480-6"), "valueQuantity": qty(120.0, "mm[Hg]")},
+        {"code": concept(LOINC, "8462-4"), "valueQuantity": {"value": 10.0, "unit": "kPa"}},
+    ]
+    (record,) = read_fhir(write_json(tmp_path / "b.json", bundle([*patient_resources(), panel])), config, [])
+    pressures = {o.variable: (o.time, o.value) for o in record.observations if o.variable in ("systolic", "diastolic")}
+    assert pressures == {"systolic": (31.0, 120.0), "diastolic": (31.0, pytest.approx(75.006, abs=1e-3))}  # 10 kPa
+
+
 def test_relative_time_tag_reads_back_without_index_time(tmp_path, fhir_config):
     resources = patient_resources()
     resources[0]["meta"] = {"tag": [{"system": "urn:vpatient:tag", "code": "relative-time"}]}

@@ -62,7 +62,9 @@ a date is its first moment. Treatment periods: ``MedicationStatement.effectivePe
 ``MedicationAdministration.effectivePeriod`` (dose: ``dosage.dose``); a medication without a
 period start is refused ("a dose without a period"), and one without a dose gets the default
 dose 1. Resources whose code no variable reads need no time, period or value (a drug given
-by ``medicationReference`` counts as such a code). Quantities take their unit from ``code`` when ``system`` is UCUM, else from ``unit``,
+by ``medicationReference`` counts as such a code). An Observation's ``component`` entries
+(a blood-pressure panel's systolic and diastolic) are read as Observations of their own codes
+at its time; a panel with components some variable reads is not an unknown code itself. Quantities take their unit from ``code`` when ``system`` is UCUM, else from ``unit``,
 and are converted to the variable's unit (:mod:`~vpatient.data.fhir.units`). Codes no
 variable reads follow ``unknown_codes`` (reported by code, naming the resources) and their rows
 still place the subject in follow-up, as in MEDS. ``Patient.gender``, ``birthDate`` and

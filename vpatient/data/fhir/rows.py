@@ -241,11 +241,14 @@ class ResourceReader:
         self.found.referenced.setdefault(sid, (f"{where.label} ({where.source})", f"{where.type}.{field}.reference"))
         return sid
 
-    def _code(self, concept: Any, where: Where, field: str, reads: Callable[[str], bool]) -> str | None:
+    def _code(
+        self, concept: Any, where: Where, field: str, reads: Callable[[str], bool], count_unknown: bool = True
+    ) -> str | None:
         """The MEDS code of a CodeableConcept: its first coding some variable reads, else its first coding.
 
-        A code no variable reads is counted as unknown (the config's unknown_codes policy)
-        and still returned, so that its row places the subject in follow-up, as in MEDS.
+        A code no variable reads is counted as unknown (the config's unknown_codes policy;
+        unless ``count_unknown`` is False) and still returned, so that its row places the
+        subject in follow-up, as in MEDS.
         """
         codes = [from_coding(c.system, c.code, self.config) for c in (getattr(concept, "coding", None) or []) if c.code]
         if not codes:
@@ -254,7 +257,8 @@ class ResourceReader:
         code = next((c for c in codes if reads(c)), None)
         if code is None:
             code = codes[0]
-            self._unknown(code, where, field)
+            if count_unknown:
+                self._unknown(code, where, field)
         return code
 
     def _unknown(self, code: str, where: Where, field: str) -> None:
@@ -333,17 +337,19 @@ class ResourceReader:
 
     def _observation(self, observation: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
         sid = self._subject(observation.subject, where, full_urls)
-        code = self._code(observation.code, where, "code", self._reads)
-        if sid is None or code is None:
-            return []
         when = observation.effectiveDateTime or observation.effectiveInstant
         if when is None and observation.effectivePeriod is not None:
             when = observation.effectivePeriod.start
+        parts = self._components(observation, sid, when, where)
+        # A panel (blood pressure) whose components are read is of use even if its own code is not.
+        code = self._code(observation.code, where, "code", self._reads, count_unknown=not parts)
+        if sid is None or code is None:
+            return parts
         if code in self.book.imaging:
             return self._embedding(observation, sid, code, when, where, full_urls)
         found = self.book.lookup(code)
         if found is None:  # unknown (counted): its time only places the subject in follow-up
-            return [(sid, micros(when), code, None, None)] if when is not None else []
+            return [(sid, micros(when), code, None, None), *parts] if when is not None else parts
         if when is None and found.role != Role.STATIC:
             self.found.problems.append(
                 where.problem("effective[x]", None, "no time given (only static variables may go without)")
@@ -351,26 +357,44 @@ class ResourceReader:
             return []
         stamp = micros(when)
         if found.role not in (Role.STATIC, Role.OBSERVED):
-            return [(sid, stamp, code, None, None)]
+            return [(sid, stamp, code, None, None), *parts]
         value, text = self._value(observation, found.spec, where)
         if value is None and text is None:
-            return []
-        return [(sid, stamp, code, value, text)]
+            return parts
+        return [(sid, stamp, code, value, text), *parts]
 
-    def _value(self, observation: Any, spec: VariableSpec, where: Where) -> tuple[float | None, str | None]:
-        """An Observation's value as (number, text); (None, None) with a problem when it has none."""
-        if observation.valueQuantity is not None:
-            return self._quantity(observation.valueQuantity, spec, where, "valueQuantity"), None
-        if observation.valueInteger is not None:
-            return float(observation.valueInteger), None
-        if observation.valueBoolean is not None:
-            return float(observation.valueBoolean), None
-        if observation.valueString is not None:
-            return None, observation.valueString
-        text = _category(observation.valueCodeableConcept, spec) if observation.valueCodeableConcept is not None else None
+    def _components(self, observation: Any, sid: str | None, when: Any, where: Where) -> list[Row]:
+        """The rows of an Observation's components (a panel's parts, such as systolic and diastolic pressure)
+        that variables read; unknown ones are counted as unknown codes."""
+        rows: list[Row] = []
+        for i, part in enumerate(observation.component or []):
+            code = self._code(part.code, where, f"component[{i}].code", self._reads)
+            found = self.book.lookup(code) if code is not None else None
+            if sid is None or found is None or found.role not in (Role.STATIC, Role.OBSERVED):
+                continue
+            if when is None and found.role != Role.STATIC:
+                self.found.problems.append(where.problem("effective[x]", None, f"no time given for component[{i}]"))
+                continue
+            value, text = self._value(part, found.spec, where, f"component[{i}].")
+            if value is not None or text is not None:
+                rows.append((sid, micros(when), code, value, text))
+        return rows
+
+    def _value(self, holder: Any, spec: VariableSpec, where: Where, prefix: str = "") -> tuple[float | None, str | None]:
+        """The value[x] of an Observation (or of its component) as (number, text); (None, None) with a problem when
+        it has none. ``prefix`` is the holder's path below the Observation (``component[0].``)."""
+        if holder.valueQuantity is not None:
+            return self._quantity(holder.valueQuantity, spec, where, f"{prefix}valueQuantity"), None
+        if holder.valueInteger is not None:
+            return float(holder.valueInteger), None
+        if holder.valueBoolean is not None:
+            return float(holder.valueBoolean), None
+        if holder.valueString is not None:
+            return None, holder.valueString
+        text = _category(holder.valueCodeableConcept, spec) if holder.valueCodeableConcept is not None else None
         if text is not None:
             return None, text
-        self.found.problems.append(where.problem("value[x]", None, f"no value for {spec.name}"))
+        self.found.problems.append(where.problem(f"{prefix}value[x]", None, f"no value for {spec.name}"))
         return None, None
 
     def _embedding(
