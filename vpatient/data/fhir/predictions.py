@@ -49,6 +49,7 @@ subject, forecast time, plan and item, so the same forecast exports to the same 
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -193,8 +194,6 @@ def _report_times(forecast: Forecast, horizons: Sequence[float] | None) -> list[
 
 
 def _check_fhir_id(subject_id: str) -> None:
-    import re
-
     if not re.fullmatch(_FHIR_ID, subject_id):
         raise VPatientError(
             f"subject id {subject_id!r} cannot be a FHIR Patient.id (1-64 letters, digits, '-' and '.'); rename the subject"
