@@ -224,18 +224,20 @@ def test_the_same_forecast_writes_the_same_bytes_and_refuses_to_overwrite(model,
 def test_cli_forecast_and_whatif_write_fhir(untrained_model_dir, plans, tmp_path):
     runner = CliRunner()
     base = ["--model", str(untrained_model_dir), "--patient", PATIENT, "--n-samples", "4", "--horizon", "1"]
-    files = []
-    for name in ("a.json", "b.json"):
-        files.append(tmp_path / name)
-        result = runner.invoke(app, ["forecast", *base, "--format", "fhir", "--out", str(files[-1])])
-        assert result.exit_code == 0, result.output
-        assert "subject 5: forecast from" in result.stdout  # the tables are still printed
-    assert files[0].read_bytes() == files[1].read_bytes()  # same seed, same bytes
-    bundle = Bundle.model_validate_json(files[0].read_text())
+    written = tmp_path / "forecast.fhir.json"
+    result = runner.invoke(app, ["forecast", *base, "--format", "fhir", "--out", str(written)])
+    assert result.exit_code == 0, result.output
+    assert "subject 5: forecast from" in result.stdout  # the tables are still printed
+    bundle = Bundle.model_validate_json(written.read_text())
     assert {type(e.resource).__name__ for e in bundle.entry} == {"Patient", "RiskAssessment", "Observation"}
 
-    refused = runner.invoke(app, ["forecast", *base, "--out", str(files[0])])
+    before = written.read_bytes()
+    refused = runner.invoke(app, ["forecast", *base, "--out", str(written)])
     assert isinstance(refused.exception, OutputExistsError) and "--overwrite" in str(refused.exception)
+    assert written.read_bytes() == before
+    # the same seed writes the same bytes (the file is replaced only with --overwrite)
+    again = runner.invoke(app, ["forecast", *base, "--out", str(written), "--overwrite"])
+    assert again.exit_code == 0 and written.read_bytes() == before
     no_file = runner.invoke(app, ["forecast", *base, "--format", "fhir"])
     assert no_file.exit_code == 2 and "give --out FILE as well" in _words(no_file.output)
     unknown = runner.invoke(app, ["forecast", *base, "--format", "csv", "--out", str(tmp_path / "c.csv")])
@@ -250,3 +252,33 @@ def test_cli_forecast_and_whatif_write_fhir(untrained_model_dir, plans, tmp_path
     assert result.exit_code == 0, result.output
     bundle = Bundle.model_validate_json(out.read_text())
     assert sorted(e.resource.title for e in bundle.entry if isinstance(e.resource, CarePlan)) == ["no treatment", "treat"]
+
+
+def test_a_users_config_in_days_with_loinc_codes_and_calendar_time(config, record_data):
+    """Nothing PBC-specific: the tiny config in days, bilirubin under LOINC, a record with an index time."""
+    import torch
+
+    from vpatient.data.batching import Scalers, layout_from_config
+    from vpatient.model.latent_ode import LatentODE, ModelSettings
+    from vpatient.schemas import TimeUnit, parse_record
+
+    variables = [v.model_copy(update={"codes": ["LOINC/1975-2"]}) if v.name == "bilirubin" else v for v in config.variables]
+    days = config.model_copy(update={"time_unit": TimeUnit.DAYS, "variables": variables})
+    record = parse_record({**record_data, "index_time": "2021-06-01T08:30:00+02:00", "events": []}, days)
+    scalers = Scalers.fit([record, record], days)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        network = LatentODE(layout_from_config(days), ModelSettings(latent_dim=4, hidden=16), scalers.time_scale)
+    model = VirtualPatientModel(network, days, scalers)
+    forecast = model.forecast(record, 1.0, 30.0, 8, 0)
+    _, resources = _parsed(predictions_to_fhir(forecast, record, model))
+    index = datetime(2021, 6, 1, 6, 30, tzinfo=UTC)  # the index in UTC
+    assessments = _of(resources, RiskAssessment)
+    assert [a.prediction[0].outcome.coding[0].code for a in assessments] == ["MEDS_DEATH", "EVENT//TX"]
+    for a in assessments:
+        assert a.occurrenceDateTime == index + timedelta(days=1)
+        assert [p.whenPeriod.end for p in a.prediction] == [index + timedelta(days=1 + 6 * k) for k in range(1, 6)]
+    bilirubin = [o for o in _of(resources, Observation) if o.code.text == "bilirubin"]
+    assert len(bilirubin) == 5 and bilirubin[0].valueQuantity.unit == "mg/dl"
+    assert (bilirubin[0].code.coding[0].system, bilirubin[0].code.coding[0].code) == ("http://loinc.org", "1975-2")
+    assert all((RELATIVE_TIME_TAG["system"], RELATIVE_TIME_TAG["code"]) not in _tags(r) for r in assessments + bilirubin)
