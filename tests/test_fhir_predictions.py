@@ -217,8 +217,11 @@ def test_the_same_forecast_writes_the_same_bytes_and_refuses_to_overwrite(model,
         write_predictions_fhir(forecast, record, model, path)
     with pytest.raises(OutputExistsError, match="is a directory"):
         write_predictions_fhir(forecast, record, model, tmp_path)
+    with pytest.raises(VPatientError, match=r"cannot write .*a\.json/c\.json"):  # a folder that is a file
+        write_predictions_fhir(forecast, record, model, path / "c.json")
     write_predictions_fhir(forecast, record, model, path, overwrite=True)
     assert json.loads(path.read_text())["resourceType"] == "Bundle"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]  # nothing half-written beside them
 
 
 def test_cli_forecast_and_whatif_write_fhir(untrained_model_dir, plans, tmp_path):

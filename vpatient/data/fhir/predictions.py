@@ -14,8 +14,10 @@ an event kind          ``RiskAssessment`` (one per event, per plan of a what-if)
                        (data, members, vpatient version). One ``prediction`` per horizon:
                        ``outcome`` the event's coding, ``whenPeriod`` from the forecast time
                        to the horizon, ``probabilityDecimal`` = 1 - S(horizon), S the
-                       posterior mean probability of being event-free (the forecast's
-                       ``survival_summary``). FHIR has one probability per prediction (a
+                       posterior mean probability of being free of the event, given free at
+                       the forecast time, other event kinds censoring (the forecast's
+                       ``survival_summary``, the numbers the CLI and dashboard show; not the
+                       competing-risks incidence). FHIR has one probability per prediction (a
                        decimal *or* a range), so the point estimate takes the standard field
                        every consumer reads and the 90% interval of the posterior draws
                        (1 - S_q95, 1 - S_q05) travels in the extension
@@ -286,7 +288,8 @@ class _Context:
         under = f" under what-if plan {plan.name!r}" if plan is not None else ""
         note = (
             f"vpatient forecast{under} from {self.describe_time(self.start)} (what was known then). probabilityDecimal: "
-            "1 - the posterior mean probability of being event-free by the end of whenPeriod; extension "
+            "1 - the posterior mean probability of being free of the event by the end of whenPeriod, given free at "
+            "its start (other event kinds censoring); extension "
             f"{PROBABILITY_INTERVAL_URL}: the 90% interval over posterior draws. A model prediction, not a measurement."
         )
         assessments = []
