@@ -16,14 +16,14 @@ from typer.testing import CliRunner
 from vpatient import predictions_to_fhir, write_predictions_fhir
 from vpatient.cli import app
 from vpatient.data.fhir.coding import RELATIVE_EPOCH, RELATIVE_TIME_TAG, to_coding
-from vpatient.data.fhir.predictions import (
+from vpatient.errors import OutputExistsError, VPatientError
+from vpatient.report.fhir import (
     PREDICTION_TAG,
     PROBABILITY_INTERVAL_URL,
     QUANTILE_SYSTEM,
     WHAT_IF_TAG,
     predictions_json,
 )
-from vpatient.errors import OutputExistsError, VPatientError
 from vpatient.schemas import TreatmentExposure, TreatmentPlan
 from vpatient.simulation.whatif import whatif
 from vpatient.virtual_patient import VirtualPatientModel

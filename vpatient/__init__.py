@@ -103,8 +103,8 @@ _EXPORTS = {
     "ModelSettings": "vpatient.model.latent_ode",
     "TrainSettings": "vpatient.train",
     "Simulator": "vpatient.simulation",
-    "predictions_to_fhir": "vpatient.data.fhir.predictions",
-    "write_predictions_fhir": "vpatient.data.fhir.predictions",
+    "predictions_to_fhir": "vpatient.report.fhir",
+    "write_predictions_fhir": "vpatient.report.fhir",
 }
 
 

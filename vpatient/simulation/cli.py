@@ -117,7 +117,7 @@ def check_predictions_out(out: Path | None, fmt: str | None, overwrite: bool) ->
             raise typer.BadParameter("--format says how --out is written; give --out FILE as well", param_hint="--format")
         return
     _choice(fmt or "fhir", ("fhir",), "--format")
-    from vpatient.data.fhir.predictions import check_output_file
+    from vpatient.report.fhir import check_output_file
 
     check_output_file(out, overwrite)
 
@@ -127,7 +127,7 @@ def write_predictions_out(result, record, model, out: Path | None, fmt: str | No
     check_predictions_out(out, fmt, overwrite)
     if out is None:
         return
-    from vpatient.data.fhir.predictions import write_predictions_fhir
+    from vpatient.report.fhir import write_predictions_fhir
 
     write_predictions_fhir(result, record, model, out, overwrite=overwrite)
     typer.echo(f"wrote {out}", err=True)

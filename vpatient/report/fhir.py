@@ -1,5 +1,9 @@
 """Forecasts and what-ifs as FHIR R4B Bundles: RiskAssessments for events, preliminary Observations for labs.
 
+A report for other systems, so it sits with the reports (it reads forecasts, what-ifs and the
+model's identity, layers below); the FHIR conventions it shares with the records' reader and
+writer (codes, relative time) are :mod:`vpatient.data.fhir.coding`'s.
+
 One ``collection`` Bundle per patient, every resource built (and so validated) with the
 ``fhir.resources`` R4B models. Everything in it is a model output, never a measurement:
 
