@@ -142,15 +142,12 @@ def predictions_to_fhir(
             resources.append(care_plan)
         resources += context.risk_assessments(forecast, times, plan, care_plan)
         resources += context.observations(forecast, times, plan, care_plan)
-    try:
-        return Bundle(
-            id=context.id("bundle"),
-            meta={"tag": context.tags(PREDICTION_TAG)},
-            type="collection",
-            entry=[{"resource": r} for r in resources],
-        )
-    except ValidationError as exc:  # pragma: no cover - every resource was validated when built
-        raise VPatientError(f"subject {record.subject_id}: the predictions are not a valid FHIR Bundle: {exc}") from None
+    return Bundle(
+        id=context.id("bundle"),
+        meta={"tag": context.tags(PREDICTION_TAG)},
+        type="collection",
+        entry=[{"resource": r} for r in resources],
+    )
 
 
 def predictions_json(bundle: Bundle) -> str:
@@ -248,7 +245,9 @@ class _Context:
         return f"t = {t:g} {self.config.time_unit.value}"
 
     def patient(self) -> Patient:
-        return self._build(Patient, "Patient", id=self.record.subject_id, meta={"tag": self.tags()} if self.tags() else None)
+        """Only the id (and the relative-time tag): what the references need, no patient data."""
+        tags = self.tags()
+        return self._build(Patient, "Patient", id=self.record.subject_id, meta={"tag": tags} if tags else None)
 
     def care_plan(self, plan: TreatmentPlan, reference: str | None) -> CarePlan:
         role = "the reference plan" if plan.name == reference else f"compared with the reference plan {reference!r}"
