@@ -50,10 +50,12 @@ __all__ = [
     "parse_plan",
     "parse_record",
     "parse_records",
+    "predictions_to_fhir",
     "read_meds",
     "summarize",
     "synthetic_cohort",
     "write_meds",
+    "write_predictions_fhir",
 ]
 
 # Every name loads its module on first use: `import vpatient.model` (torch only) and
@@ -101,6 +103,8 @@ _EXPORTS = {
     "ModelSettings": "vpatient.model.latent_ode",
     "TrainSettings": "vpatient.train",
     "Simulator": "vpatient.simulation",
+    "predictions_to_fhir": "vpatient.report.fhir",
+    "write_predictions_fhir": "vpatient.report.fhir",
 }
 
 

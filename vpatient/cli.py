@@ -30,7 +30,17 @@ from vpatient.benchmarks.options import (
 from vpatient.dashboard.command import dashboard_command
 from vpatient.errors import Problem, RecordValidationError, VPatientError
 from vpatient.report.cli import report_app
-from vpatient.simulation.cli import simulate_app, trial_app, warn_if_extrapolated, whatif_command
+from vpatient.simulation.cli import (
+    OutFormatOption,
+    OverwriteOutOption,
+    PredictionsOutOption,
+    check_predictions_out,
+    simulate_app,
+    trial_app,
+    warn_if_extrapolated,
+    whatif_command,
+    write_predictions_out,
+)
 from vpatient.version import __version__
 
 app = typer.Typer(help="vpatient: a virtual-patient disease-progression simulator.", no_args_is_help=True, add_completion=False)
@@ -277,13 +287,15 @@ def forecast(
     seed: SeedOption = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the forecast tables as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of the forecast.")] = None,
+    out: PredictionsOutOption = None,
+    out_format: OutFormatOption = None,
+    overwrite: OverwriteOutOption = False,
 ) -> None:
     """Forecast one patient: per variable the predictive median and 5/95% quantiles, and survival per event kind."""
-    import numpy as np
-
     from vpatient.tables import markdown_table
     from vpatient.virtual_patient import VirtualPatientModel
 
+    check_predictions_out(out, out_format, overwrite)
     vpm = VirtualPatientModel.load(model)
     cohort = vpm.patients(data, config, seed)
     record = cohort.subject(patient)
@@ -293,8 +305,7 @@ def forecast(
     summary = result.summary()
     survival = result.survival_summary()
     # Six rows per variable: the forecast time and every fifth of the horizon (yearly for 5 years), at their grid points.
-    grid = np.unique(summary["time"].to_numpy())
-    shown = {float(grid[np.abs(grid - (result.until + horizon * k / 5)).argmin()]) for k in range(6)}
+    shown = result.milestones()
     future = summary[summary["time"].isin(shown)]
     unit = vpm.time_unit
     typer.echo(
@@ -325,6 +336,7 @@ def forecast(
         with staged_file(plot) as staging:
             plot_forecast(result, record).savefig(staging, dpi=110, bbox_inches="tight")
         typer.echo(f"wrote {plot}")
+    write_predictions_out(result, record, vpm, out, out_format, overwrite)
 
 
 @app.command()

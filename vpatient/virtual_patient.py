@@ -113,6 +113,16 @@ class Forecast:
     def times(self) -> np.ndarray:
         return self.paths.times[0]
 
+    @property
+    def horizon(self) -> float:
+        """How far past ``until`` the forecast runs (the data's time unit)."""
+        return float(self.times[-1] - self.until)
+
+    def milestones(self, parts: int = 5) -> list[float]:
+        """The forecast time and every ``parts``-th of the horizon (yearly over 5 years), each at its nearest grid time."""
+        grid = self.times
+        return sorted({float(grid[np.abs(grid - (self.until + self.horizon * k / parts)).argmin()]) for k in range(parts + 1)})
+
     def summary(
         self, scale: Scale | str = Scale.NATURAL, since: float | None = None, variables: Sequence[str] | None = None
     ) -> pd.DataFrame:

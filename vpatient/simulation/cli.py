@@ -22,7 +22,17 @@ from vpatient.benchmarks.options import (
 from vpatient.errors import RecordValidationError, VPatientError
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 
-__all__ = ["simulate_app", "trial_app", "warn_if_extrapolated", "whatif_command"]
+__all__ = [
+    "OutFormatOption",
+    "OverwriteOutOption",
+    "PredictionsOutOption",
+    "check_predictions_out",
+    "simulate_app",
+    "trial_app",
+    "warn_if_extrapolated",
+    "whatif_command",
+    "write_predictions_out",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,17 @@ SchedulerOption = Annotated[
 ]
 WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Workers of the LocalCluster the dask engine starts.")]
 ChunkOption = Annotated[int, typer.Option(min=1, help="Patients per chunk (memory use grows with it).")]
+# a forecast's or what-if's predictions as a file another system reads (today: FHIR)
+PredictionsOutOption = Annotated[
+    Path | None, typer.Option("--out", help="Also write the predictions to this file, in --format (e.g. forecast.fhir.json).")
+]
+OutFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format", help="Format of --out: fhir (a FHIR R4B Bundle: a RiskAssessment per event, an Observation per lab and time)."
+    ),
+]
+OverwriteOutOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")]
 
 
 def load_plan(path: Path, config) -> object:
@@ -89,6 +110,29 @@ def warn_if_extrapolated(vpm, end: float, training=None) -> None:
         typer.secho(f"WARNING: {warning}", err=True, fg="yellow")
 
 
+def check_predictions_out(out: Path | None, fmt: str | None, overwrite: bool) -> None:
+    """Refuse ``--out``/``--format`` before any work: a format without a file, an unknown format, a file that exists."""
+    if out is None:
+        if fmt is not None:
+            raise typer.BadParameter("--format says how --out is written; give --out FILE as well", param_hint="--format")
+        return
+    _choice(fmt or "fhir", ("fhir",), "--format")
+    from vpatient.report.fhir import check_output_file
+
+    check_output_file(out, overwrite)
+
+
+def write_predictions_out(result, record, model, out: Path | None, fmt: str | None, overwrite: bool) -> None:
+    """``--out``/``--format``: the forecast or what-if written for other systems (FHIR), atomically."""
+    check_predictions_out(out, fmt, overwrite)
+    if out is None:
+        return
+    from vpatient.report.fhir import write_predictions_fhir
+
+    write_predictions_fhir(result, record, model, out, overwrite=overwrite)
+    typer.echo(f"wrote {out}", err=True)
+
+
 def load_whatif(model: Path, plan: list[Path], patient: str, data: str | None, config: Path | None = None):
     """What a what-if command reads: the checkpoint's simulator, the plans (validated) and the patient's record.
 
@@ -122,10 +166,14 @@ def whatif_command(
     seed: SeedOption = 0,
     json_flag: Annotated[bool, typer.Option("--json", help="Print the full result as JSON instead of tables.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of the plans' forecasts and survival.")] = None,
+    out: PredictionsOutOption = None,
+    out_format: OutFormatOption = None,
+    overwrite: OverwriteOutOption = False,
 ) -> None:
     """What if this patient were treated differently? Forecasts under each plan and the effects against the first."""
     from vpatient.tables import markdown_table
 
+    check_predictions_out(out, out_format, overwrite)
     sim, plans, record = load_whatif(model, plan, patient, data, config)
     result = sim.whatif(record, plans, horizon=horizon, n_samples=n_samples, seed=seed, at=at)
     warn_if_extrapolated(sim.model, result.at + result.horizon, None)
@@ -147,6 +195,7 @@ def whatif_command(
         with staged_file(plot) as staging:
             plot_whatif(result, record=record).savefig(staging, dpi=110, bbox_inches="tight")
         typer.echo(f"wrote {plot}", err=True)
+    write_predictions_out(result, record, sim.model, out, out_format, overwrite)
 
 
 @simulate_app.command("cohort")
