@@ -13,12 +13,17 @@ with a known vocabulary prefix (``LOINC/1975-2``, the MEDS community's spelling)
 Reading a resource with several codings takes the first one some variable reads.
 
 Mapping (``t`` below is the record's time, made a dateTime as ``index_time + t`` in the
-config's time unit):
+config's time unit, rounded to the microsecond as MEDS timestamps are, and written in UTC
+with all six fraction digits: ``2001-02-03T04:05:06.789012Z``; values are written as
+Python writes floats, so they read back bit for bit):
 
 =========================  =================================================================
 record part                FHIR
 =========================  =================================================================
 subject_id                 ``Patient.id``; every other resource refers to ``Patient/{id}``.
+                           Other resources' ids are ``{subject_id}-{n}``, ``n`` counting the
+                           subject's resources in the order below.
+split                      ``Patient.meta.tag`` with system :data:`SPLIT_TAG_SYSTEM`, code the split.
 index_time,                ``EpisodeOfCare`` (status ``finished``) whose ``period`` runs from
 end_of_followup            the index to the end of follow-up. Absent: the index is the first
                            dated resource and follow-up ends at the last (the MEDS rules).
@@ -46,3 +51,7 @@ event reading MEDS_DEATH   ``Patient.deceasedDateTime``.
 other events               ``Condition`` with ``onsetDateTime``; ``Procedure`` is read too.
 =========================  =================================================================
 """
+
+from vpatient.data.fhir.write import FhirLayout, write_fhir
+
+__all__ = ["FhirLayout", "write_fhir"]
