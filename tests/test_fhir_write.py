@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -320,22 +319,10 @@ def test_existing_output_is_kept_unless_overwrite(config, record_data, tmp_path)
 # --------------------------------------------------------------------------- virtual cohorts and the CLI
 
 
-@pytest.fixture(scope="module")
-def simulator_dir(untrained_model_dir, tmp_path_factory) -> Path:
-    """A copy of the untrained PBC model with a population fitted to a few patients: virtual cohorts in a second."""
+def test_virtual_cohort_streams_to_the_same_fhir_as_its_records(untrained_simulator_dir, tmp_path):
     from vpatient.simulation import Simulator
 
-    path = tmp_path_factory.mktemp("sim") / "model"
-    shutil.copytree(untrained_model_dir, path)
-    sim = Simulator.load(path)
-    sim.fit_population(load_dataset("pbc2").records[:60], seed=0)
-    return path
-
-
-def test_virtual_cohort_streams_to_the_same_fhir_as_its_records(simulator_dir, tmp_path):
-    from vpatient.simulation import Simulator
-
-    sim = Simulator.load(simulator_dir)
+    sim = Simulator.load(untrained_simulator_dir)
     fhir = sim.cohort(25, seed=4, years=3.0, out=tmp_path / "fhir", chunk_size=10, progress=False, format="fhir")
     meds = sim.cohort(25, seed=4, years=3.0, out=tmp_path / "meds", chunk_size=10, progress=False)
     assert sorted(p.name for p in fhir.out_dir.iterdir()) == ["events", "fhir", "simulation.json", "vpatient_config.json"]
@@ -350,7 +337,7 @@ def test_virtual_cohort_streams_to_the_same_fhir_as_its_records(simulator_dir, t
         _assert_matches(record, sim.model.config, by_type)
 
 
-def test_cli_exports_datasets_and_cohorts_as_fhir(simulator_dir, tmp_path):
+def test_cli_exports_datasets_and_cohorts_as_fhir(untrained_simulator_dir, tmp_path):
     runner = CliRunner()
     out = runner.invoke(app, ["datasets", "export", "synthetic", str(tmp_path / "syn"), "--n", "20", "--format", "fhir"])
     assert out.exit_code == 0, out.output
@@ -363,7 +350,7 @@ def test_cli_exports_datasets_and_cohorts_as_fhir(simulator_dir, tmp_path):
     assert isinstance(out.exception, OptionError)  # `vpatient` prints it as one line and exits with 1
     assert str(out.exception) == "unknown --format 'xml'; choose one of 'meds', 'fhir'"
     assert not (tmp_path / "x").exists()
-    args = ["simulate", "cohort", "--model", str(simulator_dir), "--n", "12", "--years", "2", "--no-progress"]
+    args = ["simulate", "cohort", "--model", str(untrained_simulator_dir), "--n", "12", "--years", "2", "--no-progress"]
     out = runner.invoke(app, [*args, "--out", str(tmp_path / "cohort"), "--format", "fhir", "--seed", "3"])
     assert out.exit_code == 0, out.output
     assert "12 virtual patients" in out.stdout and "FHIR resources" in out.stdout
