@@ -39,8 +39,13 @@ other static               ``Observation`` at the index, ``valueQuantity`` (numb
 continuous, binary,        ``Observation`` (status ``final``), ``effectiveDateTime``,
 ordinal                    ``valueQuantity`` with the UCUM unit; values in another unit of the
                            same dimension are converted (:mod:`vpatient.data.fhir.units`).
+                           Written: ``unit`` is the config's unit verbatim, with ``system``
+                           UCUM and ``code`` the same text where the writer recognises it as
+                           UCUM; a variable without unit gets a Quantity with a value alone.
 imaging_embedding          ``ImagingStudy`` (``started``) plus an ``Observation`` with
-                           ``partOf`` the study and ``valueSampledData`` (the vector, in order).
+                           ``partOf`` the study and ``valueSampledData`` (the vector, in order:
+                           ``data`` the components separated by spaces; origin 0, period 1,
+                           dimensions 1).
 history                    ``Condition`` (``onsetDateTime``); ``Procedure`` is read too.
 treatment                  ``MedicationStatement``: ``medicationCodeableConcept``,
                            ``effectivePeriod`` (no end: still given), dose in
@@ -50,6 +55,10 @@ treatment                  ``MedicationStatement``: ``medicationCodeableConcept`
 event reading MEDS_DEATH   ``Patient.deceasedDateTime``.
 other events               ``Condition`` with ``onsetDateTime``; ``Procedure`` is read too.
 =========================  =================================================================
+
+Writing (:func:`write_fhir`, :mod:`vpatient.data.fhir.write`): one Bundle of type
+``collection`` in a ``.json`` file, a folder of per-patient Bundles ``{subject_id}.json``, or
+a folder of FHIR Bulk Data NDJSON files, one per resource type (``Patient.ndjson``, ...).
 """
 
 from vpatient.data.fhir.write import FhirLayout, write_fhir
