@@ -287,7 +287,8 @@ def test_bad_records_are_refused_and_nothing_is_written(config, record_data, tmp
     two_deaths = parse_record(
         {**record_data, "subject_id": "p4", "events": [{"time": 2.0, "kind": "death"}, {"time": 3.0, "kind": "death"}]}
     )
-    records = [good, unknown, not_an_id, two_deaths, good]
+    not_a_date = parse_record({**record_data, "subject_id": "p5", "index_time": datetime(9998, 6, 1)}, config)  # death in 10001
+    records = [good, unknown, not_an_id, two_deaths, not_a_date, good.model_copy(update={"subject_id": "p6\n"}), good]
     for layout, name in ((FhirLayout.NDJSON, "fhir"), (FhirLayout.BUNDLES, "bundles"), (FhirLayout.BUNDLE, "one.json")):
         with pytest.raises(RecordValidationError) as caught:
             write_fhir(iter(records), config, tmp_path / name, layout=layout)
@@ -296,6 +297,8 @@ def test_bad_records_are_refused_and_nothing_is_written(config, record_data, tmp
         assert "subject p2: static = 'weight'" in message
         assert "subject p_3: subject_id = 'p_3': not a FHIR id" in message
         assert "subject p4: events" in message and "more than one death" in message
+        assert "subject p5: index_time = datetime.datetime(9998, 6, 1, 0, 0): its times reach beyond the years 1-9999" in message
+        assert "subject p6\n: subject_id = 'p6\\n': not a FHIR id" in message
         assert "subject p1: subject_id = 'p1': duplicate subject id (2 records)" in message
     assert list(tmp_path.iterdir()) == []
 
@@ -314,6 +317,8 @@ def test_existing_output_is_kept_unless_overwrite(config, record_data, tmp_path)
     with pytest.raises(OutputExistsError, match="overwrite=True"):
         write_fhir([other], config, bundle)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fhir", "one.json"]  # no staging left behind
+    empty = write_fhir([], config, tmp_path / "none.json")
+    assert json.loads(empty.read_text()) == {"resourceType": "Bundle", "type": "collection"}  # FHIR JSON has no empty arrays
 
 
 # --------------------------------------------------------------------------- virtual cohorts and the CLI

@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import re
 import shutil
 from collections.abc import Iterable, Sequence
@@ -46,12 +47,12 @@ from vpatient.errors import Problem, RecordValidationError, choose
 from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
 from vpatient.staging import staging_dir
 
-__all__ = ["FhirLayout", "NdjsonWriter", "concatenate_ndjson", "record_resources", "write_fhir"]
+__all__ = ["FhirLayout", "NdjsonWriter", "concatenate_ndjson", "write_fhir"]
 
 log = logging.getLogger(__name__)
 
 #: What a FHIR ``id`` may be (FHIR R4B ``id``: letters, digits, '-' and '.', 1 to 64 characters).
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 NDJSON_SUFFIX = ".ndjson"
 
 
@@ -98,19 +99,6 @@ def write_fhir(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return path
-
-
-def record_resources(record: PatientRecord, config: DatasetConfig) -> list[dict[str, Any]]:
-    """The FHIR resources of one record (JSON-ready dicts, each validated), Patient first.
-
-    Raises RecordValidationError when the record does not fit ``config`` or cannot be
-    written as FHIR (a subject id that is no FHIR id, two deaths).
-    """
-    check = WritableCheck(config)
-    builder = _ResourceBuilder(config)
-    check.check(record, *builder.problems(record))
-    check.raise_if_any()
-    return builder.resources(record)
 
 
 class NdjsonWriter:
@@ -191,10 +179,7 @@ def concatenate_ndjson(parts: Sequence[Path], folder: Path) -> None:
 def _layout_for(path: Path, layout: FhirLayout | str | None) -> FhirLayout:
     if layout is None:
         return FhirLayout.BUNDLE if path.suffix.lower() == ".json" else FhirLayout.NDJSON
-    chosen = choose(FhirLayout, layout, "FHIR layout")
-    if chosen == FhirLayout.BUNDLE and path.suffix.lower() != ".json":
-        raise ValueError(f"{path}: a Bundle is written to a .json file")
-    return chosen
+    return choose(FhirLayout, layout, "FHIR layout")
 
 
 def _write_folder(records: Iterable[PatientRecord], config: DatasetConfig, folder: Path, layout: FhirLayout) -> None:
@@ -227,6 +212,8 @@ def _write_bundle_file(records: Iterable[PatientRecord], config: DatasetConfig, 
 def _bundle(resources: list[dict[str, Any]], bundle_id: str | None) -> dict[str, Any]:
     shell: dict[str, Any] = {"resourceType": "Bundle", **({"id": bundle_id} if bundle_id else {}), "type": "collection"}
     _validated(shell, None)  # the entries were validated one by one
+    if not resources:  # FHIR JSON has no empty arrays
+        return shell
     return {**shell, "entry": [{"resource": resource} for resource in resources]}
 
 
@@ -283,17 +270,29 @@ class _ResourceBuilder:
         self.scale = MICROS_PER_DAY * config.time_unit.days  # microseconds per time unit, as MEDS timestamps
         self.deaths = {spec.name for spec in config.of_kind(VariableKind.EVENT) if MEDS_DEATH in spec.codes}
         self.concepts = {spec.name: _concept(spec.codes[0], spec.name, config) for spec in config.variables}
+        self.specs = {spec.name: spec for spec in config.variables}
 
     def problems(self, record: PatientRecord) -> list[Problem]:
         """What keeps a record that fits its config from being written as FHIR."""
         sid = record.subject_id
         out = []
-        if not _FHIR_ID.match(sid):
+        if not _FHIR_ID.fullmatch(sid):
             out.append(Problem(sid, "subject_id", sid, "not a FHIR id (Patient.id: letters, digits, '-' and '.', at most 64)"))
         deaths = [e for e in record.events if e.kind in self.deaths]
         if len(deaths) > 1:
             out.append(
                 Problem(sid, "events", [e.time for e in deaths], "more than one death (Patient.deceasedDateTime holds one)")
+            )
+        ages = [value for name, value in record.static.items() if name in self.specs and self.book.reads_birth(self.specs[name])]
+        stops = [e.stop for e in record.treatments if e.stop is not None]
+        times = [0.0, record.end_of_followup, *(h.time for h in record.history), *stops, *(-age for age in ages)]
+        finite = [t for t in times if math.isfinite(t)]  # the record's own checks report the others
+        clock = _Clock(record.index_time, self.scale)
+        try:
+            clock.moment(min(finite)), clock.moment(max(finite))
+        except OverflowError:
+            out.append(
+                Problem(sid, "index_time", record.index_time, "its times reach beyond the years 1-9999 a FHIR dateTime holds")
             )
         return out
 
