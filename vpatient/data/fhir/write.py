@@ -25,7 +25,7 @@ import logging
 import math
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -116,23 +116,20 @@ class NdjsonWriter:
         self.config = config
         self.n_records = 0
         self.n_resources = 0
-        self._check = WritableCheck(config)
         self._builder = _ResourceBuilder(config)
         self._files: dict[str, IO[str]] = {}
 
     def write(self, records: Iterable[PatientRecord]) -> None:
         """Check and write ``records``, one at a time."""
-        for record in records:
-            fits = self._check.check(record, *self._builder.problems(record))
-            if fits and self._check.ok:
-                self._write_record(record)
+        for _, resources in self._builder.converted(records):
+            self._write_resources(resources)
 
     def close(self) -> None:
         """Close every file; RecordValidationError when a record had a problem (the folder is then incomplete)."""
         for handle in self._files.values():
             handle.close()
         self._files.clear()
-        self._check.raise_if_any()
+        self._builder.check.raise_if_any()
 
     def __enter__(self) -> NdjsonWriter:
         return self
@@ -144,8 +141,8 @@ class NdjsonWriter:
             for handle in self._files.values():
                 handle.close()
 
-    def _write_record(self, record: PatientRecord) -> None:
-        for resource in self._builder.resources(record):
+    def _write_resources(self, resources: list[dict[str, Any]]) -> None:
+        for resource in resources:
             kind = resource["resourceType"]
             handle = self._files.get(kind)
             if handle is None:
@@ -188,23 +185,18 @@ def _write_folder(records: Iterable[PatientRecord], config: DatasetConfig, folde
             writer.write(records)
         log.info("wrote %d subjects (%d resources) as FHIR NDJSON", writer.n_records, writer.n_resources)
         return
-    check, builder, n = WritableCheck(config), _ResourceBuilder(config), 0
-    for record in records:
-        if check.check(record, *builder.problems(record)) and check.ok:
-            bundle = _bundle(builder.resources(record), record.subject_id)
-            (folder / f"{record.subject_id}.json").write_text(_indented(bundle), encoding="utf-8")
-            n += 1
-    check.raise_if_any()
+    builder, n = _ResourceBuilder(config), 0
+    for record, resources in builder.converted(records):
+        (folder / f"{record.subject_id}.json").write_text(_indented(_bundle(resources, record.subject_id)), encoding="utf-8")
+        n += 1
+    builder.check.raise_if_any()
     log.info("wrote %d subjects as FHIR Bundles", n)
 
 
 def _write_bundle_file(records: Iterable[PatientRecord], config: DatasetConfig, path: Path) -> None:
-    check, builder = WritableCheck(config), _ResourceBuilder(config)
-    resources: list[dict[str, Any]] = []
-    for record in records:
-        if check.check(record, *builder.problems(record)) and check.ok:
-            resources += builder.resources(record)
-    check.raise_if_any()
+    builder = _ResourceBuilder(config)
+    resources = [resource for _, of_record in builder.converted(records) for resource in of_record]
+    builder.check.raise_if_any()
     with staged_file(path) as staging:
         staging.write_text(_indented(_bundle(resources, None)), encoding="utf-8")
 
@@ -270,7 +262,18 @@ class _ResourceBuilder:
         self.scale = MICROS_PER_DAY * config.time_unit.days  # microseconds per time unit, as MEDS timestamps
         self.deaths = {spec.name for spec in config.of_kind(VariableKind.EVENT) if MEDS_DEATH in spec.codes}
         self.concepts = {spec.name: _concept(spec.codes[0], spec.name, config) for spec in config.variables}
-        self.specs = {spec.name: spec for spec in config.variables}
+        self.check = WritableCheck(config)
+
+    def converted(self, records: Iterable[PatientRecord]) -> Iterator[tuple[PatientRecord, list[dict[str, Any]]]]:
+        """Each record with its resources, once it passes :attr:`check` (the config's rules and :meth:`problems`).
+
+        After the first record with a problem nothing more is converted, but every record is
+        still checked, so ``check.raise_if_any()`` at the end lists every problem.
+        """
+        for record in records:
+            fits = self.check.check(record, *self.problems(record))
+            if fits and self.check.ok:
+                yield record, self.resources(record)
 
     def problems(self, record: PatientRecord) -> list[Problem]:
         """What keeps a record that fits its config from being written as FHIR."""
@@ -283,7 +286,8 @@ class _ResourceBuilder:
             out.append(
                 Problem(sid, "events", [e.time for e in deaths], "more than one death (Patient.deceasedDateTime holds one)")
             )
-        ages = [value for name, value in record.static.items() if name in self.specs and self.book.reads_birth(self.specs[name])]
+        specs = self.book.specs  # the record may name variables the config lacks: the check reports those
+        ages = [value for name, value in record.static.items() if name in specs and self.book.reads_birth(specs[name])]
         stops = [e.stop for e in record.treatments if e.stop is not None]
         times = [0.0, record.end_of_followup, *(h.time for h in record.history), *stops, *(-age for age in ages)]
         finite = [t for t in times if math.isfinite(t)]  # the record's own checks report the others
