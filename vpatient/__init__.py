@@ -54,6 +54,7 @@ __all__ = [
     "read_meds",
     "summarize",
     "synthetic_cohort",
+    "write_fhir",
     "write_meds",
     "write_predictions_fhir",
 ]
@@ -65,6 +66,7 @@ _EXPORTS = {
     "iter_meds": "vpatient.data.meds",
     "read_meds": "vpatient.data.meds",
     "write_meds": "vpatient.data.meds",
+    "write_fhir": "vpatient.data.fhir",
     "CohortSummary": "vpatient.data.summary",
     "summarize": "vpatient.data.summary",
     "SyntheticCohort": "vpatient.data.synthetic",

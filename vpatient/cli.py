@@ -21,6 +21,7 @@ from vpatient.benchmarks.options import (
     DEFAULT_MEMBERS,
     IN_TIME_UNIT,
     ConfigOption,
+    FormatOption,
     MembersOption,
     ModelOption,
     PatientDataOption,
@@ -28,7 +29,7 @@ from vpatient.benchmarks.options import (
     SettingsFileOption,
 )
 from vpatient.dashboard.command import dashboard_command
-from vpatient.errors import Problem, RecordValidationError, VPatientError
+from vpatient.errors import Problem, RecordValidationError, VPatientError, choose
 from vpatient.report.cli import report_app
 from vpatient.simulation.cli import (
     OutFormatOption,
@@ -44,7 +45,7 @@ from vpatient.simulation.cli import (
 from vpatient.version import __version__
 
 app = typer.Typer(help="vpatient: a virtual-patient disease-progression simulator.", no_args_is_help=True, add_completion=False)
-datasets_app = typer.Typer(help="Embedded datasets: list, summarise, export to MEDS.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Embedded datasets: list, summarise, export to MEDS or FHIR.", no_args_is_help=True)
 schemas_app = typer.Typer(help="JSON Schemas of the input and output types.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(schemas_app, name="schemas")
@@ -112,19 +113,23 @@ def datasets_show(
 @datasets_app.command("export")
 def datasets_export(
     name: Annotated[str, typer.Argument(help="Embedded dataset name or a MEDS path.")],
-    out: Annotated[Path, typer.Argument(help="Directory to write the MEDS dataset to.")],
+    out: Annotated[
+        Path, typer.Argument(help="Directory to write the dataset to (with --format fhir, a .json file gets one Bundle).")
+    ],
     config: ConfigOption = None,
     seed: SeedOption = 0,
     n: Annotated[int | None, typer.Option(help="Subjects to generate (synthetic only).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing non-empty directory.")] = False,
+    data_format: FormatOption = "meds",
 ) -> None:
-    """Write a dataset as a MEDS directory (data shards, codes, splits, and its vpatient config)."""
-    from vpatient.data.meds import write_meds
+    """Write a dataset as a MEDS directory (data shards, codes, splits, and its vpatient config), or as FHIR."""
+    from vpatient.data.formats import DataFormat, write_records
     from vpatient.datasets import load_dataset
 
+    fmt = choose(DataFormat, data_format, "--format")
     cohort = load_dataset(name, config, seed=seed, n=n)
-    path = write_meds(cohort.records, cohort.config, out, overwrite=overwrite)
-    typer.echo(f"wrote {len(cohort.records)} subjects of {cohort.name} as MEDS to {path}")
+    path = write_records(cohort.records, cohort.config, out, fmt, overwrite=overwrite)
+    typer.echo(f"wrote {len(cohort.records)} subjects of {cohort.name} as {fmt.value.upper()} to {path}")
 
 
 # --------------------------------------------------------------------------- validate

@@ -24,7 +24,7 @@ import json
 import math
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -790,7 +790,11 @@ def parse_records(
 
 def duplicate_id_problems(records: Iterable[PatientRecord]) -> list[Problem]:
     """One problem per subject id that occurs in more than one record."""
-    counts = Counter(r.subject_id for r in records)
+    return repeated_id_problems(Counter(r.subject_id for r in records))
+
+
+def repeated_id_problems(counts: Mapping[str, int]) -> list[Problem]:
+    """One problem per subject id counted more than once (``counts``: id -> number of records), for writers that stream."""
     return [Problem(sid, "subject_id", sid, f"duplicate subject id ({n} records)") for sid, n in counts.items() if n > 1]
 
 

@@ -13,13 +13,14 @@ from vpatient.benchmarks.options import (
     IN_TIME_UNIT,
     CacheDirOption,
     ConfigOption,
+    FormatOption,
     ModelOption,
     PatientDataOption,
     ProgressOption,
     SeedOption,
     TrialDataOption,
 )
-from vpatient.errors import RecordValidationError, VPatientError
+from vpatient.errors import RecordValidationError, VPatientError, choose
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 
 __all__ = [
@@ -202,7 +203,9 @@ def whatif_command(
 def simulate_cohort(
     model: ModelOption,
     n: Annotated[int, typer.Option("--n", min=1, help="Virtual patients to draw.")],
-    out: Annotated[Path, typer.Option("--out", help="Output directory (MEDS under meds/, events under events/).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output directory (MEDS under meds/ or FHIR NDJSON under fhir/, events under events/).")
+    ],
     years: Annotated[
         float | None,
         typer.Option(help=f"Follow-up, {IN_TIME_UNIT} (the name is historical); default the model's default horizon."),
@@ -221,8 +224,12 @@ def simulate_cohort(
     workers: WorkersOption = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
     progress: ProgressOption = True,
+    data_format: FormatOption = "meds",
 ) -> None:
-    """Draw new virtual patients from the learned population and write them as a MEDS directory plus an events table."""
+    """Draw new virtual patients from the learned population and write them as a MEDS directory (or FHIR NDJSON) plus an events table."""
+    from vpatient.data.formats import DataFormat
+
+    fmt = choose(DataFormat, data_format, "--format")
     sim = load_simulator(model)
     years = sim.model.default_horizon if years is None else years
     chosen = load_plan(plan, sim.model.config) if plan is not None else None
@@ -240,10 +247,12 @@ def simulate_cohort(
         n_workers=workers,
         overwrite=overwrite,
         progress=progress,
+        format=fmt,
     )
+    written = f"{result.n_resources:,} FHIR resources" if result.format == DataFormat.FHIR else f"{result.n_rows:,} MEDS rows"
     typer.echo(
         f"wrote {result.n_patients:,} virtual patients followed {years:g} {sim.model.time_unit} "
-        f"({result.n_rows:,} MEDS rows, {result.n_events:,} events) to {result.out_dir}"
+        f"({written}, {result.n_events:,} events) to {result.out_dir}"
     )
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vpatient.atomic import move_into_place
+from vpatient.atomic import check_output_dir, move_into_place
 from vpatient.data.meds.codes import (
     CODE,
     CODES_FILE,
@@ -52,8 +52,9 @@ from vpatient.data.meds.codes import (
     subject_id_column,
     subject_sort_key,
 )
-from vpatient.errors import DataFormatError, OutputExistsError, RecordValidationError
-from vpatient.schemas import DatasetConfig, PatientRecord, duplicate_id_problems, record_problems
+from vpatient.data.writable import check_writable
+from vpatient.errors import DataFormatError
+from vpatient.schemas import DatasetConfig, PatientRecord
 from vpatient.staging import staging_dir
 
 __all__ = [
@@ -84,7 +85,7 @@ def records_to_frame(records: Iterable[PatientRecord], config: DatasetConfig) ->
     """
     records = list(records)
     book = CodeBook(config)
-    _check_writable(records, config)
+    check_writable(records, config)
     timestamps = _uses_timestamps(records)
     rows = _RowBuilder()
     for record in records:
@@ -111,7 +112,7 @@ def write_meds(
     unless ``overwrite``.
     """
     out_dir = Path(out_dir)
-    _check_output_dir(out_dir, overwrite)
+    check_output_dir(out_dir, overwrite)
     if subjects_per_shard is not None and subjects_per_shard < 1:
         raise ValueError(f"subjects_per_shard must be at least 1, got {subjects_per_shard}")
     records = list(records)
@@ -155,14 +156,6 @@ def write_meds_shard(frame: pd.DataFrame, path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------- records → rows
-
-
-def _check_writable(records: Sequence[PatientRecord], config: DatasetConfig) -> None:
-    """Every record must fit the config, or its variables have no code to be written under."""
-    problems = [p for r in records for p in record_problems(r, config) if p.severity == "error"]
-    problems += duplicate_id_problems(records)
-    if problems:
-        raise RecordValidationError(problems, header=f"records do not fit config {config.name!r}; nothing written")
 
 
 def _uses_timestamps(records: Sequence[PatientRecord]) -> bool:
@@ -316,13 +309,6 @@ def _emit_record(record: PatientRecord, book: CodeBook, rows: _RowBuilder, times
 
 
 # --------------------------------------------------------------------------- output directory
-
-
-def _check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{out_dir} is not empty; pass overwrite=True to replace it")
 
 
 def _check_split_names(splits: Mapping[str, str]) -> None:
