@@ -280,3 +280,59 @@ def test_task_make_and_predict_end_to_end(tmp_path, pbc, untrained_model_dir, mo
     code, out, err = _vp(monkeypatch, capsys, *args, "--task", "pbc2-death_2y", "--out", str(tmp_path / "y.parquet"))
     assert code == 1 and "subject 3: subject_id = 3: not in the data" in err and "Traceback" not in err
     assert not (tmp_path / "y.parquet").exists()
+
+
+# --------------------------------------------------------------------------- the meds-eval benchmark
+
+
+def test_meds_eval_benchmark_scores_both_methods_on_the_same_rows(pbc, tmp_path):
+    from vpatient.benchmarks.meds_eval import (
+        COX,
+        VPATIENT,
+        MedsEvalSettings,
+        landmark_risks,
+        meds_scores,
+        run_meds_eval_benchmark,
+    )
+    from vpatient.benchmarks.registry import load_result
+    from vpatient.data.cohort import Cohort
+    from vpatient.evaluate.baselines import LandmarkCox
+    from vpatient.predict import label_histories
+    from vpatient.train import TrainSettings
+
+    cohort = Cohort(name="pbc-small", records=pbc.records[:24], config=pbc.config)
+    full = make_task(cohort.records, cohort.config, "death", 2.0, "death_2y")
+    task = Task(full.spec, full.labels.groupby("subject_id").head(2).reset_index(drop=True))  # two visits each: fast
+    settings = MedsEvalSettings(
+        n_folds=2, n_samples=4, n_bootstrap=5, cache_dir=None, train_settings=TrainSettings(epochs=2), progress=False
+    )
+    result, predictions = run_meds_eval_benchmark(cohort, task, settings)
+    assert (result.n_rows, result.n_positive, result.n_subjects) == (len(task.labels), task.n_positive, 24)
+    for method in (VPATIENT, COX):
+        frame = predictions[method]
+        pd.testing.assert_frame_equal(frame[task.labels.columns], task.labels)  # the same label rows, in order
+        assert frame["predicted_boolean_probability"].notna().all()
+        scored = next(m for m in result.methods if m.method == method)
+        expected = meds_scores(frame, result.samples_per_subject, result.seed)
+        assert scored.samples_equally_weighted["roc_auc_score"].value == expected["samples_equally_weighted"]["roc_auc_score"]
+        interval = scored.samples_equally_weighted["roc_auc_score"]
+        assert 0.0 <= interval.low <= interval.high <= 1.0
+    auroc = {m.method: m.samples_equally_weighted["roc_auc_score"].value for m in result.methods}
+    assert result.auroc_difference.value == pytest.approx(auroc[VPATIENT] - auroc[COX])
+
+    # the Cox column is LandmarkCox's risk at each row's own landmark (here: every row of one fold, one model)
+    histories, times = label_histories(cohort.records, task.labels, cohort.config.time_unit, "death")
+    cox = LandmarkCox().fit(cohort.records, cohort.config, 0)
+    risks = landmark_risks(cox, histories, times, 2.0, "death")
+    first = times == times[0]
+    direct = cox.risk([h for h, f in zip(histories, first, strict=True) if f], float(times[0]), [2.0], "death")
+    np.testing.assert_allclose(risks[first], direct["risk"].to_numpy())
+
+    paths = result.write(tmp_path, predictions=predictions)
+    assert {p.name for p in paths} == {
+        "meds-eval-pbc-small-death_2y.json", "meds-eval-pbc-small-death_2y.md",
+        "meds-eval-pbc-small-death_2y-vpatient.parquet", "meds-eval-pbc-small-death_2y-landmark-cox.parquet",
+    }  # fmt: skip
+    assert load_result(tmp_path / "meds-eval-pbc-small-death_2y.json") == result
+    assert "AUROC difference vpatient - landmark-cox" in (tmp_path / "meds-eval-pbc-small-death_2y.md").read_text()
+    PredictionSchema.validate(pq.read_table(tmp_path / "meds-eval-pbc-small-death_2y-vpatient.parquet"))
