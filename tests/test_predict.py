@@ -97,7 +97,7 @@ def test_prediction_times_use_the_index_time_and_map_back_exactly(config):
 def test_labels_refuse_an_unknown_event_and_ids_that_are_not_integers(config):
     with pytest.raises(ConfigError, match="event 'stroke' is not an event variable of config 'tiny'"):
         make_labels([_record("1", [0.0], 1.0)], config, "stroke", 1.0)
-    with pytest.raises(DataFormatError, match=r"int64 subject_id; 1 id\(s\) are not integers \(e.g. 'p1'\)"):
+    with pytest.raises(DataFormatError, match=r"int64 subject_id; 1 id\(s\) are not 64-bit integers \(e.g. 'p1'\)"):
         make_labels([_record("p1", [0.0], 3.0)], config, "death", 1.0)
 
 

@@ -145,11 +145,11 @@ def _record_times(record: PatientRecord) -> list[float]:
 def meds_subject_ids(ids: Iterable[str]) -> np.ndarray:
     """Subject ids as MEDS's int64; a DataFormatError naming the first ids that are not integers."""
     ids = list(ids)
-    bad = [s for s in ids if not re.fullmatch(r"[+-]?\d{1,18}", s)]
+    bad = [s for s in ids if not (re.fullmatch(r"[+-]?\d+", s) and -(2**63) <= int(s) < 2**63)]
     if bad:
         shown = ", ".join(repr(s) for s in list(dict.fromkeys(bad))[:5])
         raise DataFormatError(
-            f"MEDS label tables key subjects by int64 subject_id; {len(bad)} id(s) are not integers (e.g. {shown})"
+            f"MEDS label tables key subjects by int64 subject_id; {len(bad)} id(s) are not 64-bit integers (e.g. {shown})"
         )
     return np.asarray([int(s) for s in ids], dtype="int64")
 
