@@ -208,7 +208,7 @@ def test_rows_that_cannot_be_predicted_are_refused_together(pbc, model):
     with pytest.raises(RecordValidationError) as caught:
         predict(model, records, Task(task.spec, labels), n_samples=8)
     text = str(caught.value)
-    assert "task death_2y: 3 label row problem(s), nothing predicted" in text
+    assert text.startswith("task death_2y: label rows that cannot be predicted from the data: 3 error(s)")
     assert "subject 999999: subject_id = 999999: not in the data (1 label row(s))" in text
     assert "before the subject's index" in text
     assert "after the subject's follow-up ends" in text

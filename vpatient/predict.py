@@ -53,7 +53,6 @@ __all__ = [
 PREDICTION_COLUMNS = [*LABEL_COLUMNS, "predicted_boolean_value", "predicted_boolean_probability"]
 #: predicted_boolean_value is probability >= THRESHOLD.
 THRESHOLD = 0.5
-_SHOWN = 50  # problems listed in full; the rest are counted
 
 
 def label_histories(
@@ -81,9 +80,7 @@ def label_histories(
     for sid, n in missing.items():
         problems.append(Problem(str(sid), "subject_id", sid, f"not in the data ({n} label row(s))", owner=source))
     if problems:
-        raise RecordValidationError(
-            problems[:_SHOWN], header=f"{source}: {len(problems)} label row problem(s), nothing predicted"
-        )
+        raise RecordValidationError(problems, header=f"{source}: label rows that cannot be predicted from the data")
     for i, row in enumerate(rows.itertuples(index=False)):
         histories.append(truncate_record(by_id[int(row.subject_id)], float(times[i])))
     return histories, times
