@@ -135,6 +135,18 @@ def test_the_embedded_pbc_task_is_what_make_labels_makes():
     assert (len(task.labels), task.n_positive, task.labels["subject_id"].nunique()) == (1754, 265, 311)
 
 
+def test_labels_of_a_meds_copy_are_the_labels_of_the_records(tmp_path):
+    """A label table made from PBC's records joins the MEDS data vpatient writes of them (one calendar convention)."""
+    from vpatient.data.meds import read_meds, write_meds
+
+    cohort = load_dataset("pbc2")
+    records = cohort.records[:6]
+    copy = read_meds(write_meds(records, cohort.config, tmp_path / "meds"), cohort.config)
+    pd.testing.assert_frame_equal(
+        make_labels(copy, cohort.config, "death", 2.0), make_labels(records, cohort.config, "death", 2.0)
+    )
+
+
 # --------------------------------------------------------------------------- predict
 
 
