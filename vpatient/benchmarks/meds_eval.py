@@ -170,8 +170,8 @@ class MedsEvalResult(VersionedBenchmarkResult):
             "",
             f"{self.n_rows} label rows of {self.n_subjects} subjects, {self.n_positive} positive "
             f"({self.n_positive / max(self.n_rows, 1):.1%}). Every row is predicted out of sample: {self.n_folds} folds over "
-            "patients, each fold's rows by the models trained on the other folds' patients; vpatient with "
-            f"{self.n_samples} posterior sample paths per row.",
+            "patients, each fold's rows by the models trained on the other folds' patients. vpatient: "
+            f"{_members(self.train_settings)}, {self.n_samples} posterior sample paths per row.",
             "",
             f"Rows equally weighted, with 95% bootstrap intervals over subjects ({self.n_bootstrap} resamples):",
             "",
@@ -205,6 +205,12 @@ class MedsEvalResult(VersionedBenchmarkResult):
             row.update({METRICS[k]: f"{v:.3f}" for k, v in m.subjects_equally_weighted.items() if k in METRICS})
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+def _members(train_settings: dict) -> str:
+    """How the fold's world model is made: one network or an ensemble (the training benchmark's recipe is five)."""
+    members = int(train_settings.get("members", 1))
+    return "one model per fold" if members == 1 else f"an ensemble of {members} per fold"
 
 
 def _interval(score: ScoreInterval) -> str:
