@@ -42,6 +42,7 @@ from vpatient.simulation.cli import (
     whatif_command,
     write_predictions_out,
 )
+from vpatient.task_cli import predict_command, task_app
 from vpatient.version import __version__
 
 app = typer.Typer(help="vpatient: a virtual-patient disease-progression simulator.", no_args_is_help=True, add_completion=False)
@@ -53,6 +54,8 @@ app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(report_app, name="report")
 app.add_typer(trial_app, name="trial")
+app.add_typer(task_app, name="task")
+app.command("predict")(predict_command)
 app.command("whatif")(whatif_command)
 app.command("dashboard")(dashboard_command)
 
