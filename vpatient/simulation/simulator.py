@@ -30,7 +30,7 @@ from vpatient.simulation.engine import Engine, chunks, run_chunks
 from vpatient.simulation.population import POPULATION_FILE, Population
 from vpatient.simulation.sampling import Schedule, patients_from_records
 from vpatient.simulation.trial import AGGREGATES_DIR, PATIENTS_DIR, TrialResult, arm_outcomes, trial_chunk
-from vpatient.simulation.virtual_cohort import MEDS_DIR, CohortResult, cohort_chunk
+from vpatient.simulation.virtual_cohort import MEDS_DIR, CohortResult, cohort_chunk, cohort_layout
 from vpatient.simulation.whatif import WhatIfResult, whatif
 from vpatient.staging import staging_dir
 from vpatient.virtual_patient import VirtualPatientModel
@@ -142,7 +142,10 @@ class Simulator:
         # interrupted run never leaves half a cohort behind (as write_meds does).
         staging = staging_dir(out)
         try:
-            write_meds_metadata(self.model.config, staging / MEDS_DIR, dataset_name=f"virtual cohort of {self.model.config.name}")
+            config = self.model.config
+            write_meds_metadata(
+                config, staging / MEDS_DIR, cohort_layout(config), dataset_name=f"virtual cohort of {config.name}"
+            )
             counts = run_chunks(
                 cohort_chunk,
                 chunks(n, chunk_size, seed),

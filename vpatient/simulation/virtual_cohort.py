@@ -4,6 +4,10 @@ Output directory::
 
     OUT/meds/data/part-00000.parquet ...   MEDS shards, one per chunk (written by whoever ran it)
     OUT/meds/metadata/...                  codes, dataset.json, the vpatient config
+
+The MEDS is standard (:func:`cohort_layout`): virtual patients have no calendar time, so
+their times are placed from :data:`~vpatient.schemas.RELATIVE_EPOCH` and read back as
+times since index.
     OUT/events/part-00000.parquet ...      one row per patient: arm, first event, end of follow-up
     OUT/simulation.json                    what was simulated: model, seed, settings
 
@@ -22,16 +26,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vpatient.data.meds import write_meds_shard
-from vpatient.data.meds.codes import DATA_DIR
+from vpatient.data.meds.codes import DATA_DIR, MedsLayout
 from vpatient.plans import exposures_under_plan
-from vpatient.schemas import TreatmentPlan
+from vpatient.schemas import DatasetConfig, TreatmentPlan
 from vpatient.simulation.engine import Chunk, ModelRef, chunk_rng, resolve_model
 from vpatient.simulation.population import Population
 from vpatient.simulation.sampling import Schedule, draw_virtual_patients, observe, realise
 
-__all__ = ["CohortResult", "cohort_chunk"]
+__all__ = ["CohortResult", "cohort_chunk", "cohort_layout"]
 
 MEDS_DIR, EVENTS_DIR, MANIFEST = "meds", "events", "simulation.json"
+
+
+def cohort_layout(config: DatasetConfig) -> MedsLayout:
+    """The MEDS layout of every virtual cohort: standard, relative times (no calendar), integer ids."""
+    return MedsLayout(relative=True, time_unit=config.time_unit)
 
 
 @dataclass
@@ -87,7 +96,7 @@ def cohort_chunk(
     outcomes = realise(vpm, patients, years, exposures, with_labs=False)
     frame = observe(vpm, patients, outcomes, pop)
     out = Path(out_dir)
-    write_meds_shard(frame, out / MEDS_DIR / DATA_DIR / chunk.name)
+    write_meds_shard(frame, out / MEDS_DIR / DATA_DIR / chunk.name, cohort_layout(vpm.config))
     events = outcomes.events_frame(vpm, patients)
     (out / EVENTS_DIR).mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(events, preserve_index=False), out / EVENTS_DIR / chunk.name)
