@@ -21,6 +21,7 @@ from vpatient.data.meds import MEDS_VERSION, meds_schema_problems, read_layout, 
 from vpatient.data.meds.codes import MICROS_PER_DAY, NUMERIC_TIME_EXTENSION, MedsLayout
 from vpatient.data.synthetic import synthetic_cohort
 from vpatient.datasets import load_pbc2
+from vpatient.errors import DataFormatError
 from vpatient.schemas import RELATIVE_EPOCH, DatasetConfig, Event, Observation, PatientRecord, TimeUnit, TreatmentExposure
 from vpatient.validation import validate_path
 from vpatient.version import __version__
@@ -326,3 +327,17 @@ def test_reads_meds_written_by_another_tool(tmp_path, extra_columns):
     assert one.events == [Event(time=200.0, kind="death")] and one.end_of_followup == 200.0
     assert two.index_time == datetime(2021, 3, 4, 9, 0) and two.end_of_followup == 30.0 and two.events == []
     assert validate_path(root, CLINIC).ok
+
+
+def test_damaged_standard_shards_are_refused_naming_the_file(pbc, tmp_path):
+    out = write_meds(pbc.records[:2], pbc.config, tmp_path / "pbc")
+    (shard,) = _shards(out)
+    table = pq.read_table(shard)
+    numbers = table.set_column(1, "time", pa.array(np.arange(len(table), dtype=np.float64)))
+    pq.write_table(numbers, shard)
+    with pytest.raises(DataFormatError, match=r"0\.parquet: time holds numbers, but metadata/dataset\.json says"):
+        read_meds(out)
+    far = pa.array(np.full(len(table), -(2**62), dtype=np.int64)).cast(pa.timestamp("us"))
+    pq.write_table(table.set_column(1, "time", far), shard)
+    with pytest.raises(DataFormatError, match=r"0\.parquet: time .* is outside the years 1 to 9999 \(row 1 \(subject 1\)"):
+        read_meds(out)

@@ -503,6 +503,11 @@ def _from_standard(df: pd.DataFrame, out: pd.DataFrame, layout: MedsLayout, unit
         exact = _as_float(df, NUMERIC_VALUE_F64, source).to_numpy()
         use = ~np.isnan(exact) & (exact.astype(np.float32) == value.astype(np.float32))
         out[NUMERIC_VALUE] = np.where(use, exact, value)
+    if layout.relative and not pd.api.types.is_datetime64_dtype(out[TIME]) and out[TIME].notna().any():
+        raise DataFormatError(
+            f"{source}: time holds numbers, but {DATASET_PATH} says this directory is standard MEDS, whose times are "
+            f"timestamps; was the shard written by another tool?"
+        )
     if layout.relative and pd.api.types.is_datetime64_dtype(out[TIME]):
         stamps = out[TIME].to_numpy(dtype="datetime64[us]")
         static = np.isnat(stamps)
@@ -545,13 +550,17 @@ def _as_float(df: pd.DataFrame, column: str, source: str) -> pd.Series:
     return converted.astype("float64")
 
 
+#: The calendar a timestamp must lie in (a record's index_time is a Python datetime): year 1 to 9999.
+_FIRST_DAY, _LAST_DAY = np.datetime64("0001-01-01", "us"), np.datetime64("9999-12-31T23:59:59.999999", "us")
+
+
 def _normalise_time(df: pd.DataFrame, source: str) -> pd.Series:
     """Float times since index, or naive datetime64[us] (UTC when the input had a zone)."""
     times = df[TIME]
     if isinstance(times.dtype, pd.DatetimeTZDtype):
         times = times.dt.tz_convert("UTC").dt.tz_localize(None)
     if pd.api.types.is_datetime64_dtype(times):
-        return times.astype("datetime64[us]")
+        return _in_calendar(times.astype("datetime64[us]"), df, source)
     if pd.api.types.is_numeric_dtype(times) and not pd.api.types.is_bool_dtype(times):
         return times.astype("float64")
     present = times.dropna()
@@ -573,7 +582,16 @@ def _normalise_time(df: pd.DataFrame, source: str) -> pd.Series:
         where = f" ({_first_rows(df, unparsed)})" if unparsed.any() else ""
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataFormatError(f"{source}: time column is neither numbers nor ISO 8601 timestamps{where}: {reason}") from None
-    return parsed.dt.tz_localize(None).astype("datetime64[us]")
+    return _in_calendar(parsed.dt.tz_localize(None).astype("datetime64[us]"), df, source)
+
+
+def _in_calendar(times: pd.Series, df: pd.DataFrame, source: str) -> pd.Series:
+    """``times``, refused when some lie outside years 1 to 9999 (a damaged file: parquet holds any 64-bit count)."""
+    values = times.to_numpy(dtype="datetime64[us]")
+    outside = ~np.isnat(values) & ((values < _FIRST_DAY) | (values > _LAST_DAY))
+    if outside.any():
+        raise DataFormatError(f"{source}: time {values[outside][0]} is outside the years 1 to 9999 ({_first_rows(df, outside)})")
+    return times
 
 
 def _concat(frames: Sequence[pd.DataFrame], source: str, parts: Sequence[str] | None = None) -> pd.DataFrame:
