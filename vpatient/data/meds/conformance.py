@@ -103,13 +103,13 @@ def _check(schema: Any, data: pa.Schema | pa.Table, file: Path, severity: Severi
 def _check_dataset_metadata(metadata: Any, file: Path, severity: Severity) -> list[Problem]:
     name = "meds.DatasetMetadataSchema"
     if not isinstance(metadata, dict):
-        return [_problem(file, "dataset.json", type(metadata).__name__, f"{name} expects a JSON object", severity)]
+        return [_problem(file, file.name, type(metadata).__name__, f"{name} expects a JSON object", severity)]
     try:
         meds.DatasetMetadataSchema.validate(metadata)
     except TableValidationError as exc:
         # It wraps jsonschema's ValidationError, which names the key (``path``) and the rule broken.
         cause = exc.__cause__ or exc
-        key = ".".join(str(part) for part in getattr(cause, "path", [])) or "dataset.json"
+        key = ".".join(str(part) for part in getattr(cause, "path", [])) or file.name
         return [_problem(file, key, metadata.get(key), f"does not fit {name}: {_reason(cause)}", severity)]
     return []
 
