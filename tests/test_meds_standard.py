@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vpatient.cli import app
-from vpatient.data.meds import MEDS_VERSION, meds_schema_problems, read_layout, read_meds, write_meds
+from vpatient.data.meds import MEDS_VERSION, iter_meds, meds_schema_problems, read_layout, read_meds, write_meds
 from vpatient.data.meds.codes import MICROS_PER_DAY, NUMERIC_TIME_EXTENSION, MedsLayout
 from vpatient.data.synthetic import synthetic_cohort
 from vpatient.datasets import load_pbc2
@@ -103,6 +104,8 @@ def test_synthetic_with_imaging_str_ids_and_splits(imaging, tmp_path):
     _same(back, imaging.records, imaging.config)
     assert [r.split for r in back] == [r.split for r in sorted(imaging.records, key=lambda r: r.subject_id)]
     assert back[0].imaging and len(back[0].imaging[0].embedding) == 3
+    streamed = sorted(iter_meds(out, batch_size=50), key=lambda r: r.subject_id)  # shard by shard
+    assert streamed == back  # streaming maps ids and splits back too
 
 
 def test_calendar_records_keep_timestamps_and_no_time_extension(tmp_path, config, record_data):
@@ -132,6 +135,17 @@ def test_dropping_the_extension_columns_leaves_values_to_float32_and_times_to_th
         worst_value = max(worst_value, float(np.abs(values).max(initial=0.0)))
     assert 0 < worst_time <= TIME_TOLERANCE_YEARS
     assert worst_value == 0.0  # numeric_value is each value's float32, read exactly
+
+
+def test_values_beyond_float32_survive(config, record_data, tmp_path):
+    embedding = [1e39, -1e300, 1e-300, 0.1]  # float32: inf, -inf, 0, 0.1 rounded
+    data = {**record_data, "imaging": [{"time": 0.5, "modality": "ct", "embedding": embedding}]}
+    record = PatientRecord.model_validate(data, context={"config": config})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warnings either
+        out = write_meds([record], config, tmp_path / "big")
+        (back,) = read_meds(out, config)
+    assert back.imaging[0].embedding == embedding
 
 
 def test_a_value_another_tool_changed_is_read_as_changed(pbc, tmp_path):

@@ -501,7 +501,8 @@ def _from_standard(df: pd.DataFrame, out: pd.DataFrame, layout: MedsLayout, unit
     if NUMERIC_VALUE_F64 in df.columns:
         value = out[NUMERIC_VALUE].to_numpy()
         exact = _as_float(df, NUMERIC_VALUE_F64, source).to_numpy()
-        use = ~np.isnan(exact) & (exact.astype(np.float32) == value.astype(np.float32))
+        with np.errstate(over="ignore"):  # beyond float32's range: inf in both, as written
+            use = ~np.isnan(exact) & (exact.astype(np.float32) == value.astype(np.float32))
         out[NUMERIC_VALUE] = np.where(use, exact, value)
     if layout.relative and not pd.api.types.is_datetime64_dtype(out[TIME]) and out[TIME].notna().any():
         raise DataFormatError(

@@ -194,7 +194,8 @@ def meds_table(frame: pd.DataFrame, layout: MedsLayout) -> pa.Table:
     if not layout.standard:
         return pa.Table.from_pandas(frame[list(MEDS_COLUMNS)], schema=schema, preserve_index=False)
     value = frame[NUMERIC_VALUE].to_numpy(dtype=np.float64)
-    narrow = value.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, the float64 kept beside it
+        narrow = value.astype(np.float32)
     missing = np.isnan(value)
     columns = {
         SUBJECT_ID: pa.array(frame[SUBJECT_ID].to_numpy(dtype=np.int64), pa.int64()),
