@@ -106,6 +106,11 @@ def test_synthetic_with_imaging_str_ids_and_splits(imaging, tmp_path):
     assert back[0].imaging and len(back[0].imaging[0].embedding) == 3
     streamed = sorted(iter_meds(out, batch_size=50), key=lambda r: r.subject_id)  # shard by shard
     assert streamed == back  # streaming maps ids and splits back too
+    alone = _shards(out)[0]  # a shard on its own carries its layout: ids, times and values come back exact
+    assert read_layout(alone) == read_layout(out)
+    in_shard = set(pq.read_table(alone, columns=["source_subject_id"])["source_subject_id"].to_pylist())
+    want = [r.model_copy(update={"split": None}) for r in back if r.subject_id in in_shard]
+    assert read_meds(alone, imaging.config) == want == list(iter_meds(alone, imaging.config, batch_size=9))
 
 
 def test_calendar_records_keep_timestamps_and_no_time_extension(tmp_path, config, record_data):

@@ -95,10 +95,11 @@ records -> MEDS -> records lossless, bit for bit:
   reader (and ``subject_splits.parquet``, which holds the numbers) maps them back.
 
 An extension value is used only while the standard column still holds it rounded (its
-float32, its microsecond): a value another tool changed since is read as changed. Other
-tools' MEDS (no ``vpatient`` section in dataset.json) is read as written: timestamps are
-calendar times, extension columns are ignored, as are other extra columns (``unit``,
-``site_id``). Records with ``index_time`` get calendar timestamps (offsets rounded to the
+float32, its microsecond): a value another tool changed since is read as changed. Each
+shard also carries the layout in its parquet metadata, so a shard read on its own (a
+file, not the directory) reads back exactly too. Other tools' MEDS (no ``vpatient``
+section in dataset.json) is read as written: timestamps are calendar times, extension
+columns are ignored, as are other extra columns (``unit``, ``site_id``). Records with ``index_time`` get calendar timestamps (offsets rounded to the
 microsecond, the precision of their source); a mix of records with and without is an error.
 
 The numeric-time extension (``write_meds(..., standard=False)``, CLI ``--meds-extension

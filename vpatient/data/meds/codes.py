@@ -16,6 +16,7 @@ turns every id into str (``PatientRecord.subject_id``).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable
@@ -207,7 +208,14 @@ class MedsLayout:
         return [column for column in EXTENSION_COLUMNS if used[column]]
 
     def data_schema(self) -> pa.Schema:
-        """The parquet schema of every data shard: ``meds.DataSchema``'s columns, then the extension columns."""
+        """The parquet schema of every data shard: ``meds.DataSchema``'s columns, then the extension columns.
+
+        The layout also rides in the schema's metadata (key :data:`LAYOUT_KEY`), so that a
+        shard read on its own, without its directory's dataset.json, still reads back exactly.
+        """
+        return self._columns().with_metadata({LAYOUT_KEY: json.dumps(self.dataset_metadata())})
+
+    def _columns(self) -> pa.Schema:
         if not self.standard:
             return pa.schema(
                 [
@@ -236,6 +244,20 @@ class MedsLayout:
             "other_extension_columns": [c for c in columns if c != SOURCE_SUBJECT_ID],
             LAYOUT_KEY: section,
         }
+
+    @classmethod
+    def from_shard_metadata(cls, metadata: dict[bytes, bytes] | None, source: str) -> MedsLayout | None:
+        """The layout a shard written by vpatient carries in its parquet metadata; None for other files."""
+        raw = (metadata or {}).get(LAYOUT_KEY.encode())
+        if raw is None:
+            return None
+        try:
+            found = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise DataFormatError(f"{source}: its {LAYOUT_KEY!r} metadata is not JSON") from None
+        if not isinstance(found, dict):
+            raise DataFormatError(f"{source}: its {LAYOUT_KEY!r} metadata is not a JSON object")
+        return cls.from_dataset_metadata(found, source)
 
     @classmethod
     def from_dataset_metadata(cls, metadata: dict[str, Any], source: str) -> MedsLayout | None:

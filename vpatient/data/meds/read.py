@@ -93,12 +93,20 @@ def load_config_for(path: str | Path) -> DatasetConfig | None:
 
 
 def read_layout(path: str | Path) -> MedsLayout | None:
-    """How vpatient wrote the MEDS directory at ``path`` (from its dataset.json); None for other tools' data and files.
+    """How vpatient wrote the MEDS directory (its dataset.json) or parquet shard (its metadata) at ``path``.
 
-    Used to read vpatient's standard layout back losslessly (relative times, exact
-    values, original ids); data without it are read as plain MEDS.
+    None for other tools' data and for CSV files. Used to read vpatient's standard layout
+    back losslessly (relative times, exact values, original ids); data without it are
+    read as plain MEDS.
     """
-    file = Path(path) / DATASET_PATH
+    path = Path(path)
+    if path.is_file():
+        if _file_kind(path) != "parquet":
+            return None
+        with _reading(path, "parquet file"):
+            metadata = pq.read_schema(path).metadata
+        return MedsLayout.from_shard_metadata(metadata, str(path))
+    file = path / DATASET_PATH
     if not file.is_file():
         return None
     metadata = read_json_file(file, "MEDS dataset metadata")
@@ -352,7 +360,7 @@ def _read_frame(path: Path, layout: MedsLayout | None, unit: TimeUnit) -> pd.Dat
         return _concat(frames, str(path), [str(shard) for shard in shards])
     if _file_kind(path) == "csv":
         return _normalise(_read_csv(path), str(path))
-    return _normalise(_read_parquet(path), str(path))
+    return _normalise(_read_parquet(path), str(path), layout, unit)
 
 
 def _iter_raw_batches(path: Path, batch_size: int) -> Iterator[tuple[pd.DataFrame, str]]:

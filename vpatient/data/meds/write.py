@@ -61,6 +61,7 @@ from vpatient.data.meds.codes import (
 from vpatient.errors import DataFormatError, OutputExistsError, RecordValidationError
 from vpatient.schemas import RELATIVE_EPOCH, DatasetConfig, PatientRecord, duplicate_id_problems, record_problems
 from vpatient.staging import staging_dir
+from vpatient.version import __version__
 
 __all__ = [
     "meds_order",
@@ -451,17 +452,6 @@ def _write_splits(frame: pd.DataFrame, splits: Mapping[str, str], file: Path) ->
     pq.write_table(table, file)
 
 
-def _etl_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vpatient")
-    except PackageNotFoundError:  # running from a source tree
-        from vpatient.version import __version__
-
-        return __version__
-
-
 def _write_dataset_json(file: Path, dataset_name: str, layout: MedsLayout) -> None:
     """metadata/dataset.json (``meds.DatasetMetadataSchema``), with the layout's extension columns and vpatient section."""
     created = datetime.now(UTC)
@@ -470,7 +460,7 @@ def _write_dataset_json(file: Path, dataset_name: str, layout: MedsLayout) -> No
         # vpatient's exports have no release numbers of their own: an export is versioned by its date.
         "dataset_version": created.date().isoformat(),
         "etl_name": ETL_NAME,
-        "etl_version": _etl_version(),
+        "etl_version": __version__,  # the code running, rather than whichever copy is installed
         "meds_version": MEDS_VERSION,
         "created_at": created.isoformat(),
         **layout.dataset_metadata(),
