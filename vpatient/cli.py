@@ -124,15 +124,33 @@ def datasets_export(
     n: Annotated[int | None, typer.Option(help="Subjects to generate (synthetic only).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing non-empty directory.")] = False,
     data_format: FormatOption = "meds",
+    meds_extension: Annotated[
+        str | None,
+        typer.Option(
+            "--meds-extension",
+            help="'numeric-time': write vpatient's older layout instead of standard MEDS. It departs from the "
+            "MEDS standard (float64 values, float times since index, str ids), so other MEDS tools may refuse it.",
+        ),
+    ] = None,
 ) -> None:
-    """Write a dataset as a MEDS directory (data shards, codes, splits, and its vpatient config), or as FHIR."""
+    """Write a dataset as standard MEDS (data shards, codes, splits, dataset.json, and its vpatient config), or as FHIR."""
     from vpatient.data.formats import DataFormat, write_records
+    from vpatient.data.meds.codes import NUMERIC_TIME_EXTENSION
     from vpatient.datasets import load_dataset
 
     fmt = choose(DataFormat, data_format, "--format")
+    if meds_extension not in (None, NUMERIC_TIME_EXTENSION):
+        raise typer.BadParameter(f"unknown extension {meds_extension!r}; the one there is: {NUMERIC_TIME_EXTENSION}")
+    if meds_extension is not None and fmt != DataFormat.MEDS:
+        raise typer.BadParameter("--meds-extension applies to --format meds only", param_hint="--meds-extension")
     cohort = load_dataset(name, config, seed=seed, n=n)
-    path = write_records(cohort.records, cohort.config, out, fmt, overwrite=overwrite)
-    typer.echo(f"wrote {len(cohort.records)} subjects of {cohort.name} as {fmt.value.upper()} to {path}")
+    standard = meds_extension is None
+    path = write_records(cohort.records, cohort.config, out, fmt, overwrite=overwrite, standard=standard)
+    if fmt == DataFormat.FHIR:
+        layout = "FHIR"
+    else:
+        layout = "standard MEDS" if standard else f"MEDS with the {meds_extension} extension (not standard MEDS)"
+    typer.echo(f"wrote {len(cohort.records)} subjects of {cohort.name} as {layout} to {path}")
 
 
 # --------------------------------------------------------------------------- validate

@@ -45,6 +45,7 @@ from vpatient.inputs import check_shape, parse_json_text, read_text_file
 __all__ = [
     "BOUNDARY_TYPES",
     "DEFAULT_DOSE",
+    "RELATIVE_EPOCH",
     "CodeEncoding",
     "DatasetConfig",
     "DiagnosticTest",
@@ -153,6 +154,11 @@ class TimeUnit(StrEnum):
         """Length of a month (a twelfth of a year) in this unit: the default resolution of forecast and simulation grids."""
         return TimeUnit.MONTHS.days / self.days
 
+
+#: Where a record without calendar time (``index_time`` None: times since an unknown index) is
+#: placed when a format needs dates (standard MEDS, FHIR); each format marks such data, so
+#: that they read back as relative times.
+RELATIVE_EPOCH = datetime(2000, 1, 1)
 
 #: Longest span from the index that a time in a record or plan may have: longer than any life, so
 #: a time beyond it is a typo or garbage (1e308), refused before it reaches the solver.

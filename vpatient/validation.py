@@ -43,7 +43,11 @@ class ValidationReport:
 
 
 def validate_path(path: str | Path, config: str | Path | DatasetConfig | None) -> ValidationReport:
-    """Validate MEDS data (file or directory) or JSON record(s) at ``path``."""
+    """Validate MEDS data (file or directory) or JSON record(s) at ``path``.
+
+    A MEDS directory is also checked against the ``meds`` package's schemas
+    (:func:`~vpatient.data.meds.meds_schema_problems`).
+    """
     path = Path(path)
     if not path.exists():
         raise DatasetNotFoundError(f"no such file or directory: {path}")
@@ -61,6 +65,10 @@ def validate_path(path: str | Path, config: str | Path | DatasetConfig | None) -
     except RecordValidationError as exc:
         report.problems += exc.problems
     report.problems += warnings
+    if path.is_dir():
+        from vpatient.data.meds import meds_schema_problems
+
+        report.problems += meds_schema_problems(path)
     return report
 
 

@@ -19,13 +19,22 @@ class DataFormat(StrEnum):
 
 
 def write_records(
-    records: Iterable[PatientRecord], config: DatasetConfig, out: str | Path, fmt: DataFormat, *, overwrite: bool = False
+    records: Iterable[PatientRecord],
+    config: DatasetConfig,
+    out: str | Path,
+    fmt: DataFormat,
+    *,
+    overwrite: bool = False,
+    standard: bool = True,
 ) -> Path:
-    """Write ``records`` to ``out`` in ``fmt``; returns the path written."""
+    """Write ``records`` to ``out`` in ``fmt``; returns the path written.
+
+    ``standard=False`` (MEDS only) writes vpatient's numeric-time extension instead of standard MEDS.
+    """
     if fmt == DataFormat.FHIR:
         from vpatient.data.fhir import write_fhir
 
         return write_fhir(records, config, out, overwrite=overwrite)
     from vpatient.data.meds import write_meds
 
-    return write_meds(records, config, out, overwrite=overwrite)
+    return write_meds(records, config, out, overwrite=overwrite, standard=standard)

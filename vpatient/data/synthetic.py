@@ -133,6 +133,7 @@ import numpy as np
 import pandas as pd
 
 from vpatient.data.cohort import Cohort
+from vpatient.data.meds.codes import MEDS_DEATH
 from vpatient.plans import control_breakpoints, dose_at
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, parse_records
 
@@ -590,7 +591,7 @@ def synthetic_config(imaging_dim: int = 32, params: SyntheticParams | None = Non
             "plausible_range": (0.0, 2.0),
             "description": "Disease-modifying drug, Emax dose response.",
         },
-        {"name": "death", "codes": ["MEDS_DEATH"], "kind": "event"},
+        {"name": "death", "codes": [MEDS_DEATH], "kind": "event"},
         {
             "name": "progression",
             "codes": ["VPATIENT//PROGRESSION"],
@@ -1275,7 +1276,7 @@ def daily_config(params: DailyParams | None = None) -> DatasetConfig:
             "description": f"Drug with carry-over: effect compartment rate {p.uptake[1]:g}/day (half-life "
             f"{math.log(2) / p.uptake[1]:.1f} days after it stops), slows log growth by {p.effect[1]:g}/day at dose 1.",
         },
-        {"name": "death", "codes": ["MEDS_DEATH"], "kind": "event"},
+        {"name": "death", "codes": [MEDS_DEATH], "kind": "event"},
     ]
     tests = [
         {"name": "scan", "variables": ["volume"], "cost": 5.0, "description": "Tumour volume scan."},

@@ -33,7 +33,7 @@ from vpatient.simulation.engine import Engine, chunks, run_chunks
 from vpatient.simulation.population import POPULATION_FILE, Population
 from vpatient.simulation.sampling import Schedule, patients_from_records
 from vpatient.simulation.trial import AGGREGATES_DIR, PATIENTS_DIR, TrialResult, arm_outcomes, trial_chunk
-from vpatient.simulation.virtual_cohort import FHIR_DIR, MEDS_DIR, CohortResult, cohort_chunk, fhir_part
+from vpatient.simulation.virtual_cohort import FHIR_DIR, MEDS_DIR, CohortResult, cohort_chunk, cohort_layout, fhir_part
 from vpatient.simulation.whatif import WhatIfResult, whatif
 from vpatient.staging import staging_dir
 from vpatient.virtual_patient import VirtualPatientModel
@@ -150,11 +150,12 @@ class Simulator:
         work = chunks(n, chunk_size, seed)
         staging = staging_dir(out)
         try:
+            config = self.model.config
             if fmt == DataFormat.FHIR:
-                self.model.config.save(staging / CONFIG_FILE)
+                config.save(staging / CONFIG_FILE)
             else:
                 write_meds_metadata(
-                    self.model.config, staging / MEDS_DIR, dataset_name=f"virtual cohort of {self.model.config.name}"
+                    config, staging / MEDS_DIR, cohort_layout(config), dataset_name=f"virtual cohort of {config.name}"
                 )
             counts = run_chunks(
                 cohort_chunk,

@@ -4,6 +4,10 @@ Output directory::
 
     OUT/meds/data/part-00000.parquet ...   MEDS shards, one per chunk (written by whoever ran it)
     OUT/meds/metadata/...                  codes, dataset.json, the vpatient config
+
+The MEDS is standard (:func:`cohort_layout`): virtual patients have no calendar time, so
+their times are placed from :data:`~vpatient.schemas.RELATIVE_EPOCH` and read back as
+times since index.
     OUT/events/part-00000.parquet ...      one row per patient: arm, first event, end of follow-up
     OUT/simulation.json                    what was simulated: model, seed, settings
 
@@ -31,16 +35,21 @@ import pyarrow.parquet as pq
 from vpatient.data.fhir.write import NdjsonWriter
 from vpatient.data.formats import DataFormat
 from vpatient.data.meds import frame_to_records, write_meds_shard
-from vpatient.data.meds.codes import CONFIG_FILE, DATA_DIR
+from vpatient.data.meds.codes import CONFIG_FILE, DATA_DIR, MedsLayout
 from vpatient.plans import exposures_under_plan
-from vpatient.schemas import TreatmentPlan
+from vpatient.schemas import DatasetConfig, TreatmentPlan
 from vpatient.simulation.engine import Chunk, ModelRef, chunk_rng, resolve_model
 from vpatient.simulation.population import Population
 from vpatient.simulation.sampling import Schedule, draw_virtual_patients, observe, realise
 
-__all__ = ["CohortResult", "cohort_chunk", "fhir_part"]
+__all__ = ["CohortResult", "cohort_chunk", "cohort_layout", "fhir_part"]
 
 MEDS_DIR, FHIR_DIR, EVENTS_DIR, MANIFEST = "meds", "fhir", "events", "simulation.json"
+
+
+def cohort_layout(config: DatasetConfig) -> MedsLayout:
+    """The MEDS layout of every virtual cohort: standard, relative times (no calendar), integer ids."""
+    return MedsLayout(relative=True, time_unit=config.time_unit)
 
 
 @dataclass
@@ -123,7 +132,7 @@ def cohort_chunk(
             writer.write(records)
         resources = writer.n_resources
     else:
-        write_meds_shard(frame, out / MEDS_DIR / DATA_DIR / chunk.name)
+        write_meds_shard(frame, out / MEDS_DIR / DATA_DIR / chunk.name, cohort_layout(vpm.config))
     events = outcomes.events_frame(vpm, patients)
     (out / EVENTS_DIR).mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(events, preserve_index=False), out / EVENTS_DIR / chunk.name)

@@ -9,9 +9,8 @@ local codes) travel under :data:`LOCAL_SYSTEM`, unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 
-from vpatient.schemas import DatasetConfig
+from vpatient.schemas import RELATIVE_EPOCH, DatasetConfig
 
 __all__ = [
     "BIRTH_TIME_EXTENSION",
@@ -28,9 +27,8 @@ __all__ = [
 #: FHIR code system of codes that belong to no vocabulary below (kept verbatim).
 LOCAL_SYSTEM = "urn:vpatient:code"
 
-#: Where records without calendar time (times since an unknown index) are placed when a
-#: format needs dates; the tag below marks them, so they read back as relative times.
-RELATIVE_EPOCH = datetime(2000, 1, 1)
+#: :data:`~vpatient.schemas.RELATIVE_EPOCH` (records without calendar time) is shared with the
+#: MEDS writer; the tag below marks such records in FHIR, so they read back as relative times.
 RELATIVE_TIME_TAG = {"system": "urn:vpatient:tag", "code": "relative-time"}
 
 #: ``Patient.meta.tag`` system whose code is the subject's MEDS split (``train``, ``tuning``, ``held_out``).
