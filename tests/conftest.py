@@ -159,6 +159,23 @@ def untrained_model_dir(tmp_path_factory):
     return model.save(tmp_path_factory.mktemp("untrained-model"))
 
 
+@pytest.fixture(scope="session")
+def untrained_simulator_dir(untrained_model_dir, tmp_path_factory):
+    """A copy of the untrained PBC model with a population fitted to 60 patients: virtual cohorts in a second.
+
+    For tests of how cohorts are written (formats, files), not of what the model predicts.
+    """
+    import shutil
+
+    from vpatient.datasets import load_dataset
+    from vpatient.simulation import Simulator
+
+    path = tmp_path_factory.mktemp("untrained-simulator") / "model"
+    shutil.copytree(untrained_model_dir, path)
+    Simulator.load(path).fit_population(load_dataset("pbc2").records[:60], seed=0)
+    return path
+
+
 # Children Python itself keeps for the life of the interpreter (multiprocessing's helpers), not started by a test.
 _INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 

@@ -586,8 +586,8 @@ def test_non_numbers_name_their_rows_and_subjects(inputs: Inputs, tmp_path: Path
 
 
 def test_unparseable_times_name_their_row(inputs: Inputs, tmp_path: Path) -> None:
-    frame = inputs.frame.assign(time=pd.Timestamp("2020-01-01") + pd.to_timedelta(inputs.frame["time"].fillna(0), unit="D"))
-    frame = frame.astype({"time": str})
+    times = inputs.frame["time"]  # the export's timestamps (standard MEDS), as text; static rows' stay empty
+    frame = inputs.frame.assign(time=times.astype(str).where(times.notna(), None))
     frame.loc[5, "time"] = "2020-13-45"
     path = tmp_path / "times.csv"
     frame.to_csv(path, index=False)
@@ -603,11 +603,12 @@ def test_streamed_rows_are_numbered_through_the_file(inputs: Inputs, tmp_path: P
 
 
 def test_shards_mixing_numbers_and_timestamps_are_named(inputs: Inputs, meds_dir: Path) -> None:
-    numeric = first_shard(meds_dir)
-    stamped = meds_dir / "data" / "stamped.parquet"
-    frame = pd.read_parquet(numeric).assign(subject_id=lambda f: f["subject_id"] + "b")
-    frame["time"] = pd.Timestamp("2020-01-01") + pd.to_timedelta(frame["time"], unit="D")
-    frame.to_parquet(stamped)
+    (meds_dir / "metadata" / "dataset.json").unlink()  # another tool's directory: its timestamps are calendar times
+    stamped = first_shard(meds_dir)
+    numeric = meds_dir / "data" / "numeric.parquet"
+    frame = pd.read_parquet(stamped).assign(subject_id=lambda f: f["subject_id"] + 100)
+    frame["time"] = (frame["time"] - pd.Timestamp("2000-01-01")) / pd.Timedelta(days=1)
+    frame.to_parquet(numeric)
     refused(
         lambda: read_meds(meds_dir, inputs.config),
         "numeric times and others timestamps",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import meds
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -13,11 +14,13 @@ from typer.testing import CliRunner
 from vpatient import plots
 from vpatient.cli import app
 from vpatient.data.meds import read_meds, records_to_frame, write_meds
+from vpatient.data.meds.write import meds_table
 from vpatient.data.synthetic import synthetic_cohort
 from vpatient.errors import RecordValidationError, VPatientError
 from vpatient.schemas import TimeUnit, TreatmentExposure, TreatmentPlan, parse_plan
 from vpatient.simulation import Population, Simulator
 from vpatient.simulation.sampling import _first_events
+from vpatient.simulation.virtual_cohort import cohort_layout
 from vpatient.train import TrainSettings
 from vpatient.virtual_patient import VirtualPatientModel
 
@@ -134,17 +137,19 @@ def test_cohort_is_valid_meds_that_reads_back(sim, tmp_path):
     result = sim.cohort(120, seed=3, years=4.0, out=tmp_path / "c", chunk_size=50, progress=False)
     records = read_meds(result.meds_dir)
     assert len(records) == 120 == result.n_patients
-    # One MEDS writer in effect: the simulator's table is, dtypes and all (subject_id int64,
-    # as MEDS types it), what the data side writes for the records it reads back.
+    # One MEDS writer in effect: the simulator's table is, dtypes and all (standard MEDS),
+    # what the data side writes for the records it reads back; and they read back the same.
     shards = sorted((result.meds_dir / "data").glob("*.parquet"))
+    for shard in shards:
+        meds.DataSchema.validate(pq.read_table(shard))
+    meds.DatasetMetadataSchema.validate(json.loads((result.meds_dir / meds.dataset_metadata_filepath).read_text()))
     written = pd.read_parquet(result.meds_dir / "data")
     assert written["subject_id"].dtype == np.int64
-    pd.testing.assert_frame_equal(written, records_to_frame(records, sim.model.config), check_exact=True)
-    write_meds(records, sim.model.config, tmp_path / "rewritten")
-    assert (
-        pq.read_schema(shards[0]).remove_metadata()
-        == pq.read_schema(tmp_path / "rewritten" / "data" / "0.parquet").remove_metadata()
-    )
+    standard = meds_table(records_to_frame(records, sim.model.config), cohort_layout(sim.model.config)).to_pandas()
+    pd.testing.assert_frame_equal(written, standard, check_exact=True)
+    rewritten = write_meds(records, sim.model.config, tmp_path / "rewritten")
+    assert pq.read_schema(shards[0]).remove_metadata() == pq.read_schema(rewritten / "data" / "0.parquet").remove_metadata()
+    assert read_meds(rewritten) == records  # lossless, times and values bit for bit
     events = result.events()
     assert len(events) == 120 and events["subject_id"].is_unique
     by_id = {r.subject_id: r for r in records}

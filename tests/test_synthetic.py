@@ -314,3 +314,14 @@ def test_tests_are_ordered_more_often_when_sicker(cohort: SyntheticCohort) -> No
     later = ~np.isnan(times) & (times > 0)  # the baseline visit gets every routine test
     rho = np.corrcoef(z1[later], counts[later])[0, 1]
     assert rho > 0.1
+
+
+def test_synthetic_stream_draws_chunks_with_unique_ids_reproducibly():
+    from vpatient.data.synthetic import synthetic_stream
+
+    records = list(synthetic_stream(25, seed=3, chunk_size=10))
+    assert [r.subject_id for r in records] == [f"syn{i:07d}" for i in range(25)]
+    assert records == list(synthetic_stream(25, seed=3, chunk_size=10))
+    # chunks are independent draws: the second chunk is not the first again under new ids
+    assert [r.static for r in records[:10]] != [r.static for r in records[10:20]]
+    assert records != list(synthetic_stream(25, seed=4, chunk_size=10))

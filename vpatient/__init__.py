@@ -51,11 +51,14 @@ __all__ = [
     "parse_plan",
     "parse_record",
     "parse_records",
+    "predictions_to_fhir",
     "read_fhir",
     "read_meds",
     "summarize",
     "synthetic_cohort",
+    "write_fhir",
     "write_meds",
+    "write_predictions_fhir",
 ]
 
 # Every name loads its module on first use: `import vpatient.model` (torch only) and
@@ -67,6 +70,7 @@ _EXPORTS = {
     "iter_meds": "vpatient.data.meds",
     "read_meds": "vpatient.data.meds",
     "write_meds": "vpatient.data.meds",
+    "write_fhir": "vpatient.data.fhir",
     "CohortSummary": "vpatient.data.summary",
     "summarize": "vpatient.data.summary",
     "SyntheticCohort": "vpatient.data.synthetic",
@@ -105,6 +109,8 @@ _EXPORTS = {
     "ModelSettings": "vpatient.model.latent_ode",
     "TrainSettings": "vpatient.train",
     "Simulator": "vpatient.simulation",
+    "predictions_to_fhir": "vpatient.report.fhir",
+    "write_predictions_fhir": "vpatient.report.fhir",
 }
 
 

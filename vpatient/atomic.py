@@ -20,7 +20,16 @@ from pathlib import Path
 from vpatient.errors import OutputExistsError
 from vpatient.staging import staging_dir, staging_file
 
-__all__ = ["move_into_place", "staged_dir", "staged_file", "staged_files", "write_bytes_atomic", "write_text_atomic"]
+__all__ = [
+    "check_output_dir",
+    "check_output_file",
+    "move_into_place",
+    "staged_dir",
+    "staged_file",
+    "staged_files",
+    "write_bytes_atomic",
+    "write_text_atomic",
+]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -140,6 +149,22 @@ def move_into_place(tmp: Path, out_dir: Path) -> None:
         raise
     _fsync_dir(out_dir.parent)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a folder output that would replace a file, or a non-empty folder unless ``overwrite``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out_dir} is not empty; pass overwrite=True to replace it")
+
+
+def check_output_file(path: Path, overwrite: bool) -> None:
+    """Refuse a file output that would replace a folder, or an existing file unless ``overwrite``."""
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a directory; give a file name")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass overwrite=True to replace it")
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from vpatient.benchmarks.options import (
     DEFAULT_MEMBERS,
     IN_TIME_UNIT,
     ConfigOption,
+    FormatOption,
     MembersOption,
     ModelOption,
     PatientDataOption,
@@ -28,13 +29,24 @@ from vpatient.benchmarks.options import (
     SettingsFileOption,
 )
 from vpatient.dashboard.command import dashboard_command
-from vpatient.errors import Problem, RecordValidationError, VPatientError
+from vpatient.errors import Problem, RecordValidationError, VPatientError, choose
 from vpatient.report.cli import report_app
-from vpatient.simulation.cli import simulate_app, trial_app, warn_if_extrapolated, whatif_command
+from vpatient.simulation.cli import (
+    OutFormatOption,
+    OverwriteOutOption,
+    PredictionsOutOption,
+    check_predictions_out,
+    simulate_app,
+    trial_app,
+    warn_if_extrapolated,
+    whatif_command,
+    write_predictions_out,
+)
+from vpatient.task_cli import predict_command, task_app
 from vpatient.version import __version__
 
 app = typer.Typer(help="vpatient: a virtual-patient disease-progression simulator.", no_args_is_help=True, add_completion=False)
-datasets_app = typer.Typer(help="Embedded datasets: list, summarise, export to MEDS.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Embedded datasets: list, summarise, export to MEDS or FHIR.", no_args_is_help=True)
 schemas_app = typer.Typer(help="JSON Schemas of the input and output types.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(schemas_app, name="schemas")
@@ -42,6 +54,8 @@ app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(report_app, name="report")
 app.add_typer(trial_app, name="trial")
+app.add_typer(task_app, name="task")
+app.command("predict")(predict_command)
 app.command("whatif")(whatif_command)
 app.command("dashboard")(dashboard_command)
 
@@ -102,19 +116,41 @@ def datasets_show(
 @datasets_app.command("export")
 def datasets_export(
     name: Annotated[str, typer.Argument(help="Embedded dataset name or a MEDS or FHIR path.")],
-    out: Annotated[Path, typer.Argument(help="Directory to write the MEDS dataset to.")],
+    out: Annotated[
+        Path, typer.Argument(help="Directory to write the dataset to (with --format fhir, a .json file gets one Bundle).")
+    ],
     config: ConfigOption = None,
     seed: SeedOption = 0,
     n: Annotated[int | None, typer.Option(help="Subjects to generate (synthetic only).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing non-empty directory.")] = False,
+    data_format: FormatOption = "meds",
+    meds_extension: Annotated[
+        str | None,
+        typer.Option(
+            "--meds-extension",
+            help="'numeric-time': write vpatient's older layout instead of standard MEDS. It departs from the "
+            "MEDS standard (float64 values, float times since index, str ids), so other MEDS tools may refuse it.",
+        ),
+    ] = None,
 ) -> None:
-    """Write a dataset as a MEDS directory (data shards, codes, splits, and its vpatient config)."""
-    from vpatient.data.meds import write_meds
+    """Write a dataset as standard MEDS (data shards, codes, splits, dataset.json, and its vpatient config), or as FHIR."""
+    from vpatient.data.formats import DataFormat, write_records
+    from vpatient.data.meds.codes import NUMERIC_TIME_EXTENSION
     from vpatient.datasets import load_dataset
 
+    fmt = choose(DataFormat, data_format, "--format")
+    if meds_extension not in (None, NUMERIC_TIME_EXTENSION):
+        raise typer.BadParameter(f"unknown extension {meds_extension!r}; the one there is: {NUMERIC_TIME_EXTENSION}")
+    if meds_extension is not None and fmt != DataFormat.MEDS:
+        raise typer.BadParameter("--meds-extension applies to --format meds only", param_hint="--meds-extension")
     cohort = load_dataset(name, config, seed=seed, n=n)
-    path = write_meds(cohort.records, cohort.config, out, overwrite=overwrite)
-    typer.echo(f"wrote {len(cohort.records)} subjects of {cohort.name} as MEDS to {path}")
+    standard = meds_extension is None
+    path = write_records(cohort.records, cohort.config, out, fmt, overwrite=overwrite, standard=standard)
+    if fmt == DataFormat.FHIR:
+        layout = "FHIR"
+    else:
+        layout = "standard MEDS" if standard else f"MEDS with the {meds_extension} extension (not standard MEDS)"
+    typer.echo(f"wrote {len(cohort.records)} subjects of {cohort.name} as {layout} to {path}")
 
 
 # --------------------------------------------------------------------------- validate
@@ -277,13 +313,15 @@ def forecast(
     seed: SeedOption = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the forecast tables as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of the forecast.")] = None,
+    out: PredictionsOutOption = None,
+    out_format: OutFormatOption = None,
+    overwrite: OverwriteOutOption = False,
 ) -> None:
     """Forecast one patient: per variable the predictive median and 5/95% quantiles, and survival per event kind."""
-    import numpy as np
-
     from vpatient.tables import markdown_table
     from vpatient.virtual_patient import VirtualPatientModel
 
+    check_predictions_out(out, out_format, overwrite)
     vpm = VirtualPatientModel.load(model)
     cohort = vpm.patients(data, config, seed)
     record = cohort.subject(patient)
@@ -293,8 +331,7 @@ def forecast(
     summary = result.summary()
     survival = result.survival_summary()
     # Six rows per variable: the forecast time and every fifth of the horizon (yearly for 5 years), at their grid points.
-    grid = np.unique(summary["time"].to_numpy())
-    shown = {float(grid[np.abs(grid - (result.until + horizon * k / 5)).argmin()]) for k in range(6)}
+    shown = result.milestones()
     future = summary[summary["time"].isin(shown)]
     unit = vpm.time_unit
     typer.echo(
@@ -325,6 +362,7 @@ def forecast(
         with staged_file(plot) as staging:
             plot_forecast(result, record).savefig(staging, dpi=110, bbox_inches="tight")
         typer.echo(f"wrote {plot}")
+    write_predictions_out(result, record, vpm, out, out_format, overwrite)
 
 
 @app.command()

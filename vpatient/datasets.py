@@ -103,8 +103,8 @@ def load_dataset(
     if not path.exists():
         known = ", ".join(EMBEDDED)
         raise DatasetNotFoundError(f"no dataset {name!r}: not an embedded dataset ({known}) and no such file or directory")
+    from vpatient.data.formats import read_records
     from vpatient.data.meds import load_config_for
-    from vpatient.data.sources import read_records
 
     cfg = _resolve_config(config) if config is not None else (load_config_for(path) or default_config)
     if cfg is None:

@@ -101,7 +101,8 @@ def drifted_files(out_dir: str | Path) -> list[str]:
 
 
 def _all_types() -> dict[str, type[BaseModel]]:
-    """Input types, and the result types of every benchmark (so results are a documented format)."""
+    """Input types (a task's task.json among them), and the result types of every benchmark (so results are a documented format)."""
     from vpatient.benchmarks.registry import BENCHMARKS
+    from vpatient.tasks import TaskSpec
 
-    return {**BOUNDARY_TYPES, **{cls.__name__: cls for cls in BENCHMARKS.values()}}
+    return {**BOUNDARY_TYPES, "TaskSpec": TaskSpec, **{cls.__name__: cls for cls in BENCHMARKS.values()}}

@@ -24,7 +24,7 @@ import json
 import math
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -45,6 +45,7 @@ from vpatient.inputs import check_shape, parse_json_text, read_text_file
 __all__ = [
     "BOUNDARY_TYPES",
     "DEFAULT_DOSE",
+    "RELATIVE_EPOCH",
     "CodeEncoding",
     "DatasetConfig",
     "DiagnosticTest",
@@ -153,6 +154,11 @@ class TimeUnit(StrEnum):
         """Length of a month (a twelfth of a year) in this unit: the default resolution of forecast and simulation grids."""
         return TimeUnit.MONTHS.days / self.days
 
+
+#: Where a record without calendar time (``index_time`` None: times since an unknown index) is
+#: placed when a format needs dates (standard MEDS, FHIR); each format marks such data, so
+#: that they read back as relative times.
+RELATIVE_EPOCH = datetime(2000, 1, 1)
 
 #: Longest span from the index that a time in a record or plan may have: longer than any life, so
 #: a time beyond it is a typo or garbage (1e308), refused before it reaches the solver.
@@ -790,7 +796,11 @@ def parse_records(
 
 def duplicate_id_problems(records: Iterable[PatientRecord]) -> list[Problem]:
     """One problem per subject id that occurs in more than one record."""
-    counts = Counter(r.subject_id for r in records)
+    return repeated_id_problems(Counter(r.subject_id for r in records))
+
+
+def repeated_id_problems(counts: Mapping[str, int]) -> list[Problem]:
+    """One problem per subject id counted more than once (``counts``: id -> number of records), for writers that stream."""
     return [Problem(sid, "subject_id", sid, f"duplicate subject id ({n} records)") for sid, n in counts.items() if n > 1]
 
 

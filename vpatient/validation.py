@@ -43,17 +43,22 @@ class ValidationReport:
 
 
 def validate_path(path: str | Path, config: str | Path | DatasetConfig | None) -> ValidationReport:
-    """Validate MEDS or FHIR data (file or directory) or JSON record(s) at ``path``."""
+    """Validate MEDS or FHIR data (file or directory) or JSON record(s) at ``path``.
+
+    A MEDS directory is also checked against the ``meds`` package's schemas
+    (:func:`~vpatient.data.meds.meds_schema_problems`).
+    """
     path = Path(path)
     if not path.exists():
         raise DatasetNotFoundError(f"no such file or directory: {path}")
     cfg = _config_for(path, config)
     report = ValidationReport(source=str(path))
     warnings: list[Problem] = []
-    try:
-        from vpatient.data.sources import is_fhir, read_records
+    from vpatient.data.formats import DataFormat, format_of, read_records
 
-        if path.suffix.lower() == ".json" and not is_fhir(path):
+    fhir = format_of(path) == DataFormat.FHIR
+    try:
+        if path.suffix.lower() == ".json" and not fhir:
             records = parse_records(_json_items(path), cfg, warnings)
         else:
             records = read_records(path, cfg, warnings_out=warnings)
@@ -61,6 +66,10 @@ def validate_path(path: str | Path, config: str | Path | DatasetConfig | None) -
     except RecordValidationError as exc:
         report.problems += exc.problems
     report.problems += warnings
+    if path.is_dir() and not fhir:
+        from vpatient.data.meds import meds_schema_problems
+
+        report.problems += meds_schema_problems(path)
     return report
 
 

@@ -113,6 +113,16 @@ class Forecast:
     def times(self) -> np.ndarray:
         return self.paths.times[0]
 
+    @property
+    def horizon(self) -> float:
+        """How far past ``until`` the forecast runs (the data's time unit)."""
+        return float(self.times[-1] - self.until)
+
+    def milestones(self, parts: int = 5) -> list[float]:
+        """The forecast time and every ``parts``-th of the horizon (yearly over 5 years), each at its nearest grid time."""
+        grid = self.times
+        return sorted({float(grid[np.abs(grid - (self.until + self.horizon * k / parts)).argmin()]) for k in range(parts + 1)})
+
     def summary(
         self, scale: Scale | str = Scale.NATURAL, since: float | None = None, variables: Sequence[str] | None = None
     ) -> pd.DataFrame:
@@ -494,6 +504,26 @@ class VirtualPatientModel:
             raise VPatientError("no plans given: name at least one treatment plan to simulate")
         alternatives = [[plan] * len(histories) for plan in plans]
         return self._simulate(alternatives, histories, times, n_samples, seed, chunk_size, refine_steps)
+
+    def event_risk(
+        self,
+        histories: Sequence[PatientRecord],
+        times: Sequence[np.ndarray],
+        event: str,
+        n_samples: int = 200,
+        seed: int = 0,
+        chunk_size: int = 32,
+    ) -> np.ndarray:
+        """P(``event`` by each of a history's ``times`` | event-free at its end of follow-up): (B, T), padded as in simulate.
+
+        The mean over posterior sample paths of one minus the event's survival (other
+        event kinds censor), as :meth:`simulate` draws them with the same arguments.
+        """
+        if event not in self.layout.events:
+            known = ", ".join(self.layout.events) or "none"
+            raise VPatientError(f"the model does not predict event {event!r}; the events it predicts: {known}")
+        paths = self.simulate(histories, times, n_samples=n_samples, seed=seed, chunk_size=chunk_size)
+        return 1.0 - paths.survival[..., self.layout.events.index(event)].mean(axis=1)
 
     def _simulate(self, alternatives, histories, times, n_samples, seed, chunk_size, refine_steps) -> list[SimulatedPaths]:
         if not histories:

@@ -510,3 +510,30 @@ def benchmark_trial_adjustment(
 
     result = run_trial_adjustment(load_dataset(data, config, seed=seed), folds, seed, cache_dir=cache_dir, progress=progress)
     _report(result, result.write(out_dir))
+
+
+@benchmark_app.command("meds-eval")
+def benchmark_meds_eval(
+    data: DataOption = "pbc2",
+    config: ConfigOption = None,
+    task: Annotated[
+        str, typer.Option("--task", help="A task folder (vpatient task make) or an embedded task; its labels must be of --data.")
+    ] = "pbc2-death_2y",
+    seed: SeedOption = 0,
+    folds: FoldsOption = 5,
+    n_samples: Annotated[int, typer.Option(min=1, help="vpatient's posterior sample paths per label row.")] = 200,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Resamples of subjects for the 95% intervals.")] = 1000,
+    cache_dir: CacheDirOption = DEFAULT_CACHE,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
+    progress: ProgressOption = True,
+) -> None:
+    """vpatient and the landmark Cox model, out of sample on one MEDS label table, scored by meds-evaluation."""
+    from vpatient.benchmarks.meds_eval import MedsEvalSettings, run_meds_eval_benchmark
+    from vpatient.datasets import load_dataset
+    from vpatient.tasks import load_task
+
+    settings = MedsEvalSettings(
+        seed=seed, n_folds=folds, n_samples=n_samples, n_bootstrap=bootstrap, cache_dir=cache_dir, progress=progress
+    )
+    result, predictions = run_meds_eval_benchmark(load_dataset(data, config, seed=seed), load_task(task), settings)
+    _report(result, result.write(out_dir, predictions=predictions))

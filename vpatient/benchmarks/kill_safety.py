@@ -105,10 +105,24 @@ def _meds_reads(path: Path) -> bool:
     return len(read_meds(path)) > 0
 
 
+def _fhir_complete(path: Path) -> bool:
+    """A FHIR NDJSON folder: every line of every file is a whole resource, and there are patients."""
+    for file in path.glob("*.ndjson"):
+        for line in file.read_text(encoding="utf-8").splitlines():
+            json.loads(line)
+    return (path / "Patient.ndjson").stat().st_size > 0
+
+
 def _cohort_complete(path: Path) -> bool:
     """A virtual cohort: its MEDS directory reads back, with the manifest written last."""
     json.loads((path / "simulation.json").read_text(encoding="utf-8"))
     return _meds_reads(path / "meds")
+
+
+def _fhir_cohort_complete(path: Path) -> bool:
+    """A virtual cohort written as FHIR: its NDJSON folder is whole, with the manifest written last."""
+    json.loads((path / "simulation.json").read_text(encoding="utf-8"))
+    return _fhir_complete(path / "fhir") and not any(p.is_dir() for p in (path / "fhir").iterdir())  # chunk parts joined
 
 
 def _trial_complete(path: Path) -> bool:
@@ -151,6 +165,13 @@ COMMANDS: dict[str, WritingCommand] = {
             _cohort_complete, "cohort",
         ),
         WritingCommand(
+            "simulate-cohort-fhir",
+            lambda i, out, seed: ["simulate", "cohort", "--model", str(i.model), "--n", str(TINY_N), "--years", "2",
+                                  "--seed", str(seed), "--overwrite", "--no-progress", "--format", "fhir", "--chunk-size",
+                                  str(TINY_N // 2), "--out", str(out)],
+            _fhir_cohort_complete, "cohort-fhir",
+        ),
+        WritingCommand(
             "simulate-trial",
             lambda i, out, seed: ["simulate", "trial", "--model", str(i.model), *_trial_arms(i), "--n", str(TINY_N),
                                   "--years", "2", "--seed", str(seed), "--no-progress", "--out", str(out)],
@@ -179,6 +200,12 @@ COMMANDS: dict[str, WritingCommand] = {
             lambda i, out, seed: ["datasets", "export", "synthetic", str(out), "--n", str(TINY_N), "--seed", str(seed),
                                   "--overwrite"],
             _meds_reads, "meds", needs="nothing",
+        ),
+        WritingCommand(
+            "datasets-export-fhir",
+            lambda i, out, seed: ["datasets", "export", "synthetic", str(out), "--n", str(TINY_N), "--seed", str(seed),
+                                  "--overwrite", "--format", "fhir"],
+            _fhir_complete, "fhir", needs="nothing",
         ),
         WritingCommand(
             "schemas-export",

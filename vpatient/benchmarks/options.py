@@ -18,6 +18,7 @@ __all__ = [
     "ConfigOption",
     "DataOption",
     "FoldsOption",
+    "FormatOption",
     "ModelOption",
     "OutDirOption",
     "PatientDataOption",
@@ -49,6 +50,14 @@ CacheDirOption = Annotated[
 ]
 OutDirOption = Annotated[
     Path, typer.Option("--out-dir", help="Directory of the results: JSON, markdown and, where the benchmark draws one, PNG.")
+]
+FormatOption = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="Format of the records written: meds (a MEDS directory) or fhir (FHIR R4B: Bulk Data NDJSON, one file "
+        "per resource type; a path ending in .json gets one Bundle).",
+    ),
 ]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")]
 SizeOption = Annotated[

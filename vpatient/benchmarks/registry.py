@@ -16,6 +16,7 @@ from vpatient.benchmarks.dashboard_speed import DashboardSpeedResult
 from vpatient.benchmarks.effect_calibration import EffectCalibrationResult
 from vpatient.benchmarks.forecast import ForecastBenchmarkResult
 from vpatient.benchmarks.kill_safety import KillSafetyResult
+from vpatient.benchmarks.meds_eval import MedsEvalResult
 from vpatient.benchmarks.next_test_selection import TestSelectionBenchmarkResult
 from vpatient.benchmarks.pbc_trial import PbcTrialBenchmarkResult
 from vpatient.benchmarks.simulate_speed import SimulateSpeedResult
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, type[BenchmarkResult]] = {
     "effect-calibration": EffectCalibrationResult,
     "kill-safety": KillSafetyResult,
     "dashboard-speed": DashboardSpeedResult,
+    "meds-eval": MedsEvalResult,
 }
 
 

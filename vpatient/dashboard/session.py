@@ -341,9 +341,9 @@ def parse_upload(name: str, data: bytes, config: DatasetConfig) -> PatientRecord
 
 def _read_upload(path: Path, config: DatasetConfig) -> list[PatientRecord]:
     """The records of an uploaded file saved at ``path``: a record's JSON (or a list of them), FHIR, or MEDS CSV / parquet."""
-    from vpatient.data.sources import is_fhir, read_records
+    from vpatient.data.formats import DataFormat, format_of, read_records
 
-    if path.suffix == ".json" and not is_fhir(path):
+    if path.suffix == ".json" and format_of(path) != DataFormat.FHIR:
         from vpatient.inputs import read_json_file
 
         payload = read_json_file(path, "patient record", max_bytes=MAX_UPLOAD_BYTES)

@@ -125,7 +125,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol
 
@@ -133,8 +133,9 @@ import numpy as np
 import pandas as pd
 
 from vpatient.data.cohort import Cohort
+from vpatient.data.meds.codes import MEDS_DEATH
 from vpatient.plans import control_breakpoints, dose_at
-from vpatient.schemas import DatasetConfig, TreatmentExposure, parse_records
+from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, parse_records
 
 __all__ = [
     "CONTINUOUS_LABS",
@@ -155,6 +156,7 @@ __all__ = [
     "rk4_step",
     "synthetic_cohort",
     "synthetic_config",
+    "synthetic_stream",
 ]
 
 #: Names of the latent coordinates, in order.
@@ -589,7 +591,7 @@ def synthetic_config(imaging_dim: int = 32, params: SyntheticParams | None = Non
             "plausible_range": (0.0, 2.0),
             "description": "Disease-modifying drug, Emax dose response.",
         },
-        {"name": "death", "codes": ["MEDS_DEATH"], "kind": "event"},
+        {"name": "death", "codes": [MEDS_DEATH], "kind": "event"},
         {
             "name": "progression",
             "codes": ["VPATIENT//PROGRESSION"],
@@ -1065,6 +1067,26 @@ def synthetic_cohort(
     return SyntheticCohort(name="synthetic", records=records, config=config, citation=None, truth=truth)
 
 
+def synthetic_stream(n: int, seed: int, chunk_size: int = 5_000, **kwargs: Any) -> Iterator[PatientRecord]:
+    """``n`` synthetic subjects drawn chunk by chunk, for cohorts too large to hold (10^5 and more).
+
+    Each chunk is :func:`synthetic_cohort` with its own seed derived from ``seed`` and the chunk's
+    number; ids run ``syn0000000`` onwards across chunks. Memory holds one chunk. The records are
+    not those of ``synthetic_cohort(n, seed)`` (one draw), and the generator's truth is not kept.
+    Keyword arguments go to :func:`synthetic_cohort` (its config is ``synthetic_config`` of the
+    same ``imaging_dim`` and ``params``).
+    """
+    if n < 1 or chunk_size < 1:
+        raise ValueError(f"n and chunk_size must be >= 1, got {n} and {chunk_size}")
+    # one SeedSequence per chunk, as derived_seed does, without importing the benchmarks package
+    seeds = np.random.SeedSequence(seed).spawn((n + chunk_size - 1) // chunk_size)
+    for k, start in enumerate(range(0, n, chunk_size)):
+        size = min(chunk_size, n - start)
+        chunk_seed = int(seeds[k].generate_state(1)[0])
+        for i, record in enumerate(synthetic_cohort(size, chunk_seed, **kwargs).records):
+            yield record.model_copy(update={"subject_id": f"syn{start + i:07d}"})
+
+
 def _visit_times(rng: np.random.Generator, end: np.ndarray, p: SyntheticParams) -> list[np.ndarray]:
     """Visit times per subject: 0, then Gamma gaps, strictly before end of follow-up."""
     n = len(end)
@@ -1254,7 +1276,7 @@ def daily_config(params: DailyParams | None = None) -> DatasetConfig:
             "description": f"Drug with carry-over: effect compartment rate {p.uptake[1]:g}/day (half-life "
             f"{math.log(2) / p.uptake[1]:.1f} days after it stops), slows log growth by {p.effect[1]:g}/day at dose 1.",
         },
-        {"name": "death", "codes": ["MEDS_DEATH"], "kind": "event"},
+        {"name": "death", "codes": [MEDS_DEATH], "kind": "event"},
     ]
     tests = [
         {"name": "scan", "variables": ["volume"], "cost": 5.0, "description": "Tumour volume scan."},

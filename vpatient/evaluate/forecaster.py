@@ -85,11 +85,9 @@ class VirtualPatientForecaster:
 
     def risk(self, histories: list[PatientRecord], landmark: float, windows: list[float], event: str) -> pd.DataFrame | None:
         model = self._fitted()
-        k = model.layout.events.index(event)
         times = np.asarray([landmark + w for w in windows])
-        paths = model.simulate(histories, [times] * len(histories), n_samples=self.n_samples, seed=self._seed)
-        risk = 1.0 - paths.survival[..., k].mean(axis=1)  # (B, W)
-        rows = [(sid, float(w), float(risk[b, i])) for b, sid in enumerate(paths.subject_ids) for i, w in enumerate(windows)]
+        risk = model.event_risk(histories, [times] * len(histories), event, n_samples=self.n_samples, seed=self._seed)
+        rows = [(h.subject_id, float(w), float(risk[b, i])) for b, h in enumerate(histories) for i, w in enumerate(windows)]
         return pd.DataFrame(rows, columns=["subject_id", "window", "risk"])
 
     def _fitted(self) -> VirtualPatientModel:

@@ -13,16 +13,27 @@ from vpatient.benchmarks.options import (
     IN_TIME_UNIT,
     CacheDirOption,
     ConfigOption,
+    FormatOption,
     ModelOption,
     PatientDataOption,
     ProgressOption,
     SeedOption,
     TrialDataOption,
 )
-from vpatient.errors import RecordValidationError, VPatientError
+from vpatient.errors import RecordValidationError, VPatientError, choose
 from vpatient.evaluate.fold_models import DEFAULT_CACHE
 
-__all__ = ["simulate_app", "trial_app", "warn_if_extrapolated", "whatif_command"]
+__all__ = [
+    "OutFormatOption",
+    "OverwriteOutOption",
+    "PredictionsOutOption",
+    "check_predictions_out",
+    "simulate_app",
+    "trial_app",
+    "warn_if_extrapolated",
+    "whatif_command",
+    "write_predictions_out",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,17 @@ SchedulerOption = Annotated[
 ]
 WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Workers of the LocalCluster the dask engine starts.")]
 ChunkOption = Annotated[int, typer.Option(min=1, help="Patients per chunk (memory use grows with it).")]
+# a forecast's or what-if's predictions as a file another system reads (today: FHIR)
+PredictionsOutOption = Annotated[
+    Path | None, typer.Option("--out", help="Also write the predictions to this file, in --format (e.g. forecast.fhir.json).")
+]
+OutFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format", help="Format of --out: fhir (a FHIR R4B Bundle: a RiskAssessment per event, an Observation per lab and time)."
+    ),
+]
+OverwriteOutOption = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")]
 
 
 def load_plan(path: Path, config) -> object:
@@ -89,6 +111,29 @@ def warn_if_extrapolated(vpm, end: float, training=None) -> None:
         typer.secho(f"WARNING: {warning}", err=True, fg="yellow")
 
 
+def check_predictions_out(out: Path | None, fmt: str | None, overwrite: bool) -> None:
+    """Refuse ``--out``/``--format`` before any work: a format without a file, an unknown format, a file that exists."""
+    if out is None:
+        if fmt is not None:
+            raise typer.BadParameter("--format says how --out is written; give --out FILE as well", param_hint="--format")
+        return
+    _choice(fmt or "fhir", ("fhir",), "--format")
+    from vpatient.report.fhir import check_output_file
+
+    check_output_file(out, overwrite)
+
+
+def write_predictions_out(result, record, model, out: Path | None, fmt: str | None, overwrite: bool) -> None:
+    """``--out``/``--format``: the forecast or what-if written for other systems (FHIR), atomically."""
+    check_predictions_out(out, fmt, overwrite)
+    if out is None:
+        return
+    from vpatient.report.fhir import write_predictions_fhir
+
+    write_predictions_fhir(result, record, model, out, overwrite=overwrite)
+    typer.echo(f"wrote {out}", err=True)
+
+
 def load_whatif(model: Path, plan: list[Path], patient: str, data: str | None, config: Path | None = None):
     """What a what-if command reads: the checkpoint's simulator, the plans (validated) and the patient's record.
 
@@ -122,10 +167,14 @@ def whatif_command(
     seed: SeedOption = 0,
     json_flag: Annotated[bool, typer.Option("--json", help="Print the full result as JSON instead of tables.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of the plans' forecasts and survival.")] = None,
+    out: PredictionsOutOption = None,
+    out_format: OutFormatOption = None,
+    overwrite: OverwriteOutOption = False,
 ) -> None:
     """What if this patient were treated differently? Forecasts under each plan and the effects against the first."""
     from vpatient.tables import markdown_table
 
+    check_predictions_out(out, out_format, overwrite)
     sim, plans, record = load_whatif(model, plan, patient, data, config)
     result = sim.whatif(record, plans, horizon=horizon, n_samples=n_samples, seed=seed, at=at)
     warn_if_extrapolated(sim.model, result.at + result.horizon, None)
@@ -147,13 +196,16 @@ def whatif_command(
         with staged_file(plot) as staging:
             plot_whatif(result, record=record).savefig(staging, dpi=110, bbox_inches="tight")
         typer.echo(f"wrote {plot}", err=True)
+    write_predictions_out(result, record, sim.model, out, out_format, overwrite)
 
 
 @simulate_app.command("cohort")
 def simulate_cohort(
     model: ModelOption,
     n: Annotated[int, typer.Option("--n", min=1, help="Virtual patients to draw.")],
-    out: Annotated[Path, typer.Option("--out", help="Output directory (MEDS under meds/, events under events/).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output directory (MEDS under meds/ or FHIR NDJSON under fhir/, events under events/).")
+    ],
     years: Annotated[
         float | None,
         typer.Option(help=f"Follow-up, {IN_TIME_UNIT} (the name is historical); default the model's default horizon."),
@@ -172,8 +224,12 @@ def simulate_cohort(
     workers: WorkersOption = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
     progress: ProgressOption = True,
+    data_format: FormatOption = "meds",
 ) -> None:
-    """Draw new virtual patients from the learned population and write them as a MEDS directory plus an events table."""
+    """Draw new virtual patients from the learned population and write them as a MEDS directory (or FHIR NDJSON) plus an events table."""
+    from vpatient.data.formats import DataFormat
+
+    fmt = choose(DataFormat, data_format, "--format")
     sim = load_simulator(model)
     years = sim.model.default_horizon if years is None else years
     chosen = load_plan(plan, sim.model.config) if plan is not None else None
@@ -191,10 +247,12 @@ def simulate_cohort(
         n_workers=workers,
         overwrite=overwrite,
         progress=progress,
+        format=fmt,
     )
+    written = f"{result.n_resources:,} FHIR resources" if result.format == DataFormat.FHIR else f"{result.n_rows:,} MEDS rows"
     typer.echo(
         f"wrote {result.n_patients:,} virtual patients followed {years:g} {sim.model.time_unit} "
-        f"({result.n_rows:,} MEDS rows, {result.n_events:,} events) to {result.out_dir}"
+        f"({written}, {result.n_events:,} events) to {result.out_dir}"
     )
 
 

@@ -2,7 +2,7 @@
 
 sim = Simulator.load("models/pbc")                 # the model, and its population.json
 sim.whatif(record, [plan_a, plan_b])               # one patient, several plans
-sim.cohort(10_000, seed=0, out="out/cohort")       # new patients, MEDS + events
+sim.cohort(10_000, seed=0, out="out/cohort")       # new patients, MEDS (or format="fhir") + events
 sim.trial({"placebo": none, "drug": drug}, n=2000) # the same patients under each arm
 sim.trial(arms, population=records)                # ... or real patients at enrolment
 sim.trial({"drug": drug}, n=2000)                  # one arm: a cohort's survival under a plan
@@ -22,7 +22,10 @@ import numpy as np
 import pandas as pd
 
 from vpatient import limits
+from vpatient.data.fhir.write import concatenate_ndjson
+from vpatient.data.formats import DataFormat
 from vpatient.data.meds import move_into_place, write_meds_metadata
+from vpatient.data.meds.codes import CONFIG_FILE
 from vpatient.errors import OutputExistsError, VPatientError, choose
 from vpatient.manifest import add_to_manifest
 from vpatient.schemas import PatientRecord, TreatmentPlan
@@ -30,7 +33,7 @@ from vpatient.simulation.engine import Engine, chunks, run_chunks
 from vpatient.simulation.population import POPULATION_FILE, Population
 from vpatient.simulation.sampling import Schedule, patients_from_records
 from vpatient.simulation.trial import AGGREGATES_DIR, PATIENTS_DIR, TrialResult, arm_outcomes, trial_chunk
-from vpatient.simulation.virtual_cohort import MEDS_DIR, CohortResult, cohort_chunk
+from vpatient.simulation.virtual_cohort import FHIR_DIR, MEDS_DIR, CohortResult, cohort_chunk, cohort_layout, fhir_part
 from vpatient.simulation.whatif import WhatIfResult, whatif
 from vpatient.staging import staging_dir
 from vpatient.virtual_patient import VirtualPatientModel
@@ -108,12 +111,15 @@ class Simulator:
         n_workers: int = 2,
         overwrite: bool = False,
         progress: bool = True,
+        format: DataFormat | str = DataFormat.MEDS,
     ) -> CohortResult:
         """``n`` virtual patients followed for ``years``, written under ``out`` (a temporary folder if None).
 
         Each gets the treatment of a training patient of its arm, or ``plan`` for all.
-        Same seed and chunk size, same cohort, whatever the engine.
+        Same seed and chunk size, same cohort, whatever the engine. ``format="fhir"`` writes
+        the patients as FHIR Bulk Data NDJSON under ``fhir/`` instead of MEDS under ``meds/``.
         """
+        fmt = choose(DataFormat, format, "output format")
         _check_size(self.model, n, years, [plan] if plan else [])
         population = self._population()
         schedule = choose(Schedule, schedule, "visit schedule")
@@ -134,18 +140,26 @@ class Simulator:
             "plan": plan.model_dump(mode="json") if plan else None,
             "chunk_size": chunk_size,
             "engine": Engine(engine).value,
+            "format": fmt.value,
             "model": str(self.model_dir) if self.model_dir else None,
             "population": "Gaussian mixture per baseline arm over the aggregate posterior and covariates",
         }
         checked = plan.check(self.model.config) if plan else None
         # Everything is written beside ``out`` and renamed into place at the end, so an
         # interrupted run never leaves half a cohort behind (as write_meds does).
+        work = chunks(n, chunk_size, seed)
         staging = staging_dir(out)
         try:
-            write_meds_metadata(self.model.config, staging / MEDS_DIR, dataset_name=f"virtual cohort of {self.model.config.name}")
+            config = self.model.config
+            if fmt == DataFormat.FHIR:
+                config.save(staging / CONFIG_FILE)
+            else:
+                write_meds_metadata(
+                    config, staging / MEDS_DIR, cohort_layout(config), dataset_name=f"virtual cohort of {config.name}"
+                )
             counts = run_chunks(
                 cohort_chunk,
-                chunks(n, chunk_size, seed),
+                work,
                 engine,
                 scheduler,
                 n_workers,
@@ -158,13 +172,18 @@ class Simulator:
                 visit_interval=visit_interval,
                 plan=checked.model_dump_json() if checked else None,
                 out_dir=str(staging),
+                format=fmt.value,
             )
+            if fmt == DataFormat.FHIR:
+                concatenate_ndjson([fhir_part(staging, chunk) for chunk in work], staging / FHIR_DIR)
             result = CohortResult(
                 staging,
                 sum(c["patients"] for c in counts),
                 sum(c["rows"] for c in counts),
                 sum(c["events"] for c in counts),
                 settings,
+                fmt,
+                sum(c["resources"] for c in counts),
             )
             result.write_manifest()
             move_into_place(staging, out)

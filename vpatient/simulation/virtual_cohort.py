@@ -1,11 +1,22 @@
-"""Virtual cohorts: new patients from the learned population, written as MEDS plus events.
+"""Virtual cohorts: new patients from the learned population, written as MEDS (or FHIR) plus events.
 
 Output directory::
 
     OUT/meds/data/part-00000.parquet ...   MEDS shards, one per chunk (written by whoever ran it)
     OUT/meds/metadata/...                  codes, dataset.json, the vpatient config
+
+The MEDS is standard (:func:`cohort_layout`): virtual patients have no calendar time, so
+their times are placed from :data:`~vpatient.schemas.RELATIVE_EPOCH` and read back as
+times since index.
     OUT/events/part-00000.parquet ...      one row per patient: arm, first event, end of follow-up
     OUT/simulation.json                    what was simulated: model, seed, settings
+
+With ``format="fhir"``, instead of ``meds/``::
+
+    OUT/fhir/Patient.ndjson ...            FHIR Bulk Data NDJSON, one file per resource type
+    OUT/vpatient_config.json               the config the resources are coded by (to read them back)
+
+each chunk writes its own NDJSON folder, and the folders are joined in chunk order at the end.
 
 Memory stays bounded by the chunk size: each chunk is drawn, rolled out, observed and
 written before the next, so a million patients stream through in pieces.
@@ -21,17 +32,24 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vpatient.data.meds import write_meds_shard
-from vpatient.data.meds.codes import DATA_DIR
+from vpatient.data.fhir.write import NdjsonWriter
+from vpatient.data.formats import DataFormat
+from vpatient.data.meds import frame_to_records, write_meds_shard
+from vpatient.data.meds.codes import CONFIG_FILE, DATA_DIR, MedsLayout
 from vpatient.plans import exposures_under_plan
-from vpatient.schemas import TreatmentPlan
+from vpatient.schemas import DatasetConfig, TreatmentPlan
 from vpatient.simulation.engine import Chunk, ModelRef, chunk_rng, resolve_model
 from vpatient.simulation.population import Population
 from vpatient.simulation.sampling import Schedule, draw_virtual_patients, observe, realise
 
-__all__ = ["CohortResult", "cohort_chunk"]
+__all__ = ["CohortResult", "cohort_chunk", "cohort_layout", "fhir_part"]
 
-MEDS_DIR, EVENTS_DIR, MANIFEST = "meds", "events", "simulation.json"
+MEDS_DIR, FHIR_DIR, EVENTS_DIR, MANIFEST = "meds", "fhir", "events", "simulation.json"
+
+
+def cohort_layout(config: DatasetConfig) -> MedsLayout:
+    """The MEDS layout of every virtual cohort: standard, relative times (no calendar), integer ids."""
+    return MedsLayout(relative=True, time_unit=config.time_unit)
 
 
 @dataclass
@@ -43,10 +61,16 @@ class CohortResult:
     n_rows: int
     n_events: int
     settings: dict
+    format: DataFormat = DataFormat.MEDS
+    n_resources: int = 0  # FHIR resources written (FHIR only)
 
     @property
     def meds_dir(self) -> Path:
         return self.out_dir / MEDS_DIR
+
+    @property
+    def fhir_dir(self) -> Path:
+        return self.out_dir / FHIR_DIR
 
     def events(self) -> pd.DataFrame:
         """The events table (one row per patient)."""
@@ -54,14 +78,27 @@ class CohortResult:
 
     def records(self):
         """The cohort read back as validated PatientRecords (small cohorts: it is all in memory)."""
+        if self.format == DataFormat.FHIR:
+            from vpatient.data.fhir import read_fhir  # the FHIR reader (vpatient.data.fhir.read)
+            from vpatient.schemas import DatasetConfig
+
+            return read_fhir(self.fhir_dir, DatasetConfig.load(self.out_dir / CONFIG_FILE))
         from vpatient.data.meds import read_meds
 
         return read_meds(self.meds_dir)
 
     def write_manifest(self) -> Path:
         path = self.out_dir / MANIFEST
-        path.write_text(json.dumps({**self.settings, "n_rows": self.n_rows, "n_events": self.n_events}, indent=2) + "\n")
+        counts = {"n_rows": self.n_rows, "n_events": self.n_events}
+        if self.format == DataFormat.FHIR:
+            counts["n_resources"] = self.n_resources
+        path.write_text(json.dumps({**self.settings, **counts}, indent=2) + "\n")
         return path
+
+
+def fhir_part(out_dir: str | Path, chunk: Chunk) -> Path:
+    """The NDJSON folder one chunk of a FHIR cohort is written to, until the parts are joined."""
+    return Path(out_dir) / FHIR_DIR / Path(chunk.name).stem
 
 
 def cohort_chunk(
@@ -74,6 +111,7 @@ def cohort_chunk(
     visit_interval: float | None,
     plan: str | None,
     out_dir: str,
+    format: str = DataFormat.MEDS.value,
 ) -> dict[str, int]:
     """Draw, roll out, observe and write one chunk of a virtual cohort; returns its counts."""
     vpm = resolve_model(model)
@@ -87,8 +125,15 @@ def cohort_chunk(
     outcomes = realise(vpm, patients, years, exposures, with_labs=False)
     frame = observe(vpm, patients, outcomes, pop)
     out = Path(out_dir)
-    write_meds_shard(frame, out / MEDS_DIR / DATA_DIR / chunk.name)
+    resources = 0
+    if DataFormat(format) == DataFormat.FHIR:
+        records = frame_to_records(frame, vpm.config, source=f"virtual cohort chunk {chunk.index}")
+        with NdjsonWriter(fhir_part(out, chunk), vpm.config) as writer:
+            writer.write(records)
+        resources = writer.n_resources
+    else:
+        write_meds_shard(frame, out / MEDS_DIR / DATA_DIR / chunk.name, cohort_layout(vpm.config))
     events = outcomes.events_frame(vpm, patients)
     (out / EVENTS_DIR).mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(events, preserve_index=False), out / EVENTS_DIR / chunk.name)
-    return {"patients": chunk.size, "rows": len(frame), "events": int(events["observed"].sum())}
+    return {"patients": chunk.size, "rows": len(frame), "events": int(events["observed"].sum()), "resources": resources}

@@ -13,12 +13,17 @@ with a known vocabulary prefix (``LOINC/1975-2``, the MEDS community's spelling)
 Reading a resource with several codings takes the first one some variable reads.
 
 Mapping (``t`` below is the record's time, made a dateTime as ``index_time + t`` in the
-config's time unit):
+config's time unit, rounded to the microsecond as MEDS timestamps are, and written in UTC
+with all six fraction digits: ``2001-02-03T04:05:06.789012Z``; values are written as
+Python writes floats, so they read back bit for bit):
 
 =========================  =================================================================
 record part                FHIR
 =========================  =================================================================
 subject_id                 ``Patient.id``; every other resource refers to ``Patient/{id}``.
+                           Other resources' ids are ``{subject_id}-{n}``, ``n`` counting the
+                           subject's resources in the order below.
+split                      ``Patient.meta.tag`` with system :data:`SPLIT_TAG_SYSTEM`, code the split.
 index_time,                ``EpisodeOfCare`` (status ``finished``) whose ``period`` runs from
 end_of_followup            the index to the end of follow-up. Absent: the index is the first
                            dated resource and follow-up ends at the last (the MEDS rules).
@@ -34,11 +39,14 @@ other static               ``Observation`` at the index, ``valueQuantity`` (numb
 continuous, binary,        ``Observation`` (status ``final``), ``effectiveDateTime``,
 ordinal                    ``valueQuantity`` with the UCUM unit; values in another unit of the
                            same dimension are converted (:mod:`vpatient.data.fhir.units`).
+                           Written: ``unit`` is the config's unit verbatim, with ``system``
+                           UCUM and ``code`` the same text where the writer recognises it as
+                           UCUM; a variable without unit gets a Quantity with a value alone.
 imaging_embedding          ``ImagingStudy`` (``started``) plus an ``Observation`` with
-                           ``partOf`` the study and ``valueSampledData`` (the vector, in order;
-                           ``origin`` 0 and no ``factor``: the numbers are the values). The
-                           Observation's ``effectiveDateTime`` (= ``started``) is the study's
-                           time; without one, the reader takes the study's ``started``.
+                           ``partOf`` the study and ``valueSampledData`` (the vector, in order:
+                           ``data`` the components separated by spaces; origin 0, period 1,
+                           dimensions 1). The Observation's ``effectiveDateTime`` is the
+                           study's time; without one, the reader takes the study's ``started``.
 history                    ``Condition`` (``onsetDateTime``); ``Procedure`` is read too.
 treatment                  ``MedicationStatement``: ``medicationCodeableConcept``,
                            ``effectivePeriod`` (no end: still given), dose in
@@ -48,6 +56,10 @@ treatment                  ``MedicationStatement``: ``medicationCodeableConcept`
 event reading MEDS_DEATH   ``Patient.deceasedDateTime``.
 other events               ``Condition`` with ``onsetDateTime``; ``Procedure`` is read too.
 =========================  =================================================================
+
+Writing (:func:`write_fhir`, :mod:`vpatient.data.fhir.write`): one Bundle of type
+``collection`` in a ``.json`` file, a folder of per-patient Bundles ``{subject_id}.json``, or
+a folder of FHIR Bulk Data NDJSON files, one per resource type (``Patient.ndjson``, ...).
 
 Reading (:mod:`~vpatient.data.fhir.read`, :mod:`~vpatient.data.fhir.rows`): a Bundle
 (``collection``, ``transaction``, ``searchset`` or ``batch``) as a ``.json`` file, NDJSON (one
@@ -64,16 +76,19 @@ period start is refused ("a dose without a period"), and one without a dose gets
 dose 1. Resources whose code no variable reads need no time, period or value (a drug given
 by ``medicationReference`` counts as such a code). An Observation's ``component`` entries
 (a blood-pressure panel's systolic and diastolic) are read as Observations of their own codes
-at its time; a panel with components some variable reads is not an unknown code itself. Quantities take their unit from ``code`` when ``system`` is UCUM, else from ``unit``,
-and are converted to the variable's unit (:mod:`~vpatient.data.fhir.units`). Codes no
+at its time; a panel with components some variable reads is not an unknown code itself.
+Quantities take their unit from ``code`` when ``system`` is UCUM, else from ``unit``, and are
+converted to the variable's unit (:mod:`~vpatient.data.fhir.units`). Codes no
 variable reads follow ``unknown_codes`` (reported by code, naming the resources) and their rows
 still place the subject in follow-up, as in MEDS. ``Patient.gender``, ``birthDate`` and
 ``deceasedDateTime`` are read only when a variable reads ``GENDER``, ``MEDS_BIRTH`` or
 ``MEDS_DEATH``. Resources ``entered-in-error``, ``not-taken`` or ``cancelled`` are passed over;
 other resource types (Encounter, Practitioner, ...) are skipped and counted in one log line.
-A Patient with no dated resource that a variable reads is left out, with a warning.
+A Patient with no dated resource that a variable reads is left out, with a warning. A
+``Patient.meta.tag`` of :data:`SPLIT_TAG_SYSTEM` gives the record's split.
 """
 
 from vpatient.data.fhir.read import is_fhir, iter_fhir, read_fhir
+from vpatient.data.fhir.write import FhirLayout, write_fhir
 
-__all__ = ["is_fhir", "iter_fhir", "read_fhir"]
+__all__ = ["FhirLayout", "is_fhir", "iter_fhir", "read_fhir", "write_fhir"]

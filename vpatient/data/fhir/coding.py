@@ -9,19 +9,36 @@ local codes) travel under :data:`LOCAL_SYSTEM`, unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 
-from vpatient.schemas import DatasetConfig
+from vpatient.schemas import RELATIVE_EPOCH, DatasetConfig
 
-__all__ = ["LOCAL_SYSTEM", "RELATIVE_EPOCH", "RELATIVE_TIME_TAG", "VOCABULARIES", "from_coding", "to_coding"]
+__all__ = [
+    "BIRTH_TIME_EXTENSION",
+    "LOCAL_SYSTEM",
+    "RELATIVE_EPOCH",
+    "RELATIVE_TIME_TAG",
+    "SPLIT_TAG_SYSTEM",
+    "UCUM_SYSTEM",
+    "VOCABULARIES",
+    "from_coding",
+    "to_coding",
+]
 
 #: FHIR code system of codes that belong to no vocabulary below (kept verbatim).
 LOCAL_SYSTEM = "urn:vpatient:code"
 
-#: Where records without calendar time (times since an unknown index) are placed when a
-#: format needs dates; the tag below marks them, so they read back as relative times.
-RELATIVE_EPOCH = datetime(2000, 1, 1)
+#: :data:`~vpatient.schemas.RELATIVE_EPOCH` (records without calendar time) is shared with the
+#: MEDS writer; the tag below marks such records in FHIR, so they read back as relative times.
 RELATIVE_TIME_TAG = {"system": "urn:vpatient:tag", "code": "relative-time"}
+
+#: ``Patient.meta.tag`` system whose code is the subject's MEDS split (``train``, ``tuning``, ``held_out``).
+SPLIT_TAG_SYSTEM = "urn:vpatient:split"
+
+#: The standard extension (on ``Patient.birthDate``) holding the time of birth as a dateTime.
+BIRTH_TIME_EXTENSION = "http://hl7.org/fhir/StructureDefinition/patient-birthTime"
+
+#: Code system of UCUM units (``Quantity.system``).
+UCUM_SYSTEM = "http://unitsofmeasure.org"
 
 #: MEDS vocabulary prefix -> FHIR system URI (HL7 terminology, terminology.hl7.org).
 VOCABULARIES: Mapping[str, str] = {

@@ -162,7 +162,11 @@ def _batches(
             frame, problems = _place_embeddings(staged_frame, book)
             frame = _dated_subjects(frame)
             try:
-                records = frame_to_records(frame, quiet, warnings_out=warnings_out, source=str(path)) if len(frame) else []
+                records = (
+                    frame_to_records(frame, quiet, splits=found.splits, warnings_out=warnings_out, source=str(path))
+                    if len(frame)
+                    else []
+                )
             except RecordValidationError as exc:
                 problems += exc.problems
             if problems:

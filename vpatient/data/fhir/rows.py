@@ -18,18 +18,16 @@ from typing import Any, Literal
 
 import pydantic
 
-from vpatient.data.fhir.coding import RELATIVE_TIME_TAG, from_coding
-from vpatient.data.fhir.units import UCUM_SYSTEM, UnitMismatch, convert
+from vpatient.data.fhir.coding import BIRTH_TIME_EXTENSION, RELATIVE_TIME_TAG, SPLIT_TAG_SYSTEM, UCUM_SYSTEM, from_coding
+from vpatient.data.fhir.units import UnitMismatch, convert
 from vpatient.data.meds.codes import MEDS_BIRTH, MEDS_DEATH, CodeBook, Role, component_code, start_code, stop_code
 from vpatient.errors import Problem
 from vpatient.schemas import DatasetConfig, UnknownCodePolicy, VariableSpec
 
-__all__ = ["BIRTH_TIME_URL", "GENDER", "IMAGING_STUDY", "Findings", "ResourceReader", "Row", "Where", "pydantic_problems"]
+__all__ = ["GENDER", "IMAGING_STUDY", "Findings", "ResourceReader", "Row", "Where", "pydantic_problems"]
 
 #: MEDS code under which ``Patient.gender`` is read (text value: the gender), when a variable lists it.
 GENDER = "GENDER"
-#: The standard extension giving the time of day of ``Patient.birthDate``.
-BIRTH_TIME_URL = "http://hl7.org/fhir/StructureDefinition/patient-birthTime"
 
 #: Internal code of a staged row giving an ImagingStudy's ``started`` (text value: ``ImagingStudy/{id}``), for
 #: embedding Observations without a time of their own; the reader removes these rows before making records.
@@ -111,6 +109,7 @@ class Findings:
     problems: list[Problem] = field(default_factory=list)
     patients: set[str] = field(default_factory=set)
     relative: set[str] = field(default_factory=set)  # Patients tagged as having no calendar time
+    splits: dict[str, str] = field(default_factory=dict)  # Patient -> its MEDS split, where a tag gives one
     referenced: dict[str, tuple[str, str]] = field(
         default_factory=dict
     )  # subject -> the first resource and field referring to it
@@ -123,6 +122,7 @@ class Findings:
         self.problems += other.problems
         self.patients |= other.patients
         self.relative |= other.relative
+        self.splits |= other.splits
         for sid, first in other.referenced.items():
             self.referenced.setdefault(sid, first)
         self.unborn += other.unborn
@@ -311,6 +311,9 @@ class ResourceReader:
         tags = (patient.meta.tag or []) if patient.meta is not None else []
         if any(t.system == RELATIVE_TIME_TAG["system"] and t.code == RELATIVE_TIME_TAG["code"] for t in tags):
             self.found.relative.add(sid)
+        split = next((t.code for t in tags if t.system == SPLIT_TAG_SYSTEM and t.code), None)
+        if split is not None:
+            self.found.splits[sid] = split
         rows: list[Row] = []
         if self._birth is not None:
             born = _birth_time(patient)
@@ -537,7 +540,7 @@ def _birth_time(patient: Any) -> Any:
     """The patient-birthTime extension's dateTime (on birthDate, or on the Patient), else birthDate."""
     birth_ext = patient.birthDate__ext
     for extension in [*(birth_ext.extension or [] if birth_ext is not None else []), *(patient.extension or [])]:
-        if extension.url == BIRTH_TIME_URL and extension.valueDateTime is not None:
+        if extension.url == BIRTH_TIME_EXTENSION and extension.valueDateTime is not None:
             return extension.valueDateTime
     return patient.birthDate
 

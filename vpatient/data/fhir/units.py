@@ -17,10 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-__all__ = ["UCUM_SYSTEM", "UnitMismatch", "canonical_unit", "convert", "same_unit"]
-
-#: FHIR system of UCUM codes (Quantity.system).
-UCUM_SYSTEM = "http://unitsofmeasure.org"
+__all__ = ["UnitMismatch", "canonical_unit", "convert", "same_unit"]
 
 # dimension -> {UCUM code: size in the dimension's first unit}
 _DIMENSIONS: Mapping[str, Mapping[str, float]] = {

@@ -6,7 +6,10 @@ measurement: ``subject_id``, ``time`` (null for static rows), ``code``,
 or parquet file, or a MEDS directory (``data/**/*.parquet`` plus
 ``metadata/subject_splits.parquet`` and ``metadata/codes.parquet`` when present), and
 writes MEDS directories that also carry the dataset config, so they describe
-themselves.
+themselves. What it writes is standard MEDS, as the ``meds`` package's schemas define it
+(``DataSchema``, ``CodeMetadataSchema``, ``SubjectSplitSchema``, ``DatasetMetadataSchema``;
+``vpatient validate`` checks a directory against them), unless the numeric-time
+extension is asked for (below).
 
 Mapping rules (``C`` is a code a variable lists in ``VariableSpec.codes``; writing
 uses ``codes[0]``):
@@ -68,16 +71,51 @@ above without the ``encoding`` lines), which is what the writer writes: data rea
 the other encodings is written back in vpatient's, and reads back with the same config
 to the same records.
 
-Writing: a record with ``index_time`` gets a ``time`` column of ``datetime64[us]``
-(offsets rounded to the microsecond); records without get a float column; a mix is
-an error. Numeric-time data round-trip bit for bit. Deviations from the MEDS schema,
-made so that round trips are lossless: ``numeric_value`` is float64 (MEDS: float32),
-``time`` may be float (times since index) where the source had no calendar time, and
-``subject_id`` is str when the ids are not all integers (MEDS: int64, as written otherwise).
+Writing (standard MEDS, the default). Every shard has ``meds.DataSchema``'s columns and
+types (subject_id int64, time timestamp[us], code, numeric_value float32, text_value
+large_string), then extension columns, declared in ``metadata/dataset.json``, that keep
+records -> MEDS -> records lossless, bit for bit:
 
-Modules: :mod:`~vpatient.data.meds.codes` (the one table of codes, columns and dtypes,
-shared with the virtual-cohort writer), :mod:`~vpatient.data.meds.read` (MEDS in) and
-:mod:`~vpatient.data.meds.write` (MEDS out).
+- ``numeric_value_f64`` (``other_extension_columns``): the float64 value where float32
+  does not hold it exactly, null elsewhere. Other tools see the nearest float32 in
+  ``numeric_value``, as MEDS defines it. Kept for every value rather than only where a
+  short decimal would do, because embeddings and simulated values are arbitrary float64.
+- Records without calendar time (``index_time`` None: PBC's times since enrolment,
+  virtual cohorts) are placed at :data:`~vpatient.schemas.RELATIVE_EPOCH` (2000-01-01,
+  the anchor the FHIR writer uses) plus their time, rounded to the microsecond, and
+  dataset.json's ``vpatient`` section says so (``relative_time``, ``time_origin``,
+  ``time_unit``). vpatient reads them back with ``index_time`` None and times
+  ``(time - RELATIVE_EPOCH) / unit``. Microsecond rounding alone would be off by up to
+  half a microsecond (1.6e-14 years); ``time_f64`` (``other_extension_columns``) holds
+  the float time where the timestamp does not give it back exactly, so times are exact.
+  A config with another time unit reads the timestamps (to the microsecond) and ignores
+  ``time_f64``.
+- Subject ids that are not all integers (``syn00001``) are numbered 0, 1, ... in id order;
+  ``source_subject_id`` (``raw_source_id_columns``) keeps each row's original id, and the
+  reader (and ``subject_splits.parquet``, which holds the numbers) maps them back.
+
+An extension value is used only while the standard column still holds it rounded (its
+float32, its microsecond): a value another tool changed since is read as changed. Each
+shard also carries the layout in its parquet metadata, so a shard read on its own (a
+file, not the directory) reads back exactly too. Other tools' MEDS (no ``vpatient``
+section in dataset.json) is read as written: timestamps are calendar times, extension
+columns are ignored, as are other extra columns (``unit``, ``site_id``). Records with ``index_time`` get calendar timestamps (offsets rounded to the
+microsecond, the precision of their source); a mix of records with and without is an error.
+
+The numeric-time extension (``write_meds(..., standard=False)``, CLI ``--meds-extension
+numeric-time``) is vpatient's older layout and departs from the MEDS standard:
+``numeric_value`` float64, ``time`` float (times since index) where the records have no
+calendar time, ``subject_id`` str when the ids are not all integers. The reader keeps
+reading it (directories written before the standard layout load unchanged).
+
+Layouts are described by :class:`~vpatient.data.meds.codes.MedsLayout`, read back from a
+directory by :func:`read_layout`; :func:`meds_schema_problems` checks a directory against
+the ``meds`` schemas.
+
+Modules: :mod:`~vpatient.data.meds.codes` (the one table of codes, columns, dtypes and
+layouts, shared with the virtual-cohort writer), :mod:`~vpatient.data.meds.read` (MEDS
+in), :mod:`~vpatient.data.meds.write` (MEDS out) and :mod:`~vpatient.data.meds.conformance`
+(checks against the ``meds`` package's schemas).
 """
 
 from vpatient.data.meds.codes import (
@@ -93,9 +131,18 @@ from vpatient.data.meds.codes import (
     STOP_SUFFIX,
     TRAIN_SPLIT,
     TUNING_SPLIT,
+    MedsLayout,
 )
-from vpatient.data.meds.read import frame_to_records, iter_meds, load_config_for, read_meds
-from vpatient.data.meds.write import move_into_place, records_to_frame, write_meds, write_meds_metadata, write_meds_shard
+from vpatient.data.meds.conformance import meds_schema_problems
+from vpatient.data.meds.read import frame_to_records, iter_meds, load_config_for, read_layout, read_meds
+from vpatient.data.meds.write import (
+    meds_table,
+    move_into_place,
+    records_to_frame,
+    write_meds,
+    write_meds_metadata,
+    write_meds_shard,
+)
 from vpatient.errors import OutputExistsError, UnknownCodeWarning
 
 __all__ = [
@@ -111,12 +158,16 @@ __all__ = [
     "STOP_SUFFIX",
     "TRAIN_SPLIT",
     "TUNING_SPLIT",
+    "MedsLayout",
     "OutputExistsError",
     "UnknownCodeWarning",
     "frame_to_records",
     "iter_meds",
     "load_config_for",
+    "meds_schema_problems",
+    "meds_table",
     "move_into_place",
+    "read_layout",
     "read_meds",
     "records_to_frame",
     "write_meds",

@@ -1,50 +1,62 @@
-"""The one table of MEDS codes, columns and dtypes that every MEDS reader and writer of vpatient uses.
+"""The one table of MEDS codes, columns, dtypes and file layout that every MEDS reader and writer of vpatient uses.
 
 Both writers, :mod:`vpatient.data.meds.write` (records) and the virtual-cohort writer
 (:func:`vpatient.simulation.sampling.observe`), name their rows, type their columns and
 order their tables from here, so that a virtual cohort is read back by
-:mod:`vpatient.data.meds.read` exactly as a real one.
+:mod:`vpatient.data.meds.read` exactly as a real one. Codes, split names and file paths
+that MEDS defines come from the ``meds`` package; :class:`MedsLayout` says how a dataset's
+shards are typed (standard MEDS, or vpatient's numeric-time extension).
 
 Subject ids: MEDS types ``subject_id`` as int64, and so do both writers whenever every
-id is an integer written canonically (virtual patients are numbered, so always). Ids
-that are not (``"syn00001"``) are written as str rather than renumbered, so that a round
-trip keeps them; the reader turns every id into str (``PatientRecord.subject_id``).
+id is an integer written canonically (virtual patients are numbered, so always). Other
+ids (``"syn00001"``) are numbered in the standard layout, the originals kept in the
+``source_subject_id`` column; the numeric-time extension writes them as str. The reader
+turns every id into str (``PatientRecord.subject_id``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Any
 
+import meds
 import pandas as pd
 import pyarrow as pa
 
-from vpatient.errors import ConfigError
-from vpatient.schemas import CodeEncoding, DatasetConfig, VariableKind, VariableSpec
+from vpatient.errors import ConfigError, DataFormatError
+from vpatient.schemas import RELATIVE_EPOCH, CodeEncoding, DatasetConfig, TimeUnit, VariableKind, VariableSpec
 
 __all__ = [
     "CODE",
-    "CODES_FILE",
+    "CODES_PATH",
     "CODES_SCHEMA",
     "CODE_SEPARATOR",
     "CONFIG_FILE",
-    "DATASET_FILE",
+    "DATASET_PATH",
     "DATA_DIR",
     "DEFAULT_INDEX_CODE",
     "ETL_NAME",
+    "EXTENSION_COLUMNS",
     "HELD_OUT_SPLIT",
+    "LAYOUT_KEY",
     "MEDS_BIRTH",
     "MEDS_COLUMNS",
     "MEDS_DEATH",
     "MEDS_VERSION",
     "METADATA_DIR",
     "MICROS_PER_DAY",
+    "NUMERIC_TIME_EXTENSION",
     "NUMERIC_VALUE",
+    "NUMERIC_VALUE_F64",
     "REQUIRED_COLUMNS",
-    "SPLITS_FILE",
+    "SOURCE_SUBJECT_ID",
+    "SPLITS_PATH",
     "SPLIT_ORDER",
     "START_SUFFIX",
     "STATIC_ROLES",
@@ -53,17 +65,18 @@ __all__ = [
     "SUBJECT_ID_DTYPE",
     "TEXT_VALUE",
     "TIME",
+    "TIME_F64",
     "TRAIN_SPLIT",
     "TUNING_SPLIT",
     "UNSPLIT_DIR",
     "VALUE_ROLES",
     "CodeBook",
     "CodeRole",
+    "MedsLayout",
     "Role",
     "codes_table",
     "component_code",
     "is_integer_ids",
-    "meds_schema",
     "start_code",
     "stop_code",
     "subject_id_column",
@@ -72,18 +85,18 @@ __all__ = [
 
 # --------------------------------------------------------------------------- constants
 
-MEDS_BIRTH = "MEDS_BIRTH"
-MEDS_DEATH = "MEDS_DEATH"
-TRAIN_SPLIT = "train"
-TUNING_SPLIT = "tuning"
-HELD_OUT_SPLIT = "held_out"
+MEDS_BIRTH: str = meds.birth_code
+MEDS_DEATH: str = meds.death_code
+TRAIN_SPLIT: str = meds.train_split
+TUNING_SPLIT: str = meds.tuning_split
+HELD_OUT_SPLIT: str = meds.held_out_split
 CODE_SEPARATOR = "//"
 START_SUFFIX = f"{CODE_SEPARATOR}START"
 STOP_SUFFIX = f"{CODE_SEPARATOR}STOP"
 #: Index marker written for timestamped records when the config names no index_code.
 DEFAULT_INDEX_CODE = "VPATIENT_INDEX"
-#: The MEDS schema version these files follow (with the deviations in :mod:`vpatient.data.meds`).
-MEDS_VERSION = "0.3.3"
+#: The MEDS schema version written files follow: the installed ``meds`` package's, whose schemas they are checked against.
+MEDS_VERSION: str = meds.__version__
 ETL_NAME = "vpatient"
 
 SUBJECT_ID, TIME, CODE, NUMERIC_VALUE, TEXT_VALUE = "subject_id", "time", "code", "numeric_value", "text_value"
@@ -92,9 +105,20 @@ MEDS_COLUMNS = (*REQUIRED_COLUMNS, TEXT_VALUE)
 #: The subject_id dtype of every table vpatient writes when the ids are integers (MEDS's type).
 SUBJECT_ID_DTYPE = "int64"
 
-DATA_DIR, METADATA_DIR = "data", "metadata"
-CODES_FILE, SPLITS_FILE = "codes.parquet", "subject_splits.parquet"
-DATASET_FILE, CONFIG_FILE = "dataset.json", "vpatient_config.json"
+#: Extension columns of the standard layout (declared in dataset.json): the float64 value and time
+#: where the standard float32 ``numeric_value`` and microsecond ``time`` do not hold them exactly,
+#: and the original subject id where ids are not integers.
+NUMERIC_VALUE_F64, TIME_F64, SOURCE_SUBJECT_ID = "numeric_value_f64", "time_f64", "source_subject_id"
+EXTENSION_COLUMNS = (NUMERIC_VALUE_F64, TIME_F64, SOURCE_SUBJECT_ID)
+
+#: Paths inside a MEDS directory, as the ``meds`` package defines them (relative to its root).
+DATA_DIR: str = meds.data_subdirectory
+CODES_PATH: str = meds.code_metadata_filepath
+SPLITS_PATH: str = meds.subject_splits_filepath
+DATASET_PATH: str = meds.dataset_metadata_filepath
+METADATA_DIR = str(PurePosixPath(CODES_PATH).parent)
+#: vpatient's own metadata file: the dataset config, so that a directory describes itself.
+CONFIG_FILE = "vpatient_config.json"
 #: Folder under data/ for subjects without a split, when other subjects have one.
 UNSPLIT_DIR = "unsplit"
 #: The order of split folders under data/ (others follow by name).
@@ -145,17 +169,120 @@ def subject_id_column(ids: pd.Series) -> pd.Series:
     return ids
 
 
-def meds_schema(frame: pd.DataFrame) -> pa.Schema:
-    """The parquet schema of a MEDS table: subject_id int64 (str ids: string), time float or timestamp[us]."""
-    return pa.schema(
-        [
-            (SUBJECT_ID, pa.int64() if pd.api.types.is_integer_dtype(frame[SUBJECT_ID]) else pa.string()),
-            (TIME, pa.timestamp("us") if pd.api.types.is_datetime64_dtype(frame[TIME]) else pa.float64()),
-            (CODE, pa.string()),
-            (NUMERIC_VALUE, pa.float64()),
-            (TEXT_VALUE, pa.string()),
-        ]
-    )
+#: The name of vpatient's numeric-time extension (``write_meds(standard=False)``, CLI ``--meds-extension``).
+NUMERIC_TIME_EXTENSION = "numeric-time"
+#: dataset.json's key for what vpatient needs to read its own layout back (MEDS allows extra keys).
+LAYOUT_KEY = "vpatient"
+
+
+@dataclass(frozen=True)
+class MedsLayout:
+    """How the data shards of a MEDS directory are typed, and what vpatient needs to read them back losslessly.
+
+    ``standard`` True is MEDS as the ``meds`` package defines it (``meds.DataSchema``), plus
+    extension columns declared in dataset.json: :data:`NUMERIC_VALUE_F64` (always),
+    :data:`TIME_F64` (``relative``) and :data:`SOURCE_SUBJECT_ID` (``source_ids``). False is
+    vpatient's numeric-time extension, which departs from MEDS: float64 ``numeric_value``,
+    float ``time`` (times since index) when ``relative``, str ``subject_id`` when ``source_ids``.
+
+    ``relative``: the records have no calendar time (``index_time`` None); the standard
+    layout places them from :data:`~vpatient.schemas.RELATIVE_EPOCH` in ``time_unit``.
+    ``source_ids``: the subject ids are not all integers.
+    """
+
+    standard: bool = True
+    relative: bool = False
+    time_unit: TimeUnit = TimeUnit.YEARS
+    source_ids: bool = False
+
+    @property
+    def unit_micros(self) -> float:
+        """Microseconds in one unit of time: times convert through whole microseconds."""
+        return MICROS_PER_DAY * self.time_unit.days
+
+    def extension_columns(self) -> list[str]:
+        """The standard layout's extension columns in this dataset (none for the numeric-time extension)."""
+        if not self.standard:
+            return []
+        used = {NUMERIC_VALUE_F64: True, TIME_F64: self.relative, SOURCE_SUBJECT_ID: self.source_ids}
+        return [column for column in EXTENSION_COLUMNS if used[column]]
+
+    def data_schema(self) -> pa.Schema:
+        """The parquet schema of every data shard: ``meds.DataSchema``'s columns, then the extension columns.
+
+        The layout also rides in the schema's metadata (key :data:`LAYOUT_KEY`), so that a
+        shard read on its own, without its directory's dataset.json, still reads back exactly.
+        """
+        return self._columns().with_metadata({LAYOUT_KEY: json.dumps(self.dataset_metadata())})
+
+    def _columns(self) -> pa.Schema:
+        if not self.standard:
+            return pa.schema(
+                [
+                    (SUBJECT_ID, pa.string() if self.source_ids else pa.int64()),
+                    (TIME, pa.float64() if self.relative else pa.timestamp("us")),
+                    (CODE, pa.string()),
+                    (NUMERIC_VALUE, pa.float64()),
+                    (TEXT_VALUE, pa.string()),
+                ]
+            )
+        extension = {NUMERIC_VALUE_F64: pa.float64(), TIME_F64: pa.float64(), SOURCE_SUBJECT_ID: pa.string()}
+        return pa.schema([*meds.DataSchema.schema(), *((c, extension[c]) for c in self.extension_columns())])
+
+    def dataset_metadata(self) -> dict[str, Any]:
+        """dataset.json's entries for this layout: the declared extension columns and vpatient's own section."""
+        columns = self.extension_columns()
+        section: dict[str, Any] = {
+            "layout": "standard" if self.standard else NUMERIC_TIME_EXTENSION,
+            "relative_time": self.relative,
+            "time_unit": self.time_unit.value,
+        }
+        if self.standard and self.relative:
+            section["time_origin"] = RELATIVE_EPOCH.isoformat()
+        return {
+            "raw_source_id_columns": [c for c in columns if c == SOURCE_SUBJECT_ID],
+            "other_extension_columns": [c for c in columns if c != SOURCE_SUBJECT_ID],
+            LAYOUT_KEY: section,
+        }
+
+    @classmethod
+    def from_shard_metadata(cls, metadata: dict[bytes, bytes] | None, source: str) -> MedsLayout | None:
+        """The layout a shard written by vpatient carries in its parquet metadata; None for other files."""
+        raw = (metadata or {}).get(LAYOUT_KEY.encode())
+        if raw is None:
+            return None
+        try:
+            found = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise DataFormatError(f"{source}: its {LAYOUT_KEY!r} metadata is not JSON") from None
+        if not isinstance(found, dict):
+            raise DataFormatError(f"{source}: its {LAYOUT_KEY!r} metadata is not a JSON object")
+        return cls.from_dataset_metadata(found, source)
+
+    @classmethod
+    def from_dataset_metadata(cls, metadata: dict[str, Any], source: str) -> MedsLayout | None:
+        """The layout a vpatient-written dataset.json describes; None when it has no vpatient section (other tools).
+
+        A section that is not what vpatient writes is a DataFormatError naming ``source``.
+        """
+        section = metadata.get(LAYOUT_KEY)
+        if section is None:
+            return None
+        try:
+            layout = section["layout"]
+            if layout not in ("standard", NUMERIC_TIME_EXTENSION):
+                raise ValueError(f"layout {layout!r} is neither 'standard' nor {NUMERIC_TIME_EXTENSION!r}")
+            origin = section.get("time_origin")
+            if origin is not None and origin != RELATIVE_EPOCH.isoformat():
+                raise ValueError(f"time_origin {origin!r}; vpatient places relative times from {RELATIVE_EPOCH.isoformat()}")
+            return cls(
+                standard=layout == "standard",
+                relative=bool(section["relative_time"]),
+                time_unit=TimeUnit(section["time_unit"]),
+                source_ids=SOURCE_SUBJECT_ID in metadata.get("raw_source_id_columns", []),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataFormatError(f"{source}: the {LAYOUT_KEY!r} section is not what vpatient writes ({exc})") from None
 
 
 # --------------------------------------------------------------------------- code book

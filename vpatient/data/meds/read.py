@@ -23,24 +23,30 @@ import pyarrow.parquet as pq
 
 from vpatient.data.meds.codes import (
     CODE,
-    CODES_FILE,
+    CODES_PATH,
     CONFIG_FILE,
     DATA_DIR,
+    DATASET_PATH,
+    EXTENSION_COLUMNS,
     MEDS_BIRTH,
     MEDS_COLUMNS,
     METADATA_DIR,
     MICROS_PER_DAY,
     NUMERIC_VALUE,
+    NUMERIC_VALUE_F64,
     REQUIRED_COLUMNS,
-    SPLITS_FILE,
+    SOURCE_SUBJECT_ID,
+    SPLITS_PATH,
     START_SUFFIX,
     STATIC_ROLES,
     STOP_SUFFIX,
     SUBJECT_ID,
     TEXT_VALUE,
     TIME,
+    TIME_F64,
     VALUE_ROLES,
     CodeBook,
+    MedsLayout,
     Role,
     is_integer_ids,
     subject_sort_key,
@@ -54,17 +60,20 @@ from vpatient.errors import (
     UnknownCodeWarning,
     VPatientError,
 )
+from vpatient.inputs import read_json_file
 from vpatient.schemas import (
     DEFAULT_DOSE,
+    RELATIVE_EPOCH,
     CodeEncoding,
     DatasetConfig,
     PatientRecord,
+    TimeUnit,
     UnknownCodePolicy,
     duplicate_id_problems,
     parse_record,
 )
 
-__all__ = ["frame_to_records", "iter_meds", "load_config_for", "read_meds"]
+__all__ = ["frame_to_records", "iter_meds", "load_config_for", "read_layout", "read_meds"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +92,29 @@ def load_config_for(path: str | Path) -> DatasetConfig | None:
     return DatasetConfig.load(candidate) if candidate.is_file() else None
 
 
+def read_layout(path: str | Path) -> MedsLayout | None:
+    """How vpatient wrote the MEDS directory (its dataset.json) or parquet shard (its metadata) at ``path``.
+
+    None for other tools' data and for CSV files. Used to read vpatient's standard layout
+    back losslessly (relative times, exact values, original ids); data without it are
+    read as plain MEDS.
+    """
+    path = Path(path)
+    if path.is_file():
+        if _file_kind(path) != "parquet":
+            return None
+        with _reading(path, "parquet file"):
+            metadata = pq.read_schema(path).metadata
+        return MedsLayout.from_shard_metadata(metadata, str(path))
+    file = path / DATASET_PATH
+    if not file.is_file():
+        return None
+    metadata = read_json_file(file, "MEDS dataset metadata")
+    if not isinstance(metadata, dict):
+        raise DataFormatError(f"{file}: MEDS dataset metadata must be a JSON object, found {type(metadata).__name__}")
+    return MedsLayout.from_dataset_metadata(metadata, str(file))
+
+
 def read_meds(
     path: str | Path, config: DatasetConfig | None = None, *, warnings_out: list[Problem] | None = None
 ) -> list[PatientRecord]:
@@ -96,10 +128,11 @@ def read_meds(
     """
     path = _existing(path)
     config = _resolve_config(path, config)
-    frame = _read_frame(path)
+    layout = read_layout(path)
+    frame = _read_frame(path, layout, config.time_unit)
     if frame.empty:
         raise DataFormatError(f"{path}: no data rows (a header or an empty table only); MEDS data needs at least one row")
-    splits = _read_splits(path)
+    splits = _read_splits(path, layout)
     _check_codes_metadata(path)
     missing_birth = _missing_birth_problems(frame, CodeBook(config), str(path))
     birth_errors = [p for p in missing_birth if p.severity == "error"]
@@ -135,7 +168,8 @@ def iter_meds(
     path = _existing(path)
     config = _resolve_config(path, config)
     book = CodeBook(config)
-    splits = _read_splits(path)
+    layout = read_layout(path)
+    splits = _read_splits(path, layout)
     _check_codes_metadata(path)
     rows_read = 0
     unknown = _UnknownCodes(config)
@@ -155,7 +189,7 @@ def iter_meds(
 
     for raw, source in _iter_raw_batches(path, batch_size):
         rows_read += len(raw)
-        batch = _normalise(raw, source)
+        batch = _normalise(raw, source, layout, config.time_unit)
         if carry is not None:
             batch = _concat([carry, batch], source)
         _check_contiguous(batch, finished, source)
@@ -302,11 +336,15 @@ def _delimiter_hint(path: Path, kind: str) -> str:
     return ""
 
 
+#: The columns vpatient reads: MEDS's, and its own extension columns when present.
+_READ_COLUMNS = (*MEDS_COLUMNS, *EXTENSION_COLUMNS)
+
+
 def _read_parquet(path: Path) -> pd.DataFrame:
     with _reading(path, "parquet file"):
         present = pq.read_schema(path).names
         _check_columns(present, str(path))
-        return pq.read_table(path, columns=[c for c in MEDS_COLUMNS if c in present]).to_pandas()
+        return pq.read_table(path, columns=[c for c in _READ_COLUMNS if c in present]).to_pandas()
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -314,15 +352,15 @@ def _read_csv(path: Path) -> pd.DataFrame:
         return pd.read_csv(path, dtype=_CSV_DTYPES)
 
 
-def _read_frame(path: Path) -> pd.DataFrame:
-    """The whole input as one normalised frame."""
+def _read_frame(path: Path, layout: MedsLayout | None, unit: TimeUnit) -> pd.DataFrame:
+    """The whole input as one normalised frame (``layout``: how vpatient wrote it, when it did)."""
     if path.is_dir():
         shards = _shards(path)
-        frames = [_normalise(_read_parquet(shard), str(shard)) for shard in shards]
+        frames = [_normalise(_read_parquet(shard), str(shard), layout, unit) for shard in shards]
         return _concat(frames, str(path), [str(shard) for shard in shards])
     if _file_kind(path) == "csv":
         return _normalise(_read_csv(path), str(path))
-    return _normalise(_read_parquet(path), str(path))
+    return _normalise(_read_parquet(path), str(path), layout, unit)
 
 
 def _iter_raw_batches(path: Path, batch_size: int) -> Iterator[tuple[pd.DataFrame, str]]:
@@ -349,14 +387,14 @@ def _parquet_batches(file: Path, batch_size: int) -> Iterator[pd.DataFrame]:
     parquet = pq.ParquetFile(file)
     present = parquet.schema_arrow.names
     _check_columns(present, str(file))
-    columns = [c for c in MEDS_COLUMNS if c in present]
+    columns = [c for c in _READ_COLUMNS if c in present]
     for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
         yield batch.to_pandas()
 
 
-def _read_splits(path: Path) -> dict[str, str]:
-    """Subject id → split, from a MEDS directory's metadata (empty when there is none)."""
-    file = path / METADATA_DIR / SPLITS_FILE
+def _read_splits(path: Path, layout: MedsLayout | None) -> dict[str, str]:
+    """Subject id (as the records have it) → split, from a MEDS directory's metadata (empty when there is none)."""
+    file = path / SPLITS_PATH
     if not path.is_dir() or not file.is_file():
         return {}
     with _reading(file, "parquet file"):
@@ -365,7 +403,22 @@ def _read_splits(path: Path) -> dict[str, str]:
     if missing:
         raise DataFormatError(f"{file}: missing column(s) {', '.join(map(repr, missing))}; expected subject_id, split")
     ids = _ids_as_str(table, str(file))
+    if layout is not None and layout.standard and layout.source_ids:
+        originals = _source_ids(path)
+        ids = ids.map(lambda sid: originals.get(sid, sid))
     return dict(zip(ids.tolist(), table["split"].astype(str).tolist(), strict=True))
+
+
+def _source_ids(path: Path) -> dict[str, str]:
+    """Written subject id (as str) → the original one, from the shards' ``source_subject_id`` column (ids only)."""
+    found: dict[str, str] = {}
+    for shard in _shards(path):
+        with _reading(shard, "parquet file"):
+            if SOURCE_SUBJECT_ID not in pq.read_schema(shard).names:
+                continue
+            pairs = pq.read_table(shard, columns=[SUBJECT_ID, SOURCE_SUBJECT_ID]).to_pandas().drop_duplicates(SUBJECT_ID)
+        found.update(zip(pairs[SUBJECT_ID].astype(str), pairs[SOURCE_SUBJECT_ID].astype(str), strict=True))
+    return found
 
 
 def _check_codes_metadata(path: Path) -> None:
@@ -374,7 +427,7 @@ def _check_codes_metadata(path: Path) -> None:
     vpatient maps codes with the config and does not need it, but a damaged one means a
     damaged copy, and other MEDS tools will fail on it.
     """
-    file = path / METADATA_DIR / CODES_FILE
+    file = path / CODES_PATH
     if not path.is_dir() or not file.exists():
         return
     with _reading(file, "parquet file"):
@@ -413,8 +466,12 @@ def _first_rows(df: pd.DataFrame, bad: pd.Series | np.ndarray, limit: int = 3) -
     return ", ".join(shown) + (", ..." if len(positions) > limit else "")
 
 
-def _normalise(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """The MEDS columns with one dtype each: ids and codes str, time float or datetime64[us]."""
+def _normalise(df: pd.DataFrame, source: str, layout: MedsLayout | None = None, unit: TimeUnit = TimeUnit.YEARS) -> pd.DataFrame:
+    """The MEDS columns with one dtype each: ids and codes str, time float or datetime64[us], values float64.
+
+    ``layout`` (vpatient's standard layout, from dataset.json) turns its extension columns
+    and relative timestamps back into what was written; ``unit`` is the reading config's.
+    """
     _check_columns(list(df.columns), source)
     for column in (SUBJECT_ID, CODE):
         nulls = df[column].isna()
@@ -430,7 +487,48 @@ def _normalise(df: pd.DataFrame, source: str) -> pd.DataFrame:
             TEXT_VALUE: text.astype(object).where(text.notna(), None),
         }
     )
+    if layout is not None and layout.standard:
+        out = _from_standard(df, out, layout, unit, source)
     return out.reset_index(drop=True)
+
+
+def _from_standard(df: pd.DataFrame, out: pd.DataFrame, layout: MedsLayout, unit: TimeUnit, source: str) -> pd.DataFrame:
+    """vpatient's standard layout read back: original ids, float64 values, relative times (index_time None).
+
+    An extension value is used only where the standard column still holds it rounded (its
+    float32, its microsecond), so that a value another tool changed since is read as changed.
+    """
+    if layout.source_ids and SOURCE_SUBJECT_ID in df.columns:
+        originals = df[SOURCE_SUBJECT_ID]
+        nulls = originals.isna()
+        if nulls.any():
+            raise DataFormatError(
+                f"{source}: {int(nulls.sum())} row(s) have no {SOURCE_SUBJECT_ID}: {_first_rows(df, nulls.to_numpy())}"
+            )
+        out[SUBJECT_ID] = originals.astype(str).to_numpy()
+    if NUMERIC_VALUE_F64 in df.columns:
+        value = out[NUMERIC_VALUE].to_numpy()
+        exact = _as_float(df, NUMERIC_VALUE_F64, source).to_numpy()
+        with np.errstate(over="ignore"):  # beyond float32's range: inf in both, as written
+            use = ~np.isnan(exact) & (exact.astype(np.float32) == value.astype(np.float32))
+        out[NUMERIC_VALUE] = np.where(use, exact, value)
+    if layout.relative and not pd.api.types.is_datetime64_dtype(out[TIME]) and out[TIME].notna().any():
+        raise DataFormatError(
+            f"{source}: time holds numbers, but {DATASET_PATH} says this directory is standard MEDS, whose times are "
+            f"timestamps; was the shard written by another tool?"
+        )
+    if layout.relative and pd.api.types.is_datetime64_dtype(out[TIME]):
+        stamps = out[TIME].to_numpy(dtype="datetime64[us]")
+        static = np.isnat(stamps)
+        micros = (stamps - np.datetime64(RELATIVE_EPOCH, "us")).astype(np.int64)
+        unit_micros = MICROS_PER_DAY * unit.days
+        t = np.where(static, np.nan, micros / unit_micros)
+        if TIME_F64 in df.columns and unit == layout.time_unit:
+            exact = _as_float(df, TIME_F64, source).to_numpy()
+            use = ~static & ~np.isnan(exact) & (np.rint(np.nan_to_num(exact) * unit_micros) == micros)
+            t = np.where(use, exact, t)
+        out[TIME] = t
+    return out
 
 
 def _ids_as_str(df: pd.DataFrame, source: str) -> pd.Series:
@@ -461,13 +559,17 @@ def _as_float(df: pd.DataFrame, column: str, source: str) -> pd.Series:
     return converted.astype("float64")
 
 
+#: The calendar a timestamp must lie in (a record's index_time is a Python datetime): year 1 to 9999.
+_FIRST_DAY, _LAST_DAY = np.datetime64("0001-01-01", "us"), np.datetime64("9999-12-31T23:59:59.999999", "us")
+
+
 def _normalise_time(df: pd.DataFrame, source: str) -> pd.Series:
     """Float times since index, or naive datetime64[us] (UTC when the input had a zone)."""
     times = df[TIME]
     if isinstance(times.dtype, pd.DatetimeTZDtype):
         times = times.dt.tz_convert("UTC").dt.tz_localize(None)
     if pd.api.types.is_datetime64_dtype(times):
-        return times.astype("datetime64[us]")
+        return _in_calendar(times.astype("datetime64[us]"), df, source)
     if pd.api.types.is_numeric_dtype(times) and not pd.api.types.is_bool_dtype(times):
         return times.astype("float64")
     present = times.dropna()
@@ -489,7 +591,16 @@ def _normalise_time(df: pd.DataFrame, source: str) -> pd.Series:
         where = f" ({_first_rows(df, unparsed)})" if unparsed.any() else ""
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataFormatError(f"{source}: time column is neither numbers nor ISO 8601 timestamps{where}: {reason}") from None
-    return parsed.dt.tz_localize(None).astype("datetime64[us]")
+    return _in_calendar(parsed.dt.tz_localize(None).astype("datetime64[us]"), df, source)
+
+
+def _in_calendar(times: pd.Series, df: pd.DataFrame, source: str) -> pd.Series:
+    """``times``, refused when some lie outside years 1 to 9999 (a damaged file: parquet holds any 64-bit count)."""
+    values = times.to_numpy(dtype="datetime64[us]")
+    outside = ~np.isnat(values) & ((values < _FIRST_DAY) | (values > _LAST_DAY))
+    if outside.any():
+        raise DataFormatError(f"{source}: time {values[outside][0]} is outside the years 1 to 9999 ({_first_rows(df, outside)})")
+    return times
 
 
 def _concat(frames: Sequence[pd.DataFrame], source: str, parts: Sequence[str] | None = None) -> pd.DataFrame:

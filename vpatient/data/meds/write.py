@@ -2,7 +2,9 @@
 
 Also the pieces that writers streaming their own shards share (virtual cohorts:
 :mod:`vpatient.simulation.virtual_cohort`): the metadata, one shard, and moving a
-finished directory into place. The mapping rules are described in :mod:`vpatient.data.meds`.
+finished directory into place. Every shard is typed by one :class:`~vpatient.data.meds.codes.MedsLayout`
+(:func:`meds_table`), standard MEDS unless the numeric-time extension is asked for. The
+mapping rules and the layouts are described in :mod:`vpatient.data.meds`.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vpatient.atomic import move_into_place
+from vpatient.atomic import check_output_dir, move_into_place
 from vpatient.data.meds.codes import (
     CODE,
-    CODES_FILE,
+    CODES_PATH,
     CODES_SCHEMA,
     CONFIG_FILE,
     DATA_DIR,
-    DATASET_FILE,
+    DATASET_PATH,
     ETL_NAME,
     MEDS_BIRTH,
     MEDS_COLUMNS,
@@ -36,29 +38,36 @@ from vpatient.data.meds.codes import (
     METADATA_DIR,
     MICROS_PER_DAY,
     NUMERIC_VALUE,
+    NUMERIC_VALUE_F64,
+    SOURCE_SUBJECT_ID,
     SPLIT_ORDER,
-    SPLITS_FILE,
+    SPLITS_PATH,
     SUBJECT_ID,
     SUBJECT_ID_DTYPE,
     TEXT_VALUE,
     TIME,
+    TIME_F64,
     UNSPLIT_DIR,
     CodeBook,
+    MedsLayout,
     codes_table,
     component_code,
-    meds_schema,
+    is_integer_ids,
     start_code,
     stop_code,
     subject_id_column,
     subject_sort_key,
 )
-from vpatient.errors import DataFormatError, OutputExistsError, RecordValidationError
-from vpatient.schemas import DatasetConfig, PatientRecord, duplicate_id_problems, record_problems
+from vpatient.data.writable import check_writable
+from vpatient.errors import DataFormatError
+from vpatient.schemas import RELATIVE_EPOCH, DatasetConfig, PatientRecord
 from vpatient.staging import staging_dir
+from vpatient.version import __version__
 
 __all__ = [
     "meds_order",
     "meds_rows",
+    "meds_table",
     "move_into_place",
     "records_to_frame",
     "write_meds",
@@ -84,7 +93,7 @@ def records_to_frame(records: Iterable[PatientRecord], config: DatasetConfig) ->
     """
     records = list(records)
     book = CodeBook(config)
-    _check_writable(records, config)
+    check_writable(records, config)
     timestamps = _uses_timestamps(records)
     rows = _RowBuilder()
     for record in records:
@@ -100,6 +109,7 @@ def write_meds(
     overwrite: bool = False,
     dataset_name: str | None = None,
     subjects_per_shard: int | None = None,
+    standard: bool = True,
 ) -> Path:
     """Write ``records`` as a self-describing MEDS directory and return its path.
 
@@ -109,21 +119,35 @@ def write_meds(
     Everything is written to a temporary folder beside ``out_dir`` and renamed into
     place, so a failure never leaves half a dataset. A non-empty ``out_dir`` is refused
     unless ``overwrite``.
+
+    ``standard`` (the default) writes MEDS as the ``meds`` package defines it, plus the
+    extension columns that keep round trips lossless (:mod:`vpatient.data.meds`).
+    ``standard=False`` writes vpatient's numeric-time extension instead, which departs
+    from the MEDS standard (float64 values, float times where records have no calendar
+    time, str ids where ids are not integers): other MEDS tools may refuse it.
     """
     out_dir = Path(out_dir)
-    _check_output_dir(out_dir, overwrite)
+    check_output_dir(out_dir, overwrite)
     if subjects_per_shard is not None and subjects_per_shard < 1:
         raise ValueError(f"subjects_per_shard must be at least 1, got {subjects_per_shard}")
     records = list(records)
     frame = records_to_frame(records, config)
+    layout = MedsLayout(
+        standard=standard,
+        relative=not _uses_timestamps(records),
+        time_unit=config.time_unit,
+        source_ids=not is_integer_ids(r.subject_id for r in records),
+    )
+    if layout.standard and layout.source_ids:
+        frame = _number_subjects(frame)
     splits = {r.subject_id: r.split for r in records if r.split is not None}
     _check_split_names(splits)
     tmp = staging_dir(out_dir)
     try:
-        _write_shards(frame, splits, tmp / DATA_DIR, subjects_per_shard)
-        write_meds_metadata(config, tmp, dataset_name)
+        _write_shards(frame, splits, tmp / DATA_DIR, subjects_per_shard, layout)
+        write_meds_metadata(config, tmp, layout, dataset_name)
         if splits:
-            _write_splits(frame, splits, tmp / METADATA_DIR / SPLITS_FILE)
+            _write_splits(frame, splits, tmp / SPLITS_PATH)
         move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -132,37 +156,86 @@ def write_meds(
     return out_dir
 
 
-def write_meds_metadata(config: DatasetConfig, out_dir: str | Path, dataset_name: str | None = None) -> Path:
-    """Write ``metadata/`` (codes, dataset.json, the vpatient config) of a MEDS directory.
+def write_meds_metadata(config: DatasetConfig, out_dir: str | Path, layout: MedsLayout, dataset_name: str | None = None) -> Path:
+    """Write ``metadata/`` (codes, dataset.json, the vpatient config) of a MEDS directory whose shards follow ``layout``.
 
     For writers that stream ``data/`` shards themselves (virtual cohorts), so their
     output is the same self-describing MEDS directory :func:`write_meds` produces.
     """
-    metadata = Path(out_dir) / METADATA_DIR
+    root = Path(out_dir)
+    metadata = root / METADATA_DIR
     metadata.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(codes_table(config), schema=CODES_SCHEMA, preserve_index=False), metadata / CODES_FILE)
-    _write_dataset_json(metadata / DATASET_FILE, dataset_name or config.name)
+    pq.write_table(pa.Table.from_pandas(codes_table(config), schema=CODES_SCHEMA, preserve_index=False), root / CODES_PATH)
+    _write_dataset_json(root / DATASET_PATH, dataset_name or config.name, layout)
     config.save(metadata / CONFIG_FILE)
     return metadata
 
 
-def write_meds_shard(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write one ``data/`` shard: a MEDS table in MEDS order (subject, static rows first, time)."""
+def write_meds_shard(frame: pd.DataFrame, path: str | Path, layout: MedsLayout) -> Path:
+    """Write one ``data/`` shard: a MEDS table in MEDS order (subject, static rows first, time), typed by ``layout``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(frame[list(MEDS_COLUMNS)], schema=meds_schema(frame), preserve_index=False), path)
+    table = meds_table(frame, layout)
+    # Dictionary pages pay off for the repetitive strings only; numbers (values, times) are mostly
+    # distinct, and building a dictionary for them first was half of the writing time.
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    pq.write_table(table, path, use_dictionary=strings)
     return path
 
 
+def meds_table(frame: pd.DataFrame, layout: MedsLayout) -> pa.Table:
+    """The arrow table of a MEDS frame (:func:`records_to_frame`, :func:`meds_rows`) in ``layout``.
+
+    Standard layout: ``numeric_value`` float32, with the float64 value in
+    ``numeric_value_f64`` where float32 does not hold it exactly (null elsewhere);
+    relative times (float) become ``RELATIVE_EPOCH + t`` rounded to the microsecond, with
+    ``t`` in ``time_f64`` where the timestamp does not give it back exactly. The frame's
+    ids must be integers (:func:`_number_subjects` numbers others first).
+    """
+    schema = layout.data_schema()
+    if not layout.standard:
+        return pa.Table.from_pandas(frame[list(MEDS_COLUMNS)], schema=schema, preserve_index=False)
+    value = frame[NUMERIC_VALUE].to_numpy(dtype=np.float64)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, the float64 kept beside it
+        narrow = value.astype(np.float32)
+    missing = np.isnan(value)
+    columns = {
+        SUBJECT_ID: pa.array(frame[SUBJECT_ID].to_numpy(dtype=np.int64), pa.int64()),
+        CODE: pa.array(frame[CODE].to_numpy(dtype=object), pa.string()),
+        NUMERIC_VALUE: pa.array(narrow, pa.float32(), mask=missing),
+        TEXT_VALUE: pa.array(frame[TEXT_VALUE].to_numpy(dtype=object), pa.large_string(), from_pandas=True),
+        NUMERIC_VALUE_F64: pa.array(value, pa.float64(), mask=missing | (narrow == value)),
+    }
+    if layout.relative:
+        columns[TIME], columns[TIME_F64] = _relative_time_arrays(frame[TIME].to_numpy(dtype=np.float64), layout.unit_micros)
+    else:
+        columns[TIME] = pa.array(frame[TIME].to_numpy(dtype="datetime64[us]"), pa.timestamp("us"), from_pandas=True)
+    if layout.source_ids:
+        columns[SOURCE_SUBJECT_ID] = pa.array(frame[SOURCE_SUBJECT_ID].to_numpy(dtype=object), pa.string())
+    return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+def _relative_time_arrays(t: np.ndarray, unit_micros: float) -> tuple[pa.Array, pa.Array]:
+    """(time, time_f64) of times since index: timestamps from RELATIVE_EPOCH, and ``t`` where they do not give it back.
+
+    The reader divides whole microseconds by ``unit_micros``; the check below is that
+    same division, so what it reads is ``t`` bit for bit, from one column or the other.
+    """
+    static = np.isnan(t)
+    micros = np.rint(np.where(static, 0.0, t) * unit_micros).astype(np.int64)
+    origin = np.datetime64(RELATIVE_EPOCH, "us").astype(np.int64)
+    stamps = pa.array(micros + origin, pa.int64(), mask=static).cast(pa.timestamp("us"))
+    exact = static | (micros / unit_micros == t)
+    return stamps, pa.array(t, pa.float64(), mask=exact)
+
+
+def _number_subjects(frame: pd.DataFrame) -> pd.DataFrame:
+    """Ids that are not integers numbered 0, 1, ... in table order, the originals kept in ``source_subject_id``."""
+    numbers, _ = pd.factorize(frame[SUBJECT_ID], sort=False)
+    return frame.assign(**{SOURCE_SUBJECT_ID: frame[SUBJECT_ID], SUBJECT_ID: numbers.astype(SUBJECT_ID_DTYPE)})
+
+
 # --------------------------------------------------------------------------- records → rows
-
-
-def _check_writable(records: Sequence[PatientRecord], config: DatasetConfig) -> None:
-    """Every record must fit the config, or its variables have no code to be written under."""
-    problems = [p for r in records for p in record_problems(r, config) if p.severity == "error"]
-    problems += duplicate_id_problems(records)
-    if problems:
-        raise RecordValidationError(problems, header=f"records do not fit config {config.name!r}; nothing written")
 
 
 def _uses_timestamps(records: Sequence[PatientRecord]) -> bool:
@@ -318,13 +391,6 @@ def _emit_record(record: PatientRecord, book: CodeBook, rows: _RowBuilder, times
 # --------------------------------------------------------------------------- output directory
 
 
-def _check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{out_dir} is not empty; pass overwrite=True to replace it")
-
-
 def _check_split_names(splits: Mapping[str, str]) -> None:
     bad = sorted({s for s in splits.values() if not _SAFE_SPLIT.match(s) or s == UNSPLIT_DIR})
     if bad:
@@ -333,57 +399,56 @@ def _check_split_names(splits: Mapping[str, str]) -> None:
         )
 
 
+def _record_ids(frame: pd.DataFrame) -> pd.Series:
+    """Each row's subject id as the records have it (str): the original where ids were numbered."""
+    return frame[SOURCE_SUBJECT_ID] if SOURCE_SUBJECT_ID in frame.columns else frame[SUBJECT_ID].astype(str)
+
+
 def _shard_folders(frame: pd.DataFrame, splits: Mapping[str, str]) -> dict[str, list[str]]:
     """Folder under data/ → its subjects (in table order): one per split, '' when none has one."""
     folders: dict[str, list[str]] = {}
-    for sid in frame[SUBJECT_ID].astype(str).unique():
+    for sid in _record_ids(frame).unique():
         folder = splits.get(sid, UNSPLIT_DIR) if splits else ""
         folders.setdefault(folder, []).append(sid)
     known = {name: i for i, name in enumerate(SPLIT_ORDER)}
     return dict(sorted(folders.items(), key=lambda kv: (known.get(kv[0], len(known)), kv[0])))
 
 
-def _write_shards(frame: pd.DataFrame, splits: Mapping[str, str], data_dir: Path, subjects_per_shard: int | None) -> None:
-    schema = meds_schema(frame)
-    ids = frame[SUBJECT_ID].astype(str)
+def _write_shards(
+    frame: pd.DataFrame, splits: Mapping[str, str], data_dir: Path, subjects_per_shard: int | None, layout: MedsLayout
+) -> None:
+    ids = _record_ids(frame)
     for folder, subjects in _shard_folders(frame, splits).items():
         target = data_dir / folder if folder else data_dir
-        target.mkdir(parents=True, exist_ok=True)
         size = subjects_per_shard or max(len(subjects), 1)
         for n, start in enumerate(range(0, len(subjects), size)):
-            part = frame[ids.isin(subjects[start : start + size])]
-            pq.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False), target / f"{n}.parquet")
+            write_meds_shard(frame[ids.isin(subjects[start : start + size])], target / f"{n}.parquet", layout)
     if not data_dir.exists():  # no records: an empty shard keeps the directory readable
-        data_dir.mkdir(parents=True)
-        pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), data_dir / "0.parquet")
+        write_meds_shard(frame, data_dir / "0.parquet", layout)
 
 
 def _write_splits(frame: pd.DataFrame, splits: Mapping[str, str], file: Path) -> None:
-    ids = frame[SUBJECT_ID].drop_duplicates()
-    keep = ids.astype(str).isin(list(splits))
-    table = pd.DataFrame({SUBJECT_ID: ids[keep].to_numpy(), "split": [splits[s] for s in ids[keep].astype(str)]})
-    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), file)
+    """metadata/subject_splits.parquet (``meds.SubjectSplitSchema``: the ids as written, int64 in the standard layout)."""
+    first = ~frame[SUBJECT_ID].duplicated()
+    written, ids = frame[SUBJECT_ID][first], _record_ids(frame)[first]
+    keep = ids.isin(list(splits)).to_numpy()
+    id_type = pa.int64() if pd.api.types.is_integer_dtype(written) else pa.string()
+    schema = pa.schema([pa.field(SUBJECT_ID, id_type, nullable=False), pa.field("split", pa.string(), nullable=False)])
+    table = pa.table([written[keep].to_numpy(), [splits[s] for s in ids[keep]]], schema=schema)
+    pq.write_table(table, file)
 
 
-def _etl_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vpatient")
-    except PackageNotFoundError:  # running from a source tree
-        from vpatient.version import __version__
-
-        return __version__
-
-
-def _write_dataset_json(file: Path, dataset_name: str) -> None:
+def _write_dataset_json(file: Path, dataset_name: str, layout: MedsLayout) -> None:
+    """metadata/dataset.json (``meds.DatasetMetadataSchema``), with the layout's extension columns and vpatient section."""
+    created = datetime.now(UTC)
     metadata = {
         "dataset_name": dataset_name,
-        "dataset_version": "",
+        # vpatient's exports have no release numbers of their own: an export is versioned by its date.
+        "dataset_version": created.date().isoformat(),
         "etl_name": ETL_NAME,
-        "etl_version": _etl_version(),
+        "etl_version": __version__,  # the code running, rather than whichever copy is installed
         "meds_version": MEDS_VERSION,
-        "created_at": datetime.now(UTC).isoformat(),
-        "extension_columns": [],
+        "created_at": created.isoformat(),
+        **layout.dataset_metadata(),
     }
     file.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
