@@ -22,7 +22,6 @@ import logging
 import math
 import multiprocessing
 import tempfile
-import warnings
 import zlib
 from array import array
 from collections import deque
@@ -38,7 +37,7 @@ import pyarrow.parquet as pq
 
 from vpatient.data.fhir.rows import IMAGING_STUDY, Findings, ResourceReader, Row, Where
 from vpatient.data.meds.codes import MEDS_BIRTH, CodeBook, Role, is_integer_ids
-from vpatient.data.meds.read import frame_to_records
+from vpatient.data.meds.read import frame_to_records, report_warnings
 from vpatient.errors import DataFormatError, DatasetNotFoundError, Problem, RecordValidationError
 from vpatient.schemas import DatasetConfig, PatientRecord, UnknownCodePolicy
 
@@ -177,7 +176,7 @@ def _batches(
         if empty:
             shown = ", ".join(f"Patient/{sid}" for sid in empty[:3]) + (", ..." if len(empty) > 3 else "")
             message = f"{len(empty)} Patient(s) have no dated resource any variable reads, and are left out ({shown})"
-            _report([Problem(None, "Patient", None, message, "warning", owner=str(path))], warnings_out)
+            report_warnings([Problem(None, "Patient", None, message, "warning", owner=str(path))], warnings_out, UserWarning)
 
 
 def _stage(
@@ -193,10 +192,12 @@ def _stage(
         reader.found.merge(part)
     staged.close()
     found = reader.found
+    unknown = reader.unknown_problems()
     problems = found.problems + reader.finish() + _duplicate_problems(keys, files)
-    if any(p.severity == "error" for p in problems):
-        raise RecordValidationError(problems, header=f"invalid FHIR data in {path}")
-    _report(problems, warnings_out)
+    if any(p.severity == "error" for p in [*problems, *unknown]):
+        raise RecordValidationError([*problems, *unknown], header=f"invalid FHIR data in {path}")
+    report_warnings(unknown, warnings_out)  # as UnknownCodeWarning, as the MEDS reader does
+    report_warnings(problems, warnings_out, UserWarning)
     if found.skipped:
         kinds = ", ".join(f"{kind} ({n})" for kind, n in sorted(found.skipped.items()))
         log.info("%s: skipped %d resources of types no variable reads: %s", path, found.skipped.total(), kinds)
@@ -237,16 +238,6 @@ def _dated_subjects(frame: pd.DataFrame) -> pd.DataFrame:
 def _relative(record: PatientRecord) -> PatientRecord:
     """A record written without calendar time (tagged): its times stay relative, with no index_time."""
     return record.model_copy(update={"index_time": None})
-
-
-def _report(problems: list[Problem], warnings_out: list[Problem] | None) -> None:
-    for problem in problems:
-        if problem.severity != "warning":
-            continue
-        if warnings_out is not None:
-            warnings_out.append(problem)
-        else:
-            warnings.warn(str(problem), UserWarning, stacklevel=4)
 
 
 def _duplicate_problems(keys: array, files: list[Path]) -> list[Problem]:

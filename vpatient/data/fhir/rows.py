@@ -179,13 +179,13 @@ class ResourceReader:
         return handler(resource, where, full_urls)
 
     def finish(self) -> list[Problem]:
-        """The problems only the whole input shows (missing Patients, unknown codes, birth dates), once read."""
+        """The problems only the whole input shows (missing Patients, birth dates), once read; unknown codes are
+        :meth:`unknown_problems`."""
         problems = [
             Problem(None, path, f"Patient/{sid}", f"refers to Patient {sid!r}, which the input does not hold", owner=first)
             for sid, (first, path) in self.found.referenced.items()
             if sid not in self.found.patients
         ]
-        problems += self._unknown_problems()
         if self.found.unborn and self._birth is not None:
             shown = ", ".join(f"Patient/{sid}" for sid in self.found.unborn[:_SHOWN]) + (
                 ", ..." if len(self.found.unborn) > _SHOWN else ""
@@ -204,7 +204,8 @@ class ResourceReader:
             )
         return problems
 
-    def _unknown_problems(self) -> list[Problem]:
+    def unknown_problems(self) -> list[Problem]:
+        """One problem per code no variable reads, naming the first resources (severity per unknown_codes)."""
         policy = self.config.unknown_codes
         if policy == UnknownCodePolicy.IGNORE:
             return []

@@ -73,7 +73,7 @@ from vpatient.schemas import (
     parse_record,
 )
 
-__all__ = ["frame_to_records", "iter_meds", "load_config_for", "read_layout", "read_meds"]
+__all__ = ["frame_to_records", "iter_meds", "load_config_for", "read_layout", "read_meds", "report_warnings"]
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def read_meds(
         raise RecordValidationError(birth_errors + exc.problems, header=f"invalid MEDS data in {path}") from None
     if birth_errors:
         raise RecordValidationError(birth_errors, header=f"invalid MEDS data in {path}")
-    _report_warnings(missing_birth, warnings_out, UserWarning)
+    report_warnings(missing_birth, warnings_out, UserWarning)
     log.info("read %d subjects (%d rows) from %s", len(records), len(frame), path)
     return records
 
@@ -204,7 +204,7 @@ def iter_meds(
         yield from complete(carry)
     if not rows_read:
         raise DataFormatError(f"{path}: no data rows (a header or an empty table only); MEDS data needs at least one row")
-    _report_warnings(unknown.problems(), warnings_out)
+    report_warnings(unknown.problems(), warnings_out)
 
 
 def frame_to_records(
@@ -226,7 +226,7 @@ def frame_to_records(
     records, problems = _convert(frame, book, splits or {}, warnings_out, unknown)
     problems = [p for p in unknown.problems() if p.severity == "error"] + problems
     problems += duplicate_id_problems(records)
-    _report_warnings(unknown.problems(), warnings_out)
+    report_warnings(unknown.problems(), warnings_out)
     if problems:
         raise RecordValidationError(problems, header=f"invalid MEDS data for config {config.name!r}")
     return records
@@ -690,9 +690,11 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _report_warnings(
+def report_warnings(
     problems: list[Problem], warnings_out: list[Problem] | None, category: type[Warning] = UnknownCodeWarning
 ) -> None:
+    """Pass on the warnings among ``problems``: into ``warnings_out`` when given, else through :mod:`warnings`
+    (the MEDS and FHIR readers' one way)."""
     for problem in problems:
         if problem.severity != "warning":
             continue
