@@ -450,7 +450,7 @@ class ResourceReader:
     def _imaging_study(self, study: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
         # The study carries no value (its embedding Observation does), only the time an embedding may take.
         sid = self._subject(study.subject, where, full_urls)
-        if sid is None or study.id is None or study.started is None:
+        if sid is None or study.id is None or study.started is None or not self.book.imaging:
             return []
         return [(sid, micros(study.started), IMAGING_STUDY, None, f"ImagingStudy/{study.id}")]
 
