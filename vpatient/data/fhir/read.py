@@ -79,7 +79,7 @@ def is_fhir(path: str | Path) -> bool:
         if (path / "data").is_dir():
             return False
         files = _fhir_files(path)
-        return bool(files) and all(_looks_fhir(f) for f in files[:1])
+        return bool(files) and _looks_fhir(files[0])
     return path.is_file() and _looks_fhir(path)
 
 
