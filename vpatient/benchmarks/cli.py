@@ -537,3 +537,23 @@ def benchmark_meds_eval(
     )
     result, predictions = run_meds_eval_benchmark(load_dataset(data, config, seed=seed), load_task(task), settings)
     _report(result, result.write(out_dir, predictions=predictions))
+
+
+@benchmark_app.command("fhir-read")
+def benchmark_fhir_read(
+    sizes: Annotated[str, typer.Option(help="Comma-separated cohort sizes (synthetic patients).")] = "10000,100000",
+    chunk_size: Annotated[int, typer.Option(min=1, help="Synthetic patients generated at a time.")] = 5_000,
+    seed: SeedOption = 0,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
+) -> None:
+    """Time and peak memory of reading synthetic cohorts back from FHIR Bulk Data NDJSON (each step in a fresh process)."""
+    from vpatient.benchmarks.fhir_read import run_fhir_read_benchmark
+
+    try:
+        chosen = tuple(int(s) for s in sizes.split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{sizes!r}: expected comma-separated integers", param_hint="--sizes") from None
+    if not chosen or min(chosen) < 1:
+        raise typer.BadParameter(f"{sizes!r}: expected positive sizes", param_hint="--sizes")
+    result = run_fhir_read_benchmark(chosen, seed, chunk_size)
+    _report(result, result.write(out_dir))

@@ -14,6 +14,7 @@ from vpatient.benchmarks.cohort_fidelity import CohortFidelityBenchmarkResult
 from vpatient.benchmarks.counterfactual import CounterfactualBenchmarkResult
 from vpatient.benchmarks.dashboard_speed import DashboardSpeedResult
 from vpatient.benchmarks.effect_calibration import EffectCalibrationResult
+from vpatient.benchmarks.fhir_read import FhirReadResult
 from vpatient.benchmarks.forecast import ForecastBenchmarkResult
 from vpatient.benchmarks.kill_safety import KillSafetyResult
 from vpatient.benchmarks.meds_eval import MedsEvalResult
@@ -39,6 +40,7 @@ BENCHMARKS: dict[str, type[BenchmarkResult]] = {
     "kill-safety": KillSafetyResult,
     "dashboard-speed": DashboardSpeedResult,
     "meds-eval": MedsEvalResult,
+    "fhir-read": FhirReadResult,
 }
 
 
