@@ -14,10 +14,10 @@ from fhir.resources.R4B.bundle import Bundle
 from typer.testing import CliRunner
 
 from vpatient.cli import app
-from vpatient.data.fhir import FhirLayout, write_fhir
+from vpatient.data.fhir import FhirLayout, read_fhir, write_fhir
 from vpatient.data.fhir.coding import BIRTH_TIME_EXTENSION, LOCAL_SYSTEM, RELATIVE_EPOCH, RELATIVE_TIME_TAG, UCUM_SYSTEM
 from vpatient.data.meds import read_meds
-from vpatient.data.meds.codes import MICROS_PER_DAY
+from vpatient.data.meds.codes import CONFIG_FILE, MICROS_PER_DAY
 from vpatient.datasets import load_dataset, synthetic_cohort
 from vpatient.errors import OptionError, OutputExistsError, RecordValidationError
 from vpatient.schemas import DatasetConfig, PatientRecord, parse_record
@@ -28,7 +28,7 @@ from vpatient.schemas import DatasetConfig, PatientRecord, parse_record
 def _resources(path: Path) -> Iterator[dict[str, Any]]:
     """Every resource written at ``path``: an NDJSON folder, a folder of Bundles, or one Bundle file."""
     files = [path] if path.is_file() else sorted(path.iterdir())
-    for file in files:
+    for file in (f for f in files if f.name != CONFIG_FILE):
         if file.suffix == ".ndjson":
             for line in file.read_text(encoding="utf-8").splitlines():
                 yield json.loads(line)
@@ -237,7 +237,10 @@ def test_pbc_records_as_ndjson(tmp_path):
         "MedicationStatement.ndjson",
         "Observation.ndjson",
         "Patient.ndjson",
+        CONFIG_FILE,  # the folder describes itself: it reads back without --config
     ]
+    assert DatasetConfig.load(path / CONFIG_FILE) == pbc.config
+    assert load_dataset(path).records == read_fhir(path, pbc.config)
     by_type = _checked(path)
     assert [p["id"] for p in by_type["Patient"]] == [r.subject_id for r in records]
     for record in records:
@@ -248,7 +251,7 @@ def test_synthetic_records_with_imaging_as_per_patient_bundles(tmp_path):
     synthetic = synthetic_cohort(n=8, seed=0)
     assert any(r.imaging for r in synthetic.records)
     path = write_fhir(synthetic.records, synthetic.config, tmp_path / "bundles", layout=FhirLayout.BUNDLES)
-    assert sorted(p.name for p in path.iterdir()) == sorted(f"{r.subject_id}.json" for r in synthetic.records)
+    assert sorted(p.name for p in path.iterdir()) == sorted([*(f"{r.subject_id}.json" for r in synthetic.records), CONFIG_FILE])
     by_type = _checked(path)
     assert len(by_type["ImagingStudy"]) == sum(len(r.imaging) for r in synthetic.records)
     for record in synthetic.records:
@@ -330,7 +333,7 @@ def test_virtual_cohort_streams_to_the_same_fhir_as_its_records(untrained_simula
     sim = Simulator.load(untrained_simulator_dir)
     fhir = sim.cohort(25, seed=4, years=3.0, out=tmp_path / "fhir", chunk_size=10, progress=False, format="fhir")
     meds = sim.cohort(25, seed=4, years=3.0, out=tmp_path / "meds", chunk_size=10, progress=False)
-    assert sorted(p.name for p in fhir.out_dir.iterdir()) == ["events", "fhir", "simulation.json", "vpatient_config.json"]
+    assert sorted(p.name for p in fhir.out_dir.iterdir()) == ["events", "fhir", "simulation.json"]
     by_type = _checked(fhir.fhir_dir)
     assert [p["id"] for p in by_type["Patient"]] == [str(i) for i in range(25)]
     assert fhir.n_resources == sum(len(v) for v in by_type.values())

@@ -103,10 +103,9 @@ def load_dataset(
     if not path.exists():
         known = ", ".join(EMBEDDED)
         raise DatasetNotFoundError(f"no dataset {name!r}: not an embedded dataset ({known}) and no such file or directory")
-    from vpatient.data.formats import read_records
-    from vpatient.data.meds import load_config_for
+    from vpatient.data.formats import read_records, stored_config
 
-    cfg = _resolve_config(config) if config is not None else (load_config_for(path) or default_config)
+    cfg = _resolve_config(config) if config is not None else (stored_config(path) or default_config)
     if cfg is None:
         raise ConfigError(f"{path} carries no vpatient config: pass one with --config CONFIG.json")
     return Cohort(name=path.stem, records=read_records(path, cfg), config=cfg, citation=cfg.citation)

@@ -80,9 +80,9 @@ def _config_for(path: Path, config: str | Path | DatasetConfig | None) -> Datase
         return DatasetConfig.load(config)
     found = None
     if path.is_dir():
-        from vpatient.data.meds import load_config_for
+        from vpatient.data.formats import stored_config
 
-        found = load_config_for(path)
+        found = stored_config(path)
     if found is None:
         raise ConfigError(f"{path}: no dataset config given and none stored with the data; pass --config CONFIG.json")
     return found

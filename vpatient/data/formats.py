@@ -15,7 +15,7 @@ from pathlib import Path
 from vpatient.errors import ConfigError, Problem
 from vpatient.schemas import DatasetConfig, PatientRecord
 
-__all__ = ["DataFormat", "format_of", "read_records", "write_records"]
+__all__ = ["DataFormat", "format_of", "read_records", "stored_config", "write_records"]
 
 
 class DataFormat(StrEnum):
@@ -55,19 +55,38 @@ def format_of(path: str | Path) -> DataFormat:
     return DataFormat.FHIR if is_fhir(path) else DataFormat.MEDS
 
 
+def stored_config(path: str | Path) -> DatasetConfig | None:
+    """The dataset config that vpatient stored with the data at ``path``, or None.
+
+    A MEDS directory keeps it in ``metadata/vpatient_config.json``; a FHIR folder that
+    :func:`~vpatient.data.fhir.write_fhir` wrote keeps it beside the resources.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    from vpatient.data.meds import load_config_for
+    from vpatient.data.meds.codes import CONFIG_FILE
+
+    beside = path / CONFIG_FILE
+    if format_of(path) == DataFormat.FHIR and beside.is_file():
+        return DatasetConfig.load(beside)
+    return load_config_for(path)
+
+
 def read_records(
     path: str | Path, config: DatasetConfig | None, *, warnings_out: list[Problem] | None = None
 ) -> list[PatientRecord]:
     """The validated records at ``path``, read as :func:`format_of` says.
 
-    FHIR carries no vpatient config, so it needs ``config``; MEDS written by vpatient brings
-    its own when ``config`` is None.
+    Data vpatient wrote (a MEDS directory, a FHIR folder) bring their own config when
+    ``config`` is None; other FHIR needs one.
     """
+    config = config if config is not None else stored_config(path)
     if format_of(path) == DataFormat.FHIR:
         from vpatient.data.fhir import read_fhir
 
         if config is None:
-            raise ConfigError(f"{path}: FHIR data carry no vpatient config; pass one with --config CONFIG.json")
+            raise ConfigError(f"{path}: this FHIR carries no vpatient config; pass one with --config CONFIG.json")
         return read_fhir(path, config, warnings_out)
     from vpatient.data.meds import read_meds
 

@@ -151,9 +151,7 @@ class Simulator:
         staging = staging_dir(out)
         try:
             config = self.model.config
-            if fmt == DataFormat.FHIR:
-                config.save(staging / CONFIG_FILE)
-            else:
+            if fmt == DataFormat.MEDS:
                 write_meds_metadata(
                     config, staging / MEDS_DIR, cohort_layout(config), dataset_name=f"virtual cohort of {config.name}"
                 )
@@ -176,6 +174,7 @@ class Simulator:
             )
             if fmt == DataFormat.FHIR:
                 concatenate_ndjson([fhir_part(staging, chunk) for chunk in work], staging / FHIR_DIR)
+                config.save(staging / FHIR_DIR / CONFIG_FILE)  # beside the resources, as write_fhir keeps it
             result = CohortResult(
                 staging,
                 sum(c["patients"] for c in counts),

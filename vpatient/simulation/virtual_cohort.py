@@ -79,10 +79,10 @@ class CohortResult:
     def records(self):
         """The cohort read back as validated PatientRecords (small cohorts: it is all in memory)."""
         if self.format == DataFormat.FHIR:
-            from vpatient.data.fhir import read_fhir  # the FHIR reader (vpatient.data.fhir.read)
+            from vpatient.data.fhir import read_fhir
             from vpatient.schemas import DatasetConfig
 
-            return read_fhir(self.fhir_dir, DatasetConfig.load(self.out_dir / CONFIG_FILE))
+            return read_fhir(self.fhir_dir, DatasetConfig.load(self.fhir_dir / CONFIG_FILE))
         from vpatient.data.meds import read_meds
 
         return read_meds(self.meds_dir)

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vpatient.data.fhir.rows import IMAGING_STUDY, Findings, ResourceReader, Row, Where
-from vpatient.data.meds.codes import MEDS_BIRTH, CodeBook, Role, is_integer_ids
+from vpatient.data.meds.codes import CONFIG_FILE, MEDS_BIRTH, CodeBook, Role, is_integer_ids
 from vpatient.data.meds.read import frame_to_records, report_warnings
 from vpatient.errors import DataFormatError, DatasetNotFoundError, Problem, RecordValidationError
 from vpatient.schemas import DatasetConfig, PatientRecord, UnknownCodePolicy
@@ -268,7 +268,8 @@ def _duplicate_problems(keys: array, files: list[Path]) -> list[Problem]:
 
 def _fhir_files(folder: Path) -> list[Path]:
     """The FHIR files of a folder (not its subfolders), in name order."""
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _SUFFIXES)
+    # the vpatient config a folder export carries beside its resources (write_fhir) is no resource
+    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _SUFFIXES and f.name != CONFIG_FILE)
 
 
 def _looks_fhir(file: Path) -> bool:

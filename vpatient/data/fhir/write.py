@@ -41,7 +41,7 @@ from vpatient.data.fhir.coding import (
     UCUM_SYSTEM,
     to_coding,
 )
-from vpatient.data.meds.codes import MEDS_DEATH, MICROS_PER_DAY, CodeBook
+from vpatient.data.meds.codes import CONFIG_FILE, MEDS_DEATH, MICROS_PER_DAY, CodeBook
 from vpatient.data.writable import WritableCheck
 from vpatient.errors import Problem, RecordValidationError, choose
 from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
@@ -180,6 +180,8 @@ def _layout_for(path: Path, layout: FhirLayout | str | None) -> FhirLayout:
 
 
 def _write_folder(records: Iterable[PatientRecord], config: DatasetConfig, folder: Path, layout: FhirLayout) -> None:
+    # the config travels with the resources, so the folder reads back without --config (as MEDS does)
+    config.save(folder / CONFIG_FILE)
     if layout == FhirLayout.NDJSON:
         with NdjsonWriter(folder, config) as writer:
             writer.write(records)
