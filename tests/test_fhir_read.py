@@ -378,6 +378,29 @@ def test_bad_resources_each_named_by_type_id_and_field(tmp_path, fhir_config):
     assert "Traceback" not in "\n".join(map(str, problems))
 
 
+def test_a_death_without_a_time_is_refused_not_lost(tmp_path, fhir_config):
+    """deceasedBoolean true cannot be placed in time; read as alive, the subject would look censored."""
+    resources = patient_resources()
+    del resources[0]["deceasedDateTime"]
+    resources[0]["deceasedBoolean"] = True
+    (problem,) = problems_of(write_json(tmp_path / "dead.json", bundle(resources)), fhir_config)
+    assert problem.field == "Patient.deceasedBoolean" and "without a time" in problem.message
+    resources[0]["deceasedBoolean"] = False  # alive: nothing to say
+    (record,) = read_fhir(write_json(tmp_path / "alive.json", bundle(resources)), fhir_config, [])
+    assert [e.kind for e in record.events] == ["transplant"]
+
+
+def test_a_value_with_a_comparator_is_read_with_a_warning(tmp_path, fhir_config):
+    """ "<0.1 mg/dL" is a bound, not a measurement: it is read as 0.1, and the user is told which resource."""
+    resources = patient_resources()
+    resources[2]["valueQuantity"] = qty(0.1, "mg/dL") | {"comparator": "<"}
+    warnings: list[Problem] = []
+    (record,) = read_fhir(write_json(tmp_path / "lt.json", bundle(resources)), fhir_config, warnings)
+    assert next(o.value for o in record.observations if o.variable == "bilirubin") == 0.1
+    (warning,) = [w for w in warnings if w.field == "Observation.valueQuantity.comparator"]
+    assert warning.severity == "warning" and "Observation/p1-o1" in warning.owner and "a bound (< 0.1)" in warning.message
+
+
 def test_unknown_code_policy_warn_keeps_the_rest(tmp_path, fhir_config):
     resources = patient_resources()
     resources[2]["code"] = concept(LOINC, "9999-9")

@@ -288,6 +288,15 @@ class ResourceReader:
             self.found.problems.append(where.problem(f"{field}.value", None, "a Quantity without a value"))
             return None
         value = float(quantity.value)
+        if quantity.comparator is not None:  # "<0.1": a bound, read as the value itself, so say so
+            self.found.problems.append(
+                where.problem(
+                    f"{field}.comparator",
+                    quantity.comparator,
+                    f"a bound ({quantity.comparator} {quantity.value}), read as the value {quantity.value}",
+                    "warning",
+                )
+            )
         if spec is None or spec.unit is None:
             return value
         target = spec.unit
@@ -326,6 +335,11 @@ class ResourceReader:
             rows.append((sid, None, GENDER, None, patient.gender))
         if self._reads_death and patient.deceasedDateTime is not None:
             rows.append((sid, micros(patient.deceasedDateTime), MEDS_DEATH, None, None))
+        elif self._reads_death and patient.deceasedBoolean:
+            # Read as alive, the subject would look censored: a death with no time cannot be placed.
+            self.found.problems.append(
+                where.problem("deceasedBoolean", True, "a death without a time; give deceasedDateTime instead")
+            )
         return rows
 
     def _episode(self, episode: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
