@@ -25,6 +25,7 @@ from vpatient.tasks import (
     load_task,
     make_labels,
     make_task,
+    read_labels,
     read_task,
     to_timestamps,
     write_task,
@@ -125,6 +126,20 @@ def test_a_task_folder_round_trips_and_bad_folders_are_named(tmp_path, config):
     )
     with pytest.raises(DataFormatError, match=r"labels\.parquet: not a MEDS label table"):
         read_task(tmp_path / "task")
+
+
+def test_label_rows_without_a_label_or_a_time_are_refused(tmp_path):
+    """A label table written from pandas (nanosecond times, so meds' schema casts it and checks no nulls) with a
+    row whose boolean_value or prediction_time is null: that row asks nothing, and is refused, not predicted."""
+    times = pd.to_datetime(["2020-01-01", "2020-06-01", "2021-01-01"])
+    labels = pd.DataFrame({"subject_id": [1, 1, 2], "prediction_time": times, "boolean_value": [True, None, False]})
+    labels.to_parquet(tmp_path / "labels.parquet")
+    with pytest.raises(DataFormatError, match=r"labels\.parquet: 1 label row\(s\) have no boolean_value \(rows 1\)"):
+        read_labels(tmp_path / "labels.parquet")
+    labels = labels.assign(boolean_value=[True, False, False], prediction_time=[times[0], pd.NaT, times[2]])
+    labels.to_parquet(tmp_path / "labels.parquet")
+    with pytest.raises(DataFormatError, match=r"1 label row\(s\) have no prediction_time \(rows 1\)"):
+        read_labels(tmp_path / "labels.parquet")
 
 
 def test_the_embedded_pbc_task_is_what_make_labels_makes():

@@ -285,6 +285,12 @@ def read_labels(path: str | Path) -> pd.DataFrame:
     if "boolean_value" not in table.column_names:
         raise DataFormatError(f"{path}: no boolean_value column; vpatient predicts binary tasks only")
     frame = table.select(LABEL_COLUMNS).to_pandas()
+    for column in ("prediction_time", "boolean_value"):  # MEDS lets both be null; a row without either asks nothing
+        nulls = frame[column].isna()
+        if nulls.any():
+            rows = ", ".join(str(i) for i in np.flatnonzero(nulls)[:3]) + (", ..." if nulls.sum() > 3 else "")
+            raise DataFormatError(f"{path}: {int(nulls.sum())} label row(s) have no {column} (rows {rows})")
+    frame["boolean_value"] = frame["boolean_value"].astype(bool)
     frame["prediction_time"] = frame["prediction_time"].astype("datetime64[us]")
     return frame
 
