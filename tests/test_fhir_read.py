@@ -401,6 +401,23 @@ def test_a_value_with_a_comparator_is_read_with_a_warning(tmp_path, fhir_config)
     assert warning.severity == "warning" and "Observation/p1-o1" in warning.owner and "a bound (< 0.1)" in warning.message
 
 
+def test_a_dose_given_as_a_rate_or_range_is_not_lost_silently(tmp_path, fhir_config):
+    """Only doseQuantity is read: a dose given as a rate or a range gets the default dose 1, with a warning naming it."""
+    resources = patient_resources()
+    resources[11]["dosage"] = [{"doseAndRate": [{"rateQuantity": qty(500, "mg")}]}]
+    resources[12]["dosageInstruction"][0]["doseAndRate"] = [{"doseRange": {"low": qty(200, "mg"), "high": qty(300, "mg")}}]
+    del resources[13]["dosage"]["dose"]
+    resources[13]["dosage"]["rateQuantity"] = qty(100, "mg")
+    warnings: list[Problem] = []
+    (record,) = read_fhir(write_json(tmp_path / "rate.json", bundle(resources)), fhir_config, warnings)
+    assert [e.dose for e in record.treatments] == [1.0, 1.0, 1.0]
+    assert sorted((w.field, w.owner.split()[0]) for w in warnings if "default dose 1" in w.message) == [
+        ("MedicationAdministration.dosage.rateQuantity", "MedicationAdministration/p1-m3"),
+        ("MedicationRequest.dosageInstruction[0].doseAndRate[0].doseRange", "MedicationRequest/p1-m2"),
+        ("MedicationStatement.dosage[0].doseAndRate[0].rateQuantity", "MedicationStatement/p1-m1"),
+    ]
+
+
 def test_unknown_code_policy_warn_keeps_the_rest(tmp_path, fhir_config):
     resources = patient_resources()
     resources[2]["code"] = concept(LOINC, "9999-9")

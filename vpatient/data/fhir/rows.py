@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -22,7 +22,7 @@ from vpatient.data.fhir.coding import BIRTH_TIME_EXTENSION, RELATIVE_TIME_TAG, S
 from vpatient.data.fhir.units import UnitMismatch, convert
 from vpatient.data.meds.codes import MEDS_BIRTH, MEDS_DEATH, CodeBook, Role, component_code, start_code, stop_code
 from vpatient.errors import Problem
-from vpatient.schemas import DatasetConfig, UnknownCodePolicy, VariableSpec
+from vpatient.schemas import DEFAULT_DOSE, DatasetConfig, UnknownCodePolicy, VariableSpec
 
 __all__ = ["GENDER", "IMAGING_STUDY", "Findings", "ResourceReader", "Row", "Where", "pydantic_problems"]
 
@@ -516,6 +516,8 @@ class ResourceReader:
             self.found.problems.append(where.problem(f"{period_field}.start", None, f"{what} without a period (its start)"))
             return []
         spec = treatment.spec
+        if dose is None:
+            self._dose_not_read(resource, where)
         amount = None if dose is None else self._quantity(dose, spec, where, dose_field)
         if dose is not None and amount is None:
             return []
@@ -523,6 +525,16 @@ class ResourceReader:
         if period.end is not None:
             rows.append((sid, micros(period.end), stop_code(code), None, None))
         return rows
+
+    def _dose_not_read(self, resource: Any, where: Where) -> None:
+        """Warn when a medication without a doseQuantity gives its dose another way (a range, a rate), which is not
+        read: the exposure gets the default dose, and the user must know it is not the dose given."""
+        for path, holder in _dose_holders(resource, where.type):
+            name = next((n for n in _UNREAD_DOSES if getattr(holder, n, None) is not None), None)
+            if name is not None:
+                message = f"a dose given as {name} is not read; the exposure gets the default dose {DEFAULT_DOSE:g}"
+                self.found.problems.append(where.problem(f"{path}{name}", None, message, "warning"))
+                return
 
     def _medication_statement(self, statement: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
         dose = _first_dose(statement.dosage)
@@ -549,6 +561,22 @@ def _first_dose(dosages: Sequence[Any] | None) -> Any:
             if rate.doseQuantity is not None:
                 return rate.doseQuantity
     return None
+
+
+#: Ways a Dosage gives a dose that the reader does not read (it reads doseQuantity, and MedicationAdministration's dose).
+_UNREAD_DOSES = ("doseRange", "rateQuantity", "rateRange", "rateRatio")
+
+
+def _dose_holders(resource: Any, kind: str) -> Iterator[tuple[str, Any]]:
+    """The elements of a medication resource that may hold its dose, with their paths (ending in a dot)."""
+    if kind == "MedicationAdministration":
+        if resource.dosage is not None:
+            yield "dosage.", resource.dosage
+        return
+    name = "dosageInstruction" if kind == "MedicationRequest" else "dosage"
+    for i, dosage in enumerate(getattr(resource, name) or []):
+        for j, dose_and_rate in enumerate(dosage.doseAndRate or []):
+            yield f"{name}[{i}].doseAndRate[{j}].", dose_and_rate
 
 
 def _birth_time(patient: Any) -> Any:
