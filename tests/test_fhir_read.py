@@ -276,6 +276,21 @@ def test_ndjson_of_bundles_and_urn_references(tmp_path, fhir_config):
     )
 
 
+def test_transaction_entries_without_ids_are_known_by_their_fullurl(tmp_path, fhir_config):
+    """A transaction's POST entries often carry no id, only a urn:uuid fullUrl the others refer to: that uuid is the id."""
+    uuid = "8c5e3f8a-1b2c-4d5e-8f90-a1b2c3d4e5f6"
+    entries = []
+    for n, resource in enumerate(json.loads(json.dumps(patient_resources("p1")).replace('"Patient/p1"', f'"urn:uuid:{uuid}"'))):
+        del resource["id"]
+        url = f"urn:uuid:{uuid}" if n == 0 else f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
+        entries.append({"fullUrl": url, "resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}})
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    (record,) = read_fhir(write_json(tmp_path / "t.json", transaction), fhir_config, [])
+    (expected,) = read_fhir(write_json(tmp_path / "b.json", bundle(patient_resources("p1"))), fhir_config, [])
+    assert record.subject_id == uuid
+    assert record.model_copy(update={"subject_id": "p1"}) == expected
+
+
 def test_bulk_export_folder_reads_as_the_single_bundle(tmp_path, fhir_config):
     resources = [r for sid in ("3", "10", "2") for r in patient_resources(sid, shift=int(sid))]
     from_bundle = read_fhir(write_json(tmp_path / "all.json", bundle(resources, "searchset")), fhir_config, [])

@@ -66,7 +66,8 @@ Reading (:mod:`~vpatient.data.fhir.read`, :mod:`~vpatient.data.fhir.rows`): a Bu
 resource or one Bundle a line), or a folder of either such as a Bulk Data export (one
 ``Type.ndjson`` per resource type). Each resource is validated by its ``fhir.resources`` R4B
 model. References are ``Patient/{id}`` (also at the end of an absolute URL) or a Bundle
-entry's ``fullUrl`` (``urn:uuid:...``). Times: ``effectiveDateTime`` (else ``effectiveInstant``,
+entry's ``fullUrl`` (``urn:uuid:...``; an entry's resource without an id, as a
+transaction's POST entries come, takes that uuid as its id). Times: ``effectiveDateTime`` (else ``effectiveInstant``,
 ``effectivePeriod.start``), ``onsetDateTime`` (else ``onsetPeriod.start``, ``recordedDate``),
 ``performedDateTime`` (else ``performedPeriod.start``); time-zone-aware times are made UTC,
 a date is its first moment. Treatment periods: ``MedicationStatement.effectivePeriod``,
