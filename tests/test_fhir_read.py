@@ -291,6 +291,18 @@ def test_transaction_entries_without_ids_are_known_by_their_fullurl(tmp_path, fh
     assert record.model_copy(update={"subject_id": "p1"}) == expected
 
 
+def test_a_config_prefix_for_a_standard_system_reads_its_codes(tmp_path, fhir_config):
+    """A config spelling LOINC codes LN/... (code_systems LN: http://loinc.org) reads http://loinc.org codings as LN/...,
+    as the writer writes them, not as LOINC/... (no variable's code)."""
+    data = fhir_config.model_dump()
+    for v in data["variables"]:
+        v["codes"] = [c.replace("LOINC/", "LN/") for c in v["codes"]]
+    own = DatasetConfig.model_validate({**data, "code_systems": {"LN": "http://loinc.org"}})
+    (record,) = read_fhir(write_json(tmp_path / "p1.json", bundle(patient_resources())), own, [])
+    (expected,) = read_fhir(write_json(tmp_path / "p2.json", bundle(patient_resources())), fhir_config, [])
+    assert record == expected
+
+
 def test_bulk_export_folder_reads_as_the_single_bundle(tmp_path, fhir_config):
     resources = [r for sid in ("3", "10", "2") for r in patient_resources(sid, shift=int(sid))]
     from_bundle = read_fhir(write_json(tmp_path / "all.json", bundle(resources, "searchset")), fhir_config, [])
