@@ -445,6 +445,18 @@ def test_a_dose_given_as_a_rate_or_range_is_not_lost_silently(tmp_path, fhir_con
     ]
 
 
+def test_what_did_not_happen_is_not_read(tmp_path, fhir_config):
+    """A refuted Condition (it has no status, only verificationStatus) and a Procedure or administration not done."""
+    resources = patient_resources()
+    verification = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+    resources[10]["verificationStatus"] = {"coding": [{"system": verification, "code": "refuted"}]}  # diabetes
+    resources[14]["status"] = "not-done"  # the transplant
+    resources[13]["status"] = "not-done"  # the third exposure
+    (record,) = read_fhir(write_json(tmp_path / "p1.json", bundle(resources)), fhir_config, [])
+    assert record.history == [] and [e.kind for e in record.events] == ["death"]
+    assert [e.dose for e in record.treatments] == [500.0, 250.0]
+
+
 def test_unknown_code_policy_warn_keeps_the_rest(tmp_path, fhir_config):
     resources = patient_resources()
     resources[2]["code"] = concept(LOINC, "9999-9")

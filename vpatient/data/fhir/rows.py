@@ -37,7 +37,9 @@ IMAGING_STUDY = "VPATIENT_FHIR_IMAGING_STUDY"
 Row = tuple[str, int | None, str, float | None, str | None]
 
 #: Resources in these states say nothing happened, and are passed over.
-_VOID_STATUSES = frozenset({"entered-in-error", "not-taken", "cancelled"})
+_VOID_STATUSES = frozenset({"entered-in-error", "not-taken", "cancelled", "not-done"})
+#: A Condition's verificationStatus codes saying it is not so (a Condition has no status of its own).
+_VOID_VERIFICATIONS = frozenset({"entered-in-error", "refuted"})
 _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
@@ -174,7 +176,7 @@ class ResourceReader:
         except pydantic.ValidationError as exc:
             self.found.problems += pydantic_problems(exc, where)
             return []
-        if getattr(resource, "status", None) in _VOID_STATUSES:
+        if getattr(resource, "status", None) in _VOID_STATUSES or _refuted(resource):
             return []
         return handler(resource, where, full_urls)
 
@@ -577,6 +579,12 @@ def _dose_holders(resource: Any, kind: str) -> Iterator[tuple[str, Any]]:
     for i, dosage in enumerate(getattr(resource, name) or []):
         for j, dose_and_rate in enumerate(dosage.doseAndRate or []):
             yield f"{name}[{i}].doseAndRate[{j}].", dose_and_rate
+
+
+def _refuted(resource: Any) -> bool:
+    """Whether a Condition's verificationStatus says it was refuted or entered in error."""
+    verification = getattr(resource, "verificationStatus", None)
+    return verification is not None and any(c.code in _VOID_VERIFICATIONS for c in verification.coding or [])
 
 
 def _birth_time(patient: Any) -> Any:
