@@ -372,6 +372,10 @@ def test_values_in_another_unit_are_converted_by_the_unit_column(tmp_path):
     assert [o.value for o in two.observations if o.variable == "creatinine"] == pytest.approx([0.9], rel=1e-6)
     assert [o.value for o in one.observations if o.variable == "hba1c"] == [7.5]  # "%" is the config's unit: kept
 
+    blank = table.set_column(table.schema.get_field_index("unit"), "unit", pa.array(["" if u == "g/L" else u for u in units]))
+    pq.write_table(blank, shard)  # an empty unit is no unit: the value is taken as in the variable's unit
+    assert read_meds(root, CLINIC)[1].observations[0].value == pytest.approx(0.009, rel=1e-6)
+
     table = table.set_column(
         table.schema.get_field_index("unit"), "unit", pa.array([u if u != "mg/L" else "umol/L" for u in units])
     )

@@ -876,7 +876,8 @@ def _to_variable_units(frame: pd.DataFrame, book: CodeBook, value: np.ndarray) -
     targets = {v.name: v.unit for v in book.config.variables if v.unit is not None}
     names = frame["_var"].to_numpy(dtype=object)
     units = frame[UNIT].to_numpy(dtype=object)
-    given = pd.notna(units) & np.isin(names, list(targets)) & ~np.isnan(value)
+    stated = frame[UNIT].fillna("").astype(str).str.strip().ne("").to_numpy()  # "" is no unit, as null is
+    given = stated & frame["_var"].isin(list(targets)).to_numpy() & ~np.isnan(value)
     problems = []
     for name, unit in sorted({(str(n), str(u)) for n, u in zip(names[given], units[given], strict=True)}):
         rows = given & (names == name) & (units == unit)
