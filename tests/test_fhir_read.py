@@ -457,6 +457,19 @@ def test_what_did_not_happen_is_not_read(tmp_path, fhir_config):
     assert [e.dose for e in record.treatments] == [500.0, 250.0]
 
 
+def test_an_observation_with_a_data_absent_reason_is_no_value_and_no_problem(tmp_path, fhir_config):
+    resources = patient_resources()
+    del resources[3]["valueQuantity"]
+    resources[3]["dataAbsentReason"] = {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]
+    }
+    (record,) = read_fhir(write_json(tmp_path / "p1.json", bundle(resources)), fhir_config, [])
+    assert [o.value for o in record.observations if o.variable == "bilirubin"] == [1.2]
+    del resources[3]["dataAbsentReason"]  # no value and no reason: refused, as before
+    (problem,) = problems_of(write_json(tmp_path / "p2.json", bundle(resources)), fhir_config)
+    assert problem.field == "Observation.value[x]" and "no value for bilirubin" in problem.message
+
+
 def test_unknown_code_policy_warn_keeps_the_rest(tmp_path, fhir_config):
     resources = patient_resources()
     resources[2]["code"] = concept(LOINC, "9999-9")

@@ -414,6 +414,8 @@ class ResourceReader:
         text = _category(holder.valueCodeableConcept, spec) if holder.valueCodeableConcept is not None else None
         if text is not None:
             return None, text
+        if holder.dataAbsentReason is not None:  # the source says why there is no value: nothing was measured
+            return None, None
         self.found.problems.append(where.problem(f"{prefix}value[x]", None, f"no value for {spec.name}"))
         return None, None
 
