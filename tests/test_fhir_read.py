@@ -446,15 +446,17 @@ def test_a_dose_given_as_a_rate_or_range_is_not_lost_silently(tmp_path, fhir_con
 
 
 def test_what_did_not_happen_is_not_read(tmp_path, fhir_config):
-    """A refuted Condition (it has no status, only verificationStatus) and a Procedure or administration not done."""
+    """A refuted Condition (it has no status, only verificationStatus), a Procedure or administration not done, and a
+    MedicationRequest that only proposes."""
     resources = patient_resources()
     verification = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
     resources[10]["verificationStatus"] = {"coding": [{"system": verification, "code": "refuted"}]}  # diabetes
     resources[14]["status"] = "not-done"  # the transplant
     resources[13]["status"] = "not-done"  # the third exposure
+    resources[12]["intent"] = "proposal"  # the second: only suggested
     (record,) = read_fhir(write_json(tmp_path / "p1.json", bundle(resources)), fhir_config, [])
     assert record.history == [] and [e.kind for e in record.events] == ["death"]
-    assert [e.dose for e in record.treatments] == [500.0, 250.0]
+    assert [e.dose for e in record.treatments] == [500.0]
 
 
 def test_an_observation_with_a_data_absent_reason_is_no_value_and_no_problem(tmp_path, fhir_config):

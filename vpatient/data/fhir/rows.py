@@ -38,6 +38,8 @@ Row = tuple[str, int | None, str, float | None, str | None]
 
 #: Resources in these states say nothing happened, and are passed over.
 _VOID_STATUSES = frozenset({"entered-in-error", "not-taken", "cancelled", "not-done"})
+#: MedicationRequest intents that order nothing.
+_NOT_ORDERS = frozenset({"proposal", "plan"})
 #: A Condition's verificationStatus codes saying it is not so (a Condition has no status of its own).
 _VOID_VERIFICATIONS = frozenset({"entered-in-error", "refuted"})
 _EPOCH = datetime(1970, 1, 1)
@@ -546,6 +548,8 @@ class ResourceReader:
         return self._exposure(statement, where, full_urls, statement.effectivePeriod, "effectivePeriod", dose, field)
 
     def _medication_request(self, request: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        if request.intent in _NOT_ORDERS:  # a suggestion or an intention: no drug was ordered, so none was taken
+            return []
         instructions = request.dosageInstruction or []
         repeat = instructions[0].timing.repeat if instructions and instructions[0].timing is not None else None
         period = repeat.boundsPeriod if repeat is not None else None
