@@ -83,11 +83,10 @@ converted to the variable's unit (:mod:`~vpatient.data.fhir.units`). Codes no
 variable reads follow ``unknown_codes`` (reported by code, naming the resources) and their rows
 still place the subject in follow-up, as in MEDS. ``Patient.gender``, ``birthDate`` and
 ``deceasedDateTime`` are read only when a variable reads ``GENDER``, ``MEDS_BIRTH`` or
-``MEDS_DEATH``. Resources ``entered-in-error``, ``not-taken``, ``not-done`` or ``cancelled``, and Conditions
-whose ``verificationStatus`` is ``refuted`` or ``entered-in-error``, and MedicationRequests whose
-``intent`` is ``proposal`` or ``plan`` (nothing ordered), are passed over, and so is an
-Observation (or component) with a ``dataAbsentReason`` and no value;
-other resource types (Encounter, Practitioner, ...) are skipped and counted in one log line.
+``MEDS_DEATH``. Passed over, as saying nothing happened: resources ``entered-in-error``, ``not-taken``,
+``not-done`` or ``cancelled``; Conditions whose ``verificationStatus`` is ``refuted`` or
+``entered-in-error``; MedicationRequests whose ``intent`` is ``proposal`` or ``plan``; an Observation
+(or component) with a ``dataAbsentReason`` and no value. Other resource types (Encounter, Practitioner, ...) are skipped and counted in one log line.
 A Patient with no dated resource that a variable reads is left out, with a warning. A
 ``Patient.meta.tag`` of :data:`SPLIT_TAG_SYSTEM` gives the record's split.
 """
