@@ -276,6 +276,33 @@ def test_ndjson_of_bundles_and_urn_references(tmp_path, fhir_config):
     )
 
 
+def test_transaction_entries_without_ids_are_known_by_their_fullurl(tmp_path, fhir_config):
+    """A transaction's POST entries often carry no id, only a urn:uuid fullUrl the others refer to: that uuid is the id."""
+    uuid = "8c5e3f8a-1b2c-4d5e-8f90-a1b2c3d4e5f6"
+    entries = []
+    for n, resource in enumerate(json.loads(json.dumps(patient_resources("p1")).replace('"Patient/p1"', f'"urn:uuid:{uuid}"'))):
+        del resource["id"]
+        url = f"urn:uuid:{uuid}" if n == 0 else f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
+        entries.append({"fullUrl": url, "resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}})
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    (record,) = read_fhir(write_json(tmp_path / "t.json", transaction), fhir_config, [])
+    (expected,) = read_fhir(write_json(tmp_path / "b.json", bundle(patient_resources("p1"))), fhir_config, [])
+    assert record.subject_id == uuid
+    assert record.model_copy(update={"subject_id": "p1"}) == expected
+
+
+def test_a_config_prefix_for_a_standard_system_reads_its_codes(tmp_path, fhir_config):
+    """A config spelling LOINC codes LN/... (code_systems LN: http://loinc.org) reads http://loinc.org codings as LN/...,
+    as the writer writes them, not as LOINC/... (no variable's code)."""
+    data = fhir_config.model_dump()
+    for v in data["variables"]:
+        v["codes"] = [c.replace("LOINC/", "LN/") for c in v["codes"]]
+    own = DatasetConfig.model_validate({**data, "code_systems": {"LN": "http://loinc.org"}})
+    (record,) = read_fhir(write_json(tmp_path / "p1.json", bundle(patient_resources())), own, [])
+    (expected,) = read_fhir(write_json(tmp_path / "p2.json", bundle(patient_resources())), fhir_config, [])
+    assert record == expected
+
+
 def test_bulk_export_folder_reads_as_the_single_bundle(tmp_path, fhir_config):
     resources = [r for sid in ("3", "10", "2") for r in patient_resources(sid, shift=int(sid))]
     from_bundle = read_fhir(write_json(tmp_path / "all.json", bundle(resources, "searchset")), fhir_config, [])
@@ -376,6 +403,73 @@ def test_bad_resources_each_named_by_type_id_and_field(tmp_path, fhir_config):
     assert "not valid FHIR R4B" in _about(problems, "Observation/p1-o5", "Observation.valueInteger").message
     assert "2 times" in _about(problems, "ImagingStudy/p1-s1", "ImagingStudy.id").message
     assert "Traceback" not in "\n".join(map(str, problems))
+
+
+def test_a_death_without_a_time_is_refused_not_lost(tmp_path, fhir_config):
+    """deceasedBoolean true cannot be placed in time; read as alive, the subject would look censored."""
+    resources = patient_resources()
+    del resources[0]["deceasedDateTime"]
+    resources[0]["deceasedBoolean"] = True
+    (problem,) = problems_of(write_json(tmp_path / "dead.json", bundle(resources)), fhir_config)
+    assert problem.field == "Patient.deceasedBoolean" and "without a time" in problem.message
+    resources[0]["deceasedBoolean"] = False  # alive: nothing to say
+    (record,) = read_fhir(write_json(tmp_path / "alive.json", bundle(resources)), fhir_config, [])
+    assert [e.kind for e in record.events] == ["transplant"]
+
+
+def test_a_value_with_a_comparator_is_read_with_a_warning(tmp_path, fhir_config):
+    """ "<0.1 mg/dL" is a bound, not a measurement: it is read as 0.1, and the user is told which resource."""
+    resources = patient_resources()
+    resources[2]["valueQuantity"] = qty(0.1, "mg/dL") | {"comparator": "<"}
+    warnings: list[Problem] = []
+    (record,) = read_fhir(write_json(tmp_path / "lt.json", bundle(resources)), fhir_config, warnings)
+    assert next(o.value for o in record.observations if o.variable == "bilirubin") == 0.1
+    (warning,) = [w for w in warnings if w.field == "Observation.valueQuantity.comparator"]
+    assert warning.severity == "warning" and "Observation/p1-o1" in warning.owner and "a bound (< 0.1)" in warning.message
+
+
+def test_a_dose_given_as_a_rate_or_range_is_not_lost_silently(tmp_path, fhir_config):
+    """Only doseQuantity is read: a dose given as a rate or a range gets the default dose 1, with a warning naming it."""
+    resources = patient_resources()
+    resources[11]["dosage"] = [{"doseAndRate": [{"rateQuantity": qty(500, "mg")}]}]
+    resources[12]["dosageInstruction"][0]["doseAndRate"] = [{"doseRange": {"low": qty(200, "mg"), "high": qty(300, "mg")}}]
+    del resources[13]["dosage"]["dose"]
+    resources[13]["dosage"]["rateQuantity"] = qty(100, "mg")
+    warnings: list[Problem] = []
+    (record,) = read_fhir(write_json(tmp_path / "rate.json", bundle(resources)), fhir_config, warnings)
+    assert [e.dose for e in record.treatments] == [1.0, 1.0, 1.0]
+    assert sorted((w.field, w.owner.split()[0]) for w in warnings if "default dose 1" in w.message) == [
+        ("MedicationAdministration.dosage.rateQuantity", "MedicationAdministration/p1-m3"),
+        ("MedicationRequest.dosageInstruction[0].doseAndRate[0].doseRange", "MedicationRequest/p1-m2"),
+        ("MedicationStatement.dosage[0].doseAndRate[0].rateQuantity", "MedicationStatement/p1-m1"),
+    ]
+
+
+def test_what_did_not_happen_is_not_read(tmp_path, fhir_config):
+    """A refuted Condition (it has no status, only verificationStatus), a Procedure or administration not done, and a
+    MedicationRequest that only proposes."""
+    resources = patient_resources()
+    verification = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+    resources[10]["verificationStatus"] = {"coding": [{"system": verification, "code": "refuted"}]}  # diabetes
+    resources[14]["status"] = "not-done"  # the transplant
+    resources[13]["status"] = "not-done"  # the third exposure
+    resources[12]["intent"] = "proposal"  # the second: only suggested
+    (record,) = read_fhir(write_json(tmp_path / "p1.json", bundle(resources)), fhir_config, [])
+    assert record.history == [] and [e.kind for e in record.events] == ["death"]
+    assert [e.dose for e in record.treatments] == [500.0]
+
+
+def test_an_observation_with_a_data_absent_reason_is_no_value_and_no_problem(tmp_path, fhir_config):
+    resources = patient_resources()
+    del resources[3]["valueQuantity"]
+    resources[3]["dataAbsentReason"] = {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]
+    }
+    (record,) = read_fhir(write_json(tmp_path / "p1.json", bundle(resources)), fhir_config, [])
+    assert [o.value for o in record.observations if o.variable == "bilirubin"] == [1.2]
+    del resources[3]["dataAbsentReason"]  # no value and no reason: refused, as before
+    (problem,) = problems_of(write_json(tmp_path / "p2.json", bundle(resources)), fhir_config)
+    assert problem.field == "Observation.value[x]" and "no value for bilirubin" in problem.message
 
 
 def test_unknown_code_policy_warn_keeps_the_rest(tmp_path, fhir_config):

@@ -13,6 +13,7 @@ import meds
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -22,7 +23,7 @@ from vpatient.data.meds import MEDS_VERSION, iter_meds, meds_schema_problems, re
 from vpatient.data.meds.codes import MICROS_PER_DAY, NUMERIC_TIME_EXTENSION, MedsLayout
 from vpatient.data.synthetic import synthetic_cohort
 from vpatient.datasets import load_pbc2
-from vpatient.errors import DataFormatError
+from vpatient.errors import DataFormatError, RecordValidationError
 from vpatient.schemas import RELATIVE_EPOCH, DatasetConfig, Event, Observation, PatientRecord, TimeUnit, TreatmentExposure
 from vpatient.validation import validate_path
 from vpatient.version import __version__
@@ -346,6 +347,44 @@ def test_reads_meds_written_by_another_tool(tmp_path, extra_columns):
     assert one.events == [Event(time=200.0, kind="death")] and one.end_of_followup == 200.0
     assert two.index_time == datetime(2021, 3, 4, 9, 0) and two.end_of_followup == 30.0 and two.events == []
     assert validate_path(root, CLINIC).ok
+
+
+def test_values_in_another_unit_are_converted_by_the_unit_column(tmp_path):
+    """Another tool's creatinine in mg/L and g/L is read in the config's mg/dL, as FHIR is; a unit of another
+    dimension (umol/L) is refused naming the code and both units, not read as if in mg/dL."""
+    root = _other_tools_meds(tmp_path / "clinic", extra_columns=True)
+    shard = root / meds.data_subdirectory / "0.parquet"
+    table = pq.read_table(shard)
+    creatinine = pc.equal(table["code"], "LOINC/2160-0").to_pylist()
+    units = [
+        "mg/L" if hit and i < 5 else ("g/L" if hit else u)
+        for i, (hit, u) in enumerate(zip(creatinine, table["unit"].to_pylist(), strict=True))
+    ]
+    values = [
+        v * (10 if u == "mg/L" else 1e-2 if u == "g/L" else 1) if v is not None else None
+        for v, u in zip(table["numeric_value"].to_pylist(), units, strict=True)
+    ]
+    table = table.set_column(table.schema.get_field_index("unit"), "unit", pa.array(units, pa.string()))
+    table = table.set_column(table.schema.get_field_index("numeric_value"), "numeric_value", pa.array(values, pa.float32()))
+    pq.write_table(table, shard)
+    one, two = read_meds(root, CLINIC)
+    assert [o.value for o in one.observations if o.variable == "creatinine"] == pytest.approx([1.1, 1.25], rel=1e-6)
+    assert [o.value for o in two.observations if o.variable == "creatinine"] == pytest.approx([0.9], rel=1e-6)
+    assert [o.value for o in one.observations if o.variable == "hba1c"] == [7.5]  # "%" is the config's unit: kept
+
+    blank = table.set_column(table.schema.get_field_index("unit"), "unit", pa.array(["" if u == "g/L" else u for u in units]))
+    pq.write_table(blank, shard)  # an empty unit is no unit: the value is taken as in the variable's unit
+    assert read_meds(root, CLINIC)[1].observations[0].value == pytest.approx(0.009, rel=1e-6)
+
+    table = table.set_column(
+        table.schema.get_field_index("unit"), "unit", pa.array([u if u != "mg/L" else "umol/L" for u in units])
+    )
+    pq.write_table(table, shard)
+    with pytest.raises(RecordValidationError) as caught:
+        read_meds(root, CLINIC)
+    (problem,) = caught.value.problems
+    assert problem.field == "observations.creatinine" and problem.value == "umol/L"
+    assert "'LOINC/2160-0'" in problem.message and "molar mass" in problem.message
 
 
 def test_damaged_standard_shards_are_refused_naming_the_file(pbc, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import datetime, timedelta
 
@@ -25,6 +26,7 @@ from vpatient.tasks import (
     load_task,
     make_labels,
     make_task,
+    read_labels,
     read_task,
     to_timestamps,
     write_task,
@@ -97,7 +99,7 @@ def test_prediction_times_use_the_index_time_and_map_back_exactly(config):
 def test_labels_refuse_an_unknown_event_and_ids_that_are_not_integers(config):
     with pytest.raises(ConfigError, match="event 'stroke' is not an event variable of config 'tiny'"):
         make_labels([_record("1", [0.0], 1.0)], config, "stroke", 1.0)
-    with pytest.raises(DataFormatError, match=r"int64 subject_id; 1 id\(s\) are not 64-bit integers \(e.g. 'p1'\)"):
+    with pytest.raises(DataFormatError, match=r"int64 subject_id; 1 id\(s\) are not 64-bit integers written plainly.*'p1'"):
         make_labels([_record("p1", [0.0], 3.0)], config, "death", 1.0)
 
 
@@ -125,6 +127,20 @@ def test_a_task_folder_round_trips_and_bad_folders_are_named(tmp_path, config):
     )
     with pytest.raises(DataFormatError, match=r"labels\.parquet: not a MEDS label table"):
         read_task(tmp_path / "task")
+
+
+def test_label_rows_without_a_label_or_a_time_are_refused(tmp_path):
+    """A label table written from pandas (nanosecond times, so meds' schema casts it and checks no nulls) with a
+    row whose boolean_value or prediction_time is null: that row asks nothing, and is refused, not predicted."""
+    times = pd.to_datetime(["2020-01-01", "2020-06-01", "2021-01-01"])
+    labels = pd.DataFrame({"subject_id": [1, 1, 2], "prediction_time": times, "boolean_value": [True, None, False]})
+    labels.to_parquet(tmp_path / "labels.parquet")
+    with pytest.raises(DataFormatError, match=r"labels\.parquet: 1 label row\(s\) have no boolean_value \(rows 1\)"):
+        read_labels(tmp_path / "labels.parquet")
+    labels = labels.assign(boolean_value=[True, False, False], prediction_time=[times[0], pd.NaT, times[2]])
+    labels.to_parquet(tmp_path / "labels.parquet")
+    with pytest.raises(DataFormatError, match=r"1 label row\(s\) have no prediction_time \(rows 1\)"):
+        read_labels(tmp_path / "labels.parquet")
 
 
 def test_the_embedded_pbc_task_is_what_make_labels_makes():
@@ -229,6 +245,18 @@ def test_rows_that_cannot_be_predicted_are_refused_together(pbc, model):
     at_death = pd.DataFrame({"subject_id": [1], "prediction_time": [death.as_unit("us")], "boolean_value": [True]})
     with pytest.raises(RecordValidationError, match="at or after the subject's death"):
         predict(model, records, Task(task.spec, at_death), n_samples=8)
+
+
+def test_labels_and_predictions_take_ids_as_the_meds_export_writes_them(pbc, model):
+    """vpatient's MEDS export numbers ids such as 002 afresh (0, 1, ...), so a label of 002 as subject 2 would name
+    another subject there: such ids make no labels, and a label of subject 2 does not answer for record 002."""
+    for sid in ("002", "+5"):
+        with pytest.raises(DataFormatError, match=re.escape(f"without sign or leading zeros (e.g. '{sid}')")):
+            make_labels([_record(sid, [0.0], 3.0)], pbc.config, "death", 1.0)
+    records, task = _small_task(pbc, ids=("2",))
+    renamed = records[0].model_copy(update={"subject_id": "002"})
+    with pytest.raises(RecordValidationError, match=r"subject_id = 2: not in the data"):
+        predict(model, [renamed], task, n_samples=2)
 
 
 def test_a_task_the_model_cannot_answer_is_refused(pbc, model):

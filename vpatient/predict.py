@@ -29,6 +29,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from vpatient.atomic import staged_file
+from vpatient.data.meds.codes import is_integer_ids
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import ConfigError, DataFormatError, Problem, RecordValidationError
 from vpatient.schemas import PatientRecord, TimeUnit
@@ -87,14 +88,9 @@ def label_histories(
 
 
 def _records_by_meds_id(records: Sequence[PatientRecord]) -> dict[int, PatientRecord]:
-    """Records by their id as MEDS's integer (ids that are not integers cannot be in a label table)."""
-    out = {}
-    for record in records:
-        try:
-            out[int(record.subject_id)] = record
-        except ValueError:
-            continue
-    return out
+    """Records by their id as MEDS's integer (ids that are not integers written plainly cannot be in a label table:
+    :func:`~vpatient.tasks.meds_subject_ids`)."""
+    return {int(r.subject_id): r for r in records if is_integer_ids((r.subject_id,))}
 
 
 def _row_problems(record: PatientRecord, stamps: np.ndarray, cut: np.ndarray, unit: TimeUnit, event: str) -> list[Problem]:

@@ -27,7 +27,6 @@ package; :func:`load_task` reads one by name or any task folder by path.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -39,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vpatient.atomic import staged_dir
 from vpatient.data.fhir.coding import RELATIVE_EPOCH
-from vpatient.data.meds.codes import MICROS_PER_DAY
+from vpatient.data.meds.codes import MICROS_PER_DAY, is_integer_ids
 from vpatient.errors import ConfigError, DataFormatError, DatasetNotFoundError
 from vpatient.schemas import DatasetConfig, PatientRecord, TimeUnit
 
@@ -143,13 +142,19 @@ def _record_times(record: PatientRecord) -> list[float]:
 
 
 def meds_subject_ids(ids: Iterable[str]) -> np.ndarray:
-    """Subject ids as MEDS's int64; a DataFormatError naming the first ids that are not integers."""
+    """Subject ids as MEDS's int64; a DataFormatError naming the first ids that are not integers.
+
+    Only ids written plainly (``7``, not ``007`` or ``+7``) are integers here, as in vpatient's
+    MEDS export (:func:`~vpatient.data.meds.codes.is_integer_ids`), which numbers other ids
+    afresh: a label of subject ``007`` as 7 would name another subject of that export.
+    """
     ids = list(ids)
-    bad = [s for s in ids if not (re.fullmatch(r"[+-]?\d+", s) and -(2**63) <= int(s) < 2**63)]
+    bad = [s for s in ids if not is_integer_ids((s,))]
     if bad:
         shown = ", ".join(repr(s) for s in list(dict.fromkeys(bad))[:5])
         raise DataFormatError(
-            f"MEDS label tables key subjects by int64 subject_id; {len(bad)} id(s) are not 64-bit integers (e.g. {shown})"
+            f"MEDS label tables key subjects by int64 subject_id; {len(bad)} id(s) are not 64-bit integers "
+            f"written plainly, without sign or leading zeros (e.g. {shown})"
         )
     return np.asarray([int(s) for s in ids], dtype="int64")
 
@@ -285,6 +290,12 @@ def read_labels(path: str | Path) -> pd.DataFrame:
     if "boolean_value" not in table.column_names:
         raise DataFormatError(f"{path}: no boolean_value column; vpatient predicts binary tasks only")
     frame = table.select(LABEL_COLUMNS).to_pandas()
+    for column in ("prediction_time", "boolean_value"):  # MEDS lets both be null; a row without either asks nothing
+        nulls = frame[column].isna()
+        if nulls.any():
+            rows = ", ".join(str(i) for i in np.flatnonzero(nulls)[:3]) + (", ..." if nulls.sum() > 3 else "")
+            raise DataFormatError(f"{path}: {int(nulls.sum())} label row(s) have no {column} (rows {rows})")
+    frame["boolean_value"] = frame["boolean_value"].astype(bool)
     frame["prediction_time"] = frame["prediction_time"].astype("datetime64[us]")
     return frame
 

@@ -66,7 +66,8 @@ Reading (:mod:`~vpatient.data.fhir.read`, :mod:`~vpatient.data.fhir.rows`): a Bu
 resource or one Bundle a line), or a folder of either such as a Bulk Data export (one
 ``Type.ndjson`` per resource type). Each resource is validated by its ``fhir.resources`` R4B
 model. References are ``Patient/{id}`` (also at the end of an absolute URL) or a Bundle
-entry's ``fullUrl`` (``urn:uuid:...``). Times: ``effectiveDateTime`` (else ``effectiveInstant``,
+entry's ``fullUrl`` (``urn:uuid:...``; an entry's resource without an id, as a
+transaction's POST entries come, takes that uuid as its id). Times: ``effectiveDateTime`` (else ``effectiveInstant``,
 ``effectivePeriod.start``), ``onsetDateTime`` (else ``onsetPeriod.start``, ``recordedDate``),
 ``performedDateTime`` (else ``performedPeriod.start``); time-zone-aware times are made UTC,
 a date is its first moment. Treatment periods: ``MedicationStatement.effectivePeriod``,
@@ -82,8 +83,10 @@ converted to the variable's unit (:mod:`~vpatient.data.fhir.units`). Codes no
 variable reads follow ``unknown_codes`` (reported by code, naming the resources) and their rows
 still place the subject in follow-up, as in MEDS. ``Patient.gender``, ``birthDate`` and
 ``deceasedDateTime`` are read only when a variable reads ``GENDER``, ``MEDS_BIRTH`` or
-``MEDS_DEATH``. Resources ``entered-in-error``, ``not-taken`` or ``cancelled`` are passed over;
-other resource types (Encounter, Practitioner, ...) are skipped and counted in one log line.
+``MEDS_DEATH``. Passed over, as saying nothing happened: resources ``entered-in-error``, ``not-taken``,
+``not-done`` or ``cancelled``; Conditions whose ``verificationStatus`` is ``refuted`` or
+``entered-in-error``; MedicationRequests whose ``intent`` is ``proposal`` or ``plan``; an Observation
+(or component) with a ``dataAbsentReason`` and no value. Other resource types (Encounter, Practitioner, ...) are skipped and counted in one log line.
 A Patient with no dated resource that a variable reads is left out, with a warning. A
 ``Patient.meta.tag`` of :data:`SPLIT_TAG_SYSTEM` gives the record's split.
 """

@@ -76,7 +76,9 @@ def from_coding(system: str | None, code: str, config: DatasetConfig | None = No
     token spelling, so an unknown code is still named unambiguously in messages)."""
     if system is None or system == LOCAL_SYSTEM:
         return code
-    for prefix, uri in _systems(config).items():
+    own = list(config.code_systems.items()) if config is not None else []
+    # the config's own prefix first: one that renames a standard system (LN for LOINC) is how its codes are spelled
+    for prefix, uri in [*own, *VOCABULARIES.items()]:
         if uri == system:
             return f"{prefix}/{code}"
     return f"{system}|{code}"

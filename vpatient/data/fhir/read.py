@@ -387,17 +387,28 @@ def _unpack(item: Any, source: str, problems: list[Problem]) -> Iterator[tuple[M
     if not isinstance(entries, list):
         problems.append(where.problem("entry", None, "not a list of entries"))
         return
+    resources = [_entry_resource(e) for e in entries]
     full_urls = {
-        e["fullUrl"]: f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}"
-        for e in entries
-        if isinstance(e, dict) and isinstance(e.get("fullUrl"), str) and isinstance(e.get("resource"), dict)
+        e["fullUrl"]: f"{r.get('resourceType')}/{r.get('id')}"
+        for e, r in zip(entries, resources, strict=True)
+        if isinstance(e.get("fullUrl"), str) and isinstance(r, dict) and r.get("id") is not None
     }
-    for number, entry in enumerate(entries):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
+    for number, resource in enumerate(resources):
         if resource is None:
             continue  # a transaction's DELETE, say: no resource
         for inner, inner_where, inner_urls in _unpack(resource, f"{source} entry {number}", problems):
             yield inner, inner_where, inner_urls or full_urls
+
+
+def _entry_resource(entry: Any) -> Any:
+    """A Bundle entry's resource (None without one); one without an id takes the uuid of its ``urn:uuid:`` fullUrl,
+    as a transaction's POST entries are known only by it, and the other entries refer to them by it."""
+    if not isinstance(entry, dict):
+        return None
+    resource, url = entry.get("resource"), entry.get("fullUrl")
+    if isinstance(resource, dict) and resource.get("id") is None and isinstance(url, str) and url.startswith("urn:uuid:"):
+        return {**resource, "id": url.removeprefix("urn:uuid:")}
+    return resource
 
 
 # --------------------------------------------------------------------------- staging

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -22,7 +22,7 @@ from vpatient.data.fhir.coding import BIRTH_TIME_EXTENSION, RELATIVE_TIME_TAG, S
 from vpatient.data.fhir.units import UnitMismatch, convert
 from vpatient.data.meds.codes import MEDS_BIRTH, MEDS_DEATH, CodeBook, Role, component_code, start_code, stop_code
 from vpatient.errors import Problem
-from vpatient.schemas import DatasetConfig, UnknownCodePolicy, VariableSpec
+from vpatient.schemas import DEFAULT_DOSE, DatasetConfig, UnknownCodePolicy, VariableSpec
 
 __all__ = ["GENDER", "IMAGING_STUDY", "Findings", "ResourceReader", "Row", "Where", "pydantic_problems"]
 
@@ -37,7 +37,11 @@ IMAGING_STUDY = "VPATIENT_FHIR_IMAGING_STUDY"
 Row = tuple[str, int | None, str, float | None, str | None]
 
 #: Resources in these states say nothing happened, and are passed over.
-_VOID_STATUSES = frozenset({"entered-in-error", "not-taken", "cancelled"})
+_VOID_STATUSES = frozenset({"entered-in-error", "not-taken", "cancelled", "not-done"})
+#: MedicationRequest intents that order nothing.
+_NOT_ORDERS = frozenset({"proposal", "plan"})
+#: A Condition's verificationStatus codes saying it is not so (a Condition has no status of its own).
+_VOID_VERIFICATIONS = frozenset({"entered-in-error", "refuted"})
 _EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
@@ -174,7 +178,7 @@ class ResourceReader:
         except pydantic.ValidationError as exc:
             self.found.problems += pydantic_problems(exc, where)
             return []
-        if getattr(resource, "status", None) in _VOID_STATUSES:
+        if getattr(resource, "status", None) in _VOID_STATUSES or _refuted(resource):
             return []
         return handler(resource, where, full_urls)
 
@@ -288,6 +292,15 @@ class ResourceReader:
             self.found.problems.append(where.problem(f"{field}.value", None, "a Quantity without a value"))
             return None
         value = float(quantity.value)
+        if quantity.comparator is not None:  # "<0.1": a bound, read as the value itself, so say so
+            self.found.problems.append(
+                where.problem(
+                    f"{field}.comparator",
+                    quantity.comparator,
+                    f"a bound ({quantity.comparator} {quantity.value}), read as the value {quantity.value}",
+                    "warning",
+                )
+            )
         if spec is None or spec.unit is None:
             return value
         target = spec.unit
@@ -326,6 +339,11 @@ class ResourceReader:
             rows.append((sid, None, GENDER, None, patient.gender))
         if self._reads_death and patient.deceasedDateTime is not None:
             rows.append((sid, micros(patient.deceasedDateTime), MEDS_DEATH, None, None))
+        elif self._reads_death and patient.deceasedBoolean:
+            # Read as alive, the subject would look censored: a death with no time cannot be placed.
+            self.found.problems.append(
+                where.problem("deceasedBoolean", True, "a death without a time; give deceasedDateTime instead")
+            )
         return rows
 
     def _episode(self, episode: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
@@ -398,6 +416,8 @@ class ResourceReader:
         text = _category(holder.valueCodeableConcept, spec) if holder.valueCodeableConcept is not None else None
         if text is not None:
             return None, text
+        if holder.dataAbsentReason is not None:  # the source says why there is no value: nothing was measured
+            return None, None
         self.found.problems.append(where.problem(f"{prefix}value[x]", None, f"no value for {spec.name}"))
         return None, None
 
@@ -502,6 +522,8 @@ class ResourceReader:
             self.found.problems.append(where.problem(f"{period_field}.start", None, f"{what} without a period (its start)"))
             return []
         spec = treatment.spec
+        if dose is None:
+            self._dose_not_read(resource, where)
         amount = None if dose is None else self._quantity(dose, spec, where, dose_field)
         if dose is not None and amount is None:
             return []
@@ -510,12 +532,24 @@ class ResourceReader:
             rows.append((sid, micros(period.end), stop_code(code), None, None))
         return rows
 
+    def _dose_not_read(self, resource: Any, where: Where) -> None:
+        """Warn when a medication without a doseQuantity gives its dose another way (a range, a rate), which is not
+        read: the exposure gets the default dose, and the user must know it is not the dose given."""
+        for path, holder in _dose_holders(resource, where.type):
+            name = next((n for n in _UNREAD_DOSES if getattr(holder, n, None) is not None), None)
+            if name is not None:
+                message = f"a dose given as {name} is not read; the exposure gets the default dose {DEFAULT_DOSE:g}"
+                self.found.problems.append(where.problem(f"{path}{name}", None, message, "warning"))
+                return
+
     def _medication_statement(self, statement: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
         dose = _first_dose(statement.dosage)
         field = "dosage[0].doseAndRate[0].doseQuantity"
         return self._exposure(statement, where, full_urls, statement.effectivePeriod, "effectivePeriod", dose, field)
 
     def _medication_request(self, request: Any, where: Where, full_urls: Mapping[str, str]) -> list[Row]:
+        if request.intent in _NOT_ORDERS:  # a suggestion or an intention: no drug was ordered, so none was taken
+            return []
         instructions = request.dosageInstruction or []
         repeat = instructions[0].timing.repeat if instructions and instructions[0].timing is not None else None
         period = repeat.boundsPeriod if repeat is not None else None
@@ -535,6 +569,28 @@ def _first_dose(dosages: Sequence[Any] | None) -> Any:
             if rate.doseQuantity is not None:
                 return rate.doseQuantity
     return None
+
+
+#: Ways a Dosage gives a dose that the reader does not read (it reads doseQuantity, and MedicationAdministration's dose).
+_UNREAD_DOSES = ("doseRange", "rateQuantity", "rateRange", "rateRatio")
+
+
+def _dose_holders(resource: Any, kind: str) -> Iterator[tuple[str, Any]]:
+    """The elements of a medication resource that may hold its dose, with their paths (ending in a dot)."""
+    if kind == "MedicationAdministration":
+        if resource.dosage is not None:
+            yield "dosage.", resource.dosage
+        return
+    name = "dosageInstruction" if kind == "MedicationRequest" else "dosage"
+    for i, dosage in enumerate(getattr(resource, name) or []):
+        for j, dose_and_rate in enumerate(dosage.doseAndRate or []):
+            yield f"{name}[{i}].doseAndRate[{j}].", dose_and_rate
+
+
+def _refuted(resource: Any) -> bool:
+    """Whether a Condition's verificationStatus says it was refuted or entered in error."""
+    verification = getattr(resource, "verificationStatus", None)
+    return verification is not None and any(c.code in _VOID_VERIFICATIONS for c in verification.coding or [])
 
 
 def _birth_time(patient: Any) -> Any:

@@ -77,7 +77,10 @@ __all__ = ["frame_to_records", "iter_meds", "load_config_for", "read_layout", "r
 
 log = logging.getLogger(__name__)
 
-_CSV_DTYPES = {SUBJECT_ID: str, CODE: str, TEXT_VALUE: str}
+#: MEDS's optional column of a value's unit (as MEDS ETLs write it); values in another unit than their variable's are
+#: converted, as the FHIR reader converts Quantities.
+UNIT = "unit"
+_CSV_DTYPES = {SUBJECT_ID: str, CODE: str, TEXT_VALUE: str, UNIT: str}
 
 
 # --------------------------------------------------------------------------- public: reading
@@ -337,7 +340,7 @@ def _delimiter_hint(path: Path, kind: str) -> str:
 
 
 #: The columns vpatient reads: MEDS's, and its own extension columns when present.
-_READ_COLUMNS = (*MEDS_COLUMNS, *EXTENSION_COLUMNS)
+_READ_COLUMNS = (*MEDS_COLUMNS, *EXTENSION_COLUMNS, UNIT)
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -487,6 +490,8 @@ def _normalise(df: pd.DataFrame, source: str, layout: MedsLayout | None = None, 
             TEXT_VALUE: text.astype(object).where(text.notna(), None),
         }
     )
+    if UNIT in df.columns:
+        out[UNIT] = df[UNIT].astype(object).where(df[UNIT].notna(), None)
     if layout is not None and layout.standard:
         out = _from_standard(df, out, layout, unit, source)
     return out.reset_index(drop=True)
@@ -848,15 +853,48 @@ def _values(frame: pd.DataFrame, book: CodeBook) -> tuple[np.ndarray, np.ndarray
     if suffixed.any():  # code_suffix statics: the code carries the value, whatever the value columns say
         pairs = zip(frame["_var"].to_numpy()[suffixed], frame["_suffix"].to_numpy()[suffixed], strict=True)
         value[suffixed] = [book.suffix_value(book.spec(name), suffix) for name, suffix in pairs]
-    value[(role == Role.START.value) & np.isnan(value)] = DEFAULT_DOSE
-    missing = needs & np.isnan(value)
+    foreign, problems = _to_variable_units(frame, book, value)
+    value[(role == Role.START.value) & np.isnan(value) & ~foreign] = DEFAULT_DOSE
+    missing = needs & np.isnan(value) & ~foreign
     timed_role = role != Role.STATIC.value
     untimed = timed_role & frame[TIME].isna().to_numpy()
     # Timed rows of a subject without a time axis (index problem, reported already) are skipped.
     unplaced = timed_role & ~untimed & np.isnan(frame["_t"].to_numpy())
-    problems = [_missing_value_problem(row, book) for row in frame[missing].to_dict("records")]
-    problems += [_untimed_problem(row) for row in frame[untimed & ~missing].to_dict("records")]
-    return value, ~(missing | untimed | unplaced), problems
+    problems += [_missing_value_problem(row, book) for row in frame[missing].to_dict("records")]
+    problems += [_untimed_problem(row) for row in frame[untimed & ~missing & ~foreign].to_dict("records")]
+    return value, ~(missing | untimed | unplaced | foreign), problems
+
+
+def _to_variable_units(frame: pd.DataFrame, book: CodeBook, value: np.ndarray) -> tuple[np.ndarray, list[Problem]]:
+    """Convert ``value`` in place to each variable's unit where the row's ``unit`` names another; the rows whose unit
+    cannot be converted (their values unusable), and one problem per variable and unit."""
+    bad = np.zeros(len(frame), dtype=bool)
+    if UNIT not in frame.columns:
+        return bad, []
+    from vpatient.data.fhir.units import UnitMismatch, convert  # here: vpatient.data.fhir imports this module
+
+    targets = {v.name: v.unit for v in book.config.variables if v.unit is not None}
+    names = frame["_var"].to_numpy(dtype=object)
+    units = frame[UNIT].to_numpy(dtype=object)
+    stated = frame[UNIT].fillna("").astype(str).str.strip().ne("").to_numpy()  # "" is no unit, as null is
+    given = stated & frame["_var"].isin(list(targets)).to_numpy() & ~np.isnan(value)
+    problems = []
+    for name, unit in sorted({(str(n), str(u)) for n, u in zip(names[given], units[given], strict=True)}):
+        rows = given & (names == name) & (units == unit)
+        try:
+            value[rows] = value[rows] * convert(1.0, unit, targets[name])  # the table's units differ by a factor
+        except UnitMismatch as exc:
+            bad |= rows
+            first = frame[rows].iloc[0]
+            problems.append(
+                Problem(
+                    first[SUBJECT_ID],
+                    _where(first.to_dict()),
+                    unit,
+                    f"{int(rows.sum())} row(s) with code {first[CODE]!r} in unit {unit!r}: {name}: {exc}",
+                )
+            )
+    return bad, problems
 
 
 def _where(row: dict[str, Any]) -> str:
