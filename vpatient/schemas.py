@@ -25,7 +25,7 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -45,6 +45,7 @@ from vpatient.inputs import check_shape, parse_json_text, read_text_file
 __all__ = [
     "BOUNDARY_TYPES",
     "DEFAULT_DOSE",
+    "MICROS_PER_DAY",
     "RELATIVE_EPOCH",
     "CodeEncoding",
     "DatasetConfig",
@@ -63,10 +64,13 @@ __all__ = [
     "UnknownCodePolicy",
     "VariableKind",
     "VariableSpec",
+    "calendar_time",
+    "naive_utc",
     "parse_plan",
     "parse_record",
     "parse_records",
     "record_problems",
+    "time_origin",
 ]
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]*$"
@@ -135,6 +139,10 @@ ENCODINGS_OF_KIND = {
 DEFAULT_DOSE = 1.0
 
 
+#: Microseconds in a day: timestamps (MEDS, FHIR) hold record times to the microsecond.
+MICROS_PER_DAY = 86_400 * 1_000_000
+
+
 class TimeUnit(StrEnum):
     YEARS = "years"
     MONTHS = "months"
@@ -154,11 +162,33 @@ class TimeUnit(StrEnum):
         """Length of a month (a twelfth of a year) in this unit: the default resolution of forecast and simulation grids."""
         return TimeUnit.MONTHS.days / self.days
 
+    @property
+    def microseconds(self) -> float:
+        """Length of one unit in microseconds: record times become timestamps (MEDS, FHIR) through whole microseconds."""
+        return MICROS_PER_DAY * self.days
+
 
 #: Where a record without calendar time (``index_time`` None: times since an unknown index) is
 #: placed when a format needs dates (standard MEDS, FHIR); each format marks such data, so
 #: that they read back as relative times.
 RELATIVE_EPOCH = datetime(2000, 1, 1)
+
+
+def naive_utc(moment: datetime) -> datetime:
+    """``moment`` as a naive UTC datetime, as every timestamp vpatient keeps (time-zone-aware ones converted)."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
+
+
+def time_origin(index_time: datetime | None) -> datetime:
+    """Where a record's time 0 lies on the calendar (naive UTC): its index_time, else :data:`RELATIVE_EPOCH`."""
+    return RELATIVE_EPOCH if index_time is None else naive_utc(index_time)
+
+
+def calendar_time(index_time: datetime | None, t: float, unit: TimeUnit) -> datetime:
+    """Record time ``t`` (``unit`` since the index) on the calendar, naive UTC, rounded to the microsecond as MEDS and
+    FHIR keep it; the vectorised writers round the same product (``t * unit.microseconds``)."""
+    return time_origin(index_time) + timedelta(microseconds=round(t * unit.microseconds))
+
 
 #: Longest span from the index that a time in a record or plan may have: longer than any life, so
 #: a time beyond it is a typo or garbage (1e308), refused before it reaches the solver.

@@ -37,10 +37,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vpatient.atomic import staged_dir
-from vpatient.data.fhir.coding import RELATIVE_EPOCH
-from vpatient.data.meds.codes import MICROS_PER_DAY, is_integer_ids
+from vpatient.data.meds.codes import is_integer_ids
 from vpatient.errors import ConfigError, DataFormatError, DatasetNotFoundError
-from vpatient.schemas import DatasetConfig, PatientRecord, TimeUnit
+from vpatient.schemas import DatasetConfig, PatientRecord, TimeUnit, time_origin
 
 __all__ = [
     "EMBEDDED_TASKS",
@@ -100,20 +99,12 @@ class Task:
 
 
 def _origin(record: PatientRecord) -> np.datetime64:
-    """Where time 0 of the record lies on the calendar: its index_time (naive UTC), else RELATIVE_EPOCH."""
-    origin = record.index_time or RELATIVE_EPOCH
-    if origin.tzinfo is not None:
-        origin = pd.Timestamp(origin).tz_convert("UTC").tz_localize(None).to_pydatetime()
-    return np.datetime64(origin, "us")
-
-
-def _micros(unit: TimeUnit) -> float:
-    return MICROS_PER_DAY * unit.days
+    return np.datetime64(time_origin(record.index_time), "us")
 
 
 def to_timestamps(record: PatientRecord, times: Sequence[float] | np.ndarray, unit: TimeUnit) -> np.ndarray:
     """The record's ``times`` (its own axis, ``unit``) as calendar times, rounded to the microsecond as MEDS keeps them."""
-    offsets = np.rint(np.asarray(times, dtype=float) * _micros(unit)).astype("int64")
+    offsets = np.rint(np.asarray(times, dtype=float) * unit.microseconds).astype("int64")
     return _origin(record) + offsets.astype("timedelta64[us]")
 
 
@@ -124,10 +115,10 @@ def from_timestamps(record: PatientRecord, stamps: np.ndarray, unit: TimeUnit) -
     time exactly, so that a record cut there keeps what happened at it.
     """
     offsets = (np.asarray(stamps, dtype="datetime64[us]") - _origin(record)).astype("int64")
-    times = offsets / _micros(unit)
+    times = offsets / unit.microseconds
     known = np.unique(np.asarray(_record_times(record), dtype=float))
     if known.size:
-        known_offsets = np.rint(known * _micros(unit)).astype("int64")
+        known_offsets = np.rint(known * unit.microseconds).astype("int64")
         at = np.searchsorted(known_offsets, offsets)
         hit = (at < known.size) & (known_offsets[np.minimum(at, known.size - 1)] == offsets)
         times[hit] = known[at[hit]]

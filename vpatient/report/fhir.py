@@ -59,7 +59,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,10 +73,9 @@ from fhir.resources.R4B.riskassessment import RiskAssessment
 from pydantic import ValidationError
 
 from vpatient.atomic import write_text_atomic
-from vpatient.data.fhir.coding import RELATIVE_EPOCH, RELATIVE_TIME_TAG, to_coding
-from vpatient.data.meds.codes import MICROS_PER_DAY
+from vpatient.data.fhir.coding import RELATIVE_TIME_TAG, variable_concept
 from vpatient.errors import OutputExistsError, VPatientError
-from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
+from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan, calendar_time
 
 if TYPE_CHECKING:
     from vpatient.simulation.whatif import WhatIfResult
@@ -203,11 +202,6 @@ def _check_fhir_id(subject_id: str) -> None:
         )
 
 
-def _codeable(code: str, config: DatasetConfig, text: str) -> dict:
-    system, value = to_coding(code, config)
-    return {"coding": [{"system": system, "code": value}], "text": text}
-
-
 def _finite(value: float, what: str) -> float:
     if not math.isfinite(value):
         raise VPatientError(f"{what} is {value}; a FHIR decimal must be a finite number")
@@ -237,9 +231,7 @@ class _Context:
 
     def moment(self, t: float) -> datetime:
         """The calendar time of record time ``t`` (UTC; from RELATIVE_EPOCH without an index time)."""
-        origin = self.record.index_time or RELATIVE_EPOCH
-        origin = origin.replace(tzinfo=UTC) if origin.tzinfo is None else origin.astimezone(UTC)
-        return origin + timedelta(microseconds=round(t * self.config.time_unit.days * MICROS_PER_DAY))
+        return calendar_time(self.record.index_time, t, self.config.time_unit).replace(tzinfo=UTC)
 
     def describe_time(self, t: float) -> str:
         return f"t = {t:g} {self.config.time_unit.value}"
@@ -262,7 +254,7 @@ class _Context:
                 dose["unit"] = spec.unit
             detail = {
                 "kind": "MedicationRequest",
-                "productCodeableConcept": _codeable(spec.codes[0], self.config, spec.name),
+                "productCodeableConcept": variable_concept(spec, self.config),
                 "status": "not-started",
                 "scheduledPeriod": period,
                 "quantity": dose,
@@ -298,7 +290,7 @@ class _Context:
         assessments = []
         for event, rows in chosen.groupby("event", sort=False):
             spec = self.config.variable(str(event))
-            outcome = _codeable(spec.codes[0], self.config, spec.name)
+            outcome = variable_concept(spec, self.config)
             predictions = [self._prediction(outcome, row) for row in rows.itertuples(index=False)]
             assessments.append(
                 self._build(
@@ -356,7 +348,7 @@ class _Context:
             id=self.id("observation", plan.name if plan else "", row.variable, repr(row.time)),
             meta={"tag": self.tags(PREDICTION_TAG)},
             status="preliminary",
-            code=_codeable(spec.codes[0], self.config, spec.name),
+            code=variable_concept(spec, self.config),
             subject=self.subject,
             effectiveDateTime=self.moment(row.time),
             valueQuantity=quantity(row.median),

@@ -9,8 +9,9 @@ local codes) travel under :data:`LOCAL_SYSTEM`, unchanged.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from vpatient.schemas import RELATIVE_EPOCH, DatasetConfig
+from vpatient.schemas import RELATIVE_EPOCH, DatasetConfig, VariableSpec
 
 __all__ = [
     "BIRTH_TIME_EXTENSION",
@@ -22,6 +23,7 @@ __all__ = [
     "VOCABULARIES",
     "from_coding",
     "to_coding",
+    "variable_concept",
 ]
 
 #: FHIR code system of codes that belong to no vocabulary below (kept verbatim).
@@ -82,3 +84,9 @@ def from_coding(system: str | None, code: str, config: DatasetConfig | None = No
         if uri == system:
             return f"{prefix}/{code}"
     return f"{system}|{code}"
+
+
+def variable_concept(spec: VariableSpec, config: DatasetConfig | None = None) -> dict[str, Any]:
+    """The CodeableConcept (as JSON) of a variable: the Coding of the code it is written under (``codes[0]``), its name as text."""
+    system, value = to_coding(spec.codes[0], config)
+    return {"coding": [{"system": system, "code": value}], "text": spec.name}

@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 
 import pydantic
@@ -22,7 +22,7 @@ from vpatient.data.fhir.coding import BIRTH_TIME_EXTENSION, RELATIVE_TIME_TAG, S
 from vpatient.data.fhir.units import UnitMismatch, convert
 from vpatient.data.meds.codes import MEDS_BIRTH, MEDS_DEATH, CodeBook, Role, component_code, start_code, stop_code
 from vpatient.errors import Problem
-from vpatient.schemas import DEFAULT_DOSE, DatasetConfig, UnknownCodePolicy, VariableSpec
+from vpatient.schemas import DEFAULT_DOSE, DatasetConfig, UnknownCodePolicy, VariableSpec, naive_utc
 
 __all__ = ["GENDER", "IMAGING_STUDY", "Findings", "ResourceReader", "Row", "Where", "pydantic_problems"]
 
@@ -89,8 +89,7 @@ def micros(value: Any) -> int | None:
         year, _, month = value.partition("-")
         value = date(int(year), int(month or 1), 1)
     if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
+        value = naive_utc(value)
     else:
         value = datetime(value.year, value.month, value.day)
     return (value - _EPOCH) // _MICROSECOND

@@ -26,7 +26,7 @@ import math
 import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
@@ -35,16 +35,15 @@ from typing import IO, Any
 from vpatient.atomic import check_output_dir, check_output_file, move_into_place, staged_file
 from vpatient.data.fhir.coding import (
     BIRTH_TIME_EXTENSION,
-    RELATIVE_EPOCH,
     RELATIVE_TIME_TAG,
     SPLIT_TAG_SYSTEM,
     UCUM_SYSTEM,
-    to_coding,
+    variable_concept,
 )
-from vpatient.data.meds.codes import CONFIG_FILE, MEDS_DEATH, MICROS_PER_DAY, CodeBook
+from vpatient.data.meds.codes import CONFIG_FILE, MEDS_DEATH, CodeBook
 from vpatient.data.writable import WritableCheck
 from vpatient.errors import Problem, RecordValidationError, choose
-from vpatient.schemas import DatasetConfig, PatientRecord, VariableKind
+from vpatient.schemas import DatasetConfig, PatientRecord, TimeUnit, VariableKind, calendar_time
 from vpatient.staging import staging_dir
 
 __all__ = ["FhirLayout", "NdjsonWriter", "concatenate_ndjson", "write_fhir"]
@@ -261,9 +260,8 @@ class _ResourceBuilder:
     def __init__(self, config: DatasetConfig):
         self.config = config
         self.book = CodeBook(config)
-        self.scale = MICROS_PER_DAY * config.time_unit.days  # microseconds per time unit, as MEDS timestamps
         self.deaths = {spec.name for spec in config.of_kind(VariableKind.EVENT) if MEDS_DEATH in spec.codes}
-        self.concepts = {spec.name: _concept(spec.codes[0], spec.name, config) for spec in config.variables}
+        self.concepts = {spec.name: variable_concept(spec, config) for spec in config.variables}
         self.check = WritableCheck(config)
 
     def converted(self, records: Iterable[PatientRecord]) -> Iterator[tuple[PatientRecord, list[dict[str, Any]]]]:
@@ -293,7 +291,7 @@ class _ResourceBuilder:
         stops = [e.stop for e in record.treatments if e.stop is not None]
         times = [0.0, record.end_of_followup, *(h.time for h in record.history), *stops, *(-age for age in ages)]
         finite = [t for t in times if math.isfinite(t)]  # the record's own checks report the others
-        clock = _Clock(record.index_time, self.scale)
+        clock = _Clock(record.index_time, self.config.time_unit)
         try:
             clock.moment(min(finite)), clock.moment(max(finite))
         except OverflowError:
@@ -306,7 +304,7 @@ class _ResourceBuilder:
         """Every resource of ``record`` (which has been checked), Patient first, each validated."""
         record = record.in_canonical_order(self.config)
         sid = record.subject_id
-        clock = _Clock(record.index_time, self.scale)
+        clock = _Clock(record.index_time, self.config.time_unit)
         patient_ref = {"reference": f"Patient/{sid}"}
         ids = (_resource_id(sid, n) for n in itertools.count())
         out = [self._patient(record, clock)]
@@ -394,16 +392,13 @@ class _ResourceBuilder:
 class _Clock:
     """A record's times as FHIR dateTimes: ``index_time + t`` (or :data:`RELATIVE_EPOCH` + t), to the microsecond, in UTC."""
 
-    def __init__(self, index_time: datetime | None, micros_per_unit: float):
-        origin = RELATIVE_EPOCH if index_time is None else index_time
-        if origin.tzinfo is not None:
-            origin = origin.astimezone(UTC).replace(tzinfo=None)
-        self.origin = origin
-        self.scale = micros_per_unit
+    def __init__(self, index_time: datetime | None, unit: TimeUnit):
+        self.index_time = index_time
+        self.unit = unit
 
     def moment(self, t: float) -> datetime:
         # Rounded as MEDS timestamps are (vpatient.data.meds.write), so FHIR and MEDS agree to the microsecond.
-        return self.origin + timedelta(microseconds=round(t * self.scale))
+        return calendar_time(self.index_time, t, self.unit)
 
     def at(self, t: float) -> str:
         return _datetime_text(self.moment(t))
@@ -420,11 +415,6 @@ def _resource_id(subject_id: str, n: int) -> str:
     if len(rid) <= 64:
         return rid
     return f"{hashlib.sha256(subject_id.encode()).hexdigest()[:40]}-{n}"
-
-
-def _concept(code: str, name: str, config: DatasetConfig) -> dict[str, Any]:
-    system, value = to_coding(code, config)
-    return {"coding": [{"system": system, "code": value}], "text": name}
 
 
 def _quantity(value: float, unit: str | None) -> dict[str, Any]:

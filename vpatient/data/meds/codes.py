@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 
 from vpatient.errors import ConfigError, DataFormatError
-from vpatient.schemas import RELATIVE_EPOCH, CodeEncoding, DatasetConfig, TimeUnit, VariableKind, VariableSpec
+from vpatient.schemas import MICROS_PER_DAY, RELATIVE_EPOCH, CodeEncoding, DatasetConfig, TimeUnit, VariableKind, VariableSpec
 
 __all__ = [
     "CODE",
@@ -124,8 +124,6 @@ UNSPLIT_DIR = "unsplit"
 #: The order of split folders under data/ (others follow by name).
 SPLIT_ORDER = (TRAIN_SPLIT, TUNING_SPLIT, HELD_OUT_SPLIT)
 
-#: Microseconds in a day: timestamps and float times convert through whole microseconds.
-MICROS_PER_DAY = 86_400 * 1_000_000
 _CANONICAL_INT = re.compile(r"^-?(0|[1-9][0-9]{0,17})$")
 
 #: codes.parquet's columns (MEDS metadata).
@@ -198,7 +196,7 @@ class MedsLayout:
     @property
     def unit_micros(self) -> float:
         """Microseconds in one unit of time: times convert through whole microseconds."""
-        return MICROS_PER_DAY * self.time_unit.days
+        return self.time_unit.microseconds
 
     def extension_columns(self) -> list[str]:
         """The standard layout's extension columns in this dataset (none for the numeric-time extension)."""

@@ -31,7 +31,6 @@ from vpatient.data.meds.codes import (
     MEDS_BIRTH,
     MEDS_COLUMNS,
     METADATA_DIR,
-    MICROS_PER_DAY,
     NUMERIC_VALUE,
     NUMERIC_VALUE_F64,
     REQUIRED_COLUMNS,
@@ -526,7 +525,7 @@ def _from_standard(df: pd.DataFrame, out: pd.DataFrame, layout: MedsLayout, unit
         stamps = out[TIME].to_numpy(dtype="datetime64[us]")
         static = np.isnat(stamps)
         micros = (stamps - np.datetime64(RELATIVE_EPOCH, "us")).astype(np.int64)
-        unit_micros = MICROS_PER_DAY * unit.days
+        unit_micros = unit.microseconds
         t = np.where(static, np.nan, micros / unit_micros)
         if TIME_F64 in df.columns and unit == layout.time_unit:
             exact = _as_float(df, TIME_F64, source).to_numpy()
@@ -782,7 +781,7 @@ def _timeline(frame: pd.DataFrame, book: CodeBook) -> tuple[np.ndarray, dict[str
     valid = ~np.isnat(delta)
     t = np.full(len(frame), np.nan)
     # One division of whole microseconds, so that writing (rint(t * unit)) recovers them exactly.
-    t[valid] = delta[valid].astype("int64") / (MICROS_PER_DAY * book.config.time_unit.days)
+    t[valid] = delta[valid].astype("int64") / book.config.time_unit.microseconds
     return t, {sid: ts.to_pydatetime() for sid, ts in index.items()}, problems
 
 

@@ -36,7 +36,6 @@ from vpatient.data.meds.codes import (
     MEDS_COLUMNS,
     MEDS_VERSION,
     METADATA_DIR,
-    MICROS_PER_DAY,
     NUMERIC_VALUE,
     NUMERIC_VALUE_F64,
     SOURCE_SUBJECT_ID,
@@ -60,7 +59,7 @@ from vpatient.data.meds.codes import (
 )
 from vpatient.data.writable import check_writable
 from vpatient.errors import DataFormatError
-from vpatient.schemas import RELATIVE_EPOCH, DatasetConfig, PatientRecord
+from vpatient.schemas import RELATIVE_EPOCH, DatasetConfig, PatientRecord, TimeUnit, naive_utc
 from vpatient.staging import staging_dir
 from vpatient.version import __version__
 
@@ -98,7 +97,7 @@ def records_to_frame(records: Iterable[PatientRecord], config: DatasetConfig) ->
     rows = _RowBuilder()
     for record in records:
         _emit_record(record.in_canonical_order(config), book, rows, timestamps)
-    return rows.frame(timestamps, config.time_unit.days)
+    return rows.frame(timestamps, config.time_unit)
 
 
 def write_meds(
@@ -271,13 +270,13 @@ class _RowBuilder:
         self.value.append(value)
         self.text.append(text)
 
-    def frame(self, timestamps: bool, unit_days: float) -> pd.DataFrame:
+    def frame(self, timestamps: bool, unit: TimeUnit) -> pd.DataFrame:
         t = np.asarray(self.t, dtype="float64")
         ids = pd.Series(self.subject, dtype=object)
         frame = pd.DataFrame(
             {
                 SUBJECT_ID: subject_id_column(ids),
-                TIME: _timestamps(self.origin, t, unit_days) if timestamps else t,
+                TIME: _timestamps(self.origin, t, unit) if timestamps else t,
                 CODE: pd.Series(self.code, dtype=object),
                 NUMERIC_VALUE: np.asarray(self.value, dtype="float64"),
                 TEXT_VALUE: pd.Series(self.text, dtype=object),
@@ -333,18 +332,14 @@ def meds_rows(
     )
 
 
-def _naive_utc(moment: datetime) -> np.datetime64:
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return np.datetime64(moment, "us")
-
-
-def _timestamps(origins: list[datetime | None], t: np.ndarray, unit_days: float) -> np.ndarray:
-    """index_time + t, rounded to the microsecond; NaT for static rows."""
-    base = np.array([_naive_utc(o) if o is not None else np.datetime64("NaT") for o in origins], dtype="datetime64[us]")
+def _timestamps(origins: list[datetime | None], t: np.ndarray, unit: TimeUnit) -> np.ndarray:
+    """index_time + t, rounded to the microsecond (as :func:`~vpatient.schemas.calendar_time`); NaT for static rows."""
+    base = np.array(
+        [np.datetime64(naive_utc(o), "us") if o is not None else np.datetime64("NaT") for o in origins], dtype="datetime64[us]"
+    )
     valid = ~np.isnan(t)
     offsets = np.zeros(len(t), dtype="int64")
-    offsets[valid] = np.rint(t[valid] * (MICROS_PER_DAY * unit_days)).astype("int64")
+    offsets[valid] = np.rint(t[valid] * unit.microseconds).astype("int64")
     out = base + offsets.astype("timedelta64[us]")
     out[~valid] = np.datetime64("NaT")
     return out
