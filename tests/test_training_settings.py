@@ -100,7 +100,7 @@ def test_training_runs_with_its_threads_and_restores_torchs(tiny_cohort, monkeyp
         seen.append(torch.get_num_threads())
         return []
 
-    monkeypatch.setattr("vpatient.train.noise_warnings", threads_at_the_check)
+    monkeypatch.setattr("vpatient.train.loop.noise_warnings", threads_at_the_check)
     before = torch.get_num_threads()
     with torch_threads(2):
         fit_latent_ode(tiny_cohort.records, tiny_cohort.config, TrainSettings(epochs=1, threads=1), progress=False)

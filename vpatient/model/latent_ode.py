@@ -170,11 +170,19 @@ class LatentODE(nn.Module):
     # -- objective -------------------------------------------------------------
 
     def elbo(
-        self, batch: PatientBatch, cutoff: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        batch: PatientBatch,
+        cutoff: torch.Tensor,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Per-patient means of the ELBO's terms; ``loss`` is what training minimises."""
+        """Per-patient means of the ELBO's terms; ``loss`` is what training minimises.
+
+        ``eps`` (1, B, P): the posterior's standard normal draws, when made by the caller
+        (data-parallel training draws them for the global batch); else drawn from ``generator``.
+        """
         mean, var = self.posterior(batch, cutoff)
-        terms = self.elbo_terms(batch, mean, var, generator)
+        terms = self.elbo_terms(batch, mean, var, generator, eps=eps)
         return {name: value.mean() for name, value in terms.items()}
 
     def elbo_terms(
@@ -184,10 +192,12 @@ class LatentODE(nn.Module):
         var: torch.Tensor,
         generator: torch.Generator | None = None,
         n_draws: int = 1,
+        eps: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The ELBO of every patient (B,) under q(z0) = N(mean, var), by reparameterised draws."""
+        """The ELBO of every patient (B,) under q(z0) = N(mean, var), by reparameterised draws (``eps``, or drawn)."""
         b = len(batch)
-        eps = torch.randn((n_draws, *mean.shape), generator=generator)
+        if eps is None:
+            eps = torch.randn((n_draws, *mean.shape), generator=generator)
         z0 = (mean + var.sqrt() * eps).reshape(n_draws * b, -1)
         rep = batch if n_draws == 1 else batch.select(torch.arange(b).repeat(n_draws))
         solution = self.rollout(z0, rep)

@@ -1,34 +1,24 @@
-"""Fitting the world model: random cut-offs, early stopping, reproducible from a seed.
+"""What training is told and what it reports: TrainSettings, TrainingHistory, settings files, threads.
 
-Every source of randomness (initial weights, validation split, mini-batches, cut-offs,
-posterior noise) comes from the one ``seed``; the global RNG state is left as it was.
+Settings come in layers (defaults, a ``--settings`` JSON file, command-line options) and are
+checked by one set of rules, :class:`SettingsFile`, wherever each value came from.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import logging
-import math
 import os
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
-from tqdm.auto import tqdm
 
-from vpatient.data.batching import Scalers, layout_from_config, make_batch
-from vpatient.diagnostics import noise_warnings
 from vpatient.errors import ConfigError, VPatientError
-from vpatient.model.batch import PatientBatch
-from vpatient.model.latent_ode import LatentODE, ModelSettings
-from vpatient.schemas import DatasetConfig, PatientRecord
+from vpatient.model.latent_ode import ModelSettings
 
 __all__ = [
     "SETTING_RANGES",
@@ -38,14 +28,9 @@ __all__ = [
     "TrainingHistory",
     "build_settings",
     "default_threads",
-    "fit_latent_ode",
-    "forecast_cutoffs",
     "layered_settings",
-    "random_cutoffs",
     "torch_threads",
 ]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -198,151 +183,6 @@ def layered_settings(
     return build_settings(SettingsFile.check(dict(defaults or {}) | from_file | chosen))
 
 
-def random_cutoffs(
-    batch: PatientBatch, generator: torch.Generator, full_fraction: float, covariates_fraction: float = 0.0
-) -> torch.Tensor:
-    """A cut-off per patient at one of its visits, uniformly; some at the last visit, some just before the first.
-
-    A cut-off just before the first visit leaves only the covariates and history codes
-    (recorded before index) to infer from.
-    """
-    n_visits = batch.visit_mask.sum(dim=1).long().clamp(min=1)
-    pick = (torch.rand(len(batch), generator=generator) * n_visits).long().clamp(max=n_visits - 1)
-    full = torch.rand(len(batch), generator=generator) < full_fraction
-    pick = torch.where(full, n_visits - 1, pick)
-    cutoff = batch.times.gather(1, pick.unsqueeze(1)).squeeze(1)
-    if covariates_fraction > 0:
-        before = torch.rand(len(batch), generator=generator) < covariates_fraction
-        first = batch.times[:, 0]
-        cutoff = torch.where(before, torch.nextafter(first, torch.full_like(first, -math.inf)), cutoff)
-    return cutoff
-
-
-def forecast_cutoffs(batch: PatientBatch) -> torch.Tensor:
-    """The forecasting protocol's cut-off: the time of visit ceil(n/2) of n."""
-    n_visits = batch.visit_mask.sum(dim=1).long().clamp(min=1)
-    pick = (torch.ceil(n_visits.float() / 2).long() - 1).clamp(min=0)
-    return batch.times.gather(1, pick.unsqueeze(1)).squeeze(1)
-
-
-def fit_latent_ode(
-    records: Sequence[PatientRecord],
-    config: DatasetConfig,
-    settings: TrainSettings | None = None,
-    model_settings: ModelSettings | None = None,
-    progress: bool = True,
-    *,
-    scalers: Scalers | None = None,
-    bootstrap: bool = False,
-) -> tuple[LatentODE, Scalers, TrainingHistory]:
-    """Train one LatentODE network on ``records``; returns the best weights (by validation ELBO).
-
-    ``scalers`` (default: fitted on the training split) lets ensemble members share one
-    standardisation; ``bootstrap`` trains on a resample, with replacement, of the
-    training split (the validation split stays as drawn, so no patient is in both).
-    """
-    settings = settings or TrainSettings()
-    if len(records) < 4:
-        raise VPatientError(f"training needs at least 4 patients, got {len(records)}")
-    rng = np.random.default_rng(settings.seed)
-    order = rng.permutation(len(records))
-    n_val = max(1, round(settings.validation_fraction * len(records))) if settings.validation_fraction > 0 else 0
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    train_records = [records[i] for i in sorted(train_idx)]
-    val_records = [records[i] for i in sorted(val_idx)]
-    if bootstrap:
-        train_records = [train_records[i] for i in np.sort(rng.integers(0, len(train_records), len(train_records)))]
-    scalers = scalers or Scalers.fit(train_records, config)
-    layout = layout_from_config(config)
-    train_batch = make_batch(train_records, config, scalers)
-    val_batch = make_batch(val_records, config, scalers) if val_records else None
-
-    with torch.random.fork_rng():
-        torch.manual_seed(settings.seed)  # weight init reads the global RNG; fork_rng restores it after
-        model = LatentODE(layout, model_settings, time_scale=scalers.time_scale)
-    history = TrainingHistory(
-        n_train=len(train_records), n_validation=len(val_records), validation_ids=[r.subject_id for r in val_records]
-    )
-    with torch_threads(settings.threads or default_threads()):
-        _optimise(model, train_batch, val_batch, settings, history, progress)
-        history.warnings = noise_warnings(model, train_batch)
-    for warning in history.warnings:
-        log.warning("%s", warning)
-    return model, scalers, history
-
-
-def _optimise(
-    model: LatentODE,
-    train_batch: PatientBatch,
-    val_batch: PatientBatch | None,
-    settings: TrainSettings,
-    history: TrainingHistory,
-    progress: bool,
-) -> None:
-    """The training loop: AdamW epochs until early stopping, the epoch limit or the time limit; leaves the best weights in ``model``."""
-    generator = torch.Generator().manual_seed(settings.seed)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimiser, factor=0.5, patience=settings.lr_patience, min_lr=settings.learning_rate / 32
-    )
-    best_state, best_loss, since_best = copy.deepcopy(model.state_dict()), math.inf, 0
-    start = time.perf_counter()
-    deadline = start + 60 * settings.max_minutes if settings.max_minutes is not None else math.inf
-    bar = tqdm(range(settings.epochs), desc="training", unit="epoch", disable=not progress, leave=False)
-    for epoch in bar:
-        model.train()
-        perm = torch.randperm(len(train_batch), generator=generator)
-        losses = []
-        for chunk in perm.split(settings.batch_size):
-            batch = train_batch.select(chunk)
-            cutoff = random_cutoffs(batch, generator, settings.full_history_fraction, settings.covariates_only_fraction)
-            loss = model.elbo(batch, cutoff, generator)["loss"]
-            optimiser.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimiser.step()
-            losses.append(loss.item() * len(chunk))
-        history.train_loss.append(sum(losses) / len(train_batch))
-        val_loss = validation_loss(model, val_batch, settings.seed) if val_batch is not None else history.train_loss[-1]
-        history.validation_loss.append(val_loss)
-        scheduler.step(val_loss)
-        if val_loss < best_loss - 1e-4:
-            best_loss, since_best, history.best_epoch = val_loss, 0, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
-        now = time.perf_counter()
-        # tqdm's own ETA assumes every epoch runs; the time limit may end training sooner
-        eta = min((now - start) / (epoch + 1) * (settings.epochs - epoch - 1), max(0.0, deadline - now))
-        bar.set_postfix(
-            {
-                "train": f"{history.train_loss[-1]:.2f}",
-                "val": f"{val_loss:.2f}",
-                "best": history.best_epoch,
-                "eta": f"{eta / 60:.1f}min",
-            }
-        )
-        log.info(
-            "epoch %d/%d: train %.3f, validation %.3f (best epoch %d); at most %.1f min left",
-            epoch + 1, settings.epochs, history.train_loss[-1], val_loss, history.best_epoch, eta / 60,
-        )  # fmt: skip
-        if since_best >= settings.patience:
-            log.info("early stopping at epoch %d (best %d)", epoch, history.best_epoch)
-            break
-        if now >= deadline and epoch + 1 < settings.epochs:
-            history.stopped_on_time = True
-            log.info(
-                "stopping at epoch %d: the %g-minute limit has passed (best %d)",
-                epoch,
-                settings.max_minutes,
-                history.best_epoch,
-            )
-            break
-    model.load_state_dict(best_state)
-    model.eval()
-    history.seconds = time.perf_counter() - start
-
-
 def default_threads(cores: int | None = None) -> int:
     """torch threads for training when not told: 1 on a machine of at most 2 cores, else all cores but one.
 
@@ -367,14 +207,3 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@torch.no_grad()
-def validation_loss(model: LatentODE, batch: PatientBatch, seed: int, n_draws: int = 4) -> float:
-    """Negative ELBO at the forecasting protocol's cut-off, averaged over fixed noise draws."""
-    model.eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    cutoff = forecast_cutoffs(batch)
-    loss = sum(model.elbo(batch, cutoff, generator)["loss"].item() for _ in range(n_draws)) / n_draws
-    model.train()
-    return loss
