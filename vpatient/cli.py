@@ -29,7 +29,7 @@ from vpatient.benchmarks.options import (
     SettingsFileOption,
 )
 from vpatient.dashboard.command import dashboard_command
-from vpatient.errors import Problem, RecordValidationError, VPatientError, choose
+from vpatient.errors import OptionError, Problem, RecordValidationError, VPatientError, choose
 from vpatient.report.cli import report_app
 from vpatient.simulation.cli import (
     OutFormatOption,
@@ -61,6 +61,15 @@ app.command("dashboard")(dashboard_command)
 
 log = logging.getLogger("vpatient")
 
+NprocOption = Annotated[
+    int | None,
+    typer.Option(
+        "--nproc",
+        min=1,
+        help="Data-parallel training processes on this machine (torchrun standalone); for several machines "
+        "run `torchrun ... -m vpatient.train` with these options (docs/training-at-scale.md).",
+    ),
+]
 WorkersOption = Annotated[
     int | None, typer.Option("--workers", min=1, help="Members trained at once, one process each (default: one per core).")
 ]
@@ -244,8 +253,22 @@ def train(
     ] = None,
     seed: SeedOption = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    nproc: NprocOption = None,
 ) -> None:
     """Train the world model (an ensemble of --members) and write a checkpoint directory (weights, config, scalers, metrics)."""
+    # -- data-parallel training (vpatient.train.distributed): --nproc launches the ranks, which run this command again
+    from vpatient.train.distributed import command_line_args, current_rank, launch_local, launched_by_torchrun
+
+    if nproc is not None and launched_by_torchrun():
+        raise OptionError("--nproc starts the training processes itself; under torchrun leave it out")
+    if nproc is not None and nproc > 1:
+        if workers is not None:
+            raise OptionError("--workers trains ensemble members side by side, --nproc each member by N processes: choose one")
+        verbose = bool(ctx.find_root().params.get("verbose"))
+        launch_local(nproc, command_line_args(ctx, leave_out=("nproc",)), verbose=verbose)
+        return
+    rank = current_rank()  # this process's place among the ranks (one process: 0 of 1)
+    # --
     from vpatient.datasets import load_dataset
     from vpatient.train import layered_settings
     from vpatient.virtual_patient import VirtualPatientModel
@@ -263,7 +286,11 @@ def train(
     settings, model_settings = layered_settings(settings_file, options, given)
     cohort = load_dataset(data, config, seed=settings.seed)
     started = time.perf_counter()
-    model = VirtualPatientModel.fit(cohort.records, cohort.config, settings, model_settings, progress=progress, workers=workers)
+    model = VirtualPatientModel.fit(
+        cohort.records, cohort.config, settings, model_settings, progress=progress, workers=workers, rank=rank
+    )
+    if rank.index != 0:  # rank 0 alone writes the checkpoint
+        return
     model.data_source = data
     from vpatient.simulation import Simulator
 

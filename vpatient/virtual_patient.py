@@ -46,6 +46,7 @@ from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.plans import exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
 from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
+from vpatient.train.data import SINGLE_PROCESS, Rank
 from vpatient.version import __version__
 
 __all__ = ["CheckpointError", "Forecast", "NumericalError", "Scale", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
@@ -374,12 +375,24 @@ class VirtualPatientModel:
         model_settings: ModelSettings | None = None,
         progress: bool = True,
         workers: int | None = None,
+        rank: Rank = SINGLE_PROCESS,
     ) -> VirtualPatientModel:
         """Train on ``records``: one model, or ``settings.members`` members on bootstrap resamples.
 
         ``workers`` members train at once in separate processes (default: one per core).
+        ``rank``: this process's place in data-parallel training (its process group formed:
+        :mod:`vpatient.train.distributed`), where every member is trained by all the ranks.
         """
         settings = settings or TrainSettings()
+        if rank.world > 1:
+            from vpatient.train.distributed import fit_data_parallel
+
+            if workers is not None:
+                raise VPatientError("workers train members side by side in one process each; with ranks, leave workers out")
+            networks, scalers, histories = fit_data_parallel(records, config, settings, model_settings, rank, progress)
+            if settings.members == 1:
+                return cls(networks[0], config, scalers, histories[0], settings)
+            return cls(networks, config, scalers, None, settings, member_histories=histories)
         if settings.members > 1:
             from vpatient.ensemble import fit_ensemble
 

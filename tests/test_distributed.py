@@ -1,0 +1,140 @@
+"""Data-parallel training (vpatient.train.distributed): real gloo process groups of 2 ranks, started and stopped here.
+
+- 2 ranks take the steps one process takes: the same weights within rounding, the same loss curves;
+- rank 0 alone writes the checkpoint (the other rank, told to write elsewhere, writes nothing);
+- ``vpatient train --nproc 2`` writes a checkpoint that loads; a killed rank stops the run with a
+  clear message, every process ends and nothing is written, not even a staged folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from vpatient.data.formats import DataFormat, write_records
+from vpatient.datasets import load_dataset
+from vpatient.train.distributed import DistributedError, process_group
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="process groups and signals as on POSIX")
+
+#: a few quick epochs of a small network on a small cohort: the same options for the ranks and for one process
+OPTIONS = ["--members", "1", "--epochs", "2", "--batch-size", "8", "--threads", "1", "--seed", "3", "--no-progress"]
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+@pytest.fixture(scope="module")
+def meds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 synthetic patients as standard MEDS, the data every run here reads."""
+    cohort = load_dataset("synthetic", seed=0, n=32)
+    return write_records(cohort.records, cohort.config, tmp_path_factory.mktemp("data") / "meds", DataFormat.MEDS)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank(index: int, world: int, port: int, data: str, out: str) -> None:
+    """One rank as torchrun would start it: its environment, then ``python -m vpatient.train`` (its own --out)."""
+    os.environ.update(
+        RANK=str(index), WORLD_SIZE=str(world), LOCAL_RANK=str(index), LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )  # fmt: skip
+    from vpatient.train.__main__ import main
+
+    main(["--data", data, "--out", f"{out}/rank{index}", *OPTIONS])
+
+
+def test_two_gloo_ranks_train_the_weights_one_process_trains_and_rank_0_alone_writes(meds, tmp_path):
+    from vpatient.cli import app
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    out = tmp_path / "ranks"
+    out.mkdir()
+    torch.multiprocessing.spawn(_rank, args=(2, _free_port(), str(meds), str(out)), nprocs=2)
+    # rank 1 was told to write rank1/ and wrote nothing; rank 0 wrote its checkpoint whole, no staged folder left
+    assert sorted(p.name for p in out.iterdir()) == ["rank0"]
+    two = VirtualPatientModel.load(out / "rank0")
+
+    # one process, as `vpatient train` with the same options trains it
+    app(["train", "--data", str(meds), "--out", str(tmp_path / "one"), *OPTIONS], standalone_mode=False)
+    one = VirtualPatientModel.load(tmp_path / "one")
+    assert two.history.n_train == one.history.n_train and two.history.best_epoch == one.history.best_epoch
+    for curve in ("train_loss", "validation_loss"):
+        assert getattr(two.history, curve) == pytest.approx(getattr(one.history, curve), rel=1e-6)
+    mine, theirs = one.network.state_dict(), two.network.state_dict()
+    for name, weight in mine.items():
+        # the same steps; only the order of floating-point sums differs (2 ranks' halves, then their average)
+        torch.testing.assert_close(theirs[name], weight, rtol=1e-4, atol=1e-5 * float(weight.abs().max()), msg=name)
+    assert max(float((theirs[n] - w).abs().max()) for n, w in mine.items()) > 0  # really two computations, not one copied
+
+
+def test_a_rank_started_with_a_bad_environment_is_refused_clearly(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(DistributedError, match="MASTER_ADDR"), process_group():
+        pass
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    with pytest.raises(DistributedError, match="RANK = 3 is not one of WORLD_SIZE = 2"), process_group():
+        pass
+
+
+@pytest.mark.slow  # a launcher and 2 ranks start Python and torch: about 15 s on 2 cores
+def test_vpatient_train_nproc_2_writes_a_checkpoint_that_loads(meds, tmp_path):
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    command = [sys.executable, "-m", "vpatient", "train", "--nproc", "2", "--data", str(meds), "--out", str(tmp_path / "model")]
+    run = subprocess.run([*command, *OPTIONS], env=ENV, capture_output=True, text=True, timeout=300)
+    stdout, stderr = run.stdout, run.stderr
+    assert run.returncode == 0, stderr
+    assert stdout.count("wrote ") == 1, stdout  # rank 0 reports, once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    model = VirtualPatientModel.load(tmp_path / "model")
+    assert model.n_members == 1 and len(model.history.train_loss) == 2
+    assert json.loads((tmp_path / "model" / "model.json").read_text())["train_settings"]["seed"] == 3
+
+
+@pytest.mark.slow  # as above, and the ranks train until one is killed
+def test_a_killed_rank_stops_every_process_with_a_clear_message_and_nothing_is_written(meds, tmp_path):
+    options = [a if a != "2" else "500" for a in OPTIONS]  # many epochs: still training when the rank is killed
+    command = [sys.executable, "-m", "vpatient", "--verbose", "train", "--nproc", "2", "--data", str(meds),
+               "--out", str(tmp_path / "model"), *options]  # fmt: skip
+    run = subprocess.Popen(command, env=ENV, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(run.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("epoch 1/500" in line for line in lines):  # rank 0 logs its first epoch: both ranks are training
+            assert run.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+        ranks = {
+            p.environ()["RANK"]: p for p in psutil.Process(run.pid).children(recursive=True) if "vpatient.train" in p.cmdline()
+        }
+        ranks["1"].send_signal(signal.SIGKILL)
+        assert run.wait(timeout=60) == 1
+        reader.join(timeout=10)
+        assert lines[-1].startswith("error: training rank 1 of 2 failed: Signal 9 (SIGKILL)"), "".join(lines)
+        assert not any("Traceback" in line for line in lines), "".join(lines)
+        _, alive = psutil.wait_procs(list(ranks.values()), timeout=10)
+        assert not alive
+        assert list(tmp_path.iterdir()) == []  # no checkpoint, no staged folder
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
