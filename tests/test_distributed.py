@@ -30,6 +30,15 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="process groups and s
 
 #: a few quick epochs of a small network on a small cohort: the same options for the ranks and for one process
 OPTIONS = ["--members", "1", "--epochs", "2", "--batch-size", "8", "--threads", "1", "--seed", "3", "--no-progress"]
+
+
+def _options(**changed: str) -> list[str]:
+    """OPTIONS with some values changed (``epochs="500"``)."""
+    values = dict(zip(OPTIONS[:-1:2], OPTIONS[1::2], strict=True))
+    values |= {f"--{name.replace('_', '-')}": value for name, value in changed.items()}
+    return [*(part for pair in values.items() for part in pair), OPTIONS[-1]]
+
+
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
@@ -95,23 +104,26 @@ def test_a_rank_started_with_a_bad_environment_is_refused_clearly(monkeypatch):
 
 
 @pytest.mark.slow  # a launcher and 2 ranks start Python and torch: about 15 s on 2 cores
-def test_vpatient_train_nproc_2_writes_a_checkpoint_that_loads(meds, tmp_path):
+def test_vpatient_train_nproc_2_writes_a_checkpoint_that_loads_members_one_after_another(meds, tmp_path):
     from vpatient.virtual_patient import VirtualPatientModel
 
     command = [sys.executable, "-m", "vpatient", "train", "--nproc", "2", "--data", str(meds), "--out", str(tmp_path / "model")]
-    run = subprocess.run([*command, *OPTIONS], env=ENV, capture_output=True, text=True, timeout=300)
+    options = _options(members="2")  # each member trained by both ranks
+    run = subprocess.run([*command, *options], env=ENV, capture_output=True, text=True, timeout=300)
     stdout, stderr = run.stdout, run.stderr
     assert run.returncode == 0, stderr
     assert stdout.count("wrote ") == 1, stdout  # rank 0 reports, once
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     model = VirtualPatientModel.load(tmp_path / "model")
-    assert model.n_members == 1 and len(model.history.train_loss) == 2
+    assert model.n_members == 2 and [len(h.train_loss) for h in model.member_histories] == [2, 2]
+    first, second = (member.state_dict() for member in model.members)
+    assert not all(torch.equal(first[name], second[name]) for name in first)  # own seeds and resamples
     assert json.loads((tmp_path / "model" / "model.json").read_text())["train_settings"]["seed"] == 3
 
 
 @pytest.mark.slow  # as above, and the ranks train until one is killed
 def test_a_killed_rank_stops_every_process_with_a_clear_message_and_nothing_is_written(meds, tmp_path):
-    options = [a if a != "2" else "500" for a in OPTIONS]  # many epochs: still training when the rank is killed
+    options = _options(epochs="500")  # still training when the rank is killed
     command = [sys.executable, "-m", "vpatient", "--verbose", "train", "--nproc", "2", "--data", str(meds),
                "--out", str(tmp_path / "model"), *options]  # fmt: skip
     run = subprocess.Popen(command, env=ENV, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

@@ -5,7 +5,8 @@ computes the loss of its share of the global mini-batch (:func:`vpatient.train.l
 weighs it so that the average over ranks is the global batch's mean) and
 :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients during the
 backward pass, so every rank takes the same step and the copies stay equal. Seeds are
-the same on every rank (the run's ``--seed``, checked when the group forms).
+the same on every rank (the run's ``--seed``; :func:`fit_data_parallel` checks that every
+rank was given the same settings and patients before training).
 
 - :func:`process_group`: joins the group torchrun describes in the environment (``RANK``,
   ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``); gloo for a network on
@@ -194,11 +195,15 @@ def _collective(operation: Any, *args: Any, **kwargs: Any) -> None:
 def data_parallel(module: nn.Module) -> nn.Module:
     """``module`` wrapped so that its backward pass averages the gradients over the ranks.
 
-    DistributedDataParallel, not a hand-written all-reduce after backward: it all-reduces
-    buckets of gradients while the backward pass is still running, and it checks that the
-    ranks' parameters agree when it is built. Parameters a network does not use (an
-    event head of a dataset with no events) are found and left without a gradient, as in
-    one process. Buffers are not broadcast (the LatentODE has none that training changes).
+    The module's forward computes the step's loss (the loop's ``_StepLoss`` calls
+    ``LatentODE.elbo``), so DistributedDataParallel sees the forward it hooks. Chosen over a
+    hand-written all-reduce of the flattened gradients after backward: it all-reduces
+    buckets of gradients while the backward pass still runs, checks at construction that
+    the ranks' parameters agree, and measured no slower (2 gloo ranks on 2 cores, synthetic
+    cohort, batch 64, one thread each: median step 0.543 s against 0.552 s by hand,
+    interleaved in one run). ``static_graph``: the network uses the same parameters every
+    step, so any it never uses (an event head of a dataset with no events) are found once,
+    and their gradients stay None as in one process.
     """
     from torch.nn.parallel import DistributedDataParallel
 
@@ -311,21 +316,34 @@ def launch_local(nproc: int, args: Sequence[str], verbose: bool = False) -> None
     # torchrun --standalone: a rendezvous on a free local port (torchrun's own run() sets these; config_from_args does not)
     standalone = ["--nnodes", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", "--rdzv-id", uuid.uuid4().hex]
     torchrun = [*standalone, "--nproc-per-node", str(nproc), "--max-restarts", "0", "--monitor-interval", "0.2"]
-    config, command, command_args = config_from_args(
-        parse_args([*torchrun, "-m", "vpatient.train", *(["--verbose"] if verbose else []), *args])
-    )
-    config.shutdown_timeout = 5  # seconds a stopped rank has to clean up (its staged files) before SIGKILL
-    # torch's agent logs every worker it starts and stops, and a failure as a stack of frames; the failure is reported below
-    quiet = logging.getLogger("torch.distributed.elastic")
-    level, quiet.level = quiet.level, logging.CRITICAL if not verbose else quiet.level
     try:
-        elastic_launch(config, command)(*command_args)
+        with _quiet_torch_elastic(not verbose):
+            config, command, command_args = config_from_args(
+                parse_args([*torchrun, "-m", "vpatient.train", *(["--verbose"] if verbose else []), *args])
+            )
+            config.shutdown_timeout = 5  # seconds a stopped rank has to clean up (its staged files) before SIGKILL
+            elastic_launch(config, command)(*command_args)
     except ChildFailedError as exc:
         raise DistributedError(_failure_message(exc, nproc)) from None
     except (SignalException, KeyboardInterrupt):
-        raise DistributedError(f"interrupted: the {nproc} training processes were stopped; nothing was written") from None
+        raise DistributedError(
+            f"interrupted: the {nproc} training processes were stopped (a checkpoint is written whole or not at all)"
+        ) from None
+
+
+@contextlib.contextmanager
+def _quiet_torch_elastic(quiet: bool) -> Iterator[None]:
+    """Silence torch's launcher logs in the block (each of its loggers sets its own level): failures are reported by vpatient."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("torch.distributed")]
+    levels = [logger.level for logger in loggers]
+    if quiet:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+    try:
+        yield
     finally:
-        quiet.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _blame(failure: Any) -> int:
