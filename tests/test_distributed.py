@@ -55,24 +55,59 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _rank(index: int, world: int, port: int, data: str, out: str) -> None:
-    """One rank as torchrun would start it: its environment, then ``python -m vpatient.train`` (its own --out)."""
+def _rank(index: int, world: int, ports: tuple[int, int], data: str, out: str) -> None:
+    """One rank as torchrun would start it: its environment, then ``python -m vpatient.train`` (its own --out).
+
+    Then, in a second group, a validation set split between the ranks (as a streaming
+    source's is): its loss is that of all the patients.
+    """
     os.environ.update(
         RANK=str(index), WORLD_SIZE=str(world), LOCAL_RANK=str(index), LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]),
     )  # fmt: skip
     from vpatient.train.__main__ import main
 
-    main(["--data", data, "--out", f"{out}/rank{index}", *OPTIONS])
+    try:
+        main(["--data", data, "--out", f"{out}/rank{index}", *OPTIONS])
+    except SystemExit as done:  # the command's own exit, as from the command line
+        assert done.code in (0, None), f"rank {index} exited {done.code}"
+    os.environ["MASTER_PORT"] = str(ports[1])
+    _check_sharded_validation(data)
 
 
-def test_two_gloo_ranks_train_the_weights_one_process_trains_and_rank_0_alone_writes(meds, tmp_path):
+def _check_sharded_validation(data: str) -> None:
+    """Ranks that each evaluate their own validation patients (``sharded_validation``) agree on the loss of all of them."""
+    from vpatient.data.batching import Scalers, layout_from_config, make_batch
+    from vpatient.model.latent_ode import LatentODE
+    from vpatient.train import InMemoryData, validation_loss
+    from vpatient.train.loop import ranks_validation_loss
+
+    class ShardedValidation(InMemoryData):
+        sharded_validation = True
+
+    cohort = load_dataset(data)
+    scalers = Scalers.fit(cohort.records, cohort.config)
+    batch = make_batch(cohort.records, cohort.config, scalers)
+    parts = [batch.select(torch.arange(0, 12)), batch.select(torch.arange(12, len(batch)))]  # unequal: weighed by patients
+    torch.manual_seed(0)
+    network = LatentODE(layout_from_config(cohort.config), time_scale=scalers.time_scale)
+    with process_group() as rank:
+        mine = parts[rank.index]
+        loss = ranks_validation_loss(network, ShardedValidation(mine, mine, rank), seed=3)
+    # each rank's part as one process evaluates it, weighed by its patients
+    expected = sum(validation_loss(network, [part], seed=3) * len(part) for part in parts) / len(batch)
+    assert loss == pytest.approx(expected, rel=1e-12)
+
+
+def test_two_gloo_ranks_train_the_weights_one_process_trains_and_rank_0_alone_writes_and_agree_on_sharded_validation(
+    meds, tmp_path
+):
     from vpatient.cli import app
     from vpatient.virtual_patient import VirtualPatientModel
 
     out = tmp_path / "ranks"
     out.mkdir()
-    torch.multiprocessing.spawn(_rank, args=(2, _free_port(), str(meds), str(out)), nprocs=2)
+    torch.multiprocessing.spawn(_rank, args=(2, (_free_port(), _free_port()), str(meds), str(out)), nprocs=2)
     # rank 1 was told to write rank1/ and wrote nothing; rank 0 wrote its checkpoint whole, no staged folder left
     assert sorted(p.name for p in out.iterdir()) == ["rank0"]
     two = VirtualPatientModel.load(out / "rank0")

@@ -27,7 +27,15 @@ from vpatient.train.data import SINGLE_PROCESS, InMemoryData, Rank, Step, Traini
 from vpatient.train.distributed import all_reduce_sums, broadcast_from_primary, broadcast_state, data_parallel, rank_threads
 from vpatient.train.settings import TrainingHistory, TrainSettings, default_threads, torch_threads
 
-__all__ = ["fit_latent_ode", "forecast_cutoffs", "random_cutoffs", "train_network", "training_step_loss", "validation_loss"]
+__all__ = [
+    "fit_latent_ode",
+    "forecast_cutoffs",
+    "random_cutoffs",
+    "ranks_validation_loss",
+    "train_network",
+    "training_step_loss",
+    "validation_loss",
+]
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +201,7 @@ def _optimise(
             val_loss = validation_loss(model, data.validation_batches(), settings.seed)
         else:
             history.train_loss.append(_ratio(all_reduce_sums([total, seen])))
-            val_loss = _ranks_validation_loss(model, data, settings.seed)
+            val_loss = ranks_validation_loss(model, data, settings.seed)
         if val_loss is None:  # no validation split: the training loss decides
             val_loss = history.train_loss[-1]
         if world > 1:  # rank 0's numbers and clock decide, on every rank alike
@@ -262,7 +270,7 @@ def _ratio(sums: list[float]) -> float:
     return total / count if count else math.nan
 
 
-def _ranks_validation_loss(model: LatentODE, data: TrainingData, seed: int) -> float | None:
+def ranks_validation_loss(model: LatentODE, data: TrainingData, seed: int) -> float | None:
     """The validation loss of all ranks' patients: each rank's own where the validation set is sharded, else its copy's.
 
     Sharded (``data.sharded_validation``; each rank evaluates its part), the ranks' losses
