@@ -207,6 +207,8 @@ def data_parallel(module: nn.Module) -> nn.Module:
     """
     from torch.nn.parallel import DistributedDataParallel
 
+    if not dist.is_initialized():
+        raise DistributedError("data-parallel training needs its process group: run inside process_group() (started by torchrun)")
     return DistributedDataParallel(module, static_graph=True)
 
 
