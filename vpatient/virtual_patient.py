@@ -46,6 +46,8 @@ from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.plans import exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
 from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
+from vpatient.train.shard_cache import ShardCache
+from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS, fit_latent_ode_streamed
 from vpatient.version import __version__
 
 __all__ = ["CheckpointError", "Forecast", "NumericalError", "Scale", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
@@ -386,6 +388,34 @@ class VirtualPatientModel:
             members, scalers, histories = fit_ensemble(records, config, settings, model_settings, workers, progress)
             return cls(members, config, scalers, None, settings, member_histories=histories)
         network, scalers, history = fit_latent_ode(records, config, settings, model_settings, progress)
+        return cls(network, config, scalers, history, settings)
+
+    @classmethod
+    def fit_streamed(
+        cls,
+        cache: ShardCache,
+        config: DatasetConfig,
+        settings: TrainSettings | None = None,
+        model_settings: ModelSettings | None = None,
+        progress: bool = True,
+        workers: int | None = None,
+        buffer_patients: int = DEFAULT_BUFFER_PATIENTS,
+    ) -> VirtualPatientModel:
+        """:meth:`fit` on a MEDS directory parsed into a shard cache, read ``buffer_patients`` at a time (streamed training).
+
+        Ensemble members read the cache themselves (:mod:`vpatient.train.stream`).
+        """
+        settings = settings or TrainSettings()
+        if settings.members > 1:
+            from vpatient.ensemble import fit_ensemble
+
+            members, scalers, histories = fit_ensemble(
+                cache, config, settings, model_settings, workers, progress, buffer_patients=buffer_patients
+            )
+            return cls(members, config, scalers, None, settings, member_histories=histories)
+        network, scalers, history = fit_latent_ode_streamed(
+            cache, config, settings, model_settings, progress, buffer_patients=buffer_patients
+        )
         return cls(network, config, scalers, history, settings)
 
     # -- checkpoints -------------------------------------------------------------
