@@ -153,3 +153,15 @@ def test_streamed_export_writes_standard_meds_that_reads_back(tmp_path):
     result = CliRunner().invoke(app, ["datasets", "export", "synthetic", "--n", "12", "--stream", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
     assert "streamed" in result.output and len(read_meds(tmp_path / "cli")) == 12
+
+
+def test_train_command_streams_a_meds_directory(meds, tmp_path):
+    root, records, _, _ = meds
+    command = ["train", "--data", str(root / "meds"), "--out", str(tmp_path / "model"), "--stream", "--members", "1"]
+    result = CliRunner().invoke(app, [*command, "--epochs", "1", "--seed", str(SEED), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "streamed from 60 subjects (population model from a sample of 60)" in result.output
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    model = VirtualPatientModel.load(tmp_path / "model")
+    assert model.history is not None and model.history.validation_ids == [r.subject_id for r in split(records)[1]]

@@ -320,7 +320,7 @@ def train(
 #: MEDS directories of more rows than this train streamed unless told (--stream/--no-stream); ~20,000 synthetic patients
 STREAM_TRAIN_ROWS = 2_000_000
 #: training patients a streamed run keeps as records for the population model (a uniform sample of all subjects)
-POPULATION_SAMPLE = 5000
+POPULATION_SAMPLE = 2000
 
 
 def _streams(data: str, stream: bool | None) -> bool:

@@ -46,6 +46,7 @@ from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.plans import exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
 from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
+from vpatient.train.data import SINGLE_PROCESS, Rank
 from vpatient.train.shard_cache import ShardCache
 from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS, fit_latent_ode_streamed
 from vpatient.version import __version__
@@ -400,10 +401,13 @@ class VirtualPatientModel:
         progress: bool = True,
         workers: int | None = None,
         buffer_patients: int = DEFAULT_BUFFER_PATIENTS,
+        *,
+        rank: Rank = SINGLE_PROCESS,
     ) -> VirtualPatientModel:
         """:meth:`fit` on a MEDS directory parsed into a shard cache, read ``buffer_patients`` at a time (streamed training).
 
-        Ensemble members read the cache themselves (:mod:`vpatient.train.stream`).
+        Ensemble members read the cache themselves (:mod:`vpatient.train.stream`); ``rank``:
+        this process's place in data-parallel training of one model (it reads its own shards).
         """
         settings = settings or TrainSettings()
         if settings.members > 1:
@@ -414,7 +418,7 @@ class VirtualPatientModel:
             )
             return cls(members, config, scalers, None, settings, member_histories=histories)
         network, scalers, history = fit_latent_ode_streamed(
-            cache, config, settings, model_settings, progress, buffer_patients=buffer_patients
+            cache, config, settings, model_settings, progress, buffer_patients=buffer_patients, rank=rank
         )
         return cls(network, config, scalers, history, settings)
 

@@ -212,7 +212,7 @@ class ShardCache:
         directory: str | Path,
         config: DatasetConfig | None = None,
         *,
-        block_patients: int = 4096,
+        block_patients: int = 1024,
         sample_patients: int = 5000,
         seed: int = 0,
     ) -> ShardCache:
