@@ -29,7 +29,7 @@ from vpatient.benchmarks.options import (
     SettingsFileOption,
 )
 from vpatient.dashboard.command import dashboard_command
-from vpatient.errors import OptionError, Problem, RecordValidationError, VPatientError, choose
+from vpatient.errors import ConfigError, OptionError, Problem, RecordValidationError, VPatientError, choose
 from vpatient.report.cli import report_app
 from vpatient.simulation.cli import (
     OutFormatOption,
@@ -122,6 +122,10 @@ def datasets_show(
         typer.echo(f"Cite: {cohort.citation}")
 
 
+#: synthetic exports of this many subjects and more are streamed (datasets export --stream), a shard per STREAM_SHARD
+STREAM_EXPORT_FROM, STREAM_SHARD = 10_000, 2_000
+
+
 @datasets_app.command("export")
 def datasets_export(
     name: Annotated[str, typer.Argument(help="Embedded dataset name or a MEDS or FHIR path.")],
@@ -141,6 +145,15 @@ def datasets_export(
             "MEDS standard (float64 values, float times since index, str ids), so other MEDS tools may refuse it.",
         ),
     ] = None,
+    stream: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream/--no-stream",
+            help="synthetic as standard MEDS only: draw and write the cohort chunk by chunk (synthetic_stream, one shard "
+            f"per {STREAM_SHARD:,} subjects), with memory bounded by a chunk. Default: from --n {STREAM_EXPORT_FROM:,} on. "
+            "Streamed cohorts are other draws than one cohort of the same size and seed.",
+        ),
+    ] = None,
 ) -> None:
     """Write a dataset as standard MEDS (data shards, codes, splits, dataset.json, and its vpatient config), or as FHIR."""
     from vpatient.data.formats import DataFormat, write_records
@@ -152,6 +165,19 @@ def datasets_export(
         raise typer.BadParameter(f"unknown extension {meds_extension!r}; the one there is: {NUMERIC_TIME_EXTENSION}")
     if meds_extension is not None and fmt != DataFormat.MEDS:
         raise typer.BadParameter("--meds-extension applies to --format meds only", param_hint="--meds-extension")
+    # -- streamed synthetic export (issue 15)
+    streamable = name == "synthetic" and fmt == DataFormat.MEDS and meds_extension is None
+    if stream and not streamable:
+        raise typer.BadParameter("--stream writes the synthetic dataset as standard MEDS only", param_hint="--stream")
+    if streamable and (stream or (stream is None and (n or 0) >= STREAM_EXPORT_FROM)):
+        from vpatient.data.meds.stream_write import write_meds_stream
+        from vpatient.data.synthetic import synthetic_config, synthetic_stream
+
+        # drawn 1,000 at a time: the generator's own arrays for 5,000 cost more memory (and time) than the shard's
+        records = synthetic_stream(n or 500, seed, chunk_size=1000)
+        path, count = write_meds_stream(records, synthetic_config(), out, subjects_per_shard=STREAM_SHARD, overwrite=overwrite)
+        typer.echo(f"wrote {count} subjects of synthetic (streamed, {STREAM_SHARD:,} a shard) as standard MEDS to {path}")
+        return
     cohort = load_dataset(name, config, seed=seed, n=n)
     standard = meds_extension is None
     path = write_records(cohort.records, cohort.config, out, fmt, overwrite=overwrite, standard=standard)
@@ -254,6 +280,18 @@ def train(
     seed: SeedOption = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     nproc: NprocOption = None,
+    stream: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream/--no-stream",
+            help="MEDS directories: read the shards batch by batch instead of holding the cohort (memory bounded by "
+            f"--buffer-patients). Default: streamed above {STREAM_TRAIN_ROWS:,} MEDS rows, in memory below.",
+        ),
+    ] = None,
+    buffer_patients: Annotated[
+        int | None,
+        typer.Option(min=1, help="Streamed training: patients shuffled together, a buffer of whole batches (default 16,384)."),
+    ] = None,
 ) -> None:
     """Train the world model (an ensemble of --members) and write a checkpoint directory (weights, config, scalers, metrics)."""
     # -- data-parallel training (vpatient.train.distributed): --nproc launches the ranks, which run this command again
@@ -284,6 +322,9 @@ def train(
     }
     # precedence: the command line, then the file, then these options' defaults
     settings, model_settings = layered_settings(settings_file, options, given)
+    if _streams(data, stream):
+        _train_streamed(data, out, config, settings, model_settings, progress, workers, buffer_patients, rank)
+        return
     cohort = load_dataset(data, config, seed=settings.seed)
     started = time.perf_counter()
     model = VirtualPatientModel.fit(
@@ -299,6 +340,63 @@ def train(
         model.save(staging)
         Simulator(model, model_dir=staging).fit_population(cohort.records, seed=settings.seed)
     typer.echo(f"{_training_summary(model, time.perf_counter() - started)}; wrote {out}")
+
+
+# -- streamed training (issue 15)
+
+#: MEDS directories of more rows than this train streamed unless told (--stream/--no-stream); ~20,000 synthetic patients
+STREAM_TRAIN_ROWS = 2_000_000
+#: training patients a streamed run keeps as records for the population model (a uniform sample of all subjects)
+POPULATION_SAMPLE = 2000
+
+
+def _streams(data: str, stream: bool | None) -> bool:
+    """Whether ``vpatient train --data DATA`` streams: as told, else a MEDS directory of more than STREAM_TRAIN_ROWS rows."""
+    from vpatient.data.formats import DataFormat, format_of
+
+    path = Path(data)
+    meds_dir = path.is_dir() and (path / "data").is_dir() and format_of(path) == DataFormat.MEDS
+    if stream and not meds_dir:
+        raise typer.BadParameter(f"{data} is not a MEDS directory; --stream reads MEDS shards", param_hint="--stream")
+    if stream is not None or not meds_dir:
+        return bool(stream)
+    import pyarrow.parquet as pq
+
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in (path / "data").rglob("*.parquet"))  # footers only
+    return rows > STREAM_TRAIN_ROWS
+
+
+def _train_streamed(data, out, config, settings, model_settings, progress, workers, buffer_patients, rank) -> None:
+    """``vpatient train`` on MEDS shards read batch by batch; the population model learns from a sample of the subjects.
+
+    With several ranks each parses the shards into its own cache (no shared folder is
+    assumed between machines) and trains on its own part of them; rank 0 alone writes.
+    """
+    from vpatient.data.formats import stored_config
+    from vpatient.schemas import DatasetConfig
+    from vpatient.simulation import Simulator
+    from vpatient.train.shard_cache import ShardCache
+    from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    cfg = DatasetConfig.load(config) if config is not None else stored_config(data)
+    if cfg is None:
+        raise ConfigError(f"{data} carries no vpatient config: pass one with --config CONFIG.json")
+    started = time.perf_counter()
+    with ShardCache.temporary(data, cfg, sample_patients=POPULATION_SAMPLE, seed=settings.seed) as cache:
+        buffer = buffer_patients or DEFAULT_BUFFER_PATIENTS
+        model = VirtualPatientModel.fit_streamed(cache, cfg, settings, model_settings, progress, workers, buffer, rank=rank)
+        sample = cache.sample()
+    if rank.index != 0:  # rank 0 alone writes the checkpoint
+        return
+    model.data_source = data
+    with staged_dir(out, marker="model.json") as staging:
+        model.save(staging)
+        Simulator(model, model_dir=staging).fit_population(sample, seed=settings.seed)
+    typer.echo(
+        f"{_training_summary(model, time.perf_counter() - started)}; streamed from {len(cache)} subjects "
+        f"(population model from a sample of {len(sample)}); wrote {out}"
+    )
 
 
 def _training_summary(model, seconds: float) -> str:

@@ -39,10 +39,15 @@ from vpatient.errors import VPatientError
 from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.schemas import DatasetConfig, PatientRecord
 from vpatient.train import TrainingHistory, TrainSettings, default_threads, fit_latent_ode
+from vpatient.train.shard_cache import ShardCache
+from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS, fit_latent_ode_streamed, shared_scalers
 
 __all__ = ["default_workers", "fit_ensemble", "member_seed", "member_settings"]
 
 log = logging.getLogger(__name__)
+
+#: in a streamed ensemble's shared folder instead of records.json: where the shard cache is
+STREAMED = "streamed.json"
 
 
 def member_seed(settings: TrainSettings, member: int) -> int:
@@ -72,31 +77,38 @@ def member_settings(settings: TrainSettings, member: int, workers: int, cores: i
 
 
 def fit_ensemble(
-    records: Sequence[PatientRecord],
+    records: Sequence[PatientRecord] | ShardCache,
     config: DatasetConfig,
     settings: TrainSettings,
     model_settings: ModelSettings | None = None,
     workers: int | None = None,
     progress: bool = True,
+    buffer_patients: int = DEFAULT_BUFFER_PATIENTS,
 ) -> tuple[list[LatentODE], Scalers, list[TrainingHistory]]:
     """Train ``settings.members`` members on bootstrap resamples; returns them with their shared scalers.
 
     The scalers are fitted once on every record, so all members read and write the same
-    standardised scale and their samples can be pooled.
+    standardised scale and their samples can be pooled. ``records`` may be a
+    :class:`~vpatient.train.shard_cache.ShardCache` (streamed training): each member then
+    reads the cached shards itself, ``buffer_patients`` at a time, and no records cross.
     """
     k = settings.members
     if k < 2:
         raise VPatientError(f"an ensemble needs at least 2 members, got {k}; train a single model with members=1")
     if len(records) < 4:
         raise VPatientError(f"training needs at least 4 patients, got {len(records)}")
-    records = list(records)
     model_settings = model_settings or ModelSettings()
-    scalers = Scalers.fit(records, config)
+    if not isinstance(records, ShardCache):
+        records = list(records)
+    scalers = shared_scalers(records, config)
     workers = default_workers(k) if workers is None else max(1, int(workers))
     bar = tqdm(total=k, desc=f"training {k} members", unit="member", disable=not progress, leave=False)
     with tempfile.TemporaryDirectory(prefix="vpatient-ensemble-") as tmp:
         shared = Path(tmp)
-        (shared / "records.json").write_text(json.dumps([r.model_dump(mode="json") for r in records]))
+        if isinstance(records, ShardCache):
+            (shared / STREAMED).write_text(json.dumps({"cache": str(records.directory), "buffer_patients": buffer_patients}))
+        else:
+            (shared / "records.json").write_text(json.dumps([r.model_dump(mode="json") for r in records]))
         config.save(shared / "config.json")
         (shared / "scalers.json").write_text(json.dumps(scalers.to_dict()))
         (shared / "model_settings.json").write_text(json.dumps(model_settings.to_dict()))
@@ -172,14 +184,21 @@ def _read_member(job: Path) -> tuple[dict[str, torch.Tensor], TrainingHistory]:
 def train_member(job: Path) -> None:
     """Train the member described in folder ``job`` (a child of :func:`fit_ensemble`), with the threads its settings give."""
     shared = job.parent
-    records = [PatientRecord.model_validate(r) for r in json.loads((shared / "records.json").read_text())]
     config = DatasetConfig.load(shared / "config.json")
     scalers = Scalers.from_dict(json.loads((shared / "scalers.json").read_text()))
     model_settings = ModelSettings(**json.loads((shared / "model_settings.json").read_text()))
     settings = TrainSettings(**json.loads((job / "settings.json").read_text()))
-    network, _, history = fit_latent_ode(
-        records, config, settings, model_settings, progress=False, scalers=scalers, bootstrap=True
-    )
+    if (shared / STREAMED).is_file():  # streamed: the member reads the cached shards itself
+        source = json.loads((shared / STREAMED).read_text())
+        network, _, history = fit_latent_ode_streamed(
+            ShardCache(source["cache"]), config, settings, model_settings, progress=False, scalers=scalers, bootstrap=True,
+            buffer_patients=source["buffer_patients"],
+        )  # fmt: skip
+    else:
+        records = [PatientRecord.model_validate(r) for r in json.loads((shared / "records.json").read_text())]
+        network, _, history = fit_latent_ode(
+            records, config, settings, model_settings, progress=False, scalers=scalers, bootstrap=True
+        )
     torch.save(network.state_dict(), job / "weights.pt")
     (job / "history.json").write_text(json.dumps(history.to_dict()))
 

@@ -47,6 +47,8 @@ from vpatient.plans import exposures_under_plan
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
 from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
 from vpatient.train.data import SINGLE_PROCESS, Rank
+from vpatient.train.shard_cache import ShardCache
+from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS, fit_latent_ode_streamed
 from vpatient.version import __version__
 
 __all__ = ["CheckpointError", "Forecast", "NumericalError", "Scale", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
@@ -385,20 +387,70 @@ class VirtualPatientModel:
         """
         settings = settings or TrainSettings()
         if rank.world > 1:
-            from vpatient.train.distributed import fit_data_parallel
-
-            if workers is not None:
-                raise VPatientError("workers train members side by side in one process each; with ranks, leave workers out")
-            networks, scalers, histories = fit_data_parallel(records, config, settings, model_settings, rank, progress)
-            if settings.members == 1:
-                return cls(networks[0], config, scalers, histories[0], settings)
-            return cls(networks, config, scalers, None, settings, member_histories=histories)
+            return cls._fit_data_parallel(records, config, settings, model_settings, progress, workers, rank)
         if settings.members > 1:
             from vpatient.ensemble import fit_ensemble
 
             members, scalers, histories = fit_ensemble(records, config, settings, model_settings, workers, progress)
             return cls(members, config, scalers, None, settings, member_histories=histories)
         network, scalers, history = fit_latent_ode(records, config, settings, model_settings, progress)
+        return cls(network, config, scalers, history, settings)
+
+    @classmethod
+    def _fit_data_parallel(
+        cls,
+        source: Sequence[PatientRecord] | ShardCache,
+        config: DatasetConfig,
+        settings: TrainSettings,
+        model_settings: ModelSettings | None,
+        progress: bool,
+        workers: int | None,
+        rank: Rank,
+        buffer_patients: int | None = None,
+    ) -> VirtualPatientModel:
+        """:meth:`fit` or :meth:`fit_streamed` by the ranks of a process group: every member by all of them."""
+        from vpatient.train.distributed import fit_data_parallel
+
+        if workers is not None:
+            raise VPatientError("workers train members side by side in one process each; with ranks, leave workers out")
+        networks, scalers, histories = fit_data_parallel(
+            source, config, settings, model_settings, rank, progress, buffer_patients
+        )
+        if settings.members == 1:
+            return cls(networks[0], config, scalers, histories[0], settings)
+        return cls(networks, config, scalers, None, settings, member_histories=histories)
+
+    @classmethod
+    def fit_streamed(
+        cls,
+        cache: ShardCache,
+        config: DatasetConfig,
+        settings: TrainSettings | None = None,
+        model_settings: ModelSettings | None = None,
+        progress: bool = True,
+        workers: int | None = None,
+        buffer_patients: int = DEFAULT_BUFFER_PATIENTS,
+        *,
+        rank: Rank = SINGLE_PROCESS,
+    ) -> VirtualPatientModel:
+        """:meth:`fit` on a MEDS directory parsed into a shard cache, read ``buffer_patients`` at a time (streamed training).
+
+        Ensemble members read the cache themselves (:mod:`vpatient.train.stream`); ``rank``:
+        this process's place in data-parallel training of one model (it reads its own shards).
+        """
+        settings = settings or TrainSettings()
+        if rank.world > 1:
+            return cls._fit_data_parallel(cache, config, settings, model_settings, progress, workers, rank, buffer_patients)
+        if settings.members > 1:
+            from vpatient.ensemble import fit_ensemble
+
+            members, scalers, histories = fit_ensemble(
+                cache, config, settings, model_settings, workers, progress, buffer_patients=buffer_patients
+            )
+            return cls(members, config, scalers, None, settings, member_histories=histories)
+        network, scalers, history = fit_latent_ode_streamed(
+            cache, config, settings, model_settings, progress, buffer_patients=buffer_patients, rank=rank
+        )
         return cls(network, config, scalers, history, settings)
 
     # -- checkpoints -------------------------------------------------------------

@@ -71,7 +71,9 @@ class ScaleResult(VersionedBenchmarkResult):
         rows: list[tuple[str, float | None, str, bool]] = []
         if self.training is not None and self.training.rss_ratio is not None:
             t = self.training
-            rows.append(("training peak RSS, 10^5 / 10^4 patients", t.rss_ratio, f"<= {TARGET_RSS_RATIO:g}", bool(t.rss_target_met)))
+            rows.append(
+                ("training peak RSS, 10^5 / 10^4 patients", t.rss_ratio, f"<= {TARGET_RSS_RATIO:g}", bool(t.rss_target_met))
+            )
             rows.append(
                 (
                     "training throughput, 10^5 / 10^4 patients",
@@ -88,11 +90,23 @@ class ScaleResult(VersionedBenchmarkResult):
         if self.rollout is not None:
             r = self.rollout
             rows.append((f"rollout vs {r.peer}", r.speedup, f">= {TARGET_SPEEDUP:g}x", r.speedup >= TARGET_SPEEDUP))
-            rows.append(("rollout FLOP rate / matmul rate", r.flop_share, f">= {TARGET_FLOP_SHARE:.0%}", r.flop_share >= TARGET_FLOP_SHARE))
+            rows.append(
+                (
+                    "rollout FLOP rate / matmul rate",
+                    r.flop_share,
+                    f">= {TARGET_FLOP_SHARE:.0%}",
+                    r.flop_share >= TARGET_FLOP_SHARE,
+                )
+            )
         if self.cohort is not None:
             c = self.cohort
             rows.append(
-                (f"{c.patients:,}-patient cohort, seconds", c.seconds, f"<= {TARGET_COHORT_SECONDS:g}", c.seconds <= TARGET_COHORT_SECONDS)
+                (
+                    f"{c.patients:,}-patient cohort, seconds",
+                    c.seconds,
+                    f"<= {TARGET_COHORT_SECONDS:g}",
+                    c.seconds <= TARGET_COHORT_SECONDS,
+                )
             )
             rows.append(("its peak RSS, GB", c.peak_rss_gb, f"< {TARGET_COHORT_GB:g}", c.peak_rss_gb < TARGET_COHORT_GB))
         return rows
@@ -137,7 +151,10 @@ class ScaleResult(VersionedBenchmarkResult):
                 "",
                 "| solver | setting | seconds | largest deviation | within 1e-3 |",
                 "|---|---|---:|---:|---|",
-                *(f"| {p.method} | {p.setting} | {p.seconds:.2f} | {p.max_deviation:.2g} | {'yes' if p.accurate else 'no'} |" for p in r.peers),
+                *(
+                    f"| {p.method} | {p.setting} | {p.seconds:.2f} | {p.max_deviation:.2g} | {'yes' if p.accurate else 'no'} |"
+                    for p in r.peers
+                ),
                 "",
             ]
         if self.cohort is not None:
@@ -191,7 +208,9 @@ def run_scale_benchmark(
         if ScalePart.ROLLOUT in chosen
         else None
     )
-    cohort = measure_cohort(model_dir, patients=cohort_patients, seed=seed, progress=progress) if ScalePart.COHORT in chosen else None
+    cohort = (
+        measure_cohort(model_dir, patients=cohort_patients, seed=seed, progress=progress) if ScalePart.COHORT in chosen else None
+    )
     return ScaleResult(
         seed=seed,
         model=str(model_dir),

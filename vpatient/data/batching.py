@@ -26,7 +26,7 @@ from vpatient.model.batch import ExpertGroup, FeatureLayout, PatientBatch
 from vpatient.plans import dose_at
 from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentExposure, VariableKind
 
-__all__ = ["Scalers", "dose_tensors", "layout_from_config", "make_batch"]
+__all__ = ["Scalers", "dense_arrays", "dose_tensors", "layout_from_config", "make_batch", "standardised_batch"]
 
 
 def layout_from_config(config: DatasetConfig) -> FeatureLayout:
@@ -93,7 +93,7 @@ class Scalers:
     def fit(cls, records: Sequence[PatientRecord], config: DatasetConfig) -> Scalers:
         """Fit on training records only."""
         layout = layout_from_config(config)
-        raw = _dense_arrays(records, config, layout)
+        raw = dense_arrays(records, config, layout)
         visits = raw["visit_mask"].astype(bool)
         cont = raw["continuous"][visits]
         img = raw["imaging"][visits]
@@ -151,17 +151,28 @@ def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def make_batch(records: Sequence[PatientRecord], config: DatasetConfig, scalers: Scalers) -> PatientBatch:
     """Tensors of ``records``, standardised with ``scalers`` (fitted on training data)."""
     layout = layout_from_config(config)
-    raw = _dense_arrays(records, config, layout)
+    raw = dense_arrays(records, config, layout)
+    dose_times, doses = dose_tensors([r.treatments for r in records], layout.treatments)
+    return standardised_batch(raw, dose_times, doses, [r.subject_id for r in records], scalers)
+
+
+def standardised_batch(
+    raw: dict[str, np.ndarray], dose_times: torch.Tensor, doses: torch.Tensor, subject_ids: list[str], scalers: Scalers
+) -> PatientBatch:
+    """The batch of :func:`dense_arrays`' arrays and :func:`dose_tensors`' doses, standardised with ``scalers``.
+
+    :func:`make_batch` from records, and the streamed training data
+    (:mod:`vpatient.train.stream`) from arrays cached per shard, both end here.
+    """
     cont = (raw["continuous"] - scalers.continuous_mean) / scalers.continuous_std
     img = (raw["imaging"] - scalers.imaging_mean) / scalers.imaging_std
     static = (raw["static"] - scalers.static_mean) / scalers.static_std
-    dose_times, doses = dose_tensors([r.treatments for r in records], layout.treatments)
 
     def t(x: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.as_tensor(np.nan_to_num(x, nan=0.0, posinf=np.inf), dtype=dtype)
 
     return PatientBatch(
-        subject_ids=[r.subject_id for r in records],
+        subject_ids=list(subject_ids),
         times=t(raw["times"]),
         visit_mask=t(raw["visit_mask"]),
         continuous=t(cont),
@@ -202,8 +213,12 @@ def dose_tensors(
     return torch.as_tensor(times, dtype=torch.float32), torch.as_tensor(doses, dtype=torch.float32)
 
 
-def _dense_arrays(records: Sequence[PatientRecord], config: DatasetConfig, layout: FeatureLayout) -> dict[str, np.ndarray]:
-    """NaN-padded numpy arrays on the natural -> modelling scale (not standardised)."""
+def dense_arrays(records: Sequence[PatientRecord], config: DatasetConfig, layout: FeatureLayout) -> dict[str, np.ndarray]:
+    """NaN-padded numpy arrays of ``records`` on the natural -> modelling scale (not standardised), one row per record.
+
+    Keys: times, visit_mask, continuous, binary, ordinal, imaging (visits padded to the
+    most any record has), static, history_time, event_time, event_observed, followup_end.
+    """
     n = len(records)
     visit_times = [r.visit_times() for r in records]
     t_max = max((len(v) for v in visit_times), default=1) or 1

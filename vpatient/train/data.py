@@ -76,6 +76,8 @@ class TrainingData(Protocol):
     n_validation: int
     #: subject ids of the validation patients, saved with the training history
     validation_ids: list[str]
+    #: True: each process evaluates its own validation patients (their losses are summed across processes); False: all
+    sharded_validation: bool
 
     def steps(self, generator: torch.Generator, batch_size: int) -> Iterator[Step]:
         """One epoch's steps, in an order drawn from ``generator``; every process gets the same number of steps."""
@@ -108,6 +110,8 @@ def split_positions(n: int, validation_fraction: float, seed: int, bootstrap: bo
 
 class InMemoryData:
     """Training and validation patients held as tensors; every process holds all of them and computes its rows."""
+
+    sharded_validation = False
 
     def __init__(
         self, train: PatientBatch, validation: PatientBatch | None, rank: Rank | None = None, check_size: int = 4096

@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # the loop imports this module: its types only, for the signa
     from vpatient.model.latent_ode import LatentODE, ModelSettings
     from vpatient.schemas import DatasetConfig, PatientRecord
     from vpatient.train.settings import TrainingHistory, TrainSettings
+    from vpatient.train.shard_cache import ShardCache
 
 __all__ = [
     "DistributedError",
@@ -213,14 +214,18 @@ def data_parallel(module: nn.Module) -> nn.Module:
 
 
 def fit_data_parallel(
-    records: Sequence[PatientRecord],
+    records: Sequence[PatientRecord] | ShardCache,
     config: DatasetConfig,
     settings: TrainSettings,
     model_settings: ModelSettings | None,
     rank: Rank,
     progress: bool = True,
+    buffer_patients: int | None = None,
 ) -> tuple[list[LatentODE], Scalers, list[TrainingHistory]]:
     """Train one network, or ``settings.members`` on bootstrap resamples, each by all the ranks together.
+
+    ``records``: held in memory, or a shard cache each rank streams its own shards from
+    (``buffer_patients`` at a time).
 
     Members are trained one after another, each by the N ranks, not side by side: a
     member then trains on a cohort as large, and across as many machines, as a single
@@ -231,10 +236,14 @@ def fit_data_parallel(
     machines beyond that. The ensemble's time limit is shared out between its members.
     Returns the networks, the scalers and the histories (one per member).
     """
-    from vpatient.data.batching import Scalers
+    from functools import partial
+
     from vpatient.ensemble import member_settings
     from vpatient.model.latent_ode import ModelSettings
-    from vpatient.train.loop import fit_latent_ode
+    from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS, fit_network, shared_scalers
+
+    fit = partial(fit_network, records, config, model_settings=model_settings, progress=progress, rank=rank,
+                  buffer_patients=buffer_patients or DEFAULT_BUFFER_PATIENTS)  # fmt: skip
 
     told = {"train": settings.to_dict(), "model": (model_settings or ModelSettings()).to_dict(), "patients": len(records)}
     if not _same_on_every_rank(float(zlib.crc32(json.dumps(told, sort_keys=True, default=str).encode()))):
@@ -242,17 +251,15 @@ def fit_data_parallel(
             f"the {rank.world} ranks were given different settings, seeds or patients; start every rank with the same options"
         )
     if settings.members == 1:
-        network, scalers, history = fit_latent_ode(records, config, settings, model_settings, progress, rank=rank)
+        network, scalers, history = fit(settings)
         return [network], scalers, [history]
-    scalers = Scalers.fit(records, config)  # on every record, as fit_ensemble does: the members share one scale
+    scalers = shared_scalers(records, config)  # on every patient, as fit_ensemble does: the members share one scale
     networks: list[LatentODE] = []
     histories: list[TrainingHistory] = []
     for member in range(settings.members):
         # one member at a time: the threads are the ranks' own, not a share for members side by side
         one = replace(member_settings(settings, member, workers=1), threads=settings.threads)
-        network, _, history = fit_latent_ode(
-            records, config, one, model_settings, progress, scalers=scalers, bootstrap=True, rank=rank
-        )
+        network, _, history = fit(one, scalers=scalers, bootstrap=True)
         networks.append(network)
         histories.append(history)
     return networks, scalers, histories

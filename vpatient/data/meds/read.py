@@ -72,7 +72,7 @@ from vpatient.schemas import (
     parse_record,
 )
 
-__all__ = ["frame_to_records", "iter_meds", "load_config_for", "read_layout", "read_meds", "report_warnings"]
+__all__ = ["frame_to_records", "iter_meds", "load_config_for", "read_layout", "read_meds", "report_warnings", "shard_files"]
 
 log = logging.getLogger(__name__)
 
@@ -281,8 +281,8 @@ def _resolve_config(path: Path, config: DatasetConfig | None) -> DatasetConfig:
     return stored
 
 
-def _shards(path: Path) -> list[Path]:
-    """The parquet files of a MEDS directory, in a stable order."""
+def shard_files(path: Path) -> list[Path]:
+    """The parquet files of a MEDS directory, in a stable order (sorted paths); a DataFormatError when there are none."""
     data = path / DATA_DIR
     if not data.is_dir():
         raise DataFormatError(f"{path} is not a MEDS directory: it has no {DATA_DIR}/ folder")
@@ -357,7 +357,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def _read_frame(path: Path, layout: MedsLayout | None, unit: TimeUnit) -> pd.DataFrame:
     """The whole input as one normalised frame (``layout``: how vpatient wrote it, when it did)."""
     if path.is_dir():
-        shards = _shards(path)
+        shards = shard_files(path)
         frames = [_normalise(_read_parquet(shard), str(shard), layout, unit) for shard in shards]
         return _concat(frames, str(path), [str(shard) for shard in shards])
     if _file_kind(path) == "csv":
@@ -367,7 +367,7 @@ def _read_frame(path: Path, layout: MedsLayout | None, unit: TimeUnit) -> pd.Dat
 
 def _iter_raw_batches(path: Path, batch_size: int) -> Iterator[tuple[pd.DataFrame, str]]:
     """Raw row batches of the input and the file each came from, without reading it all."""
-    files = _shards(path) if path.is_dir() else [path]
+    files = shard_files(path) if path.is_dir() else [path]
     for file in files:
         csv = _file_kind(file) == "csv"
         batches = _csv_batches(file, batch_size) if csv else _parquet_batches(file, batch_size)
@@ -414,7 +414,7 @@ def _read_splits(path: Path, layout: MedsLayout | None) -> dict[str, str]:
 def _source_ids(path: Path) -> dict[str, str]:
     """Written subject id (as str) → the original one, from the shards' ``source_subject_id`` column (ids only)."""
     found: dict[str, str] = {}
-    for shard in _shards(path):
+    for shard in shard_files(path):
         with _reading(shard, "parquet file"):
             if SOURCE_SUBJECT_ID not in pq.read_schema(shard).names:
                 continue
