@@ -49,6 +49,16 @@ def meds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_records(cohort.records, cohort.config, tmp_path_factory.mktemp("data") / "meds", DataFormat.MEDS)
 
 
+@pytest.fixture(scope="module")
+def sharded_meds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 synthetic patients as standard MEDS in 4 shards: data the ranks stream, each its own shards."""
+    from vpatient.data.meds.stream_write import write_meds_stream
+
+    cohort = load_dataset("synthetic", seed=0, n=48)
+    path, _ = write_meds_stream(cohort.records, cohort.config, tmp_path_factory.mktemp("data") / "meds", subjects_per_shard=12)
+    return path
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -139,11 +149,24 @@ def test_a_rank_started_with_a_bad_environment_is_refused_clearly(monkeypatch):
 
 
 @pytest.mark.slow  # a launcher and 2 ranks start Python and torch: about 15 s on 2 cores
-def test_vpatient_train_nproc_2_writes_a_checkpoint_that_loads_members_one_after_another(meds, tmp_path):
+def test_vpatient_train_nproc_2_streams_shards_and_writes_a_checkpoint_that_loads_members_one_after_another(
+    sharded_meds, tmp_path
+):
     from vpatient.virtual_patient import VirtualPatientModel
 
-    command = [sys.executable, "-m", "vpatient", "train", "--nproc", "2", "--data", str(meds), "--out", str(tmp_path / "model")]
-    options = _options(members="2")  # each member trained by both ranks
+    command = [
+        sys.executable,
+        "-m",
+        "vpatient",
+        "train",
+        "--nproc",
+        "2",
+        "--data",
+        str(sharded_meds),
+        "--out",
+        str(tmp_path / "model"),
+    ]
+    options = [*_options(members="2"), "--stream", "--buffer-patients", "16"]  # each member by both ranks, each its own shards
     run = subprocess.run([*command, *options], env=ENV, capture_output=True, text=True, timeout=300)
     stdout, stderr = run.stdout, run.stderr
     assert run.returncode == 0, stderr
