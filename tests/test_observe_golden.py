@@ -25,12 +25,21 @@ import pytest
 import torch
 
 from vpatient.data.batching import Scalers, dose_tensors, layout_from_config
+from vpatient.data.meds import write_meds_shard, write_meds_table
 from vpatient.data.synthetic import synthetic_cohort
 from vpatient.model.dynamics import DenseSolution
 from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.schemas import DatasetConfig, TreatmentExposure
 from vpatient.simulation.population import Population
-from vpatient.simulation.sampling import Outcomes, VirtualPatients, _merge_outcomes, draw_virtual_patients, observe
+from vpatient.simulation.sampling import (
+    Outcomes,
+    VirtualPatients,
+    _merge_outcomes,
+    draw_virtual_patients,
+    observe,
+    observe_columns,
+)
+from vpatient.simulation.virtual_cohort import cohort_layout
 from vpatient.virtual_patient import VirtualPatientModel
 
 DATA = Path(__file__).parent / "data"
@@ -123,6 +132,17 @@ def test_vectorised_measurement_equals_the_golden_table_bit_for_bit(members):
     # NaN where the golden has NaN, and every other float bit for bit (assert_frame_equal compares NaN as equal)
     for column in ("time", "numeric_value"):
         np.testing.assert_array_equal(frame[column].to_numpy().view(np.int64), golden[column].to_numpy().view(np.int64))
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_the_shard_written_from_columns_is_the_shard_written_from_the_frame(members, tmp_path):
+    model, patients, outcomes, population = golden_inputs(members)
+    rows = observe_columns(model, patients, outcomes, population)
+    layout = cohort_layout(model.config)
+    direct = write_meds_table(rows.table(layout), tmp_path / "direct" / "data" / "0.parquet")
+    framed = write_meds_shard(rows.frame(), tmp_path / "framed" / "data" / "0.parquet", layout)
+    assert direct.read_bytes() == framed.read_bytes()
+    assert pq.read_table(direct).num_rows == len(rows)
 
 
 if __name__ == "__main__":

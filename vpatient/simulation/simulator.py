@@ -106,7 +106,7 @@ class Simulator:
         visit_interval: float | None = None,
         plan: TreatmentPlan | None = None,
         chunk_size: int = 5_000,
-        engine: Engine | str = Engine.LOCAL,
+        engine: Engine | str = Engine.AUTO,
         scheduler: str | None = None,
         n_workers: int = 2,
         overwrite: bool = False,
@@ -116,8 +116,11 @@ class Simulator:
         """``n`` virtual patients followed for ``years``, written under ``out`` (a temporary folder if None).
 
         Each gets the treatment of a training patient of its arm, or ``plan`` for all.
-        Same seed and chunk size, same cohort, whatever the engine. ``format="fhir"`` writes
-        the patients as FHIR Bulk Data NDJSON under ``fhir/`` instead of MEDS under ``meds/``.
+        Same seed and chunk size, same cohort, whatever the engine and the number of workers.
+        ``engine="auto"`` (the default) runs a large cohort of a model loaded from its directory
+        on ``n_workers`` worker processes (:func:`~vpatient.simulation.engine.auto_engine`).
+        ``format="fhir"`` writes the patients as FHIR Bulk Data NDJSON under ``fhir/`` instead
+        of MEDS under ``meds/``.
         """
         fmt = choose(DataFormat, format, "output format")
         _check_size(self.model, n, years, [plan] if plan else [])
@@ -183,6 +186,7 @@ class Simulator:
                 settings,
                 fmt,
                 sum(c["resources"] for c in counts),
+                {stage: sum(c["seconds"][stage] for c in counts) for stage in counts[0]["seconds"]},
             )
             result.write_manifest()
             move_into_place(staging, out)
@@ -292,10 +296,12 @@ class Simulator:
         return self.population
 
     def _model_ref(self, engine: Engine | str) -> VirtualPatientModel | str:
-        if Engine(engine) == Engine.LOCAL:
+        if Engine(engine) == Engine.LOCAL or (Engine(engine) == Engine.AUTO and self.model_dir is None):
             return self.model
         if self.model_dir is None:
-            raise VPatientError("the dask engine loads the model from its checkpoint directory: use Simulator.load(DIR)")
+            raise VPatientError(
+                f"the {Engine(engine).value} engine loads the model from its checkpoint directory: use Simulator.load(DIR)"
+            )
         return str(self.model_dir.resolve())
 
 
