@@ -380,6 +380,7 @@ def observe_columns(
     return MedsColumns.concat(measured).in_meds_order()
 
 
+@torch.no_grad()
 def _measure(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Outcomes, population: Population) -> MedsColumns:
     """One member's patients measured: the rows block by block (statics, each variable, treatments, events, ends)."""
     assert outcomes.solution is not None, "one member's realisation has its solution"
@@ -387,7 +388,10 @@ def _measure(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Ou
     t, rows, slot, padded = _visits(patients, outcomes, population)
     times = torch.as_tensor(padded, dtype=torch.float32)
     latent = model.network.settings.latent_dim
-    z = outcomes.solution.at(times)[..., :latent]
+    # The decoders see each real visit once, (V, 1, L), not the padded (n, W, L) table; the noise is still drawn
+    # for the whole table, so the random stream (and every number) stays what it was.
+    at_visit = torch.as_tensor(rows), torch.as_tensor(slot)
+    z = outcomes.solution.at(times)[..., :latent][at_visit].unsqueeze(1)
     generator = torch.Generator().manual_seed(patients.noise_seed)
     rng = np.random.default_rng(patients.noise_seed)
     decoder = model.network.decoder
@@ -406,8 +410,9 @@ def _measure(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Ou
         blocks.add(patients.subject_ids[rows[keep]], t[keep], book.code(name), values[keep], book.labels(name))
 
     if decoder.continuous is not None:
-        mean = decoder.continuous_mean(z, model.network.offsets(z0), times)
-        noisy = (mean + torch.randn(mean.shape, generator=generator) * decoder.continuous_sd()).numpy()[rows, slot]
+        mean = decoder.continuous_mean(z, model.network.offsets(z0)[at_visit[0]], times[at_visit].unsqueeze(1))[:, 0]
+        noise = torch.randn((*times.shape, mean.shape[-1]), generator=generator)[at_visit]
+        noisy = (mean + noise * decoder.continuous_sd()).numpy()
         natural = _natural_labs(model, noisy.astype(np.float64))
         for j, name in enumerate(layout.continuous):
             value, bounds = natural[:, j], config.variable(name).plausible_range
@@ -416,16 +421,17 @@ def _measure(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Ou
                 value = np.where(value > 0, np.maximum(np.round(value / step) * step, step), np.round(value / step) * step)
             add(name, np.clip(value, *bounds) if bounds else value)
     if decoder.binary is not None:
-        p = torch.sigmoid(decoder.binary_logits(z)).numpy()[rows, slot]
+        p = torch.sigmoid(decoder.binary_logits(z)).numpy()[:, 0]
         for j, name in enumerate(layout.binary):
             add(name, (rng.uniform(size=len(t)) < p[:, j]).astype(float))
     for j, name in enumerate(layout.ordinal):
-        probs = decoder.ordinal_probs(z, j).numpy()[rows, slot]
+        probs = decoder.ordinal_probs(z, j).numpy()[:, 0]
         level = (np.cumsum(probs, axis=1) / probs.sum(axis=1, keepdims=True) < rng.uniform(size=(len(t), 1))).sum(axis=1)
         add(name, np.asarray(layout.ordinal_levels[j])[level.clip(max=probs.shape[1] - 1)])
     if decoder.imaging is not None:
-        mean = decoder.imaging_mean(z)
-        noisy = (mean + torch.randn(mean.shape, generator=generator) * decoder.imaging_sd()).numpy()[rows, slot]
+        mean = decoder.imaging_mean(z)[:, 0]
+        noise = torch.randn((*times.shape, mean.shape[-1]), generator=generator)[at_visit]
+        noisy = (mean + noise * decoder.imaging_sd()).numpy()
         noisy = noisy * model.scalers.imaging_std + model.scalers.imaging_mean
         offset = 0
         for modality, dim in layout.imaging:
