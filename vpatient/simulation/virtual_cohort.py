@@ -19,7 +19,10 @@ With ``format="fhir"``, instead of ``meds/``::
 each chunk writes its own NDJSON folder, and the folders are joined in chunk order at the end.
 
 Memory stays bounded by the chunk size: each chunk is drawn, rolled out, observed and
-written before the next, so a million patients stream through in pieces.
+written before its process (this one, or one of the workers that large cohorts use by
+default) takes the next, so a million patients stream through in pieces. A chunk's rows
+go from numpy columns to arrow arrays to parquet (:func:`observe_columns`,
+:class:`~vpatient.data.meds.MedsColumns`), never through a pandas frame.
 """
 
 from __future__ import annotations
