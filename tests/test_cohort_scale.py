@@ -51,6 +51,7 @@ def test_measure_cohort_runs_the_command_and_reports_its_time_memory_and_stages(
     assert result.meds_rows > 240 and result.seconds > 0 and result.patients_per_second == pytest.approx(240 / result.seconds)
     assert 0.05 < result.peak_pss_gb <= result.peak_rss_gb < 8  # the command and its workers, counted from /proc
     assert result.stages.rollout > 0 and result.stages.measurement > 0 and result.stages.writing > 0
+    assert 0 < result.stage_cpu.rollout and sum(result.stage_cpu.model_dump().values()) < result.cpu_seconds
     with pytest.raises(VPatientError, match=r"population\.json"):
         measure_cohort(untrained_simulator_dir.parent, patients=10, seed=0, progress=False)
 

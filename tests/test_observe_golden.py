@@ -15,6 +15,7 @@ are meant to pin).
 from __future__ import annotations
 
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ def golden_path(members: int) -> Path:
     return DATA / f"observe_golden_{members}members.parquet"
 
 
+@lru_cache(maxsize=2)  # the tests read the inputs, never change them
 def golden_inputs(members: int) -> tuple[VirtualPatientModel, VirtualPatients, Outcomes, Population]:
     """The fixed model, patients, realisation and population the golden tables were measured on."""
     cohort = synthetic_cohort(n=60, seed=11)

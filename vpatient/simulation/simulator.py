@@ -33,7 +33,7 @@ from vpatient.simulation.engine import Engine, chunks, run_chunks
 from vpatient.simulation.population import POPULATION_FILE, Population
 from vpatient.simulation.sampling import Schedule, patients_from_records
 from vpatient.simulation.trial import AGGREGATES_DIR, PATIENTS_DIR, TrialResult, arm_outcomes, trial_chunk
-from vpatient.simulation.virtual_cohort import FHIR_DIR, MEDS_DIR, CohortResult, cohort_chunk, cohort_layout, fhir_part
+from vpatient.simulation.virtual_cohort import FHIR_DIR, MEDS_DIR, STAGES, CohortResult, cohort_chunk, cohort_layout, fhir_part
 from vpatient.simulation.whatif import WhatIfResult, whatif
 from vpatient.staging import staging_dir
 from vpatient.virtual_patient import VirtualPatientModel
@@ -186,7 +186,8 @@ class Simulator:
                 settings,
                 fmt,
                 sum(c["resources"] for c in counts),
-                {stage: sum(c["seconds"][stage] for c in counts) for stage in counts[0]["seconds"]},
+                stage_seconds={stage: sum(c["seconds"][stage] for c in counts) for stage in STAGES},
+                stage_cpu_seconds={stage: sum(c["cpu_seconds"][stage] for c in counts) for stage in STAGES},
             )
             result.write_manifest()
             move_into_place(staging, out)
