@@ -41,10 +41,22 @@ simulate_app = typer.Typer(help="Virtual cohorts and in-silico trials from a tra
 trial_app = typer.Typer(help="Real randomised trials re-analysed with the world model's help.", no_args_is_help=True)
 
 EngineOption = Annotated[str, typer.Option(help="local (this process) or dask (a Dask cluster).")]
+CohortEngineOption = Annotated[
+    str,
+    typer.Option(
+        help="auto (worker processes for large cohorts, else this process), local (this process), "
+        "processes (--workers processes of this machine) or dask (a Dask cluster)."
+    ),
+]
 SchedulerOption = Annotated[
     str | None, typer.Option(help="Dask scheduler address tcp://HOST:PORT (default: start a LocalCluster).")
 ]
-WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Workers of the LocalCluster the dask engine starts.")]
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        "--workers", min=1, help="Worker processes of the processes engine, or of the LocalCluster the dask engine starts."
+    ),
+]
 ChunkOption = Annotated[int, typer.Option(min=1, help="Patients per chunk (memory use grows with it).")]
 # a forecast's or what-if's predictions as a file another system reads (today: FHIR)
 PredictionsOutOption = Annotated[
@@ -219,7 +231,7 @@ def simulate_cohort(
     ] = None,
     seed: SeedOption = 0,
     chunk_size: ChunkOption = 5_000,
-    engine: EngineOption = "local",
+    engine: CohortEngineOption = "auto",
     scheduler: SchedulerOption = None,
     workers: WorkersOption = 2,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
@@ -242,7 +254,7 @@ def simulate_cohort(
         visit_interval=visit_interval,
         plan=chosen,
         chunk_size=chunk_size,
-        engine=_choice(engine, ("local", "dask"), "--engine"),
+        engine=_choice(engine, ("auto", "local", "processes", "dask"), "--engine"),
         scheduler=scheduler,
         n_workers=workers,
         overwrite=overwrite,

@@ -38,6 +38,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -227,18 +228,42 @@ class Population:
         return out[:, : self.posterior_dim], out[:, self.posterior_dim :]
 
     def draw_exposures(self, arms: np.ndarray, rng: np.random.Generator) -> list[list[TreatmentExposure]]:
-        out = []
-        for arm in arms:
-            templates = self.exposure_templates.get(str(arm)) or [[]]
-            out.append([TreatmentExposure.model_validate(e) for e in templates[rng.integers(len(templates))]])
-        return out
+        """Each patient's exposures: those of a random training patient of its arm.
+
+        Patients given the same template share its list (read it, never change it). One
+        bounded draw per patient, in patient order: ``rng.integers(0, highs)`` takes the
+        same numbers from the stream as a draw per patient would.
+        """
+        names, index = np.unique(np.asarray(arms, dtype=str), return_inverse=True)
+        templates = [self.parsed_exposure_templates.get(str(arm)) or [[]] for arm in names]
+        counts = np.asarray([len(t) for t in templates], dtype=np.int64)
+        chosen = rng.integers(0, counts[index]) if len(index) else np.zeros(0, dtype=np.int64)
+        return [templates[a][c] for a, c in zip(index.tolist(), chosen.tolist(), strict=True)]
 
     def visits_for(self, end: np.ndarray, draw: np.ndarray) -> list[np.ndarray]:
         """Visit times of a training patient followed at least ``end`` years (the longest if none), one per draw in [0, 1)."""
+        return [np.asarray(self.visit_templates[i], dtype=float) for i in self.visit_templates_for(end, draw)]
+
+    def visit_templates_for(self, end: np.ndarray, draw: np.ndarray) -> np.ndarray:
+        """Which visit template (index into ``visit_templates``) :meth:`visits_for` gives each patient."""
         followup = np.asarray(self.template_followup)
         first = np.minimum(np.searchsorted(followup, end - 1e-9, side="left"), len(followup) - 1)
         chosen = first + np.floor(draw * (len(followup) - first)).astype(int)
-        return [np.asarray(self.visit_templates[i], dtype=float) for i in np.minimum(chosen, len(followup) - 1)]
+        return np.minimum(chosen, len(followup) - 1)
+
+    @cached_property
+    def visit_template_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every visit template in one flat array of times, and where each starts in it (one more entry: the end)."""
+        lengths = [len(v) for v in self.visit_templates]
+        flat = np.fromiter((t for v in self.visit_templates for t in v), dtype=float, count=sum(lengths))
+        return flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+    @cached_property
+    def parsed_exposure_templates(self) -> dict[str, list[list[TreatmentExposure]]]:
+        """The exposure templates of each arm as validated exposures, parsed once and shared by the patients drawn."""
+        return {
+            arm: [[TreatmentExposure.model_validate(e) for e in t] for t in ts] for arm, ts in self.exposure_templates.items()
+        }
 
     def draw_censoring(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Times of loss to follow-up; inf beyond the last censoring seen in training."""

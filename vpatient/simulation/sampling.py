@@ -31,8 +31,8 @@ import torch
 from vpatient import transforms
 from vpatient.data.batching import dose_tensors, make_batch
 from vpatient.data.cohort import arm_of
-from vpatient.data.meds.codes import MEDS_BIRTH, SUBJECT_ID, TIME, CodeBook, component_code, start_code, stop_code
-from vpatient.data.meds.write import meds_order, meds_rows
+from vpatient.data.meds.codes import MEDS_BIRTH, CodeBook, component_code, start_code, stop_code
+from vpatient.data.meds.columns import MedsBlocks, MedsColumns
 from vpatient.data.timeline import truncate_record
 from vpatient.errors import VPatientError, choose
 from vpatient.model.dynamics import DenseSolution
@@ -46,6 +46,7 @@ __all__ = [
     "VirtualPatients",
     "draw_virtual_patients",
     "observe",
+    "observe_columns",
     "patients_from_records",
     "realise",
 ]
@@ -353,38 +354,52 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
 
     Visits after the end of follow-up are dropped; each variable is measured at a visit
     with the training data's share (baseline and later visits apart), with the model's
-    measurement noise (each member's patients with that member's noise model).
+    measurement noise (each member's patients with that member's noise model). The
+    table of :func:`observe_columns`, as a pandas frame.
     """
-    if outcomes.parts is not None:
-        frames = []
-        for k, (rows, part) in enumerate(outcomes.parts):
-            sub = patients.subset(rows)
-            sub.noise_seed = patients.noise_seed + k
-            frames.append(observe(model.member(int(sub.member[0])), sub, part, population))
-        frame = pd.concat(frames, ignore_index=True)
-        return _by_subject_and_time(frame)
+    return observe_columns(model, patients, outcomes, population).frame()
+
+
+@torch.no_grad()
+def observe_columns(
+    model: VirtualPatientModel, patients: VirtualPatients, outcomes: Outcomes, population: Population
+) -> MedsColumns:
+    """:func:`observe`'s table as numpy columns, in MEDS order: what a cohort writes to its shards.
+
+    Whole-chunk array work: the visits, the measurements of each variable, the treatment
+    rows of each distinct exposure list; no step runs per patient or per row.
+    """
+    if outcomes.parts is None:
+        return _measure(model, patients, outcomes, population).in_meds_order()
+    measured = []
+    for k, (rows, part) in enumerate(outcomes.parts):
+        sub = patients.subset(rows)
+        sub.noise_seed = patients.noise_seed + k
+        measured.append(_measure(model.member(int(sub.member[0])), sub, part, population))
+    # members' patients are distinct, so one sort of all their rows keeps each patient's rows in its own order
+    return MedsColumns.concat(measured).in_meds_order()
+
+
+@torch.no_grad()
+def _measure(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Outcomes, population: Population) -> MedsColumns:
+    """One member's patients measured: the rows block by block (statics, each variable, treatments, events, ends)."""
+    assert outcomes.solution is not None, "one member's realisation has its solution"
     n = len(patients)
-    planned = patients.visits if patients.visits is not None else population.visits_for(outcomes.end, patients.visit_draw)
-    visits = [v[v <= e + 1e-12] if len(v) else np.zeros(1) for v, e in zip(planned, outcomes.end, strict=True)]
-    visits = [v if len(v) else np.zeros(1) for v in visits]
-    rows = np.repeat(np.arange(n), [len(v) for v in visits])  # visit row -> patient
-    t = np.concatenate(visits)
-    width = max(len(v) for v in visits)
-    padded = np.zeros((n, width))
-    for i, v in enumerate(visits):
-        padded[i, : len(v)] = v
-        padded[i, len(v) :] = v[-1]
-    slot = np.concatenate([np.arange(len(v)) for v in visits])
+    t, rows, slot, padded = _visits(patients, outcomes, population)
     times = torch.as_tensor(padded, dtype=torch.float32)
     latent = model.network.settings.latent_dim
-    z = outcomes.solution.at(times)[..., :latent]
+    # The decoders see each real visit once, (V, 1, L), not the padded (n, W, L) table; the noise is still drawn
+    # for the whole table, so the random stream (and every number) stays what it was.
+    at_visit = torch.as_tensor(rows), torch.as_tensor(slot)
+    z = outcomes.solution.at(times)[..., :latent][at_visit].unsqueeze(1)
     generator = torch.Generator().manual_seed(patients.noise_seed)
     rng = np.random.default_rng(patients.noise_seed)
     decoder = model.network.decoder
     layout, config = model.layout, model.config
     z0 = torch.as_tensor(patients.draws, dtype=torch.float32)
     book = CodeBook(config)
-    blocks: list[pd.DataFrame] = [_static_rows(model, patients, book)]
+    blocks = MedsBlocks()
+    _static_rows(blocks, model, patients, book)
 
     def measured(name: str) -> np.ndarray:
         baseline, later = population.observed_share.get(name, (1.0, 1.0))
@@ -392,11 +407,12 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
 
     def add(name: str, values: np.ndarray) -> None:
         keep = measured(name) & np.isfinite(values)
-        blocks.append(meds_rows(patients.subject_ids[rows[keep]], t[keep], book.code(name), values[keep], book.labels(name)))
+        blocks.add(patients.subject_ids[rows[keep]], t[keep], book.code(name), values[keep], book.labels(name))
 
     if decoder.continuous is not None:
-        mean = decoder.continuous_mean(z, model.network.offsets(z0), times)
-        noisy = (mean + torch.randn(mean.shape, generator=generator) * decoder.continuous_sd()).numpy()[rows, slot]
+        mean = decoder.continuous_mean(z, model.network.offsets(z0)[at_visit[0]], times[at_visit].unsqueeze(1))[:, 0]
+        noise = torch.randn((*times.shape, mean.shape[-1]), generator=generator)[at_visit]
+        noisy = (mean + noise * decoder.continuous_sd()).numpy()
         natural = _natural_labs(model, noisy.astype(np.float64))
         for j, name in enumerate(layout.continuous):
             value, bounds = natural[:, j], config.variable(name).plausible_range
@@ -405,16 +421,17 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
                 value = np.where(value > 0, np.maximum(np.round(value / step) * step, step), np.round(value / step) * step)
             add(name, np.clip(value, *bounds) if bounds else value)
     if decoder.binary is not None:
-        p = torch.sigmoid(decoder.binary_logits(z)).numpy()[rows, slot]
+        p = torch.sigmoid(decoder.binary_logits(z)).numpy()[:, 0]
         for j, name in enumerate(layout.binary):
             add(name, (rng.uniform(size=len(t)) < p[:, j]).astype(float))
     for j, name in enumerate(layout.ordinal):
-        probs = decoder.ordinal_probs(z, j).numpy()[rows, slot]
+        probs = decoder.ordinal_probs(z, j).numpy()[:, 0]
         level = (np.cumsum(probs, axis=1) / probs.sum(axis=1, keepdims=True) < rng.uniform(size=(len(t), 1))).sum(axis=1)
         add(name, np.asarray(layout.ordinal_levels[j])[level.clip(max=probs.shape[1] - 1)])
     if decoder.imaging is not None:
-        mean = decoder.imaging_mean(z)
-        noisy = (mean + torch.randn(mean.shape, generator=generator) * decoder.imaging_sd()).numpy()[rows, slot]
+        mean = decoder.imaging_mean(z)[:, 0]
+        noise = torch.randn((*times.shape, mean.shape[-1]), generator=generator)[at_visit]
+        noisy = (mean + noise * decoder.imaging_sd()).numpy()
         noisy = noisy * model.scalers.imaging_std + model.scalers.imaging_mean
         offset = 0
         for modality, dim in layout.imaging:
@@ -422,50 +439,97 @@ def observe(model: VirtualPatientModel, patients: VirtualPatients, outcomes: Out
             code = book.code(modality)
             ids, tt = patients.subject_ids[rows[keep]], t[keep]
             for d in range(dim):
-                blocks.append(meds_rows(ids, tt, component_code(code, d), noisy[keep, offset + d]))
+                blocks.add(ids, tt, component_code(code, d), noisy[keep, offset + d])
             offset += dim
-    blocks.append(_treatment_rows(book, patients.subject_ids, outcomes))
+    _treatment_rows(blocks, book, patients.subject_ids, outcomes)
     observed = np.isfinite(outcomes.event_time) & (outcomes.event_time <= outcomes.end + 1e-12)
     for k, kind in enumerate(layout.events):
         chosen = observed & (outcomes.event_kind == k)
-        blocks.append(meds_rows(patients.subject_ids[chosen], outcomes.end[chosen], book.code(kind)))
-    blocks.append(meds_rows(patients.subject_ids, outcomes.end, book.eof_code))
-    frame = pd.concat([b for b in blocks if len(b)], ignore_index=True)
-    return _by_subject_and_time(frame)
+        blocks.add(patients.subject_ids[chosen], outcomes.end[chosen], book.code(kind))
+    blocks.add(patients.subject_ids[:n], outcomes.end, book.eof_code)
+    return blocks.columns()
 
 
-def _by_subject_and_time(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows by subject, then time (statics first), otherwise as they came (a stable sort)."""
-    return frame.iloc[meds_order(frame[SUBJECT_ID].to_numpy(), frame[TIME].to_numpy())].reset_index(drop=True)
+def _visits(
+    patients: VirtualPatients, outcomes: Outcomes, population: Population
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each patient's measured visits, up to the end of follow-up (a visit at 0 if none is left).
+
+    Returns the visits one after another: times (V,), the patient (V,) and the visit's
+    place in its patient's list (V,), and the (n, W) table of each patient's visits,
+    its last visit repeated to the common width W.
+    """
+    n = len(patients)
+    if patients.visits is None:  # as observed: one training patient's visits each, taken from the flat table of them
+        flat, starts = population.visit_template_table
+        chosen = population.visit_templates_for(outcomes.end, patients.visit_draw)
+        lengths = starts[chosen + 1] - starts[chosen]
+        first = starts[chosen]
+    else:
+        lengths = np.fromiter(map(len, patients.visits), dtype=np.int64, count=n)
+        flat = np.concatenate(patients.visits).astype(float, copy=False) if lengths.sum() else np.zeros(0)
+        first = np.cumsum(lengths) - lengths
+    planned_rows = np.repeat(np.arange(n), lengths)
+    planned = flat[np.repeat(first - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())]
+    kept = planned <= outcomes.end[planned_rows] + 1e-12
+    kept_rows, kept_t = planned_rows[kept], planned[kept]
+    counts = np.bincount(kept_rows, minlength=n)
+    sizes = np.maximum(counts, 1)  # a patient with no visit left is seen once, at 0
+    starts_out = np.cumsum(sizes) - sizes
+    t = np.zeros(int(sizes.sum()))
+    t[starts_out[kept_rows] + np.arange(len(kept_t)) - np.repeat(np.cumsum(counts) - counts, counts)] = kept_t
+    rows = np.repeat(np.arange(n), sizes)
+    slot = np.arange(len(t)) - np.repeat(starts_out, sizes)
+    width = int(sizes.max()) if n else 0
+    padded = t[np.minimum(np.arange(width)[None, :], sizes[:, None] - 1) + starts_out[:, None]]
+    return t, rows, slot, padded
 
 
-def _static_rows(model: VirtualPatientModel, patients: VirtualPatients, book: CodeBook) -> pd.DataFrame:
-    blocks = []
+def _static_rows(blocks: MedsBlocks, model: VirtualPatientModel, patients: VirtualPatients, book: CodeBook) -> None:
     for s, name in enumerate(model.layout.static):
         values = patients.static_natural[:, s]
         known = np.isfinite(values)
         if book.reads_birth(book.spec(name)):  # age at index: a birth row at minus the age
-            blocks.append(meds_rows(patients.subject_ids[known], -values[known], MEDS_BIRTH))
+            blocks.add(patients.subject_ids[known], -values[known], MEDS_BIRTH)
         else:
-            blocks.append(meds_rows(patients.subject_ids[known], None, book.code(name), values[known], book.labels(name)))
-    return pd.concat(blocks, ignore_index=True) if blocks else meds_rows(np.zeros(0), None, "")
+            blocks.add(patients.subject_ids[known], None, book.code(name), values[known], book.labels(name))
 
 
-def _treatment_rows(book: CodeBook, ids: np.ndarray, outcomes: Outcomes) -> pd.DataFrame:
-    sid, t, code, dose = [], [], [], []
-    for i, exposures in enumerate(outcomes.exposures):
-        end = outcomes.end[i]
+def _treatment_rows(blocks: MedsBlocks, book: CodeBook, ids: np.ndarray, outcomes: Outcomes) -> None:
+    """Start (with its dose) and stop rows of every exposure begun by the end of follow-up; a stop only by then.
+
+    Patients share a few exposure lists (their arm's templates, a plan): the rows of each
+    distinct list are made once and given to its patients; each patient's rows stay in
+    the order of its list (start, then stop, exposure by exposure).
+    """
+    n = len(ids)
+    distinct: dict[tuple[int, ...], int] = {}
+    lists: list[list[TreatmentExposure]] = []
+    which = np.empty(n, dtype=np.int64)
+    for i, exposures in enumerate(outcomes.exposures):  # a dictionary look-up per patient, the rows below are per list
+        key = tuple(map(id, exposures))
+        which[i] = distinct.setdefault(key, len(distinct))
+        if which[i] == len(lists):
+            lists.append(exposures)
+    table: list[tuple[float, int, float, float]] = []  # each list's rows: (time, code, dose, start of the exposure)
+    length = []
+    for exposures in lists:
+        before = len(table)
         for e in exposures:
-            if e.start > end:
-                continue
             base = book.code(e.treatment)
-            sid.append(ids[i])
-            t.append(e.start)
-            code.append(start_code(base))
-            dose.append(e.dose)
-            if e.stop is not None and e.stop <= end:
-                sid.append(ids[i])
-                t.append(e.stop)
-                code.append(stop_code(base))
-                dose.append(np.nan)
-    return meds_rows(np.asarray(sid), np.asarray(t, dtype=np.float64), np.asarray(code, dtype=object), np.asarray(dose))
+            table.append((e.start, blocks.code_index(start_code(base)), e.dose, e.start))
+            if e.stop is not None:
+                table.append((e.stop, blocks.code_index(stop_code(base)), np.nan, e.start))
+        length.append(len(table) - before)
+    if not table:
+        return
+    t, code, dose, begun = (np.asarray(column) for column in zip(*table, strict=True))
+    per_list, t_arr, begun_arr = np.asarray(length), t.astype(np.float64), begun.astype(np.float64)
+    counts = per_list[which]
+    patient = np.repeat(np.arange(n), counts)
+    offsets = np.cumsum(per_list) - per_list
+    row = np.repeat(offsets[which] - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+    end = outcomes.end[patient]
+    keep = (begun_arr[row] <= end) & (t_arr[row] <= end)
+    row = row[keep]
+    blocks.add(ids[patient[keep]], t_arr[row], code.astype(np.int32)[row], dose.astype(np.float64)[row])

@@ -33,7 +33,7 @@ from vpatient.simulation.engine import Engine, chunks, run_chunks
 from vpatient.simulation.population import POPULATION_FILE, Population
 from vpatient.simulation.sampling import Schedule, patients_from_records
 from vpatient.simulation.trial import AGGREGATES_DIR, PATIENTS_DIR, TrialResult, arm_outcomes, trial_chunk
-from vpatient.simulation.virtual_cohort import FHIR_DIR, MEDS_DIR, CohortResult, cohort_chunk, cohort_layout, fhir_part
+from vpatient.simulation.virtual_cohort import FHIR_DIR, MEDS_DIR, STAGES, CohortResult, cohort_chunk, cohort_layout, fhir_part
 from vpatient.simulation.whatif import WhatIfResult, whatif
 from vpatient.staging import staging_dir
 from vpatient.virtual_patient import VirtualPatientModel
@@ -106,7 +106,7 @@ class Simulator:
         visit_interval: float | None = None,
         plan: TreatmentPlan | None = None,
         chunk_size: int = 5_000,
-        engine: Engine | str = Engine.LOCAL,
+        engine: Engine | str = Engine.AUTO,
         scheduler: str | None = None,
         n_workers: int = 2,
         overwrite: bool = False,
@@ -116,8 +116,11 @@ class Simulator:
         """``n`` virtual patients followed for ``years``, written under ``out`` (a temporary folder if None).
 
         Each gets the treatment of a training patient of its arm, or ``plan`` for all.
-        Same seed and chunk size, same cohort, whatever the engine. ``format="fhir"`` writes
-        the patients as FHIR Bulk Data NDJSON under ``fhir/`` instead of MEDS under ``meds/``.
+        Same seed and chunk size, same cohort, whatever the engine and the number of workers.
+        ``engine="auto"`` (the default) runs a large cohort of a model loaded from its directory
+        on ``n_workers`` worker processes (:func:`~vpatient.simulation.engine.auto_engine`).
+        ``format="fhir"`` writes the patients as FHIR Bulk Data NDJSON under ``fhir/`` instead
+        of MEDS under ``meds/``.
         """
         fmt = choose(DataFormat, format, "output format")
         _check_size(self.model, n, years, [plan] if plan else [])
@@ -183,6 +186,8 @@ class Simulator:
                 settings,
                 fmt,
                 sum(c["resources"] for c in counts),
+                stage_seconds={stage: sum(c["seconds"][stage] for c in counts) for stage in STAGES},
+                stage_cpu_seconds={stage: sum(c["cpu_seconds"][stage] for c in counts) for stage in STAGES},
             )
             result.write_manifest()
             move_into_place(staging, out)
@@ -292,10 +297,12 @@ class Simulator:
         return self.population
 
     def _model_ref(self, engine: Engine | str) -> VirtualPatientModel | str:
-        if Engine(engine) == Engine.LOCAL:
+        if Engine(engine) == Engine.LOCAL or (Engine(engine) == Engine.AUTO and self.model_dir is None):
             return self.model
         if self.model_dir is None:
-            raise VPatientError("the dask engine loads the model from its checkpoint directory: use Simulator.load(DIR)")
+            raise VPatientError(
+                f"the {Engine(engine).value} engine loads the model from its checkpoint directory: use Simulator.load(DIR)"
+            )
         return str(self.model_dir.resolve())
 
 

@@ -19,13 +19,18 @@ With ``format="fhir"``, instead of ``meds/``::
 each chunk writes its own NDJSON folder, and the folders are joined in chunk order at the end.
 
 Memory stays bounded by the chunk size: each chunk is drawn, rolled out, observed and
-written before the next, so a million patients stream through in pieces.
+written before its process (this one, or one of the workers that large cohorts use by
+default) takes the next, so a million patients stream through in pieces. A chunk's rows
+go from numpy columns to arrow arrays to parquet (:func:`observe_columns`,
+:class:`~vpatient.data.meds.MedsColumns`), never through a pandas frame.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -34,17 +39,20 @@ import pyarrow.parquet as pq
 
 from vpatient.data.fhir.write import NdjsonWriter
 from vpatient.data.formats import DataFormat
-from vpatient.data.meds import frame_to_records, write_meds_shard
+from vpatient.data.meds import frame_to_records, write_meds_table
 from vpatient.data.meds.codes import CONFIG_FILE, DATA_DIR, MedsLayout
 from vpatient.plans import exposures_under_plan
 from vpatient.schemas import DatasetConfig, TreatmentPlan
 from vpatient.simulation.engine import Chunk, ModelRef, chunk_rng, resolve_model
 from vpatient.simulation.population import Population
-from vpatient.simulation.sampling import Schedule, draw_virtual_patients, observe, realise
+from vpatient.simulation.sampling import Schedule, draw_virtual_patients, observe_columns, realise
 
-__all__ = ["CohortResult", "cohort_chunk", "cohort_layout", "fhir_part"]
+__all__ = ["STAGES", "CohortResult", "cohort_chunk", "cohort_layout", "fhir_part"]
 
 MEDS_DIR, FHIR_DIR, EVENTS_DIR, MANIFEST = "meds", "fhir", "events", "simulation.json"
+#: The stages of a chunk, as simulation.json times them: drawing the patients (and loading the model, on a worker's
+#: first chunk), rolling them out, measuring them into MEDS rows, writing the shards.
+STAGES = ("drawing", "rollout", "measurement", "writing")
 
 
 def cohort_layout(config: DatasetConfig) -> MedsLayout:
@@ -63,6 +71,8 @@ class CohortResult:
     settings: dict
     format: DataFormat = DataFormat.MEDS
     n_resources: int = 0  # FHIR resources written (FHIR only)
+    stage_seconds: dict[str, float] | None = None  # busy seconds of each stage (STAGES), summed over chunks and workers
+    stage_cpu_seconds: dict[str, float] | None = None  # and the CPU seconds the stage's process spent in it
 
     @property
     def meds_dir(self) -> Path:
@@ -88,10 +98,15 @@ class CohortResult:
         return read_meds(self.meds_dir)
 
     def write_manifest(self) -> Path:
+        """simulation.json: the settings, the counts and where the time went (``stage_seconds`` of wall time,
+        ``stage_cpu_seconds`` of CPU time; both vary run to run)."""
         path = self.out_dir / MANIFEST
         counts = {"n_rows": self.n_rows, "n_events": self.n_events}
         if self.format == DataFormat.FHIR:
             counts["n_resources"] = self.n_resources
+        for name in ("stage_seconds", "stage_cpu_seconds"):
+            if getattr(self, name) is not None:
+                counts[name] = {stage: round(seconds, 3) for stage, seconds in getattr(self, name).items()}
         path.write_text(json.dumps({**self.settings, **counts}, indent=2) + "\n")
         return path
 
@@ -99,6 +114,12 @@ class CohortResult:
 def fhir_part(out_dir: str | Path, chunk: Chunk) -> Path:
     """The NDJSON folder one chunk of a FHIR cohort is written to, until the parts are joined."""
     return Path(out_dir) / FHIR_DIR / Path(chunk.name).stem
+
+
+@lru_cache(maxsize=2)
+def _population(text: str) -> Population:
+    """The population of a cohort's chunks, read once per process (and its templates parsed once)."""
+    return Population.from_json(text)
 
 
 def cohort_chunk(
@@ -113,27 +134,48 @@ def cohort_chunk(
     out_dir: str,
     format: str = DataFormat.MEDS.value,
 ) -> dict[str, int]:
-    """Draw, roll out, observe and write one chunk of a virtual cohort; returns its counts."""
+    """Draw, roll out, observe and write one chunk of a virtual cohort; returns its counts and its seconds per stage."""
+    clock, cpu_clock = time.perf_counter(), time.process_time()
+    seconds, cpu_seconds = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0)
+
+    def lap(stage: str) -> None:  # wall and CPU time: on a shared machine the two part ways
+        nonlocal clock, cpu_clock
+        now, cpu_now = time.perf_counter(), time.process_time()
+        seconds[stage] += now - clock
+        cpu_seconds[stage] += cpu_now - cpu_clock
+        clock, cpu_clock = now, cpu_now
+
     vpm = resolve_model(model)
-    pop = Population.from_json(population)
+    pop = _population(population)
     rng = chunk_rng(chunk)
     patients = draw_virtual_patients(pop, vpm, chunk.size, rng, chunk.first_id, years, Schedule(schedule), visit_interval)
     exposures = None
     if plan is not None:
         chosen = TreatmentPlan.model_validate_json(plan)
         exposures = [exposures_under_plan([], chosen, 0.0)] * chunk.size
+    lap("drawing")
     outcomes = realise(vpm, patients, years, exposures, with_labs=False)
-    frame = observe(vpm, patients, outcomes, pop)
+    lap("rollout")
+    rows = observe_columns(vpm, patients, outcomes, pop)
+    lap("measurement")
     out = Path(out_dir)
     resources = 0
     if DataFormat(format) == DataFormat.FHIR:
-        records = frame_to_records(frame, vpm.config, source=f"virtual cohort chunk {chunk.index}")
+        records = frame_to_records(rows.frame(), vpm.config, source=f"virtual cohort chunk {chunk.index}")
         with NdjsonWriter(fhir_part(out, chunk), vpm.config) as writer:
             writer.write(records)
         resources = writer.n_resources
-    else:
-        write_meds_shard(frame, out / MEDS_DIR / DATA_DIR / chunk.name, cohort_layout(vpm.config))
+    else:  # the arrow table straight from the columns: no pandas frame of the chunk's rows
+        write_meds_table(rows.table(cohort_layout(vpm.config)), out / MEDS_DIR / DATA_DIR / chunk.name)
     events = outcomes.events_frame(vpm, patients)
     (out / EVENTS_DIR).mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pandas(events, preserve_index=False), out / EVENTS_DIR / chunk.name)
-    return {"patients": chunk.size, "rows": len(frame), "events": int(events["observed"].sum()), "resources": resources}
+    lap("writing")
+    return {
+        "patients": chunk.size,
+        "rows": len(rows),
+        "events": int(events["observed"].sum()),
+        "resources": resources,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+    }

@@ -133,6 +133,7 @@ from vpatient.data.meds.codes import (
     TUNING_SPLIT,
     MedsLayout,
 )
+from vpatient.data.meds.columns import MedsBlocks, MedsColumns
 from vpatient.data.meds.conformance import meds_schema_problems
 from vpatient.data.meds.read import frame_to_records, iter_meds, load_config_for, read_layout, read_meds
 from vpatient.data.meds.write import (
@@ -142,6 +143,7 @@ from vpatient.data.meds.write import (
     write_meds,
     write_meds_metadata,
     write_meds_shard,
+    write_meds_table,
 )
 from vpatient.errors import OutputExistsError, UnknownCodeWarning
 
@@ -158,6 +160,8 @@ __all__ = [
     "STOP_SUFFIX",
     "TRAIN_SPLIT",
     "TUNING_SPLIT",
+    "MedsBlocks",
+    "MedsColumns",
     "MedsLayout",
     "OutputExistsError",
     "UnknownCodeWarning",
@@ -173,4 +177,5 @@ __all__ = [
     "write_meds",
     "write_meds_metadata",
     "write_meds_shard",
+    "write_meds_table",
 ]

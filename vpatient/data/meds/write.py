@@ -69,9 +69,11 @@ __all__ = [
     "meds_table",
     "move_into_place",
     "records_to_frame",
+    "standard_meds_table",
     "write_meds",
     "write_meds_metadata",
     "write_meds_shard",
+    "write_meds_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -172,9 +174,13 @@ def write_meds_metadata(config: DatasetConfig, out_dir: str | Path, layout: Meds
 
 def write_meds_shard(frame: pd.DataFrame, path: str | Path, layout: MedsLayout) -> Path:
     """Write one ``data/`` shard: a MEDS table in MEDS order (subject, static rows first, time), typed by ``layout``."""
+    return write_meds_table(meds_table(frame, layout), path)
+
+
+def write_meds_table(table: pa.Table, path: str | Path) -> Path:
+    """Write the arrow table of one ``data/`` shard (:func:`meds_table`, :meth:`MedsColumns.table`) as parquet."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = meds_table(frame, layout)
     # Dictionary pages pay off for the repetitive strings only; numbers (values, times) are mostly
     # distinct, and building a dictionary for them first was half of the writing time.
     strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
@@ -194,23 +200,47 @@ def meds_table(frame: pd.DataFrame, layout: MedsLayout) -> pa.Table:
     schema = layout.data_schema()
     if not layout.standard:
         return pa.Table.from_pandas(frame[list(MEDS_COLUMNS)], schema=schema, preserve_index=False)
-    value = frame[NUMERIC_VALUE].to_numpy(dtype=np.float64)
+    time = frame[TIME].to_numpy(dtype=np.float64 if layout.relative else "datetime64[us]")
+    source = frame[SOURCE_SUBJECT_ID].to_numpy(dtype=object) if layout.source_ids else None
+    return standard_meds_table(
+        frame[SUBJECT_ID].to_numpy(dtype=np.int64),
+        time,
+        pa.array(frame[CODE].to_numpy(dtype=object), pa.string()),
+        frame[NUMERIC_VALUE].to_numpy(dtype=np.float64),
+        pa.array(frame[TEXT_VALUE].to_numpy(dtype=object), pa.large_string(), from_pandas=True),
+        layout,
+        source,
+    )
+
+
+def standard_meds_table(
+    subject_id: np.ndarray,
+    time: np.ndarray,
+    code: pa.Array,
+    value: np.ndarray,
+    text: pa.Array,
+    layout: MedsLayout,
+    source_subject_id: np.ndarray | None = None,
+) -> pa.Table:
+    """The standard-layout arrow table (:func:`meds_table`) of MEDS columns: int64 ids, float (relative) or
+    datetime64[us] times, string codes, float64 values (NaN: none), large-string texts (null: none)."""
+    schema = layout.data_schema()
     with np.errstate(over="ignore"):  # beyond float32's range: inf, the float64 kept beside it
         narrow = value.astype(np.float32)
     missing = np.isnan(value)
     columns = {
-        SUBJECT_ID: pa.array(frame[SUBJECT_ID].to_numpy(dtype=np.int64), pa.int64()),
-        CODE: pa.array(frame[CODE].to_numpy(dtype=object), pa.string()),
+        SUBJECT_ID: pa.array(subject_id, pa.int64()),
+        CODE: code,
         NUMERIC_VALUE: pa.array(narrow, pa.float32(), mask=missing),
-        TEXT_VALUE: pa.array(frame[TEXT_VALUE].to_numpy(dtype=object), pa.large_string(), from_pandas=True),
+        TEXT_VALUE: text,
         NUMERIC_VALUE_F64: pa.array(value, pa.float64(), mask=missing | (narrow == value)),
     }
     if layout.relative:
-        columns[TIME], columns[TIME_F64] = _relative_time_arrays(frame[TIME].to_numpy(dtype=np.float64), layout.unit_micros)
+        columns[TIME], columns[TIME_F64] = _relative_time_arrays(time, layout.unit_micros)
     else:
-        columns[TIME] = pa.array(frame[TIME].to_numpy(dtype="datetime64[us]"), pa.timestamp("us"), from_pandas=True)
+        columns[TIME] = pa.array(time, pa.timestamp("us"), from_pandas=True)
     if layout.source_ids:
-        columns[SOURCE_SUBJECT_ID] = pa.array(frame[SOURCE_SUBJECT_ID].to_numpy(dtype=object), pa.string())
+        columns[SOURCE_SUBJECT_ID] = pa.array(source_subject_id, pa.string())
     return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
 
 
