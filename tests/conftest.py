@@ -1,13 +1,29 @@
-"""Shared fixtures (a small config with every variable kind, a valid record for it, an untrained model), and a
-session-end check that no process a test started is still running."""
+"""Shared fixtures (a small config with every variable kind, a valid record for it, an untrained model), one torch
+thread per process, and a session-end check that no process a test started is still running."""
 
 from __future__ import annotations
+
+import os
+
+# One torch (OpenMP) thread in this process and in the commands the tests start, unless the caller chose a count.
+# torch's default, a thread per core, made the suite's models several times slower on a 2-core CI machine: the
+# threads spin while waiting for each other and for the test's own subprocesses (measured on 2 shared cores: two
+# dashboard trial tests, 16 s of CPU on one thread against 150 to 185 s on two). Training already runs on one
+# thread on 2 cores (vpatient.train.default_threads); this brings the tests' forecasts and simulations in line.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import psutil
 import pytest
 
 from vpatient.schemas import DatasetConfig, TreatmentExposure, TreatmentPlan
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hold torch to OMP_NUM_THREADS even where it was imported before this file set it."""
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture()
