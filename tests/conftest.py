@@ -1,13 +1,30 @@
-"""Shared fixtures (a small config with every variable kind, a valid record for it, an untrained model), and a
-session-end check that no process a test started is still running."""
+"""Shared fixtures (a small config with every variable kind, a valid record for it, an untrained model), one torch
+thread per process, and a session-end check that no process a test started is still running."""
 
 from __future__ import annotations
+
+import os
+import shutil
+
+# One torch (OpenMP) thread in this process and in the commands the tests start, unless the caller chose a count.
+# torch's default, a thread per core, made the suite's models several times slower on a 2-core CI machine: the
+# threads spin while waiting for each other and for the test's own subprocesses (measured on 2 shared cores: two
+# dashboard trial tests, 16 s of CPU on one thread against 150 to 185 s on two). Training already runs on one
+# thread on 2 cores (vpatient.train.default_threads); this brings the tests' forecasts and simulations in line.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import psutil
 import pytest
 
 from vpatient.schemas import DatasetConfig, TreatmentExposure, TreatmentPlan
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hold torch to OMP_NUM_THREADS even where it was imported before this file set it."""
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture()
@@ -160,13 +177,27 @@ def untrained_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pbc_two_epoch_model_dir(tmp_path_factory):
+    """A PBC model trained for 2 epochs (seed 0) on every patient, saved: trained once for the dashboard's tests.
+
+    Tests copy it before use (shutil.copytree), so nothing one of them writes beside it reaches another.
+    """
+    from vpatient.datasets import load_dataset
+    from vpatient.train import TrainSettings
+    from vpatient.virtual_patient import VirtualPatientModel
+
+    cohort = load_dataset("pbc2")
+    model = VirtualPatientModel.fit(cohort.records, cohort.config, TrainSettings(epochs=2, seed=0), progress=False)
+    model.data_source = "pbc2"
+    return model.save(tmp_path_factory.mktemp("pbc-two-epochs") / "model")
+
+
+@pytest.fixture(scope="session")
 def untrained_simulator_dir(untrained_model_dir, tmp_path_factory):
     """A copy of the untrained PBC model with a population fitted to 60 patients: virtual cohorts in a second.
 
     For tests of how cohorts are written (formats, files), not of what the model predicts.
     """
-    import shutil
-
     from vpatient.datasets import load_dataset
     from vpatient.simulation import Simulator
 

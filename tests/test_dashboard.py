@@ -42,11 +42,9 @@ def cohort():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, cohort) -> Path:
-    """A 2-epoch PBC model (a few seconds): enough to exercise every panel."""
-    model = VirtualPatientModel.fit(cohort.records, cohort.config, TrainSettings(epochs=2, seed=0), progress=False)
-    model.data_source = "pbc2"
-    return model.save(tmp_path_factory.mktemp("tiny-model"))
+def model_dir(tmp_path_factory, pbc_two_epoch_model_dir) -> Path:
+    """A 2-epoch PBC model (trained once per session): enough to exercise every panel."""
+    return Path(shutil.copytree(pbc_two_epoch_model_dir, tmp_path_factory.mktemp("tiny-model"), dirs_exist_ok=True))
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,6 @@ from pathlib import Path
 import pytest
 
 from vpatient.dashboard import browser as vb
-from vpatient.datasets import load_dataset
-from vpatient.train import TrainSettings
-from vpatient.virtual_patient import VirtualPatientModel
 
 CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]
@@ -34,16 +31,13 @@ def _effect_table_text(page) -> str:
     return table.inner_text()
 
 
-def test_dashboard_in_a_browser(tmp_path):
+def test_dashboard_in_a_browser(tmp_path, pbc_two_epoch_model_dir):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is absent (Debian's chromium package; `make test` installs it)")
     pytest.importorskip("streamlit")
     sync_api = pytest.importorskip("playwright.sync_api")
 
-    cohort = load_dataset("pbc2")
-    model = VirtualPatientModel.fit(cohort.records, cohort.config, TrainSettings(epochs=2, seed=0), progress=False)
-    model.data_source = "pbc2"
-    model_dir = model.save(tmp_path / "model")
+    model_dir = Path(shutil.copytree(pbc_two_epoch_model_dir, tmp_path / "model"))  # trained once for the dashboard's tests
 
     log = (tmp_path / "server.log").open("w")
     try:

@@ -128,15 +128,14 @@ def test_an_explicit_method_that_does_not_apply_is_refused_before_training(tmp_p
 
 
 @pytest.mark.slow
-def test_forecast_benchmark_runs_on_own_data_without_events_or_treatments(tmp_path, monkeypatch):
-    from vpatient.evaluate.forecaster import VirtualPatientForecaster
-    from vpatient.train import TrainSettings
-
-    # the registry's documented way to run a variant of a method: here the world model trained for 2 epochs
-    monkeypatch.setitem(METHODS, "vpatient", lambda: VirtualPatientForecaster(TrainSettings(epochs=2), n_samples=20))
+def test_forecast_benchmark_runs_on_own_data_without_events_or_treatments(tmp_path):
+    # the world model trained as `vpatient train` would, here for 2 epochs, one member (the command's own options:
+    # it builds the world model from them, so a variant put in METHODS would not be the one that runs)
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"epochs": 2}))
     data, config_path = _write_clinic(tmp_path)
     out = tmp_path / "out"
-    result = _forecast(data, config_path, out)  # the default methods: every one that applies
+    result = _forecast(data, config_path, out, "--settings", str(settings), "--members", "1")  # the default methods
     assert result.exit_code == 0, result.output
     saved = ForecastBenchmarkResult.model_validate_json((out / "forecast-clinic.json").read_text())
     markdown = (out / "forecast-clinic.md").read_text()
