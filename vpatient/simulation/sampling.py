@@ -38,6 +38,7 @@ from vpatient.errors import VPatientError, choose
 from vpatient.model.dynamics import DenseSolution
 from vpatient.schemas import PatientRecord, TreatmentExposure
 from vpatient.simulation.population import Population
+from vpatient.simulation.rollout import rollout
 from vpatient.virtual_patient import VirtualPatientModel
 
 __all__ = [
@@ -281,12 +282,12 @@ def realise(
     dose_times, doses = dose_tensors(exposures, model.layout.treatments)
     z0 = torch.as_tensor(patients.draws, dtype=torch.float32)
     static = torch.as_tensor(patients.static, dtype=torch.float32)
-    solution = model.network.solve(z0, static, dose_times, doses, years)
+    solution = rollout(model.network, z0, static, dose_times, doses, years)
     grid = np.arange(0.0, years + 1e-9, model.grid_step)  # a month, or finer where visits are closer
     if grid[-1] < years - 1e-9:
         grid = np.append(grid, years)
     n = len(patients)
-    state = solution.at(torch.as_tensor(grid, dtype=torch.float32).expand(n, -1))  # (n, G, D)
+    state = solution.on_grid(torch.as_tensor(grid, dtype=torch.float32))  # (n, G, D)
     latent, n_events = model.network.settings.latent_dim, len(model.layout.events)
     cumhaz = state[..., latent : latent + n_events].clamp(min=0).numpy().astype(np.float64)  # (n, G, E)
     event_time, event_kind = _first_events(grid, cumhaz, patients.event_draw, patients.kind_draw)
