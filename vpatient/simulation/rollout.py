@@ -33,7 +33,6 @@ would not pay back for the cohort sizes users simulate.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -56,11 +55,13 @@ BLOCK_ROWS = 2048
 
 
 def default_threads() -> int:
-    """Threads the rollout uses unless told: every core this process may run on (``os.sched_getaffinity``)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
+    """Threads the rollout uses unless told: torch's intra-op thread count.
+
+    That is every core by default, and one where the environment asks for one
+    (``OMP_NUM_THREADS=1``, as Dask's worker processes and vpatient's ensemble trainers set it),
+    so the kernel never oversubscribes the processes that share a machine.
+    """
+    return max(1, torch.get_num_threads())
 
 
 @contextmanager
