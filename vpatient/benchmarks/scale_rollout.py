@@ -268,7 +268,12 @@ def measure_rollout(
 
     def kernel_dense(kernel_step: float):
         def run():
-            return [kernel_solve(*chunk, kernel_step=kernel_step).on_grid(grid) for chunk in cohort.chunks]
+            outs = []
+            for chunk in cohort.chunks:
+                solution = kernel_solve(*chunk, kernel_step=kernel_step)
+                with intra_op_threads(threads):  # the dense output at the peers' thread count, as theirs
+                    outs.append(solution.on_grid(grid))
+            return outs
 
         return run
 
