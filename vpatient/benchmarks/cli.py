@@ -378,6 +378,64 @@ def benchmark_simulate_speed(
     _report(result, result.write(out_dir))
 
 
+@benchmark_app.command("scale")
+def benchmark_scale(
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", help="Checkpoint the rollout and the cohort run (default: the demo PBC model, trained once if absent)."
+        ),
+    ] = None,
+    parts: Annotated[
+        str, typer.Option(help="Comma-separated parts to run: training, distributed, rollout, cohort (default: all).")
+    ] = "training,distributed,rollout,cohort",
+    sizes: Annotated[
+        str, typer.Option(help="Comma-separated synthetic cohort sizes to train on, streamed.")
+    ] = "1000,10000,100000",
+    training_epochs: Annotated[int, typer.Option(min=1, help="Epochs at each training size.")] = 1,
+    distributed_data: Annotated[
+        str, typer.Option(help="Data of the 1-process against 2-process comparison: a dataset name or a MEDS directory.")
+    ] = "synthetic",
+    distributed_epochs: Annotated[int, typer.Option(min=1, help="Epochs of each run of that comparison.")] = 5,
+    rollout_patients: Annotated[int, typer.Option(min=1, help="Virtual patients every solver rolls out.")] = 20_000,
+    cohort_patients: Annotated[int, typer.Option(min=1, help="Patients of the virtual cohort run end to end.")] = 1_000_000,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where the training cohorts are written (default: a temporary folder, removed after).")
+    ] = None,
+    seed: SeedOption = 0,
+    out_dir: OutDirOption = DEFAULT_OUT_DIR,
+    progress: ProgressOption = True,
+) -> None:
+    """Training throughput and memory as cohorts grow (streamed), 1 against 2 data-parallel processes, the rollout against torchdiffeq, a million-patient cohort."""
+    from vpatient.benchmarks.scale import ScalePart, run_scale_benchmark
+    from vpatient.dashboard.session import resolve_model_dir
+    from vpatient.errors import choose
+
+    chosen = [choose(ScalePart, part.strip(), "--parts") for part in parts.split(",") if part.strip()]
+    if not chosen:
+        raise typer.BadParameter("name at least one part", param_hint="--parts")
+    try:
+        training_sizes = tuple(int(s) for s in sizes.split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{sizes!r}: expected comma-separated integers", param_hint="--sizes") from None
+    simulates = {ScalePart.ROLLOUT, ScalePart.COHORT} & set(chosen)
+    model_dir = resolve_model_dir(model) if simulates else Path(model or "-")
+    result = run_scale_benchmark(
+        model_dir,
+        parts=chosen,
+        seed=seed,
+        sizes=training_sizes,
+        training_epochs=training_epochs,
+        distributed_data=distributed_data,
+        distributed_epochs=distributed_epochs,
+        rollout_patients=rollout_patients,
+        cohort_patients=cohort_patients,
+        workdir=workdir,
+        progress=progress,
+    )
+    _report(result, result.write(out_dir))
+
+
 @benchmark_app.command("dashboard-speed")
 def benchmark_dashboard_speed(
     model: Annotated[

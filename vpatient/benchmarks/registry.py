@@ -20,6 +20,7 @@ from vpatient.benchmarks.kill_safety import KillSafetyResult
 from vpatient.benchmarks.meds_eval import MedsEvalResult
 from vpatient.benchmarks.next_test_selection import TestSelectionBenchmarkResult
 from vpatient.benchmarks.pbc_trial import PbcTrialBenchmarkResult
+from vpatient.benchmarks.scale import ScaleResult
 from vpatient.benchmarks.simulate_speed import SimulateSpeedResult
 from vpatient.benchmarks.training import TrainingBenchmarkResult
 from vpatient.benchmarks.trial_adjustment import TrialAdjustmentResult
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, type[BenchmarkResult]] = {
     "dashboard-speed": DashboardSpeedResult,
     "meds-eval": MedsEvalResult,
     "fhir-read": FhirReadResult,
+    "scale": ScaleResult,
 }
 
 
