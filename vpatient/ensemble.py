@@ -38,9 +38,9 @@ from vpatient.data.batching import Scalers, layout_from_config
 from vpatient.errors import VPatientError
 from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.schemas import DatasetConfig, PatientRecord
-from vpatient.train import TrainingHistory, TrainSettings, default_threads, fit_latent_ode
+from vpatient.train import TrainingHistory, TrainSettings, default_threads
 from vpatient.train.shard_cache import ShardCache
-from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS, fit_latent_ode_streamed, shared_scalers
+from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS, fit_network, shared_scalers
 
 __all__ = ["default_workers", "fit_ensemble", "member_seed", "member_settings"]
 
@@ -188,17 +188,16 @@ def train_member(job: Path) -> None:
     scalers = Scalers.from_dict(json.loads((shared / "scalers.json").read_text()))
     model_settings = ModelSettings(**json.loads((shared / "model_settings.json").read_text()))
     settings = TrainSettings(**json.loads((job / "settings.json").read_text()))
+    source: ShardCache | list[PatientRecord]
+    buffer_patients = DEFAULT_BUFFER_PATIENTS
     if (shared / STREAMED).is_file():  # streamed: the member reads the cached shards itself
-        source = json.loads((shared / STREAMED).read_text())
-        network, _, history = fit_latent_ode_streamed(
-            ShardCache(source["cache"]), config, settings, model_settings, progress=False, scalers=scalers, bootstrap=True,
-            buffer_patients=source["buffer_patients"],
-        )  # fmt: skip
+        streamed = json.loads((shared / STREAMED).read_text())
+        source, buffer_patients = ShardCache(streamed["cache"]), streamed["buffer_patients"]
     else:
-        records = [PatientRecord.model_validate(r) for r in json.loads((shared / "records.json").read_text())]
-        network, _, history = fit_latent_ode(
-            records, config, settings, model_settings, progress=False, scalers=scalers, bootstrap=True
-        )
+        source = [PatientRecord.model_validate(r) for r in json.loads((shared / "records.json").read_text())]
+    network, _, history = fit_network(
+        source, config, settings, model_settings, progress=False, scalers=scalers, bootstrap=True, buffer_patients=buffer_patients
+    )
     torch.save(network.state_dict(), job / "weights.pt")
     (job / "history.json").write_text(json.dumps(history.to_dict()))
 

@@ -48,7 +48,7 @@ from vpatient.schemas import DatasetConfig, PatientRecord, TreatmentPlan
 from vpatient.train import TrainingHistory, TrainSettings, fit_latent_ode
 from vpatient.train.data import SINGLE_PROCESS, Rank
 from vpatient.train.shard_cache import ShardCache
-from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS, fit_latent_ode_streamed
+from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS, fit_network
 from vpatient.version import __version__
 
 __all__ = ["CheckpointError", "Forecast", "NumericalError", "Scale", "SimulatedPaths", "VirtualPatientModel", "member_slices"]
@@ -448,7 +448,7 @@ class VirtualPatientModel:
                 cache, config, settings, model_settings, workers, progress, buffer_patients=buffer_patients
             )
             return cls(members, config, scalers, None, settings, member_histories=histories)
-        network, scalers, history = fit_latent_ode_streamed(
+        network, scalers, history = fit_network(
             cache, config, settings, model_settings, progress, buffer_patients=buffer_patients, rank=rank
         )
         return cls(network, config, scalers, history, settings)

@@ -46,7 +46,6 @@ from vpatient.train.shard_cache import Patients, ShardCache
 __all__ = [
     "DEFAULT_BUFFER_PATIENTS",
     "StreamedData",
-    "fit_latent_ode_streamed",
     "fit_network",
     "shared_scalers",
     "streamed_scalers",
@@ -292,31 +291,6 @@ class _Moments:
         return mean, std
 
 
-def fit_latent_ode_streamed(
-    cache: ShardCache,
-    config: DatasetConfig,
-    settings: TrainSettings | None = None,
-    model_settings: ModelSettings | None = None,
-    progress: bool = True,
-    *,
-    scalers: Scalers | None = None,
-    bootstrap: bool = False,
-    rank: Rank = SINGLE_PROCESS,
-    buffer_patients: int = DEFAULT_BUFFER_PATIENTS,
-) -> tuple[LatentODE, Scalers, TrainingHistory]:
-    """:func:`~vpatient.train.loop.fit_latent_ode` on the patients of a shard cache, read a buffer at a time.
-
-    Same arguments; ``cache`` (:meth:`ShardCache.build`) replaces the records.
-    """
-    settings = settings or TrainSettings()
-    data = StreamedData(
-        cache, seed=settings.seed, validation_fraction=settings.validation_fraction, bootstrap=bootstrap, rank=rank,
-        scalers=scalers, buffer_patients=buffer_patients,
-    )  # fmt: skip
-    model, history = train_network(data, config, data.scalers, settings, model_settings, progress, rank=rank)
-    return model, data.scalers, history
-
-
 def fit_network(
     source: Sequence[PatientRecord] | ShardCache,
     config: DatasetConfig,
@@ -329,12 +303,15 @@ def fit_network(
     rank: Rank = SINGLE_PROCESS,
     buffer_patients: int = DEFAULT_BUFFER_PATIENTS,
 ) -> tuple[LatentODE, Scalers, TrainingHistory]:
-    """One network on records held in memory (:func:`~vpatient.train.loop.fit_latent_ode`) or on a shard cache, streamed."""
+    """One network on records held in memory (:func:`~vpatient.train.loop.fit_latent_ode`, same arguments) or
+    on the patients of a shard cache (:meth:`ShardCache.build`), read ``buffer_patients`` at a time."""
     if isinstance(source, ShardCache):
-        return fit_latent_ode_streamed(
-            source, config, settings, model_settings, progress, scalers=scalers, bootstrap=bootstrap, rank=rank,
-            buffer_patients=buffer_patients,
+        data = StreamedData(
+            source, seed=settings.seed, validation_fraction=settings.validation_fraction, bootstrap=bootstrap, rank=rank,
+            scalers=scalers, buffer_patients=buffer_patients,
         )  # fmt: skip
+        model, history = train_network(data, config, data.scalers, settings, model_settings, progress, rank=rank)
+        return model, data.scalers, history
     return fit_latent_ode(source, config, settings, model_settings, progress, scalers=scalers, bootstrap=bootstrap, rank=rank)
 
 
