@@ -383,7 +383,7 @@ def benchmark_scale(
     model: Annotated[
         Path | None,
         typer.Option(
-            "--model", help="Checkpoint the rollout and the cohort run (default: the demo PBC model, trained once if absent)."
+            "--model", help="Checkpoint with its population (`vpatient train --out DIR` writes both) the rollout and cohort run."
         ),
     ] = None,
     parts: Annotated[
@@ -408,7 +408,6 @@ def benchmark_scale(
 ) -> None:
     """Training throughput and memory as cohorts grow (streamed), 1 against 2 data-parallel processes, the rollout against torchdiffeq, a million-patient cohort."""
     from vpatient.benchmarks.scale import ScalePart, run_scale_benchmark
-    from vpatient.dashboard.session import resolve_model_dir
     from vpatient.errors import choose
 
     chosen = [choose(ScalePart, part.strip(), "--parts") for part in parts.split(",") if part.strip()]
@@ -419,9 +418,14 @@ def benchmark_scale(
     except ValueError:
         raise typer.BadParameter(f"{sizes!r}: expected comma-separated integers", param_hint="--sizes") from None
     simulates = {ScalePart.ROLLOUT, ScalePart.COHORT} & set(chosen)
-    model_dir = resolve_model_dir(model) if simulates else Path(model or "-")
+    if simulates and (model is None or not (model / "population.json").is_file()):  # before any part runs, not after the first
+        what = "needs --model" if model is None else f"needs a model with its population.json; {model} has none"
+        raise typer.BadParameter(
+            f"the {' and '.join(sorted(simulates))} part(s) {what} (`vpatient train --data pbc2 --out models/pbc2` writes one)",
+            param_hint="--model",
+        )
     result = run_scale_benchmark(
-        model_dir,
+        model or Path("-"),
         parts=chosen,
         seed=seed,
         sizes=training_sizes,
