@@ -27,8 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,10 +41,12 @@ from vpatient.errors import VPatientError
 from vpatient.model.latent_ode import LatentODE, ModelSettings
 from vpatient.schemas import DatasetConfig, PatientRecord
 from vpatient.train import TrainingHistory, TrainSettings, default_threads
+from vpatient.train.data import Rank
+from vpatient.train.distributed import DistributedError, same_on_every_rank
 from vpatient.train.shard_cache import ShardCache
 from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS, fit_network, shared_scalers
 
-__all__ = ["default_workers", "fit_ensemble", "member_seed", "member_settings"]
+__all__ = ["default_workers", "fit_data_parallel", "fit_ensemble", "member_seed", "member_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -204,3 +208,49 @@ def train_member(job: Path) -> None:
 
 if __name__ == "__main__":
     train_member(Path(sys.argv[1]))
+
+
+def fit_data_parallel(
+    records: Sequence[PatientRecord] | ShardCache,
+    config: DatasetConfig,
+    settings: TrainSettings,
+    model_settings: ModelSettings | None,
+    rank: Rank,
+    progress: bool = True,
+    buffer_patients: int | None = None,
+) -> tuple[list[LatentODE], Scalers, list[TrainingHistory]]:
+    """Train one network, or ``settings.members`` on bootstrap resamples, each by all the ranks together.
+
+    ``records``: held in memory, or a shard cache each rank streams its own shards from
+    (``buffer_patients`` at a time).
+
+    Members are trained one after another, each by the N ranks, not side by side: a
+    member then trains on a cohort as large, and across as many machines, as a single
+    network, and member k is the member ``vpatient train --members K`` trains in one
+    process (same seed, resample and shared scalers, equal within rounding). On one machine
+    whose cohort fits in memory, ``--workers`` (members as independent processes, no
+    communication) is the faster way to train an ensemble; ``--nproc`` is for cohorts and
+    machines beyond that. The ensemble's time limit is shared out between its members.
+    Returns the networks, the scalers and the histories (one per member).
+    """
+    fit = partial(fit_network, records, config, model_settings=model_settings, progress=progress, rank=rank,
+                  buffer_patients=buffer_patients or DEFAULT_BUFFER_PATIENTS)  # fmt: skip
+
+    told = {"train": settings.to_dict(), "model": (model_settings or ModelSettings()).to_dict(), "patients": len(records)}
+    if not same_on_every_rank(float(zlib.crc32(json.dumps(told, sort_keys=True, default=str).encode()))):
+        raise DistributedError(
+            f"the {rank.world} ranks were given different settings, seeds or patients; start every rank with the same options"
+        )
+    if settings.members == 1:
+        network, scalers, history = fit(settings)
+        return [network], scalers, [history]
+    scalers = shared_scalers(records, config)  # on every patient, as fit_ensemble does: the members share one scale
+    networks: list[LatentODE] = []
+    histories: list[TrainingHistory] = []
+    for member in range(settings.members):
+        # one member at a time: the threads are the ranks' own, not a share for members side by side
+        one = replace(member_settings(settings, member, workers=1), threads=settings.threads)
+        network, _, history = fit(one, scalers=scalers, bootstrap=True)
+        networks.append(network)
+        histories.append(history)
+    return networks, scalers, histories

@@ -409,7 +409,7 @@ class VirtualPatientModel:
         buffer_patients: int | None = None,
     ) -> VirtualPatientModel:
         """:meth:`fit` or :meth:`fit_streamed` by the ranks of a process group: every member by all of them."""
-        from vpatient.train.distributed import fit_data_parallel
+        from vpatient.ensemble import fit_data_parallel
 
         if workers is not None:
             raise VPatientError("workers train members side by side in one process each; with ranks, leave workers out")

@@ -5,7 +5,7 @@ computes the loss of its share of the global mini-batch (:func:`vpatient.train.l
 weighs it so that the average over ranks is the global batch's mean) and
 :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients during the
 backward pass, so every rank takes the same step and the copies stay equal. Seeds are
-the same on every rank (the run's ``--seed``; :func:`fit_data_parallel` checks that every
+the same on every rank (the run's ``--seed``; :func:`vpatient.ensemble.fit_data_parallel` checks that every
 rank was given the same settings and patients before training).
 
 - :func:`process_group`: joins the group torchrun describes in the environment (``RANK``,
@@ -14,7 +14,7 @@ rank was given the same settings and patients before training).
 - :func:`launch_local`: ``vpatient train --nproc N``: torchrun's standalone launcher in
   this process, with the options forwarded; every child is stopped on Ctrl-C or failure
   and a failed rank's own message is reported.
-- :func:`fit_data_parallel`: one network, or the members of an ensemble one after
+- :func:`vpatient.ensemble.fit_data_parallel` (above this layer): one network, or the members of an ensemble one after
   another, each trained by all the ranks (see there why not members side by side).
 
 Rank 0 alone decides early stopping, the learning rate and the time limit from the
@@ -31,9 +31,7 @@ import os
 import signal
 import time
 import uuid
-import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,11 +42,7 @@ from vpatient.errors import VPatientError
 from vpatient.train.data import SINGLE_PROCESS, Rank
 
 if TYPE_CHECKING:  # the loop imports this module: its types only, for the signatures
-    from vpatient.data.batching import Scalers
-    from vpatient.model.latent_ode import LatentODE, ModelSettings
-    from vpatient.schemas import DatasetConfig, PatientRecord
-    from vpatient.train.settings import TrainingHistory, TrainSettings
-    from vpatient.train.shard_cache import ShardCache
+    pass
 
 __all__ = [
     "DistributedError",
@@ -59,7 +53,6 @@ __all__ = [
     "command_line_args",
     "current_rank",
     "data_parallel",
-    "fit_data_parallel",
     "launch_local",
     "launched_by_torchrun",
     "process_group",
@@ -131,7 +124,7 @@ def _torchrun_env() -> tuple[int, int, int]:
 def process_group(device: torch.device | None = None) -> Iterator[Rank]:
     """Join the process group torchrun describes and leave it after the block; yields this process's :class:`Rank`.
 
-    Not started by torchrun: one process, no group. (:func:`fit_data_parallel` checks that
+    Not started by torchrun: one process, no group. (:func:`vpatient.ensemble.fit_data_parallel` checks that
     every rank was given the same settings, seed and number of patients.)
     """
     if not launched_by_torchrun():
@@ -154,7 +147,7 @@ def process_group(device: torch.device | None = None) -> Iterator[Rank]:
         dist.destroy_process_group()
 
 
-def _same_on_every_rank(value: float) -> bool:
+def same_on_every_rank(value: float) -> bool:
     """Whether every rank holds the same ``value``: the largest of them equals the smallest."""
     extremes = torch.tensor([value, -value], dtype=torch.float64)
     _collective(dist.all_reduce, extremes, op=dist.ReduceOp.MAX)
@@ -211,58 +204,6 @@ def data_parallel(module: nn.Module) -> nn.Module:
     if not dist.is_initialized():
         raise DistributedError("data-parallel training needs its process group: run inside process_group() (started by torchrun)")
     return DistributedDataParallel(module, static_graph=True)
-
-
-def fit_data_parallel(
-    records: Sequence[PatientRecord] | ShardCache,
-    config: DatasetConfig,
-    settings: TrainSettings,
-    model_settings: ModelSettings | None,
-    rank: Rank,
-    progress: bool = True,
-    buffer_patients: int | None = None,
-) -> tuple[list[LatentODE], Scalers, list[TrainingHistory]]:
-    """Train one network, or ``settings.members`` on bootstrap resamples, each by all the ranks together.
-
-    ``records``: held in memory, or a shard cache each rank streams its own shards from
-    (``buffer_patients`` at a time).
-
-    Members are trained one after another, each by the N ranks, not side by side: a
-    member then trains on a cohort as large, and across as many machines, as a single
-    network, and member k is the member ``vpatient train --members K`` trains in one
-    process (same seed, resample and shared scalers, equal within rounding). On one machine
-    whose cohort fits in memory, ``--workers`` (members as independent processes, no
-    communication) is the faster way to train an ensemble; ``--nproc`` is for cohorts and
-    machines beyond that. The ensemble's time limit is shared out between its members.
-    Returns the networks, the scalers and the histories (one per member).
-    """
-    from functools import partial
-
-    from vpatient.ensemble import member_settings
-    from vpatient.model.latent_ode import ModelSettings
-    from vpatient.train.stream import DEFAULT_BUFFER_PATIENTS, fit_network, shared_scalers
-
-    fit = partial(fit_network, records, config, model_settings=model_settings, progress=progress, rank=rank,
-                  buffer_patients=buffer_patients or DEFAULT_BUFFER_PATIENTS)  # fmt: skip
-
-    told = {"train": settings.to_dict(), "model": (model_settings or ModelSettings()).to_dict(), "patients": len(records)}
-    if not _same_on_every_rank(float(zlib.crc32(json.dumps(told, sort_keys=True, default=str).encode()))):
-        raise DistributedError(
-            f"the {rank.world} ranks were given different settings, seeds or patients; start every rank with the same options"
-        )
-    if settings.members == 1:
-        network, scalers, history = fit(settings)
-        return [network], scalers, [history]
-    scalers = shared_scalers(records, config)  # on every patient, as fit_ensemble does: the members share one scale
-    networks: list[LatentODE] = []
-    histories: list[TrainingHistory] = []
-    for member in range(settings.members):
-        # one member at a time: the threads are the ranks' own, not a share for members side by side
-        one = replace(member_settings(settings, member, workers=1), threads=settings.threads)
-        network, _, history = fit(one, scalers=scalers, bootstrap=True)
-        networks.append(network)
-        histories.append(history)
-    return networks, scalers, histories
 
 
 # --------------------------------------------------------------------------- errors of a rank
