@@ -144,7 +144,7 @@ def matmul_gflops(rows: int, hidden: int, threads: int, seconds: float = 0.5) ->
     """The machine's float32 ``torch.mm`` rate for (rows x hidden) @ (hidden x hidden), one product stream per thread, GFLOP/s."""
     import torch
 
-    from vpatient.simulation.rollout import intra_op_threads
+    from vpatient.train.settings import torch_threads
 
     def stream(_: int) -> int:
         a, w, out = torch.randn(rows, hidden), torch.randn(hidden, hidden), torch.empty(rows, hidden)
@@ -155,7 +155,7 @@ def matmul_gflops(rows: int, hidden: int, threads: int, seconds: float = 0.5) ->
             count += 20
         return count
 
-    with intra_op_threads(1), ThreadPoolExecutor(threads) as pool:
+    with torch_threads(1), ThreadPoolExecutor(threads) as pool:
         stream(0)  # warm-up: MKL's first call and page faults
         start = time.perf_counter()
         counts = list(pool.map(stream, range(threads)))
@@ -209,8 +209,9 @@ def measure_rollout(
 
     from vpatient.errors import VPatientError
     from vpatient.model.dynamics import solver_grid
-    from vpatient.simulation.rollout import BLOCK_ROWS, RolloutKernel, intra_op_threads
+    from vpatient.simulation.rollout import BLOCK_ROWS, RolloutKernel
     from vpatient.simulation.simulator import Simulator
+    from vpatient.train.settings import torch_threads
 
     sim = model if isinstance(model, Simulator) else Simulator.load(model)
     if sim.population is None:
@@ -271,7 +272,7 @@ def measure_rollout(
             outs = []
             for chunk in cohort.chunks:
                 solution = kernel_solve(*chunk, kernel_step=kernel_step)
-                with intra_op_threads(threads):  # the dense output at the peers' thread count, as theirs
+                with torch_threads(threads):  # the dense output at the peers' thread count, as theirs
                     outs.append(solution.on_grid(grid))
             return outs
 
@@ -290,7 +291,7 @@ def measure_rollout(
     dynamics64 = copy.deepcopy(dynamics).double()
     bar = tqdm(total=len(configs) + 4, desc="rollout", unit="solver", disable=not progress)
     with torch.no_grad():
-        with intra_op_threads(threads):
+        with torch_threads(threads):
             reference_states = adaptive("dopri5", REFERENCE_RTOL, REFERENCE_ATOL, torch.float64)()
             reference = [
                 _decoded(sim, chunk[0], states, grid) for chunk, states in zip(cohort.chunks, reference_states, strict=True)

@@ -46,7 +46,7 @@ class TrainingScaleRow(StrictModel):
         "scalers, the population model and writing the checkpoint."
     )
     export_seconds: float = Field(description="Seconds the streamed export of the cohort took.")
-    peak_rss_gb: float = Field(description="Peak resident memory of the training child process, GB (10^9 bytes).")
+    peak_rss_gb: float = Field(description="Peak resident memory of the training child process, GB (2^30 bytes).")
 
 
 class TrainingScale(StrictModel):
@@ -131,7 +131,8 @@ def measure_training(
                     throughput=history["n_train"] / per_epoch,
                     setup_seconds=wall - history["seconds"],
                     export_seconds=export_seconds,
-                    peak_rss_gb=usage.ru_maxrss * 1024 / 1e9,  # ru_maxrss is in KiB on Linux
+                    peak_rss_gb=usage.ru_maxrss
+                    / 1024**2,  # ru_maxrss is in KiB on Linux; GB = 2^30 bytes, as the other benchmarks
                 )
             )
     rss = throughput = None

@@ -33,9 +33,7 @@ would not pay back for the cohort sizes users simulate.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
@@ -45,8 +43,9 @@ from torch import nn
 from vpatient.model.dosing import dose_at_times
 from vpatient.model.dynamics import DenseSolution, LatentDynamics, Solver, solver_grid
 from vpatient.model.latent_ode import LatentODE
+from vpatient.train.settings import torch_threads
 
-__all__ = ["BLOCK_ROWS", "RolloutKernel", "default_threads", "intra_op_threads", "rollout"]
+__all__ = ["BLOCK_ROWS", "RolloutKernel", "default_threads", "rollout"]
 
 #: Patients per block (measured: 256 to 4096 rows on a 2 MB L2 per core, 2048 fastest by a few per cent):
 #: large enough that the per-operation cost of torch's dispatch is a few per cent, small enough
@@ -62,17 +61,6 @@ def default_threads() -> int:
     so the kernel never oversubscribes the processes that share a machine.
     """
     return max(1, torch.get_num_threads())
-
-
-@contextmanager
-def intra_op_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` for the block, restored after it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass
@@ -157,11 +145,11 @@ class RolloutKernel:
             )
 
         if self.threads == 1 or len(blocks) == 1:
-            with intra_op_threads(1):
+            with torch_threads(1):
                 for block in blocks:
                     run(block)
         else:
-            with intra_op_threads(1), ThreadPoolExecutor(self.threads) as pool:
+            with torch_threads(1), ThreadPoolExecutor(self.threads) as pool:
                 list(pool.map(run, blocks))
         arriving = slope_from
         if jumped:
