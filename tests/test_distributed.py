@@ -208,3 +208,17 @@ def test_a_killed_rank_stops_every_process_with_a_clear_message_and_nothing_is_w
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
+
+
+def test_every_process_gets_a_patient_of_every_step_held_in_memory():
+    """A last mini-batch smaller than the processes joins the one before, so no rank computes an empty step."""
+    from vpatient.data.batching import Scalers, make_batch
+    from vpatient.train import InMemoryData, Rank
+
+    cohort = load_dataset("synthetic", seed=0, n=11)
+    batch = make_batch(cohort.records, cohort.config, Scalers.fit(cohort.records, cohort.config))
+    for index in range(2):
+        steps = list(InMemoryData(batch, None, Rank(index, 2)).steps(torch.Generator().manual_seed(0), batch_size=5))
+        assert [len(s.batch) for s in steps] == [5, 6] and all(s.n_local >= 2 for s in steps)
+    alone = list(InMemoryData(batch, None).steps(torch.Generator().manual_seed(0), batch_size=5))
+    assert [len(s.batch) for s in alone] == [5, 5, 1]  # one process: the batches as before

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -99,3 +102,18 @@ def test_a_set_of_files_in_a_new_folder_appears_whole_or_not_at_all(tmp_path):
         for staging in staged:
             staging.write_text("{}")
     assert [p.read_text() for p in paths] == ["{}", "{}"] and _entries(tmp_path) == ["schemas"]
+
+
+def test_sigterm_unwinds_a_command_so_its_staged_output_is_removed(tmp_path):
+    """A stopped command (SIGTERM: torchrun, a scheduler, `kill`) leaves neither its output nor its staging folder."""
+    script = (
+        "import os, signal\n"
+        "from vpatient.atomic import staged_dir, unwind_on_sigterm\n"
+        "unwind_on_sigterm()\n"
+        f"with staged_dir({str(tmp_path / 'out')!r}, marker='model.json') as staging:\n"
+        "    (staging / 'model.json').write_text('{}')\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert list(tmp_path.iterdir()) == []

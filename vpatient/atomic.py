@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,6 +29,7 @@ __all__ = [
     "staged_dir",
     "staged_file",
     "staged_files",
+    "unwind_on_sigterm",
     "write_bytes_atomic",
     "write_text_atomic",
 ]
@@ -188,3 +191,17 @@ def staged_dir(path: str | Path, marker: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM unwind this process as an error would (exit code 128 + 15), instead of ending it on the spot.
+
+    The ``finally`` blocks and context managers then run: staged output and temporary
+    folders (a shard cache can be gigabytes) are removed, as after Ctrl-C. torchrun stops
+    the ranks of a failed job, and schedulers stop jobs, with SIGTERM.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)

@@ -612,6 +612,9 @@ def _demo_simulation(model, cohort, record, until: float, out: Path, seed: int) 
 
 def run() -> None:
     """Console-script entry: the app, with vpatient's errors shown as messages."""
+    from vpatient.atomic import unwind_on_sigterm
+
+    unwind_on_sigterm()  # a stopped command removes its staged output and temporary folders, as after Ctrl-C
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from vpatient.errors import VPatientError
 from vpatient.model.batch import PatientBatch
 
 __all__ = ["SINGLE_PROCESS", "InMemoryData", "Rank", "Step", "TrainingData", "split_positions"]
@@ -122,8 +123,13 @@ class InMemoryData:
         self.validation_ids = list(validation.subject_ids) if validation is not None else []
 
     def steps(self, generator: torch.Generator, batch_size: int) -> Iterator[Step]:
-        perm = torch.randperm(self.n_train, generator=generator)
-        for chunk in perm.split(batch_size):
+        world = self.rank.world
+        if self.n_train < world:
+            raise VPatientError(f"{self.n_train} training patients cannot feed {world} processes: use fewer (--nproc)")
+        chunks = list(torch.randperm(self.n_train, generator=generator).split(batch_size))
+        if world > 1 and len(chunks[-1]) < world:  # every process needs a patient in every step: the last joins the one before
+            chunks[-2:] = [torch.cat(chunks[-2:])]
+        for chunk in chunks:
             batch = self.train.select(chunk)
             if self.rank.world == 1:
                 yield Step(batch)

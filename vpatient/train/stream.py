@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Iterator, Sequence
 
@@ -42,6 +43,8 @@ from vpatient.train.data import SINGLE_PROCESS, Rank, Step, split_positions
 from vpatient.train.loop import fit_latent_ode, train_network
 from vpatient.train.settings import TrainingHistory, TrainSettings
 from vpatient.train.shard_cache import Patients, ShardCache
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_BUFFER_PATIENTS",
@@ -80,6 +83,8 @@ class StreamedData:
             raise VPatientError(f"training needs at least 4 patients, got {len(cache)}")
         if buffer_patients < 1 or validation_patients < 1:
             raise VPatientError("buffer_patients and validation_patients must be at least 1")
+        if cache.n_shards < rank.world:  # said at once, not after the scalers (or the first members) are done
+            raise VPatientError(f"{cache.n_shards} shard(s) cannot feed {rank.world} processes: write the data in more shards")
         self.cache, self.seed, self.rank = cache, seed, rank
         self.buffer_patients, self.validation_patients, self.check_size = buffer_patients, validation_patients, check_size
         validation, train = split_positions(len(cache), validation_fraction, seed, bootstrap)
@@ -122,6 +127,12 @@ class StreamedData:
             if (sizes == 0).any():  # a process would sit a step out: even parts instead, global batches within world - 1
                 n_steps = min(n_steps, min(totals))
                 sizes = np.stack([_even_parts(total, n_steps) for total in totals])
+                if self._epoch == 1 and self.rank.index == 0:
+                    log.warning(
+                        "the shards are too uneven to deal %d processes equal steps of %d patients: this epoch takes %d "
+                        "steps of about %d (write the data in more, or more even, shards)",
+                        self.rank.world, batch_size, n_steps, round(self.n_train / n_steps),
+                    )  # fmt: skip
             mine, across = sizes[self.rank.index], sizes.sum(axis=0)
         stream = self._patients_of(shards[self.rank.index], self.multiplicity)
         first, step = 0, 0
